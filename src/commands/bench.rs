@@ -1,0 +1,44 @@
+//! `robust-ssl bench`: encoder throughput at a given batch and image size (see BENCHMARKS.md for
+//! the PyTorch comparison script).
+
+use anyhow::Result;
+use clap::Args;
+
+use super::EncoderArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub encoder: EncoderArgs,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Square image side in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let enc = a.encoder.load()?;
+    let t = crate::perf::measure(&enc, a.batch_size, a.size, a.warmup, a.iters.max(1))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&t)?);
+    } else {
+        println!(
+            "{} batch {} @{}px: forward {:.3} s/batch ({:.1} img/s), forward+backward-to-input {:.3} s/batch ({:.1} img/s)",
+            enc.info.arch.as_deref().unwrap_or("custom ViT"),
+            t.batch,
+            t.size,
+            t.forward_s,
+            t.batch as f64 / t.forward_s,
+            t.forward_backward_s,
+            t.batch as f64 / t.forward_backward_s
+        );
+    }
+    Ok(())
+}

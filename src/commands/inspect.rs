@@ -1,0 +1,63 @@
+//! `robust-ssl inspect FILE`: what a checkpoint holds, as text or JSON.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::encoder::arch::ArchChoice;
+use crate::encoder::pos_embed::PosResize;
+use crate::encoder::{Encoder, LoadOptions};
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Checkpoint file (.pth, .safetensors, .onnx).
+    pub file: PathBuf,
+    #[arg(long, default_value = "auto")]
+    pub arch: ArchChoice,
+    #[arg(long)]
+    pub heads: Option<usize>,
+    #[arg(long)]
+    pub pos_resize: Option<PosResize>,
+    #[arg(long)]
+    pub backbone: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &InspectArgs) -> Result<()> {
+    let opts = LoadOptions {
+        arch: a.arch,
+        heads: a.heads,
+        pos_resize: a.pos_resize,
+        prefer: a.backbone.clone(),
+        ..Default::default()
+    };
+    let enc = Encoder::load(&a.file, &opts)?;
+    let i = &enc.info;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(i)?);
+        return Ok(());
+    }
+    let c = &i.config;
+    println!("file:            {}", i.file);
+    println!("format:          {:?}", i.format);
+    println!("naming:          {:?}", i.source);
+    println!("architecture:    {}", i.arch.as_deref().unwrap_or("custom (not a released size)"));
+    println!("  family {:?}, patch {}, width {}, depth {}, heads {}", c.family, c.patch_size, c.embed_dim, c.depth, c.num_heads);
+    println!("  ffn {:?} hidden {}, registers {}, layer scale {}, qkv bias {}", c.ffn, c.ffn_hidden, c.num_registers, c.layer_scale, c.qkv_bias);
+    println!("  position grid {}x{} ({} px at patch {}), LayerNorm eps {:e}", c.pos_grid, c.pos_grid, c.pos_grid * c.patch_size, c.patch_size, c.ln_eps);
+    println!("parameters:      {} ({:.1} M)", i.parameters, i.parameters as f64 / 1e6);
+    println!("pos resize:      {} (default for this source: {})", i.pos_resize, i.default_pos_resize);
+    if !i.prefix.is_empty() {
+        println!("backbone under:  '{}'", i.prefix);
+    }
+    if !i.other_prefixes.is_empty() {
+        println!("also found:      {:?} (choose with --backbone)", i.other_prefixes);
+    }
+    if i.ignored_tensors > 0 {
+        println!("ignored:         {} tensors outside the backbone (heads, mask token, optimizer state)", i.ignored_tensors);
+    }
+    Ok(())
+}

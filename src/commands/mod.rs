@@ -1,0 +1,74 @@
+//! The command-line interface: argument types (clap) and one file per command. `main.rs` only
+//! parses and dispatches here.
+
+pub mod bench;
+pub mod embed;
+pub mod inspect;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::encoder::arch::ArchChoice;
+use crate::encoder::pos_embed::PosResize;
+use crate::encoder::{Encoder, LoadOptions};
+
+#[derive(Parser)]
+#[command(name = "robust-ssl", version, about = "Adversarial robustness of self-supervised ViT encoders across downstream tasks")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Embed images: CLS and patch tokens after the final norm, written to a .safetensors file.
+    Embed(embed::EmbedArgs),
+    /// Show what a checkpoint holds: architecture, naming, parameter count, resize semantics.
+    Inspect(inspect::InspectArgs),
+    /// Measure throughput (forward, forward+backward to the input).
+    Bench(bench::BenchArgs),
+}
+
+/// How to find and build the encoder; shared by every command that loads one.
+#[derive(Args, Debug, Clone)]
+pub struct EncoderArgs {
+    /// Checkpoint: official .pth (plain or training checkpoint), timm/Hugging Face .safetensors, or .onnx.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Architecture: auto (from tensor shapes) or a name such as dinov2_vits14, dino_vitb16, dinov2_vitg14_reg.
+    #[arg(long, default_value = "auto")]
+    pub arch: ArchChoice,
+    /// Position-embedding resize: official (scale factor, +0.1), size (explicit size), size-aa (antialiased);
+    /// default from the checkpoint's source.
+    #[arg(long)]
+    pub pos_resize: Option<PosResize>,
+    /// Number of attention heads, for custom widths (default: 64-dim heads, or config.json).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Which backbone of a training checkpoint to use (teacher or student; default teacher).
+    #[arg(long)]
+    pub backbone: Option<String>,
+}
+
+impl EncoderArgs {
+    pub fn load(&self) -> Result<Encoder> {
+        let opts = LoadOptions {
+            arch: self.arch,
+            heads: self.heads,
+            pos_resize: self.pos_resize,
+            prefer: self.backbone.clone(),
+            device: crate::device::default_device()?,
+        };
+        Encoder::load(&self.checkpoint, &opts)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Embed(a) => embed::run(&a),
+        Command::Inspect(a) => inspect::run(&a),
+        Command::Bench(a) => bench::run(&a),
+    }
+}

@@ -1,0 +1,21 @@
+//! Which device tensors live on: the first CUDA GPU when built with `--features cuda` and one is
+//! present, the CPU otherwise.
+
+use anyhow::Result;
+use candle_core::Device;
+
+pub fn default_device() -> Result<Device> {
+    #[cfg(feature = "cuda")]
+    {
+        if candle_core::utils::cuda_is_available() {
+            return Ok(Device::new_cuda(0)?);
+        }
+    }
+    Ok(Device::Cpu)
+}
+
+/// Waits for queued device work (a no-op on the CPU), so timings cover the computation.
+pub fn synchronize(device: &Device) -> Result<()> {
+    device.synchronize()?;
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! The DINO / DINOv2 vision transformer: plain structs holding tensors, a `load` and a `forward`.
+//!
+//! Forward (as the official `prepare_tokens_with_masks` + blocks + norm):
+//! patchify → linear patch embedding → prepend CLS → add (resized) position embedding →
+//! insert register tokens after CLS → blocks (pre-norm attention and FFN, optional LayerScale) →
+//! final LayerNorm → CLS token and patch tokens (registers dropped).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+
+use super::arch::{FfnKind, VitConfig};
+use super::layers::{cast, softmax_last, LayerNorm, Linear};
+use super::pos_embed::{resize_matrix_2d, PosResize};
+use super::weights::Checkpoint;
+
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub num_heads: usize,
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, n, d) = x.dims3()?;
+        let h = self.num_heads;
+        let hd = d / h;
+        let qkv = self.qkv.forward(x)?.reshape((b, n, 3, h, hd))?.permute((2, 0, 3, 1, 4))?;
+        let q = (qkv.get(0)?.contiguous()? * (hd as f64).powf(-0.5))?;
+        let k = qkv.get(1)?.contiguous()?;
+        let v = qkv.get(2)?.contiguous()?;
+        let attn = softmax_last(&q.matmul(&k.t()?)?)?;
+        let out = attn.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, n, d))?;
+        self.proj.forward(&out)
+    }
+}
+
+pub struct Ffn {
+    pub kind: FfnKind,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl Ffn {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.fc1.forward(x)?;
+        let h = match self.kind {
+            FfnKind::Mlp => h.gelu_erf()?,
+            FfnKind::SwiGlu => {
+                let half = h.dim(candle_core::D::Minus1)? / 2;
+                let x1 = h.narrow(candle_core::D::Minus1, 0, half)?;
+                let x2 = h.narrow(candle_core::D::Minus1, half, half)?;
+                (x1.silu()? * x2)?
+            }
+        };
+        self.fc2.forward(&h)
+    }
+}
+
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub attn: Attention,
+    pub ls1: Option<Tensor>,
+    pub norm2: LayerNorm,
+    pub ffn: Ffn,
+    pub ls2: Option<Tensor>,
+}
+
+fn layer_scale(x: Tensor, gamma: &Option<Tensor>) -> candle_core::Result<Tensor> {
+    match gamma {
+        Some(g) => x.broadcast_mul(g),
+        None => Ok(x),
+    }
+}
+
+impl Block {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = (x + layer_scale(self.attn.forward(&self.norm1.forward(x)?)?, &self.ls1)?)?;
+        &x + layer_scale(self.ffn.forward(&self.norm2.forward(&x)?)?, &self.ls2)?
+    }
+}
+
+/// The encoder's two outputs, after the final norm.
+pub struct Tokens {
+    /// `[B, D]`
+    pub cls: Tensor,
+    /// `[B, P, D]`, row-major over the patch grid, registers excluded.
+    pub patch: Tensor,
+    /// Patch grid (rows, columns).
+    pub grid: (usize, usize),
+}
+
+pub struct VisionTransformer {
+    pub config: VitConfig,
+    pub pos_resize: PosResize,
+    /// `[3·p·p, D]`: the patch convolution as a matmul over flattened (c, ky, kx) patches.
+    pub patch_embed: Linear,
+    pub cls_token: Tensor,
+    /// `[1, 1, D]` position of the class token.
+    pub pos_cls: Tensor,
+    /// `[M·M, D]` position grid.
+    pub pos_patch: Tensor,
+    pub register_tokens: Option<Tensor>,
+    pub blocks: Vec<Block>,
+    pub norm: LayerNorm,
+    resize_cache: Mutex<HashMap<(usize, usize, DType), Option<Tensor>>>,
+}
+
+impl VisionTransformer {
+    /// Takes every backbone tensor out of `ckpt`, checking each shape against `config`.
+    pub fn load(ckpt: &mut Checkpoint, config: VitConfig, pos_resize: PosResize) -> Result<Self> {
+        let d = config.embed_dim;
+        let p = config.patch_size;
+        let m = config.pos_grid;
+        let eps = config.ln_eps;
+        let f32 = |t: Tensor| t.to_dtype(DType::F32);
+        let ln = |ckpt: &mut Checkpoint, name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                weight: f32(ckpt.take(&format!("{name}.weight"), &[d])?)?,
+                bias: f32(ckpt.take(&format!("{name}.bias"), &[d])?)?,
+                eps,
+            })
+        };
+        let linear = |ckpt: &mut Checkpoint, name: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let w = f32(ckpt.take(&format!("{name}.weight"), &[out, inp])?)?;
+            let b = if bias {
+                Some(f32(ckpt.take(&format!("{name}.bias"), &[out])?)?)
+            } else {
+                ckpt.take_opt(&format!("{name}.bias"), &[out])?.map(f32).transpose()?
+            };
+            Ok(Linear::new(w, b)?)
+        };
+
+        let pw = f32(ckpt.take("patch_embed.proj.weight", &[d, 3, p, p])?)?.reshape((d, 3 * p * p))?;
+        let pb = f32(ckpt.take("patch_embed.proj.bias", &[d])?)?;
+        let patch_embed = Linear::new(pw, Some(pb))?;
+        let cls_token = f32(ckpt.take("cls_token", &[1, 1, d])?)?;
+        let pos = f32(ckpt.take("pos_embed", &[1, 1 + m * m, d])?)?;
+        let pos_cls = pos.narrow(1, 0, 1)?.contiguous()?;
+        let pos_patch = pos.narrow(1, 1, m * m)?.squeeze(0)?.contiguous()?;
+        let r = config.num_registers;
+        let register_tokens =
+            if r > 0 { Some(f32(ckpt.take("register_tokens", &[1, r, d])?)?) } else { None };
+        let hidden = config.ffn_hidden;
+        let fc1_out = match config.ffn {
+            FfnKind::Mlp => hidden,
+            FfnKind::SwiGlu => 2 * hidden,
+        };
+        let mut blocks = Vec::with_capacity(config.depth);
+        for i in 0..config.depth {
+            let pre = format!("blocks.{i}");
+            let ls = |ckpt: &mut Checkpoint, n: &str| -> Result<Option<Tensor>> {
+                if config.layer_scale {
+                    Ok(Some(f32(ckpt.take(&format!("{pre}.{n}.gamma"), &[d])?)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            blocks.push(Block {
+                norm1: ln(ckpt, &format!("{pre}.norm1"))?,
+                attn: Attention {
+                    qkv: linear(ckpt, &format!("{pre}.attn.qkv"), 3 * d, d, config.qkv_bias)?,
+                    proj: linear(ckpt, &format!("{pre}.attn.proj"), d, d, true)?,
+                    num_heads: config.num_heads,
+                },
+                ls1: ls(ckpt, "ls1")?,
+                norm2: ln(ckpt, &format!("{pre}.norm2"))?,
+                ffn: Ffn {
+                    kind: config.ffn,
+                    fc1: linear(ckpt, &format!("{pre}.mlp.fc1"), fc1_out, d, true)?,
+                    fc2: linear(ckpt, &format!("{pre}.mlp.fc2"), d, hidden, true)?,
+                },
+                ls2: ls(ckpt, "ls2")?,
+            });
+        }
+        let norm = ln(ckpt, "norm")?;
+        if let Some(name) = ckpt.tensors.keys().next() {
+            bail!("{}: tensor '{}' is not used by {config}", ckpt.path.display(), ckpt.source_name(name));
+        }
+        Ok(Self {
+            config,
+            pos_resize,
+            patch_embed,
+            cls_token,
+            pos_cls,
+            pos_patch,
+            register_tokens,
+            blocks,
+            norm,
+            resize_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A copy on another device and/or in another float type (f64 for finite differences).
+    pub fn to(&self, device: &Device, dtype: DType) -> Result<Self> {
+        let c = |t: &Tensor| cast(t, device, dtype);
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Block {
+                    norm1: b.norm1.to(device, dtype)?,
+                    attn: Attention { qkv: b.attn.qkv.to(device, dtype)?, proj: b.attn.proj.to(device, dtype)?, num_heads: b.attn.num_heads },
+                    ls1: b.ls1.as_ref().map(c).transpose()?,
+                    norm2: b.norm2.to(device, dtype)?,
+                    ffn: Ffn { kind: b.ffn.kind, fc1: b.ffn.fc1.to(device, dtype)?, fc2: b.ffn.fc2.to(device, dtype)? },
+                    ls2: b.ls2.as_ref().map(c).transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            config: self.config.clone(),
+            pos_resize: self.pos_resize,
+            patch_embed: self.patch_embed.to(device, dtype)?,
+            cls_token: c(&self.cls_token)?,
+            pos_cls: c(&self.pos_cls)?,
+            pos_patch: c(&self.pos_patch)?,
+            register_tokens: self.register_tokens.as_ref().map(c).transpose()?,
+            blocks,
+            norm: self.norm.to(device, dtype)?,
+            resize_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.cls_token.device()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.cls_token.dtype()
+    }
+
+    /// The position embedding of the patch grid `h × w`, `[h·w, D]`.
+    pub fn patch_positions(&self, h: usize, w: usize) -> candle_core::Result<Tensor> {
+        let m = self.config.pos_grid;
+        let key = (h, w, self.dtype());
+        let matrix = {
+            let mut cache = self.resize_cache.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.get(&key) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = resize_matrix_2d(self.pos_resize, m, h, w)
+                        .map(|v| Tensor::from_vec(v, (h * w, m * m), self.device())?.to_dtype(self.dtype()))
+                        .transpose()?;
+                    cache.insert(key, r.clone());
+                    r
+                }
+            }
+        };
+        match matrix {
+            Some(r) => r.matmul(&self.pos_patch),
+            None => Ok(self.pos_patch.clone()),
+        }
+    }
+
+    /// `x`: normalized images `[B, 3, H, W]`, H and W multiples of the patch size.
+    pub fn forward(&self, x: &Tensor) -> Result<Tokens> {
+        let p = self.config.patch_size;
+        let d = self.config.embed_dim;
+        let (b, c, hh, ww) = x.dims4()?;
+        if c != 3 {
+            bail!("expected 3 colour channels, got {c}");
+        }
+        if hh % p != 0 || ww % p != 0 || hh == 0 || ww == 0 {
+            bail!("image size {hh}x{ww} is not a positive multiple of the patch size {p}");
+        }
+        let (h, w) = (hh / p, ww / p);
+        let patches = x
+            .reshape((b, 3, h, p, w, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, h * w, 3 * p * p))?;
+        let tokens = self.patch_embed.forward(&patches)?;
+        let tokens = tokens.broadcast_add(&self.patch_positions(h, w)?.unsqueeze(0)?)?;
+        let cls = (&self.cls_token + &self.pos_cls)?.broadcast_as((b, 1, d))?;
+        let mut parts = vec![cls];
+        if let Some(reg) = &self.register_tokens {
+            parts.push(reg.broadcast_as((b, reg.dim(1)?, d))?);
+        }
+        parts.push(tokens);
+        let mut x = Tensor::cat(&parts, 1)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        let x = self.norm.forward(&x)?;
+        let skip = 1 + self.config.num_registers;
+        Ok(Tokens { cls: x.narrow(1, 0, 1)?.squeeze(1)?, patch: x.narrow(1, skip, h * w)?, grid: (h, w) })
+    }
+}

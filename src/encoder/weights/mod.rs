@@ -1,0 +1,212 @@
+//! Reading backbone weights from any supported file (`.pth`, `.safetensors`, `.onnx`), finding the
+//! backbone inside it, renaming it canonically and reading the architecture off its shapes.
+
+mod naming;
+mod onnx;
+mod pth;
+mod safetensors;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::Tensor;
+
+use super::arch::{FfnKind, ShapeFacts};
+pub use naming::Source;
+
+/// The container format of a checkpoint file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Format {
+    #[serde(rename = "pth")]
+    Pth,
+    #[serde(rename = "safetensors")]
+    Safetensors,
+    #[serde(rename = "onnx")]
+    Onnx,
+}
+
+impl Format {
+    /// By extension first; by magic bytes for unusual extensions (`.bin`, `.pt`, `.ckpt`).
+    pub fn detect(path: &Path) -> Result<Self> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        match ext.as_str() {
+            "pth" | "pt" | "bin" | "ckpt" | "tar" => return Ok(Self::Pth),
+            "safetensors" => return Ok(Self::Safetensors),
+            "onnx" => return Ok(Self::Onnx),
+            _ => {}
+        }
+        let mut head = [0u8; 4];
+        use std::io::Read;
+        let n = std::fs::File::open(path)
+            .with_context(|| format!("{}: cannot open", path.display()))?
+            .read(&mut head)?;
+        if n >= 2 && &head[..2] == b"PK" {
+            Ok(Self::Pth)
+        } else {
+            bail!(
+                "{}: unknown checkpoint format (expected .pth/.pt/.bin, .safetensors or .onnx)",
+                path.display()
+            )
+        }
+    }
+}
+
+/// A backbone's tensors under canonical names, with where they came from.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub format: Format,
+    pub source: Source,
+    pub tensors: BTreeMap<String, Tensor>,
+    pub origin: BTreeMap<String, String>,
+    pub prefix: String,
+    pub other_prefixes: Vec<String>,
+    pub ignored: Vec<String>,
+    /// From a Hugging Face `config.json`.
+    pub heads_hint: Option<usize>,
+    pub eps_hint: Option<f64>,
+}
+
+impl Checkpoint {
+    /// Reads `path`; `prefer` selects among several backbones in one file (`teacher`, `student`).
+    pub fn load(path: &Path, prefer: Option<&str>) -> Result<Self> {
+        if !path.exists() {
+            bail!("{}: no such file", path.display());
+        }
+        let format = Format::detect(path)?;
+        let raw = match format {
+            Format::Pth => pth::read(path)?,
+            Format::Safetensors => safetensors::read(path)?,
+            Format::Onnx => onnx::read(path)?,
+        };
+        let canon = naming::canonicalize(raw, prefer).with_context(|| format!("{}", path.display()))?;
+        let hints = match format {
+            Format::Safetensors => safetensors::config_hints(path)?,
+            _ => Default::default(),
+        };
+        let source = match format {
+            Format::Onnx => Source::Onnx,
+            _ if canon.hf_naming => Source::HuggingFace,
+            _ if canon.timm_naming => Source::Timm,
+            _ => Source::Official,
+        };
+        Ok(Self {
+            path: path.to_owned(),
+            format,
+            source,
+            tensors: canon.tensors,
+            origin: canon.origin,
+            prefix: canon.prefix,
+            other_prefixes: canon.other_prefixes,
+            ignored: canon.ignored,
+            heads_hint: hints.num_heads,
+            eps_hint: hints.ln_eps,
+        })
+    }
+
+    /// The file's own name for a canonical tensor name.
+    pub fn source_name(&self, canonical: &str) -> String {
+        self.origin.get(canonical).cloned().unwrap_or_else(|| format!("{}{canonical}", self.prefix))
+    }
+
+    fn get(&self, name: &str) -> Result<&Tensor> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| anyhow!("{}: missing tensor '{}'", self.path.display(), self.source_name(name)))
+    }
+
+    fn dims(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.get(name)?.dims().to_vec())
+    }
+
+    /// Reads the architecture off the tensor shapes.
+    pub fn shape_facts(&self) -> Result<ShapeFacts> {
+        let file = self.path.display();
+        let cls = self.dims("cls_token")?;
+        let embed_dim = *cls.last().ok_or_else(|| anyhow!("{file}: cls_token is a scalar"))?;
+        let pe = self.dims("patch_embed.proj.weight")?;
+        if pe.len() != 4 || pe[0] != embed_dim || pe[1] != 3 || pe[2] != pe[3] {
+            bail!(
+                "{file}: tensor '{}' has shape {pe:?}, expected [{embed_dim}, 3, p, p]",
+                self.source_name("patch_embed.proj.weight")
+            );
+        }
+        let mut depth = 0;
+        while self.tensors.contains_key(&format!("blocks.{depth}.norm1.weight")) {
+            depth += 1;
+        }
+        if depth == 0 {
+            bail!("{file}: the backbone has no transformer blocks");
+        }
+        if let Some(extra) = self.tensors.keys().find(|k| {
+            k.strip_prefix("blocks.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i >= depth)
+        }) {
+            bail!("{file}: block indices are not contiguous: found '{}' after {depth} blocks", self.source_name(extra));
+        }
+        let fc1 = self.dims("blocks.0.mlp.fc1.weight")?;
+        let fc2 = self.dims("blocks.0.mlp.fc2.weight")?;
+        if fc1.len() != 2 || fc2.len() != 2 {
+            bail!("{file}: FFN weights of block 0 are not matrices ({fc1:?}, {fc2:?})");
+        }
+        let ffn_hidden = fc2[1];
+        let ffn = if fc1[0] == 2 * ffn_hidden { FfnKind::SwiGlu } else { FfnKind::Mlp };
+        let num_registers = match self.tensors.get("register_tokens") {
+            Some(t) => t.dim(1)?,
+            None => 0,
+        };
+        let pos = self.dims("pos_embed")?;
+        let n = pos.get(1).copied().unwrap_or(0).saturating_sub(1);
+        let pos_grid = (n as f64).sqrt().round() as usize;
+        if pos.len() != 3 || pos_grid * pos_grid != n || pos[2] != embed_dim {
+            bail!(
+                "{file}: tensor '{}' has shape {pos:?}, expected [1, 1 + M*M, {embed_dim}] for a square grid",
+                self.source_name("pos_embed")
+            );
+        }
+        Ok(ShapeFacts {
+            embed_dim,
+            patch_size: pe[2],
+            depth,
+            ffn_hidden,
+            ffn,
+            num_registers,
+            layer_scale: self.tensors.contains_key("blocks.0.ls1.gamma"),
+            qkv_bias: self.tensors.contains_key("blocks.0.attn.qkv.bias"),
+            pos_grid,
+        })
+    }
+
+    /// Removes a tensor, checking its shape; the error names the file, the tensor (in the file's
+    /// own naming), the expected and the found shape.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.get(name)?.clone();
+        if t.dims() != shape {
+            bail!(
+                "{}: tensor '{}' has shape {:?}, expected {:?}",
+                self.path.display(),
+                self.source_name(name),
+                t.dims(),
+                shape
+            );
+        }
+        self.tensors.remove(name);
+        Ok(t)
+    }
+
+    /// Like [`Checkpoint::take`] for tensors that may be absent.
+    pub fn take_opt(&mut self, name: &str, shape: &[usize]) -> Result<Option<Tensor>> {
+        if self.tensors.contains_key(name) {
+            self.take(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Total number of parameters in the backbone.
+    pub fn parameter_count(&self) -> usize {
+        self.tensors.values().map(|t| t.elem_count()).sum()
+    }
+}

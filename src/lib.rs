@@ -1,0 +1,12 @@
+//! robust-ssl: adversarial robustness of self-supervised ViT encoders (DINO, DINOv2) on every
+//! downstream task.
+//!
+//! *An attack is a threat model times an objective, run over one differentiable pipeline:
+//! pixels in [0,1] → normalize → encoder → head.* This crate holds that pipeline and everything
+//! that feeds it.
+
+pub mod device;
+pub mod commands;
+pub mod encoder;
+pub mod input;
+pub mod perf;

@@ -1,0 +1,66 @@
+//! Throughput measurement of the encoder: forward, and forward + backward to the input pixels
+//! (what every attack step needs). Timings only; correctness lives in the tests.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Tensor, Var};
+
+use crate::device::synchronize;
+use crate::encoder::Encoder;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Timing {
+    pub batch: usize,
+    pub size: usize,
+    pub iters: usize,
+    /// Median seconds per batch.
+    pub forward_s: f64,
+    pub forward_backward_s: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Gradient of a fixed random projection of both outputs with respect to the pixels.
+pub fn input_gradient(enc: &Encoder, pixels: &Tensor, proj_cls: &Tensor, proj_patch: &Tensor) -> Result<(f64, Tensor)> {
+    let x = Var::from_tensor(pixels)?;
+    let t = enc.forward(x.as_tensor())?;
+    let loss = ((t.cls * proj_cls)?.sum_all()? + (t.patch * proj_patch)?.sum_all()?)?;
+    let grads = loss.backward()?;
+    let g = grads.get(x.as_tensor()).cloned().ok_or_else(|| anyhow::anyhow!("no gradient reached the input"))?;
+    Ok((loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, g))
+}
+
+pub fn measure(enc: &Encoder, batch: usize, size: usize, warmup: usize, iters: usize) -> Result<Timing> {
+    let dev = enc.vit.device();
+    let p = enc.config().patch_size;
+    let d = enc.config().embed_dim;
+    let n = (size / p) * (size / p);
+    let x = Tensor::rand(0f32, 1f32, (batch, 3, size, size), dev)?;
+    let pc = Tensor::randn(0f32, 1f32, (batch, d), dev)?;
+    let pp = Tensor::randn(0f32, 1f32, (batch, n, d), dev)?;
+    let mut fwd = Vec::new();
+    for i in 0..warmup + iters {
+        let t0 = Instant::now();
+        let t = enc.forward(&x)?;
+        let _ = t.cls.sum_all()?.to_scalar::<f32>()?;
+        synchronize(dev)?;
+        if i >= warmup {
+            fwd.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let mut bwd = Vec::new();
+    for i in 0..warmup + iters {
+        let t0 = Instant::now();
+        let (_, g) = input_gradient(enc, &x, &pc, &pp)?;
+        let _ = g.sum_all()?.to_scalar::<f32>()?;
+        synchronize(dev)?;
+        if i >= warmup {
+            bwd.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(Timing { batch, size, iters, forward_s: median(fwd), forward_backward_s: median(bwd) })
+}
