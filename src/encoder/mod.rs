@@ -76,7 +76,7 @@ impl Encoder {
             num_heads: opts.heads,
             ln_eps: ckpt.eps_hint,
         };
-        let config = arch::resolve(&facts, &over, ckpt.heads_hint).with_context(|| format!("{}", path.display()))?;
+        let config = arch::resolve(&facts, &over, ckpt.heads_hint(facts.embed_dim)).with_context(|| format!("{}", path.display()))?;
         let default_pos_resize = arch::default_pos_resize(ckpt.source, config.num_registers);
         let pos_resize = opts.pos_resize.unwrap_or(default_pos_resize);
         let info = EncoderInfo {

@@ -63,7 +63,9 @@ pub struct Checkpoint {
     pub other_prefixes: Vec<String>,
     pub ignored: Vec<String>,
     /// From a Hugging Face `config.json`.
-    pub heads_hint: Option<usize>,
+    heads_hint: Option<usize>,
+    /// From an ONNX graph's attention scaling.
+    head_dim_hint: Option<usize>,
     pub eps_hint: Option<f64>,
 }
 
@@ -74,10 +76,15 @@ impl Checkpoint {
             bail!("{}: no such file", path.display());
         }
         let format = Format::detect(path)?;
+        let mut head_dim_hint = None;
         let raw = match format {
             Format::Pth => pth::read(path)?,
             Format::Safetensors => safetensors::read(path)?,
-            Format::Onnx => onnx::read(path)?,
+            Format::Onnx => {
+                let w = onnx::read(path)?;
+                head_dim_hint = w.head_dim;
+                w.tensors
+            }
         };
         let canon = naming::canonicalize(raw, prefer).with_context(|| format!("{}", path.display()))?;
         let hints = match format {
@@ -100,8 +107,14 @@ impl Checkpoint {
             other_prefixes: canon.other_prefixes,
             ignored: canon.ignored,
             heads_hint: hints.num_heads,
+            head_dim_hint,
             eps_hint: hints.ln_eps,
         })
+    }
+
+    /// Number of heads the file itself states (config.json) or implies (ONNX attention scaling).
+    pub fn heads_hint(&self, embed_dim: usize) -> Option<usize> {
+        self.heads_hint.or(self.head_dim_hint.filter(|&hd| hd > 0 && embed_dim % hd == 0).map(|hd| embed_dim / hd))
     }
 
     /// The file's own name for a canonical tensor name.

@@ -196,18 +196,22 @@ fn map_hf(local: &str) -> Mapped {
     if local.starts_with("pooler.") || local.starts_with("classifier.") {
         return Mapped::Ignore;
     }
-    let Some(rest) = local.strip_prefix("encoder.layer.") else { return Mapped::Unknown };
+    // Hub checkpoints: encoder.layer.N; transformers 5 ViTModel: layers.N.
+    let Some(rest) = ["encoder.layer.", "encoder.layers.", "layers."].iter().find_map(|p| local.strip_prefix(p)) else {
+        return Mapped::Unknown;
+    };
     let Some((index, param)) = rest.split_once('.') else { return Mapped::Unknown };
     let Ok(index) = index.parse::<usize>() else { return Mapped::Unknown };
     let Some((module, kind)) = param.rsplit_once('.') else { return Mapped::Unknown };
     let qkv = |which| Mapped::Qkv(index, kind.to_owned(), which);
     let canon = match module {
-        "attention.attention.query" => return qkv(0),
-        "attention.attention.key" => return qkv(1),
-        "attention.attention.value" => return qkv(2),
+        // legacy (Hub) names, then transformers 5 names
+        "attention.attention.query" | "attention.q_proj" => return qkv(0),
+        "attention.attention.key" | "attention.k_proj" => return qkv(1),
+        "attention.attention.value" | "attention.v_proj" => return qkv(2),
         "norm1" | "layernorm_before" => "norm1",
         "norm2" | "layernorm_after" => "norm2",
-        "attention.output.dense" => "attn.proj",
+        "attention.output.dense" | "attention.o_proj" => "attn.proj",
         "layer_scale1" if kind == "lambda1" => return Mapped::To(format!("blocks.{index}.ls1.gamma")),
         "layer_scale2" if kind == "lambda1" => return Mapped::To(format!("blocks.{index}.ls2.gamma")),
         "mlp.fc1" | "mlp.weights_in" | "intermediate.dense" => "mlp.fc1",
@@ -252,6 +256,8 @@ mod tests {
         assert_eq!(name(map_hf("encoder.layer.0.layernorm_after.weight")), "blocks.0.norm2.weight");
         assert_eq!(name(map_hf("encoder.layer.0.intermediate.dense.weight")), "blocks.0.mlp.fc1.weight");
         assert_eq!(name(map_hf("encoder.layer.0.mlp.weights_out.bias")), "blocks.0.mlp.fc2.bias");
+        assert_eq!(name(map_hf("encoder.layer.1.attention.v_proj.weight")), "qkv 1 weight 2");
+        assert_eq!(name(map_hf("layers.3.attention.o_proj.bias")), "blocks.3.attn.proj.bias");
         assert_eq!(name(map_hf("pooler.dense.weight")), "ignore");
         assert_eq!(name(map_hf("encoder.layer.0.foo.weight")), "unknown");
     }

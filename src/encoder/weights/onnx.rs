@@ -19,8 +19,14 @@ mod proto {
 }
 use proto::{tensor_proto::DataType, ModelProto, TensorProto};
 
+/// The initializers, and the attention head width read off the graph's scaling constant.
+pub struct OnnxWeights {
+    pub tensors: Vec<(String, Tensor)>,
+    pub head_dim: Option<usize>,
+}
+
 /// Every float initializer with a name derived from the graph where it had none.
-pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
+pub fn read(path: &Path) -> Result<OnnxWeights> {
     let shown = path.display();
     let bytes = std::fs::read(path).with_context(|| format!("{shown}: cannot read"))?;
     let model = ModelProto::decode(bytes.as_slice())
@@ -71,7 +77,48 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
             (None, None) => {}
         }
     }
-    Ok(out)
+    Ok(OnnxWeights { tensors: out, head_dim: head_dim(&graph) })
+}
+
+/// Head width from the first attention's scaling: `q·hd^-0.5` (one Mul), `q·hd^-0.25` and
+/// `k·hd^-0.25` (two Muls, as transformers exports), or `/ √hd` (Div).
+fn head_dim(graph: &proto::GraphProto) -> Option<usize> {
+    let mut scalars: HashMap<&str, f64> = HashMap::new();
+    for node in graph.node.iter().filter(|n| n.op_type == "Constant") {
+        if let (Some(out), Some(t)) = (node.output.first(), node.attribute.first().and_then(|a| a.t.as_ref())) {
+            if let Ok(Some(v)) = to_tensor(t) {
+                if v.elem_count() == 1 {
+                    if let Ok(x) = v.flatten_all().and_then(|v| v.to_dtype(DType::F64)).and_then(|v| v.to_vec1::<f64>()) {
+                        scalars.insert(out.as_str(), x[0]);
+                    }
+                }
+            }
+        }
+    }
+    let first_attention = |n: &&proto::NodeProto| {
+        n.name.contains("attention") || n.name.contains("/attn/")
+    } && (n.name.contains("layer.0/") || n.name.contains("blocks.0/"));
+    let mut muls: Vec<f64> = Vec::new();
+    let mut divs: Vec<f64> = Vec::new();
+    for node in graph.node.iter().filter(first_attention) {
+        for input in &node.input {
+            if let Some(&c) = scalars.get(input.as_str()) {
+                match node.op_type.as_str() {
+                    "Mul" if c > 0.0 && c < 1.0 => muls.push(c),
+                    "Div" if c > 1.0 => divs.push(c),
+                    _ => {}
+                }
+            }
+        }
+    }
+    let integral = |x: f64| (x.round() - x).abs() < 1e-3 * x.max(1.0) && x >= 1.0;
+    let candidate = match (muls.as_slice(), divs.as_slice()) {
+        ([a, b, ..], _) if (a - b).abs() < 1e-9 => a.powi(-4),
+        ([a], _) => a.powi(-2),
+        ([], [d, ..]) => d * d,
+        _ => return None,
+    };
+    integral(candidate).then(|| candidate.round() as usize)
 }
 
 /// `/backbone/encoder/layer.0/attention/attention/query/MatMul` → `backbone.encoder.layer.0.attention.attention.query`.
