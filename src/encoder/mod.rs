@@ -54,6 +54,8 @@ pub struct EncoderInfo {
     pub pos_resize: PosResize,
     pub default_pos_resize: PosResize,
     pub ignored_tensors: usize,
+    /// True when the head count was neither given nor stated by the file (64-dim heads assumed).
+    pub heads_assumed: bool,
 }
 
 /// A loaded encoder: normalization + ViT.
@@ -76,7 +78,9 @@ impl Encoder {
             num_heads: opts.heads,
             ln_eps: ckpt.eps_hint,
         };
-        let config = arch::resolve(&facts, &over, ckpt.heads_hint(facts.embed_dim)).with_context(|| format!("{}", path.display()))?;
+        let heads_hint = ckpt.heads_hint(facts.embed_dim);
+        let heads_assumed = opts.heads.is_none() && over.arch.is_none() && heads_hint.is_none();
+        let config = arch::resolve(&facts, &over, heads_hint).with_context(|| format!("{}", path.display()))?;
         let default_pos_resize = arch::default_pos_resize(ckpt.source, config.num_registers);
         let pos_resize = opts.pos_resize.unwrap_or(default_pos_resize);
         let info = EncoderInfo {
@@ -91,7 +95,17 @@ impl Encoder {
             pos_resize,
             default_pos_resize,
             ignored_tensors: ckpt.ignored.len(),
+            heads_assumed,
         };
+        if heads_assumed && config.official_name().is_none() {
+            eprintln!(
+                "warning: {}: the file does not state the number of attention heads; assuming 64-dim heads \
+                 ({} head(s)) for this custom width {}. Pass --heads if that is wrong.",
+                path.display(),
+                config.num_heads,
+                config.embed_dim
+            );
+        }
         let vit = VisionTransformer::load(&mut ckpt, config, pos_resize)?;
         let vit = if opts.device.is_cpu() { vit } else { vit.to(&opts.device, DType::F32)? };
         Self::from_vit(vit, info)

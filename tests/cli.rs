@@ -1,0 +1,158 @@
+//! The `robust-ssl` binary as a user calls it: `embed` and `inspect` outputs, and a clear error
+//! (naming the file and the problem, exit code 1, no panic) for every kind of bad input.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder")
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_robust-ssl")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Runs and expects a clean failure whose message contains every `needle`.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let (ok, _, err) = run(args);
+    assert!(!ok, "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: error should mention '{n}': {err}");
+    }
+}
+
+fn save(dir: &Path, name: &str, tensors: HashMap<String, Tensor>) -> String {
+    let p = dir.join(name);
+    candle_core::safetensors::save(&tensors, &p).unwrap();
+    p.display().to_string()
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn embed_writes_the_reference_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = candle_core::safetensors::load(fixtures().join("dinov2_official.expected.safetensors"), &Device::Cpu).unwrap();
+    let input = save(dir.path(), "in.safetensors", HashMap::from([("images".into(), exp["images"].clone())]));
+    let out = dir.path().join("out.safetensors");
+    let ckpt = s(&fixtures().join("dinov2_official.pth"));
+    let (ok, _, err) = run(&["embed", "--checkpoint", &ckpt, "--heads", "4", "--input", &input, "--output", &s(&out), "--batch-size", "1"]);
+    assert!(ok, "{err}");
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    for key in ["cls", "patch"] {
+        let d = (&got[key] - &exp[key]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        assert!(d < 1e-4, "{key} differs by {d}");
+    }
+    assert_eq!(got["patch"].dims(), &[2, 12, 64]);
+}
+
+#[test]
+fn inspect_reports_architecture_naming_and_resize() {
+    let ckpt = s(&fixtures().join("dinov2_reg_timm.safetensors"));
+    let (ok, out, err) = run(&["inspect", &ckpt, "--heads", "4"]);
+    assert!(ok, "{err}");
+    for want in ["Timm", "registers 4", "size-aa", "parameters:"] {
+        assert!(out.contains(want), "missing '{want}' in:\n{out}");
+    }
+    let (ok, out, _) = run(&["inspect", &s(&fixtures().join("hf_dinov2/model.safetensors")), "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["source"], "huggingface");
+    assert_eq!(v["config"]["num_heads"], 4, "heads from config.json");
+    assert_eq!(v["pos_resize"], "size");
+}
+
+#[test]
+fn missing_truncated_and_corrupt_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = s(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real/photos/coffee.png"));
+    let out = s(&dir.path().join("o.safetensors"));
+    fails_with(&["embed", "--checkpoint", "/nonexistent/model.pth", "--input", &img, "--output", &out], &["/nonexistent/model.pth", "no such file"]);
+    for name in ["dinov2_official.pth", "dinov2_reg_timm.safetensors", "hf_dinov2.onnx"] {
+        let bytes = std::fs::read(fixtures().join(name)).unwrap();
+        let cut = dir.path().join(format!("cut_{name}"));
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        fails_with(&["inspect", &s(&cut)], &[&s(&cut), "corrupt"]);
+        let junk = dir.path().join(format!("junk_{name}"));
+        std::fs::write(&junk, b"this is not a checkpoint at all, just text").unwrap();
+        fails_with(&["inspect", &s(&junk)], &[&s(&junk)]);
+    }
+    // A file that parses but holds no ViT.
+    let other = save(dir.path(), "other.safetensors", HashMap::from([("fc.weight".into(), Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).unwrap())]));
+    fails_with(&["inspect", &other], &[&other, "no ViT backbone found"]);
+}
+
+fn timm_tensors() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join("dinov2_reg_timm.safetensors"), &Device::Cpu).unwrap()
+}
+
+#[test]
+fn unknown_names_and_shape_mismatches_name_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = timm_tensors();
+    t.insert("blocks.0.attn.rel_pos.weight".into(), Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
+    let f = save(dir.path(), "unknown.safetensors", t);
+    fails_with(&["inspect", &f, "--heads", "4"], &[&f, "blocks.0.attn.rel_pos.weight", "not part of"]);
+
+    let mut t = timm_tensors();
+    t.insert("blocks.1.attn.proj.weight".into(), Tensor::zeros((64, 32), candle_core::DType::F32, &Device::Cpu).unwrap());
+    let f = save(dir.path(), "shape.safetensors", t);
+    fails_with(&["inspect", &f, "--heads", "4"], &[&f, "blocks.1.attn.proj.weight", "[64, 32]", "expected [64, 64]"]);
+
+    let mut t = timm_tensors();
+    t.remove("blocks.1.norm2.bias");
+    let f = save(dir.path(), "missing.safetensors", t);
+    fails_with(&["inspect", &f, "--heads", "4"], &[&f, "missing tensor 'blocks.1.norm2.bias'"]);
+
+    let f = s(&fixtures().join("dinov2_reg_timm.safetensors"));
+    fails_with(&["inspect", &f, "--arch", "dinov2_vits14"], &["embedding width 384", "64"]);
+    fails_with(&["inspect", &f, "--arch", "dinov3_vits16"], &["unknown architecture"]);
+    fails_with(&["inspect", &f, "--heads", "5"], &["5 attention heads do not divide"]);
+    fails_with(&["inspect", &s(&fixtures().join("dino_v1_train.pth")), "--heads", "4", "--backbone", "ema"], &["no backbone under 'ema'"]);
+}
+
+#[test]
+fn bad_images_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = s(&fixtures().join("dinov2_official.pth"));
+    let out = s(&dir.path().join("o.safetensors"));
+    let embed = |input: &str| vec!["embed", "--checkpoint", &ckpt, "--heads", "4", "--input", input, "--output", &out].into_iter().map(String::from).collect::<Vec<_>>();
+    let fails = |input: &str, needles: &[&str]| {
+        let args = embed(input);
+        fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), needles)
+    };
+    let cpu = Device::Cpu;
+    let odd = save(dir.path(), "odd.safetensors", HashMap::from([("images".into(), Tensor::full(0.5f32, (1, 3, 30, 28), &cpu).unwrap())]));
+    fails(&odd, &[&odd, "30x28", "multiples of the patch size 14"]);
+    let mut v = vec![0.5f32; 3 * 28 * 28];
+    v[100] = f32::NAN;
+    let nan = save(dir.path(), "nan.safetensors", HashMap::from([("images".into(), Tensor::from_vec(v, (1, 3, 28, 28), &cpu).unwrap())]));
+    fails(&nan, &[&nan, "NaN"]);
+    let norm = save(dir.path(), "norm.safetensors", HashMap::from([("images".into(), Tensor::full(-1.5f32, (1, 3, 28, 28), &cpu).unwrap())]));
+    fails(&norm, &[&norm, "outside [0, 1]"]);
+    let wrong = save(dir.path(), "wrong.safetensors", HashMap::from([("pixels".into(), Tensor::full(0.5f32, (1, 3, 28, 28), &cpu).unwrap())]));
+    fails(&wrong, &[&wrong, "no tensor named 'images'"]);
+    let rank = save(dir.path(), "rank.safetensors", HashMap::from([("images".into(), Tensor::full(0.5f32, (3, 28, 28), &cpu).unwrap())]));
+    fails(&rank, &[&rank, "expected [N, 3, H, W]"]);
+    let png = dir.path().join("broken.png");
+    std::fs::write(&png, b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    fails(&s(&png), &[&s(&png), "not a decodable image"]);
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    fails(&s(&empty), &[&s(&empty), "no image files"]);
+    fails(&s(&dir.path().join("absent.png")), &["absent.png", "no such file"]);
+    // Output into a folder that does not exist.
+    let exp = candle_core::safetensors::load(fixtures().join("dinov2_official.expected.safetensors"), &cpu).unwrap();
+    let good = save(dir.path(), "good.safetensors", HashMap::from([("images".into(), exp["images"].clone())]));
+    fails_with(
+        &["embed", "--checkpoint", &ckpt, "--heads", "4", "--input", &good, "--output", "/nonexistent/dir/o.safetensors"],
+        &["/nonexistent/dir", "does not exist"],
+    );
+}

@@ -1,0 +1,65 @@
+"""PyTorch eager reference timings for BENCHMARKS.md (same protocol as `robust-ssl bench`).
+
+    python3 tools/bench_torch.py --batch 8 --size 224 --threads 2
+
+The model is the official DINOv2 ViT-S/14 architecture restated in reference_vit.py (random
+weights: speed does not depend on them), f32, eager. Forward runs under no_grad; forward+backward
+computes the gradient of a random projection of CLS and patch tokens with respect to the pixels
+only (weights frozen, as in an attack: the fastest PyTorch setting). Median of --iters after
+--warmup. Prints one JSON line.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import reference_vit as ref  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--iters", type=int, default=5)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    m = ref.randomize(ref.VisionTransformer(14, 384, 12, 6, pos_grid=37), 0).eval()
+    for q in m.parameters():
+        q.requires_grad_(False)
+    x = torch.rand(a.batch, 3, a.size, a.size)
+    n = (a.size // 14) ** 2
+    pc, pp = torch.randn(a.batch, 384), torch.randn(a.batch, n, 384)
+
+    def fwd():
+        with torch.no_grad():
+            cls, patch = m(ref.normalize(x))
+        return cls.sum().item()
+
+    def fwd_bwd():
+        xi = x.clone().requires_grad_(True)
+        cls, patch = m(ref.normalize(xi))
+        loss = (cls * pc).sum() + (patch * pp).sum()
+        (g,) = torch.autograd.grad(loss, xi)
+        return g.sum().item()
+
+    def timed(f):
+        ts = []
+        for i in range(a.warmup + a.iters):
+            t0 = time.perf_counter()
+            f()
+            if i >= a.warmup:
+                ts.append(time.perf_counter() - t0)
+        return sorted(ts)[len(ts) // 2]
+
+    print(json.dumps({"batch": a.batch, "size": a.size, "iters": a.iters, "threads": a.threads,
+                      "torch": torch.__version__, "forward_s": timed(fwd), "forward_backward_s": timed(fwd_bwd)}))
+
+
+if __name__ == "__main__":
+    main()
