@@ -2,6 +2,8 @@
 //! differentiable front of the pipeline *pixels in [0,1] → normalize → encoder → head*.
 
 pub mod arch;
+mod frozen_linear;
+mod fused;
 pub mod layers;
 pub mod pos_embed;
 pub mod vit;

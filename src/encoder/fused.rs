@@ -1,0 +1,207 @@
+//! Fused row-wise ops of the attack path (CPU, f32/f64): softmax and LayerNorm with frozen affine
+//! parameters. One pass and one buffer per op instead of five to eight candle ops, and a backward
+//! that returns only the input gradient. candle's fused `softmax_last_dim`/`layer_norm` have no
+//! backward at all (they silently drop gradients), so these are written out with theirs.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Error, Layout, Result, Shape, Tensor};
+use num_traits::Float;
+use rayon::prelude::*;
+
+fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
+    let (start, end) = l.contiguous_offsets().ok_or_else(|| Error::Msg("fused op: non-contiguous operand".into()))?;
+    Ok(&s.as_slice::<T>()?[start..end])
+}
+
+fn last_dim(l: &Layout) -> Result<usize> {
+    l.dims().last().copied().filter(|&n| n > 0).ok_or_else(|| Error::Msg("fused op: empty last dimension".into()))
+}
+
+/// Applies `f` to matching rows of the inputs, writing one output row each, in parallel.
+fn rows<T: Float + Send + Sync>(n: usize, a: &[T], b: Option<&[T]>, f: impl Fn(&[T], Option<&[T]>, &mut [T]) + Sync) -> Vec<T> {
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(n * 16).enumerate().for_each(|(c, chunk)| {
+        for (r, o) in chunk.chunks_exact_mut(n).enumerate() {
+            let start = (c * 16 + r) * n;
+            f(&a[start..start + n], b.map(|b| &b[start..start + n]), o);
+        }
+    });
+    out
+}
+
+macro_rules! dispatch {
+    ($s:expr, $l:expr, |$x:ident : $t:ident| $body:expr) => {
+        match $s {
+            CpuStorage::F32(_) => {
+                type $t = f32;
+                let $x = slice::<f32>($s, $l)?;
+                CpuStorage::F32($body)
+            }
+            CpuStorage::F64(_) => {
+                type $t = f64;
+                let $x = slice::<f64>($s, $l)?;
+                CpuStorage::F64($body)
+            }
+            _ => return Err(Error::Msg("fused op: only f32 and f64".into())),
+        }
+    };
+}
+
+/// Softmax over the last dimension.
+pub struct Softmax;
+
+fn softmax<T: Float + Send + Sync>(n: usize, x: &[T]) -> Vec<T> {
+    rows(n, x, None, |x, _, o| {
+        let max = x.iter().copied().fold(T::neg_infinity(), T::max);
+        let mut sum = T::zero();
+        for (o, &v) in o.iter_mut().zip(x) {
+            *o = (v - max).exp();
+            sum = sum + *o;
+        }
+        let inv = T::one() / sum;
+        o.iter_mut().for_each(|o| *o = *o * inv);
+    })
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l)?;
+        let out = dispatch!(s, l, |x: T| softmax::<T>(n, x));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, _arg: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2(&grad.contiguous()?, SoftmaxGrad)?))
+    }
+}
+
+/// `dx = y ⊙ (g − Σ g⊙y)` row-wise, from the softmax output `y` and the output gradient `g`.
+struct SoftmaxGrad;
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l1)?;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(softmax_grad(n, slice(s1, l1)?, slice(s2, l2)?)),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(softmax_grad(n, slice(s1, l1)?, slice(s2, l2)?)),
+            _ => return Err(Error::Msg("fused softmax grad: dtype mismatch".into())),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+fn softmax_grad<T: Float + Send + Sync>(n: usize, y: &[T], g: &[T]) -> Vec<T> {
+    rows(n, y, Some(g), |y, g, o| {
+        let g = g.unwrap();
+        let dot = y.iter().zip(g).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+        for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+            *o = y * (g - dot);
+        }
+    })
+}
+
+/// LayerNorm over the last dimension with frozen weight and bias.
+pub struct FrozenLayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+fn vec_of<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    t.to_dtype(T::DTYPE)?.to_vec1::<T>()
+}
+
+/// Mean and 1/σ of one row.
+fn moments<T: Float>(x: &[T], eps: T) -> (T, T) {
+    let n = T::from(x.len()).unwrap();
+    let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
+    let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
+    (mean, T::one() / (var + eps).sqrt())
+}
+
+fn layer_norm<T: Float + Send + Sync>(n: usize, x: &[T], w: &[T], b: &[T], eps: T) -> Vec<T> {
+    rows(n, x, None, |x, _, o| {
+        let (mean, rstd) = moments(x, eps);
+        for (((o, &v), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+            *o = (v - mean) * rstd * w + b;
+        }
+    })
+}
+
+impl CustomOp1 for FrozenLayerNorm {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l)?;
+        if self.weight.elem_count() != n {
+            return Err(Error::Msg(format!("layer norm: width {n}, weight has {}", self.weight.elem_count())));
+        }
+        let out = dispatch!(s, l, |x: T| {
+            layer_norm(n, x, &vec_of::<T>(&self.weight)?, &vec_of::<T>(&self.bias)?, self.eps as T)
+        });
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let op = LayerNormGrad { weight: self.weight.clone(), eps: self.eps };
+        Ok(Some(arg.contiguous()?.apply_op2(&grad.contiguous()?, op)?))
+    }
+}
+
+/// `dx = rstd · (gw − mean(gw) − x̂ · mean(gw ⊙ x̂))` with `gw = g ⊙ weight`.
+struct LayerNormGrad {
+    weight: Tensor,
+    eps: f64,
+}
+
+fn layer_norm_grad<T: Float + Send + Sync>(n: usize, x: &[T], g: &[T], w: &[T], eps: T) -> Vec<T> {
+    let nf = T::from(n).unwrap();
+    rows(n, x, Some(g), |x, g, o| {
+        let g = g.unwrap();
+        let (mean, rstd) = moments(x, eps);
+        let (mut s1, mut s2) = (T::zero(), T::zero());
+        for ((&v, &g), &w) in x.iter().zip(g).zip(w) {
+            let gw = g * w;
+            s1 = s1 + gw;
+            s2 = s2 + gw * (v - mean) * rstd;
+        }
+        let (m1, m2) = (s1 / nf, s2 / nf);
+        for (((o, &v), &g), &w) in o.iter_mut().zip(x).zip(g).zip(w) {
+            *o = rstd * (g * w - m1 - (v - mean) * rstd * m2);
+        }
+    })
+}
+
+impl CustomOp2 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let n = last_dim(l1)?;
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                CpuStorage::F32(layer_norm_grad(n, slice(s1, l1)?, slice(s2, l2)?, &vec_of::<f32>(&self.weight)?, self.eps as f32))
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                CpuStorage::F64(layer_norm_grad(n, slice(s1, l1)?, slice(s2, l2)?, &vec_of::<f64>(&self.weight)?, self.eps))
+            }
+            _ => return Err(Error::Msg("fused layer norm grad: dtype mismatch".into())),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// True where the fused CPU path applies: CPU tensors of f32/f64.
+pub fn applies(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+}
