@@ -5,6 +5,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Error, Layout, Result, Shape, Tensor};
 use num_traits::Float;
+
+use super::fastmath::Fast;
 use rayon::prelude::*;
 
 fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
@@ -49,12 +51,12 @@ macro_rules! dispatch {
 /// Softmax over the last dimension.
 pub struct Softmax;
 
-fn softmax<T: Float + Send + Sync>(n: usize, x: &[T]) -> Vec<T> {
+fn softmax<T: Fast>(n: usize, x: &[T]) -> Vec<T> {
     rows(n, x, None, |x, _, o| {
         let max = x.iter().copied().fold(T::neg_infinity(), T::max);
         let mut sum = T::zero();
         for (o, &v) in o.iter_mut().zip(x) {
-            *o = (v - max).exp();
+            *o = (v - max).fast_exp();
             sum = sum + *o;
         }
         let inv = T::one() / sum;
@@ -196,6 +198,84 @@ impl CustomOp2 for LayerNormGrad {
                 CpuStorage::F64(layer_norm_grad(n, slice(s1, l1)?, slice(s2, l2)?, &vec_of::<f64>(&self.weight)?, self.eps))
             }
             _ => return Err(Error::Msg("fused layer norm grad: dtype mismatch".into())),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Exact (erf) GELU, elementwise.
+pub struct Gelu;
+
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// Elementwise map over one or two equally long slices, in parallel chunks.
+fn map<T: Fast>(a: &[T], b: Option<&[T]>, f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
+    const CHUNK: usize = 1 << 14;
+    let mut out = vec![T::zero(); a.len()];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+        let a = &a[c * CHUNK..c * CHUNK + o.len()];
+        match b {
+            Some(b) => {
+                let b = &b[c * CHUNK..c * CHUNK + o.len()];
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = f(a, b);
+                }
+            }
+            None => {
+                for (o, &a) in o.iter_mut().zip(a) {
+                    *o = f(a, T::zero());
+                }
+            }
+        }
+    });
+    out
+}
+
+fn gelu<T: Fast>(x: &[T]) -> Vec<T> {
+    let half = T::from(0.5).unwrap();
+    let inv_sqrt2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap();
+    map(x, None, |x, _| half * x * (T::one() + (x * inv_sqrt2).fast_erf()))
+}
+
+/// `g · (Φ(x) + x·φ(x))`, Φ and φ the standard normal CDF and density.
+fn gelu_grad<T: Fast>(x: &[T], g: &[T]) -> Vec<T> {
+    let half = T::from(0.5).unwrap();
+    let inv_sqrt2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap();
+    let c = T::from(FRAC_1_SQRT_2PI).unwrap();
+    map(x, Some(g), |x, g| {
+        let cdf = half * (T::one() + (x * inv_sqrt2).fast_erf());
+        let pdf = c * (-half * x * x).fast_exp();
+        g * (cdf + x * pdf)
+    })
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "fused-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = dispatch!(s, l, |x: T| gelu::<T>(x));
+        Ok((out, l.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(arg.apply_op2(&grad.contiguous()?, GeluGrad)?))
+    }
+}
+
+struct GeluGrad;
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "fused-gelu-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(gelu_grad::<f32>(slice(s1, l1)?, slice(s2, l2)?)),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(gelu_grad::<f64>(slice(s1, l1)?, slice(s2, l2)?)),
+            _ => return Err(Error::Msg("fused gelu grad: dtype mismatch".into())),
         };
         Ok((out, l1.shape().clone()))
     }

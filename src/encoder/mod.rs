@@ -2,6 +2,7 @@
 //! differentiable front of the pipeline *pixels in [0,1] → normalize → encoder → head*.
 
 pub mod arch;
+mod fastmath;
 mod frozen_linear;
 mod fused;
 pub mod layers;

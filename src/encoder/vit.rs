@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::arch::{FfnKind, VitConfig};
-use super::layers::{cast, softmax_last, LayerNorm, Linear};
+use super::layers::{cast, gelu, softmax_last, LayerNorm, Linear};
 use super::pos_embed::{resize_matrix_2d, PosResize};
 use super::weights::Checkpoint;
 
@@ -47,7 +47,7 @@ impl Ffn {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.fc1.forward(x)?;
         let h = match self.kind {
-            FfnKind::Mlp => h.gelu_erf()?,
+            FfnKind::Mlp => gelu(&h)?,
             FfnKind::SwiGlu => {
                 let half = h.dim(candle_core::D::Minus1)? / 2;
                 let x1 = h.narrow(candle_core::D::Minus1, 0, half)?;

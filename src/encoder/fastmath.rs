@@ -1,0 +1,95 @@
+//! Branch-free f32 `exp` and `erf` that the compiler vectorizes (libm's are scalar calls), for the
+//! fused softmax and GELU. f64 callers use the exact std/libm functions (finite-difference tests).
+
+/// `exp(x)` for f32: range reduction `x = n·ln2 + r`, |r| ≤ ln2/2, a degree-6 polynomial for
+/// `exp(r)`, and `2ⁿ` through the exponent bits. Relative error below 3e-7 on [-87, 88].
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    // ln2 split in two for an exact n·ln2.
+    let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_888_9)))));
+    let bits = ((n as i32 + 127) << 23) as u32;
+    p * f32::from_bits(bits)
+}
+
+/// `erf(x)` for f32: the rational approximation of Eigen's `generic_fast_erf_float` (odd degree-13
+/// numerator over even degree-8 denominator on [-4, 4], where erf is ±1 to f32 precision beyond).
+#[inline(always)]
+pub fn erf_f32(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906_3e-4;
+    p = x2 * p + -2.954_600_1e-3;
+    p = x2 * p + -1.609_603_3e-2;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329_2e-3;
+    q = x2 * q + -1.426_473_9e-2;
+    x * p / q
+}
+
+/// Float types the fused kernels run on.
+pub trait Fast: num_traits::Float + Send + Sync + 'static {
+    fn fast_exp(self) -> Self;
+    fn fast_erf(self) -> Self;
+}
+
+impl Fast for f32 {
+    #[inline(always)]
+    fn fast_exp(self) -> Self {
+        exp_f32(self)
+    }
+    #[inline(always)]
+    fn fast_erf(self) -> Self {
+        erf_f32(self)
+    }
+}
+
+impl Fast for f64 {
+    #[inline(always)]
+    fn fast_exp(self) -> Self {
+        self.exp()
+    }
+    #[inline(always)]
+    fn fast_erf(self) -> Self {
+        libm::erf(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            worst = worst.max(((exp_f32(x) as f64) - want).abs() / want);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "exp relative error {worst:e}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(-200.0) >= 0.0 && exp_f32(-200.0) < 1e-37);
+    }
+
+    #[test]
+    fn erf_is_accurate() {
+        let mut worst = 0f64;
+        let mut x = -6.0f32;
+        while x < 6.0 {
+            worst = worst.max(((erf_f32(x) as f64) - libm::erf(x as f64)).abs());
+            x += 0.00173;
+        }
+        assert!(worst < 1e-6, "erf absolute error {worst:e}");
+        assert_eq!(erf_f32(0.0), 0.0);
+    }
+}
