@@ -5,8 +5,10 @@
 /// `exp(r)`, and `2ⁿ` through the exponent bits. Relative error below 3e-7 on [-87, 88].
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    let x = x.clamp(-87.3, 88.7);
-    let n = (x * std::f32::consts::LOG2_E).round();
+    let x = x.max(-87.3).min(88.7);
+    // Round to nearest by adding 1.5·2²³ (no libm call, so the loop vectorizes).
+    const MAGIC: f32 = 12_582_912.0;
+    let n = (x * std::f32::consts::LOG2_E + MAGIC) - MAGIC;
     // ln2 split in two for an exact n·ln2.
     let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
     let p = 1.0
@@ -20,7 +22,7 @@ pub fn exp_f32(x: f32) -> f32 {
 /// numerator over even degree-8 denominator on [-4, 4], where erf is ±1 to f32 precision beyond).
 #[inline(always)]
 pub fn erf_f32(x: f32) -> f32 {
-    let x = x.clamp(-4.0, 4.0);
+    let x = x.max(-4.0).min(4.0);
     let x2 = x * x;
     let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
     p = x2 * p + -2.101_024e-6;
@@ -33,6 +35,43 @@ pub fn erf_f32(x: f32) -> f32 {
     q = x2 * q + -7.373_329_2e-3;
     q = x2 * q + -1.426_473_9e-2;
     x * p / q
+}
+
+/// Sum of a slice with 8 independent accumulators (vectorizes; plain folds stay scalar because
+/// float addition is not reassociated).
+#[inline(always)]
+pub fn sum<T: num_traits::Float>(x: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = acc[i] + c[i];
+        }
+    }
+    let mut s = tail.iter().fold(T::zero(), |a, &v| a + v);
+    for a in acc {
+        s = s + a;
+    }
+    s
+}
+
+/// Maximum of a slice (8 lanes; NaN-free input assumed, as after the input check).
+#[inline(always)]
+pub fn max<T: num_traits::Float>(x: &[T]) -> T {
+    let mut acc = [T::neg_infinity(); 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    let mut m = tail.iter().fold(T::neg_infinity(), |a, &v| if v > a { v } else { a });
+    for a in acc {
+        m = if a > m { a } else { m };
+    }
+    m
 }
 
 /// Float types the fused kernels run on.

@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Error, Layout, Result, Shape, Tensor};
 use num_traits::Float;
 
-use super::fastmath::Fast;
+use super::fastmath::{self, Fast};
 use rayon::prelude::*;
 
 fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
@@ -53,13 +53,11 @@ pub struct Softmax;
 
 fn softmax<T: Fast>(n: usize, x: &[T]) -> Vec<T> {
     rows(n, x, None, |x, _, o| {
-        let max = x.iter().copied().fold(T::neg_infinity(), T::max);
-        let mut sum = T::zero();
+        let max = fastmath::max(x);
         for (o, &v) in o.iter_mut().zip(x) {
             *o = (v - max).fast_exp();
-            sum = sum + *o;
         }
-        let inv = T::one() / sum;
+        let inv = T::one() / fastmath::sum(o);
         o.iter_mut().for_each(|o| *o = *o * inv);
     })
 }
