@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Tensor};
 
 use crate::device::synchronize;
 use crate::encoder::Encoder;
@@ -26,11 +26,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Gradient of a fixed random projection of both outputs with respect to the pixels.
 pub fn input_gradient(enc: &Encoder, pixels: &Tensor, proj_cls: &Tensor, proj_patch: &Tensor) -> Result<(f64, Tensor)> {
-    let x = Var::from_tensor(pixels)?;
-    let t = enc.forward(x.as_tensor())?;
+    let (t, tape) = enc.forward_with_tape(pixels)?;
     let loss = ((t.cls * proj_cls)?.sum_all()? + (t.patch * proj_patch)?.sum_all()?)?;
-    let grads = loss.backward()?;
-    let g = grads.get(x.as_tensor()).cloned().ok_or_else(|| anyhow::anyhow!("no gradient reached the input"))?;
+    let g = enc.backward(&tape, proj_cls, proj_patch)?;
     Ok((loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, g))
 }
 

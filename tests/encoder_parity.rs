@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use robust_ssl::encoder::arch::ArchChoice;
-use robust_ssl::encoder::{Encoder, LoadOptions};
+use robust_ssl::encoder::{Encoder, LoadOptions, Tape};
 use robust_ssl::perf::input_gradient;
 
 fn fixtures() -> PathBuf {
@@ -65,19 +65,28 @@ fn outputs_and_input_gradients_match_pytorch() {
         let source = serde_json::to_value(enc.info.source).unwrap();
         assert_eq!(source.as_str().unwrap(), case.expect_source, "{}: detected naming", case.name);
         let exp = expected(case);
-        let t = enc.forward(&exp["images"]).unwrap();
-        let dc = max_abs_diff(&t.cls, &exp["cls"]);
-        let dp = max_abs_diff(&t.patch, &exp["patch"]);
-        println!("{:24} cls {dc:.2e} patch {dp:.2e}", case.name);
-        assert!(dc < 1e-4 && dp < 1e-4, "{}: output differs from PyTorch: cls {dc:e}, patch {dp:e}", case.name);
-        if case.no_grad {
-            continue;
+        // Both paths: the hand-written CPU tape (default) and candle autograd (GPUs, f64).
+        for generic in [false, true] {
+            let path = if generic { "candle" } else { "tape" };
+            let (t, tape) = if generic { enc.forward_with_tape_generic(&exp["images"]) } else { enc.forward_with_tape(&exp["images"]) }.unwrap();
+            assert_eq!(matches!(tape, Tape::Fast(_)), !generic, "{}: default CPU f32 path should be the tape", case.name);
+            let dc = max_abs_diff(&t.cls, &exp["cls"]);
+            let dp = max_abs_diff(&t.patch, &exp["patch"]);
+            println!("{:24} {path:6} cls {dc:.2e} patch {dp:.2e}", case.name);
+            assert!(dc < 1e-4 && dp < 1e-4, "{} ({path}): output differs from PyTorch: cls {dc:e}, patch {dp:e}", case.name);
+            if case.no_grad {
+                continue;
+            }
+            let g = enc.backward(&tape, &exp["proj_cls"], &exp["proj_patch"]).unwrap();
+            let rel = max_abs_diff(&g, &exp["grad"]) / max_abs(&exp["grad"]);
+            println!("{:24} {path:6} input-gradient relative {rel:.2e}", case.name);
+            assert!(max_abs(&g) > 0.0, "{}: zero gradient", case.name);
+            assert!(rel < 1e-4, "{} ({path}): input gradient differs from PyTorch: relative {rel:e}", case.name);
         }
-        let (_, g) = input_gradient(&enc, &exp["images"], &exp["proj_cls"], &exp["proj_patch"]).unwrap();
-        let rel = max_abs_diff(&g, &exp["grad"]) / max_abs(&exp["grad"]);
-        println!("{:24} input-gradient relative {rel:.2e}", case.name);
-        assert!(max_abs(&g) > 0.0, "{}: zero gradient", case.name);
-        assert!(rel < 1e-4, "{}: input gradient differs from PyTorch: relative {rel:e}", case.name);
+        // `forward` (no tape) gives the same tokens as the taped forward.
+        let plain = enc.forward(&exp["images"]).unwrap();
+        let (taped, _) = enc.forward_with_tape(&exp["images"]).unwrap();
+        assert_eq!(max_abs_diff(&plain.patch, &taped.patch), 0.0, "{}", case.name);
     }
 }
 

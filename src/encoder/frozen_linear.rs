@@ -29,6 +29,30 @@ fn bias_slice<'a, T: candle_core::WithDType>(b: &'a Option<(StorageRef<'_>, &Lay
     }
 }
 
+/// `dst[m,n] (+)= lhs[m,k] · rhs[k,n]` for f32 with arbitrary row/column strides (in elements),
+/// so transposed and head-strided operands need no copy. `accumulate` adds to `dst`.
+///
+/// # Safety
+/// Every pointer must address the whole matrix its strides describe, and `dst` must not alias
+/// `lhs` or `rhs` nor be written concurrently where the views overlap.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+    parallel: bool,
+) {
+    let threads = candle_core::utils::get_num_threads();
+    let par = if parallel && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    gemm::gemm(
+        m, n, k, dst, 1, dst_rs as isize, accumulate, lhs, lhs_cs as isize, lhs_rs as isize, rhs, rhs_cs as isize,
+        rhs_rs as isize, 1.0, 1.0, false, false, false, par,
+    );
+}
+
 /// `dst[m,n] = x[m,k] · w[k,n] (+ b[n])`, row-major.
 #[allow(clippy::too_many_arguments)]
 fn gemm_bias<T: Copy + 'static>(x: &[T], w: &[T], b: Option<&[T]>, m: usize, n: usize, k: usize, zero: T, one: T) -> Vec<T> {

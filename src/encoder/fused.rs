@@ -51,7 +51,7 @@ macro_rules! dispatch {
 /// Softmax over the last dimension.
 pub struct Softmax;
 
-fn softmax<T: Fast>(n: usize, x: &[T]) -> Vec<T> {
+pub(super) fn softmax<T: Fast>(n: usize, x: &[T]) -> Vec<T> {
     rows(n, x, None, |x, _, o| {
         let max = fastmath::max(x);
         for (o, &v) in o.iter_mut().zip(x) {
@@ -97,7 +97,7 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
-fn softmax_grad<T: Float + Send + Sync>(n: usize, y: &[T], g: &[T]) -> Vec<T> {
+pub(super) fn softmax_grad<T: Float + Send + Sync>(n: usize, y: &[T], g: &[T]) -> Vec<T> {
     rows(n, y, Some(g), |y, g, o| {
         let g = g.unwrap();
         let dot = y.iter().zip(g).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
@@ -126,7 +126,7 @@ fn moments<T: Float>(x: &[T], eps: T) -> (T, T) {
     (mean, T::one() / (var + eps).sqrt())
 }
 
-fn layer_norm<T: Float + Send + Sync>(n: usize, x: &[T], w: &[T], b: &[T], eps: T) -> Vec<T> {
+pub(super) fn layer_norm<T: Float + Send + Sync>(n: usize, x: &[T], w: &[T], b: &[T], eps: T) -> Vec<T> {
     rows(n, x, None, |x, _, o| {
         let (mean, rstd) = moments(x, eps);
         for (((o, &v), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
@@ -163,7 +163,7 @@ struct LayerNormGrad {
     eps: f64,
 }
 
-fn layer_norm_grad<T: Float + Send + Sync>(n: usize, x: &[T], g: &[T], w: &[T], eps: T) -> Vec<T> {
+pub(super) fn layer_norm_grad<T: Float + Send + Sync>(n: usize, x: &[T], g: &[T], w: &[T], eps: T) -> Vec<T> {
     let nf = T::from(n).unwrap();
     rows(n, x, Some(g), |x, g, o| {
         let g = g.unwrap();
@@ -229,14 +229,14 @@ fn map<T: Fast>(a: &[T], b: Option<&[T]>, f: impl Fn(T, T) -> T + Sync) -> Vec<T
     out
 }
 
-fn gelu<T: Fast>(x: &[T]) -> Vec<T> {
+pub(super) fn gelu<T: Fast>(x: &[T]) -> Vec<T> {
     let half = T::from(0.5).unwrap();
     let inv_sqrt2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap();
     map(x, None, |x, _| half * x * (T::one() + (x * inv_sqrt2).fast_erf()))
 }
 
 /// `g · (Φ(x) + x·φ(x))`, Φ and φ the standard normal CDF and density.
-fn gelu_grad<T: Fast>(x: &[T], g: &[T]) -> Vec<T> {
+pub(super) fn gelu_grad<T: Fast>(x: &[T], g: &[T]) -> Vec<T> {
     let half = T::from(0.5).unwrap();
     let inv_sqrt2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap();
     let c = T::from(FRAC_1_SQRT_2PI).unwrap();

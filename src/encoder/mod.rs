@@ -2,6 +2,7 @@
 //! differentiable front of the pipeline *pixels in [0,1] → normalize → encoder → head*.
 
 pub mod arch;
+mod fast_vit;
 mod fastmath;
 mod frozen_linear;
 mod fused;
@@ -11,9 +12,10 @@ pub mod vit;
 pub mod weights;
 
 use std::path::Path;
+use std::sync::OnceLock;
 
-use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
 
 use arch::{ArchChoice, ArchOverrides, VitConfig};
 use pos_embed::PosResize;
@@ -67,6 +69,16 @@ pub struct Encoder {
     pub info: EncoderInfo,
     mean: Tensor,
     std: Tensor,
+    /// The hand-written f32 CPU path, built on first use (`None` where it does not apply).
+    fast: OnceLock<Option<fast_vit::FastVit>>,
+}
+
+/// What [`Encoder::backward`] needs from [`Encoder::forward_with_tape`].
+pub enum Tape {
+    /// The hand-written CPU path.
+    Fast(fast_vit::Tape),
+    /// candle autograd (GPUs, f64): the input variable and the outputs it produced.
+    Autograd { input: Var, tokens: Tokens },
 }
 
 impl Encoder {
@@ -119,7 +131,7 @@ impl Encoder {
         let dtype = vit.dtype();
         let mean = Tensor::from_slice(&IMAGENET_MEAN, (1, 3, 1, 1), &dev)?.to_dtype(dtype)?;
         let std = Tensor::from_slice(&IMAGENET_STD, (1, 3, 1, 1), &dev)?.to_dtype(dtype)?;
-        Ok(Self { vit, info, mean, std })
+        Ok(Self { vit, info, mean, std, fast: OnceLock::new() })
     }
 
     /// A copy in another float type / on another device.
@@ -136,8 +148,95 @@ impl Encoder {
         Ok(pixels.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?)
     }
 
+    fn fast(&self) -> Result<Option<&fast_vit::FastVit>> {
+        if let Some(f) = self.fast.get() {
+            return Ok(f.as_ref());
+        }
+        let usable = self.vit.device().is_cpu() && self.vit.dtype() == DType::F32;
+        let built = if usable { Some(fast_vit::FastVit::new(&self.vit)?) } else { None };
+        Ok(self.fast.get_or_init(|| built).as_ref())
+    }
+
+    fn check_pixels(&self, pixels: &Tensor) -> Result<(usize, usize, usize)> {
+        let (b, c, h, w) = pixels.dims4().map_err(|_| anyhow!("expected images [N, 3, H, W], got {:?}", pixels.dims()))?;
+        let p = self.config().patch_size;
+        if c != 3 {
+            bail!("expected 3 colour channels, got {c}");
+        }
+        if h % p != 0 || w % p != 0 || h == 0 || w == 0 {
+            bail!("image size {h}x{w} is not a positive multiple of the patch size {p}");
+        }
+        Ok((b, h, w))
+    }
+
+    fn fast_forward(&self, fast: &fast_vit::FastVit, pixels: &Tensor, keep: bool) -> Result<(Tokens, Option<fast_vit::Tape>)> {
+        let (b, h, w) = self.check_pixels(pixels)?;
+        let p = self.config().patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let pos = self.vit.patch_positions(gh, gw)?.flatten_all()?.to_vec1::<f32>()?;
+        let px = pixels.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let (out, tape) = fast.forward(&px, (b, h, w), &pos, keep)?;
+        let (d, r) = (self.config().embed_dim, self.config().num_registers);
+        let all = Tensor::from_vec(out, (b, 1 + r + gh * gw, d), &Device::Cpu)?;
+        let tokens = Tokens { cls: all.narrow(1, 0, 1)?.squeeze(1)?, patch: all.narrow(1, 1 + r, gh * gw)?, grid: (gh, gw) };
+        Ok((tokens, tape))
+    }
+
     /// `pixels`: `[B, 3, H, W]` in [0, 1] (not normalized).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tokens> {
+        match self.fast()? {
+            Some(fast) if pixels.device().is_cpu() => Ok(self.fast_forward(fast, pixels, false)?.0),
+            _ => self.forward_generic(pixels),
+        }
+    }
+
+    /// Forward that keeps what [`Encoder::backward`] needs.
+    pub fn forward_with_tape(&self, pixels: &Tensor) -> Result<(Tokens, Tape)> {
+        match self.fast()? {
+            Some(fast) if pixels.device().is_cpu() => {
+                let (tokens, tape) = self.fast_forward(fast, pixels, true)?;
+                Ok((tokens, Tape::Fast(tape.expect("tape requested"))))
+            }
+            _ => self.forward_with_tape_generic(pixels),
+        }
+    }
+
+    /// The candle-autograd version of [`Encoder::forward_with_tape`].
+    pub fn forward_with_tape_generic(&self, pixels: &Tensor) -> Result<(Tokens, Tape)> {
+        let input = Var::from_tensor(&pixels.to_dtype(self.vit.dtype())?)?;
+        let tokens = self.forward_generic(input.as_tensor())?;
+        let out = Tokens { cls: tokens.cls.detach(), patch: tokens.patch.detach(), grid: tokens.grid };
+        Ok((out, Tape::Autograd { input, tokens }))
+    }
+
+    /// The gradient with respect to the pixels of `Σ cls⊙d_cls + Σ patch⊙d_patch` (a
+    /// vector–Jacobian product): what every attack step needs. No weight gradients.
+    pub fn backward(&self, tape: &Tape, d_cls: &Tensor, d_patch: &Tensor) -> Result<Tensor> {
+        match tape {
+            Tape::Fast(t) => {
+                let fast = self.fast()?.ok_or_else(|| anyhow!("fast path unavailable"))?;
+                let (b, d) = d_cls.dims2()?;
+                let (gh, gw) = t.grid();
+                if d_patch.dims() != [b, gh * gw, d] {
+                    bail!("patch gradient has shape {:?}, expected [{b}, {}, {d}]", d_patch.dims(), gh * gw);
+                }
+                let r = self.config().num_registers;
+                let zeros = Tensor::zeros((b, r, d), DType::F32, &Device::Cpu)?;
+                let d_out = Tensor::cat(&[&d_cls.to_dtype(DType::F32)?.unsqueeze(1)?, &zeros, &d_patch.to_dtype(DType::F32)?], 1)?;
+                let g = fast.backward(t, d_out.flatten_all()?.to_vec1::<f32>()?);
+                let p = self.config().patch_size;
+                Ok(Tensor::from_vec(g, (b, 3, gh * p, gw * p), &Device::Cpu)?)
+            }
+            Tape::Autograd { input, tokens } => {
+                let loss = ((&tokens.cls * d_cls)?.sum_all()? + (&tokens.patch * d_patch)?.sum_all()?)?;
+                let grads = loss.backward()?;
+                grads.get(input.as_tensor()).cloned().ok_or_else(|| anyhow!("no gradient reached the input"))
+            }
+        }
+    }
+
+    /// The candle-ops forward (GPUs, f64, trainable weights).
+    pub fn forward_generic(&self, pixels: &Tensor) -> Result<Tokens> {
         let pixels = if pixels.dtype() == self.vit.dtype() { pixels.clone() } else { pixels.to_dtype(self.vit.dtype())? };
         self.vit.forward(&self.normalize(&pixels)?)
     }

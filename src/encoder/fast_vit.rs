@@ -1,0 +1,414 @@
+//! The ViT's attack path on the CPU in f32, written out by hand: a forward that records what the
+//! reverse pass needs (a tape), and a reverse pass that returns only the gradient with respect to
+//! the pixels — a vector–Jacobian product. No autograd graph, no weight gradients, no head-split
+//! copies (q·kᵀ and P·v read the qkv buffer through strides), one (batch, head) pair per task.
+//!
+//! The candle model in `vit.rs` is the generic path (GPUs, f64, fine-tuning) and the reference
+//! this one is tested against (`tests/encoder_parity.rs`).
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use super::arch::FfnKind;
+use super::fastmath::{self, exp_f32};
+use super::frozen_linear::gemm_f32;
+use super::fused;
+use super::layers::{LayerNorm, Linear};
+use super::vit::VisionTransformer;
+use super::{IMAGENET_MEAN, IMAGENET_STD};
+
+fn floats(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
+}
+
+/// A raw pointer that may cross into rayon tasks writing disjoint parts of one buffer.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+struct Lin {
+    /// `[in, out]`
+    w_t: Vec<f32>,
+    b: Option<Vec<f32>>,
+    inp: usize,
+    out: usize,
+}
+
+impl Lin {
+    fn new(l: &Linear) -> Result<Self> {
+        let (inp, out) = l.w_t.dims2()?;
+        Ok(Self { w_t: floats(&l.w_t)?, b: l.b.as_ref().map(floats).transpose()?, inp, out })
+    }
+
+    /// `x · Wᵀ + b` for `rows` rows.
+    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let mut y = vec![0.0; rows * self.out];
+        if let Some(b) = &self.b {
+            y.chunks_exact_mut(self.out).for_each(|r| r.copy_from_slice(b));
+        }
+        // SAFETY: x is rows×inp, w_t inp×out, y rows×out, all row-major and distinct.
+        unsafe {
+            let (x, w) = ((x.as_ptr(), self.inp, 1), (self.w_t.as_ptr(), self.out, 1));
+            gemm_f32((rows, self.out, self.inp), y.as_mut_ptr(), self.out, self.b.is_some(), x, w, true);
+        }
+        y
+    }
+
+    /// `dy · W`: the input gradient only.
+    fn backward(&self, dy: &[f32], rows: usize) -> Vec<f32> {
+        let mut dx = vec![0.0; rows * self.inp];
+        // SAFETY: dy is rows×out; W = w_tᵀ read through strides (1, out); dx rows×inp.
+        unsafe {
+            let (g, w) = ((dy.as_ptr(), self.out, 1), (self.w_t.as_ptr(), 1, self.out));
+            gemm_f32((rows, self.inp, self.out), dx.as_mut_ptr(), self.inp, false, g, w, true);
+        }
+        dx
+    }
+}
+
+struct Ln {
+    w: Vec<f32>,
+    b: Vec<f32>,
+    eps: f32,
+}
+
+impl Ln {
+    fn new(l: &LayerNorm) -> Result<Self> {
+        Ok(Self { w: floats(&l.weight)?, b: floats(&l.bias)?, eps: l.eps as f32 })
+    }
+    fn forward(&self, x: &[f32]) -> Vec<f32> {
+        fused::layer_norm(self.w.len(), x, &self.w, &self.b, self.eps)
+    }
+    fn backward(&self, x: &[f32], g: &[f32]) -> Vec<f32> {
+        fused::layer_norm_grad(self.w.len(), x, g, &self.w, self.eps)
+    }
+}
+
+/// `x + γ ⊙ y` (γ per channel, or 1).
+fn residual(x: &[f32], y: &[f32], gamma: &Option<Vec<f32>>) -> Vec<f32> {
+    let mut out = vec![0.0; x.len()];
+    match gamma {
+        Some(g) => out.par_chunks_mut(g.len()).zip(x.par_chunks(g.len())).zip(y.par_chunks(g.len())).for_each(
+            |((o, x), y)| {
+                for i in 0..g.len() {
+                    o[i] = x[i] + g[i] * y[i];
+                }
+            },
+        ),
+        None => out.par_iter_mut().zip(x).zip(y).for_each(|((o, x), y)| *o = x + y),
+    }
+    out
+}
+
+/// `g ⊙ γ` row-wise (or a copy).
+fn scaled(g: &[f32], gamma: &Option<Vec<f32>>) -> Vec<f32> {
+    match gamma {
+        Some(s) => {
+            let mut out = vec![0.0; g.len()];
+            out.par_chunks_mut(s.len()).zip(g.par_chunks(s.len())).for_each(|(o, g)| {
+                for i in 0..s.len() {
+                    o[i] = g[i] * s[i];
+                }
+            });
+            out
+        }
+        None => g.to_vec(),
+    }
+}
+
+fn add_assign(a: &mut [f32], b: &[f32]) {
+    a.par_iter_mut().zip(b).for_each(|(a, b)| *a += b);
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp_f32(-x))
+}
+
+/// `silu(f[:, :h]) ⊙ f[:, h:]`.
+fn swiglu(f: &[f32], h: usize) -> Vec<f32> {
+    f.par_chunks(2 * h).flat_map_iter(|r| {
+        let (a, b) = r.split_at(h);
+        a.iter().zip(b).map(|(&a, &b)| a * sigmoid(a) * b).collect::<Vec<_>>()
+    }).collect()
+}
+
+fn swiglu_grad(f: &[f32], g: &[f32], h: usize) -> Vec<f32> {
+    f.par_chunks(2 * h).zip(g.par_chunks(h)).flat_map_iter(|(r, g)| {
+        let (a, b) = r.split_at(h);
+        let mut out = vec![0.0; 2 * h];
+        for i in 0..h {
+            let s = sigmoid(a[i]);
+            out[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
+            out[h + i] = g[i] * a[i] * s;
+        }
+        out
+    }).collect()
+}
+
+/// Softmax of `scale · row`, in place.
+fn softmax_row(row: &mut [f32], scale: f32) {
+    let max = fastmath::max(row);
+    row.iter_mut().for_each(|v| *v = exp_f32((*v - max) * scale));
+    let inv = 1.0 / fastmath::sum(row);
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+struct Block {
+    ln1: Ln,
+    qkv: Lin,
+    proj: Lin,
+    ls1: Option<Vec<f32>>,
+    ln2: Ln,
+    fc1: Lin,
+    fc2: Lin,
+    ls2: Option<Vec<f32>>,
+    swiglu: bool,
+    heads: usize,
+}
+
+/// What a block's reverse pass needs from its forward.
+struct BlockTape {
+    x: Vec<f32>,
+    qkv: Vec<f32>,
+    p: Vec<f32>,
+    x1: Vec<f32>,
+    f: Vec<f32>,
+}
+
+/// Geometry of one forward: batch, tokens per image, width.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    d: usize,
+}
+
+impl Block {
+    fn attention(&self, qkv: &[f32], z: Dims) -> (Vec<f32>, Vec<f32>) {
+        let (h, t, d) = (self.heads, z.t, z.d);
+        let hd = d / h;
+        let scale = (hd as f32).powf(-0.5);
+        let mut o = vec![0.0; z.b * t * d];
+        let mut p = vec![0.0; z.b * h * t * t];
+        let op = SendPtr(o.as_mut_ptr());
+        p.par_chunks_mut(t * t).enumerate().for_each(|(bh, pbh)| {
+            let op = op;
+            let (bi, hi) = (bh / h, bh % h);
+            let base = bi * t * 3 * d + hi * hd;
+            // SAFETY: q, k, v are t×hd views of qkv (row stride 3d); each task writes its own
+            // t×hd block of o (columns hi·hd.., rows of image bi) and its own pbh.
+            unsafe {
+                let q = (qkv.as_ptr().add(base), 3 * d, 1);
+                let k_t = (qkv.as_ptr().add(base + d), 1, 3 * d);
+                gemm_f32((t, t, hd), pbh.as_mut_ptr(), t, false, q, k_t, false);
+                pbh.chunks_exact_mut(t).for_each(|r| softmax_row(r, scale));
+                let v = (qkv.as_ptr().add(base + 2 * d), 3 * d, 1);
+                gemm_f32((t, hd, t), op.0.add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
+            }
+        });
+        (o, p)
+    }
+
+    fn attention_backward(&self, qkv: &[f32], p: &[f32], d_o: &[f32], z: Dims) -> Vec<f32> {
+        let (h, t, d) = (self.heads, z.t, z.d);
+        let hd = d / h;
+        let scale = (hd as f32).powf(-0.5);
+        let mut dqkv = vec![0.0; z.b * t * 3 * d];
+        let dp = SendPtr(dqkv.as_mut_ptr());
+        (0..z.b * h).into_par_iter().for_each_init(
+            || vec![0f32; t * t],
+            |ds, bh| {
+                let dp = dp;
+                let (bi, hi) = (bh / h, bh % h);
+                let base = bi * t * 3 * d + hi * hd;
+                let pbh = &p[bh * t * t..(bh + 1) * t * t];
+                // SAFETY: read-only views of qkv, p and d_o; each task writes only the t×hd
+                // blocks of dqkv at its own (image, head) and its own scratch ds.
+                unsafe {
+                    let dob = (d_o.as_ptr().add(bi * t * d + hi * hd), d, 1);
+                    let v_t = (qkv.as_ptr().add(base + 2 * d), 1, 3 * d);
+                    gemm_f32((t, t, hd), ds.as_mut_ptr(), t, false, dob, v_t, false);
+                    // dS = scale · P ⊙ (dP − Σ dP ⊙ P)
+                    for (dr, pr) in ds.chunks_exact_mut(t).zip(pbh.chunks_exact(t)) {
+                        let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
+                        dr.iter_mut().zip(pr).for_each(|(g, p)| *g = scale * p * (*g - dot));
+                    }
+                    let p_t = (pbh.as_ptr(), 1, t);
+                    gemm_f32((t, hd, t), dp.0.add(base + 2 * d), 3 * d, false, p_t, dob, false);
+                    let k = (qkv.as_ptr().add(base + d), 3 * d, 1);
+                    gemm_f32((t, hd, t), dp.0.add(base), 3 * d, false, (ds.as_ptr(), t, 1), k, false);
+                    let q = (qkv.as_ptr().add(base), 3 * d, 1);
+                    gemm_f32((t, hd, t), dp.0.add(base + d), 3 * d, false, (ds.as_ptr(), 1, t), q, false);
+                }
+            },
+        );
+        dqkv
+    }
+
+    fn forward(&self, x: Vec<f32>, z: Dims, keep: bool) -> (Vec<f32>, Option<BlockTape>) {
+        let rows = z.b * z.t;
+        let qkv = self.qkv.forward(&self.ln1.forward(&x), rows);
+        let (o, p) = self.attention(&qkv, z);
+        let x1 = residual(&x, &self.proj.forward(&o, rows), &self.ls1);
+        let f = self.fc1.forward(&self.ln2.forward(&x1), rows);
+        let g = if self.swiglu { swiglu(&f, self.fc2.inp) } else { fused::gelu(&f) };
+        let x2 = residual(&x1, &self.fc2.forward(&g, rows), &self.ls2);
+        (x2, keep.then_some(BlockTape { x, qkv, p, x1, f }))
+    }
+
+    fn backward(&self, tape: &BlockTape, dx2: Vec<f32>, z: Dims) -> Vec<f32> {
+        let rows = z.b * z.t;
+        let dg = self.fc2.backward(&scaled(&dx2, &self.ls2), rows);
+        let df = if self.swiglu { swiglu_grad(&tape.f, &dg, self.fc2.inp) } else { fused::gelu_grad(&tape.f, &dg) };
+        let mut dx1 = self.ln2.backward(&tape.x1, &self.fc1.backward(&df, rows));
+        add_assign(&mut dx1, &dx2);
+        let d_o = self.proj.backward(&scaled(&dx1, &self.ls1), rows);
+        let dqkv = self.attention_backward(&tape.qkv, &tape.p, &d_o, z);
+        let mut dx = self.ln1.backward(&tape.x, &self.qkv.backward(&dqkv, rows));
+        add_assign(&mut dx, &dx1);
+        dx
+    }
+}
+
+/// The ViT's weights as plain f32 buffers.
+pub struct FastVit {
+    patch: usize,
+    d: usize,
+    registers: usize,
+    pe: Lin,
+    cls: Vec<f32>,
+    regs: Vec<f32>,
+    blocks: Vec<Block>,
+    norm: Ln,
+}
+
+/// What the reverse pass needs from a forward.
+pub struct Tape {
+    z: Dims,
+    grid: (usize, usize),
+    blocks: Vec<BlockTape>,
+    last: Vec<f32>,
+}
+
+impl Tape {
+    /// Patch grid (rows, columns) of the forward.
+    pub fn grid(&self) -> (usize, usize) {
+        self.grid
+    }
+}
+
+impl FastVit {
+    pub fn new(vit: &VisionTransformer) -> Result<Self> {
+        let c = &vit.config;
+        let cls = floats(&(&vit.cls_token + &vit.pos_cls)?)?;
+        let regs = vit.register_tokens.as_ref().map(floats).transpose()?.unwrap_or_default();
+        let opt = |t: &Option<Tensor>| t.as_ref().map(floats).transpose();
+        let blocks = vit
+            .blocks
+            .iter()
+            .map(|b| {
+                Ok(Block {
+                    ln1: Ln::new(&b.norm1)?,
+                    qkv: Lin::new(&b.attn.qkv)?,
+                    proj: Lin::new(&b.attn.proj)?,
+                    ls1: opt(&b.ls1)?,
+                    ln2: Ln::new(&b.norm2)?,
+                    fc1: Lin::new(&b.ffn.fc1)?,
+                    fc2: Lin::new(&b.ffn.fc2)?,
+                    ls2: opt(&b.ls2)?,
+                    swiglu: b.ffn.kind == FfnKind::SwiGlu,
+                    heads: b.attn.num_heads,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch: c.patch_size,
+            d: c.embed_dim,
+            registers: c.num_registers,
+            pe: Lin::new(&vit.patch_embed)?,
+            cls,
+            regs,
+            blocks,
+            norm: Ln::new(&vit.norm)?,
+        })
+    }
+
+    /// `pixels`: `[B,3,H,W]` in [0,1]; `pos`: the position embedding of the patch grid `[P,D]`.
+    /// Returns the final tokens `[B,T,D]` and, when `keep`, the tape.
+    pub fn forward(&self, pixels: &[f32], (b, hh, ww): (usize, usize, usize), pos: &[f32], keep: bool) -> Result<(Vec<f32>, Option<Tape>)> {
+        let (p, d) = (self.patch, self.d);
+        if hh % p != 0 || ww % p != 0 {
+            bail!("image size {hh}x{ww} is not a multiple of the patch size {p}");
+        }
+        let (gh, gw) = (hh / p, ww / p);
+        let np = gh * gw;
+        let t = 1 + self.registers + np;
+        let mut patches = vec![0f32; b * np * 3 * p * p];
+        patches.par_chunks_mut(3 * p * p).enumerate().for_each(|(i, row)| {
+            let (bi, pi) = (i / np, i % np);
+            let (py, px) = (pi / gw, pi % gw);
+            for c in 0..3 {
+                let plane = &pixels[(bi * 3 + c) * hh * ww..];
+                for ky in 0..p {
+                    let src = &plane[(py * p + ky) * ww + px * p..][..p];
+                    let dst = &mut row[(c * p + ky) * p..][..p];
+                    for (o, v) in dst.iter_mut().zip(src) {
+                        *o = (v - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+                    }
+                }
+            }
+        });
+        let tokens = self.pe.forward(&patches, b * np);
+        let mut x = vec![0f32; b * t * d];
+        x.par_chunks_mut(t * d).enumerate().for_each(|(bi, img)| {
+            img[..d].copy_from_slice(&self.cls);
+            img[d..(1 + self.registers) * d].copy_from_slice(&self.regs);
+            let rows = &mut img[(1 + self.registers) * d..];
+            for ((o, tk), ps) in rows.iter_mut().zip(&tokens[bi * np * d..(bi + 1) * np * d]).zip(pos.iter().cycle()) {
+                *o = tk + ps;
+            }
+        });
+        let z = Dims { b, t, d };
+        let mut tapes = Vec::with_capacity(if keep { self.blocks.len() } else { 0 });
+        for block in &self.blocks {
+            let (next, tape) = block.forward(x, z, keep);
+            tapes.extend(tape);
+            x = next;
+        }
+        let out = self.norm.forward(&x);
+        Ok((out, keep.then_some(Tape { z, grid: (gh, gw), blocks: tapes, last: x })))
+    }
+
+    /// The pixels' gradient `[B,3,H,W]` given the gradients of the final tokens `[B,T,D]`.
+    pub fn backward(&self, tape: &Tape, d_out: Vec<f32>) -> Vec<f32> {
+        let (p, d, z) = (self.patch, self.d, tape.z);
+        let (gh, gw) = tape.grid;
+        let np = gh * gw;
+        let mut dx = self.norm.backward(&tape.last, &d_out);
+        for (block, bt) in self.blocks.iter().zip(&tape.blocks).rev() {
+            dx = block.backward(bt, dx, z);
+        }
+        let skip = 1 + self.registers;
+        let d_tokens: Vec<f32> = dx.chunks_exact(z.t * d).flat_map(|img| img[skip * d..].iter().copied()).collect();
+        let d_patches = self.pe.backward(&d_tokens, z.b * np);
+        let (hh, ww) = (gh * p, gw * p);
+        let mut d_pixels = vec![0f32; z.b * 3 * hh * ww];
+        d_pixels.par_chunks_mut(hh * ww).enumerate().for_each(|(plane, out)| {
+            let (bi, c) = (plane / 3, plane % 3);
+            for pi in 0..np {
+                let (py, px) = (pi / gw, pi % gw);
+                let row = &d_patches[(bi * np + pi) * 3 * p * p..];
+                for ky in 0..p {
+                    let src = &row[(c * p + ky) * p..][..p];
+                    let dst = &mut out[(py * p + ky) * ww + px * p..][..p];
+                    for (o, v) in dst.iter_mut().zip(src) {
+                        *o = v / IMAGENET_STD[c];
+                    }
+                }
+            }
+        });
+        d_pixels
+    }
+}
