@@ -92,8 +92,8 @@ fn residual(x: &[f32], y: &[f32], gamma: &Option<Vec<f32>>) -> Vec<f32> {
     match gamma {
         Some(g) => out.par_chunks_mut(g.len()).zip(x.par_chunks(g.len())).zip(y.par_chunks(g.len())).for_each(
             |((o, x), y)| {
-                for i in 0..g.len() {
-                    o[i] = x[i] + g[i] * y[i];
+                for (((o, x), y), g) in o.iter_mut().zip(x).zip(y).zip(g) {
+                    *o = x + g * y;
                 }
             },
         ),
@@ -108,8 +108,8 @@ fn scaled(g: &[f32], gamma: &Option<Vec<f32>>) -> Vec<f32> {
         Some(s) => {
             let mut out = vec![0.0; g.len()];
             out.par_chunks_mut(s.len()).zip(g.par_chunks(s.len())).for_each(|(o, g)| {
-                for i in 0..s.len() {
-                    o[i] = g[i] * s[i];
+                for ((o, g), s) in o.iter_mut().zip(g).zip(s) {
+                    *o = g * s;
                 }
             });
             out
