@@ -5,36 +5,21 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::encoder::arch::ArchChoice;
-use crate::encoder::pos_embed::PosResize;
-use crate::encoder::{Encoder, LoadOptions};
+use super::ModelOptions;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     /// Checkpoint file (.pth, .safetensors, .onnx).
     pub file: PathBuf,
-    #[arg(long, default_value = "auto")]
-    pub arch: ArchChoice,
-    #[arg(long)]
-    pub heads: Option<usize>,
-    #[arg(long)]
-    pub pos_resize: Option<PosResize>,
-    #[arg(long)]
-    pub backbone: Option<String>,
+    #[command(flatten)]
+    pub model: ModelOptions,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: &InspectArgs) -> Result<()> {
-    let opts = LoadOptions {
-        arch: a.arch,
-        heads: a.heads,
-        pos_resize: a.pos_resize,
-        prefer: a.backbone.clone(),
-        ..Default::default()
-    };
-    let enc = Encoder::load(&a.file, &opts)?;
+    let enc = a.model.load(&a.file, candle_core::Device::Cpu)?;
     let i = &enc.info;
     if a.json {
         println!("{}", serde_json::to_string_pretty(i)?);

@@ -14,6 +14,7 @@ use crate::encoder::arch::ArchChoice;
 use crate::encoder::pos_embed::PosResize;
 use crate::encoder::{Encoder, LoadOptions};
 
+
 #[derive(Parser)]
 #[command(name = "robust-ssl", version, about = "Adversarial robustness of self-supervised ViT encoders across downstream tasks")]
 pub struct Cli {
@@ -31,12 +32,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// How to find and build the encoder; shared by every command that loads one.
+/// How to build an encoder from a checkpoint; shared by every command that loads one.
 #[derive(Args, Debug, Clone)]
-pub struct EncoderArgs {
-    /// Checkpoint: official .pth (plain or training checkpoint), timm/Hugging Face .safetensors, or .onnx.
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+pub struct ModelOptions {
     /// Architecture: auto (from tensor shapes) or a name such as dinov2_vits14, dino_vitb16, dinov2_vitg14_reg.
     #[arg(long, default_value = "auto")]
     pub arch: ArchChoice,
@@ -44,7 +42,7 @@ pub struct EncoderArgs {
     /// default from the checkpoint's source.
     #[arg(long)]
     pub pos_resize: Option<PosResize>,
-    /// Number of attention heads, for custom widths (default: 64-dim heads, or config.json).
+    /// Number of attention heads, for custom widths (default: 64-dim heads, or what the file states).
     #[arg(long)]
     pub heads: Option<usize>,
     /// Which backbone of a training checkpoint to use (teacher or student; default teacher).
@@ -52,16 +50,32 @@ pub struct EncoderArgs {
     pub backbone: Option<String>,
 }
 
-impl EncoderArgs {
-    pub fn load(&self) -> Result<Encoder> {
+impl ModelOptions {
+    pub fn load(&self, checkpoint: &std::path::Path, device: candle_core::Device) -> Result<Encoder> {
         let opts = LoadOptions {
             arch: self.arch,
             heads: self.heads,
             pos_resize: self.pos_resize,
             prefer: self.backbone.clone(),
-            device: crate::device::default_device()?,
+            device,
         };
-        Encoder::load(&self.checkpoint, &opts)
+        Encoder::load(checkpoint, &opts)
+    }
+}
+
+/// `--checkpoint FILE` and the model options.
+#[derive(Args, Debug, Clone)]
+pub struct EncoderArgs {
+    /// Checkpoint: official .pth (plain or training checkpoint), timm/Hugging Face .safetensors, or .onnx.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub model: ModelOptions,
+}
+
+impl EncoderArgs {
+    pub fn load(&self) -> Result<Encoder> {
+        self.model.load(&self.checkpoint, crate::device::default_device()?)
     }
 }
 

@@ -48,6 +48,25 @@ macro_rules! dispatch {
     };
 }
 
+/// The same for ops of two operands of one float type.
+macro_rules! dispatch2 {
+    ($s1:expr, $l1:expr, $s2:expr, $l2:expr, |$a:ident, $b:ident : $t:ident| $body:expr) => {
+        match ($s1, $s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
+                type $t = f32;
+                let ($a, $b) = (slice::<f32>($s1, $l1)?, slice::<f32>($s2, $l2)?);
+                CpuStorage::F32($body)
+            }
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
+                type $t = f64;
+                let ($a, $b) = (slice::<f64>($s1, $l1)?, slice::<f64>($s2, $l2)?);
+                CpuStorage::F64($body)
+            }
+            _ => return Err(Error::Msg("fused op: operands must both be f32 or both f64".into())),
+        }
+    };
+}
+
 /// Softmax over the last dimension.
 pub struct Softmax;
 
@@ -88,11 +107,7 @@ impl CustomOp2 for SoftmaxGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = last_dim(l1)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(softmax_grad(n, slice(s1, l1)?, slice(s2, l2)?)),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(softmax_grad(n, slice(s1, l1)?, slice(s2, l2)?)),
-            _ => return Err(Error::Msg("fused softmax grad: dtype mismatch".into())),
-        };
+        let out = dispatch2!(s1, l1, s2, l2, |y, g: T| softmax_grad::<T>(n, y, g));
         Ok((out, l1.shape().clone()))
     }
 }
@@ -188,15 +203,9 @@ impl CustomOp2 for LayerNormGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = last_dim(l1)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(layer_norm_grad(n, slice(s1, l1)?, slice(s2, l2)?, &vec_of::<f32>(&self.weight)?, self.eps as f32))
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(layer_norm_grad(n, slice(s1, l1)?, slice(s2, l2)?, &vec_of::<f64>(&self.weight)?, self.eps))
-            }
-            _ => return Err(Error::Msg("fused layer norm grad: dtype mismatch".into())),
-        };
+        let out = dispatch2!(s1, l1, s2, l2, |x, g: T| {
+            layer_norm_grad::<T>(n, x, g, &vec_of::<T>(&self.weight)?, self.eps as T)
+        });
         Ok((out, l1.shape().clone()))
     }
 }
@@ -270,11 +279,7 @@ impl CustomOp2 for GeluGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(gelu_grad::<f32>(slice(s1, l1)?, slice(s2, l2)?)),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(gelu_grad::<f64>(slice(s1, l1)?, slice(s2, l2)?)),
-            _ => return Err(Error::Msg("fused gelu grad: dtype mismatch".into())),
-        };
+        let out = dispatch2!(s1, l1, s2, l2, |x, g: T| gelu_grad::<T>(x, g));
         Ok((out, l1.shape().clone()))
     }
 }
