@@ -6,7 +6,7 @@
 //! The candle model in `vit.rs` is the generic path (GPUs, f64, fine-tuning) and the reference
 //! this one is tested against (`tests/encoder_parity.rs`).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
 
@@ -335,13 +335,12 @@ impl FastVit {
         })
     }
 
-    /// `pixels`: `[B,3,H,W]` in [0,1]; `pos`: the position embedding of the patch grid `[P,D]`.
+    /// `pixels`: `[B,3,H,W]` in [0,1], sides checked by the caller; `pos`: the position
+    /// embedding of the patch grid `[P,D]`.
     /// Returns the final tokens `[B,T,D]` and, when `keep`, the tape.
     pub fn forward(&self, pixels: &[f32], (b, hh, ww): (usize, usize, usize), pos: &[f32], keep: bool) -> Result<(Vec<f32>, Option<Tape>)> {
         let (p, d) = (self.patch, self.d);
-        if hh % p != 0 || ww % p != 0 {
-            bail!("image size {hh}x{ww} is not a multiple of the patch size {p}");
-        }
+        debug_assert!(hh % p == 0 && ww % p == 0, "checked by VisionTransformer::check_images");
         let (gh, gw) = (hh / p, ww / p);
         let np = gh * gw;
         let t = 1 + self.registers + np;
@@ -366,7 +365,7 @@ impl FastVit {
             img[..d].copy_from_slice(&self.cls);
             img[d..(1 + self.registers) * d].copy_from_slice(&self.regs);
             let rows = &mut img[(1 + self.registers) * d..];
-            for ((o, tk), ps) in rows.iter_mut().zip(&tokens[bi * np * d..(bi + 1) * np * d]).zip(pos.iter().cycle()) {
+            for ((o, tk), ps) in rows.iter_mut().zip(&tokens[bi * np * d..(bi + 1) * np * d]).zip(pos) {
                 *o = tk + ps;
             }
         });

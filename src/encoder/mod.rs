@@ -157,20 +157,8 @@ impl Encoder {
         Ok(self.fast.get_or_init(|| built).as_ref())
     }
 
-    fn check_pixels(&self, pixels: &Tensor) -> Result<(usize, usize, usize)> {
-        let (b, c, h, w) = pixels.dims4().map_err(|_| anyhow!("expected images [N, 3, H, W], got {:?}", pixels.dims()))?;
-        let p = self.config().patch_size;
-        if c != 3 {
-            bail!("expected 3 colour channels, got {c}");
-        }
-        if h % p != 0 || w % p != 0 || h == 0 || w == 0 {
-            bail!("image size {h}x{w} is not a positive multiple of the patch size {p}");
-        }
-        Ok((b, h, w))
-    }
-
     fn fast_forward(&self, fast: &fast_vit::FastVit, pixels: &Tensor, keep: bool) -> Result<(Tokens, Option<fast_vit::Tape>)> {
-        let (b, h, w) = self.check_pixels(pixels)?;
+        let (b, h, w) = self.vit.check_images(pixels.dims())?;
         let p = self.config().patch_size;
         let (gh, gw) = (h / p, w / p);
         let pos = self.vit.patch_positions(gh, gw)?.flatten_all()?.to_vec1::<f32>()?;

@@ -255,17 +255,24 @@ impl VisionTransformer {
         }
     }
 
+    /// `(B, H, W)` of an image batch `[B, 3, H, W]` whose sides are positive multiples of the patch.
+    pub fn check_images(&self, dims: &[usize]) -> Result<(usize, usize, usize)> {
+        let p = self.config.patch_size;
+        let &[b, c, h, w] = dims else { bail!("expected images [N, 3, H, W], got {dims:?}") };
+        if c != 3 {
+            bail!("expected 3 colour channels, got {c}");
+        }
+        if h % p != 0 || w % p != 0 || h == 0 || w == 0 {
+            bail!("image size {h}x{w} is not a positive multiple of the patch size {p}");
+        }
+        Ok((b, h, w))
+    }
+
     /// `x`: normalized images `[B, 3, H, W]`, H and W multiples of the patch size.
     pub fn forward(&self, x: &Tensor) -> Result<Tokens> {
         let p = self.config.patch_size;
         let d = self.config.embed_dim;
-        let (b, c, hh, ww) = x.dims4()?;
-        if c != 3 {
-            bail!("expected 3 colour channels, got {c}");
-        }
-        if hh % p != 0 || ww % p != 0 || hh == 0 || ww == 0 {
-            bail!("image size {hh}x{ww} is not a positive multiple of the patch size {p}");
-        }
+        let (b, hh, ww) = self.check_images(x.dims())?;
         let (h, w) = (hh / p, ww / p);
         let patches = x
             .reshape((b, 3, h, p, w, p))?
