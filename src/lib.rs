@@ -9,4 +9,5 @@ pub mod device;
 pub mod commands;
 pub mod encoder;
 pub mod input;
+pub mod metrics;
 pub mod perf;
