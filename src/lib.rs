@@ -5,8 +5,9 @@
 //! pixels in [0,1] → normalize → encoder → head.* This crate holds that pipeline and everything
 //! that feeds it.
 
-pub mod device;
 pub mod commands;
+pub mod data;
+pub mod device;
 pub mod encoder;
 pub mod input;
 pub mod metrics;

@@ -1,0 +1,107 @@
+//! Datasets in their native on-disk layouts, no conversion step: each format in its own file,
+//! all behind one [`Dataset`] trait yielding `(image, target)` samples with pixels in [0,1].
+//! `KIND:PATH` specs (`cifar10:/data/cifar-10-batches-bin`) open them.
+
+pub mod cifar;
+pub mod idx;
+pub mod stl10;
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+
+/// What a sample is labelled with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Class(u32),
+    /// No label (STL-10 unlabeled split).
+    None,
+}
+
+/// One image (`[3, H, W]`, f32, [0,1]; grayscale replicated to 3 channels) and its target.
+pub struct Sample {
+    pub image: Tensor,
+    pub target: Target,
+}
+
+/// A split of a dataset, randomly accessible.
+pub trait Dataset: Send + Sync {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn get(&self, index: usize) -> Result<Sample>;
+    /// Number of classes for classification datasets.
+    fn num_classes(&self) -> Option<usize>;
+    /// `kind:path [split]`, for messages and cache keys.
+    fn describe(&self) -> String;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Val,
+    Test,
+    Unlabeled,
+}
+
+impl std::str::FromStr for Split {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "train" => Self::Train,
+            "val" | "validation" => Self::Val,
+            "test" => Self::Test,
+            "unlabeled" => Self::Unlabeled,
+            _ => bail!("unknown split '{s}'; expected train, val, test or unlabeled"),
+        })
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Train => "train",
+            Self::Val => "val",
+            Self::Test => "test",
+            Self::Unlabeled => "unlabeled",
+        })
+    }
+}
+
+/// The dataset kinds `KIND:PATH` accepts so far.
+pub const KINDS: &[&str] = &["cifar10", "cifar100", "stl10", "mnist", "fashion-mnist"];
+
+/// Opens `KIND:PATH` at `split`, checking the files before any work starts.
+pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
+    let Some((kind, path)) = spec.split_once(':') else {
+        bail!("dataset '{spec}' should be KIND:PATH with KIND one of {}", KINDS.join(", "));
+    };
+    let path = Path::new(path);
+    if !path.exists() {
+        bail!("{}: no such file or folder (dataset {kind})", path.display());
+    }
+    Ok(match kind {
+        "cifar10" => Box::new(cifar::Cifar::open(path, cifar::Variant::Cifar10, split)?),
+        "cifar100" => Box::new(cifar::Cifar::open(path, cifar::Variant::Cifar100, split)?),
+        "stl10" => Box::new(stl10::Stl10::open(path, split)?),
+        "mnist" | "fashion-mnist" => Box::new(idx::Idx::open(path, kind, split)?),
+        _ => bail!("unknown dataset kind '{kind}'; expected one of {}", KINDS.join(", ")),
+    })
+}
+
+/// The error for a split a dataset does not define.
+pub(crate) fn no_such_split(kind: &str, split: Split, available: &[&str]) -> anyhow::Error {
+    anyhow::anyhow!("{kind} has no {split} split; it defines {}", available.join(", "))
+}
+
+/// `[3, H, W]` f32 in [0,1] from planar u8 (`planes` = 1 replicates a grayscale plane).
+pub(crate) fn planar_u8_to_tensor(data: &[u8], planes: usize, h: usize, w: usize) -> Result<Tensor> {
+    let mut v: Vec<f32> = data.iter().map(|&b| b as f32 / 255.0).collect();
+    if planes == 1 {
+        v = v.repeat(3);
+    }
+    Ok(Tensor::from_vec(v, (3, h, w), &candle_core::Device::Cpu)?)
+}
