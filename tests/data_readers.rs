@@ -45,11 +45,112 @@ fn every_reader_matches_the_reference_decoding() {
         ("mnist", "mnist", Split::Test, "mnist_test"),
         ("fashion-mnist", "fashion-mnist-gz", Split::Train, "fashion-mnist_train"),
         ("fashion-mnist", "fashion-mnist-gz", Split::Test, "fashion-mnist_test"),
+        ("imagefolder", "imagefolder", Split::Train, "imagefolder_train"),
+        ("imagefolder", "imagefolder", Split::Val, "imagefolder_val"),
     ];
     for (kind, dir, split, expected) in cases {
         let ds = open(&spec(kind, dir), split).unwrap_or_else(|e| panic!("{expected}: {e:#}"));
         check_against_reference(ds.as_ref(), expected);
     }
+}
+
+/// Segmentation samples: labels exactly as the reference maps them; images exactly for PNG and
+/// within 4/255 for JPEG (PIL and our decoder may round the IDCT differently).
+#[test]
+fn segmentation_readers_match_the_reference() {
+    let cases = [
+        ("voc2012", "VOCdevkit/VOC2012", Split::Train, "voc2012_train", 4.0 / 255.0),
+        ("voc2012", "VOCdevkit/VOC2012", Split::Val, "voc2012_val", 4.0 / 255.0),
+        ("ade20k", "ADEChallengeData2016", Split::Train, "ade20k_train", 4.0 / 255.0),
+        ("ade20k", "ADEChallengeData2016", Split::Val, "ade20k_val", 4.0 / 255.0),
+        ("cityscapes", "cityscapes", Split::Train, "cityscapes_train", 0.0),
+        ("cityscapes", "cityscapes", Split::Val, "cityscapes_val", 0.0),
+    ];
+    for (kind, dir, split, name, tol) in cases {
+        let ds = open(&spec(kind, dir), split).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let exp = candle_core::safetensors::load(fixtures().join(format!("{name}.expected.safetensors")), &Device::Cpu).unwrap();
+        assert_eq!(ds.len(), exp.len() / 2, "{name}: number of samples");
+        let mut ignored = 0;
+        for i in 0..ds.len() {
+            let s = ds.get(i).unwrap();
+            let want = &exp[&format!("image_{i}")];
+            let diff = (&s.image - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff <= tol + 1e-6, "{name}[{i}]: image differs by {diff}");
+            let want_labels: Vec<u32> = exp[&format!("labels_{i}")].flatten_all().unwrap().to_vec1::<i64>().unwrap().iter().map(|&v| v as u32).collect();
+            let Target::Segmentation { labels, height, width } = s.target else { panic!("{name}: not a segmentation target") };
+            assert_eq!((height, width), (want.dim(1).unwrap(), want.dim(2).unwrap()));
+            assert_eq!(labels, want_labels, "{name}[{i}]: labels");
+            ignored += labels.iter().filter(|&&l| l == 255).count();
+        }
+        assert!(ignored > 0, "{name}: the fixture should exercise the ignore index");
+        assert_eq!(ds.num_classes(), Some(match kind { "voc2012" => 21, "ade20k" => 150, _ => 19 }));
+    }
+}
+
+#[test]
+fn bad_segmentation_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = |from: &Path, to: &Path| {
+        for e in walk(from) {
+            let rel = e.strip_prefix(from).unwrap();
+            std::fs::create_dir_all(to.join(rel).parent().unwrap()).unwrap();
+            std::fs::copy(&e, to.join(rel)).unwrap();
+        }
+    };
+    let voc = tmp.path().join("VOC2012");
+    copy(&fixtures().join("VOCdevkit/VOC2012"), &voc);
+    // A label map whose size differs from its image.
+    let label = voc.join("SegmentationClass/2007_000033.png");
+    let other = voc.join("SegmentationClass/2007_000039.png");
+    std::fs::copy(&other, &label).unwrap();
+    let ds = open(&format!("voc2012:{}", voc.display()), Split::Val).unwrap();
+    let err = format!("{:#}", ds.get(0).err().unwrap());
+    assert!(err.contains("2007_000033.png") && err.contains("label map is 24x28 but its image"), "{err}");
+    // A corrupt label map.
+    std::fs::write(&label, b"\x89PNG\r\n\x1a\nnope").unwrap();
+    let err = format!("{:#}", ds.get(0).err().unwrap());
+    assert!(err.contains("2007_000033.png"), "{err}");
+    // A listed image that does not exist, and an empty list.
+    std::fs::remove_file(voc.join("JPEGImages/2007_000039.jpg")).unwrap();
+    let err = format!("{:#}", open(&format!("voc2012:{}", voc.display()), Split::Train).err().unwrap());
+    assert!(err.contains("2007_000039.jpg") && err.contains("missing"), "{err}");
+    std::fs::write(voc.join("ImageSets/Segmentation/val.txt"), "\n").unwrap();
+    let err = format!("{:#}", open(&format!("voc2012:{}", voc.display()), Split::Val).err().unwrap());
+    assert!(err.contains("val.txt") && err.contains("empty"), "{err}");
+
+    // ADE20k: a value above 150, and a missing annotation.
+    let ade = tmp.path().join("ADE");
+    copy(&fixtures().join("ADEChallengeData2016"), &ade);
+    let ann = walk(&ade.join("annotations/validation")).remove(0);
+    let img = image::GrayImage::from_pixel(16, 24, image::Luma([200u8]));
+    img.save(&ann).unwrap();
+    let ds = open(&format!("ade20k:{}", ade.display()), Split::Val).unwrap();
+    let err = format!("{:#}", ds.get(0).err().unwrap());
+    assert!(err.contains("label value 200 is not a class"), "{err}");
+    std::fs::remove_file(&ann).unwrap();
+    let err = format!("{:#}", open(&format!("ade20k:{}", ade.display()), Split::Val).err().unwrap());
+    assert!(err.contains("annotation of") && err.contains("missing"), "{err}");
+
+    // Cityscapes: a missing gtFine file.
+    let cs = tmp.path().join("cs");
+    copy(&fixtures().join("cityscapes"), &cs);
+    std::fs::remove_file(cs.join("gtFine/val/frankfurt/frankfurt_000000_000019_gtFine_labelIds.png")).unwrap();
+    let err = format!("{:#}", open(&format!("cityscapes:{}", cs.display()), Split::Val).err().unwrap());
+    assert!(err.contains("frankfurt_000000_000019_gtFine_labelIds.png") && err.contains("missing"), "{err}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Copies a fixture folder into a temporary one so a test can damage it.

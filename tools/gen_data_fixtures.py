@@ -14,6 +14,7 @@ import os
 import struct
 
 import numpy as np
+from PIL import Image
 from safetensors.numpy import save_file
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "data")
@@ -75,6 +76,109 @@ def idx(dirname, kind, gz):
         expected(f"{kind}_{split}", px[:, None], y.tolist())
 
 
+# cityscapesScripts labels.py: (labelId, trainId) of the 19 evaluated classes; the rest -> 255.
+CITYSCAPES_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
+                        26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+def smooth_image(h, w):
+    """A photo-like image (smooth gradients + noise), so JPEG round trips stay close."""
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (h + w)], axis=-1)
+    return np.clip(base + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def seg_expected(name, images, labels):
+    """Per-sample tensors: image_i (f32 [3,H,W], as PIL decodes the stored file), labels_i (i64)."""
+    out = {}
+    for i, (img_path, lab) in enumerate(zip(images, labels)):
+        arr = np.asarray(Image.open(img_path).convert("RGB"), dtype=np.float32) / 255.0
+        out[f"image_{i}"] = np.ascontiguousarray(arr.transpose(2, 0, 1))
+        out[f"labels_{i}"] = np.ascontiguousarray(lab.astype(np.int64))
+    save_file(out, os.path.join(OUT, f"{name}.expected.safetensors"))
+
+
+def voc():
+    root = os.path.join(OUT, "VOCdevkit", "VOC2012")
+    for sub in ["JPEGImages", "SegmentationClass", "ImageSets/Segmentation"]:
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    palette = []
+    for i in range(256):  # the VOC colour map
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    ids = {"train": ["2007_000032", "2007_000039"], "val": ["2007_000033"]}
+    for split, names in ids.items():
+        with open(os.path.join(root, "ImageSets/Segmentation", f"{split}.txt"), "w") as f:
+            f.write("\n".join(names) + "\n")
+        imgs, labs = [], []
+        for k, name in enumerate(names):
+            h, w = 20 + 4 * k, 28
+            Image.fromarray(smooth_image(h, w)).save(os.path.join(root, "JPEGImages", f"{name}.jpg"), quality=95)
+            lab = rng.integers(0, 21, (h, w)).astype(np.uint8)
+            lab[0, :] = 255  # object border
+            png = Image.fromarray(lab, mode="P")
+            png.putpalette(palette)
+            path = os.path.join(root, "SegmentationClass", f"{name}.png")
+            png.save(path)
+            imgs.append(os.path.join(root, "JPEGImages", f"{name}.jpg"))
+            labs.append(np.asarray(Image.open(path)))  # palette indices, as stored
+        seg_expected(f"voc2012_{split}", imgs, labs)
+
+
+def ade20k():
+    root = os.path.join(OUT, "ADEChallengeData2016")
+    for split, d, n in [("train", "training", 2), ("val", "validation", 1)]:
+        os.makedirs(os.path.join(root, "images", d), exist_ok=True)
+        os.makedirs(os.path.join(root, "annotations", d), exist_ok=True)
+        imgs, labs = [], []
+        for k in range(n):
+            stem = f"ADE_{d[:5] if d == 'training' else 'val'}_{k + 1:08d}"
+            img = os.path.join(root, "images", d, f"{stem}.jpg")
+            Image.fromarray(smooth_image(24, 16 + 8 * k)).save(img, quality=95)
+            raw = rng.integers(0, 151, (24, 16 + 8 * k)).astype(np.uint8)
+            Image.fromarray(raw, mode="L").save(os.path.join(root, "annotations", d, f"{stem}.png"))
+            labs.append(np.where(raw == 0, 255, raw.astype(np.int64) - 1))
+            imgs.append(img)
+        seg_expected(f"ade20k_{split}", imgs, labs)
+
+
+def cityscapes():
+    root = os.path.join(OUT, "cityscapes")
+    for split, cities in [("train", ["aachen", "bochum"]), ("val", ["frankfurt"])]:
+        imgs, labs = [], []
+        for city in cities:
+            os.makedirs(os.path.join(root, "leftImg8bit", split, city), exist_ok=True)
+            os.makedirs(os.path.join(root, "gtFine", split, city), exist_ok=True)
+            name = f"{city}_000000_000019"
+            img = os.path.join(root, "leftImg8bit", split, city, f"{name}_leftImg8bit.png")
+            Image.fromarray(smooth_image(16, 32)).save(img)
+            ids = rng.integers(0, 34, (16, 32)).astype(np.uint8)
+            Image.fromarray(ids, mode="L").save(os.path.join(root, "gtFine", split, city, f"{name}_gtFine_labelIds.png"))
+            labs.append(np.vectorize(lambda v: CITYSCAPES_TRAIN_IDS.get(int(v), 255))(ids))
+            imgs.append(img)
+        seg_expected(f"cityscapes_{split}", imgs, labs)
+
+
+def image_folder():
+    root = os.path.join(OUT, "imagefolder")
+    for split, per_class in [("train", 2), ("val", 1)]:
+        imgs, labels = [], []
+        for c, cls in enumerate(["cat", "dog"]):  # torchvision: sorted folder names
+            os.makedirs(os.path.join(root, split, cls), exist_ok=True)
+            for k in range(per_class):
+                arr = smooth_image(12, 10)
+                Image.fromarray(arr).save(os.path.join(root, split, cls, f"{k}.png"))
+                imgs.append(arr.transpose(2, 0, 1))
+                labels.append(c)
+        expected(f"imagefolder_{split}", np.stack(imgs), labels)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     cifar("cifar-10-batches-bin", "cifar10",
@@ -83,6 +187,10 @@ def main():
     stl10()
     idx("mnist", "mnist", gz=False)
     idx("fashion-mnist-gz", "fashion-mnist", gz=True)
+    voc()
+    ade20k()
+    cityscapes()
+    image_folder()
     print("wrote", sorted(os.listdir(OUT)))
 
 

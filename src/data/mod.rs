@@ -2,9 +2,14 @@
 //! all behind one [`Dataset`] trait yielding `(image, target)` samples with pixels in [0,1].
 //! `KIND:PATH` specs (`cifar10:/data/cifar-10-batches-bin`) open them.
 
+pub mod ade20k;
 pub mod cifar;
+pub mod cityscapes;
 pub mod idx;
+pub mod image_folder;
+mod labels;
 pub mod stl10;
+pub mod voc;
 
 use std::fmt;
 use std::path::Path;
@@ -16,9 +21,14 @@ use candle_core::Tensor;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
     Class(u32),
+    /// Per-pixel classes, row-major `height × width`; 255 is ignored.
+    Segmentation { labels: Vec<u32>, height: usize, width: usize },
     /// No label (STL-10 unlabeled split).
     None,
 }
+
+/// The ignore index of every segmentation dataset here.
+pub const IGNORE: u32 = 255;
 
 /// One image (`[3, H, W]`, f32, [0,1]; grayscale replicated to 3 channels) and its target.
 pub struct Sample {
@@ -72,7 +82,8 @@ impl fmt::Display for Split {
 }
 
 /// The dataset kinds `KIND:PATH` accepts so far.
-pub const KINDS: &[&str] = &["cifar10", "cifar100", "stl10", "mnist", "fashion-mnist"];
+pub const KINDS: &[&str] =
+    &["cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "imagefolder", "voc2012", "ade20k", "cityscapes"];
 
 /// Opens `KIND:PATH` at `split`, checking the files before any work starts.
 pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
@@ -88,6 +99,10 @@ pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
         "cifar100" => Box::new(cifar::Cifar::open(path, cifar::Variant::Cifar100, split)?),
         "stl10" => Box::new(stl10::Stl10::open(path, split)?),
         "mnist" | "fashion-mnist" => Box::new(idx::Idx::open(path, kind, split)?),
+        "imagefolder" => Box::new(image_folder::ImageFolder::open(path, split)?),
+        "voc2012" => Box::new(voc::Voc::open(path, split)?),
+        "ade20k" => Box::new(ade20k::Ade20k::open(path, split)?),
+        "cityscapes" => Box::new(cityscapes::Cityscapes::open(path, split)?),
         _ => bail!("unknown dataset kind '{kind}'; expected one of {}", KINDS.join(", ")),
     })
 }
