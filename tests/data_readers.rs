@@ -259,3 +259,39 @@ fn real_fashion_mnist_from_debian() {
         assert!(mean > 0.05 && mean < 0.95, "a real image has content ({mean})");
     }
 }
+
+/// NYU folder layout: depth in metres exactly as the 16-bit millimetre PNG says; errors for a
+/// missing listed file and an 8-bit "depth" map.
+#[test]
+fn nyu_folder_layout() {
+    for (split, name) in [(Split::Train, "nyu_train"), (Split::Test, "nyu_test")] {
+        let ds = open(&spec("nyu", "nyu"), split).unwrap();
+        let exp = candle_core::safetensors::load(fixtures().join(format!("{name}.expected.safetensors")), &Device::Cpu).unwrap();
+        assert_eq!(ds.len(), exp.len() / 2);
+        for i in 0..ds.len() {
+            let s = ds.get(i).unwrap();
+            let diff = (&s.image - &exp[&format!("image_{i}")]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff <= 4.0 / 255.0 + 1e-6, "{name}[{i}]: image differs by {diff}");
+            let Target::Depth { metres, height, width } = s.target else { panic!("not a depth target") };
+            assert_eq!((height, width), (12, 16));
+            assert_eq!(metres, exp[&format!("depth_{i}")].flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}[{i}]");
+            assert_eq!(metres[0], 0.0, "unmeasured pixel stays 0");
+        }
+        assert_eq!(ds.num_classes(), None);
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let err = open_err("nyu", empty.path(), Split::Train);
+    assert!(err.contains("no split list"), "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    std::fs::create_dir_all(root.join("a")).unwrap();
+    image::RgbImage::new(4, 3).save(root.join("a/rgb.png")).unwrap();
+    image::GrayImage::new(4, 3).save(root.join("a/depth.png")).unwrap();
+    std::fs::write(root.join("test.txt"), "a/rgb.png a/depth.png\na/rgb.png a/gone.png\n").unwrap();
+    let err = open_err("nyu", root, Split::Test);
+    assert!(err.contains("gone.png") && err.contains("line 2"), "{err}");
+    std::fs::write(root.join("test.txt"), "a/rgb.png a/depth.png\n").unwrap();
+    let ds = open(&format!("nyu:{}", root.display()), Split::Test).unwrap();
+    let err = format!("{:#}", ds.get(0).err().unwrap());
+    assert!(err.contains("depth.png") && err.contains("16-bit"), "{err}");
+}

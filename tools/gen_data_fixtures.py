@@ -179,6 +179,30 @@ def image_folder():
         expected(f"imagefolder_{split}", np.stack(imgs), labels)
 
 
+def nyu():
+    root = os.path.join(OUT, "nyu")
+    for split, scenes in [("train", ["kitchen_0028a", "bedroom_0004"]), ("test", ["office_0003"])]:
+        imgs, depths, lines = [], [], []
+        for k, scene in enumerate(scenes):
+            os.makedirs(os.path.join(root, split, scene), exist_ok=True)
+            rgb = f"{split}/{scene}/rgb_{k:05d}.jpg"
+            dep = f"{split}/{scene}/sync_depth_{k:05d}.png"
+            Image.fromarray(smooth_image(12, 16)).save(os.path.join(root, rgb), quality=95)
+            mm = rng.integers(0, 10000, (12, 16)).astype(np.uint16)
+            mm[0, 0] = 0  # no measurement
+            Image.fromarray(mm).save(os.path.join(root, dep))  # 16-bit grayscale PNG
+            lines.append(f"/{rgb} /{dep} 518.8579")
+            imgs.append(os.path.join(root, rgb))
+            depths.append(np.asarray(Image.open(os.path.join(root, dep))).astype(np.float32) / 1000.0)
+        with open(os.path.join(root, f"{split}.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        out = {}
+        for i, (img, d) in enumerate(zip(imgs, depths)):
+            out[f"image_{i}"] = np.ascontiguousarray(np.asarray(Image.open(img).convert("RGB"), np.float32).transpose(2, 0, 1) / 255.0)
+            out[f"depth_{i}"] = np.ascontiguousarray(d)
+        save_file(out, os.path.join(OUT, f"nyu_{split}.expected.safetensors"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     cifar("cifar-10-batches-bin", "cifar10",
@@ -191,6 +215,7 @@ def main():
     ade20k()
     cityscapes()
     image_folder()
+    nyu()
     print("wrote", sorted(os.listdir(OUT)))
 
 

@@ -39,6 +39,26 @@ pub fn read_label_png(path: &Path) -> Result<(Vec<u32>, usize, usize)> {
     Ok((labels, h, w))
 }
 
+/// A 16-bit grayscale depth PNG in millimetres, as metres (0 stays 0: no measurement).
+pub fn read_depth_png_mm(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).with_context(|| format!("{shown}: cannot open depth map"))?;
+    let mut reader = png::Decoder::new(BufReader::new(file))
+        .read_info()
+        .map_err(|e| anyhow!("{shown}: not a readable PNG depth map: {e}"))?;
+    let mut buf = vec![0u8; reader.output_buffer_size().ok_or_else(|| anyhow!("{shown}: PNG too large"))?];
+    let info = reader.next_frame(&mut buf).map_err(|e| anyhow!("{shown}: corrupt or truncated PNG: {e}"))?;
+    if (info.color_type, info.bit_depth) != (png::ColorType::Grayscale, png::BitDepth::Sixteen) {
+        bail!("{shown}: depth map is {:?} {:?}; expected 16-bit grayscale millimetres", info.color_type, info.bit_depth);
+    }
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut metres = Vec::with_capacity(w * h);
+    for row in buf.chunks_exact(info.line_size).take(h) {
+        metres.extend(row.chunks_exact(2).take(w).map(|b| u16::from_be_bytes([b[0], b[1]]) as f32 / 1000.0));
+    }
+    Ok((metres, h, w))
+}
+
 /// Loads an image and its label map, checks they have one size, and maps every stored value
 /// through `map` (`None`: a value the dataset does not define, which is an error).
 pub fn segmentation_sample(image: &Path, label: &Path, map: impl Fn(u32) -> Option<u32>) -> Result<Sample> {

@@ -8,6 +8,7 @@ pub mod cityscapes;
 pub mod idx;
 pub mod image_folder;
 mod labels;
+pub mod nyu;
 pub mod stl10;
 pub mod voc;
 
@@ -23,6 +24,8 @@ pub enum Target {
     Class(u32),
     /// Per-pixel classes, row-major `height × width`; 255 is ignored.
     Segmentation { labels: Vec<u32>, height: usize, width: usize },
+    /// Metric depth per pixel, row-major `height × width`; 0 where nothing was measured.
+    Depth { metres: Vec<f32>, height: usize, width: usize },
     /// No label (STL-10 unlabeled split).
     None,
 }
@@ -83,7 +86,7 @@ impl fmt::Display for Split {
 
 /// The dataset kinds `KIND:PATH` accepts so far.
 pub const KINDS: &[&str] =
-    &["cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "imagefolder", "voc2012", "ade20k", "cityscapes"];
+    &["cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "imagefolder", "voc2012", "ade20k", "cityscapes", "nyu"];
 
 /// Opens `KIND:PATH` at `split`, checking the files before any work starts.
 pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
@@ -103,6 +106,7 @@ pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
         "voc2012" => Box::new(voc::Voc::open(path, split)?),
         "ade20k" => Box::new(ade20k::Ade20k::open(path, split)?),
         "cityscapes" => Box::new(cityscapes::Cityscapes::open(path, split)?),
+        "nyu" => Box::new(nyu::NyuFolder::open(path, split)?),
         _ => bail!("unknown dataset kind '{kind}'; expected one of {}", KINDS.join(", ")),
     })
 }
