@@ -10,6 +10,7 @@ pub mod image_folder;
 mod labels;
 pub mod nyu;
 pub mod stl10;
+pub mod synthetic;
 pub mod voc;
 
 use std::fmt;
@@ -86,13 +87,18 @@ impl fmt::Display for Split {
 
 /// The dataset kinds `KIND:PATH` accepts so far.
 pub const KINDS: &[&str] =
-    &["cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "imagefolder", "voc2012", "ade20k", "cityscapes", "nyu"];
+    &["cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "imagefolder", "voc2012", "ade20k", "cityscapes", "nyu", "synthetic-seg", "synthetic-depth"];
 
 /// Opens `KIND:PATH` at `split`, checking the files before any work starts.
 pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
     let Some((kind, path)) = spec.split_once(':') else {
         bail!("dataset '{spec}' should be KIND:PATH with KIND one of {}", KINDS.join(", "));
     };
+    match kind {
+        "synthetic-seg" => return Ok(Box::new(synthetic::Synthetic::open(synthetic::Task::Segmentation, path, split)?)),
+        "synthetic-depth" => return Ok(Box::new(synthetic::Synthetic::open(synthetic::Task::Depth, path, split)?)),
+        _ => {}
+    }
     let path = Path::new(path);
     if !path.exists() {
         bail!("{}: no such file or folder (dataset {kind})", path.display());
