@@ -12,3 +12,4 @@ pub mod encoder;
 pub mod input;
 pub mod metrics;
 pub mod perf;
+pub mod resize;

@@ -1,5 +1,5 @@
 //! Resizing the learned position embedding to another patch grid, as exact interpolation
-//! matrices (so the resize is differentiable and costs one small matmul).
+//! matrices from `crate::resize` (so the resize is differentiable and costs one small matmul).
 //!
 //! Three semantics exist in the wild and give slightly different numbers:
 //! - `official`: DINO/DINOv2 `interpolate_pos_encoding` — bicubic (A = −0.75) with
@@ -16,6 +16,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
+
+use crate::resize::{interpolate, interpolate_antialias, Filter};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum PosResize {
@@ -49,72 +51,16 @@ impl fmt::Display for PosResize {
     }
 }
 
-/// Keys' cubic convolution kernel with parameter `a`.
-fn cubic(x: f64, a: f64) -> f64 {
-    let x = x.abs();
-    if x <= 1.0 {
-        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    } else if x < 2.0 {
-        ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
-    } else {
-        0.0
-    }
-}
-
-/// Row-major `[output, input]` matrix of torch's non-antialiased bicubic (align_corners=False)
-/// where a source coordinate is `coord_scale * (i + 0.5) - 0.5` and taps are clamped to the edge.
-fn bicubic_matrix(input: usize, output: usize, coord_scale: f64) -> Vec<f64> {
-    const A: f64 = -0.75;
-    let mut m = vec![0.0; output * input];
-    for i in 0..output {
-        // torch computes the coordinate in the tensor's float type.
-        let real = (coord_scale as f32) * (i as f32 + 0.5) - 0.5;
-        let base = real.floor();
-        let t = (real - base) as f64;
-        let base = base as i64;
-        let coeffs = [cubic(t + 1.0, A), cubic(t, A), cubic(1.0 - t, A), cubic(2.0 - t, A)];
-        for (k, c) in coeffs.iter().enumerate() {
-            let j = (base - 1 + k as i64).clamp(0, input as i64 - 1) as usize;
-            m[i * input + j] += c;
-        }
-    }
-    m
-}
-
-/// Row-major `[output, input]` matrix of torch's antialiased bicubic with an explicit size.
-fn bicubic_aa_matrix(input: usize, output: usize) -> Vec<f64> {
-    const A: f64 = -0.5;
-    let scale = input as f64 / output as f64;
-    let support = if scale >= 1.0 { 2.0 * scale } else { 2.0 };
-    let inv = if scale >= 1.0 { 1.0 / scale } else { 1.0 };
-    let mut m = vec![0.0; output * input];
-    for i in 0..output {
-        let center = scale * (i as f64 + 0.5);
-        // torch truncates toward zero here, then clips.
-        let xmin = ((center - support + 0.5) as i64).max(0);
-        let xmax = ((center + support + 0.5) as i64).min(input as i64);
-        let weights: Vec<f64> =
-            (xmin..xmax).map(|j| cubic((j as f64 - center + 0.5) * inv, A)).collect();
-        let total: f64 = weights.iter().sum();
-        if total != 0.0 {
-            for (j, w) in (xmin..xmax).zip(weights) {
-                m[i * input + j as usize] = w / total;
-            }
-        }
-    }
-    m
-}
-
 /// The 1-D matrix `[output, input]` resizing one side of the grid from `input` to `output`.
 pub fn resize_matrix_1d(mode: PosResize, input: usize, output: usize) -> Vec<f64> {
     match mode {
         PosResize::Official => {
             // scale_factor = (output + 0.1) / input; torch maps coordinates by 1 / scale_factor.
             let scale_factor = (output as f64 + 0.1) / input as f64;
-            bicubic_matrix(input, output, 1.0 / scale_factor)
+            interpolate(Filter::Bicubic, input, output, 1.0 / scale_factor)
         }
-        PosResize::Size => bicubic_matrix(input, output, input as f64 / output as f64),
-        PosResize::SizeAntialias => bicubic_aa_matrix(input, output),
+        PosResize::Size => interpolate(Filter::Bicubic, input, output, input as f64 / output as f64),
+        PosResize::SizeAntialias => interpolate_antialias(Filter::Bicubic, input, output),
     }
 }
 
