@@ -11,6 +11,7 @@ mod labels;
 pub mod nyu;
 pub mod stl10;
 pub mod synthetic;
+pub mod transform;
 pub mod voc;
 
 use std::fmt;

@@ -1,0 +1,137 @@
+//! Sample transforms: resize (images bilinear with antialiasing, as torchvision; labels and depth
+//! nearest), centre crop, padding to a patch multiple (labels padded with the ignore index, depth
+//! with 0 = invalid), seeded shuffling and parallel decoding of a batch.
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+use rayon::prelude::*;
+
+use super::synthetic::SplitMix64;
+use super::{Dataset, Sample, Target, IGNORE};
+use crate::resize::{apply_separable, interpolate, interpolate_antialias, nearest_indices, Filter};
+
+/// One step of a preprocessing pipeline; `describe` keys feature caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// Resize so the shorter side is this many pixels (aspect kept).
+    ResizeShort(usize),
+    /// Resize to exactly (height, width).
+    Resize(usize, usize),
+    CenterCrop(usize, usize),
+    /// Pad bottom and right up to a multiple of this (the patch size).
+    PadToMultiple(usize),
+}
+
+impl Transform {
+    pub fn describe(&self) -> String {
+        match self {
+            Self::ResizeShort(s) => format!("resize-short{s}"),
+            Self::Resize(h, w) => format!("resize{h}x{w}"),
+            Self::CenterCrop(h, w) => format!("crop{h}x{w}"),
+            Self::PadToMultiple(p) => format!("pad{p}"),
+        }
+    }
+
+    pub fn apply(&self, s: Sample) -> Result<Sample> {
+        let (h, w) = (s.image.dim(1)?, s.image.dim(2)?);
+        match *self {
+            Self::ResizeShort(short) => {
+                let k = short as f64 / h.min(w) as f64;
+                resize(s, ((h as f64 * k).round() as usize).max(1), ((w as f64 * k).round() as usize).max(1))
+            }
+            Self::Resize(oh, ow) => resize(s, oh, ow),
+            Self::CenterCrop(ch, cw) => {
+                if ch > h || cw > w {
+                    bail!("cannot crop {ch}x{cw} from a {h}x{w} image");
+                }
+                crop(s, (h - ch) / 2, (w - cw) / 2, ch, cw)
+            }
+            Self::PadToMultiple(p) => pad(s, h.div_ceil(p) * p, w.div_ceil(p) * p),
+        }
+    }
+}
+
+/// `[3,H,W]` resized with `filter`, antialiased or not, as torch's `F.interpolate` would.
+pub fn resize_image(image: &Tensor, oh: usize, ow: usize, filter: Filter, antialias: bool) -> Result<Tensor> {
+    let (c, h, w) = image.dims3()?;
+    let (ry, rx) = if antialias {
+        (interpolate_antialias(filter, h, oh), interpolate_antialias(filter, w, ow))
+    } else {
+        (interpolate(filter, h, oh, h as f64 / oh as f64), interpolate(filter, w, ow, w as f64 / ow as f64))
+    };
+    let data = image.flatten_all()?.to_vec1::<f32>()?;
+    let out = apply_separable(&data, c, (h, w), &ry, &rx);
+    Ok(Tensor::from_vec(out, (c, oh, ow), &candle_core::Device::Cpu)?)
+}
+
+/// Nearest resize of a row-major map (labels, depth), as torch's `nearest` mode.
+pub fn resize_nearest<T: Copy>(data: &[T], (h, w): (usize, usize), (oh, ow): (usize, usize)) -> Vec<T> {
+    let (iy, ix) = (nearest_indices(h, oh), nearest_indices(w, ow));
+    iy.iter().flat_map(|&y| ix.iter().map(move |&x| data[y * w + x])).collect()
+}
+
+fn map_target(t: Target, f: impl Fn(&[u32], usize, usize) -> (Vec<u32>, usize, usize), g: impl Fn(&[f32], usize, usize) -> (Vec<f32>, usize, usize)) -> Target {
+    match t {
+        Target::Segmentation { labels, height, width } => {
+            let (labels, height, width) = f(&labels, height, width);
+            Target::Segmentation { labels, height, width }
+        }
+        Target::Depth { metres, height, width } => {
+            let (metres, height, width) = g(&metres, height, width);
+            Target::Depth { metres, height, width }
+        }
+        other => other,
+    }
+}
+
+fn resize(s: Sample, oh: usize, ow: usize) -> Result<Sample> {
+    let image = resize_image(&s.image, oh, ow, Filter::Bilinear, true)?;
+    let target = map_target(
+        s.target,
+        |l, h, w| (resize_nearest(l, (h, w), (oh, ow)), oh, ow),
+        |d, h, w| (resize_nearest(d, (h, w), (oh, ow)), oh, ow),
+    );
+    Ok(Sample { image, target })
+}
+
+fn crop(s: Sample, top: usize, left: usize, ch: usize, cw: usize) -> Result<Sample> {
+    let image = s.image.narrow(1, top, ch)?.narrow(2, left, cw)?.contiguous()?;
+    fn cut<T: Copy>(d: &[T], w: usize, top: usize, left: usize, ch: usize, cw: usize) -> Vec<T> {
+        (top..top + ch).flat_map(|y| d[y * w + left..y * w + left + cw].iter().copied()).collect()
+    }
+    let target = map_target(s.target, |l, _, w| (cut(l, w, top, left, ch, cw), ch, cw), |d, _, w| (cut(d, w, top, left, ch, cw), ch, cw));
+    Ok(Sample { image, target })
+}
+
+fn pad(s: Sample, ph: usize, pw: usize) -> Result<Sample> {
+    let (_, h, w) = s.image.dims3()?;
+    let image = s.image.pad_with_zeros(1, 0, ph - h)?.pad_with_zeros(2, 0, pw - w)?;
+    fn grow<T: Copy>(d: &[T], h: usize, w: usize, ph: usize, pw: usize, fill: T) -> Vec<T> {
+        let mut out = vec![fill; ph * pw];
+        for y in 0..h {
+            out[y * pw..y * pw + w].copy_from_slice(&d[y * w..(y + 1) * w]);
+        }
+        out
+    }
+    let target = map_target(s.target, |l, h, w| (grow(l, h, w, ph, pw, IGNORE), ph, pw), |d, h, w| (grow(d, h, w, ph, pw, 0.0), ph, pw));
+    Ok(Sample { image, target })
+}
+
+/// A permutation of `0..n`, the same for the same seed on every machine (Fisher–Yates, SplitMix64).
+pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = SplitMix64::new(seed);
+    let mut v: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
+}
+
+/// Decodes and transforms the samples at `indices` in parallel, in order.
+pub fn load_batch(ds: &dyn Dataset, indices: &[usize], transforms: &[Transform]) -> Result<Vec<Sample>> {
+    indices
+        .par_iter()
+        .map(|&i| transforms.iter().try_fold(ds.get(i)?, |s, t| t.apply(s)))
+        .collect()
+}
