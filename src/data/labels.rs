@@ -9,15 +9,22 @@ use candle_core::Tensor;
 
 use super::{Sample, Target};
 
+/// The PNG's samples as stored (no palette expansion, 16-bit big-endian) and their layout.
+fn decode_png(path: &Path, what: &str) -> Result<(Vec<u8>, png::OutputInfo)> {
+    let shown = path.display();
+    let file = std::fs::File::open(path).with_context(|| format!("{shown}: cannot open {what}"))?;
+    let mut reader = png::Decoder::new(BufReader::new(file))
+        .read_info()
+        .map_err(|e| anyhow!("{shown}: not a readable PNG {what}: {e}"))?;
+    let mut buf = vec![0u8; reader.output_buffer_size().ok_or_else(|| anyhow!("{shown}: PNG too large"))?];
+    let info = reader.next_frame(&mut buf).map_err(|e| anyhow!("{shown}: corrupt or truncated PNG: {e}"))?;
+    Ok((buf, info))
+}
+
 /// The class value of every pixel, row-major, and (height, width).
 pub fn read_label_png(path: &Path) -> Result<(Vec<u32>, usize, usize)> {
     let shown = path.display();
-    let file = std::fs::File::open(path).with_context(|| format!("{shown}: cannot open label map"))?;
-    let mut reader = png::Decoder::new(BufReader::new(file))
-        .read_info()
-        .map_err(|e| anyhow!("{shown}: not a readable PNG label map: {e}"))?;
-    let mut buf = vec![0u8; reader.output_buffer_size().ok_or_else(|| anyhow!("{shown}: PNG too large"))?];
-    let info = reader.next_frame(&mut buf).map_err(|e| anyhow!("{shown}: corrupt or truncated PNG: {e}"))?;
+    let (buf, info) = decode_png(path, "label map")?;
     let (w, h, line) = (info.width as usize, info.height as usize, info.line_size);
     use png::{BitDepth, ColorType};
     let bits = match (info.color_type, info.bit_depth) {
@@ -42,12 +49,7 @@ pub fn read_label_png(path: &Path) -> Result<(Vec<u32>, usize, usize)> {
 /// A 16-bit grayscale depth PNG in millimetres, as metres (0 stays 0: no measurement).
 pub fn read_depth_png_mm(path: &Path) -> Result<(Vec<f32>, usize, usize)> {
     let shown = path.display();
-    let file = std::fs::File::open(path).with_context(|| format!("{shown}: cannot open depth map"))?;
-    let mut reader = png::Decoder::new(BufReader::new(file))
-        .read_info()
-        .map_err(|e| anyhow!("{shown}: not a readable PNG depth map: {e}"))?;
-    let mut buf = vec![0u8; reader.output_buffer_size().ok_or_else(|| anyhow!("{shown}: PNG too large"))?];
-    let info = reader.next_frame(&mut buf).map_err(|e| anyhow!("{shown}: corrupt or truncated PNG: {e}"))?;
+    let (buf, info) = decode_png(path, "depth map")?;
     if (info.color_type, info.bit_depth) != (png::ColorType::Grayscale, png::BitDepth::Sixteen) {
         bail!("{shown}: depth map is {:?} {:?}; expected 16-bit grayscale millimetres", info.color_type, info.bit_depth);
     }
