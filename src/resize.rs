@@ -25,17 +25,25 @@ fn cubic(x: f64, a: f64) -> f64 {
 
 /// torch's non-antialiased interpolation, where output `i` samples the source coordinate
 /// `coord_scale · (i + 0.5) − 0.5`: bicubic (A = −0.75) with taps clamped to the edge, or bilinear
-/// with the coordinate clamped at 0.
+/// with the coordinate clamped at 0. Coordinates in f32, as torch computes them for f32 tensors.
 pub fn interpolate(filter: Filter, input: usize, output: usize, coord_scale: f64) -> Vec<f64> {
+    interpolate_with(filter, input, output, coord_scale, false)
+}
+
+/// [`interpolate`] with the coordinates in f64 when `double` (torch does so for f64 tensors).
+pub fn interpolate_with(filter: Filter, input: usize, output: usize, coord_scale: f64, double: bool) -> Vec<f64> {
     let mut m = vec![0.0; output * input];
     for i in 0..output {
-        // torch computes the coordinate in the tensor's float type.
-        let real = (coord_scale as f32) * (i as f32 + 0.5) - 0.5;
+        let real = if double {
+            coord_scale * (i as f64 + 0.5) - 0.5
+        } else {
+            ((coord_scale as f32) * (i as f32 + 0.5) - 0.5) as f64
+        };
         match filter {
             Filter::Bicubic => {
                 const A: f64 = -0.75;
                 let base = real.floor();
-                let t = (real - base) as f64;
+                let t = real - base;
                 let base = base as i64;
                 let coeffs = [cubic(t + 1.0, A), cubic(t, A), cubic(1.0 - t, A), cubic(2.0 - t, A)];
                 for (k, c) in coeffs.iter().enumerate() {
@@ -47,7 +55,7 @@ pub fn interpolate(filter: Filter, input: usize, output: usize, coord_scale: f64
                 let real = real.max(0.0);
                 let j0 = (real.floor() as usize).min(input - 1);
                 let j1 = (j0 + 1).min(input - 1);
-                let t = (real - j0 as f32) as f64;
+                let t = real - j0 as f64;
                 m[i * input + j0] += 1.0 - t;
                 m[i * input + j1] += t;
             }

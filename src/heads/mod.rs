@@ -1,5 +1,6 @@
-//! Downstream heads and their losses. So far: the differentiable building blocks every head and
-//! task attack uses (losses, bilinear upsampling of head outputs).
+//! Downstream heads (linear probe, segmentation, depth), their losses and the upsampling of their
+//! outputs: the differentiable end of *normalize → encoder → head*.
 
+pub mod layers;
 pub mod losses;
 pub mod upsample;

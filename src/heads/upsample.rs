@@ -5,10 +5,11 @@
 use anyhow::Result;
 use candle_core::Tensor;
 
-use crate::resize::{interpolate, Filter};
+use crate::resize::{interpolate_with, Filter};
 
 fn matrix(input: usize, output: usize, like: &Tensor) -> Result<Tensor> {
-    let m = interpolate(Filter::Bilinear, input, output, input as f64 / output as f64);
+    let double = like.dtype() == candle_core::DType::F64;
+    let m = interpolate_with(Filter::Bilinear, input, output, input as f64 / output as f64, double);
     Ok(Tensor::from_vec(m, (output, input), like.device())?.to_dtype(like.dtype())?)
 }
 

@@ -1,0 +1,89 @@
+//! The heads against a PyTorch restatement (tools/gen_head_fixtures.py), f64: forward values,
+//! losses, and gradients with respect to weights and encoder features, with BatchNorm in training
+//! and in evaluation mode.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, Var};
+use robust_ssl::heads::layers::{BatchNorm, DepthHead, LinearProbe, Pooling, SegHead};
+use robust_ssl::heads::losses::{cross_entropy, depth_loss, valid_mask};
+use robust_ssl::heads::upsample::bilinear;
+
+fn fixture() -> HashMap<String, Tensor> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/heads/heads.expected.safetensors");
+    candle_core::safetensors::load(p, &Device::Cpu).unwrap()
+}
+
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+    d / b.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap().max(1e-300)
+}
+
+fn close(name: &str, a: &Tensor, b: &Tensor) {
+    let r = rel(a, b);
+    assert!(r < 1e-9, "{name}: relative difference {r:e}");
+}
+
+fn var(f: &HashMap<String, Tensor>, k: &str) -> Var {
+    Var::from_tensor(&f[k]).unwrap()
+}
+
+#[test]
+fn linear_probe_matches_torch() {
+    let f = fixture();
+    let (w, b, cls, patch) = (var(&f, "probe_w"), var(&f, "probe_b"), var(&f, "cls"), var(&f, "patch"));
+    let probe = LinearProbe { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), pooling: Pooling::ClsMeanPatch };
+    let logits = probe.forward(&probe.pooling.features(cls.as_tensor(), patch.as_tensor()).unwrap()).unwrap();
+    close("logits", &logits, &f["probe_logits"]);
+    let labels = f["probe_labels"].to_dtype(DType::U32).unwrap();
+    let loss = cross_entropy(&logits, &labels, 255).unwrap();
+    close("loss", &loss, &f["probe_loss"]);
+    let g = loss.backward().unwrap();
+    for (name, v) in [("dw", &w), ("db", &b), ("dcls", &cls), ("dpatch", &patch)] {
+        close(name, g.get(v.as_tensor()).unwrap(), &f[&format!("probe_{name}")]);
+    }
+}
+
+fn bn(f: &HashMap<String, Tensor>, p: &str, w: &Var, b: &Tensor) -> BatchNorm {
+    BatchNorm { weight: w.as_tensor().clone(), bias: b.clone(), running_mean: f[&format!("{p}_rm")].clone(), running_var: f[&format!("{p}_rv")].clone(), eps: 1e-5 }
+}
+
+#[test]
+fn segmentation_head_matches_torch_in_both_batchnorm_modes() {
+    let f = fixture();
+    for (mode, train) in [("train", true), ("eval", false)] {
+        let (w, bn_w, patch) = (var(&f, "seg_w"), var(&f, "seg_bn_w"), var(&f, "patch"));
+        let head = SegHead { bn: bn(&f, "seg", &bn_w, &f["seg_bn_b"]), weight: w.as_tensor().clone(), bias: f["seg_b"].clone() };
+        let (logits, stats) = head.forward(patch.as_tensor(), (3, 4), train).unwrap();
+        assert_eq!(stats.is_some(), train);
+        close(&format!("{mode} logits"), &logits, &f[&format!("seg_{mode}_logits")]);
+        let up = bilinear(&logits, 7, 9).unwrap();
+        let loss = cross_entropy(&up, &f["seg_labels"].to_dtype(DType::U32).unwrap(), 255).unwrap();
+        close(&format!("{mode} loss"), &loss, &f[&format!("seg_{mode}_loss")]);
+        let g = loss.backward().unwrap();
+        close(&format!("{mode} dw"), g.get(w.as_tensor()).unwrap(), &f[&format!("seg_{mode}_dw")]);
+        close(&format!("{mode} dbn_w"), g.get(bn_w.as_tensor()).unwrap(), &f[&format!("seg_{mode}_dbn_w")]);
+        close(&format!("{mode} dpatch"), g.get(patch.as_tensor()).unwrap(), &f[&format!("seg_{mode}_dpatch")]);
+    }
+}
+
+#[test]
+fn depth_head_matches_dinov2_bnhead() {
+    let f = fixture();
+    for (mode, train) in [("train", true), ("eval", false)] {
+        let (w, bn_w, cls, patch) = (var(&f, "depth_w"), var(&f, "depth_bn_w"), var(&f, "cls"), var(&f, "patch"));
+        let head = DepthHead { bn: bn(&f, "depth", &bn_w, &f["depth_bn_b"]), weight: w.as_tensor().clone(), bias: f["depth_b"].clone(), min_depth: 1e-3, max_depth: 10.0 };
+        let (depth, _) = head.forward(cls.as_tensor(), patch.as_tensor(), (3, 4), train).unwrap();
+        close(&format!("{mode} depth"), &depth, &f[&format!("depth_{mode}_depth")]);
+        let pred = bilinear(&depth, 11, 13).unwrap().squeeze(1).unwrap();
+        let gt = &f["depth_gt"];
+        let loss = depth_loss(&pred, gt, &valid_mask(gt, 1e-3, 10.0).unwrap()).unwrap();
+        close(&format!("{mode} loss"), &loss, &f[&format!("depth_{mode}_loss")]);
+        let g = loss.backward().unwrap();
+        for (name, v) in [("dw", &w), ("dbn_w", &bn_w), ("dcls", &cls), ("dpatch", &patch)] {
+            close(&format!("{mode} {name}"), g.get(v.as_tensor()).unwrap(), &f[&format!("depth_{mode}_{name}")]);
+        }
+    }
+}
