@@ -3,4 +3,5 @@
 
 pub mod layers;
 pub mod losses;
+pub mod train;
 pub mod upsample;
