@@ -11,8 +11,8 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::arch::FfnKind;
-use super::fastmath::{self, exp_f32};
-use super::frozen_linear::gemm_f32;
+use super::fastmath::exp_f32;
+use super::frozen_linear::{gemm_bias, gemm_f32};
 use super::fused;
 use super::layers::{LayerNorm, Linear};
 use super::vit::VisionTransformer;
@@ -44,16 +44,7 @@ impl Lin {
 
     /// `x · Wᵀ + b` for `rows` rows.
     fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let mut y = vec![0.0; rows * self.out];
-        if let Some(b) = &self.b {
-            y.chunks_exact_mut(self.out).for_each(|r| r.copy_from_slice(b));
-        }
-        // SAFETY: x is rows×inp, w_t inp×out, y rows×out, all row-major and distinct.
-        unsafe {
-            let (x, w) = ((x.as_ptr(), self.inp, 1), (self.w_t.as_ptr(), self.out, 1));
-            gemm_f32((rows, self.out, self.inp), y.as_mut_ptr(), self.out, self.b.is_some(), x, w, true);
-        }
-        y
+        gemm_bias(x, &self.w_t, self.b.as_deref(), rows, self.out, self.inp, 0.0, 1.0)
     }
 
     /// `dy · W`: the input gradient only.
@@ -147,14 +138,6 @@ fn swiglu_grad(f: &[f32], g: &[f32], h: usize) -> Vec<f32> {
     }).collect()
 }
 
-/// Softmax of `scale · row`, in place.
-fn softmax_row(row: &mut [f32], scale: f32) {
-    let max = fastmath::max(row);
-    row.iter_mut().for_each(|v| *v = exp_f32((*v - max) * scale));
-    let inv = 1.0 / fastmath::sum(row);
-    row.iter_mut().for_each(|v| *v *= inv);
-}
-
 struct Block {
     ln1: Ln,
     qkv: Lin,
@@ -203,7 +186,7 @@ impl Block {
                 let q = (qkv.as_ptr().add(base), 3 * d, 1);
                 let k_t = (qkv.as_ptr().add(base + d), 1, 3 * d);
                 gemm_f32((t, t, hd), pbh.as_mut_ptr(), t, false, q, k_t, false);
-                pbh.chunks_exact_mut(t).for_each(|r| softmax_row(r, scale));
+                pbh.chunks_exact_mut(t).for_each(|r| fused::softmax_in_place(r, scale));
                 let v = (qkv.as_ptr().add(base + 2 * d), 3 * d, 1);
                 gemm_f32((t, hd, t), op.0.add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
             }
@@ -230,10 +213,8 @@ impl Block {
                     let dob = (d_o.as_ptr().add(bi * t * d + hi * hd), d, 1);
                     let v_t = (qkv.as_ptr().add(base + 2 * d), 1, 3 * d);
                     gemm_f32((t, t, hd), ds.as_mut_ptr(), t, false, dob, v_t, false);
-                    // dS = scale · P ⊙ (dP − Σ dP ⊙ P)
                     for (dr, pr) in ds.chunks_exact_mut(t).zip(pbh.chunks_exact(t)) {
-                        let dot: f32 = dr.iter().zip(pr).map(|(a, b)| a * b).sum();
-                        dr.iter_mut().zip(pr).for_each(|(g, p)| *g = scale * p * (*g - dot));
+                        fused::softmax_grad_in_place(dr, pr, scale);
                     }
                     let p_t = (pbh.as_ptr(), 1, t);
                     gemm_f32((t, hd, t), dp.0.add(base + 2 * d), 3 * d, false, p_t, dob, false);

@@ -55,7 +55,7 @@ pub(super) unsafe fn gemm_f32(
 
 /// `dst[m,n] = x[m,k] · w[k,n] (+ b[n])`, row-major.
 #[allow(clippy::too_many_arguments)]
-fn gemm_bias<T: Copy + 'static>(x: &[T], w: &[T], b: Option<&[T]>, m: usize, n: usize, k: usize, zero: T, one: T) -> Vec<T> {
+pub(super) fn gemm_bias<T: Copy + 'static>(x: &[T], w: &[T], b: Option<&[T]>, m: usize, n: usize, k: usize, zero: T, one: T) -> Vec<T> {
     let mut dst = vec![zero; m * n];
     if let Some(b) = b {
         for row in dst.chunks_exact_mut(n) {

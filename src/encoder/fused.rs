@@ -70,14 +70,18 @@ macro_rules! dispatch2 {
 /// Softmax over the last dimension.
 pub struct Softmax;
 
-pub(super) fn softmax<T: Fast>(n: usize, x: &[T]) -> Vec<T> {
+/// Softmax of `scale · row`, in place (scale > 0).
+pub(super) fn softmax_in_place<T: Fast>(row: &mut [T], scale: T) {
+    let max = fastmath::max(row);
+    row.iter_mut().for_each(|v| *v = ((*v - max) * scale).fast_exp());
+    let inv = T::one() / fastmath::sum(row);
+    row.iter_mut().for_each(|v| *v = *v * inv);
+}
+
+fn softmax<T: Fast>(n: usize, x: &[T]) -> Vec<T> {
     rows(n, x, None, |x, _, o| {
-        let max = fastmath::max(x);
-        for (o, &v) in o.iter_mut().zip(x) {
-            *o = (v - max).fast_exp();
-        }
-        let inv = T::one() / fastmath::sum(o);
-        o.iter_mut().for_each(|o| *o = *o * inv);
+        o.copy_from_slice(x);
+        softmax_in_place(o, T::one());
     })
 }
 
@@ -112,13 +116,18 @@ impl CustomOp2 for SoftmaxGrad {
     }
 }
 
-pub(super) fn softmax_grad<T: Float + Send + Sync>(n: usize, y: &[T], g: &[T]) -> Vec<T> {
+/// The gradient of softmax(scale · x) in place: `g ← scale · y ⊙ (g − Σ g ⊙ y)`, `y` the output.
+pub(super) fn softmax_grad_in_place<T: Float>(g: &mut [T], y: &[T], scale: T) {
+    let dot = y.iter().zip(g.iter()).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+    for (g, &y) in g.iter_mut().zip(y) {
+        *g = scale * y * (*g - dot);
+    }
+}
+
+fn softmax_grad<T: Float + Send + Sync>(n: usize, y: &[T], g: &[T]) -> Vec<T> {
     rows(n, y, Some(g), |y, g, o| {
-        let g = g.unwrap();
-        let dot = y.iter().zip(g).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
-        for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-            *o = y * (g - dot);
-        }
+        o.copy_from_slice(g.unwrap());
+        softmax_grad_in_place(o, y, T::one());
     })
 }
 
