@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff"];
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff"];
 
 /// A batch of images with a name for each.
 pub struct ImageBatch {
@@ -56,7 +56,8 @@ pub fn load_images(path: &Path) -> Result<ImageBatch> {
     Ok(batch)
 }
 
-fn has_image_extension(p: &Path) -> bool {
+/// True for a file name ending in one of [`IMAGE_EXTENSIONS`] (any case).
+pub fn has_image_extension(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))

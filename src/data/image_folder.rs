@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::{Dataset, Sample, Split, Target};
-
-const EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff"];
+use super::{item, Dataset, Sample, Split, Target};
+use crate::input::{has_image_extension, IMAGE_EXTENSIONS};
 
 pub struct ImageFolder {
     root: PathBuf,
@@ -34,15 +33,13 @@ impl ImageFolder {
             let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
                 .with_context(|| format!("{}: cannot list", dir.display()))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-                })
+                .filter(|p| has_image_extension(p))
                 .collect();
             files.sort();
             items.extend(files.into_iter().map(|f| (f, c as u32)));
         }
         if items.is_empty() {
-            bail!("{}: the class folders hold no images ({})", base.display(), EXTENSIONS.join(", "));
+            bail!("{}: the class folders hold no images ({})", base.display(), IMAGE_EXTENSIONS.join(", "));
         }
         let classes = classes.iter().map(|d| d.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
         Ok(Self { root: base, split, classes, items })
@@ -55,7 +52,7 @@ impl Dataset for ImageFolder {
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        let (path, class) = self.items.get(index).with_context(|| format!("index {index} out of range ({})", self.len()))?;
+        let (path, class) = item(&self.items, index)?;
         Ok(Sample { image: crate::input::decode_image(path)?, target: Target::Class(*class) })
     }
 
