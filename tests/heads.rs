@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use robust_ssl::heads::layers::{BatchNorm, DepthHead, LinearProbe, Pooling, SegHead};
 use robust_ssl::heads::losses::{cross_entropy, depth_loss, valid_mask};
 use robust_ssl::heads::upsample::bilinear;
+use robust_ssl::metrics::DepthRange;
 
 fn fixture() -> HashMap<String, Tensor> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/heads/heads.expected.safetensors");
@@ -79,7 +80,7 @@ fn depth_head_matches_dinov2_bnhead() {
         close(&format!("{mode} depth"), &depth, &f[&format!("depth_{mode}_depth")]);
         let pred = bilinear(&depth, 11, 13).unwrap().squeeze(1).unwrap();
         let gt = &f["depth_gt"];
-        let loss = depth_loss(&pred, gt, &valid_mask(gt, 1e-3, 10.0).unwrap()).unwrap();
+        let loss = depth_loss(&pred, gt, &valid_mask(gt, DepthRange { min: 1e-3, max: 10.0 }).unwrap()).unwrap();
         close(&format!("{mode} loss"), &loss, &f[&format!("depth_{mode}_loss")]);
         let g = loss.backward().unwrap();
         for (name, v) in [("dw", &w), ("dbn_w", &bn_w), ("dcls", &cls), ("dpatch", &patch)] {

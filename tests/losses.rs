@@ -6,6 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use robust_ssl::heads::losses::{cross_entropy, depth_loss, grad_loss, sig_loss, valid_mask};
 use robust_ssl::heads::upsample::bilinear;
+use robust_ssl::metrics::DepthRange;
 
 fn fixture() -> std::collections::HashMap<String, Tensor> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/losses/losses.expected.safetensors");
@@ -41,7 +42,7 @@ fn cross_entropy_with_ignore_matches_torch() {
 #[test]
 fn depth_losses_match_torch_on_valid_pixels_only() {
     let f = fixture();
-    let mask = valid_mask(&f["gt"], 1e-3, 10.0).unwrap();
+    let mask = valid_mask(&f["gt"], DepthRange { min: 1e-3, max: 10.0 }).unwrap();
     type LossFn = fn(&Tensor, &Tensor, &Tensor) -> anyhow::Result<Tensor>;
     let cases: [(&str, LossFn); 3] =
         [("sig", sig_loss), ("grad", |p, g, m| grad_loss(p, g, m, 4)), ("depth", depth_loss)];

@@ -9,6 +9,8 @@
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
 
+use crate::metrics::DepthRange;
+
 /// `logits` `[N, K, ...]`, `labels` `[N, ...]` (u32 values; `ignore` skipped). Mean over counted.
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor, ignore: u32) -> Result<Tensor> {
     let k = logits.dim(1)?;
@@ -44,9 +46,10 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor, ignore: u32) -> Result<Te
     Ok(((log_p * onehot)?.sum_all()? * (-1.0 / counted as f64))?)
 }
 
-/// Valid-pixel mask of `gt` (`min < gt < max`) as 0/1 in the dtype of `gt`.
-pub fn valid_mask(gt: &Tensor, min: f64, max: f64) -> Result<Tensor> {
-    Ok((gt.gt(min)? * gt.lt(max)?)?.to_dtype(gt.dtype())?)
+/// Valid-pixel mask of `gt` as 0/1 in the dtype of `gt`: the pixels [`DepthRange::is_valid`]
+/// accepts (`min < gt < max`; NaN fails both comparisons), the one mask of losses and metrics.
+pub fn valid_mask(gt: &Tensor, range: DepthRange) -> Result<Tensor> {
+    Ok((gt.gt(range.min)? * gt.lt(range.max)?)?.to_dtype(gt.dtype())?)
 }
 
 /// SigLoss over the valid pixels of the whole batch.
