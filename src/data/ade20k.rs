@@ -4,10 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::labels::{files_with_suffix, segmentation_sample};
-use super::{no_such_split, Dataset, Sample, Split, IGNORE};
+use super::{item, no_such_split, Dataset, Sample, Split, IGNORE};
 
 pub struct Ade20k {
     root: PathBuf,
@@ -47,7 +47,7 @@ impl Dataset for Ade20k {
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        let (image, label) = self.pairs.get(index).with_context(|| format!("index {index} out of range ({})", self.len()))?;
+        let (image, label) = item(&self.pairs, index)?;
         segmentation_sample(image, label, |v| match v {
             0 => Some(IGNORE),
             1..=150 => Some(v - 1),

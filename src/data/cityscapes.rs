@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::labels::{files_with_suffix, segmentation_sample};
-use super::{Dataset, Sample, Split, IGNORE};
+use super::{item, Dataset, Sample, Split, IGNORE};
 
 /// labelId → trainId (cityscapesScripts `labels.py`); ids not listed are ignored.
 const TRAIN_IDS: [(u32, u32); 19] = [
@@ -61,7 +61,7 @@ impl Dataset for Cityscapes {
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        let (image, label) = self.pairs.get(index).with_context(|| format!("index {index} out of range ({})", self.len()))?;
+        let (image, label) = item(&self.pairs, index)?;
         segmentation_sample(image, label, |v| Some(train_id(v)))
     }
 

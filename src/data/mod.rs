@@ -118,6 +118,11 @@ pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
     })
 }
 
+/// `items[index]`, or an error saying the index is out of range.
+pub(crate) fn item<T>(items: &[T], index: usize) -> Result<&T> {
+    items.get(index).ok_or_else(|| anyhow::anyhow!("index {index} out of range ({})", items.len()))
+}
+
 /// The error for a split a dataset does not define.
 pub(crate) fn no_such_split(kind: &str, split: Split, available: &[&str]) -> anyhow::Error {
     anyhow::anyhow!("{kind} has no {split} split; it defines {}", available.join(", "))

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::labels::read_depth_png_mm;
-use super::{no_such_split, Dataset, Sample, Split, Target};
+use super::{item, no_such_split, Dataset, Sample, Split, Target};
 
 pub struct NyuFolder {
     root: PathBuf,
@@ -57,7 +57,7 @@ impl Dataset for NyuFolder {
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        let (rgb, depth) = self.pairs.get(index).with_context(|| format!("index {index} out of range ({})", self.len()))?;
+        let (rgb, depth) = item(&self.pairs, index)?;
         let image = crate::input::decode_image(rgb)?;
         let (metres, h, w) = read_depth_png_mm(depth)?;
         let (ih, iw) = (image.dim(1)?, image.dim(2)?);

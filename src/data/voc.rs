@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::labels::segmentation_sample;
-use super::{no_such_split, Dataset, Sample, Split, IGNORE};
+use super::{item, no_such_split, Dataset, Sample, Split, IGNORE};
 
 pub struct Voc {
     root: PathBuf,
@@ -45,7 +45,7 @@ impl Dataset for Voc {
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        let id = self.ids.get(index).with_context(|| format!("index {index} out of range ({})", self.len()))?;
+        let id = item(&self.ids, index)?;
         let image = self.root.join("JPEGImages").join(format!("{id}.jpg"));
         let label = self.root.join("SegmentationClass").join(format!("{id}.png"));
         segmentation_sample(&image, &label, |v| (v <= 20 || v == IGNORE).then_some(v))
