@@ -9,6 +9,7 @@ pub mod commands;
 pub mod data;
 pub mod device;
 pub mod encoder;
+pub mod features;
 pub mod heads;
 pub mod input;
 pub mod metrics;

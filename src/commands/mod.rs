@@ -3,7 +3,10 @@
 
 pub mod bench;
 pub mod embed;
+pub mod eval;
+pub mod features;
 pub mod inspect;
+pub mod train_head;
 
 use std::path::PathBuf;
 
@@ -30,6 +33,10 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Measure throughput (forward, forward+backward to the input).
     Bench(bench::BenchArgs),
+    /// Train a downstream head (linear probe, segmentation, depth) on cached encoder features.
+    TrainHead(train_head::TrainHeadArgs),
+    /// Score a trained head on a split: accuracy, mIoU or depth errors, beside a trivial baseline.
+    Eval(eval::EvalArgs),
 }
 
 /// How to build an encoder from a checkpoint; shared by every command that loads one.
@@ -84,5 +91,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Embed(a) => embed::run(&a),
         Command::Inspect(a) => inspect::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::TrainHead(a) => train_head::run(&a),
+        Command::Eval(a) => eval::run(&a),
     }
 }

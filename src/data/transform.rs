@@ -32,6 +32,12 @@ impl Transform {
         }
     }
 
+    /// Parses a comma-separated list in the [`Transform::describe`] syntax
+    /// (`resize-short224,crop224x224,pad14`); the empty string is no transform.
+    pub fn parse_list(spec: &str) -> Result<Vec<Self>> {
+        spec.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::parse).collect()
+    }
+
     pub fn apply(&self, s: Sample) -> Result<Sample> {
         let (h, w) = (s.image.dim(1)?, s.image.dim(2)?);
         match *self {
@@ -48,6 +54,26 @@ impl Transform {
             }
             Self::PadToMultiple(p) => pad(s, h.div_ceil(p) * p, w.div_ceil(p) * p),
         }
+    }
+}
+
+impl std::str::FromStr for Transform {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let num = |v: &str| v.parse::<usize>().ok().filter(|&n| n > 0);
+        let pair = |v: &str| v.split_once('x').and_then(|(h, w)| Some((num(h)?, num(w)?)));
+        let parsed = if let Some(v) = s.strip_prefix("resize-short") {
+            num(v).map(Self::ResizeShort)
+        } else if let Some(v) = s.strip_prefix("resize") {
+            pair(v).map(|(h, w)| Self::Resize(h, w))
+        } else if let Some(v) = s.strip_prefix("crop") {
+            pair(v).map(|(h, w)| Self::CenterCrop(h, w))
+        } else if let Some(v) = s.strip_prefix("pad") {
+            num(v).map(Self::PadToMultiple)
+        } else {
+            None
+        };
+        parsed.ok_or_else(|| anyhow::anyhow!("unknown transform '{s}'; expected resize-shortN, resizeHxW, cropHxW or padN (N > 0)"))
     }
 }
 

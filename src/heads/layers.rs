@@ -55,6 +55,17 @@ pub enum Pooling {
     ClsMeanPatch,
 }
 
+impl std::str::FromStr for Pooling {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cls" => Ok(Self::Cls),
+            "cls+mean" => Ok(Self::ClsMeanPatch),
+            _ => bail!("unknown pooling '{s}'; expected cls or cls+mean"),
+        }
+    }
+}
+
 impl Pooling {
     /// Features `[B, F]` from CLS `[B, D]` and patch tokens `[B, P, D]`.
     pub fn features(&self, cls: &Tensor, patch: &Tensor) -> Result<Tensor> {

@@ -1,7 +1,11 @@
 //! Downstream heads (linear probe, segmentation, depth), their losses and the upsampling of their
 //! outputs: the differentiable end of *normalize → encoder → head*.
 
+pub mod evaluate;
+pub mod file;
+pub mod head;
 pub mod layers;
 pub mod losses;
 pub mod train;
+pub mod trainer;
 pub mod upsample;

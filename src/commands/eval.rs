@@ -1,0 +1,147 @@
+//! `robust-ssl eval`: scores a trained head on a split (accuracy; mIoU; depth RMSE, AbsRel, …)
+//! beside its trivial baseline, as text or `--json`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde::Serialize;
+
+use super::features::FeatureArgs;
+use crate::data::Split;
+use crate::features::cache::{encoder_fingerprint, CacheReport};
+use crate::features::{Layout, Source};
+use crate::heads::evaluate::{evaluate, Evaluation, Metrics};
+use crate::heads::head::{Baseline, Task, TrainedHead};
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[arg(long, value_enum)]
+    pub task: Task,
+    #[command(flatten)]
+    pub features: FeatureArgs,
+    /// Head file written by `train-head`.
+    #[arg(long)]
+    pub head: PathBuf,
+    /// Samples per head forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    head: String,
+    task: Task,
+    dataset: String,
+    transforms: Vec<String>,
+    #[serde(flatten)]
+    evaluation: Evaluation,
+    cache: Option<CacheReport>,
+}
+
+pub fn run(a: &EvalArgs) -> Result<()> {
+    let f = &a.features;
+    let dev = crate::device::default_device()?;
+    let file = a.head.display().to_string();
+    let head = TrainedHead::load(&a.head, &dev)?;
+    let meta = &head.meta;
+    if meta.task != a.task {
+        bail!("{file}: this is a {} head, but --task is {}", meta.task, a.task);
+    }
+    let pixels_head = meta.source == serde_json::json!("pixels");
+    if pixels_head != f.pixels {
+        bail!(
+            "{file}: the head was trained on {}, but this run gives {}",
+            if pixels_head { "raw pixels (--pixels)" } else { "encoder features" },
+            if f.pixels { "raw pixels" } else { "encoder features" }
+        );
+    }
+    let split = f.split_or(&[Split::Val, Split::Test])?;
+    let layout = if a.task == Task::Cls { Layout::Pooled } else { Layout::Tokens };
+    let prep = f.prepare(split, layout, Some(&meta.transforms))?;
+    if let Source::Encoder(enc) = prep.source() {
+        let fp = encoder_fingerprint(enc)?;
+        if fp != meta.source {
+            eprintln!(
+                "warning: {file} was trained on features of another encoder ({}); evaluating it on {} anyway",
+                meta.encoder_file.as_deref().unwrap_or("unknown"),
+                enc.info.file
+            );
+        }
+    }
+    let (mut source, cache) = prep.batches(f)?;
+    let evaluation = evaluate(&head, source.as_mut(), a.batch_size, &dev, &file)?;
+    let report = Report {
+        head: file,
+        task: a.task,
+        dataset: prep.dataset.describe(),
+        transforms: prep.request.transform_names(),
+        evaluation,
+        cache,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+pub fn baseline_name(b: &Baseline) -> String {
+    match b {
+        Baseline::MajorityClass(c) => format!("always class {c}, the training majority"),
+        Baseline::MeanDepth(d) => format!("always {d:.3} m, the training mean"),
+    }
+}
+
+/// The headline figures of `m` on one line.
+pub fn one_line(m: &Metrics) -> String {
+    match m {
+        Metrics::Cls { accuracy, correct, total } => format!("accuracy {:.2}% ({correct}/{total})", 100.0 * accuracy),
+        Metrics::Seg { miou, pixel_accuracy, .. } => format!("mIoU {:.2}%, pixel accuracy {:.2}%", 100.0 * miou, 100.0 * pixel_accuracy),
+        Metrics::Depth { errors: e, .. } => format!("RMSE {:.4} m, AbsRel {:.4}, δ1 {:.2}%", e.rmse, e.abs_rel, 100.0 * e.delta1),
+    }
+}
+
+fn print_report(r: &Report) {
+    let e = &r.evaluation;
+    println!("{} head {} on {} ({} samples; {})", r.task, r.head, r.dataset, e.samples, r.transforms.join(","));
+    match (&e.head, &e.baseline) {
+        (Metrics::Depth { errors: h, images, images_without_valid_pixels, .. }, Metrics::Depth { errors: b, .. }) => {
+            println!("  {:<10} {:>10} {:>10}", "metric", "head", "baseline");
+            let rows = [
+                ("RMSE", h.rmse, b.rmse),
+                ("AbsRel", h.abs_rel, b.abs_rel),
+                ("SqRel", h.sq_rel, b.sq_rel),
+                ("RMSE-log", h.rmse_log, b.rmse_log),
+                ("log10", h.log10, b.log10),
+                ("δ<1.25", h.delta1, b.delta1),
+                ("δ<1.25²", h.delta2, b.delta2),
+                ("δ<1.25³", h.delta3, b.delta3),
+            ];
+            for (name, x, y) in rows {
+                println!("  {name:<10} {x:>10.4} {y:>10.4}");
+            }
+            println!("  per image, then averaged over {images} image(s); {images_without_valid_pixels} without a valid pixel skipped");
+        }
+        (head, base) => {
+            println!("  head:     {}", one_line(head));
+            println!("  baseline: {}", one_line(base));
+            if let Metrics::Seg { iou_per_class, .. } = head {
+                let shown: Vec<String> = iou_per_class
+                    .iter()
+                    .enumerate()
+                    .map(|(c, v)| match v {
+                        Some(v) => format!("{c}:{:.1}", 100.0 * v),
+                        None => format!("{c}:-"),
+                    })
+                    .collect();
+                println!("  IoU per class (%): {}", shown.join(" "));
+            }
+        }
+    }
+    println!("  baseline: {}", baseline_name(&e.baseline_kind));
+}

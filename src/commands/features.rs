@@ -1,0 +1,138 @@
+//! Arguments shared by the commands that read encoder features of a dataset (`train-head`,
+//! `eval`): where the features come from (an encoder or raw pixels), which samples, which
+//! transforms, and the feature cache.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::ModelOptions;
+use crate::data::transform::Transform;
+use crate::data::{self, Dataset, Split};
+use crate::encoder::Encoder;
+use crate::features::cache::{CacheReport, FeatureCache};
+use crate::features::{self, Batch, BatchSource, Cached, Layout, Live, Request, Source};
+
+#[derive(Args, Debug, Clone)]
+pub struct FeatureArgs {
+    /// Encoder checkpoint: official .pth, timm/Hugging Face .safetensors, or .onnx.
+    #[arg(long, required_unless_present = "pixels", conflicts_with = "pixels")]
+    pub checkpoint: Option<PathBuf>,
+    /// Use the transformed pixels themselves as features (the raw-pixel baseline of a linear probe).
+    #[arg(long)]
+    pub pixels: bool,
+    #[command(flatten)]
+    pub model: ModelOptions,
+    /// Dataset as KIND:PATH, e.g. cifar10:/data/cifar-10-batches-bin, voc2012:/data/VOCdevkit/VOC2012,
+    /// fashion-mnist:/usr/share/datasets/fashion-mnist, synthetic-seg:500x224.
+    #[arg(long)]
+    pub dataset: String,
+    /// Split: train, val, test (or unlabeled).
+    #[arg(long)]
+    pub split: Option<Split>,
+    /// Use a seeded random subset of this many samples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed of the subset.
+    #[arg(long, default_value_t = 0)]
+    pub subset_seed: u64,
+    /// Transforms, comma-separated: resize-shortN, resizeHxW, cropHxW, padN.
+    /// Default: resize-shortS,cropSxS,padP for an encoder (S = --size, P = its patch size), none for --pixels.
+    #[arg(long)]
+    pub transforms: Option<String>,
+    /// Image side for the default transforms.
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    /// Feature cache folder (default: $ROBUST_SSL_CACHE, $XDG_CACHE_HOME/robust-ssl or ~/.cache/robust-ssl).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Recompute the features for every batch instead of caching them (the reference code's way).
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Images per encoder forward pass.
+    #[arg(long, default_value_t = 8)]
+    pub encoder_batch_size: usize,
+}
+
+/// An opened dataset and encoder, and the features request on them.
+pub struct Prepared {
+    pub dataset: Box<dyn Dataset>,
+    pub encoder: Option<Encoder>,
+    pub request: Request,
+}
+
+impl FeatureArgs {
+    /// Opens the dataset at `split` and the encoder; `transforms` (from a head file) overrides the
+    /// default ones unless `--transforms` was given.
+    pub fn prepare(&self, split: Split, layout: Layout, transforms: Option<&[String]>) -> Result<Prepared> {
+        let dataset = data::open(&self.dataset, split)?;
+        let encoder = match &self.checkpoint {
+            Some(path) => Some(self.model.load(path, crate::device::default_device()?)?),
+            None => None,
+        };
+        let transforms = match (&self.transforms, transforms) {
+            (Some(spec), _) => Transform::parse_list(spec).context("--transforms")?,
+            (None, Some(names)) => names.iter().map(|n| n.parse()).collect::<Result<Vec<Transform>>>().context("the head file's transforms")?,
+            (None, None) => match &encoder {
+                Some(enc) => vec![
+                    Transform::ResizeShort(self.size),
+                    Transform::CenterCrop(self.size, self.size),
+                    Transform::PadToMultiple(enc.config().patch_size),
+                ],
+                None => vec![],
+            },
+        };
+        let indices = features::subset(dataset.len(), self.limit, self.subset_seed);
+        if indices.is_empty() {
+            anyhow::bail!("{}: the split is empty (no samples)", dataset.describe());
+        }
+        let request = Request { layout, transforms, indices, batch_size: self.encoder_batch_size };
+        Ok(Prepared { dataset, encoder, request })
+    }
+
+    /// The dataset at `--split`, or else the first of `defaults` the dataset defines.
+    pub fn split_or(&self, defaults: &[Split]) -> Result<Split> {
+        if let Some(s) = self.split {
+            return Ok(s);
+        }
+        let mut last = None;
+        for &s in defaults {
+            match data::open(&self.dataset, s) {
+                Ok(_) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no split to use")))
+    }
+
+    pub fn cache(&self) -> FeatureCache {
+        FeatureCache::new(self.cache_dir.clone().unwrap_or_else(FeatureCache::default_root))
+    }
+}
+
+impl Prepared {
+    pub fn source(&self) -> Source<'_> {
+        match &self.encoder {
+            Some(e) => Source::Encoder(e),
+            None => Source::Pixels,
+        }
+    }
+
+    /// A batch source over the requested samples: the cache (filled first where needed), or live.
+    pub fn batches(&self, args: &FeatureArgs) -> Result<(Box<dyn BatchSource + '_>, Option<CacheReport>)> {
+        if args.no_cache {
+            let live = Live {
+                source: self.source(),
+                dataset: self.dataset.as_ref(),
+                indices: self.request.indices.clone(),
+                layout: self.request.layout,
+                transforms: self.request.transforms.clone(),
+                batch_size: self.request.batch_size,
+            };
+            return Ok((Box::new(live), None));
+        }
+        let (batch, report): (Batch, CacheReport) = args.cache().load_or_compute(self.source(), self.dataset.as_ref(), &self.request)?;
+        Ok((Box::new(Cached(batch)), Some(report)))
+    }
+}

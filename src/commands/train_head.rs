@@ -1,0 +1,231 @@
+//! `robust-ssl train-head`: trains a linear probe, segmentation head or depth head on encoder
+//! features of a dataset (cached on disk, or recomputed per batch with `--no-cache`) and writes it
+//! as `.safetensors` + JSON metadata.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::features::FeatureArgs;
+use crate::data::transform::load_batch;
+use crate::data::Split;
+use crate::features::cache::encoder_fingerprint;
+use crate::features::{targets_of, Layout, Source, Targets};
+use crate::heads::evaluate::{evaluate, Evaluation};
+use crate::heads::head::{HeadMeta, Task, TrainedHead};
+use crate::heads::layers::Pooling;
+use crate::heads::train::{OptimizerKind, Schedule, TrainConfig};
+use crate::heads::trainer::{baseline, train};
+use crate::metrics::DepthRange;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OptimizerName {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScheduleName {
+    Constant,
+    Poly,
+    Cosine,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainHeadArgs {
+    #[arg(long, value_enum)]
+    pub task: Task,
+    #[command(flatten)]
+    pub features: FeatureArgs,
+    /// Output head file (.safetensors; the metadata is also written beside it as .json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Passes over the training samples (default: 100 for cls, 20 for seg and depth).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Samples per step (default: 256 for cls, 8 for seg and depth).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, value_enum, default_value = "adamw")]
+    pub optimizer: OptimizerName,
+    /// Weight decay (default: 0 for cls, 1e-4 for seg and depth).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Learning-rate schedule (default: cosine for cls, poly for seg and depth).
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleName>,
+    /// Exponent of the poly schedule.
+    #[arg(long, default_value_t = 1.0)]
+    pub poly_power: f64,
+    #[arg(long, default_value_t = 0)]
+    pub warmup_steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Linear-probe input: cls, or cls+mean (CLS ⊕ mean of the patch tokens).
+    #[arg(long, default_value = "cls")]
+    pub pooling: Pooling,
+    /// Number of classes (default: what the dataset defines, else the largest label + 1).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Depth bins, uniform in [--min-depth, --max-depth].
+    #[arg(long, default_value_t = 256)]
+    pub bins: usize,
+    /// Depth range in metres: pixels with min < depth < max are valid (NYU: 0.001 to 10).
+    #[arg(long, default_value_t = 0.001)]
+    pub min_depth: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub max_depth: f64,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    head: String,
+    meta: &'a HeadMeta,
+    steps: usize,
+    first_loss: f64,
+    train_seconds: f64,
+    feature_seconds: Option<f64>,
+    cache: Option<crate::features::cache::CacheReport>,
+    train_split: Option<Evaluation>,
+}
+
+impl TrainHeadArgs {
+    fn config(&self) -> TrainConfig {
+        let dense = self.task != Task::Cls;
+        let weight_decay = self.weight_decay.unwrap_or(if dense { 1e-4 } else { 0.0 });
+        TrainConfig {
+            epochs: self.epochs.unwrap_or(if dense { 20 } else { 100 }),
+            batch_size: self.batch_size.unwrap_or(if dense { 8 } else { 256 }),
+            lr: self.lr,
+            optimizer: match self.optimizer {
+                OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay },
+                OptimizerName::Sgd => OptimizerKind::Sgd { momentum: self.momentum, weight_decay },
+            },
+            schedule: match self.schedule.unwrap_or(if dense { ScheduleName::Poly } else { ScheduleName::Cosine }) {
+                ScheduleName::Constant => Schedule::Constant,
+                ScheduleName::Poly => Schedule::Poly { power: self.poly_power },
+                ScheduleName::Cosine => Schedule::Cosine,
+            },
+            warmup_steps: self.warmup_steps,
+            seed: self.seed,
+        }
+    }
+}
+
+pub fn run(a: &TrainHeadArgs) -> Result<()> {
+    let f = &a.features;
+    if a.task != Task::Cls && f.pixels {
+        bail!("--pixels is the linear-probe baseline: it only works with --task cls");
+    }
+    if a.task == Task::Depth && !(a.min_depth >= 0.0 && a.max_depth > a.min_depth && a.bins >= 2) {
+        bail!("need 0 <= --min-depth < --max-depth and at least 2 --bins (got {}, {}, {})", a.min_depth, a.max_depth, a.bins);
+    }
+    let dir = a.out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        bail!("{}: the output folder {} does not exist", a.out.display(), dir.display());
+    }
+    let cfg = a.config();
+    let layout = if a.task == Task::Cls { Layout::Pooled } else { Layout::Tokens };
+    let split = f.split.unwrap_or(Split::Train);
+    let prep = f.prepare(split, layout, None)?;
+    let ds = prep.dataset.as_ref();
+    let dev = crate::device::default_device()?;
+
+    let t0 = Instant::now();
+    let (mut source, cache) = prep.batches(f)?;
+    let feature_seconds = cache.as_ref().map(|_| t0.elapsed().as_secs_f64());
+    // The training targets: from the cache, or decoded once when features are not cached.
+    let targets = match &cache {
+        Some(_) => source.batch(&(0..source.len()).collect::<Vec<_>>())?.targets,
+        None => {
+            let samples = load_batch(ds, &prep.request.indices, &prep.request.transforms)?;
+            targets_of(ds, &prep.request.indices, samples)?
+        }
+    };
+    let outputs = match a.task {
+        Task::Depth => a.bins,
+        _ => match (a.classes, ds.num_classes(), &targets) {
+            (Some(k), _, _) => k,
+            (None, Some(k), _) => k,
+            (None, None, Targets::Class(l)) => l.iter().max().map_or(0, |&m| m as usize + 1),
+            (None, None, _) => bail!("{}: the number of classes is unknown; pass --classes", ds.describe()),
+        },
+    };
+    let range = (a.task == Task::Depth).then_some(DepthRange { min: a.min_depth, max: a.max_depth });
+    let first = source.batch(&[0])?;
+    let feature_dim = first.cls.dim(1)?;
+    let (source_id, encoder_file, encoder_arch) = match prep.source() {
+        Source::Encoder(enc) => (encoder_fingerprint(enc)?, Some(enc.info.file.clone()), enc.info.arch.clone()),
+        Source::Pixels => (serde_json::json!("pixels"), None, None),
+    };
+    let mut meta = HeadMeta {
+        task: a.task,
+        outputs,
+        feature_dim,
+        pooling: (a.task == Task::Cls).then_some(a.pooling),
+        depth_range: range.map(|r| (r.min, r.max)),
+        source: source_id,
+        encoder_file,
+        encoder_arch,
+        dataset: ds.describe(),
+        samples: prep.request.indices.len(),
+        transforms: prep.request.transform_names(),
+        train: cfg,
+        final_loss: f64::NAN,
+        baseline: baseline(a.task, &targets, outputs, range)?,
+        created_by: format!("robust-ssl {}", env!("CARGO_PKG_VERSION")),
+    };
+    let t1 = Instant::now();
+    let (head, losses) = train(&meta, source.as_mut(), &cfg, &dev)?;
+    let train_seconds = t1.elapsed().as_secs_f64();
+    meta.final_loss = *losses.last().expect("at least one step");
+    let trained = TrainedHead { head, meta };
+    trained.save(&a.out)?;
+    let train_split = match (&cache, source.as_mut()) {
+        (Some(_), s) => Some(evaluate(&trained, s, 64, &dev, &a.out.display().to_string())?),
+        (None, _) => None,
+    };
+    let summary = Summary {
+        head: a.out.display().to_string(),
+        meta: &trained.meta,
+        steps: losses.len(),
+        first_loss: losses[0],
+        train_seconds,
+        feature_seconds,
+        cache,
+        train_split,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+fn print_summary(s: &Summary) {
+    let m = s.meta;
+    println!("trained a {} head on {} ({} samples, {})", m.task, m.dataset, m.samples, m.encoder_arch.as_deref().unwrap_or(if m.source.is_string() { "raw pixels" } else { "custom ViT" }));
+    if let Some(c) = &s.cache {
+        println!("  features: {} chunk(s) computed, {} reused, {:.1} s ({})", c.chunks_computed, c.chunks_reused, c.seconds, c.dir.display());
+    } else {
+        println!("  features: recomputed for every batch (--no-cache)");
+    }
+    println!("  {} steps in {:.1} s, loss {:.4} -> {:.4}", s.steps, s.train_seconds, s.first_loss, m.final_loss);
+    if let Some(e) = &s.train_split {
+        println!("  on the training samples: {}", super::eval::one_line(&e.head));
+        println!("  baseline ({}): {}", super::eval::baseline_name(&e.baseline_kind), super::eval::one_line(&e.baseline));
+    }
+    println!("  -> {} (+ {})", s.head, crate::heads::file::sidecar(std::path::Path::new(&s.head)).display());
+}

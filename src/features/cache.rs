@@ -1,0 +1,235 @@
+//! The on-disk feature cache. One folder per key — a hash of everything that determines the
+//! features: the encoder file's contents and load options, the dataset and split, the samples,
+//! the transforms and the layout. The folder holds `key.json` (that key, readable) and chunks of
+//! [`CHUNK`] samples, `chunk-NNNNNN.safetensors`, each written to a temporary file and renamed:
+//! a run killed at any moment leaves only whole chunks, and the next run computes the missing
+//! ones and reuses the rest.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use super::{extract, Batch, Layout, Request, Source, Targets};
+use crate::data::Dataset;
+use crate::encoder::Encoder;
+
+/// Samples per chunk file.
+pub const CHUNK: usize = 256;
+/// Bumped whenever what a chunk holds, or how features are computed, changes.
+const FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct Key {
+    format_version: u32,
+    source: serde_json::Value,
+    dataset: String,
+    dataset_len: usize,
+    samples: usize,
+    /// blake3 of the sample indices.
+    indices: String,
+    transforms: Vec<String>,
+    layout: Layout,
+    chunk: usize,
+}
+
+/// What [`FeatureCache::load_or_compute`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheReport {
+    pub dir: PathBuf,
+    pub chunks_computed: usize,
+    pub chunks_reused: usize,
+    pub seconds: f64,
+}
+
+pub struct FeatureCache {
+    root: PathBuf,
+}
+
+/// The identity of an encoder for cache keys: the blake3 of its file and how it was loaded.
+pub fn encoder_fingerprint(enc: &Encoder) -> Result<serde_json::Value> {
+    let file = Path::new(&enc.info.file);
+    let hash = blake3::Hasher::new()
+        .update_mmap_rayon(file)
+        .with_context(|| format!("{}: cannot read the encoder file to key its features", file.display()))?
+        .finalize();
+    Ok(serde_json::json!({
+        "blake3": hash.to_hex().to_string(),
+        "file_name": file.file_name().map(|f| f.to_string_lossy().to_string()),
+        "prefix": enc.info.prefix,
+        "pos_resize": enc.info.pos_resize,
+        "config": enc.info.config,
+        "dtype": format!("{:?}", enc.vit.dtype()),
+    }))
+}
+
+fn source_key(source: Source) -> Result<serde_json::Value> {
+    Ok(match source {
+        Source::Pixels => serde_json::json!("pixels"),
+        Source::Encoder(enc) => encoder_fingerprint(enc)?,
+    })
+}
+
+impl FeatureCache {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// `$ROBUST_SSL_CACHE`, else `$XDG_CACHE_HOME/robust-ssl`, else `~/.cache/robust-ssl`, else
+    /// `.robust-ssl-cache` in the working folder.
+    pub fn default_root() -> PathBuf {
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        env("ROBUST_SSL_CACHE")
+            .or_else(|| env("XDG_CACHE_HOME").map(|p| p.join("robust-ssl")))
+            .or_else(|| env("HOME").map(|p| p.join(".cache").join("robust-ssl")))
+            .unwrap_or_else(|| PathBuf::from(".robust-ssl-cache"))
+    }
+
+    /// The folder of one key.
+    fn dir_for(&self, ds: &dyn Dataset, key: &Key) -> Result<PathBuf> {
+        let json = serde_json::to_vec(key)?;
+        let hash = blake3::hash(&json).to_hex();
+        let kind: String = ds.describe().split(':').next().unwrap_or("data").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        Ok(self.root.join("features").join(format!("{kind}-{}", &hash[..20])))
+    }
+
+    /// The features of `req` on `ds`: loaded from the cache, computing and storing the chunks
+    /// that are missing first.
+    pub fn load_or_compute(&self, source: Source, ds: &dyn Dataset, req: &Request) -> Result<(Batch, CacheReport)> {
+        let start = Instant::now();
+        if req.indices.is_empty() {
+            bail!("{}: no samples to compute features of (empty split)", ds.describe());
+        }
+        let key = Key {
+            format_version: FORMAT_VERSION,
+            source: source_key(source)?,
+            dataset: ds.describe(),
+            dataset_len: ds.len(),
+            samples: req.indices.len(),
+            indices: blake3::hash(&req.indices.iter().flat_map(|&i| (i as u64).to_le_bytes()).collect::<Vec<u8>>()).to_hex().to_string(),
+            transforms: req.transform_names(),
+            layout: req.layout,
+            chunk: CHUNK,
+        };
+        let dir = self.dir_for(ds, &key)?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create the feature cache folder", dir.display()))?;
+        let manifest = dir.join("key.json");
+        if !manifest.is_file() {
+            write_atomic(&manifest, &serde_json::to_vec_pretty(&key)?)?;
+        }
+        let chunks: Vec<&[usize]> = req.indices.chunks(CHUNK).collect();
+        let bar = progress_bar(req.indices.len() as u64, &format!("features {}", ds.describe()));
+        let (mut computed, mut reused) = (0, 0);
+        let mut parts = Vec::with_capacity(chunks.len());
+        for (c, ids) in chunks.iter().enumerate() {
+            let path = dir.join(format!("chunk-{c:06}.safetensors"));
+            let cached = if path.is_file() {
+                match read_chunk(&path, ids.len(), req.layout) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        bar.suspend(|| eprintln!("warning: {e:#}; computing it again"));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let batch = match cached {
+                Some(b) => {
+                    reused += 1;
+                    b
+                }
+                None => {
+                    let b = extract(source, ds, ids, req.layout, &req.transforms, req.batch_size)?;
+                    write_chunk(&path, &b)?;
+                    computed += 1;
+                    b
+                }
+            };
+            bar.inc(ids.len() as u64);
+            parts.push(batch);
+        }
+        bar.finish_and_clear();
+        let report = CacheReport { dir, chunks_computed: computed, chunks_reused: reused, seconds: start.elapsed().as_secs_f64() };
+        Ok((Batch::concat(parts)?, report))
+    }
+}
+
+/// A progress bar with ETA on stderr (hidden when stderr is not a terminal).
+pub fn progress_bar(len: u64, message: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}]")
+            .expect("valid template"),
+    );
+    bar.set_message(message.to_string());
+    bar
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+fn write_chunk(path: &Path, b: &Batch) -> Result<()> {
+    let dev = Device::Cpu;
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    t.insert("cls".into(), b.cls.clone());
+    if let Some(m) = &b.patch_mean {
+        t.insert("patch_mean".into(), m.clone());
+    }
+    if let Some(p) = &b.patch {
+        t.insert("patch".into(), p.clone());
+    }
+    t.insert("grid".into(), Tensor::new(&[b.grid.0 as u32, b.grid.1 as u32], &dev)?);
+    let n = b.len();
+    match &b.targets {
+        Targets::Class(v) => {
+            t.insert("class".into(), Tensor::new(v.as_slice(), &dev)?);
+        }
+        Targets::Segmentation { labels, height, width } => {
+            let bytes = labels.iter().map(|&l| u8::try_from(l)).collect::<Result<Vec<u8>, _>>().context("a label above 255")?;
+            t.insert("segmentation".into(), Tensor::from_vec(bytes, (n, *height, *width), &dev)?);
+        }
+        Targets::Depth { metres, height, width } => {
+            t.insert("depth".into(), Tensor::from_vec(metres.clone(), (n, *height, *width), &dev)?);
+        }
+        Targets::None => {}
+    }
+    let tmp = path.with_extension("tmp");
+    candle_core::safetensors::save(&t, &tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+fn read_chunk(path: &Path, n: usize, layout: Layout) -> Result<Batch> {
+    let mut t = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("{}: unreadable cached chunk", path.display()))?;
+    let mut take = |name: &str| t.remove(name);
+    let bad = |what: &str| anyhow::anyhow!("{}: cached chunk {what}", path.display());
+    let cls = take("cls").ok_or_else(|| bad("has no cls"))?;
+    if cls.dim(0)? != n {
+        return Err(bad(&format!("holds {} samples, expected {n}", cls.dim(0)?)));
+    }
+    let (patch_mean, patch) = (take("patch_mean"), take("patch"));
+    if layout == Layout::Tokens && patch.is_none() {
+        return Err(bad("has no patch tokens"));
+    }
+    let grid = take("grid").ok_or_else(|| bad("has no grid"))?.to_vec1::<u32>()?;
+    let targets = if let Some(c) = take("class") {
+        Targets::Class(c.to_vec1::<u32>()?)
+    } else if let Some(s) = take("segmentation") {
+        let (_, height, width) = s.dims3()?;
+        Targets::Segmentation { labels: s.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?, height, width }
+    } else if let Some(d) = take("depth") {
+        let (_, height, width) = d.dims3()?;
+        Targets::Depth { metres: d.flatten_all()?.to_vec1()?, height, width }
+    } else {
+        Targets::None
+    };
+    Ok(Batch { cls, patch_mean, patch, grid: (grid[0] as usize, grid[1] as usize), targets })
+}

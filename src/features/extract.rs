@@ -1,0 +1,106 @@
+//! Computing features: samples decoded and transformed in parallel, stacked, run through the
+//! encoder one batch at a time, and pooled for the [`Layout`] asked for.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+use super::{Batch, BatchSource, Layout, Source, Targets};
+use crate::data::transform::{load_batch, Transform};
+use crate::data::{Dataset, Sample, Target};
+
+/// Features and targets of the samples `indices` of `ds`, in that order.
+pub fn extract(source: Source, ds: &dyn Dataset, indices: &[usize], layout: Layout, transforms: &[Transform], batch_size: usize) -> Result<Batch> {
+    if batch_size == 0 {
+        bail!("the encoder batch size must be at least 1");
+    }
+    let mut parts = Vec::new();
+    for chunk in indices.chunks(batch_size) {
+        let samples = load_batch(ds, chunk, transforms).with_context(|| ds.describe())?;
+        parts.push(features_of(source, ds, chunk, samples, layout)?);
+    }
+    Batch::concat(parts)
+}
+
+fn features_of(source: Source, ds: &dyn Dataset, indices: &[usize], samples: Vec<Sample>, layout: Layout) -> Result<Batch> {
+    let (h, w) = (samples[0].image.dim(1)?, samples[0].image.dim(2)?);
+    for (s, &i) in samples.iter().zip(indices) {
+        let (sh, sw) = (s.image.dim(1)?, s.image.dim(2)?);
+        if (sh, sw) != (h, w) {
+            bail!(
+                "{}: sample {i} is {sh}x{sw} after the transforms but sample {} is {h}x{w}; features are stored \
+                 per batch, so every image must end the same size: add a crop (e.g. --transforms resize-short224,crop224x224)",
+                ds.describe(),
+                indices[0]
+            );
+        }
+    }
+    let images: Vec<&Tensor> = samples.iter().map(|s| &s.image).collect();
+    let images = Tensor::stack(&images, 0)?;
+    let targets = targets_of(ds, indices, samples)?;
+    match source {
+        Source::Pixels => {
+            if layout == Layout::Tokens {
+                bail!("raw pixels have no patch tokens: the pixel baseline is for classification only");
+            }
+            let n = images.dim(0)?;
+            Ok(Batch { cls: images.reshape((n, ()))?, patch_mean: None, patch: None, grid: (0, 0), targets })
+        }
+        Source::Encoder(enc) => {
+            let tokens = enc.forward(&images.to_device(enc.vit.device())?).with_context(|| ds.describe())?;
+            let cls = tokens.cls.to_device(&Device::Cpu)?;
+            let patch = tokens.patch.to_device(&Device::Cpu)?;
+            let (patch_mean, patch) = match layout {
+                Layout::Pooled => (Some(patch.mean(1)?), None),
+                Layout::Tokens => (None, Some(patch)),
+            };
+            Ok(Batch { cls, patch_mean, patch, grid: tokens.grid, targets })
+        }
+    }
+}
+
+/// The targets of decoded `samples` (dataset indices `indices`), labels checked against the
+/// dataset's class count.
+pub fn targets_of(ds: &dyn Dataset, indices: &[usize], samples: Vec<Sample>) -> Result<Targets> {
+    let parts = samples
+        .into_iter()
+        .zip(indices)
+        .map(|(s, &i)| {
+            Ok(match s.target {
+                Target::Class(c) => {
+                    if let Some(k) = ds.num_classes() {
+                        if c as usize >= k {
+                            bail!("{}: sample {i} has label {c}, out of range for {k} classes", ds.describe());
+                        }
+                    }
+                    Targets::Class(vec![c])
+                }
+                Target::Segmentation { labels, height, width } => Targets::Segmentation { labels, height, width },
+                Target::Depth { metres, height, width } => Targets::Depth { metres, height, width },
+                Target::None => Targets::None,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Targets::concat(parts).with_context(|| ds.describe())
+}
+
+/// Features recomputed for every batch, the reference code's way (no cache).
+pub struct Live<'a> {
+    pub source: Source<'a>,
+    pub dataset: &'a dyn Dataset,
+    /// Dataset indices of the samples served as `0..len()`.
+    pub indices: Vec<usize>,
+    pub layout: Layout,
+    pub transforms: Vec<Transform>,
+    pub batch_size: usize,
+}
+
+impl BatchSource for Live<'_> {
+    fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    fn batch(&mut self, indices: &[usize]) -> Result<Batch> {
+        let ids: Vec<usize> = indices.iter().map(|&i| self.indices[i]).collect();
+        extract(self.source, self.dataset, &ids, self.layout, &self.transforms, self.batch_size)
+    }
+}

@@ -1,0 +1,231 @@
+//! Encoder features of a dataset as the heads consume them: computed once, stored on disk keyed by
+//! encoder + dataset + transform ([`cache`]), or recomputed for every batch as the reference code
+//! does ([`Live`]). Both serve mini-batches through the one [`BatchSource`] trait, so a head trains
+//! the same way on either and the benchmark compares like with like.
+
+pub mod cache;
+mod extract;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::data::transform::Transform;
+use crate::encoder::Encoder;
+pub use extract::{extract, targets_of, Live};
+
+/// What is kept per sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// CLS and the mean of the patch tokens, `[D]` each (classification).
+    Pooled,
+    /// CLS `[D]` and every patch token `[P, D]` (segmentation, depth).
+    Tokens,
+}
+
+/// Where features come from: an encoder, or the transformed pixels themselves (the raw-pixel
+/// baseline of a linear probe: `cls` holds the flattened image).
+#[derive(Clone, Copy)]
+pub enum Source<'a> {
+    Encoder(&'a Encoder),
+    Pixels,
+}
+
+/// Targets of a batch, in the order of its samples.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Targets {
+    Class(Vec<u32>),
+    /// `n × height × width` labels, 255 ignored.
+    Segmentation { labels: Vec<u32>, height: usize, width: usize },
+    /// `n × height × width` metres, 0 where unmeasured.
+    Depth { metres: Vec<f32>, height: usize, width: usize },
+    None,
+}
+
+impl Targets {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Class(v) => v.len(),
+            Self::Segmentation { labels, height, width } => labels.len() / (height * width).max(1),
+            Self::Depth { metres, height, width } => metres.len() / (height * width).max(1),
+            Self::None => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The targets at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Targets {
+        fn rows<T: Copy>(v: &[T], per: usize, idx: &[usize]) -> Vec<T> {
+            idx.iter().flat_map(|&i| v[i * per..(i + 1) * per].iter().copied()).collect()
+        }
+        match self {
+            Self::Class(v) => Self::Class(idx_map(v, indices)),
+            Self::Segmentation { labels, height, width } => {
+                Self::Segmentation { labels: rows(labels, height * width, indices), height: *height, width: *width }
+            }
+            Self::Depth { metres, height, width } => {
+                Self::Depth { metres: rows(metres, height * width, indices), height: *height, width: *width }
+            }
+            Self::None => Self::None,
+        }
+    }
+
+    /// Concatenates batches of the same kind and size.
+    pub fn concat(parts: Vec<Targets>) -> Result<Targets> {
+        let mut it = parts.into_iter();
+        let Some(mut acc) = it.next() else { return Ok(Self::None) };
+        for t in it {
+            match (&mut acc, t) {
+                (Self::Class(a), Self::Class(b)) => a.extend(b),
+                (Self::Segmentation { labels: a, height, width }, Self::Segmentation { labels: b, height: h, width: w })
+                    if (*height, *width) == (h, w) =>
+                {
+                    a.extend(b)
+                }
+                (Self::Depth { metres: a, height, width }, Self::Depth { metres: b, height: h, width: w })
+                    if (*height, *width) == (h, w) =>
+                {
+                    a.extend(b)
+                }
+                (Self::None, Self::None) => {}
+                (a, b) => bail!("samples of different target kinds or sizes in one batch: {} and {}", a.kind(), b.kind()),
+            }
+        }
+        Ok(acc)
+    }
+
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Class(_) => "class labels".into(),
+            Self::Segmentation { height, width, .. } => format!("{height}x{width} label maps"),
+            Self::Depth { height, width, .. } => format!("{height}x{width} depth maps"),
+            Self::None => "no labels".into(),
+        }
+    }
+}
+
+fn idx_map<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
+    idx.iter().map(|&i| v[i]).collect()
+}
+
+/// Features and targets of some samples.
+pub struct Batch {
+    /// `[n, D]` CLS tokens (flattened pixels for [`Source::Pixels`]).
+    pub cls: Tensor,
+    /// `[n, D]` mean of the patch tokens ([`Layout::Pooled`] from an encoder).
+    pub patch_mean: Option<Tensor>,
+    /// `[n, P, D]` patch tokens ([`Layout::Tokens`]).
+    pub patch: Option<Tensor>,
+    /// The patch grid `(h, w)`, `(0, 0)` for pixels.
+    pub grid: (usize, usize),
+    pub targets: Targets,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.cls.dim(0).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The samples at `indices` (positions in this batch), in that order.
+    pub fn select(&self, indices: &[usize]) -> Result<Batch> {
+        let ids = Tensor::from_vec(indices.iter().map(|&i| i as u32).collect::<Vec<_>>(), indices.len(), self.cls.device())?;
+        let pick = |t: &Tensor| t.index_select(&ids, 0);
+        Ok(Batch {
+            cls: pick(&self.cls)?,
+            patch_mean: self.patch_mean.as_ref().map(pick).transpose()?,
+            patch: self.patch.as_ref().map(pick).transpose()?,
+            grid: self.grid,
+            targets: self.targets.select(indices),
+        })
+    }
+
+    /// Joins batches of the same layout and size.
+    pub fn concat(parts: Vec<Batch>) -> Result<Batch> {
+        if parts.is_empty() {
+            bail!("no batches to join");
+        }
+        let grid = parts[0].grid;
+        if parts.iter().any(|p| p.grid != grid) {
+            bail!("batches with different patch grids cannot be joined");
+        }
+        let cat = |f: &dyn Fn(&Batch) -> Option<&Tensor>| -> Result<Option<Tensor>> {
+            let ts: Vec<&Tensor> = parts.iter().filter_map(f).collect();
+            Ok(if ts.is_empty() { None } else { Some(Tensor::cat(&ts, 0)?) })
+        };
+        let cls = cat(&|b| Some(&b.cls))?.expect("at least one batch");
+        let patch_mean = cat(&|b| b.patch_mean.as_ref())?;
+        let patch = cat(&|b| b.patch.as_ref())?;
+        let targets = Targets::concat(parts.into_iter().map(|p| p.targets).collect())?;
+        Ok(Batch { cls, patch_mean, patch, grid, targets })
+    }
+
+    pub fn to_device(&self, dev: &Device) -> Result<Batch> {
+        let mv = |t: &Tensor| t.to_device(dev);
+        Ok(Batch {
+            cls: mv(&self.cls)?,
+            patch_mean: self.patch_mean.as_ref().map(mv).transpose()?,
+            patch: self.patch.as_ref().map(mv).transpose()?,
+            grid: self.grid,
+            targets: self.targets.clone(),
+        })
+    }
+}
+
+/// Serves mini-batches of features by sample index (`0..len()`).
+pub trait BatchSource {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn batch(&mut self, indices: &[usize]) -> Result<Batch>;
+}
+
+/// Features already in memory (loaded from the cache).
+pub struct Cached(pub Batch);
+
+impl BatchSource for Cached {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn batch(&mut self, indices: &[usize]) -> Result<Batch> {
+        self.0.select(indices)
+    }
+}
+
+/// What defines a set of features, besides the encoder and the dataset.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub layout: Layout,
+    pub transforms: Vec<Transform>,
+    /// Which samples of the dataset, in order (a seeded subset or all).
+    pub indices: Vec<usize>,
+    /// Images per encoder forward pass.
+    pub batch_size: usize,
+}
+
+impl Request {
+    pub fn transform_names(&self) -> Vec<String> {
+        self.transforms.iter().map(Transform::describe).collect()
+    }
+}
+
+/// The indices of a seeded random subset of `limit` samples out of `n` (sorted), or all.
+pub fn subset(n: usize, limit: Option<usize>, seed: u64) -> Vec<usize> {
+    match limit {
+        Some(l) if l < n => {
+            let mut v = crate::data::transform::shuffled(n, seed ^ 0x5EB5E7);
+            v.truncate(l);
+            v.sort_unstable();
+            v
+        }
+        _ => (0..n).collect(),
+    }
+}

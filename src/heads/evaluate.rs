@@ -1,0 +1,129 @@
+//! Evaluating a trained head on a split: its task metrics over every sample, and the same metrics
+//! for the trivial baseline stored with the head (majority class, mean training depth), so each
+//! figure comes with the number it must beat.
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+use serde::Serialize;
+
+use super::head::{Baseline, HeadMeta, Task, TrainedHead};
+use super::trainer::{check_features, forward, target_size};
+use crate::data::IGNORE;
+use crate::features::{BatchSource, Targets};
+use crate::metrics::{Accuracy, ConfusionMatrix, DepthErrors, DepthMetrics, DepthRange};
+
+/// Metrics of one predictor on one split.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "task", rename_all = "lowercase")]
+pub enum Metrics {
+    Cls { accuracy: f64, correct: u64, total: u64 },
+    Seg { miou: f64, pixel_accuracy: f64, iou_per_class: Vec<Option<f64>> },
+    Depth {
+        #[serde(flatten)]
+        errors: DepthErrors,
+        images: u64,
+        images_without_valid_pixels: u64,
+        /// Errors are per image, then averaged over images.
+        averaging: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    pub samples: usize,
+    pub head: Metrics,
+    pub baseline: Metrics,
+    pub baseline_kind: Baseline,
+}
+
+/// Accumulates one predictor's metrics.
+enum Acc {
+    Cls(Accuracy),
+    Seg(ConfusionMatrix),
+    Depth(DepthMetrics, DepthRange),
+}
+
+impl Acc {
+    fn new(meta: &HeadMeta) -> Result<Self> {
+        Ok(match meta.task {
+            Task::Cls => Acc::Cls(Accuracy::default()),
+            Task::Seg => Acc::Seg(ConfusionMatrix::new(meta.outputs, IGNORE)),
+            Task::Depth => {
+                let (min, max) = meta.depth_range.ok_or_else(|| anyhow::anyhow!("a depth head without a depth range"))?;
+                Acc::Depth(DepthMetrics::default(), DepthRange { min, max })
+            }
+        })
+    }
+
+    /// `pred`: classes per sample or pixel, or depth per pixel (f32 bits via `depth`).
+    fn update(&mut self, classes: &[u32], depth: &[f32], targets: &Targets) -> Result<()> {
+        match (self, targets) {
+            (Acc::Cls(a), Targets::Class(l)) => a.update(classes, l),
+            (Acc::Seg(m), Targets::Segmentation { labels, .. }) => m.update(classes, labels),
+            (Acc::Depth(m, range), Targets::Depth { metres, height, width }) => {
+                let per = height * width;
+                for (p, g) in depth.chunks(per).zip(metres.chunks(per)) {
+                    m.update(p, g, *range)?;
+                }
+                Ok(())
+            }
+            (_, t) => bail!("the head cannot be scored on {}", t.kind()),
+        }
+    }
+
+    fn finish(self) -> Result<Metrics> {
+        Ok(match self {
+            Acc::Cls(a) => Metrics::Cls { accuracy: a.value().unwrap_or(f64::NAN), correct: a.correct, total: a.total },
+            Acc::Seg(m) => Metrics::Seg {
+                miou: m.miou().ok_or_else(|| anyhow::anyhow!("no labelled pixel in the split: mIoU is undefined"))?,
+                pixel_accuracy: m.pixel_accuracy().unwrap_or(f64::NAN),
+                iou_per_class: m.iou_per_class(),
+            },
+            Acc::Depth(m, range) => Metrics::Depth {
+                errors: m.mean().ok_or_else(|| {
+                    anyhow::anyhow!("no image of the split has a valid depth pixel ({} < depth < {} m)", range.min, range.max)
+                })?,
+                images: m.images,
+                images_without_valid_pixels: m.images_without_valid_pixels,
+                averaging: "per image, then mean over images",
+            },
+        })
+    }
+}
+
+/// Scores `head` (and its baseline) on every sample of `source`, `batch_size` at a time.
+pub fn evaluate(head: &TrainedHead, source: &mut dyn BatchSource, batch_size: usize, dev: &Device, file: &str) -> Result<Evaluation> {
+    if source.is_empty() {
+        bail!("nothing to evaluate: the split is empty");
+    }
+    let meta = &head.meta;
+    let model = head.head.to_device(meta, dev)?;
+    let (mut acc, mut base) = (Acc::new(meta)?, Acc::new(meta)?);
+    let all: Vec<usize> = (0..source.len()).collect();
+    for (i, idx) in all.chunks(batch_size.max(1)).enumerate() {
+        let b = source.batch(idx)?;
+        if i == 0 {
+            check_features(meta, &b, file)?;
+        }
+        let b = b.to_device(dev)?;
+        let size = target_size(&b.targets);
+        let (out, _) = forward(&model, &b, size, false)?;
+        let pixels = size.0 * size.1;
+        let n = idx.len();
+        match meta.task {
+            Task::Cls | Task::Seg => {
+                let classes = out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
+                acc.update(&classes, &[], &b.targets)?;
+                let Baseline::MajorityClass(c) = head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
+                base.update(&vec![c; classes.len()], &[], &b.targets)?;
+            }
+            Task::Depth => {
+                let depth = out.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+                acc.update(&[], &depth, &b.targets)?;
+                let Baseline::MeanDepth(m) = head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
+                base.update(&[], &vec![m as f32; n * pixels], &b.targets)?;
+            }
+        }
+    }
+    Ok(Evaluation { samples: source.len(), head: acc.finish()?, baseline: base.finish()?, baseline_kind: head.meta.baseline })
+}

@@ -1,0 +1,138 @@
+//! Training a head of any task on features from a [`BatchSource`] (the cache, or recomputed per
+//! batch): the head's forward at the targets' size, its task loss, BatchNorm running statistics
+//! (momentum 0.1, as torch), and the trivial baseline of the training targets.
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+use super::head::{Baseline, Head, HeadMeta, Task};
+use super::layers::Pooling;
+use super::losses::{cross_entropy, depth_loss, valid_mask};
+use super::train::{fit, TrainConfig};
+use super::upsample::bilinear;
+use crate::data::IGNORE;
+use crate::features::{Batch, BatchSource, Targets};
+use crate::metrics::DepthRange;
+
+/// BatchNorm running-statistics momentum (torch's default).
+pub const BN_MOMENTUM: f64 = 0.1;
+
+/// The classification features of a batch for `pooling`.
+pub fn pooled(b: &Batch, pooling: Pooling) -> Result<Tensor> {
+    Ok(match pooling {
+        Pooling::Cls => b.cls.clone(),
+        Pooling::ClsMeanPatch => {
+            let mean = match (&b.patch_mean, &b.patch) {
+                (Some(m), _) => m.clone(),
+                (None, Some(p)) => p.mean(1)?,
+                (None, None) => bail!("CLS ⊕ mean-patch pooling needs patch tokens (not available for raw pixels)"),
+            };
+            Tensor::cat(&[&b.cls, &mean], 1)?
+        }
+    })
+}
+
+/// The head's output for a batch: class logits `[B, K]`; segmentation logits `[B, K, H, W]`
+/// and depth `[B, H, W]` at `size` (the targets' size). With `train`, BatchNorm uses the batch
+/// statistics and returns them.
+pub fn forward(head: &Head, b: &Batch, size: (usize, usize), train: bool) -> Result<(Tensor, Option<(Tensor, Tensor)>)> {
+    let tokens = || b.patch.as_ref().ok_or_else(|| anyhow::anyhow!("this head needs patch tokens, and the features hold none"));
+    Ok(match head {
+        Head::Linear(p) => (p.forward(&pooled(b, p.pooling)?)?, None),
+        Head::Seg(h) => {
+            let (logits, stats) = h.forward(tokens()?, b.grid, train)?;
+            (bilinear(&logits, size.0, size.1)?, stats)
+        }
+        Head::Depth(h) => {
+            let (depth, stats) = h.forward(&b.cls, tokens()?, b.grid, train)?;
+            (bilinear(&depth, size.0, size.1)?.squeeze(1)?, stats)
+        }
+    })
+}
+
+/// The `(height, width)` of a batch's dense targets (`(0, 0)` for class labels).
+pub fn target_size(t: &Targets) -> (usize, usize) {
+    match t {
+        Targets::Segmentation { height, width, .. } | Targets::Depth { height, width, .. } => (*height, *width),
+        _ => (0, 0),
+    }
+}
+
+/// The task loss of a head output against the batch's targets.
+pub fn loss(task: Task, out: &Tensor, targets: &Targets, range: Option<DepthRange>) -> Result<Tensor> {
+    let dev = out.device();
+    match (task, targets) {
+        (Task::Cls, Targets::Class(l)) => cross_entropy(out, &Tensor::new(l.as_slice(), dev)?, IGNORE),
+        (Task::Seg, Targets::Segmentation { labels, height, width }) => {
+            let n = labels.len() / (height * width);
+            cross_entropy(out, &Tensor::from_vec(labels.clone(), (n, *height, *width), dev)?, IGNORE)
+        }
+        (Task::Depth, Targets::Depth { metres, height, width }) => {
+            let n = metres.len() / (height * width);
+            let gt = Tensor::from_vec(metres.clone(), (n, *height, *width), dev)?.to_dtype(out.dtype())?;
+            let range = range.ok_or_else(|| anyhow::anyhow!("depth loss without a depth range"))?;
+            depth_loss(out, &gt, &valid_mask(&gt, range)?)
+        }
+        (task, t) => bail!("a {task} head cannot learn from {}", t.kind()),
+    }
+}
+
+/// The trivial predictor of `targets` for `task`.
+pub fn baseline(task: Task, targets: &Targets, classes: usize, range: Option<DepthRange>) -> Result<Baseline> {
+    let majority = |labels: &[u32]| -> Result<Baseline> {
+        let mut counts = vec![0u64; classes];
+        for &l in labels.iter().filter(|&&l| l != IGNORE) {
+            let c = counts.get_mut(l as usize).ok_or_else(|| anyhow::anyhow!("label {l} is out of range for {classes} classes"))?;
+            *c += 1;
+        }
+        let best = (0..classes).max_by_key(|&c| (counts[c], std::cmp::Reverse(c))).unwrap_or(0);
+        Ok(Baseline::MajorityClass(best as u32))
+    };
+    match (task, targets) {
+        (Task::Cls, Targets::Class(l)) => majority(l),
+        (Task::Seg, Targets::Segmentation { labels, .. }) => majority(labels),
+        (Task::Depth, Targets::Depth { metres, .. }) => {
+            let range = range.ok_or_else(|| anyhow::anyhow!("no depth range"))?;
+            let valid: Vec<f64> = metres.iter().filter(|&&d| range.is_valid(d)).map(|&d| d as f64).collect();
+            if valid.is_empty() {
+                bail!("no valid depth pixel in the training targets (valid: {} < depth < {} m)", range.min, range.max);
+            }
+            Ok(Baseline::MeanDepth(valid.iter().sum::<f64>() / valid.len() as f64))
+        }
+        (task, t) => bail!("a {task} head cannot learn from {}", t.kind()),
+    }
+}
+
+/// Trains a fresh head described by `meta` on every sample of `source`. Returns the head and
+/// the loss of every step.
+pub fn train(meta: &HeadMeta, source: &mut dyn BatchSource, cfg: &TrainConfig, dev: &Device) -> Result<(Head, Vec<f64>)> {
+    let (mut head, vars) = Head::init(meta, cfg.seed, dev)?;
+    let range = meta.depth_range.map(|(min, max)| DepthRange { min, max });
+    if meta.task != Task::Cls && cfg.batch_size < 2 && source.len() > 1 {
+        bail!("BatchNorm heads need a batch size of at least 2");
+    }
+    let losses = fit(vars, source.len(), cfg, |indices| {
+        let b = source.batch(indices)?.to_device(dev)?;
+        let (out, stats) = forward(&head, &b, target_size(&b.targets), true)?;
+        if let (Some((mean, var)), Some(bn)) = (stats, head.batch_norm_mut()) {
+            bn.running_mean = ((&bn.running_mean * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
+            bn.running_var = ((&bn.running_var * (1.0 - BN_MOMENTUM))? + (var * BN_MOMENTUM)?)?;
+        }
+        loss(meta.task, &out, &b.targets, range)
+    })?;
+    Ok((head, losses))
+}
+
+/// Checks a loaded head against the features it is about to read.
+pub fn check_features(meta: &HeadMeta, b: &Batch, file: &str) -> Result<()> {
+    let d = b.cls.dim(1)?;
+    if d != meta.feature_dim {
+        bail!(
+            "{file}: the head reads {}-wide features but the {} gives {d}: it was trained on another encoder ({})",
+            meta.feature_dim,
+            if meta.source.is_string() { "pixel input" } else { "encoder" },
+            meta.encoder_arch.as_deref().unwrap_or("see its .json")
+        );
+    }
+    Ok(())
+}
