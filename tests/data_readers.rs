@@ -295,3 +295,47 @@ fn nyu_folder_layout() {
     let err = format!("{:#}", ds.get(0).err().unwrap());
     assert!(err.contains("depth.png") && err.contains("16-bit"), "{err}");
 }
+
+/// NYU's official labeled `.mat` (HDF5 after a MATLAB user block, deflated chunks, dimensions
+/// reversed) with `splits.mat`: images and depths exactly as h5py + `transpose(2, 1, 0)` / `.T`
+/// read them, the 1-based official split; errors for a missing split file, a truncated file and
+/// a split index past the end.
+#[test]
+fn nyu_labeled_mat() {
+    let file = fixtures().join("nyu_mat/nyu_depth_v2_labeled.mat");
+    for (split, name, n) in [(Split::Train, "nyu_mat_train", 3), (Split::Test, "nyu_mat_test", 2)] {
+        let ds = open(&format!("nyu:{}", file.display()), split).unwrap();
+        let exp = candle_core::safetensors::load(fixtures().join(format!("{name}.expected.safetensors")), &Device::Cpu).unwrap();
+        assert_eq!(ds.len(), n);
+        for i in 0..n {
+            let s = ds.get(i).unwrap();
+            let want = &exp[&format!("image_{i}")];
+            assert_eq!(s.image.dims(), [3, 12, 16]);
+            assert_eq!(s.image.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}[{i}]");
+            let Target::Depth { metres, height, width } = s.target else { panic!("not a depth target") };
+            assert_eq!((height, width), (12, 16));
+            assert_eq!(metres, exp[&format!("depth_{i}")].flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}[{i}]");
+        }
+    }
+    assert!(open(&format!("nyu:{}", file.display()), Split::Val).is_err(), "the official split has no val");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("nyu_depth_v2_labeled.mat");
+    std::fs::copy(&file, &copy).unwrap();
+    let err = format!("{:#}", open(&format!("nyu:{}", copy.display()), Split::Train).err().unwrap());
+    assert!(err.contains("splits.mat"), "{err}");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&copy, &bytes[..bytes.len() / 3]).unwrap();
+    std::fs::copy(fixtures().join("nyu_mat/splits.mat"), tmp.path().join("splits.mat")).unwrap();
+    let err = format!("{:#}", open(&format!("nyu:{}", copy.display()), Split::Train).err().unwrap());
+    assert!(err.contains("nyu_depth_v2_labeled.mat"), "{err}");
+    // A split index past the 5 frames.
+    let mut splits = std::fs::read(fixtures().join("nyu_mat/splits.mat")).unwrap();
+    let five = 5f64.to_le_bytes();
+    let at = splits.windows(8).rposition(|w| w == five).expect("the index 5 is stored as a double");
+    splits[at..at + 8].copy_from_slice(&9f64.to_le_bytes());
+    std::fs::copy(&file, &copy).unwrap();
+    std::fs::write(tmp.path().join("splits.mat"), splits).unwrap();
+    let err = format!("{:#}", open(&format!("nyu:{}", copy.display()), Split::Test).err().unwrap());
+    assert!(err.contains("splits.mat") && err.contains('9'), "{err}");
+}

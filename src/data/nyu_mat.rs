@@ -1,0 +1,111 @@
+//! NYU-Depth-v2's official labeled file, `nyu_depth_v2_labeled.mat`: MATLAB v7.3, i.e. HDF5 after
+//! a 512-byte user block, read with libhdf5. MATLAB stores arrays column-major, so HDF5 sees the
+//! dimensions reversed: `images` `(N, 3, W, H)` u8 and `depths` `(N, W, H)` f32 metres. The
+//! official split is `splits.mat` beside it (MATLAB v5: 1-based `trainNdxs`, `testNdxs`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+
+use super::{no_such_split, Dataset, Sample, Split, Target};
+
+pub struct NyuMat {
+    file: PathBuf,
+    split: Split,
+    h5: hdf5_metno::File,
+    /// 0-based indices into the file of this split's frames.
+    frames: Vec<usize>,
+    height: usize,
+    width: usize,
+}
+
+/// The 1-based index column `name` of `splits.mat`, as 0-based indices below `n`.
+fn split_indices(splits: &Path, name: &str, n: usize) -> Result<Vec<usize>> {
+    let file = std::fs::File::open(splits).with_context(|| {
+        format!("{}: cannot open the official split file (it must lie beside nyu_depth_v2_labeled.mat)", splits.display())
+    })?;
+    let mat = matfile::MatFile::parse(file).map_err(|e| anyhow::anyhow!("{}: not a readable MATLAB v5 file: {e}", splits.display()))?;
+    let arr = mat.find_by_name(name).with_context(|| format!("{}: no variable '{name}'", splits.display()))?;
+    let values: Vec<f64> = match arr.data() {
+        matfile::NumericData::Double { real, .. } => real.clone(),
+        matfile::NumericData::Single { real, .. } => real.iter().map(|&v| v as f64).collect(),
+        matfile::NumericData::Int32 { real, .. } => real.iter().map(|&v| v as f64).collect(),
+        matfile::NumericData::UInt16 { real, .. } => real.iter().map(|&v| v as f64).collect(),
+        _ => bail!("{}: '{name}' is not a numeric index column", splits.display()),
+    };
+    values
+        .iter()
+        .map(|&v| {
+            if v.fract() != 0.0 || v < 1.0 || v > n as f64 {
+                bail!("{}: '{name}' holds {v}, not a 1-based frame index of the {n} frames", splits.display());
+            }
+            Ok(v as usize - 1)
+        })
+        .collect()
+}
+
+impl NyuMat {
+    pub fn open(file: &Path, split: Split) -> Result<Self> {
+        let shown = file.display();
+        let h5 = hdf5_metno::File::open(file).map_err(|e| anyhow::anyhow!("{shown}: not a readable MATLAB v7.3 (HDF5) file: {e}"))?;
+        let shape = |name: &str| -> Result<Vec<usize>> {
+            Ok(h5.dataset(name).map_err(|e| anyhow::anyhow!("{shown}: no '{name}' array ({e})"))?.shape())
+        };
+        let (images, depths) = (shape("images")?, shape("depths")?);
+        let [n, 3, w, h] = images[..] else {
+            bail!("{shown}: 'images' has shape {images:?}, expected (N, 3, W, H)");
+        };
+        if depths != [n, w, h] {
+            bail!("{shown}: 'depths' has shape {depths:?} but 'images' is {images:?}; expected ({n}, {w}, {h})");
+        }
+        let name = match split {
+            Split::Train => "trainNdxs",
+            Split::Test => "testNdxs",
+            _ => return Err(no_such_split("nyu (labeled .mat)", split, &["train", "test"])),
+        };
+        let splits = file.with_file_name("splits.mat");
+        let frames = split_indices(&splits, name, n)?;
+        if frames.is_empty() {
+            bail!("{}: '{name}' is empty: the {split} split has no frames", splits.display());
+        }
+        Ok(Self { file: file.to_path_buf(), split, h5, frames, height: h, width: w })
+    }
+
+    fn read<T: hdf5_metno::H5Type + Copy, D: ndarray::Dimension>(&self, name: &str, frame: usize) -> Result<ndarray::Array<T, D>> {
+        let ds = self.h5.dataset(name)?;
+        let sel: hdf5_metno::Selection = match D::NDIM {
+            Some(3) => (frame, .., .., ..).into(),
+            _ => (frame, .., ..).into(),
+        };
+        ds.read_slice::<T, _, D>(sel).map_err(|e| anyhow::anyhow!("{}: cannot read frame {} of '{name}': {e}", self.file.display(), frame + 1))
+    }
+}
+
+impl Dataset for NyuMat {
+    fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        let frame = *super::item(&self.frames, index)?;
+        let (h, w) = (self.height, self.width);
+        // (3, W, H) → planar (3, H, W): pixel (y, x) of channel c is at [c, x, y].
+        let img = self.read::<u8, ndarray::Ix3>("images", frame)?;
+        let pixels: Vec<f32> = img.permuted_axes([0, 2, 1]).iter().map(|&v| v as f32 / 255.0).collect();
+        let depth = self.read::<f32, ndarray::Ix2>("depths", frame)?;
+        let metres: Vec<f32> = depth.t().iter().copied().collect();
+        Ok(Sample {
+            image: Tensor::from_vec(pixels, (3, h, w), &candle_core::Device::Cpu)?,
+            target: Target::Depth { metres, height: h, width: w },
+        })
+    }
+
+    fn num_classes(&self) -> Option<usize> {
+        None
+    }
+
+    fn describe(&self) -> String {
+        format!("nyu:{} [{}]", self.file.display(), self.split)
+    }
+}
