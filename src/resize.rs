@@ -98,9 +98,22 @@ pub fn nearest_indices(input: usize, output: usize) -> Vec<usize> {
     (0..output).map(|i| ((i as f32 * scale).floor() as usize).min(input - 1)).collect()
 }
 
-/// Applies `ry` (`[oh, h]`) and `rx` (`[ow, w]`) to each of `planes` row-major `h × w` planes.
+/// The `[first, last)` range of the non-zero entries of each `n`-wide row of `m` (interpolation
+/// matrices are banded: a few taps per row).
+fn row_support(m: &[f64], n: usize) -> Vec<(usize, usize)> {
+    m.chunks(n)
+        .map(|row| match row.iter().position(|&v| v != 0.0) {
+            Some(first) => (first, n - row.iter().rev().position(|&v| v != 0.0).unwrap_or(0)),
+            None => (0, 0),
+        })
+        .collect()
+}
+
+/// Applies `ry` (`[oh, h]`) and `rx` (`[ow, w]`) to each of `planes` row-major `h × w` planes,
+/// visiting only the non-zero taps of each row (the same sums as the dense products).
 pub fn apply_separable(data: &[f32], planes: usize, (h, w): (usize, usize), ry: &[f64], rx: &[f64]) -> Vec<f32> {
     let (oh, ow) = (ry.len() / h, rx.len() / w);
+    let (sy, sx) = (row_support(ry, h), row_support(rx, w));
     let mut out = vec![0f32; planes * oh * ow];
     let mut tmp = vec![0f64; h * ow];
     for p in 0..planes {
@@ -108,15 +121,15 @@ pub fn apply_separable(data: &[f32], planes: usize, (h, w): (usize, usize), ry: 
         // Columns first: tmp[y, j] = Σx plane[y, x]·rx[j, x].
         for y in 0..h {
             let row = &plane[y * w..(y + 1) * w];
-            for j in 0..ow {
+            for (j, &(a, b)) in sx.iter().enumerate() {
                 let r = &rx[j * w..(j + 1) * w];
-                tmp[y * ow + j] = row.iter().zip(r).map(|(&a, &b)| a as f64 * b).sum();
+                tmp[y * ow + j] = (a..b).map(|x| row[x] as f64 * r[x]).sum();
             }
         }
-        for i in 0..oh {
+        for (i, &(a, b)) in sy.iter().enumerate() {
             let r = &ry[i * h..(i + 1) * h];
             for j in 0..ow {
-                out[p * oh * ow + i * ow + j] = (0..h).map(|y| tmp[y * ow + j] * r[y]).sum::<f64>() as f32;
+                out[p * oh * ow + i * ow + j] = (a..b).map(|y| tmp[y * ow + j] * r[y]).sum::<f64>() as f32;
             }
         }
     }

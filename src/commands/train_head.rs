@@ -10,10 +10,9 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::features::FeatureArgs;
-use crate::data::transform::load_batch;
 use crate::data::Split;
 use crate::features::cache::encoder_fingerprint;
-use crate::features::{targets_of, Layout, Source, Targets};
+use crate::features::{Layout, Source, Targets};
 use crate::heads::evaluate::{evaluate, Evaluation};
 use crate::heads::head::{HeadMeta, Task, TrainedHead};
 use crate::heads::layers::Pooling;
@@ -145,14 +144,7 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     let t0 = Instant::now();
     let (mut source, cache) = prep.batches(f)?;
     let feature_seconds = cache.as_ref().map(|_| t0.elapsed().as_secs_f64());
-    // The training targets: from the cache, or decoded once when features are not cached.
-    let targets = match &cache {
-        Some(_) => source.batch(&(0..source.len()).collect::<Vec<_>>())?.targets,
-        None => {
-            let samples = load_batch(ds, &prep.request.indices, &prep.request.transforms)?;
-            targets_of(ds, &prep.request.indices, samples)?
-        }
-    };
+    let targets = source.targets()?;
     let outputs = match a.task {
         Task::Depth => a.bins,
         _ => match (a.classes, ds.num_classes(), &targets) {

@@ -106,6 +106,9 @@ pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
     if !path.exists() {
         bail!("{}: no such file or folder (dataset {kind})", path.display());
     }
+    // Absolute, so that messages and feature-cache keys do not depend on the working folder.
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = absolute.as_path();
     Ok(match kind {
         "cifar10" => Box::new(cifar::Cifar::open(path, cifar::Variant::Cifar10, split)?),
         "cifar100" => Box::new(cifar::Cifar::open(path, cifar::Variant::Cifar100, split)?),

@@ -47,8 +47,8 @@ fn features_of(source: Source, ds: &dyn Dataset, indices: &[usize], samples: Vec
         }
         Source::Encoder(enc) => {
             let tokens = enc.forward(&images.to_device(enc.vit.device())?).with_context(|| ds.describe())?;
-            let cls = tokens.cls.to_device(&Device::Cpu)?;
-            let patch = tokens.patch.to_device(&Device::Cpu)?;
+            let cls = tokens.cls.to_device(&Device::Cpu)?.contiguous()?;
+            let patch = tokens.patch.to_device(&Device::Cpu)?.contiguous()?;
             let (patch_mean, patch) = match layout {
                 Layout::Pooled => (Some(patch.mean(1)?), None),
                 Layout::Tokens => (None, Some(patch)),
@@ -102,5 +102,15 @@ impl BatchSource for Live<'_> {
     fn batch(&mut self, indices: &[usize]) -> Result<Batch> {
         let ids: Vec<usize> = indices.iter().map(|&i| self.indices[i]).collect();
         extract(self.source, self.dataset, &ids, self.layout, &self.transforms, self.batch_size)
+    }
+
+    /// Decodes every sample once (no encoder), a chunk at a time.
+    fn targets(&mut self) -> Result<Targets> {
+        let parts = self
+            .indices
+            .chunks(256)
+            .map(|ids| targets_of(self.dataset, ids, load_batch(self.dataset, ids, &self.transforms)?))
+            .collect::<Result<Vec<_>>>()?;
+        Targets::concat(parts)
     }
 }

@@ -186,6 +186,8 @@ pub trait BatchSource {
         self.len() == 0
     }
     fn batch(&mut self, indices: &[usize]) -> Result<Batch>;
+    /// The targets of every sample, in order.
+    fn targets(&mut self) -> Result<Targets>;
 }
 
 /// Features already in memory (loaded from the cache).
@@ -197,6 +199,9 @@ impl BatchSource for Cached {
     }
     fn batch(&mut self, indices: &[usize]) -> Result<Batch> {
         self.0.select(indices)
+    }
+    fn targets(&mut self) -> Result<Targets> {
+        Ok(self.0.targets.clone())
     }
 }
 
