@@ -4,13 +4,14 @@
 //! - [`SegHead`]: BatchNorm + 1×1 convolution on the patch grid → class logits `[B,K,h,w]`;
 //! - [`DepthHead`]: DINOv2's BNHead: patch ⊕ CLS → BatchNorm → 1×1 conv to bins, logits upsampled
 //!   ×4 (bilinear), ReLU + 0.1, normalised over bins, depth = Σ p·bin with bins uniform in
-//!   [min, max] → `[B,1,4h,4w]`. DINOv2 upsamples the features before BN and conv; with BN in
-//!   evaluation mode (per-pixel affine) that is the same map, and it is 4× cheaper this way.
+//!   [min, max] → `[B,1,4h,4w]` (one fused op on the CPU, see `bin_readout`). DINOv2 upsamples
+//!   the features before BN and conv; with BN in evaluation mode (per-pixel affine) that is the
+//!   same map, and it is 4× cheaper this way.
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
-use super::upsample::bilinear;
+use super::bin_readout::{readout_generic, BinReadout};
 
 /// BatchNorm over the channel (last) dimension of `[N, C]` rows.
 #[derive(Clone)]
@@ -138,12 +139,13 @@ impl DepthHead {
         let x = Tensor::cat(&[patch, &cls.unsqueeze(1)?.broadcast_as((b, p, d))?], 2)?;
         let (x, stats) = self.bn.forward(&x.reshape((b * p, 2 * d))?, train)?;
         let n = self.weight.dim(0)?;
-        let logits = x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
-        let logits = logits.reshape((b, h, w, n))?.permute((0, 3, 1, 2))?.contiguous()?;
-        let logits = bilinear(&logits, 4 * h, 4 * w)?;
-        let probs = (logits.relu()? + 0.1)?;
-        let probs = probs.broadcast_div(&probs.sum_keepdim(1)?)?;
-        let depth = probs.broadcast_mul(&self.bins()?.reshape((1, n, 1, 1))?)?.sum_keepdim(1)?;
+        let logits = x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?.reshape((b, h, w, n))?;
+        let depth = if logits.device().is_cpu() {
+            let bins = self.bins()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+            logits.contiguous()?.apply_op1(BinReadout::new(bins))?
+        } else {
+            readout_generic(&logits, &self.bins()?)?
+        };
         Ok((depth, stats))
     }
 }

@@ -1,6 +1,7 @@
 //! Downstream heads (linear probe, segmentation, depth), their losses and the upsampling of their
 //! outputs: the differentiable end of *normalize → encoder → head*.
 
+pub mod bin_readout;
 pub mod evaluate;
 pub mod file;
 pub mod head;
