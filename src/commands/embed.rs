@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Tensor;
 use clap::Args;
 
@@ -26,6 +26,7 @@ pub struct EmbedArgs {
 }
 
 pub fn run(a: &EmbedArgs) -> Result<()> {
+    crate::atomic::check_parent(&a.output)?;
     let enc = a.encoder.load()?;
     let batch = load_images(&a.input)?;
     let (n, _, h, w) = batch.images.dims4()?;
@@ -47,7 +48,7 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
         start += len;
     }
     let out = HashMap::from([("cls".to_string(), Tensor::cat(&cls, 0)?), ("patch".to_string(), Tensor::cat(&patch, 0)?)]);
-    save_safetensors_atomic(&out, &a.output)?;
+    crate::atomic::save_safetensors(&out, &a.output)?;
     eprintln!(
         "embedded {n} image(s) of {h}x{w} with {}: cls [{n}, {d}], patch [{n}, {}, {d}] -> {}",
         enc.info.arch.as_deref().unwrap_or("custom ViT"),
@@ -55,17 +56,5 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
         a.output.display(),
         d = enc.config().embed_dim
     );
-    Ok(())
-}
-
-/// Writes to a temporary file beside `path`, then renames: a killed run never leaves half a file.
-pub fn save_safetensors_atomic(tensors: &HashMap<String, Tensor>, path: &std::path::Path) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    if !dir.is_dir() {
-        bail!("{}: the output folder {} does not exist", path.display(), dir.display());
-    }
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().unwrap_or_default().to_string_lossy()));
-    candle_core::safetensors::save(tensors, &tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
     Ok(())
 }

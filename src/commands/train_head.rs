@@ -130,10 +130,7 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     if a.task == Task::Depth && !(a.min_depth >= 0.0 && a.max_depth > a.min_depth && a.bins >= 2) {
         bail!("need 0 <= --min-depth < --max-depth and at least 2 --bins (got {}, {}, {})", a.min_depth, a.max_depth, a.bins);
     }
-    let dir = a.out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    if !dir.is_dir() {
-        bail!("{}: the output folder {} does not exist", a.out.display(), dir.display());
-    }
+    crate::atomic::check_parent(&a.out)?;
     let cfg = a.config();
     let layout = if a.task == Task::Cls { Layout::Pooled } else { Layout::Tokens };
     let split = f.split.unwrap_or(Split::Train);

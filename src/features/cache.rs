@@ -49,7 +49,8 @@ pub struct FeatureCache {
     root: PathBuf,
 }
 
-/// The identity of an encoder for cache keys: the blake3 of its file and how it was loaded.
+/// The identity of an encoder for cache keys: the blake3 of its file (not its name or place) and
+/// how it was loaded.
 pub fn encoder_fingerprint(enc: &Encoder) -> Result<serde_json::Value> {
     let file = Path::new(&enc.info.file);
     let hash = blake3::Hasher::new()
@@ -58,7 +59,6 @@ pub fn encoder_fingerprint(enc: &Encoder) -> Result<serde_json::Value> {
         .finalize();
     Ok(serde_json::json!({
         "blake3": hash.to_hex().to_string(),
-        "file_name": file.file_name().map(|f| f.to_string_lossy().to_string()),
         "prefix": enc.info.prefix,
         "pos_resize": enc.info.pos_resize,
         "config": enc.info.config,
@@ -118,7 +118,7 @@ impl FeatureCache {
         std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create the feature cache folder", dir.display()))?;
         let manifest = dir.join("key.json");
         if !manifest.is_file() {
-            write_atomic(&manifest, &serde_json::to_vec_pretty(&key)?)?;
+            crate::atomic::write(&manifest, &serde_json::to_vec_pretty(&key)?)?;
         }
         let chunks: Vec<&[usize]> = req.indices.chunks(CHUNK).collect();
         let bar = progress_bar(req.indices.len() as u64, &format!("features {}", ds.describe()));
@@ -169,13 +169,6 @@ pub fn progress_bar(len: u64, message: &str) -> indicatif::ProgressBar {
     bar
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
-}
-
 fn write_chunk(path: &Path, b: &Batch) -> Result<()> {
     let dev = Device::Cpu;
     let mut t: HashMap<String, Tensor> = HashMap::new();
@@ -201,10 +194,7 @@ fn write_chunk(path: &Path, b: &Batch) -> Result<()> {
         }
         Targets::None => {}
     }
-    let tmp = path.with_extension("tmp");
-    candle_core::safetensors::save(&t, &tmp).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-    Ok(())
+    crate::atomic::save_safetensors(&t, path)
 }
 
 fn read_chunk(path: &Path, n: usize, layout: Layout) -> Result<Batch> {

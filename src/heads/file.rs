@@ -40,32 +40,20 @@ pub fn sidecar(path: &Path) -> PathBuf {
     path.with_extension("json")
 }
 
-fn tmp_of(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp"))
-}
-
 impl TrainedHead {
     pub fn save(&self, path: &Path) -> Result<()> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            bail!("{}: the output folder {} does not exist", path.display(), dir.display());
-        }
+        crate::atomic::check_parent(path)?;
         let json = serde_json::to_string_pretty(&self.meta)?;
         let mut views = Vec::new();
         for (name, t) in self.head.tensors()? {
             let v = t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
             views.push((name, F32View { shape: t.dims().to_vec(), bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect() }));
         }
-        let tmp = tmp_of(path);
+        let tmp = crate::atomic::tmp_beside(path);
         safetensors::serialize_to_file(views, Some(HashMap::from([(META_KEY.to_string(), json.clone())])), &tmp)
             .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        let side = sidecar(path);
-        let side_tmp = tmp_of(&side);
-        std::fs::write(&side_tmp, json + "\n").with_context(|| format!("{}: cannot write", side_tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
-        std::fs::rename(&side_tmp, &side).with_context(|| format!("{}: cannot write", side.display()))?;
-        Ok(())
+        crate::atomic::commit(&tmp, path)?;
+        crate::atomic::write(&sidecar(path), (json + "\n").as_bytes())
     }
 
     pub fn load(path: &Path, dev: &Device) -> Result<TrainedHead> {
