@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::features::FeatureArgs;
 use crate::data::Split;
-use crate::features::cache::{encoder_fingerprint, CacheReport};
+use crate::features::cache::CacheReport;
 use crate::features::{Layout, Source};
 use crate::heads::evaluate::{evaluate, Evaluation, Metrics};
 use crate::heads::head::{Baseline, Task, TrainedHead};
@@ -63,7 +63,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     let layout = if a.task == Task::Cls { Layout::Pooled } else { Layout::Tokens };
     let prep = f.prepare(split, layout, Some(&meta.transforms))?;
     if let Source::Encoder(enc) = prep.source() {
-        let fp = encoder_fingerprint(enc)?;
+        let fp = enc.fingerprint()?;
         if fp != meta.source {
             eprintln!(
                 "warning: {file} was trained on features of another encoder ({}); evaluating it on {} anyway",

@@ -11,7 +11,6 @@ use serde::Serialize;
 
 use super::features::FeatureArgs;
 use crate::data::Split;
-use crate::features::cache::encoder_fingerprint;
 use crate::features::{Layout, Source, Targets};
 use crate::heads::evaluate::{evaluate, Evaluation};
 use crate::heads::head::{HeadMeta, Task, TrainedHead};
@@ -155,7 +154,7 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     let first = source.batch(&[0])?;
     let feature_dim = first.cls.dim(1)?;
     let (source_id, encoder_file, encoder_arch) = match prep.source() {
-        Source::Encoder(enc) => (encoder_fingerprint(enc)?, Some(enc.info.file.clone()), enc.info.arch.clone()),
+        Source::Encoder(enc) => (enc.fingerprint()?, Some(enc.info.file.clone()), enc.info.arch.clone()),
         Source::Pixels => (serde_json::json!("pixels"), None, None),
     };
     let mut meta = HeadMeta {

@@ -71,6 +71,8 @@ pub struct Encoder {
     std: Tensor,
     /// The hand-written f32 CPU path, built on first use (`None` where it does not apply).
     fast: OnceLock<Option<fast_vit::FastVit>>,
+    /// [`Encoder::fingerprint`], computed once.
+    fingerprint: OnceLock<serde_json::Value>,
 }
 
 /// What [`Encoder::backward`] needs from [`Encoder::forward_with_tape`].
@@ -131,12 +133,35 @@ impl Encoder {
         let dtype = vit.dtype();
         let mean = Tensor::from_slice(&IMAGENET_MEAN, (1, 3, 1, 1), &dev)?.to_dtype(dtype)?;
         let std = Tensor::from_slice(&IMAGENET_STD, (1, 3, 1, 1), &dev)?.to_dtype(dtype)?;
-        Ok(Self { vit, info, mean, std, fast: OnceLock::new() })
+        Ok(Self { vit, info, mean, std, fast: OnceLock::new(), fingerprint: OnceLock::new() })
     }
 
     /// A copy in another float type / on another device.
     pub fn to(&self, device: &Device, dtype: DType) -> Result<Self> {
         Self::from_vit(self.vit.to(device, dtype)?, self.info.clone())
+    }
+
+    /// The identity of these weights for cache keys and head metadata: the blake3 of the
+    /// checkpoint file (not its name or place) and how it was loaded. Hashed once per encoder.
+    /// It names the file the weights came from: weights changed in memory (fine-tuning) must be
+    /// saved and loaded again before their features are cached.
+    pub fn fingerprint(&self) -> Result<serde_json::Value> {
+        if let Some(f) = self.fingerprint.get() {
+            return Ok(f.clone());
+        }
+        let file = Path::new(&self.info.file);
+        let hash = blake3::Hasher::new()
+            .update_mmap_rayon(file)
+            .with_context(|| format!("{}: cannot read the encoder file to fingerprint it", file.display()))?
+            .finalize();
+        let f = serde_json::json!({
+            "blake3": hash.to_hex().to_string(),
+            "prefix": self.info.prefix,
+            "pos_resize": self.info.pos_resize,
+            "config": self.info.config,
+            "dtype": format!("{:?}", self.vit.dtype()),
+        });
+        Ok(self.fingerprint.get_or_init(|| f).clone())
     }
 
     pub fn config(&self) -> &VitConfig {

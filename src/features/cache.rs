@@ -15,7 +15,6 @@ use serde::Serialize;
 
 use super::{extract, Batch, Layout, Request, Source, Targets};
 use crate::data::Dataset;
-use crate::encoder::Encoder;
 
 /// Samples per chunk file.
 pub const CHUNK: usize = 256;
@@ -49,27 +48,10 @@ pub struct FeatureCache {
     root: PathBuf,
 }
 
-/// The identity of an encoder for cache keys: the blake3 of its file (not its name or place) and
-/// how it was loaded.
-pub fn encoder_fingerprint(enc: &Encoder) -> Result<serde_json::Value> {
-    let file = Path::new(&enc.info.file);
-    let hash = blake3::Hasher::new()
-        .update_mmap_rayon(file)
-        .with_context(|| format!("{}: cannot read the encoder file to key its features", file.display()))?
-        .finalize();
-    Ok(serde_json::json!({
-        "blake3": hash.to_hex().to_string(),
-        "prefix": enc.info.prefix,
-        "pos_resize": enc.info.pos_resize,
-        "config": enc.info.config,
-        "dtype": format!("{:?}", enc.vit.dtype()),
-    }))
-}
-
 fn source_key(source: Source) -> Result<serde_json::Value> {
     Ok(match source {
         Source::Pixels => serde_json::json!("pixels"),
-        Source::Encoder(enc) => encoder_fingerprint(enc)?,
+        Source::Encoder(enc) => enc.fingerprint()?,
     })
 }
 
