@@ -15,4 +15,5 @@ pub mod heads;
 pub mod input;
 pub mod metrics;
 pub mod perf;
+pub mod progress;
 pub mod resize;

@@ -103,7 +103,7 @@ impl FeatureCache {
             crate::atomic::write(&manifest, &serde_json::to_vec_pretty(&key)?)?;
         }
         let chunks: Vec<&[usize]> = req.indices.chunks(CHUNK).collect();
-        let bar = progress_bar(req.indices.len() as u64, &format!("features {}", ds.describe()));
+        let bar = crate::progress::bar(req.indices.len() as u64, &format!("features {}", ds.describe()));
         let (mut computed, mut reused) = (0, 0);
         let mut parts = Vec::with_capacity(chunks.len());
         for (c, ids) in chunks.iter().enumerate() {
@@ -138,17 +138,6 @@ impl FeatureCache {
         let report = CacheReport { dir, chunks_computed: computed, chunks_reused: reused, seconds: start.elapsed().as_secs_f64() };
         Ok((Batch::concat(parts)?, report))
     }
-}
-
-/// A progress bar with ETA on stderr (hidden when stderr is not a terminal).
-pub fn progress_bar(len: u64, message: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}]")
-            .expect("valid template"),
-    );
-    bar.set_message(message.to_string());
-    bar
 }
 
 fn write_chunk(path: &Path, b: &Batch) -> Result<()> {

@@ -111,7 +111,10 @@ pub fn train(meta: &HeadMeta, source: &mut dyn BatchSource, cfg: &TrainConfig, d
     if meta.task != Task::Cls && cfg.batch_size < 2 && source.len() > 1 {
         bail!("BatchNorm heads need a batch size of at least 2");
     }
+    let steps = source.len().div_ceil(cfg.batch_size.max(1)) * cfg.epochs;
+    let bar = crate::progress::bar(steps as u64, &format!("training the {} head", meta.task));
     let losses = fit(vars, source.len(), cfg, |indices| {
+        bar.inc(1);
         let b = source.batch(indices)?.to_device(dev)?;
         let (out, stats) = forward(&head, &b, target_size(&b.targets), true)?;
         if let (Some((mean, var)), Some(bn)) = (stats, head.batch_norm_mut()) {
@@ -120,6 +123,7 @@ pub fn train(meta: &HeadMeta, source: &mut dyn BatchSource, cfg: &TrainConfig, d
         }
         loss(meta.task, &out, &b.targets, range)
     })?;
+    bar.finish_and_clear();
     Ok((head, losses))
 }
 
