@@ -11,7 +11,8 @@ use super::features::FeatureArgs;
 use crate::data::Split;
 use crate::features::cache::CacheReport;
 use crate::features::{Layout, Source};
-use crate::heads::evaluate::{evaluate, Evaluation, Metrics};
+use crate::heads::evaluate::{evaluate, evaluate_sliding, Evaluation, Metrics};
+use crate::heads::sliding::Window;
 use crate::heads::head::{Baseline, Task, TrainedHead};
 
 #[derive(Args, Debug)]
@@ -26,6 +27,11 @@ pub struct EvalArgs {
     /// Samples per head forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// Dense heads: sliding-window inference on whole images, CROP:STRIDE in pixels (the reference
+    /// evaluations: 518:341 for DINOv2, 224:100 for DINO), scored at each label's own size. Images
+    /// get the head's resizes only (or --transforms); features are computed, not cached.
+    #[arg(long, conflicts_with_all = ["pixels", "no_cache"])]
+    pub sliding_window: Option<Window>,
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -37,6 +43,8 @@ struct Report {
     task: Task,
     dataset: String,
     transforms: Vec<String>,
+    /// How the outputs were computed and where they were scored.
+    protocol: String,
     #[serde(flatten)]
     evaluation: Evaluation,
     cache: Option<CacheReport>,
@@ -61,7 +69,10 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     }
     let split = f.split_or(&[Split::Val, Split::Test])?;
     let layout = if a.task == Task::Cls { Layout::Pooled } else { Layout::Tokens };
-    let prep = f.prepare(split, layout, Some(&meta.transforms))?;
+    // Sliding windows see whole images: of the head's transforms, only the resizes apply.
+    let resizes: Vec<String> = meta.transforms.iter().filter(|t| t.starts_with("resize")).cloned().collect();
+    let transforms = if a.sliding_window.is_some() { &resizes } else { &meta.transforms };
+    let prep = f.prepare(split, layout, Some(transforms))?;
     if let Source::Encoder(enc) = prep.source() {
         let fp = enc.fingerprint()?;
         if fp != meta.source {
@@ -72,13 +83,24 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             );
         }
     }
-    let (mut source, cache) = prep.batches(f)?;
-    let evaluation = evaluate(&head, source.as_mut(), a.batch_size, &dev, &file)?;
+    let (evaluation, cache, protocol) = match (a.sliding_window, &prep.encoder) {
+        (Some(window), Some(enc)) => {
+            let e = evaluate_sliding(&head, enc, prep.dataset.as_ref(), &prep.request.indices, &prep.request.transforms, window, f.encoder_batch_size, &file)?;
+            (e, None, format!("sliding windows {}:{} over whole images, scored at label resolution", window.crop, window.stride))
+        }
+        (Some(_), None) => bail!("--sliding-window needs an encoder (--checkpoint)"),
+        (None, _) => {
+            let (mut source, cache) = prep.batches(f)?;
+            let e = evaluate(&head, source.as_mut(), a.batch_size, &dev, &file)?;
+            (e, cache, "one pass per transformed image, scored at the transformed size".to_string())
+        }
+    };
     let report = Report {
         head: file,
         task: a.task,
         dataset: prep.dataset.describe(),
         transforms: prep.request.transform_names(),
+        protocol,
         evaluation,
         cache,
     };
@@ -109,6 +131,7 @@ pub fn one_line(m: &Metrics) -> String {
 fn print_report(r: &Report) {
     let e = &r.evaluation;
     println!("{} head {} on {} ({} samples; {})", r.task, r.head, r.dataset, e.samples, r.transforms.join(","));
+    println!("  {}", r.protocol);
     match (&e.head, &e.baseline) {
         (Metrics::Depth { errors: h, images, images_without_valid_pixels, .. }, Metrics::Depth { errors: b, .. }) => {
             println!("  {:<10} {:>10} {:>10}", "metric", "head", "baseline");

@@ -3,12 +3,16 @@
 //! figure comes with the number it must beat.
 
 use anyhow::{bail, Result};
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use super::head::{Baseline, HeadMeta, Task, TrainedHead};
+use super::sliding::{predict, Window};
 use super::trainer::{check_features, forward, target_size};
-use crate::data::IGNORE;
+use super::upsample::bilinear;
+use crate::data::transform::Transform;
+use crate::data::{Dataset, Sample, Target, IGNORE};
+use crate::encoder::Encoder;
 use crate::features::{BatchSource, Targets};
 use crate::metrics::{Accuracy, ConfusionMatrix, DepthErrors, DepthMetrics, DepthRange};
 
@@ -103,27 +107,65 @@ pub fn evaluate(head: &TrainedHead, source: &mut dyn BatchSource, batch_size: us
     for (i, idx) in all.chunks(batch_size.max(1)).enumerate() {
         let b = source.batch(idx)?;
         if i == 0 {
-            check_features(meta, &b, file)?;
+            check_features(meta, b.cls.dim(1)?, file)?;
         }
         let b = b.to_device(dev)?;
-        let size = target_size(&b.targets);
-        let (out, _) = forward(&model, &b, size, false)?;
-        let pixels = size.0 * size.1;
-        let n = idx.len();
-        match meta.task {
-            Task::Cls | Task::Seg => {
-                let classes = out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
-                acc.update(&classes, &[], &b.targets)?;
-                let Baseline::MajorityClass(c) = head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
-                base.update(&vec![c; classes.len()], &[], &b.targets)?;
-            }
-            Task::Depth => {
-                let depth = out.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
-                acc.update(&[], &depth, &b.targets)?;
-                let Baseline::MeanDepth(m) = head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
-                base.update(&[], &vec![m as f32; n * pixels], &b.targets)?;
-            }
-        }
+        let (out, _) = forward(&model, &b, target_size(&b.targets), false)?;
+        score(head, &out, &b.targets, &mut acc, &mut base, file)?;
     }
     Ok(Evaluation { samples: source.len(), head: acc.finish()?, baseline: base.finish()?, baseline_kind: head.meta.baseline })
+}
+
+/// Adds one output batch (class logits `[B, K]` / `[B, K, H, W]`, or depth `[B, H, W]` at the
+/// targets' size) and the baseline's constant prediction to the accumulators.
+fn score(head: &TrainedHead, out: &Tensor, targets: &Targets, acc: &mut Acc, base: &mut Acc, file: &str) -> Result<()> {
+    match head.meta.task {
+        Task::Cls | Task::Seg => {
+            let classes = out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
+            acc.update(&classes, &[], targets)?;
+            let Baseline::MajorityClass(c) = head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
+            base.update(&vec![c; classes.len()], &[], targets)
+        }
+        Task::Depth => {
+            let depth = out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            acc.update(&[], &depth, targets)?;
+            let Baseline::MeanDepth(m) = head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
+            base.update(&[], &vec![m as f32; depth.len()], targets)
+        }
+    }
+}
+
+/// Scores a dense head on whole images with sliding-window inference: each sample's image goes
+/// through `transforms` (resizes only; its label is left at its own size), windows over it
+/// through encoder and head, and the averaged output is resized bilinearly to the label and
+/// scored there, as the reference evaluations do.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_sliding(head: &TrainedHead, enc: &Encoder, ds: &dyn Dataset, indices: &[usize], transforms: &[Transform], window: Window, batch: usize, file: &str) -> Result<Evaluation> {
+    let meta = &head.meta;
+    if meta.task == Task::Cls {
+        bail!("sliding-window inference is for the dense heads (seg, depth)");
+    }
+    if indices.is_empty() {
+        bail!("nothing to evaluate: the split is empty");
+    }
+    check_features(meta, enc.config().embed_dim, file)?;
+    let model = head.head.to_device(meta, enc.vit.device())?;
+    let (mut acc, mut base) = (Acc::new(meta)?, Acc::new(meta)?);
+    let bar = crate::progress::bar(indices.len() as u64, &format!("sliding-window {} {}", meta.task, ds.describe()));
+    for &i in indices {
+        let sample = ds.get(i)?;
+        let (targets, (h, w)) = match sample.target {
+            Target::Segmentation { labels, height, width } => (Targets::Segmentation { labels, height, width }, (height, width)),
+            Target::Depth { metres, height, width } => (Targets::Depth { metres, height, width }, (height, width)),
+            other => bail!("{}: sample {i} has {other:?} targets, not dense ones", ds.describe()),
+        };
+        let image = transforms.iter().try_fold(Sample { image: sample.image, target: Target::None }, |s, t| t.apply(s))?.image;
+        let out = predict(enc, &model, &image, window, batch)?;
+        let out = bilinear(&out.unsqueeze(0)?, h, w)?;
+        let out = if meta.task == Task::Depth { out.squeeze(1)? } else { out };
+        score(head, &out, &targets, &mut acc, &mut base, file)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(Evaluation { samples: indices.len(), head: acc.finish()?, baseline: base.finish()?, baseline_kind: meta.baseline })
 }

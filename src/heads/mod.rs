@@ -7,6 +7,7 @@ pub mod file;
 pub mod head;
 pub mod layers;
 pub mod losses;
+pub mod sliding;
 pub mod train;
 pub mod trainer;
 pub mod upsample;

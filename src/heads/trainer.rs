@@ -128,8 +128,7 @@ pub fn train(meta: &HeadMeta, source: &mut dyn BatchSource, cfg: &TrainConfig, d
 }
 
 /// Checks a loaded head against the features it is about to read.
-pub fn check_features(meta: &HeadMeta, b: &Batch, file: &str) -> Result<()> {
-    let d = b.cls.dim(1)?;
+pub fn check_features(meta: &HeadMeta, d: usize, file: &str) -> Result<()> {
     if d != meta.feature_dim {
         bail!(
             "{file}: the head reads {}-wide features but the {} gives {d}: it was trained on another encoder ({})",
