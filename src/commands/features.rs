@@ -12,7 +12,7 @@ use crate::data::transform::Transform;
 use crate::data::{self, Dataset, Split};
 use crate::encoder::Encoder;
 use crate::features::cache::{CacheReport, FeatureCache};
-use crate::features::{self, Batch, BatchSource, Cached, Layout, Live, Request, Source};
+use crate::features::{self, BatchSource, Layout, Live, Request, Source};
 
 #[derive(Args, Debug, Clone)]
 pub struct FeatureArgs {
@@ -132,7 +132,7 @@ impl Prepared {
             };
             return Ok((Box::new(live), None));
         }
-        let (batch, report): (Batch, CacheReport) = args.cache().load_or_compute(self.source(), self.dataset.as_ref(), &self.request)?;
-        Ok((Box::new(Cached(batch)), Some(report)))
+        let (features, report) = args.cache().load_or_compute(self.source(), self.dataset.as_ref(), &self.request)?;
+        Ok((Box::new(features), Some(report)))
     }
 }

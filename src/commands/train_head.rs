@@ -11,12 +11,12 @@ use serde::Serialize;
 
 use super::features::FeatureArgs;
 use crate::data::Split;
-use crate::features::{Layout, Source, Targets};
+use crate::features::{Layout, Source};
 use crate::heads::evaluate::{evaluate, Evaluation};
 use crate::heads::head::{HeadMeta, Task, TrainedHead};
 use crate::heads::layers::Pooling;
 use crate::heads::train::{OptimizerKind, Schedule, TrainConfig};
-use crate::heads::trainer::{baseline, train};
+use crate::heads::trainer::{train, TargetStats};
 use crate::metrics::DepthRange;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -140,17 +140,21 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     let t0 = Instant::now();
     let (mut source, cache) = prep.batches(f)?;
     let feature_seconds = cache.as_ref().map(|_| t0.elapsed().as_secs_f64());
-    let targets = source.targets()?;
+    let range = (a.task == Task::Depth).then_some(DepthRange { min: a.min_depth, max: a.max_depth });
+    // One pass over the training targets (not their features): class count and baseline.
+    let mut stats = TargetStats::default();
+    let all: Vec<usize> = (0..source.len()).collect();
+    for ids in all.chunks(256) {
+        stats.update(a.task, &source.targets(ids)?, range)?;
+    }
     let outputs = match a.task {
         Task::Depth => a.bins,
-        _ => match (a.classes, ds.num_classes(), &targets) {
-            (Some(k), _, _) => k,
-            (None, Some(k), _) => k,
-            (None, None, Targets::Class(l)) => l.iter().max().map_or(0, |&m| m as usize + 1),
-            (None, None, _) => bail!("{}: the number of classes is unknown; pass --classes", ds.describe()),
+        _ => match (a.classes, ds.num_classes()) {
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) if a.task == Task::Cls => stats.classes_seen(),
+            (None, None) => bail!("{}: the number of classes is unknown; pass --classes", ds.describe()),
         },
     };
-    let range = (a.task == Task::Depth).then_some(DepthRange { min: a.min_depth, max: a.max_depth });
     let first = source.batch(&[0])?;
     let feature_dim = first.cls.dim(1)?;
     let (source_id, encoder_file, encoder_arch) = match prep.source() {
@@ -171,7 +175,7 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
         transforms: prep.request.transform_names(),
         train: cfg,
         final_loss: f64::NAN,
-        baseline: baseline(a.task, &targets, outputs, range)?,
+        baseline: stats.baseline(a.task, outputs, range)?,
         created_by: format!("robust-ssl {}", env!("CARGO_PKG_VERSION")),
     };
     let t1 = Instant::now();

@@ -10,10 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::{extract, Batch, Layout, Request, Source, Targets};
+use super::{extract, Batch, CachedFeatures, Layout, Request, Source, Targets};
 use crate::data::Dataset;
 
 /// Samples per chunk file.
@@ -78,9 +78,9 @@ impl FeatureCache {
         Ok(self.root.join("features").join(format!("{kind}-{}", &hash[..20])))
     }
 
-    /// The features of `req` on `ds`: loaded from the cache, computing and storing the chunks
-    /// that are missing first.
-    pub fn load_or_compute(&self, source: Source, ds: &dyn Dataset, req: &Request) -> Result<(Batch, CacheReport)> {
+    /// The features of `req` on `ds`, from the cache (memory-mapped), computing and storing the
+    /// chunks that are missing or damaged first.
+    pub fn load_or_compute(&self, source: Source, ds: &dyn Dataset, req: &Request) -> Result<(CachedFeatures, CacheReport)> {
         let start = Instant::now();
         if req.indices.is_empty() {
             bail!("{}: no samples to compute features of (empty split)", ds.describe());
@@ -102,41 +102,32 @@ impl FeatureCache {
         if !manifest.is_file() {
             crate::atomic::write(&manifest, &serde_json::to_vec_pretty(&key)?)?;
         }
-        let chunks: Vec<&[usize]> = req.indices.chunks(CHUNK).collect();
         let bar = crate::progress::bar(req.indices.len() as u64, &format!("features {}", ds.describe()));
         let (mut computed, mut reused) = (0, 0);
-        let mut parts = Vec::with_capacity(chunks.len());
-        for (c, ids) in chunks.iter().enumerate() {
+        let mut paths = Vec::new();
+        for (c, ids) in req.indices.chunks(CHUNK).enumerate() {
             let path = dir.join(format!("chunk-{c:06}.safetensors"));
-            let cached = if path.is_file() {
-                match read_chunk(&path, ids.len(), req.layout) {
-                    Ok(b) => Some(b),
+            let valid = path.is_file()
+                && match CachedFeatures::check(&path, ids.len(), req.layout) {
+                    Ok(()) => true,
                     Err(e) => {
                         bar.suspend(|| eprintln!("warning: {e:#}; computing it again"));
-                        None
+                        false
                     }
-                }
+                };
+            if valid {
+                reused += 1;
             } else {
-                None
-            };
-            let batch = match cached {
-                Some(b) => {
-                    reused += 1;
-                    b
-                }
-                None => {
-                    let b = extract(source, ds, ids, req.layout, &req.transforms, req.batch_size)?;
-                    write_chunk(&path, &b)?;
-                    computed += 1;
-                    b
-                }
-            };
+                write_chunk(&path, &extract(source, ds, ids, req.layout, &req.transforms, req.batch_size)?)?;
+                computed += 1;
+            }
             bar.inc(ids.len() as u64);
-            parts.push(batch);
+            paths.push(path);
         }
         bar.finish_and_clear();
+        let features = CachedFeatures::open(&paths, CHUNK, req.indices.len(), req.layout)?;
         let report = CacheReport { dir, chunks_computed: computed, chunks_reused: reused, seconds: start.elapsed().as_secs_f64() };
-        Ok((Batch::concat(parts)?, report))
+        Ok((features, report))
     }
 }
 
@@ -166,31 +157,4 @@ fn write_chunk(path: &Path, b: &Batch) -> Result<()> {
         Targets::None => {}
     }
     crate::atomic::save_safetensors(&t, path)
-}
-
-fn read_chunk(path: &Path, n: usize, layout: Layout) -> Result<Batch> {
-    let mut t = candle_core::safetensors::load(path, &Device::Cpu).with_context(|| format!("{}: unreadable cached chunk", path.display()))?;
-    let mut take = |name: &str| t.remove(name);
-    let bad = |what: &str| anyhow::anyhow!("{}: cached chunk {what}", path.display());
-    let cls = take("cls").ok_or_else(|| bad("has no cls"))?;
-    if cls.dim(0)? != n {
-        return Err(bad(&format!("holds {} samples, expected {n}", cls.dim(0)?)));
-    }
-    let (patch_mean, patch) = (take("patch_mean"), take("patch"));
-    if layout == Layout::Tokens && patch.is_none() {
-        return Err(bad("has no patch tokens"));
-    }
-    let grid = take("grid").ok_or_else(|| bad("has no grid"))?.to_vec1::<u32>()?;
-    let targets = if let Some(c) = take("class") {
-        Targets::Class(c.to_vec1::<u32>()?)
-    } else if let Some(s) = take("segmentation") {
-        let (_, height, width) = s.dims3()?;
-        Targets::Segmentation { labels: s.to_dtype(DType::U32)?.flatten_all()?.to_vec1()?, height, width }
-    } else if let Some(d) = take("depth") {
-        let (_, height, width) = d.dims3()?;
-        Targets::Depth { metres: d.flatten_all()?.to_vec1()?, height, width }
-    } else {
-        Targets::None
-    };
-    Ok(Batch { cls, patch_mean, patch, grid: (grid[0] as usize, grid[1] as usize), targets })
 }

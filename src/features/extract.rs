@@ -104,13 +104,9 @@ impl BatchSource for Live<'_> {
         extract(self.source, self.dataset, &ids, self.layout, &self.transforms, self.batch_size)
     }
 
-    /// Decodes every sample once (no encoder), a chunk at a time.
-    fn targets(&mut self) -> Result<Targets> {
-        let parts = self
-            .indices
-            .chunks(256)
-            .map(|ids| targets_of(self.dataset, ids, load_batch(self.dataset, ids, &self.transforms)?))
-            .collect::<Result<Vec<_>>>()?;
-        Targets::concat(parts)
+    /// Decodes the samples (no encoder).
+    fn targets(&mut self, indices: &[usize]) -> Result<Targets> {
+        let ids: Vec<usize> = indices.iter().map(|&i| self.indices[i]).collect();
+        targets_of(self.dataset, &ids, load_batch(self.dataset, &ids, &self.transforms)?)
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod cache;
 mod extract;
+mod mapped;
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::transform::Transform;
 use crate::encoder::Encoder;
 pub use extract::{extract, targets_of, Live};
+pub use mapped::CachedFeatures;
 
 /// What is kept per sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,36 +46,6 @@ pub enum Targets {
 }
 
 impl Targets {
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Class(v) => v.len(),
-            Self::Segmentation { labels, height, width } => labels.len() / (height * width).max(1),
-            Self::Depth { metres, height, width } => metres.len() / (height * width).max(1),
-            Self::None => 0,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The targets at `indices`, in that order.
-    pub fn select(&self, indices: &[usize]) -> Targets {
-        fn rows<T: Copy>(v: &[T], per: usize, idx: &[usize]) -> Vec<T> {
-            idx.iter().flat_map(|&i| v[i * per..(i + 1) * per].iter().copied()).collect()
-        }
-        match self {
-            Self::Class(v) => Self::Class(idx_map(v, indices)),
-            Self::Segmentation { labels, height, width } => {
-                Self::Segmentation { labels: rows(labels, height * width, indices), height: *height, width: *width }
-            }
-            Self::Depth { metres, height, width } => {
-                Self::Depth { metres: rows(metres, height * width, indices), height: *height, width: *width }
-            }
-            Self::None => Self::None,
-        }
-    }
-
     /// Concatenates batches of the same kind and size.
     pub fn concat(parts: Vec<Targets>) -> Result<Targets> {
         let mut it = parts.into_iter();
@@ -108,10 +80,6 @@ impl Targets {
     }
 }
 
-fn idx_map<T: Copy>(v: &[T], idx: &[usize]) -> Vec<T> {
-    idx.iter().map(|&i| v[i]).collect()
-}
-
 /// Features and targets of some samples.
 pub struct Batch {
     /// `[n, D]` CLS tokens (flattened pixels for [`Source::Pixels`]).
@@ -132,19 +100,6 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// The samples at `indices` (positions in this batch), in that order.
-    pub fn select(&self, indices: &[usize]) -> Result<Batch> {
-        let ids = Tensor::from_vec(indices.iter().map(|&i| i as u32).collect::<Vec<_>>(), indices.len(), self.cls.device())?;
-        let pick = |t: &Tensor| t.index_select(&ids, 0);
-        Ok(Batch {
-            cls: pick(&self.cls)?,
-            patch_mean: self.patch_mean.as_ref().map(pick).transpose()?,
-            patch: self.patch.as_ref().map(pick).transpose()?,
-            grid: self.grid,
-            targets: self.targets.select(indices),
-        })
     }
 
     /// Joins batches of the same layout and size.
@@ -186,23 +141,8 @@ pub trait BatchSource {
         self.len() == 0
     }
     fn batch(&mut self, indices: &[usize]) -> Result<Batch>;
-    /// The targets of every sample, in order.
-    fn targets(&mut self) -> Result<Targets>;
-}
-
-/// Features already in memory (loaded from the cache).
-pub struct Cached(pub Batch);
-
-impl BatchSource for Cached {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn batch(&mut self, indices: &[usize]) -> Result<Batch> {
-        self.0.select(indices)
-    }
-    fn targets(&mut self) -> Result<Targets> {
-        Ok(self.0.targets.clone())
-    }
+    /// The targets of the samples at `indices`, without their features where that is cheaper.
+    fn targets(&mut self, indices: &[usize]) -> Result<Targets>;
 }
 
 /// What defines a set of features, besides the encoder and the dataset.

@@ -77,29 +77,61 @@ pub fn loss(task: Task, out: &Tensor, targets: &Targets, range: Option<DepthRang
     }
 }
 
-/// The trivial predictor of `targets` for `task`.
-pub fn baseline(task: Task, targets: &Targets, classes: usize, range: Option<DepthRange>) -> Result<Baseline> {
-    let majority = |labels: &[u32]| -> Result<Baseline> {
-        let mut counts = vec![0u64; classes];
-        for &l in labels.iter().filter(|&&l| l != IGNORE) {
-            let c = counts.get_mut(l as usize).ok_or_else(|| anyhow::anyhow!("label {l} is out of range for {classes} classes"))?;
-            *c += 1;
-        }
-        let best = (0..classes).max_by_key(|&c| (counts[c], std::cmp::Reverse(c))).unwrap_or(0);
-        Ok(Baseline::MajorityClass(best as u32))
-    };
-    match (task, targets) {
-        (Task::Cls, Targets::Class(l)) => majority(l),
-        (Task::Seg, Targets::Segmentation { labels, .. }) => majority(labels),
-        (Task::Depth, Targets::Depth { metres, .. }) => {
-            let range = range.ok_or_else(|| anyhow::anyhow!("no depth range"))?;
-            let valid: Vec<f64> = metres.iter().filter(|&&d| range.is_valid(d)).map(|&d| d as f64).collect();
-            if valid.is_empty() {
-                bail!("no valid depth pixel in the training targets (valid: {} < depth < {} m)", range.min, range.max);
+/// What the training targets hold, accumulated batch by batch: label counts (ignore index
+/// skipped) or the sum of valid depths. Gives the number of classes when the dataset does not say,
+/// and the trivial predictor every evaluation is compared with.
+#[derive(Debug, Default)]
+pub struct TargetStats {
+    counts: Vec<u64>,
+    depth_sum: f64,
+    depth_pixels: u64,
+}
+
+impl TargetStats {
+    pub fn update(&mut self, task: Task, targets: &Targets, range: Option<DepthRange>) -> Result<()> {
+        let mut count = |labels: &[u32]| {
+            for &l in labels.iter().filter(|&&l| l != IGNORE) {
+                if l as usize >= self.counts.len() {
+                    self.counts.resize(l as usize + 1, 0);
+                }
+                self.counts[l as usize] += 1;
             }
-            Ok(Baseline::MeanDepth(valid.iter().sum::<f64>() / valid.len() as f64))
+        };
+        match (task, targets) {
+            (Task::Cls, Targets::Class(l)) => count(l),
+            (Task::Seg, Targets::Segmentation { labels, .. }) => count(labels),
+            (Task::Depth, Targets::Depth { metres, .. }) => {
+                let range = range.ok_or_else(|| anyhow::anyhow!("no depth range"))?;
+                for &d in metres.iter().filter(|&&d| range.is_valid(d)) {
+                    self.depth_sum += d as f64;
+                    self.depth_pixels += 1;
+                }
+            }
+            (task, t) => bail!("a {task} head cannot learn from {}", t.kind()),
         }
-        (task, t) => bail!("a {task} head cannot learn from {}", t.kind()),
+        Ok(())
+    }
+
+    /// The largest label seen + 1.
+    pub fn classes_seen(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// The trivial predictor for `task` with `classes` classes; an error for a label beyond them.
+    pub fn baseline(&self, task: Task, classes: usize, range: Option<DepthRange>) -> Result<Baseline> {
+        if task == Task::Depth {
+            if self.depth_pixels == 0 {
+                let r = range.ok_or_else(|| anyhow::anyhow!("no depth range"))?;
+                bail!("no valid depth pixel in the training targets (valid: {} < depth < {} m)", r.min, r.max);
+            }
+            return Ok(Baseline::MeanDepth(self.depth_sum / self.depth_pixels as f64));
+        }
+        if self.counts.len() > classes {
+            bail!("label {} is out of range for {classes} classes", self.counts.len() - 1);
+        }
+        let count = |c: usize| self.counts.get(c).copied().unwrap_or(0);
+        let best = (0..classes).max_by_key(|&c| (count(c), std::cmp::Reverse(c))).unwrap_or(0);
+        Ok(Baseline::MajorityClass(best as u32))
     }
 }
 
