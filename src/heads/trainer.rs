@@ -171,3 +171,33 @@ pub fn check_features(meta: &HeadMeta, d: usize, file: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Baselines by hand: the majority label (ignored pixels skipped, ties to the lower class),
+    /// a label beyond the classes refused, the mean over valid depths only.
+    #[test]
+    fn target_stats_by_hand() {
+        let mut s = TargetStats::default();
+        let seg = |labels: Vec<u32>| Targets::Segmentation { height: 1, width: labels.len(), labels };
+        s.update(Task::Seg, &seg(vec![0, 2, 2, 255, 255, 255]), None).unwrap();
+        s.update(Task::Seg, &seg(vec![0, 1, 1, 255, 255, 255]), None).unwrap();
+        assert_eq!(s.classes_seen(), 3);
+        // counts: 0 → 2, 1 → 2, 2 → 2: a three-way tie goes to class 0.
+        assert_eq!(s.baseline(Task::Seg, 4, None).unwrap(), Baseline::MajorityClass(0));
+        s.update(Task::Seg, &seg(vec![2]), None).unwrap();
+        assert_eq!(s.baseline(Task::Seg, 4, None).unwrap(), Baseline::MajorityClass(2));
+        let err = s.baseline(Task::Seg, 2, None).unwrap_err().to_string();
+        assert!(err.contains("label 2 is out of range for 2 classes"), "{err}");
+        assert!(s.update(Task::Cls, &seg(vec![1]), None).is_err(), "a segmentation map is not a class label");
+
+        let range = Some(DepthRange { min: 0.001, max: 10.0 });
+        let mut d = TargetStats::default();
+        d.update(Task::Depth, &Targets::Depth { metres: vec![0.0, 2.0, 4.0, 12.0, f32::NAN, 3.0], height: 2, width: 3 }, range).unwrap();
+        assert_eq!(d.baseline(Task::Depth, 256, range).unwrap(), Baseline::MeanDepth(3.0));
+        let empty = TargetStats::default();
+        assert!(empty.baseline(Task::Depth, 256, range).unwrap_err().to_string().contains("no valid depth"));
+    }
+}
