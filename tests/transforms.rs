@@ -96,3 +96,19 @@ fn parallel_batches_come_back_in_order_and_transformed() {
         assert_eq!(s.image.dims(), &[3, 28, 28]);
     }
 }
+
+/// Transform lists parse from the names they describe themselves by (the syntax of --transforms
+/// and of head files), and anything else is refused with the accepted forms.
+#[test]
+fn transform_names_round_trip() {
+    use robust_ssl::data::transform::Transform;
+    let list = [Transform::ResizeShort(224), Transform::Resize(30, 40), Transform::CenterCrop(28, 14), Transform::PadToMultiple(14)];
+    let names: Vec<String> = list.iter().map(Transform::describe).collect();
+    assert_eq!(names.join(","), "resize-short224,resize30x40,crop28x14,pad14");
+    assert_eq!(Transform::parse_list(&names.join(", ")).unwrap(), list);
+    assert!(Transform::parse_list("").unwrap().is_empty());
+    for bad in ["resize224", "crop0x4", "pad", "flip", "resize-short-3"] {
+        let err = Transform::parse_list(bad).unwrap_err().to_string();
+        assert!(err.contains(bad) && err.contains("resize-shortN"), "{bad}: {err}");
+    }
+}
