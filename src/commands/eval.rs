@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
 use super::features::FeatureArgs;
+use crate::data::transform::Transform;
 use crate::data::Split;
 use crate::features::cache::CacheReport;
 use crate::features::{Layout, Source};
@@ -30,7 +31,7 @@ pub struct EvalArgs {
     /// Dense heads: sliding-window inference on whole images, CROP:STRIDE in pixels (the reference
     /// evaluations: 518:341 for DINOv2, 224:100 for DINO), scored at each label's own size. Images
     /// get the head's resizes only (or --transforms); features are computed, not cached.
-    #[arg(long, conflicts_with_all = ["pixels", "no_cache"])]
+    #[arg(long, conflicts_with = "pixels")]
     pub sliding_window: Option<Window>,
     /// Print JSON on stdout.
     #[arg(long)]
@@ -70,7 +71,12 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     let split = f.split_or(&[Split::Val, Split::Test])?;
     let layout = if a.task == Task::Cls { Layout::Pooled } else { Layout::Tokens };
     // Sliding windows see whole images: of the head's transforms, only the resizes apply.
-    let resizes: Vec<String> = meta.transforms.iter().filter(|t| t.starts_with("resize")).cloned().collect();
+    let resizes: Vec<String> = Transform::parse_list(&meta.transforms.join(","))
+        .with_context(|| format!("{file}: the head's transforms"))?
+        .iter()
+        .filter(|t| matches!(t, Transform::ResizeShort(_) | Transform::Resize(..)))
+        .map(Transform::describe)
+        .collect();
     let transforms = if a.sliding_window.is_some() { &resizes } else { &meta.transforms };
     let prep = f.prepare(split, layout, Some(transforms))?;
     if let Source::Encoder(enc) = prep.source() {
