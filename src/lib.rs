@@ -6,6 +6,7 @@
 //! that feeds it.
 
 pub mod atomic;
+pub mod attacks;
 pub mod commands;
 pub mod data;
 pub mod device;

@@ -1,0 +1,49 @@
+//! What an attack maximises: an objective scores the encoder's tokens of the samples still being
+//! attacked and returns, per sample, the loss and whether the attack has reached its goal, plus the
+//! gradient of the summed losses with respect to the tokens (the encoder's reverse pass turns it
+//! into a pixel gradient). Each objective lives in its own file.
+
+use anyhow::Result;
+use candle_core::{Tensor, Var};
+
+use crate::encoder::Tokens;
+
+/// An objective's verdict on the current adversarial tokens of the active samples.
+pub struct Evaluated {
+    /// Per active sample, the value being maximised.
+    pub losses: Vec<f64>,
+    /// Gradient of `Σ losses` with respect to CLS `[n, D]` and the patch tokens `[n, P, D]`.
+    pub d_cls: Tensor,
+    pub d_patch: Tensor,
+    /// Per active sample: the goal is reached (e.g. misclassified); `None` where the objective
+    /// has no such notion (embedding distance).
+    pub success: Option<Vec<bool>>,
+}
+
+pub trait Objective {
+    fn name(&self) -> &'static str;
+
+    /// Scores `tokens` of the samples `active` (indices into the batch the objective was built
+    /// for); `step` of `steps` lets schedules such as SegPGD's weight depend on progress.
+    fn evaluate(&self, tokens: &Tokens, active: &[usize], step: usize, steps: usize) -> Result<Evaluated>;
+}
+
+/// The rows `active` of a per-sample tensor.
+pub fn rows(t: &Tensor, active: &[usize]) -> Result<Tensor> {
+    let ids = Tensor::from_vec(active.iter().map(|&i| i as u32).collect::<Vec<_>>(), active.len(), t.device())?;
+    Ok(t.contiguous()?.index_select(&ids, 0)?)
+}
+
+/// Per-sample losses `[n]` of `f(cls, patch)` and their gradients with respect to the tokens,
+/// by candle autograd on detached copies of the tokens (no encoder or head weight is tracked).
+pub fn losses_and_grads(tokens: &Tokens, f: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>) -> Result<(Vec<f64>, Tensor, Tensor)> {
+    let cls = Var::from_tensor(&tokens.cls.detach())?;
+    let patch = Var::from_tensor(&tokens.patch.detach())?;
+    let per_sample = f(cls.as_tensor(), patch.as_tensor())?;
+    let grads = per_sample.sum_all()?.backward()?;
+    let zeros = |v: &Var| v.as_tensor().zeros_like();
+    let d_cls = grads.get(cls.as_tensor()).cloned().map_or_else(|| zeros(&cls), Ok)?;
+    let d_patch = grads.get(patch.as_tensor()).cloned().map_or_else(|| zeros(&patch), Ok)?;
+    let losses = per_sample.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+    Ok((losses, d_cls, d_patch))
+}

@@ -1,0 +1,191 @@
+//! The attack engine on a tiny DINOv2 (2 blocks, width 64, patch 14): the budget and the pixel
+//! range hold at every step, ε = 0 gives the clean point exactly, seeded runs are bit-identical,
+//! objectives' pixel gradients match central finite differences (f64), and on a trained probe
+//! the attacked accuracy falls as ε grows.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use robust_ssl::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
+use robust_ssl::attacks::engine::{attack, AttackConfig};
+use robust_ssl::attacks::objective::Objective;
+use robust_ssl::attacks::pgd_ce::CrossEntropy;
+use robust_ssl::attacks::threat::{Norm, ThreatModel};
+use robust_ssl::data::transform::Transform;
+use robust_ssl::encoder::{Encoder, LoadOptions};
+use robust_ssl::features::{extract, BatchSource, Layout, Source};
+use robust_ssl::heads::head::{Baseline, Head, HeadMeta, Task};
+use robust_ssl::heads::layers::Pooling;
+use robust_ssl::heads::train::{OptimizerKind, Schedule, TrainConfig};
+
+fn encoder() -> Encoder {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
+    Encoder::load(&p, &LoadOptions { heads: Some(4), ..Default::default() }).unwrap()
+}
+
+fn images(n: usize, seed: u64) -> Tensor {
+    let mut rng = robust_ssl::data::synthetic::SplitMix64::new(seed);
+    let v: Vec<f32> = (0..n * 3 * 28 * 28).map(|_| rng.uniform(0.0, 1.0) as f32).collect();
+    Tensor::from_vec(v, (n, 3, 28, 28), &Device::Cpu).unwrap()
+}
+
+fn config(norm: Norm, eps: f64, steps: usize, seed: u64) -> AttackConfig {
+    let step_size = if norm == Norm::Linf { eps / 4.0 } else { eps / 2.0 };
+    AttackConfig { threat: ThreatModel { norm, eps }, step_size, steps, restarts: 1, random_start: true, seed, early_stop: false }
+}
+
+fn per_sample_norms(adv: &Tensor, x: &Tensor, t: &ThreatModel) -> Vec<f64> {
+    let n = x.dim(0).unwrap();
+    let d = (adv - x).unwrap().reshape((n, ())).unwrap().to_vec2::<f32>().unwrap();
+    d.iter().map(|row| t.norm_of(row)).collect()
+}
+
+#[test]
+fn embed_attack_respects_the_budget_and_grows_the_distance() {
+    let enc = encoder();
+    let x = images(3, 1);
+    let clean = enc.forward(&x).unwrap();
+    for norm in [Norm::Linf, Norm::L2] {
+        let eps = if norm == Norm::Linf { 8.0 / 255.0 } else { 0.5 };
+        let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse);
+        let mut losses = Vec::new();
+        for steps in [1, 10] {
+            let out = attack(&enc, &obj, &x, &config(norm, eps, steps, 3)).unwrap();
+            let t = ThreatModel { norm, eps };
+            for n in per_sample_norms(&out.adversarial, &x, &t) {
+                assert!(n <= eps * (1.0 + 1e-5) + 1e-7, "{norm:?}: ‖δ‖ = {n} > ε = {eps}");
+            }
+            assert!(out.sanity.max_norm_over_eps <= 1.0 + 1e-5 && out.sanity.max_norm_over_eps > 0.5, "{:?}", out.sanity);
+            assert!(out.sanity.min_pixel >= 0.0 && out.sanity.max_pixel <= 1.0);
+            assert_eq!(out.sanity.sample_steps, 3 * steps);
+            assert_eq!(out.sanity.nan_gradients, 0);
+            assert!(out.sanity.warning().is_none());
+            assert!(out.loss.iter().all(|&l| l > 0.0));
+            losses.push(out.loss.iter().sum::<f64>());
+        }
+        assert!(losses[1] > losses[0], "{norm:?}: 10 steps ({}) should beat 1 step ({})", losses[1], losses[0]);
+    }
+}
+
+#[test]
+fn zero_budget_is_the_clean_point_and_seeds_are_reproducible() {
+    let enc = encoder();
+    let x = images(2, 2);
+    let clean = enc.forward(&x).unwrap();
+    let obj = EmbedAttack::new(&clean, EmbedTarget::Cls, Distance::Cosine);
+    let out = attack(&enc, &obj, &x, &config(Norm::Linf, 0.0, 3, 1)).unwrap();
+    assert_eq!(out.adversarial.flatten_all().unwrap().to_vec1::<f32>().unwrap(), x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    assert!(out.loss.iter().all(|&l| l.abs() < 1e-6), "{:?}", out.loss);
+
+    let run = |seed| attack(&enc, &obj, &x, &config(Norm::Linf, 4.0 / 255.0, 3, seed)).unwrap().adversarial.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(run(5), run(5), "same seed, same adversarial images, bit for bit");
+    assert_ne!(run(5), run(6), "another seed, another random start");
+}
+
+/// The objective's pixel gradient (objective → tokens → encoder reverse pass) against central
+/// finite differences of its summed loss along a random direction, in f64.
+fn check_gradient(enc: &Encoder, obj: &dyn Objective, x: &Tensor) {
+    let active: Vec<usize> = (0..x.dim(0).unwrap()).collect();
+    let (tokens, tape) = enc.forward_with_tape(x).unwrap();
+    let ev = obj.evaluate(&tokens, &active, 0, 1).unwrap();
+    let g = enc.backward(&tape, &ev.d_cls, &ev.d_patch).unwrap();
+    let v = Tensor::randn(0f64, 1.0, x.dims(), &Device::Cpu).unwrap();
+    let analytic = (g * &v).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
+    let h = 1e-5;
+    let loss_at = |t: &Tensor| -> f64 { obj.evaluate(&enc.forward(t).unwrap(), &active, 0, 1).unwrap().losses.iter().sum() };
+    let plus = loss_at(&(x + (&v * h).unwrap()).unwrap());
+    let minus = loss_at(&(x - (&v * h).unwrap()).unwrap());
+    let numeric = (plus - minus) / (2.0 * h);
+    let rel = (analytic - numeric).abs() / numeric.abs().max(1e-12);
+    assert!(rel < 1e-6, "{}: analytic {analytic} vs finite differences {numeric} (relative {rel:e})", obj.name());
+}
+
+#[test]
+fn objective_gradients_match_finite_differences() {
+    let enc = encoder().to(&Device::Cpu, DType::F64).unwrap();
+    let x = images(2, 4).to_dtype(DType::F64).unwrap().affine(0.8, 0.1).unwrap();
+    let clean = enc.forward(&(&x * 0.9).unwrap()).unwrap();
+    for (target, distance) in [(EmbedTarget::Both, Distance::Mse), (EmbedTarget::Patch, Distance::Cosine), (EmbedTarget::Cls, Distance::Cosine)] {
+        check_gradient(&enc, &EmbedAttack::new(&clean, target, distance), &x);
+    }
+    let meta = probe_meta(10, Pooling::ClsMeanPatch);
+    let (head, _) = Head::init(&meta, 1, &Device::Cpu).unwrap();
+    let Head::Linear(mut probe) = head else { unreachable!() };
+    probe.weight = (probe.weight.to_dtype(DType::F64).unwrap() * 50.0).unwrap();
+    probe.bias = probe.bias.to_dtype(DType::F64).unwrap();
+    check_gradient(&enc, &CrossEntropy { probe: &probe, labels: vec![3, 7] }, &x);
+}
+
+fn probe_meta(classes: usize, pooling: Pooling) -> HeadMeta {
+    HeadMeta {
+        task: Task::Cls,
+        outputs: classes,
+        feature_dim: 64,
+        pooling: Some(pooling),
+        depth_range: None,
+        source: serde_json::json!("test"),
+        encoder_file: None,
+        encoder_arch: None,
+        dataset: "test".into(),
+        samples: 0,
+        transforms: vec![],
+        train: TrainConfig { epochs: 300, batch_size: 16, lr: 0.05, optimizer: OptimizerKind::AdamW { weight_decay: 0.0 }, schedule: Schedule::Constant, warmup_steps: 0, seed: 0 },
+        final_loss: 0.0,
+        baseline: Baseline::MajorityClass(0),
+        created_by: "test".into(),
+    }
+}
+
+/// A probe trained on 10 CIFAR-format images: clean accuracy 100%; PGD accuracy falls as ε grows
+/// and early stop leaves the misclassified samples alone.
+#[test]
+fn pgd_accuracy_falls_as_epsilon_grows() {
+    let enc = encoder();
+    let ds = robust_ssl::data::open(&format!("cifar10:{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/cifar-10-batches-bin").display()), robust_ssl::data::Split::Train).unwrap();
+    let transforms = [Transform::Resize(28, 28)];
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    let feats = extract(Source::Encoder(&enc), ds.as_ref(), &idx, Layout::Pooled, &transforms, 8).unwrap();
+    let robust_ssl::features::Targets::Class(labels) = feats.targets.clone() else { panic!() };
+    struct Mem(robust_ssl::features::Batch);
+    impl BatchSource for Mem {
+        fn len(&self) -> usize {
+            self.0.len()
+        }
+        fn batch(&mut self, i: &[usize]) -> anyhow::Result<robust_ssl::features::Batch> {
+            assert_eq!(i.len(), self.len(), "one full batch");
+            let mut order: Vec<usize> = i.to_vec();
+            order.sort_unstable();
+            assert_eq!(order, (0..self.len()).collect::<Vec<_>>());
+            let ids = Tensor::from_vec(i.iter().map(|&k| k as u32).collect::<Vec<_>>(), i.len(), &Device::Cpu)?;
+            let robust_ssl::features::Targets::Class(l) = &self.0.targets else { unreachable!() };
+            Ok(robust_ssl::features::Batch {
+                cls: self.0.cls.index_select(&ids, 0)?,
+                patch_mean: Some(self.0.patch_mean.as_ref().unwrap().index_select(&ids, 0)?),
+                patch: None,
+                grid: self.0.grid,
+                targets: robust_ssl::features::Targets::Class(i.iter().map(|&k| l[k]).collect()),
+            })
+        }
+        fn targets(&mut self, _: &[usize]) -> anyhow::Result<robust_ssl::features::Targets> {
+            Ok(self.0.targets.clone())
+        }
+    }
+    let meta = probe_meta(10, Pooling::ClsMeanPatch);
+    let (head, _) = robust_ssl::heads::trainer::train(&meta, &mut Mem(feats), &meta.train, &Device::Cpu).unwrap();
+    let Head::Linear(probe) = head else { unreachable!() };
+    let samples = robust_ssl::data::transform::load_batch(ds.as_ref(), &idx, &transforms).unwrap();
+    let x = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0).unwrap();
+    let obj = CrossEntropy { probe: &probe, labels: labels.clone() };
+    let mut accuracy = Vec::new();
+    for eps in [0.0, 2.0 / 255.0, 16.0 / 255.0, 64.0 / 255.0] {
+        let mut cfg = config(Norm::Linf, eps, 10, 0);
+        cfg.step_size = eps / 4.0;
+        cfg.early_stop = true;
+        let out = attack(&enc, &obj, &x, &cfg).unwrap();
+        accuracy.push(out.success.iter().filter(|&&s| !s).count() as f64 / labels.len() as f64);
+    }
+    eprintln!("PGD accuracy at ε = 0, 2, 16, 64 (/255): {accuracy:?}");
+    assert_eq!(accuracy[0], 1.0, "the probe fits its 10 training images");
+    assert!(accuracy.windows(2).all(|w| w[1] <= w[0]), "accuracy must not rise with ε: {accuracy:?}");
+    assert!(accuracy[3] < 0.5, "at 64/255 most images are fooled: {accuracy:?}");
+}
