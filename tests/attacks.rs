@@ -6,16 +6,19 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use robust_ssl::attacks::depthpgd::DepthPgd;
 use robust_ssl::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
 use robust_ssl::attacks::engine::{attack, AttackConfig};
 use robust_ssl::attacks::objective::Objective;
 use robust_ssl::attacks::pgd_ce::CrossEntropy;
+use robust_ssl::attacks::segpgd::SegPgd;
 use robust_ssl::attacks::threat::{Norm, ThreatModel};
 use robust_ssl::data::transform::Transform;
 use robust_ssl::encoder::{Encoder, LoadOptions};
 use robust_ssl::features::{extract, BatchSource, Layout, Source};
 use robust_ssl::heads::head::{Baseline, Head, HeadMeta, Task};
-use robust_ssl::heads::layers::Pooling;
+use robust_ssl::heads::layers::{BatchNorm, DepthHead, Pooling, SegHead};
+use robust_ssl::metrics::DepthRange;
 use robust_ssl::heads::train::{OptimizerKind, Schedule, TrainConfig};
 
 fn encoder() -> Encoder {
@@ -85,18 +88,23 @@ fn zero_budget_is_the_clean_point_and_seeds_are_reproducible() {
 /// The objective's pixel gradient (objective → tokens → encoder reverse pass) against central
 /// finite differences of its summed loss along a random direction, in f64.
 fn check_gradient(enc: &Encoder, obj: &dyn Objective, x: &Tensor) {
+    check_gradient_at(enc, obj, x, 0, 1)
+}
+
+fn check_gradient_at(enc: &Encoder, obj: &dyn Objective, x: &Tensor, step: usize, steps: usize) {
     let active: Vec<usize> = (0..x.dim(0).unwrap()).collect();
     let (tokens, tape) = enc.forward_with_tape(x).unwrap();
-    let ev = obj.evaluate(&tokens, &active, 0, 1).unwrap();
+    let ev = obj.evaluate(&tokens, &active, step, steps).unwrap();
     let g = enc.backward(&tape, &ev.d_cls, &ev.d_patch).unwrap();
     let v = Tensor::randn(0f64, 1.0, x.dims(), &Device::Cpu).unwrap();
     let analytic = (g * &v).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
     let h = 1e-5;
-    let loss_at = |t: &Tensor| -> f64 { obj.evaluate(&enc.forward(t).unwrap(), &active, 0, 1).unwrap().losses.iter().sum() };
+    let loss_at = |t: &Tensor| -> f64 { obj.evaluate(&enc.forward(t).unwrap(), &active, step, steps).unwrap().losses.iter().sum() };
     let plus = loss_at(&(x + (&v * h).unwrap()).unwrap());
     let minus = loss_at(&(x - (&v * h).unwrap()).unwrap());
     let numeric = (plus - minus) / (2.0 * h);
     let rel = (analytic - numeric).abs() / numeric.abs().max(1e-12);
+    assert!(numeric.abs() > 1e-8, "{}: the test needs a non-zero derivative", obj.name());
     assert!(rel < 1e-6, "{}: analytic {analytic} vs finite differences {numeric} (relative {rel:e})", obj.name());
 }
 
@@ -114,6 +122,23 @@ fn objective_gradients_match_finite_differences() {
     probe.weight = (probe.weight.to_dtype(DType::F64).unwrap() * 50.0).unwrap();
     probe.bias = probe.bias.to_dtype(DType::F64).unwrap();
     check_gradient(&enc, &CrossEntropy { probe: &probe, labels: vec![3, 7] }, &x);
+
+    // Dense objectives with random f64 heads on the 2×2 patch grid, labels and depths at 28×28.
+    let t = |dims: &[usize], scale: f64| (Tensor::randn(0f64, 1.0, dims, &Device::Cpu).unwrap() * scale).unwrap();
+    let bn = |d: usize| BatchNorm { weight: t(&[d], 0.1).affine(1.0, 1.0).unwrap(), bias: t(&[d], 0.1), running_mean: t(&[d], 0.1), running_var: t(&[d], 0.1).abs().unwrap().affine(1.0, 0.5).unwrap(), eps: 1e-5 };
+    let seg = Head::Seg(SegHead { bn: bn(64), weight: t(&[5, 64], 0.5), bias: t(&[5], 0.1) });
+    let mut rng = robust_ssl::data::synthetic::SplitMix64::new(9);
+    let mut labels: Vec<u32> = (0..2 * 28 * 28).map(|_| (rng.next_u64() % 5) as u32).collect();
+    labels[..40].iter_mut().for_each(|l| *l = 255);
+    for step in [0, 3] {
+        let obj = SegPgd { head: &seg, labels: labels.clone(), height: 28, width: 28 };
+        check_gradient_at(&enc, &obj, &x, step, 4);
+    }
+    let depth = Head::Depth(DepthHead { bn: bn(128), weight: t(&[16, 128], 0.5), bias: t(&[16], 0.1), min_depth: 1e-3, max_depth: 10.0 });
+    let mut metres: Vec<f32> = (0..2 * 28 * 28).map(|_| rng.uniform(0.5, 9.0) as f32).collect();
+    metres[..100].iter_mut().for_each(|m| *m = 0.0);
+    let obj = DepthPgd { head: &depth, metres, height: 28, width: 28, range: DepthRange { min: 1e-3, max: 10.0 } };
+    check_gradient(&enc, &obj, &x);
 }
 
 fn probe_meta(classes: usize, pooling: Pooling) -> HeadMeta {

@@ -1,0 +1,54 @@
+//! DepthPGD: the depth head's training objective turned against it — SigLoss + 0.5·GradLoss of
+//! the prediction against the ground truth, on valid pixels only (the same mask as the metrics),
+//! per image. An image with fewer than two valid pixels has no loss and no gradient.
+
+use anyhow::{bail, Result};
+use candle_core::Tensor;
+
+use super::objective::{losses_and_grads, Evaluated, Objective};
+use crate::encoder::Tokens;
+use crate::features::{Batch, Targets};
+use crate::heads::head::Head;
+use crate::heads::losses::{depth_loss, valid_mask};
+use crate::heads::trainer::forward;
+use crate::metrics::DepthRange;
+
+pub struct DepthPgd<'a> {
+    pub head: &'a Head,
+    /// Ground truth of the whole batch, metres, row-major `B × height × width`.
+    pub metres: Vec<f32>,
+    pub height: usize,
+    pub width: usize,
+    pub range: DepthRange,
+}
+
+impl Objective for DepthPgd<'_> {
+    fn name(&self) -> &'static str {
+        "depthpgd"
+    }
+
+    fn evaluate(&self, tokens: &Tokens, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
+        let Head::Depth(_) = self.head else { bail!("DepthPGD needs a depth head") };
+        let (h, w) = (self.height, self.width);
+        let (losses, d_cls, d_patch) = losses_and_grads(tokens, |cls, patch| {
+            let batch = Batch { cls: cls.clone(), patch_mean: None, patch: Some(patch.clone()), grid: tokens.grid, targets: Targets::None };
+            let (pred, _) = forward(self.head, &batch, (h, w), false)?; // [n, H, W]
+            let per = active
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let gt = Tensor::from_vec(self.metres[i * h * w..(i + 1) * h * w].to_vec(), (1, h, w), pred.device())?.to_dtype(pred.dtype())?;
+                    let mask = valid_mask(&gt, self.range)?;
+                    let valid = mask.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                    let p = pred.narrow(0, k, 1)?;
+                    if valid < 2.0 {
+                        return Ok((p.sum_all()? * 0.0)?);
+                    }
+                    depth_loss(&p, &gt, &mask)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Tensor::stack(&per, 0)?)
+        })?;
+        Ok(Evaluated { losses, d_cls, d_patch, success: None })
+    }
+}
