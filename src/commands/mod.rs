@@ -1,6 +1,7 @@
 //! The command-line interface: argument types (clap) and one file per command. `main.rs` only
 //! parses and dispatches here.
 
+pub mod attack;
 pub mod bench;
 pub mod embed;
 pub mod eval;
@@ -37,6 +38,8 @@ pub enum Command {
     TrainHead(train_head::TrainHeadArgs),
     /// Score a trained head on a split: accuracy, mIoU or depth errors, beside a trivial baseline.
     Eval(eval::EvalArgs),
+    /// Attack a trained head through its encoder: clean and adversarial metrics.
+    Attack(attack::AttackArgs),
 }
 
 /// How to build an encoder from a checkpoint; shared by every command that loads one.
@@ -93,5 +96,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(&a),
         Command::TrainHead(a) => train_head::run(&a),
         Command::Eval(a) => eval::run(&a),
+        Command::Attack(a) => attack::run(&a),
     }
 }

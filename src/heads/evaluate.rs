@@ -102,7 +102,7 @@ pub fn evaluate(head: &TrainedHead, source: &mut dyn BatchSource, batch_size: us
     }
     let meta = &head.meta;
     let model = head.head.to_device(meta, dev)?;
-    let (mut acc, mut base) = (Acc::new(meta)?, Acc::new(meta)?);
+    let mut scorer = Scorer::new(head, file)?;
     let all: Vec<usize> = (0..source.len()).collect();
     for (i, idx) in all.chunks(batch_size.max(1)).enumerate() {
         let b = source.batch(idx)?;
@@ -111,27 +111,49 @@ pub fn evaluate(head: &TrainedHead, source: &mut dyn BatchSource, batch_size: us
         }
         let b = b.to_device(dev)?;
         let (out, _) = forward(&model, &b, target_size(&b.targets), false)?;
-        score(head, &out, &b.targets, &mut acc, &mut base, file)?;
+        scorer.add(&out, &b.targets, idx.len())?;
     }
-    Ok(Evaluation { samples: source.len(), head: acc.finish()?, baseline: base.finish()?, baseline_kind: head.meta.baseline })
+    scorer.finish()
 }
 
-/// Adds one output batch (class logits `[B, K]` / `[B, K, H, W]`, or depth `[B, H, W]` at the
-/// targets' size) and the baseline's constant prediction to the accumulators.
-fn score(head: &TrainedHead, out: &Tensor, targets: &Targets, acc: &mut Acc, base: &mut Acc, file: &str) -> Result<()> {
-    match head.meta.task {
-        Task::Cls | Task::Seg => {
-            let classes = out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
-            acc.update(&classes, &[], targets)?;
-            let Baseline::MajorityClass(c) = head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
-            base.update(&vec![c; classes.len()], &[], targets)
+/// Accumulates the metrics of a head's outputs, and of its baseline's constant prediction, over
+/// batches.
+pub struct Scorer<'a> {
+    head: &'a TrainedHead,
+    file: &'a str,
+    acc: Acc,
+    base: Acc,
+    samples: usize,
+}
+
+impl<'a> Scorer<'a> {
+    pub fn new(head: &'a TrainedHead, file: &'a str) -> Result<Self> {
+        Ok(Self { head, file, acc: Acc::new(&head.meta)?, base: Acc::new(&head.meta)?, samples: 0 })
+    }
+
+    /// One batch of `n` samples: class logits `[n, K]` / `[n, K, H, W]`, or depth `[n, H, W]`,
+    /// at the targets' size.
+    pub fn add(&mut self, out: &Tensor, targets: &Targets, n: usize) -> Result<()> {
+        let file = self.file;
+        self.samples += n;
+        match self.head.meta.task {
+            Task::Cls | Task::Seg => {
+                let classes = out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
+                self.acc.update(&classes, &[], targets)?;
+                let Baseline::MajorityClass(c) = self.head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
+                self.base.update(&vec![c; classes.len()], &[], targets)
+            }
+            Task::Depth => {
+                let depth = out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                self.acc.update(&[], &depth, targets)?;
+                let Baseline::MeanDepth(m) = self.head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
+                self.base.update(&[], &vec![m as f32; depth.len()], targets)
+            }
         }
-        Task::Depth => {
-            let depth = out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            acc.update(&[], &depth, targets)?;
-            let Baseline::MeanDepth(m) = head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
-            base.update(&[], &vec![m as f32; depth.len()], targets)
-        }
+    }
+
+    pub fn finish(self) -> Result<Evaluation> {
+        Ok(Evaluation { samples: self.samples, head: self.acc.finish()?, baseline: self.base.finish()?, baseline_kind: self.head.meta.baseline })
     }
 }
 
@@ -150,7 +172,7 @@ pub fn evaluate_sliding(head: &TrainedHead, enc: &Encoder, ds: &dyn Dataset, ind
     }
     check_features(meta, enc.config().embed_dim, file)?;
     let model = head.head.to_device(meta, enc.vit.device())?;
-    let (mut acc, mut base) = (Acc::new(meta)?, Acc::new(meta)?);
+    let mut scorer = Scorer::new(head, file)?;
     let bar = crate::progress::bar(indices.len() as u64, &format!("sliding-window {} {}", meta.task, ds.describe()));
     for &i in indices {
         let sample = ds.get(i)?;
@@ -163,9 +185,9 @@ pub fn evaluate_sliding(head: &TrainedHead, enc: &Encoder, ds: &dyn Dataset, ind
         let out = predict(enc, &model, &image, window, batch)?;
         let out = bilinear(&out.unsqueeze(0)?, h, w)?;
         let out = if meta.task == Task::Depth { out.squeeze(1)? } else { out };
-        score(head, &out, &targets, &mut acc, &mut base, file)?;
+        scorer.add(&out, &targets, 1)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(Evaluation { samples: indices.len(), head: acc.finish()?, baseline: base.finish()?, baseline_kind: meta.baseline })
+    scorer.finish()
 }

@@ -1,0 +1,194 @@
+//! `robust-ssl attack`: clean and adversarial metrics of a trained head under one attack
+//! (EmbedAttack, PGD, SegPGD, DepthPGD), with the attack's sanity report.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use super::features::FeatureArgs;
+use crate::attacks::depthpgd::DepthPgd;
+use crate::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
+use crate::attacks::engine::{attack, AttackConfig, Sanity};
+use crate::attacks::objective::Objective;
+use crate::attacks::pgd_ce::CrossEntropy;
+use crate::attacks::segpgd::SegPgd;
+use crate::attacks::threat::{parse_amount, Norm, ThreatModel};
+use crate::data::transform::load_batch;
+use crate::data::Split;
+use crate::features::{targets_of, Batch, Layout, Targets};
+use crate::heads::evaluate::{Evaluation, Scorer};
+use crate::heads::head::{Head, Task, TrainedHead};
+use crate::heads::trainer::{check_features, forward, target_size};
+use crate::metrics::DepthRange;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttackKind {
+    /// Maximise the distance of the tokens to the clean ones (task-agnostic).
+    Embed,
+    /// Cross-entropy PGD on the linear probe.
+    Pgd,
+    /// SegPGD on the segmentation head.
+    Segpgd,
+    /// SigLoss + 0.5·GradLoss on the depth head.
+    Depthpgd,
+}
+
+#[derive(Args, Debug)]
+pub struct AttackArgs {
+    #[arg(long, value_enum)]
+    pub task: Task,
+    #[command(flatten)]
+    pub features: FeatureArgs,
+    /// Head file written by `train-head`.
+    #[arg(long)]
+    pub head: PathBuf,
+    #[arg(long, value_enum)]
+    pub attack: AttackKind,
+    /// Budget, as a fraction (8/255) or a number.
+    #[arg(long, default_value = "8/255")]
+    pub eps: String,
+    /// Step size (default: ε/4).
+    #[arg(long)]
+    pub step_size: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    #[arg(long, value_enum, default_value = "linf")]
+    pub norm: Norm,
+    #[arg(long, default_value_t = 1)]
+    pub restarts: usize,
+    /// Start at δ = 0 instead of a uniform random point of the ball.
+    #[arg(long)]
+    pub no_random_start: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// EmbedAttack: which tokens (cls, patch, both) and which distance (mse, cosine).
+    #[arg(long, value_enum, default_value = "both")]
+    pub embed_target: EmbedTarget,
+    #[arg(long, value_enum, default_value = "mse")]
+    pub embed_distance: Distance,
+    /// Images attacked together.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    head: String,
+    dataset: String,
+    attack: AttackKind,
+    config: AttackConfig,
+    clean: Evaluation,
+    adversarial: Evaluation,
+    /// Mean over images of the objective at the chosen adversarial points.
+    mean_objective: f64,
+    sanity: Sanity,
+}
+
+fn objective_for<'a>(a: &AttackArgs, head: &'a Head, clean: &crate::encoder::Tokens, targets: &Targets, range: Option<DepthRange>) -> Result<Box<dyn Objective + 'a>> {
+    Ok(match (a.attack, head, targets) {
+        (AttackKind::Embed, _, _) => Box::new(EmbedAttack::new(clean, a.embed_target, a.embed_distance)),
+        (AttackKind::Pgd, Head::Linear(probe), Targets::Class(l)) => Box::new(CrossEntropy { probe, labels: l.clone() }),
+        (AttackKind::Segpgd, Head::Seg(_), Targets::Segmentation { labels, height, width }) => {
+            Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width })
+        }
+        (AttackKind::Depthpgd, Head::Depth(_), Targets::Depth { metres, height, width }) => {
+            let range = range.context("a depth head without a depth range")?;
+            Box::new(DepthPgd { head, metres: metres.clone(), height: *height, width: *width, range })
+        }
+        (kind, _, _) => bail!("--attack {} does not fit a {} head (pgd: cls, segpgd: seg, depthpgd: depth, embed: any)", format!("{kind:?}").to_lowercase(), a.task),
+    })
+}
+
+pub fn run(a: &AttackArgs) -> Result<()> {
+    let f = &a.features;
+    if f.pixels {
+        bail!("attacks need an encoder (--checkpoint), not --pixels");
+    }
+    let eps = parse_amount(&a.eps).context("--eps")?;
+    let step_size = match &a.step_size {
+        Some(s) => parse_amount(s).context("--step-size")?,
+        None => eps / 4.0,
+    };
+    let cfg = AttackConfig {
+        threat: ThreatModel { norm: a.norm, eps },
+        step_size,
+        steps: a.steps,
+        restarts: a.restarts,
+        random_start: !a.no_random_start,
+        seed: a.seed,
+        early_stop: a.task == Task::Cls,
+    };
+    let file = a.head.display().to_string();
+    let head = TrainedHead::load(&a.head, &Device::Cpu)?;
+    if head.meta.task != a.task {
+        bail!("{file}: this is a {} head, but --task is {}", head.meta.task, a.task);
+    }
+    let split = f.split_or(&[Split::Val, Split::Test])?;
+    let layout = if a.task == Task::Cls { Layout::Pooled } else { Layout::Tokens };
+    let prep = f.prepare(split, layout, Some(&head.meta.transforms))?;
+    let enc = prep.encoder.as_ref().context("attacks need an encoder")?;
+    check_features(&head.meta, enc.config().embed_dim, &file)?;
+    let ds = prep.dataset.as_ref();
+    let range = head.meta.depth_range.map(|(min, max)| DepthRange { min, max });
+    let (mut clean_scores, mut adv_scores) = (Scorer::new(&head, &file)?, Scorer::new(&head, &file)?);
+    let mut sanity_all = Sanity { min_pixel: 1.0, ..Default::default() };
+    let mut objective_sum = 0.0;
+    let bar = crate::progress::bar(prep.request.indices.len() as u64, &format!("{:?} attack on {}", a.attack, ds.describe()));
+    for ids in prep.request.indices.chunks(a.batch_size.max(1)) {
+        let samples = load_batch(ds, ids, &prep.request.transforms)?;
+        let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0)
+            .with_context(|| format!("{}: images of different sizes after the transforms", ds.describe()))?;
+        let targets = targets_of(ds, ids, samples)?;
+        let size = target_size(&targets);
+        let score = |images: &Tensor, scorer: &mut Scorer| -> Result<crate::encoder::Tokens> {
+            let tokens = enc.forward(&images.to_device(enc.vit.device())?)?;
+            let batch = Batch { cls: tokens.cls.clone(), patch_mean: None, patch: Some(tokens.patch.clone()), grid: tokens.grid, targets: Targets::None };
+            let (out, _) = forward(&head.head, &batch.to_device(&Device::Cpu)?, size, false)?;
+            scorer.add(&out, &targets, ids.len())?;
+            Ok(tokens)
+        };
+        let clean = score(&images, &mut clean_scores)?;
+        let objective = objective_for(a, &head.head, &clean, &targets, range)?;
+        let out = attack(enc, objective.as_ref(), &images, &cfg)?;
+        score(&out.adversarial, &mut adv_scores)?;
+        objective_sum += out.loss.iter().sum::<f64>();
+        let s = &out.sanity;
+        sanity_all.sample_steps += s.sample_steps;
+        sanity_all.zero_gradients += s.zero_gradients;
+        sanity_all.nan_gradients += s.nan_gradients;
+        sanity_all.max_norm_over_eps = sanity_all.max_norm_over_eps.max(s.max_norm_over_eps);
+        sanity_all.min_pixel = sanity_all.min_pixel.min(s.min_pixel);
+        sanity_all.max_pixel = sanity_all.max_pixel.max(s.max_pixel);
+        bar.inc(ids.len() as u64);
+    }
+    bar.finish_and_clear();
+    if let Some(w) = sanity_all.warning() {
+        eprintln!("warning: {w}");
+    }
+    let report = Report {
+        head: file.clone(),
+        dataset: ds.describe(),
+        attack: a.attack,
+        config: cfg,
+        clean: clean_scores.finish()?,
+        adversarial: adv_scores.finish()?,
+        mean_objective: objective_sum / prep.request.indices.len() as f64,
+        sanity: sanity_all,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{:?} attack ({:?}, ε {:.5}, step {:.5}, {} steps, {} restart(s)) on {} with {}", a.attack, a.norm, eps, step_size, a.steps, a.restarts.max(1), report.dataset, report.head);
+        println!("  clean:       {}", super::eval::one_line(&report.clean.head));
+        println!("  adversarial: {}", super::eval::one_line(&report.adversarial.head));
+        println!("  baseline:    {} ({})", super::eval::one_line(&report.clean.baseline), super::eval::baseline_name(&report.clean.baseline_kind));
+        println!("  objective {:.5} on average; largest ‖δ‖/ε {:.4}; pixels in [{:.4}, {:.4}]", report.mean_objective, report.sanity.max_norm_over_eps, report.sanity.min_pixel, report.sanity.max_pixel);
+    }
+    Ok(())
+}

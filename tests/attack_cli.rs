@@ -1,0 +1,83 @@
+//! `robust-ssl attack` as a user runs it on a tiny DINOv2: every attack fits its task, keeps the
+//! budget, hurts the metric, and bad input fails cleanly.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn encoder() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth").display().to_string()
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_robust-ssl")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let (ok, out, err) = run(args);
+    assert!(ok, "{args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let (ok, _, err) = run(args);
+    assert!(!ok, "{args:?} should fail");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: the error should mention '{n}': {err}");
+    }
+}
+
+#[test]
+fn attacks_hurt_every_task_within_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (enc, cache) = (encoder(), tmp.path().display().to_string());
+    let cifar = format!("cifar10:{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/cifar-10-batches-bin").display());
+    let probe = tmp.path().join("probe.safetensors").display().to_string();
+    let common = ["--checkpoint", enc.as_str(), "--heads", "4", "--cache-dir", cache.as_str()];
+    let with = |head: &[&str], extra: &[&str]| -> Vec<String> { head.iter().chain(common.iter()).chain(extra).map(|s| s.to_string()).collect() };
+    let strs = |v: &Vec<String>| -> Vec<String> { v.clone() };
+    let call = |v: Vec<String>| ok_json(&v.iter().map(String::as_str).collect::<Vec<_>>());
+
+    call(strs(&with(&["train-head", "--task", "cls"], &["--dataset", &cifar, "--size", "28", "--pooling", "cls+mean", "--epochs", "200", "--lr", "5e-2", "--out", &probe, "--json"])));
+    // Attack the training split, which the probe fits: clean accuracy is 100%.
+    for (attack, eps) in [("pgd", "64/255"), ("embed", "64/255"), ("pgd", "0")] {
+        let r = call(with(&["attack", "--task", "cls", "--attack", attack, "--eps", eps, "--steps", "10"], &["--dataset", &cifar, "--split", "train", "--head", &probe, "--json"]));
+        assert_eq!(r["clean"]["head"]["accuracy"], 1.0);
+        let adv = r["adversarial"]["head"]["accuracy"].as_f64().unwrap();
+        assert!(r["sanity"]["max_norm_over_eps"].as_f64().unwrap() <= 1.0 + 1e-5);
+        if eps == "0" {
+            assert_eq!(adv, 1.0, "ε = 0 changes nothing");
+        } else {
+            assert!(adv <= 0.5, "{attack} at {eps}: accuracy {adv}");
+        }
+    }
+
+    for (task, kind, attack) in [("seg", "synthetic-seg", "segpgd"), ("depth", "synthetic-depth", "depthpgd")] {
+        let head = tmp.path().join(format!("{task}.safetensors")).display().to_string();
+        let train_spec = format!("{kind}:32x28");
+        call(with(&["train-head", "--task", task], &["--dataset", &train_spec, "--size", "28", "--epochs", "20", "--lr", "1e-2", "--out", &head, "--json"]));
+        let val_spec = format!("{kind}:8x28");
+        let r = call(with(&["attack", "--task", task, "--attack", attack, "--eps", "32/255", "--steps", "5"], &["--dataset", &val_spec, "--head", &head, "--json"]));
+        let (clean, adv) = match task {
+            "seg" => (r["clean"]["head"]["miou"].as_f64().unwrap(), r["adversarial"]["head"]["miou"].as_f64().unwrap()),
+            _ => (-r["clean"]["head"]["rmse"].as_f64().unwrap(), -r["adversarial"]["head"]["rmse"].as_f64().unwrap()),
+        };
+        assert!(adv < clean, "{attack}: adversarial {adv} should be worse than clean {clean}");
+        assert!(r["sanity"]["max_pixel"].as_f64().unwrap() <= 1.0 && r["sanity"]["min_pixel"].as_f64().unwrap() >= 0.0);
+    }
+
+    // Bad input: an unparseable budget, an attack that does not fit the head, raw pixels.
+    let seg_head = tmp.path().join("seg.safetensors").display().to_string();
+    let bad = |extra: &[&str], needles: &[&str]| {
+        let v = with(&["attack", "--task", "cls"], extra);
+        fails_with(&v.iter().map(String::as_str).collect::<Vec<_>>(), needles)
+    };
+    bad(&["--attack", "pgd", "--eps", "eight/255", "--dataset", &cifar, "--head", &probe], &["--eps", "eight/255", "8/255"]);
+    bad(&["--attack", "pgd", "--step-size", "2/0", "--dataset", &cifar, "--head", &probe], &["--step-size"]);
+    bad(&["--attack", "segpgd", "--dataset", &cifar, "--head", &probe], &["segpgd", "does not fit"]);
+    bad(&["--attack", "pgd", "--dataset", &cifar, "--head", &seg_head], &["seg.safetensors", "seg head"]);
+    fails_with(&["attack", "--task", "cls", "--pixels", "--attack", "pgd", "--dataset", &cifar, "--head", &probe], &["encoder"]);
+}
