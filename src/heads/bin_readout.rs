@@ -181,10 +181,12 @@ mod tests {
     fn fused_matches_candle_ops() {
         let dev = Device::Cpu;
         let (b, h, w, n) = (2, 3, 5, 16);
-        let logits = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, h, w, n), &dev).unwrap()).unwrap();
+        let mut rng = crate::data::synthetic::SplitMix64::new(5);
+        let mut uniform = |count: usize| -> Vec<f32> { (0..count).map(|_| rng.uniform(-1.7, 1.7) as f32).collect() };
+        let logits = Var::from_tensor(&Tensor::from_vec(uniform(b * h * w * n), (b, h, w, n), &dev).unwrap()).unwrap();
         let bins: Vec<f64> = (0..n).map(|i| 0.001 + i as f64 * (10.0 - 0.001) / (n - 1) as f64).collect();
         let bins_t = Tensor::from_vec(bins.clone(), n, &dev).unwrap().to_dtype(DType::F32).unwrap();
-        let proj = Tensor::randn(0f32, 1.0, (b, 1, 4 * h, 4 * w), &dev).unwrap();
+        let proj = Tensor::from_vec(uniform(b * 16 * h * w), (b, 1, 4 * h, 4 * w), &dev).unwrap();
         let fused = logits.as_tensor().apply_op1(BinReadout::new(bins)).unwrap();
         let generic = readout_generic(logits.as_tensor(), &bins_t).unwrap();
         let max_diff = |a: &Tensor, c: &Tensor| (a - c).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
