@@ -43,7 +43,7 @@ fn attacks_hurt_every_task_within_budget() {
 
     call(strs(&with(&["train-head", "--task", "cls"], &["--dataset", &cifar, "--size", "28", "--pooling", "cls+mean", "--epochs", "200", "--lr", "5e-2", "--out", &probe, "--json"])));
     // Attack the training split, which the probe fits: clean accuracy is 100%.
-    for (attack, eps) in [("pgd", "64/255"), ("embed", "64/255"), ("pgd", "0")] {
+    for (attack, eps) in [("pgd", "64/255"), ("apgd", "64/255"), ("embed", "64/255"), ("pgd", "0"), ("apgd", "0")] {
         let r = call(with(&["attack", "--task", "cls", "--attack", attack, "--eps", eps, "--steps", "10"], &["--dataset", &cifar, "--split", "train", "--head", &probe, "--json"]));
         assert_eq!(r["clean"]["head"]["accuracy"], 1.0);
         let adv = r["adversarial"]["head"]["accuracy"].as_f64().unwrap();

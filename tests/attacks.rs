@@ -8,7 +8,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use robust_ssl::attacks::depthpgd::DepthPgd;
 use robust_ssl::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
-use robust_ssl::attacks::engine::{attack, AttackConfig};
+use robust_ssl::attacks::engine::{attack, AttackConfig, Method};
 use robust_ssl::attacks::objective::Objective;
 use robust_ssl::attacks::pgd_ce::CrossEntropy;
 use robust_ssl::attacks::segpgd::SegPgd;
@@ -34,7 +34,7 @@ fn images(n: usize, seed: u64) -> Tensor {
 
 fn config(norm: Norm, eps: f64, steps: usize, seed: u64) -> AttackConfig {
     let step_size = if norm == Norm::Linf { eps / 4.0 } else { eps / 2.0 };
-    AttackConfig { threat: ThreatModel { norm, eps }, step_size, steps, restarts: 1, random_start: true, seed, early_stop: false }
+    AttackConfig { method: Method::Pgd, threat: ThreatModel { norm, eps }, step_size, steps, restarts: 1, random_start: true, seed, early_stop: false }
 }
 
 fn per_sample_norms(adv: &Tensor, x: &Tensor, t: &ThreatModel) -> Vec<f64> {
@@ -52,21 +52,24 @@ fn embed_attack_respects_the_budget_and_grows_the_distance() {
         let eps = if norm == Norm::Linf { 8.0 / 255.0 } else { 0.5 };
         let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse);
         let mut losses = Vec::new();
-        for steps in [1, 10] {
-            let out = attack(&enc, &obj, &x, &config(norm, eps, steps, 3)).unwrap();
+        for (method, steps) in [(Method::Pgd, 1), (Method::Pgd, 10), (Method::Apgd, 10)] {
+            let mut cfg = config(norm, eps, steps, 3);
+            cfg.method = method;
+            let out = attack(&enc, &obj, &x, &cfg).unwrap();
             let t = ThreatModel { norm, eps };
             for n in per_sample_norms(&out.adversarial, &x, &t) {
                 assert!(n <= eps * (1.0 + 1e-5) + 1e-7, "{norm:?}: ‖δ‖ = {n} > ε = {eps}");
             }
             assert!(out.sanity.max_norm_over_eps <= 1.0 + 1e-5 && out.sanity.max_norm_over_eps > 0.5, "{:?}", out.sanity);
             assert!(out.sanity.min_pixel >= 0.0 && out.sanity.max_pixel <= 1.0);
-            assert_eq!(out.sanity.sample_steps, 3 * steps);
+            assert_eq!(out.sanity.sample_steps, 3 * steps, "{method:?}: one gradient step per sample and iteration");
             assert_eq!(out.sanity.nan_gradients, 0);
             assert!(out.sanity.warning().is_none());
             assert!(out.loss.iter().all(|&l| l > 0.0));
             losses.push(out.loss.iter().sum::<f64>());
         }
         assert!(losses[1] > losses[0], "{norm:?}: 10 steps ({}) should beat 1 step ({})", losses[1], losses[0]);
+        assert!(losses[2] > losses[0], "{norm:?}: APGD, 10 steps ({}) should beat 1 PGD step ({})", losses[2], losses[0]);
     }
 }
 
@@ -80,9 +83,19 @@ fn zero_budget_is_the_clean_point_and_seeds_are_reproducible() {
     assert_eq!(out.adversarial.flatten_all().unwrap().to_vec1::<f32>().unwrap(), x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     assert!(out.loss.iter().all(|&l| l.abs() < 1e-6), "{:?}", out.loss);
 
-    let run = |seed| attack(&enc, &obj, &x, &config(Norm::Linf, 4.0 / 255.0, 3, seed)).unwrap().adversarial.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    assert_eq!(run(5), run(5), "same seed, same adversarial images, bit for bit");
-    assert_ne!(run(5), run(6), "another seed, another random start");
+    for method in [Method::Pgd, Method::Apgd] {
+        let mut cfg = config(Norm::Linf, 0.0, 3, 1);
+        cfg.method = method;
+        let out = attack(&enc, &obj, &x, &cfg).unwrap();
+        assert_eq!(out.adversarial.flatten_all().unwrap().to_vec1::<f32>().unwrap(), x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{method:?}");
+        let run = |seed| {
+            let mut cfg = config(Norm::Linf, 4.0 / 255.0, 3, seed);
+            cfg.method = method;
+            attack(&enc, &obj, &x, &cfg).unwrap().adversarial.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        };
+        assert_eq!(run(5), run(5), "{method:?}: same seed, same adversarial images, bit for bit");
+        assert_ne!(run(5), run(6), "{method:?}: another seed, another random start");
+    }
 }
 
 /// The objective's pixel gradient (objective → tokens → encoder reverse pass) against central
@@ -212,16 +225,19 @@ fn pgd_accuracy_falls_as_epsilon_grows() {
     let samples = robust_ssl::data::transform::load_batch(ds.as_ref(), &idx, &transforms).unwrap();
     let x = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0).unwrap();
     let obj = CrossEntropy { probe: &probe, labels: labels.clone() };
-    let mut accuracy = Vec::new();
-    for eps in [0.0, 2.0 / 255.0, 16.0 / 255.0, 64.0 / 255.0] {
-        let mut cfg = config(Norm::Linf, eps, 10, 0);
-        cfg.step_size = eps / 4.0;
-        cfg.early_stop = true;
-        let out = attack(&enc, &obj, &x, &cfg).unwrap();
-        accuracy.push(out.success.iter().filter(|&&s| !s).count() as f64 / labels.len() as f64);
+    for method in [Method::Pgd, Method::Apgd] {
+        let mut accuracy = Vec::new();
+        for eps in [0.0, 2.0 / 255.0, 16.0 / 255.0, 64.0 / 255.0] {
+            let mut cfg = config(Norm::Linf, eps, 10, 0);
+            cfg.step_size = eps / 4.0;
+            cfg.early_stop = true;
+            cfg.method = method;
+            let out = attack(&enc, &obj, &x, &cfg).unwrap();
+            accuracy.push(out.success.iter().filter(|&&s| !s).count() as f64 / labels.len() as f64);
+        }
+        eprintln!("{method:?} accuracy at ε = 0, 2, 16, 64 (/255): {accuracy:?}");
+        assert_eq!(accuracy[0], 1.0, "the probe fits its 10 training images");
+        assert!(accuracy.windows(2).all(|w| w[1] <= w[0]), "{method:?}: accuracy must not rise with ε: {accuracy:?}");
+        assert!(accuracy[3] < 0.5, "{method:?}: at 64/255 most images are fooled: {accuracy:?}");
     }
-    eprintln!("PGD accuracy at ε = 0, 2, 16, 64 (/255): {accuracy:?}");
-    assert_eq!(accuracy[0], 1.0, "the probe fits its 10 training images");
-    assert!(accuracy.windows(2).all(|w| w[1] <= w[0]), "accuracy must not rise with ε: {accuracy:?}");
-    assert!(accuracy[3] < 0.5, "at 64/255 most images are fooled: {accuracy:?}");
 }

@@ -1,5 +1,6 @@
 //! The one attack engine: projected gradient ascent in pixel space on *normalize → encoder →
-//! head*, for any [`Objective`] under any [`ThreatModel`]. Uniform random start, restarts,
+//! head*, for any [`Objective`] under any [`ThreatModel`], with a fixed step (PGD) or AutoAttack's
+//! schedule (APGD, in `apgd.rs`). Uniform random start, restarts,
 //! per-sample bookkeeping of the best point (highest loss, or the first that reaches the goal),
 //! per-sample early stop (samples that reached the goal leave the batch), and sanity checks at
 //! every step: ‖δ‖ ≤ ε and x + δ ∈ [0,1] hold, and zero or NaN gradients are counted as possible
@@ -9,13 +10,25 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 
-use super::objective::Objective;
+use super::objective::{Evaluated, Objective};
 use super::threat::ThreatModel;
 use crate::data::synthetic::SplitMix64;
 use crate::encoder::Encoder;
 
+/// How the step size evolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// A fixed step.
+    Pgd,
+    /// AutoAttack's APGD: momentum 0.75 and a step size halved at checkpoints where the loss
+    /// oscillates or stopped improving, restarting from the best point.
+    Apgd,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct AttackConfig {
+    pub method: Method,
     pub threat: ThreatModel,
     pub step_size: f64,
     pub steps: usize,
@@ -64,14 +77,14 @@ pub struct Outcome {
 }
 
 /// Per-sample best point so far.
-struct Best {
+pub(super) struct Best {
     delta: Vec<Vec<f32>>,
     loss: Vec<f64>,
     success: Vec<bool>,
 }
 
 impl Best {
-    fn offer(&mut self, i: usize, delta: &[f32], loss: f64, success: bool) {
+    pub(super) fn offer(&mut self, i: usize, delta: &[f32], loss: f64, success: bool) {
         // A point that reaches the goal beats any that does not; among equals, the higher loss.
         let better = (success && !self.success[i]) || (success == self.success[i] && loss > self.loss[i]);
         if better {
@@ -79,6 +92,65 @@ impl Best {
             self.loss[i] = loss;
             self.success[i] = success;
         }
+    }
+}
+
+/// One attack problem: the clean images, the pipeline and the objective.
+pub(super) struct Problem<'a> {
+    enc: &'a Encoder,
+    objective: &'a dyn Objective,
+    /// Clean pixels, `B × per` row-major.
+    x: Vec<f32>,
+    pub(super) per: usize,
+    dims: (usize, usize, usize),
+    pub(super) threat: ThreatModel,
+}
+
+impl Problem<'_> {
+    pub(super) fn clean(&self, i: usize) -> &[f32] {
+        &self.x[i * self.per..(i + 1) * self.per]
+    }
+
+    /// The objective at `x + delta[i]` for the samples `active`, and with `grad` the pixel
+    /// gradient of each (`per` values per active sample).
+    pub(super) fn evaluate(&self, delta: &[Vec<f32>], active: &[usize], step: usize, steps: usize, grad: bool) -> Result<(Evaluated, Vec<f32>)> {
+        let (c, h, w) = self.dims;
+        let pixels: Vec<f32> = active.iter().flat_map(|&i| self.clean(i).iter().zip(&delta[i]).map(|(a, d)| a + d)).collect();
+        let input = Tensor::from_vec(pixels, (active.len(), c, h, w), &Device::Cpu)?.to_device(self.enc.vit.device())?;
+        if !grad {
+            let tokens = self.enc.forward(&input)?;
+            return Ok((self.objective.evaluate(&tokens, active, step, steps)?, Vec::new()));
+        }
+        let (tokens, tape) = self.enc.forward_with_tape(&input)?;
+        let ev = self.objective.evaluate(&tokens, active, step, steps)?;
+        let g = self.enc.backward(&tape, &ev.d_cls, &ev.d_patch)?.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok((ev, g))
+    }
+
+    /// Records what the objective said of the active samples' current points.
+    pub(super) fn offer(&self, best: &mut Best, delta: &[Vec<f32>], active: &[usize], ev: &Evaluated) {
+        for (k, &i) in active.iter().enumerate() {
+            best.offer(i, &delta[i], ev.losses[k], ev.success.as_ref().is_some_and(|s| s[k]));
+        }
+    }
+
+    /// Counts a zero or NaN gradient; `false` when it is unusable (NaN).
+    pub(super) fn usable(g: &[f32], sanity: &mut Sanity) -> bool {
+        sanity.sample_steps += 1;
+        if g.iter().any(|v| v.is_nan()) {
+            sanity.nan_gradients += 1;
+            return false;
+        }
+        if g.iter().all(|&v| v == 0.0) {
+            sanity.zero_gradients += 1;
+        }
+        true
+    }
+
+    /// Projects sample `i`'s δ onto the ball and the pixel box, and checks both hold.
+    pub(super) fn project(&self, i: usize, delta: &mut [f32], sanity: &mut Sanity) -> Result<()> {
+        self.threat.project(self.clean(i), delta);
+        check(&self.threat, self.clean(i), delta, sanity)
     }
 }
 
@@ -90,64 +162,59 @@ pub fn attack(enc: &Encoder, objective: &dyn Objective, images: &Tensor, cfg: &A
     if x.iter().any(|v| !(0.0..=1.0).contains(v)) {
         bail!("attack input pixels must lie in [0, 1]");
     }
-    let dev = enc.vit.device().clone();
-    let t = cfg.threat;
+    let p = Problem { enc, objective, x, per, dims: (c, h, w), threat: cfg.threat };
     let mut best = Best { delta: vec![vec![0f32; per]; b], loss: vec![f64::NEG_INFINITY; b], success: vec![false; b] };
     let mut sanity = Sanity { min_pixel: 1.0, max_pixel: 0.0, ..Default::default() };
     for restart in 0..cfg.restarts.max(1) {
         let mut rng = SplitMix64::new(cfg.seed ^ (restart as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut delta = vec![vec![0f32; per]; b];
         for (i, d) in delta.iter_mut().enumerate() {
-            if cfg.random_start && t.eps > 0.0 {
-                t.random_start(d, &mut rng);
+            if cfg.random_start && p.threat.eps > 0.0 {
+                p.threat.random_start(d, &mut rng);
             }
-            t.project(&x[i * per..(i + 1) * per], d);
+            p.project(i, d, &mut sanity)?;
         }
-        let mut active: Vec<usize> = (0..b).filter(|&i| !(cfg.early_stop && best.success[i])).collect();
-        for step in 0..=cfg.steps {
-            if active.is_empty() {
-                break;
-            }
-            let last = step == cfg.steps;
-            let pixels: Vec<f32> = active.iter().flat_map(|&i| x[i * per..(i + 1) * per].iter().zip(&delta[i]).map(|(a, d)| a + d)).collect();
-            let input = Tensor::from_vec(pixels, (active.len(), c, h, w), &Device::Cpu)?.to_device(&dev)?;
-            let (tokens, tape) = enc.forward_with_tape(&input)?;
-            let ev = objective.evaluate(&tokens, &active, step, cfg.steps)?;
-            for (k, &i) in active.iter().enumerate() {
-                let ok = ev.success.as_ref().is_some_and(|s| s[k]);
-                best.offer(i, &delta[i], ev.losses[k], ok);
-            }
-            let reached: Vec<bool> = match &ev.success {
-                Some(s) if cfg.early_stop => s.clone(),
-                _ => vec![false; active.len()],
-            };
-            if last {
-                break;
-            }
-            let grad: Vec<f32> = enc.backward(&tape, &ev.d_cls, &ev.d_patch)?.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-            for (k, &i) in active.iter().enumerate() {
-                if reached[k] {
-                    continue;
-                }
-                let g = &grad[k * per..(k + 1) * per];
-                sanity.sample_steps += 1;
-                if g.iter().any(|v| v.is_nan()) {
-                    sanity.nan_gradients += 1;
-                    continue;
-                }
-                if g.iter().all(|&v| v == 0.0) {
-                    sanity.zero_gradients += 1;
-                }
-                let xi = &x[i * per..(i + 1) * per];
-                t.step(&mut delta[i], g, cfg.step_size);
-                t.project(xi, &mut delta[i]);
-                check(&t, xi, &delta[i], &mut sanity)?;
-            }
-            active = active.iter().zip(&reached).filter(|(_, &r)| !r).map(|(&i, _)| i).collect();
+        // Samples that reached the goal in an earlier restart are not attacked again.
+        let active: Vec<usize> = (0..b).filter(|&i| !(cfg.early_stop && best.success[i])).collect();
+        if active.is_empty() {
+            break;
+        }
+        match cfg.method {
+            Method::Pgd => pgd(&p, cfg, delta, active, &mut best, &mut sanity)?,
+            Method::Apgd => super::apgd::apgd(&p, cfg, delta, active, &mut best, &mut sanity)?,
         }
     }
-    let adv: Vec<f32> = (0..b).flat_map(|i| x[i * per..(i + 1) * per].iter().zip(&best.delta[i]).map(|(a, d)| a + d).collect::<Vec<_>>()).collect();
+    let adv: Vec<f32> = (0..b).flat_map(|i| p.clean(i).iter().zip(&best.delta[i]).map(|(a, d)| a + d).collect::<Vec<_>>()).collect();
     Ok(Outcome { adversarial: Tensor::from_vec(adv, (b, c, h, w), &Device::Cpu)?, loss: best.loss, success: best.success, sanity })
+}
+
+/// Fixed-step projected gradient ascent; with early stop, samples leave once they reach the goal.
+fn pgd(p: &Problem, cfg: &AttackConfig, mut delta: Vec<Vec<f32>>, mut active: Vec<usize>, best: &mut Best, sanity: &mut Sanity) -> Result<()> {
+    for step in 0..=cfg.steps {
+        if active.is_empty() {
+            break;
+        }
+        let last = step == cfg.steps;
+        let (ev, grad) = p.evaluate(&delta, &active, step, cfg.steps, !last)?;
+        p.offer(best, &delta, &active, &ev);
+        let reached: Vec<bool> = match &ev.success {
+            Some(s) if cfg.early_stop => s.clone(),
+            _ => vec![false; active.len()],
+        };
+        if last {
+            break;
+        }
+        for (k, &i) in active.iter().enumerate() {
+            let g = &grad[k * p.per..(k + 1) * p.per];
+            if reached[k] || !Problem::usable(g, sanity) {
+                continue;
+            }
+            p.threat.step(&mut delta[i], g, cfg.step_size);
+            p.project(i, &mut delta[i], sanity)?;
+        }
+        active = active.iter().zip(&reached).filter(|(_, &r)| !r).map(|(&i, _)| i).collect();
+    }
+    Ok(())
 }
 
 /// The budget and the pixel range hold after a step; a violation is a bug, never a result.

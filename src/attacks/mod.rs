@@ -4,6 +4,7 @@
 //! [`embed`], [`pgd_ce`], [`segpgd`], [`depthpgd`]) says what to maximise; [`engine`] runs the projected ascent with
 //! restarts, per-sample best points and sanity checks.
 
+mod apgd;
 pub mod depthpgd;
 pub mod embed;
 pub mod engine;

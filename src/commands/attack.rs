@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::features::FeatureArgs;
 use crate::attacks::depthpgd::DepthPgd;
 use crate::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
-use crate::attacks::engine::{attack, AttackConfig, Sanity};
+use crate::attacks::engine::{attack, AttackConfig, Method, Sanity};
 use crate::attacks::objective::Objective;
 use crate::attacks::pgd_ce::CrossEntropy;
 use crate::attacks::segpgd::SegPgd;
@@ -35,6 +35,8 @@ pub enum AttackKind {
     Segpgd,
     /// SigLoss + 0.5·GradLoss on the depth head.
     Depthpgd,
+    /// The task's own loss (cross-entropy, SegPGD's, DepthPGD's) with AutoAttack's APGD schedule.
+    Apgd,
 }
 
 #[derive(Args, Debug)]
@@ -51,7 +53,7 @@ pub struct AttackArgs {
     /// Budget, as a fraction (8/255) or a number.
     #[arg(long, default_value = "8/255")]
     pub eps: String,
-    /// Step size (default: ε/4).
+    /// Step size (default: ε/4; APGD starts at 2ε and sets its own).
     #[arg(long)]
     pub step_size: Option<String>,
     #[arg(long, default_value_t = 20)]
@@ -91,7 +93,13 @@ struct Report {
 }
 
 fn objective_for<'a>(a: &AttackArgs, head: &'a Head, clean: &crate::encoder::Tokens, targets: &Targets, range: Option<DepthRange>) -> Result<Box<dyn Objective + 'a>> {
-    Ok(match (a.attack, head, targets) {
+    let kind = match (a.attack, a.task) {
+        (AttackKind::Apgd, Task::Cls) => AttackKind::Pgd,
+        (AttackKind::Apgd, Task::Seg) => AttackKind::Segpgd,
+        (AttackKind::Apgd, Task::Depth) => AttackKind::Depthpgd,
+        (k, _) => k,
+    };
+    Ok(match (kind, head, targets) {
         (AttackKind::Embed, _, _) => Box::new(EmbedAttack::new(clean, a.embed_target, a.embed_distance)),
         (AttackKind::Pgd, Head::Linear(probe), Targets::Class(l)) => Box::new(CrossEntropy { probe, labels: l.clone() }),
         (AttackKind::Segpgd, Head::Seg(_), Targets::Segmentation { labels, height, width }) => {
@@ -116,6 +124,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         None => eps / 4.0,
     };
     let cfg = AttackConfig {
+        method: if a.attack == AttackKind::Apgd { Method::Apgd } else { Method::Pgd },
         threat: ThreatModel { norm: a.norm, eps },
         step_size,
         steps: a.steps,
@@ -184,7 +193,8 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{:?} attack ({:?}, ε {:.5}, step {:.5}, {} steps, {} restart(s)) on {} with {}", a.attack, a.norm, eps, step_size, a.steps, a.restarts.max(1), report.dataset, report.head);
+        let step = if cfg.method == Method::Apgd { "from 2ε, adaptive".to_string() } else { format!("{step_size:.5}") };
+        println!("{:?} attack ({:?}, ε {:.5}, step {step}, {} steps, {} restart(s)) on {} with {}", a.attack, a.norm, eps, a.steps, a.restarts.max(1), report.dataset, report.head);
         println!("  clean:       {}", super::eval::one_line(&report.clean.head));
         println!("  adversarial: {}", super::eval::one_line(&report.adversarial.head));
         println!("  baseline:    {} ({})", super::eval::one_line(&report.clean.baseline), super::eval::baseline_name(&report.clean.baseline_kind));
