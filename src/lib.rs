@@ -17,4 +17,5 @@ pub mod input;
 pub mod metrics;
 pub mod perf;
 pub mod progress;
+pub mod report;
 pub mod resize;

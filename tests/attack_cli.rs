@@ -60,7 +60,16 @@ fn attacks_hurt_every_task_within_budget() {
         let train_spec = format!("{kind}:32x28");
         call(with(&["train-head", "--task", task], &["--dataset", &train_spec, "--size", "28", "--epochs", "20", "--lr", "1e-2", "--out", &head, "--json"]));
         let val_spec = format!("{kind}:8x28");
-        let r = call(with(&["attack", "--task", task, "--attack", attack, "--eps", "32/255", "--steps", "5"], &["--dataset", &val_spec, "--head", &head, "--json"]));
+        let examples = tmp.path().join(format!("examples-{task}"));
+        std::fs::create_dir(&examples).unwrap();
+        let ex = examples.display().to_string();
+        let r = call(with(&["attack", "--task", task, "--attack", attack, "--eps", "32/255", "--steps", "5"], &["--dataset", &val_spec, "--head", &head, "--json", "--save-examples", &ex, "--examples", "3"]));
+        // Three strips: clean | adversarial | perturbation | clean, adversarial prediction | truth.
+        let mut names: Vec<String> = std::fs::read_dir(&examples).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        names.sort();
+        assert_eq!(names, ["00000", "00001", "00002"].map(|i| format!("{i}-{attack}.png")));
+        let strip = image::open(examples.join(&names[0])).unwrap();
+        assert_eq!((strip.width(), strip.height()), (6 * 28 + 5 * 4, 28));
         let (clean, adv) = match task {
             "seg" => (r["clean"]["head"]["miou"].as_f64().unwrap(), r["adversarial"]["head"]["miou"].as_f64().unwrap()),
             _ => (-r["clean"]["head"]["rmse"].as_f64().unwrap(), -r["adversarial"]["head"]["rmse"].as_f64().unwrap()),
@@ -80,4 +89,6 @@ fn attacks_hurt_every_task_within_budget() {
     bad(&["--attack", "segpgd", "--dataset", &cifar, "--head", &probe], &["segpgd", "does not fit"]);
     bad(&["--attack", "pgd", "--dataset", &cifar, "--head", &seg_head], &["seg.safetensors", "seg head"]);
     fails_with(&["attack", "--task", "cls", "--pixels", "--attack", "pgd", "--dataset", &cifar, "--head", &probe], &["encoder"]);
+    let nowhere = tmp.path().join("no-such-folder").display().to_string();
+    bad(&["--attack", "pgd", "--dataset", &cifar, "--head", &probe, "--save-examples", &nowhere], &["no-such-folder", "does not exist"]);
 }

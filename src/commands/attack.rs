@@ -75,6 +75,12 @@ pub struct AttackArgs {
     /// Images attacked together.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
+    /// Write PNG strips (clean | adversarial | perturbation | predictions | ground truth) here.
+    #[arg(long)]
+    pub save_examples: Option<PathBuf>,
+    /// How many images get a strip.
+    #[arg(long, default_value_t = 8)]
+    pub examples: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -148,6 +154,12 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     let (mut clean_scores, mut adv_scores) = (Scorer::new(&head, &file)?, Scorer::new(&head, &file)?);
     let mut sanity_all = Sanity { min_pixel: 1.0, ..Default::default() };
     let mut objective_sum = 0.0;
+    let mut saved = 0;
+    if let Some(dir) = &a.save_examples {
+        if !dir.is_dir() {
+            bail!("{}: the --save-examples folder does not exist", dir.display());
+        }
+    }
     let bar = crate::progress::bar(prep.request.indices.len() as u64, &format!("{:?} attack on {}", a.attack, ds.describe()));
     for ids in prep.request.indices.chunks(a.batch_size.max(1)) {
         let samples = load_batch(ds, ids, &prep.request.transforms)?;
@@ -155,17 +167,20 @@ pub fn run(a: &AttackArgs) -> Result<()> {
             .with_context(|| format!("{}: images of different sizes after the transforms", ds.describe()))?;
         let targets = targets_of(ds, ids, samples)?;
         let size = target_size(&targets);
-        let score = |images: &Tensor, scorer: &mut Scorer| -> Result<crate::encoder::Tokens> {
+        let score = |images: &Tensor, scorer: &mut Scorer| -> Result<(crate::encoder::Tokens, Tensor)> {
             let tokens = enc.forward(&images.to_device(enc.vit.device())?)?;
             let batch = Batch { cls: tokens.cls.clone(), patch_mean: None, patch: Some(tokens.patch.clone()), grid: tokens.grid, targets: Targets::None };
             let (out, _) = forward(&head.head, &batch.to_device(&Device::Cpu)?, size, false)?;
             scorer.add(&out, &targets, ids.len())?;
-            Ok(tokens)
+            Ok((tokens, out))
         };
-        let clean = score(&images, &mut clean_scores)?;
+        let (clean, clean_out) = score(&images, &mut clean_scores)?;
         let objective = objective_for(a, &head.head, &clean, &targets, range)?;
         let out = attack(enc, objective.as_ref(), &images, &cfg)?;
-        score(&out.adversarial, &mut adv_scores)?;
+        let (_, adv_out) = score(&out.adversarial, &mut adv_scores)?;
+        if let Some(dir) = &a.save_examples {
+            saved += save_examples(dir, a, ids, &images, &out.adversarial, (&clean_out, &adv_out), &targets, eps, a.examples.saturating_sub(saved))?;
+        }
         objective_sum += out.loss.iter().sum::<f64>();
         let s = &out.sanity;
         sanity_all.sample_steps += s.sample_steps;
@@ -201,4 +216,41 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         println!("  objective {:.5} on average; largest ‖δ‖/ε {:.4}; pixels in [{:.4}, {:.4}]", report.mean_objective, report.sanity.max_norm_over_eps, report.sanity.min_pixel, report.sanity.max_pixel);
     }
     Ok(())
+}
+
+/// Writes up to `budget` strips for this batch; returns how many.
+#[allow(clippy::too_many_arguments)]
+fn save_examples(dir: &std::path::Path, a: &AttackArgs, ids: &[usize], clean: &Tensor, adv: &Tensor, (clean_out, adv_out): (&Tensor, &Tensor), targets: &Targets, eps: f64, budget: usize) -> Result<usize> {
+    use crate::report::strips::{write_strip, Panel};
+    let attack = format!("{:?}", a.attack).to_lowercase();
+    let n = ids.len().min(budget);
+    for k in 0..n {
+        let (c, x) = (clean.get(k)?, adv.get(k)?);
+        let diff = (&x - &c)?;
+        let images = [Panel::Image(&c), Panel::Image(&x), Panel::Perturbation(&diff, eps)];
+        let path = |suffix: String| dir.join(format!("{:05}-{attack}{suffix}.png", ids[k]));
+        match targets {
+            Targets::Class(l) => {
+                let (pc, pa) = (clean_out.get(k)?.argmax(0)?.to_scalar::<u32>()?, adv_out.get(k)?.argmax(0)?.to_scalar::<u32>()?);
+                write_strip(&path(format!("-label{}-clean{pc}-adv{pa}", l[k])), &images)?;
+            }
+            Targets::Segmentation { labels, height: h, width: w } => {
+                let clean_map = clean_out.get(k)?.argmax(0)?.flatten_all()?.to_vec1::<u32>()?;
+                let adv_map = adv_out.get(k)?.argmax(0)?.flatten_all()?.to_vec1::<u32>()?;
+                let gt = &labels[k * h * w..(k + 1) * h * w];
+                let maps = [&clean_map[..], &adv_map[..], gt].map(|labels| Panel::Classes { labels, height: *h, width: *w });
+                write_strip(&path(String::new()), &images.into_iter().chain(maps).collect::<Vec<_>>())?;
+            }
+            Targets::Depth { metres, height: h, width: w } => {
+                let gt = &metres[k * h * w..(k + 1) * h * w];
+                let valid = gt.iter().copied().filter(|d| *d > 0.0 && d.is_finite());
+                let (lo, hi) = valid.fold((f32::INFINITY, 0f32), |(lo, hi), d| (lo.min(d), hi.max(d)));
+                let (cd, ad) = (clean_out.get(k)?.flatten_all()?.to_vec1::<f32>()?, adv_out.get(k)?.flatten_all()?.to_vec1::<f32>()?);
+                let maps = [&cd[..], &ad[..], gt].map(|metres| Panel::Depth { metres, height: *h, width: *w, lo: lo * 0.9, hi: hi * 1.1 });
+                write_strip(&path(String::new()), &images.into_iter().chain(maps).collect::<Vec<_>>())?;
+            }
+            Targets::None => write_strip(&path(String::new()), &images)?,
+        }
+    }
+    Ok(n)
 }
