@@ -105,7 +105,7 @@ fn classification_head_and_pixel_baseline_round_trip() {
     assert_eq!(t["meta"]["transforms"], serde_json::json!(["resize-short28", "crop28x28", "pad14"]));
     assert_eq!(t["train_split"]["head"]["accuracy"], 1.0, "10 samples, 128 features: a linear probe fits them");
     let e = ok_json(&["eval", "--task", "cls", "--checkpoint", &enc, "--heads", "4", "--dataset", &cifar, "--cache-dir", &cache, "--head", &head, "--json"]);
-    assert_eq!(e["dataset"].as_str().unwrap().ends_with("[test]"), true, "CIFAR has no val split: eval falls back to test");
+    assert!(e["dataset"].as_str().unwrap().ends_with("[test]"), "CIFAR has no val split: eval falls back to test");
     assert_eq!(e["head"]["total"], 3);
 
     let px = tmp.path().join("pixels.safetensors").display().to_string();
