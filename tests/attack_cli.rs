@@ -1,39 +1,16 @@
 //! `robust-ssl attack` as a user runs it on a tiny DINOv2: every attack fits its task, keeps the
 //! budget, hurts the metric, and bad input fails cleanly.
 
+mod common;
+
+use common::{fails_with, ok_json, tiny_encoder};
+
 use std::path::Path;
-use std::process::Command;
-
-use serde_json::Value;
-
-fn encoder() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth").display().to_string()
-}
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_robust-ssl")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-fn ok_json(args: &[&str]) -> Value {
-    let (ok, out, err) = run(args);
-    assert!(ok, "{args:?} failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
-}
-
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let (ok, _, err) = run(args);
-    assert!(!ok, "{args:?} should fail");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: the error should mention '{n}': {err}");
-    }
-}
 
 #[test]
 fn attacks_hurt_every_task_within_budget() {
     let tmp = tempfile::tempdir().unwrap();
-    let (enc, cache) = (encoder(), tmp.path().display().to_string());
+    let (enc, cache) = (tiny_encoder(), tmp.path().display().to_string());
     let cifar = format!("cifar10:{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/cifar-10-batches-bin").display());
     let probe = tmp.path().join("probe.safetensors").display().to_string();
     let common = ["--checkpoint", enc.as_str(), "--heads", "4", "--cache-dir", cache.as_str()];

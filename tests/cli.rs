@@ -1,29 +1,17 @@
 //! The `robust-ssl` binary as a user calls it: `embed` and `inspect` outputs, and a clear error
 //! (naming the file and the problem, exit code 1, no panic) for every kind of bad input.
 
+mod common;
+
+use common::{fails_with, run};
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder")
-}
-
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_robust-ssl")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-/// Runs and expects a clean failure whose message contains every `needle`.
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let (ok, _, err) = run(args);
-    assert!(!ok, "{args:?} should fail");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: error should mention '{n}': {err}");
-    }
 }
 
 fn save(dir: &Path, name: &str, tensors: HashMap<String, Tensor>) -> String {

@@ -3,42 +3,21 @@
 //! cache is reused, resumes after a lost chunk, and gives the same head as recomputing features
 //! per batch; bad input fails cleanly, naming the file and the problem.
 
+mod common;
+
+use common::{fails_with, ok_json, run, tiny_encoder};
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::Value;
-
-fn encoder() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth").display().to_string()
-}
 
 fn data(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data").join(rel)
 }
 
-fn run(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_robust-ssl")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-fn ok_json(args: &[&str]) -> Value {
-    let (ok, out, err) = run(args);
-    assert!(ok, "{args:?} failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
-}
-
-fn fails_with(args: &[&str], needles: &[&str]) {
-    let (ok, _, err) = run(args);
-    assert!(!ok, "{args:?} should fail");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    for n in needles {
-        assert!(err.contains(n), "{args:?}: the error should mention '{n}': {err}");
-    }
-}
-
 /// `train-head` + `eval --json` on synthetic scenes of one task; returns the evaluation.
 fn train_and_eval(task: &str, kind: &str, cache: &Path, out: &Path, extra: &[&str]) -> Value {
-    let enc = encoder();
+    let enc = tiny_encoder();
     let head = out.join(format!("{task}.safetensors")).display().to_string();
     let cache = cache.display().to_string();
     let train_spec = format!("{kind}:48x56");
@@ -63,7 +42,7 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
 
     // Sliding windows: one window as large as the image gives the plain evaluation's figures;
     // overlapping windows (3×3 of 28 px) still beat the baseline.
-    let enc = encoder();
+    let enc = tiny_encoder();
     let (head_file, cache) = (tmp.path().join("seg.safetensors").display().to_string(), tmp.path().display().to_string());
     let slide = |window: &str| {
         ok_json(&["eval", "--task", "seg", "--checkpoint", &enc, "--heads", "4", "--dataset", "synthetic-seg:24x56", "--cache-dir", &cache, "--head", &head_file, "--sliding-window", window, "--json"])
@@ -93,7 +72,7 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
 #[test]
 fn classification_head_and_pixel_baseline_round_trip() {
     let tmp = tempfile::tempdir().unwrap();
-    let (enc, cache) = (encoder(), tmp.path().display().to_string());
+    let (enc, cache) = (tiny_encoder(), tmp.path().display().to_string());
     let cifar = format!("cifar10:{}", data("cifar-10-batches-bin").display());
     let head = tmp.path().join("probe.safetensors").display().to_string();
     let t = ok_json(&[
@@ -136,7 +115,7 @@ fn head_tensors(path: &str) -> Vec<(String, Vec<f32>)> {
 #[test]
 fn feature_cache_is_reused_resumes_and_matches_recomputing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (enc, cache) = (encoder(), tmp.path().join("cache").display().to_string());
+    let (enc, cache) = (tiny_encoder(), tmp.path().join("cache").display().to_string());
     let head = |n: &str| tmp.path().join(n).display().to_string();
     // 300 scenes: two chunks of the cache.
     let base = ["train-head", "--task", "seg", "--checkpoint", &enc, "--heads", "4", "--dataset", "synthetic-seg:300x28", "--size", "28", "--epochs", "2"];
@@ -177,7 +156,7 @@ fn feature_cache_is_reused_resumes_and_matches_recomputing() {
 #[test]
 fn bad_input_fails_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
-    let (enc, cache) = (encoder(), tmp.path().display().to_string());
+    let (enc, cache) = (tiny_encoder(), tmp.path().display().to_string());
     let cifar = format!("cifar10:{}", data("cifar-10-batches-bin").display());
     let out = tmp.path().join("h.safetensors").display().to_string();
     let common = ["--checkpoint", &enc, "--heads", "4", "--cache-dir", &cache];
