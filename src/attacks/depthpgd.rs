@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use super::objective::{losses_and_grads, Evaluated, Objective};
 use crate::encoder::Tokens;
-use crate::features::{Batch, Targets};
+use crate::features::Batch;
 use crate::heads::head::Head;
 use crate::heads::losses::{depth_loss, valid_mask};
 use crate::heads::trainer::forward;
@@ -31,7 +31,7 @@ impl Objective for DepthPgd<'_> {
         let Head::Depth(_) = self.head else { bail!("DepthPGD needs a depth head") };
         let (h, w) = (self.height, self.width);
         let (losses, d_cls, d_patch) = losses_and_grads(tokens, |cls, patch| {
-            let batch = Batch { cls: cls.clone(), patch_mean: None, patch: Some(patch.clone()), grid: tokens.grid, targets: Targets::None };
+            let batch = Batch::from_tokens(cls, patch, tokens.grid);
             let (pred, _) = forward(self.head, &batch, (h, w), false)?; // [n, H, W]
             let per = active
                 .iter()

@@ -41,7 +41,7 @@ pub struct AttackConfig {
 }
 
 /// What the checks saw over the whole attack.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sanity {
     /// Gradient steps taken (summed over samples).
     pub sample_steps: usize,
@@ -54,7 +54,24 @@ pub struct Sanity {
     pub nan_gradients: usize,
 }
 
+impl Default for Sanity {
+    /// Nothing seen yet: the pixel range starts empty.
+    fn default() -> Self {
+        Self { sample_steps: 0, max_norm_over_eps: 0.0, min_pixel: 1.0, max_pixel: 0.0, zero_gradients: 0, nan_gradients: 0 }
+    }
+}
+
 impl Sanity {
+    /// Adds what another attack (another batch) saw.
+    pub fn merge(&mut self, o: &Sanity) {
+        self.sample_steps += o.sample_steps;
+        self.zero_gradients += o.zero_gradients;
+        self.nan_gradients += o.nan_gradients;
+        self.max_norm_over_eps = self.max_norm_over_eps.max(o.max_norm_over_eps);
+        self.min_pixel = self.min_pixel.min(o.min_pixel);
+        self.max_pixel = self.max_pixel.max(o.max_pixel);
+    }
+
     /// A line when many gradients were zero or NaN (a sign of gradient masking), else `None`.
     pub fn warning(&self) -> Option<String> {
         let bad = self.zero_gradients + self.nan_gradients;
@@ -164,7 +181,7 @@ pub fn attack(enc: &Encoder, objective: &dyn Objective, images: &Tensor, cfg: &A
     }
     let p = Problem { enc, objective, x, per, dims: (c, h, w), threat: cfg.threat };
     let mut best = Best { delta: vec![vec![0f32; per]; b], loss: vec![f64::NEG_INFINITY; b], success: vec![false; b] };
-    let mut sanity = Sanity { min_pixel: 1.0, max_pixel: 0.0, ..Default::default() };
+    let mut sanity = Sanity::default();
     for restart in 0..cfg.restarts.max(1) {
         let mut rng = SplitMix64::new(cfg.seed ^ (restart as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut delta = vec![vec![0f32; per]; b];

@@ -9,7 +9,7 @@ use candle_core::{Tensor, D};
 use super::objective::{losses_and_grads, Evaluated, Objective};
 use crate::data::IGNORE;
 use crate::encoder::Tokens;
-use crate::features::{Batch, Targets};
+use crate::features::Batch;
 use crate::heads::head::Head;
 use crate::heads::trainer::forward;
 
@@ -32,7 +32,7 @@ impl Objective for SegPgd<'_> {
         let labels: Vec<u32> = active.iter().flat_map(|&i| self.labels[i * h * w..(i + 1) * h * w].iter().copied()).collect();
         let lambda = step as f64 / (2.0 * steps.max(1) as f64);
         let (losses, d_cls, d_patch) = losses_and_grads(tokens, |cls, patch| {
-            let batch = Batch { cls: cls.clone(), patch_mean: None, patch: Some(patch.clone()), grid: tokens.grid, targets: Targets::None };
+            let batch = Batch::from_tokens(cls, patch, tokens.grid);
             let (logits, _) = forward(self.head, &batch, (h, w), false)?; // [n, K, H, W]
             let (n, k) = (logits.dim(0)?, logits.dim(1)?);
             let predicted = logits.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;

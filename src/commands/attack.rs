@@ -18,7 +18,7 @@ use crate::attacks::segpgd::SegPgd;
 use crate::attacks::threat::{parse_amount, Norm, ThreatModel};
 use crate::data::transform::load_batch;
 use crate::data::Split;
-use crate::features::{targets_of, Batch, Layout, Targets};
+use crate::features::{targets_of, Batch, Targets};
 use crate::heads::evaluate::{Evaluation, Scorer};
 use crate::heads::head::{Head, Task, TrainedHead};
 use crate::heads::trainer::{check_features, forward, target_size};
@@ -140,19 +140,15 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         early_stop: a.task == Task::Cls,
     };
     let file = a.head.display().to_string();
-    let head = TrainedHead::load(&a.head, &Device::Cpu)?;
-    if head.meta.task != a.task {
-        bail!("{file}: this is a {} head, but --task is {}", head.meta.task, a.task);
-    }
+    let head = TrainedHead::load_for(&a.head, a.task, &Device::Cpu)?;
     let split = f.split_or(&[Split::Val, Split::Test])?;
-    let layout = if a.task == Task::Cls { Layout::Pooled } else { Layout::Tokens };
-    let prep = f.prepare(split, layout, Some(&head.meta.transforms))?;
+    let prep = f.prepare(split, a.task.layout(), Some(&head.meta.transforms))?;
     let enc = prep.encoder.as_ref().context("attacks need an encoder")?;
     check_features(&head.meta, enc.config().embed_dim, &file)?;
     let ds = prep.dataset.as_ref();
     let range = head.meta.depth_range.map(|(min, max)| DepthRange { min, max });
     let (mut clean_scores, mut adv_scores) = (Scorer::new(&head, &file)?, Scorer::new(&head, &file)?);
-    let mut sanity_all = Sanity { min_pixel: 1.0, ..Default::default() };
+    let mut sanity_all = Sanity::default();
     let mut objective_sum = 0.0;
     let mut saved = 0;
     if let Some(dir) = &a.save_examples {
@@ -169,7 +165,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         let size = target_size(&targets);
         let score = |images: &Tensor, scorer: &mut Scorer| -> Result<(crate::encoder::Tokens, Tensor)> {
             let tokens = enc.forward(&images.to_device(enc.vit.device())?)?;
-            let batch = Batch { cls: tokens.cls.clone(), patch_mean: None, patch: Some(tokens.patch.clone()), grid: tokens.grid, targets: Targets::None };
+            let batch = Batch::from_tokens(&tokens.cls, &tokens.patch, tokens.grid);
             let (out, _) = forward(&head.head, &batch.to_device(&Device::Cpu)?, size, false)?;
             scorer.add(&out, &targets, ids.len())?;
             Ok((tokens, out))
@@ -182,13 +178,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
             saved += save_examples(dir, a, ids, &images, &out.adversarial, (&clean_out, &adv_out), &targets, eps, a.examples.saturating_sub(saved))?;
         }
         objective_sum += out.loss.iter().sum::<f64>();
-        let s = &out.sanity;
-        sanity_all.sample_steps += s.sample_steps;
-        sanity_all.zero_gradients += s.zero_gradients;
-        sanity_all.nan_gradients += s.nan_gradients;
-        sanity_all.max_norm_over_eps = sanity_all.max_norm_over_eps.max(s.max_norm_over_eps);
-        sanity_all.min_pixel = sanity_all.min_pixel.min(s.min_pixel);
-        sanity_all.max_pixel = sanity_all.max_pixel.max(s.max_pixel);
+        sanity_all.merge(&out.sanity);
         bar.inc(ids.len() as u64);
     }
     bar.finish_and_clear();

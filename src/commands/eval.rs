@@ -11,7 +11,7 @@ use super::features::FeatureArgs;
 use crate::data::transform::Transform;
 use crate::data::Split;
 use crate::features::cache::CacheReport;
-use crate::features::{Layout, Source};
+use crate::features::Source;
 use crate::heads::evaluate::{evaluate, evaluate_sliding, Evaluation, Metrics};
 use crate::heads::sliding::Window;
 use crate::heads::head::{Baseline, Task, TrainedHead};
@@ -55,11 +55,8 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     let f = &a.features;
     let dev = crate::device::default_device()?;
     let file = a.head.display().to_string();
-    let head = TrainedHead::load(&a.head, &dev)?;
+    let head = TrainedHead::load_for(&a.head, a.task, &dev)?;
     let meta = &head.meta;
-    if meta.task != a.task {
-        bail!("{file}: this is a {} head, but --task is {}", meta.task, a.task);
-    }
     let pixels_head = meta.source == serde_json::json!("pixels");
     if pixels_head != f.pixels {
         bail!(
@@ -69,7 +66,6 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         );
     }
     let split = f.split_or(&[Split::Val, Split::Test])?;
-    let layout = if a.task == Task::Cls { Layout::Pooled } else { Layout::Tokens };
     // Sliding windows see whole images: of the head's transforms, only the resizes apply.
     let resizes: Vec<String> = Transform::parse_list(&meta.transforms.join(","))
         .with_context(|| format!("{file}: the head's transforms"))?
@@ -78,7 +74,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         .map(Transform::describe)
         .collect();
     let transforms = if a.sliding_window.is_some() { &resizes } else { &meta.transforms };
-    let prep = f.prepare(split, layout, Some(transforms))?;
+    let prep = f.prepare(split, a.task.layout(), Some(transforms))?;
     if let Source::Encoder(enc) = prep.source() {
         let fp = enc.fingerprint()?;
         if fp != meta.source {

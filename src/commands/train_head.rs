@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::features::FeatureArgs;
 use crate::data::Split;
-use crate::features::{Layout, Source};
+use crate::features::Source;
 use crate::heads::evaluate::{evaluate, Evaluation};
 use crate::heads::head::{HeadMeta, Task, TrainedHead};
 use crate::heads::layers::Pooling;
@@ -131,9 +131,8 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     }
     crate::atomic::check_parent(&a.out)?;
     let cfg = a.config();
-    let layout = if a.task == Task::Cls { Layout::Pooled } else { Layout::Tokens };
     let split = f.split.unwrap_or(Split::Train);
-    let prep = f.prepare(split, layout, None)?;
+    let prep = f.prepare(split, a.task.layout(), None)?;
     let ds = prep.dataset.as_ref();
     let dev = crate::device::default_device()?;
 

@@ -94,6 +94,11 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// CLS and patch tokens straight from the encoder, without targets (attacks, sliding windows).
+    pub fn from_tokens(cls: &Tensor, patch: &Tensor, grid: (usize, usize)) -> Batch {
+        Batch { cls: cls.clone(), patch_mean: None, patch: Some(patch.clone()), grid, targets: Targets::None }
+    }
+
     pub fn len(&self) -> usize {
         self.cls.dim(0).unwrap_or(0)
     }

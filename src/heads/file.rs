@@ -56,6 +56,15 @@ impl TrainedHead {
         crate::atomic::write(&sidecar(path), (json + "\n").as_bytes())
     }
 
+    /// [`TrainedHead::load`], refusing a head of another task than `task`.
+    pub fn load_for(path: &Path, task: super::head::Task, dev: &Device) -> Result<TrainedHead> {
+        let head = Self::load(path, dev)?;
+        if head.meta.task != task {
+            bail!("{}: this is a {} head, but --task is {task}", path.display(), head.meta.task);
+        }
+        Ok(head)
+    }
+
     pub fn load(path: &Path, dev: &Device) -> Result<TrainedHead> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).with_context(|| format!("{shown}: cannot read the head file"))?;

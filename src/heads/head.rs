@@ -25,6 +25,16 @@ pub enum Task {
     Depth,
 }
 
+impl Task {
+    /// What the task's head reads from the encoder: pooled vectors, or every patch token.
+    pub fn layout(self) -> crate::features::Layout {
+        match self {
+            Self::Cls => crate::features::Layout::Pooled,
+            Self::Seg | Self::Depth => crate::features::Layout::Tokens,
+        }
+    }
+}
+
 impl std::fmt::Display for Task {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use super::head::Head;
 use super::trainer::forward;
 use crate::encoder::Encoder;
-use crate::features::{Batch, Targets};
+use crate::features::Batch;
 
 /// Window size and stride in pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,7 @@ pub fn predict(enc: &Encoder, head: &Head, image: &Tensor, window: Window, batch
             .collect::<Result<Vec<_>>>()?;
         let pixels = Tensor::stack(&crops, 0)?.to_device(enc.vit.device())?;
         let tokens = enc.forward(&pixels)?;
-        let feats = Batch { cls: tokens.cls, patch_mean: None, patch: Some(tokens.patch), grid: tokens.grid, targets: Targets::None };
+        let feats = Batch::from_tokens(&tokens.cls, &tokens.patch, tokens.grid);
         let (out, _) = forward(head, &feats, (ph, pw), false)?;
         let out = if out.rank() == 3 { out.unsqueeze(1)? } else { out }; // depth [n, H, W] → [n, 1, H, W]
         channels = out.dim(1)?;
