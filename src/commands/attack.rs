@@ -141,8 +141,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     };
     let file = a.head.display().to_string();
     let head = TrainedHead::load_for(&a.head, a.task, &Device::Cpu)?;
-    let split = f.split_or(&[Split::Val, Split::Test])?;
-    let prep = f.prepare(split, a.task.layout(), Some(&head.meta.transforms))?;
+    let prep = f.prepare(&[Split::Val, Split::Test], a.task.layout(), Some(&head.meta.transforms))?;
     let enc = prep.encoder.as_ref().context("attacks need an encoder")?;
     check_features(&head.meta, enc.config().embed_dim, &file)?;
     let ds = prep.dataset.as_ref();

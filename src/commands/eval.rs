@@ -65,7 +65,6 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             if f.pixels { "raw pixels" } else { "encoder features" }
         );
     }
-    let split = f.split_or(&[Split::Val, Split::Test])?;
     // Sliding windows see whole images: of the head's transforms, only the resizes apply.
     let resizes: Vec<String> = Transform::parse_list(&meta.transforms.join(","))
         .with_context(|| format!("{file}: the head's transforms"))?
@@ -74,7 +73,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         .map(Transform::describe)
         .collect();
     let transforms = if a.sliding_window.is_some() { &resizes } else { &meta.transforms };
-    let prep = f.prepare(split, a.task.layout(), Some(transforms))?;
+    let prep = f.prepare(&[Split::Val, Split::Test], a.task.layout(), Some(transforms))?;
     if let Source::Encoder(enc) = prep.source() {
         let fp = enc.fingerprint()?;
         if fp != meta.source {

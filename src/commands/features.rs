@@ -63,10 +63,10 @@ pub struct Prepared {
 }
 
 impl FeatureArgs {
-    /// Opens the dataset at `split` and the encoder; `transforms` (from a head file) overrides the
-    /// default ones unless `--transforms` was given.
-    pub fn prepare(&self, split: Split, layout: Layout, transforms: Option<&[String]>) -> Result<Prepared> {
-        let dataset = data::open(&self.dataset, split)?;
+    /// Opens the dataset (at `--split`, else the first of `splits` it defines) and the encoder;
+    /// `transforms` (from a head file) overrides the default ones unless `--transforms` was given.
+    pub fn prepare(&self, splits: &[Split], layout: Layout, transforms: Option<&[String]>) -> Result<Prepared> {
+        let dataset = self.open_split(splits)?;
         let encoder = match &self.checkpoint {
             Some(path) => Some(self.model.load(path, crate::device::default_device()?)?),
             None => None,
@@ -91,15 +91,15 @@ impl FeatureArgs {
         Ok(Prepared { dataset, encoder, request })
     }
 
-    /// The dataset at `--split`, or else the first of `defaults` the dataset defines.
-    pub fn split_or(&self, defaults: &[Split]) -> Result<Split> {
+    /// The dataset at `--split`, or else at the first of `defaults` it defines, opened once.
+    fn open_split(&self, defaults: &[Split]) -> Result<Box<dyn Dataset>> {
         if let Some(s) = self.split {
-            return Ok(s);
+            return data::open(&self.dataset, s);
         }
         let mut last = None;
         for &s in defaults {
             match data::open(&self.dataset, s) {
-                Ok(_) => return Ok(s),
+                Ok(ds) => return Ok(ds),
                 Err(e) => last = Some(e),
             }
         }

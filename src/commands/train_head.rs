@@ -131,8 +131,7 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     }
     crate::atomic::check_parent(&a.out)?;
     let cfg = a.config();
-    let split = f.split.unwrap_or(Split::Train);
-    let prep = f.prepare(split, a.task.layout(), None)?;
+    let prep = f.prepare(&[Split::Train], a.task.layout(), None)?;
     let ds = prep.dataset.as_ref();
     let dev = crate::device::default_device()?;
 
@@ -154,8 +153,10 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
             (None, None) => bail!("{}: the number of classes is unknown; pass --classes", ds.describe()),
         },
     };
-    let first = source.batch(&[0])?;
-    let feature_dim = first.cls.dim(1)?;
+    let feature_dim = match prep.source() {
+        Source::Encoder(enc) => enc.config().embed_dim,
+        Source::Pixels => source.batch(&[0])?.cls.dim(1)?,
+    };
     let (source_id, encoder_file, encoder_arch) = match prep.source() {
         Source::Encoder(enc) => (enc.fingerprint()?, Some(enc.info.file.clone()), enc.info.arch.clone()),
         Source::Pixels => (serde_json::json!("pixels"), None, None),
