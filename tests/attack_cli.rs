@@ -55,8 +55,37 @@ fn attacks_hurt_every_task_within_budget() {
         assert!(r["sanity"]["max_pixel"].as_f64().unwrap() <= 1.0 && r["sanity"]["min_pixel"].as_f64().unwrap() >= 0.0);
     }
 
+    // Cross-task: one EmbedAttack perturbation per image, scored on the seg head and (with the
+    // labels of the same scenes' depth dataset) on the depth head, gives each head exactly the
+    // figures of attacking it alone with the same seed: the perturbation does not depend on the head.
+    let [seg_head, depth_head] = ["seg", "depth"].map(|t| tmp.path().join(format!("{t}.safetensors")).display().to_string());
+    let embed = |task: &str, spec: &str, head: &str, extra: &[&str]| {
+        let args = [&["attack", "--task", task, "--attack", "embed", "--eps", "32/255", "--steps", "4", "--seed", "3", "--dataset", spec, "--head", head, "--json"], extra].concat();
+        call(with(&args, &[]))
+    };
+    let also = format!("depth:{depth_head}@synthetic-depth:8x28");
+    let both = embed("seg", "synthetic-seg:8x28", &seg_head, &["--also", &also]);
+    let seg_alone = embed("seg", "synthetic-seg:8x28", &seg_head, &[]);
+    let depth_alone = embed("depth", "synthetic-depth:8x28", &depth_head, &[]);
+    assert_eq!(both["adversarial"], seg_alone["adversarial"]);
+    assert_eq!(both["also"][0]["clean"], depth_alone["clean"]);
+    assert_eq!(both["also"][0]["adversarial"], depth_alone["adversarial"]);
+    assert_eq!(both["also"][0]["task"], "depth");
+    assert!(both["also"][0]["adversarial"]["head"]["rmse"].as_f64().unwrap() > both["also"][0]["clean"]["head"]["rmse"].as_f64().unwrap());
+    let also_fails = |spec: &str, also: &str, needles: &[&str]| {
+        let (spec, transforms) = spec.split_once(' ').unwrap_or((spec, "resize-short28,crop28x28,pad14"));
+        let v = with(&["attack", "--task", "seg", "--attack", "embed", "--dataset", spec, "--head", &seg_head, "--also", also, "--transforms", transforms], &[]);
+        fails_with(&v.iter().map(String::as_str).collect::<Vec<_>>(), needles)
+    };
+    also_fails("synthetic-seg:8x28", &format!("depth:{depth_head}@synthetic-depth:9x28"), &["synthetic-depth:9x28", "9 samples", "same images"]);
+    also_fails("synthetic-seg:8x28", &format!("depth:{depth_head}@synthetic-depth:8x56"), &["synthetic-depth:8x56", "differs", "same images"]);
+    also_fails("synthetic-seg:8x28", &format!("depth:{depth_head}"), &["no depth labels", "@KIND:PATH"]);
+    also_fails("synthetic-seg:8x28", &format!("cls:{probe}"), &["probe.safetensors", "no cls labels"]);
+    also_fails("synthetic-seg:8x28 resize28x28", &format!("depth:{depth_head}@synthetic-depth:8x28"), &["depth.safetensors", "resize28x28", "same transforms"]);
+    also_fails("synthetic-seg:8x28", "depth", &["--also", "TASK:HEAD"]);
+    also_fails("synthetic-seg:8x28", &format!("size:{depth_head}"), &["unknown task 'size'"]);
+
     // Bad input: an unparseable budget, an attack that does not fit the head, raw pixels.
-    let seg_head = tmp.path().join("seg.safetensors").display().to_string();
     let bad = |extra: &[&str], needles: &[&str]| {
         let v = with(&["attack", "--task", "cls"], extra);
         fails_with(&v.iter().map(String::as_str).collect::<Vec<_>>(), needles)

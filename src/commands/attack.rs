@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use super::cross_task::{AlsoHead, AlsoReport, AlsoSpec, CrossTask};
 use super::features::FeatureArgs;
 use crate::attacks::depthpgd::DepthPgd;
 use crate::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
@@ -48,6 +49,11 @@ pub struct AttackArgs {
     /// Head file written by `train-head`.
     #[arg(long)]
     pub head: PathBuf,
+    /// Also score the same perturbations on this head (repeatable): TASK:HEAD, with the labels of
+    /// --dataset, or TASK:HEAD@KIND:PATH, with the labels of another dataset of the same images
+    /// (synthetic-seg:NxS and synthetic-depth:NxS render the same scenes).
+    #[arg(long, value_name = "TASK:HEAD[@KIND:PATH]")]
+    pub also: Vec<AlsoSpec>,
     #[arg(long, value_enum)]
     pub attack: AttackKind,
     /// Budget, as a fraction (8/255) or a number.
@@ -96,6 +102,9 @@ struct Report {
     /// Mean over images of the objective at the chosen adversarial points.
     mean_objective: f64,
     sanity: Sanity,
+    /// The same perturbations scored on the `--also` heads.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    also: Vec<AlsoReport>,
 }
 
 fn objective_for<'a>(a: &AttackArgs, head: &'a Head, clean: &crate::encoder::Tokens, targets: &Targets, range: Option<DepthRange>) -> Result<Box<dyn Objective + 'a>> {
@@ -145,6 +154,8 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     let enc = prep.encoder.as_ref().context("attacks need an encoder")?;
     check_features(&head.meta, enc.config().embed_dim, &file)?;
     let ds = prep.dataset.as_ref();
+    let also = a.also.iter().map(|spec| AlsoHead::open(spec, &prep, enc.config().embed_dim)).collect::<Result<Vec<_>>>()?;
+    let mut cross = CrossTask::new(&also)?;
     let range = head.meta.depth_range.map(|(min, max)| DepthRange { min, max });
     let (mut clean_scores, mut adv_scores) = (Scorer::new(&head, &file)?, Scorer::new(&head, &file)?);
     let mut sanity_all = Sanity::default();
@@ -162,17 +173,18 @@ pub fn run(a: &AttackArgs) -> Result<()> {
             .with_context(|| format!("{}: images of different sizes after the transforms", ds.describe()))?;
         let targets = targets_of(ds, ids, samples)?;
         let size = target_size(&targets);
-        let score = |images: &Tensor, scorer: &mut Scorer| -> Result<(crate::encoder::Tokens, Tensor)> {
+        let score = |images: &Tensor, scorer: &mut Scorer| -> Result<(crate::encoder::Tokens, Batch, Tensor)> {
             let tokens = enc.forward(&images.to_device(enc.vit.device())?)?;
-            let batch = Batch::from_tokens(&tokens.cls, &tokens.patch, tokens.grid);
-            let (out, _) = forward(&head.head, &batch.to_device(&Device::Cpu)?, size, false)?;
+            let batch = Batch::from_tokens(&tokens.cls, &tokens.patch, tokens.grid).to_device(&Device::Cpu)?;
+            let (out, _) = forward(&head.head, &batch, size, false)?;
             scorer.add(&out, &targets, ids.len())?;
-            Ok((tokens, out))
+            Ok((tokens, batch, out))
         };
-        let (clean, clean_out) = score(&images, &mut clean_scores)?;
+        let (clean, clean_batch, clean_out) = score(&images, &mut clean_scores)?;
         let objective = objective_for(a, &head.head, &clean, &targets, range)?;
         let out = attack(enc, objective.as_ref(), &images, &cfg)?;
-        let (_, adv_out) = score(&out.adversarial, &mut adv_scores)?;
+        let (_, adv_batch, adv_out) = score(&out.adversarial, &mut adv_scores)?;
+        cross.add(&prep, ids, &images, &targets, &clean_batch, &adv_batch)?;
         if let Some(dir) = &a.save_examples {
             saved += save_examples(dir, a, ids, &images, &out.adversarial, (&clean_out, &adv_out), &targets, eps, a.examples.saturating_sub(saved))?;
         }
@@ -193,6 +205,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         adversarial: adv_scores.finish()?,
         mean_objective: objective_sum / prep.request.indices.len() as f64,
         sanity: sanity_all,
+        also: cross.finish(&prep)?,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -202,6 +215,11 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         println!("  clean:       {}", super::eval::one_line(&report.clean.head));
         println!("  adversarial: {}", super::eval::one_line(&report.adversarial.head));
         println!("  baseline:    {} ({})", super::eval::one_line(&report.clean.baseline), super::eval::baseline_name(&report.clean.baseline_kind));
+        for h in &report.also {
+            println!("  also {} on {}:", h.head, h.dataset);
+            println!("    clean:       {}", super::eval::one_line(&h.clean.head));
+            println!("    adversarial: {}", super::eval::one_line(&h.adversarial.head));
+        }
         println!("  objective {:.5} on average; largest ‖δ‖/ε {:.4}; pixels in [{:.4}, {:.4}]", report.mean_objective, report.sanity.max_norm_over_eps, report.sanity.min_pixel, report.sanity.max_pixel);
     }
     Ok(())

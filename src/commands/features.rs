@@ -58,6 +58,8 @@ pub struct FeatureArgs {
 /// An opened dataset and encoder, and the features request on them.
 pub struct Prepared {
     pub dataset: Box<dyn Dataset>,
+    /// The split opened: `--split`, else the first default the dataset defines.
+    pub split: Split,
     pub encoder: Option<Encoder>,
     pub request: Request,
 }
@@ -66,7 +68,7 @@ impl FeatureArgs {
     /// Opens the dataset (at `--split`, else the first of `splits` it defines) and the encoder;
     /// `transforms` (from a head file) overrides the default ones unless `--transforms` was given.
     pub fn prepare(&self, splits: &[Split], layout: Layout, transforms: Option<&[String]>) -> Result<Prepared> {
-        let dataset = self.open_split(splits)?;
+        let (dataset, split) = self.open_split(splits)?;
         let encoder = match &self.checkpoint {
             Some(path) => Some(self.model.load(path, crate::device::default_device()?)?),
             None => None,
@@ -88,18 +90,18 @@ impl FeatureArgs {
             anyhow::bail!("{}: the split is empty (no samples)", dataset.describe());
         }
         let request = Request { layout, transforms, indices, batch_size: self.encoder_batch_size };
-        Ok(Prepared { dataset, encoder, request })
+        Ok(Prepared { dataset, split, encoder, request })
     }
 
     /// The dataset at `--split`, or else at the first of `defaults` it defines, opened once.
-    fn open_split(&self, defaults: &[Split]) -> Result<Box<dyn Dataset>> {
+    fn open_split(&self, defaults: &[Split]) -> Result<(Box<dyn Dataset>, Split)> {
         if let Some(s) = self.split {
-            return data::open(&self.dataset, s);
+            return Ok((data::open(&self.dataset, s)?, s));
         }
         let mut last = None;
         for &s in defaults {
             match data::open(&self.dataset, s) {
-                Ok(ds) => return Ok(ds),
+                Ok(ds) => return Ok((ds, s)),
                 Err(e) => last = Some(e),
             }
         }

@@ -3,6 +3,7 @@
 
 pub mod attack;
 pub mod bench;
+pub mod cross_task;
 pub mod embed;
 pub mod eval;
 pub mod features;

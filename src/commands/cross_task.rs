@@ -1,0 +1,157 @@
+//! Cross-task scoring for `robust-ssl attack --also TASK:HEAD[@KIND:PATH]`: the perturbation of
+//! each image is computed once (against the attack's own objective; EmbedAttack's needs no head)
+//! and scored on further heads of that image's tasks, each against its own labels. A head's
+//! dataset must give the very same pixels as the attacked one at every index; that is checked.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use super::features::Prepared;
+use crate::data::transform::{load_batch, Transform};
+use crate::data::{self, Dataset};
+use crate::features::{targets_of, Batch, Targets};
+use crate::heads::evaluate::{Evaluation, Scorer};
+use crate::heads::head::{Task, TrainedHead};
+use crate::heads::trainer::{check_features, forward, target_size};
+
+/// `TASK:HEAD[@KIND:PATH]`, as given on the command line.
+#[derive(Debug, Clone)]
+pub struct AlsoSpec {
+    pub task: Task,
+    pub head: PathBuf,
+    /// Where this head's labels come from (default: the attacked dataset).
+    pub dataset: Option<String>,
+}
+
+impl FromStr for AlsoSpec {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let form = "expected TASK:HEAD[@KIND:PATH], e.g. depth:depth.safetensors@synthetic-depth:64x224";
+        let Some((task, rest)) = s.split_once(':') else { bail!("--also '{s}': {form}") };
+        let task = <Task as clap::ValueEnum>::from_str(task, true).map_err(|_| anyhow::anyhow!("--also '{s}': unknown task '{task}' (cls, seg, depth); {form}"))?;
+        let (head, dataset) = match rest.split_once('@') {
+            Some((h, d)) => (h, Some(d.to_string())),
+            None => (rest, None),
+        };
+        if head.is_empty() || dataset.as_deref() == Some("") {
+            bail!("--also '{s}': {form}");
+        }
+        Ok(Self { task, head: PathBuf::from(head), dataset })
+    }
+}
+
+/// One further head, its file name and where its labels come from.
+pub struct AlsoHead {
+    pub spec: AlsoSpec,
+    pub file: String,
+    pub head: TrainedHead,
+    dataset: Option<Box<dyn Dataset>>,
+}
+
+/// Its clean and adversarial metrics, as reported.
+#[derive(Serialize)]
+pub struct AlsoReport {
+    pub task: Task,
+    pub head: String,
+    pub dataset: String,
+    pub clean: Evaluation,
+    pub adversarial: Evaluation,
+}
+
+fn fits(task: Task, targets: &Targets) -> bool {
+    matches!((task, targets), (Task::Cls, Targets::Class(_)) | (Task::Seg, Targets::Segmentation { .. }) | (Task::Depth, Targets::Depth { .. }))
+}
+
+impl AlsoHead {
+    /// Loads the head and opens its dataset at the attacked split, checking that the head reads
+    /// this encoder's features of images made the same way, and that the dataset has the labels.
+    pub fn open(spec: &AlsoSpec, prep: &Prepared, dim: usize) -> Result<Self> {
+        let file = spec.head.display().to_string();
+        let head = TrainedHead::load_for(&spec.head, spec.task, &Device::Cpu)?;
+        check_features(&head.meta, dim, &file)?;
+        let used: Vec<String> = prep.request.transforms.iter().map(Transform::describe).collect();
+        if head.meta.transforms != used {
+            bail!(
+                "{file}: the head was trained on images made with [{}], the attacked images are made with [{}]; cross-task scoring needs heads trained on the same transforms",
+                head.meta.transforms.join(","),
+                used.join(",")
+            );
+        }
+        let dataset = match &spec.dataset {
+            Some(d) => {
+                let ds = data::open(d, prep.split).with_context(|| format!("--also {file}"))?;
+                if ds.len() != prep.dataset.len() {
+                    bail!("{}: {} samples, but {} has {}; cross-task scoring needs the same images", ds.describe(), ds.len(), prep.dataset.describe(), prep.dataset.len());
+                }
+                Some(ds)
+            }
+            None => None,
+        };
+        let me = Self { spec: spec.clone(), file, head, dataset };
+        let first = &prep.request.indices[..1];
+        let ds = me.dataset.as_deref().unwrap_or(prep.dataset.as_ref());
+        let probe = targets_of(ds, first, load_batch(ds, first, &[])?)?;
+        if !fits(spec.task, &probe) {
+            bail!("{}: its samples carry no {} labels for {}; name a dataset that does with {}@KIND:PATH", me.describe(prep), spec.task, me.file, spec.head.display());
+        }
+        Ok(me)
+    }
+
+    fn describe(&self, prep: &Prepared) -> String {
+        self.dataset.as_ref().unwrap_or(&prep.dataset).describe()
+    }
+
+    /// This head's labels for `ids` (None: the attacked dataset's own), after checking
+    /// that its dataset gives exactly the attacked `images`.
+    fn labels(&self, prep: &Prepared, ids: &[usize], images: &Tensor) -> Result<Option<Targets>> {
+        let Some(ds) = &self.dataset else { return Ok(None) };
+        let samples = load_batch(ds.as_ref(), ids, &prep.request.transforms)?;
+        for (k, s) in samples.iter().enumerate() {
+            let attacked = images.get(k)?;
+            let same = s.image.dims() == attacked.dims() && s.image.flatten_all()?.to_vec1::<f32>()? == attacked.flatten_all()?.to_vec1::<f32>()?;
+            if !same {
+                bail!("{}: image {} differs from image {} of {}; cross-task scoring needs the same images", ds.describe(), ids[k], ids[k], prep.dataset.describe());
+            }
+        }
+        Ok(Some(targets_of(ds.as_ref(), ids, samples)?))
+    }
+}
+
+/// The further heads and their running scores, clean and adversarial.
+pub struct CrossTask<'a> {
+    heads: &'a [AlsoHead],
+    scores: Vec<(Scorer<'a>, Scorer<'a>)>,
+}
+
+impl<'a> CrossTask<'a> {
+    pub fn new(heads: &'a [AlsoHead]) -> Result<Self> {
+        let scores = heads.iter().map(|h| Ok((Scorer::new(&h.head, &h.file)?, Scorer::new(&h.head, &h.file)?))).collect::<Result<_>>()?;
+        Ok(Self { heads, scores })
+    }
+
+    /// Scores one batch: `clean` and `adversarial` are the encoder's outputs on the images.
+    pub fn add(&mut self, prep: &Prepared, ids: &[usize], images: &Tensor, primary: &Targets, clean: &Batch, adversarial: &Batch) -> Result<()> {
+        for (h, (c, a)) in self.heads.iter().zip(&mut self.scores) {
+            let own = h.labels(prep, ids, images)?;
+            let targets = own.as_ref().unwrap_or(primary);
+            let size = target_size(targets);
+            for (batch, scorer) in [(clean, c), (adversarial, a)] {
+                let (out, _) = forward(&h.head.head, batch, size, false).with_context(|| h.file.clone())?;
+                scorer.add(&out, targets, ids.len()).with_context(|| h.file.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self, prep: &Prepared) -> Result<Vec<AlsoReport>> {
+        self.heads
+            .iter()
+            .zip(self.scores)
+            .map(|(h, (c, a))| Ok(AlsoReport { task: h.spec.task, head: h.file.clone(), dataset: h.describe(prep), clean: c.finish()?, adversarial: a.finish()? }))
+            .collect()
+    }
+}
