@@ -61,6 +61,9 @@ pub struct EncoderInfo {
     pub ignored_tensors: usize,
     /// True when the head count was neither given nor stated by the file (64-dim heads assumed).
     pub heads_assumed: bool,
+    /// How each backbone tensor of the file is cut from the canonical ones (for writing back).
+    #[serde(skip)]
+    pub slots: std::collections::BTreeMap<String, weights::Slot>,
 }
 
 /// A loaded encoder: normalization + ViT.
@@ -113,6 +116,7 @@ impl Encoder {
             default_pos_resize,
             ignored_tensors: ckpt.ignored.len(),
             heads_assumed,
+            slots: ckpt.slots.clone(),
         };
         if heads_assumed && config.official_name().is_none() {
             eprintln!(
@@ -162,6 +166,13 @@ impl Encoder {
             "dtype": format!("{:?}", self.vit.dtype()),
         });
         Ok(self.fingerprint.get_or_init(|| f).clone())
+    }
+
+    /// Writes these weights to `dst` as a copy of the checkpoint they were loaded from: same
+    /// format, names and dtypes, every non-backbone entry kept (see [`weights::export`]).
+    pub fn save_like_input(&self, dst: &Path) -> Result<()> {
+        let values = weights::export::file_values(&self.info.slots, &self.vit.checkpoint_tensors()?)?;
+        weights::export::write_like(Path::new(&self.info.file), self.info.format, &values, dst)
     }
 
     pub fn config(&self) -> &VitConfig {

@@ -195,33 +195,118 @@ impl VisionTransformer {
 
     /// A copy on another device and/or in another float type (f64 for finite differences).
     pub fn to(&self, device: &Device, dtype: DType) -> Result<Self> {
-        let c = |t: &Tensor| cast(t, device, dtype);
-        let blocks = self
-            .blocks
-            .iter()
-            .map(|b| {
-                Ok(Block {
-                    norm1: b.norm1.to(device, dtype)?,
-                    attn: Attention { qkv: b.attn.qkv.to(device, dtype)?, proj: b.attn.proj.to(device, dtype)?, num_heads: b.attn.num_heads },
-                    ls1: b.ls1.as_ref().map(c).transpose()?,
-                    norm2: b.norm2.to(device, dtype)?,
-                    ffn: Ffn { kind: b.ffn.kind, fc1: b.ffn.fc1.to(device, dtype)?, fc2: b.ffn.fc2.to(device, dtype)? },
-                    ls2: b.ls2.as_ref().map(c).transpose()?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        self.map_parameters(|_, t| Ok(cast(t, device, dtype)?))
+    }
+
+    /// Every parameter with its canonical name, in the layout this struct keeps it (linear
+    /// weights transposed `[in, out]`, the patch convolution flattened to `[3·p·p, D]`, the
+    /// position embedding split into `pos_embed.cls` and `pos_embed.patch`).
+    pub fn parameters(&self) -> Vec<(String, &Tensor)> {
+        fn linear<'a>(out: &mut Vec<(String, &'a Tensor)>, name: &str, l: &'a Linear) {
+            out.push((format!("{name}.weight"), &l.w_t));
+            if let Some(b) = &l.b {
+                out.push((format!("{name}.bias"), b));
+            }
+        }
+        fn ln<'a>(out: &mut Vec<(String, &'a Tensor)>, name: &str, l: &'a LayerNorm) {
+            out.push((format!("{name}.weight"), &l.weight));
+            out.push((format!("{name}.bias"), &l.bias));
+        }
+        let mut out: Vec<(String, &Tensor)> = Vec::new();
+        linear(&mut out, "patch_embed.proj", &self.patch_embed);
+        out.push(("cls_token".into(), &self.cls_token));
+        out.push(("pos_embed.cls".into(), &self.pos_cls));
+        out.push(("pos_embed.patch".into(), &self.pos_patch));
+        if let Some(r) = &self.register_tokens {
+            out.push(("register_tokens".into(), r));
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let pre = format!("blocks.{i}");
+            ln(&mut out, &format!("{pre}.norm1"), &b.norm1);
+            linear(&mut out, &format!("{pre}.attn.qkv"), &b.attn.qkv);
+            linear(&mut out, &format!("{pre}.attn.proj"), &b.attn.proj);
+            if let Some(g) = &b.ls1 {
+                out.push((format!("{pre}.ls1.gamma"), g));
+            }
+            ln(&mut out, &format!("{pre}.norm2"), &b.norm2);
+            linear(&mut out, &format!("{pre}.mlp.fc1"), &b.ffn.fc1);
+            linear(&mut out, &format!("{pre}.mlp.fc2"), &b.ffn.fc2);
+            if let Some(g) = &b.ls2 {
+                out.push((format!("{pre}.ls2.gamma"), g));
+            }
+        }
+        ln(&mut out, "norm", &self.norm);
+        out
+    }
+
+    /// A copy whose every parameter is `f(name, parameter)` (names as [`Self::parameters`]).
+    pub fn map_parameters(&self, mut f: impl FnMut(&str, &Tensor) -> Result<Tensor>) -> Result<Self> {
+        let mut f = |name: String, t: &Tensor| f(&name, t);
+        let linear = |f: &mut dyn FnMut(String, &Tensor) -> Result<Tensor>, name: &str, l: &Linear| -> Result<Linear> {
+            Ok(Linear { w_t: f(format!("{name}.weight"), &l.w_t)?, b: l.b.as_ref().map(|b| f(format!("{name}.bias"), b)).transpose()? })
+        };
+        let ln = |f: &mut dyn FnMut(String, &Tensor) -> Result<Tensor>, name: &str, l: &LayerNorm| -> Result<LayerNorm> {
+            Ok(LayerNorm { weight: f(format!("{name}.weight"), &l.weight)?, bias: f(format!("{name}.bias"), &l.bias)?, eps: l.eps })
+        };
+        let patch_embed = linear(&mut f, "patch_embed.proj", &self.patch_embed)?;
+        let cls_token = f("cls_token".into(), &self.cls_token)?;
+        let pos_cls = f("pos_embed.cls".into(), &self.pos_cls)?;
+        let pos_patch = f("pos_embed.patch".into(), &self.pos_patch)?;
+        let register_tokens = self.register_tokens.as_ref().map(|r| f("register_tokens".into(), r)).transpose()?;
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (i, b) in self.blocks.iter().enumerate() {
+            let pre = format!("blocks.{i}");
+            blocks.push(Block {
+                norm1: ln(&mut f, &format!("{pre}.norm1"), &b.norm1)?,
+                attn: Attention {
+                    qkv: linear(&mut f, &format!("{pre}.attn.qkv"), &b.attn.qkv)?,
+                    proj: linear(&mut f, &format!("{pre}.attn.proj"), &b.attn.proj)?,
+                    num_heads: b.attn.num_heads,
+                },
+                ls1: b.ls1.as_ref().map(|g| f(format!("{pre}.ls1.gamma"), g)).transpose()?,
+                norm2: ln(&mut f, &format!("{pre}.norm2"), &b.norm2)?,
+                ffn: Ffn { kind: b.ffn.kind, fc1: linear(&mut f, &format!("{pre}.mlp.fc1"), &b.ffn.fc1)?, fc2: linear(&mut f, &format!("{pre}.mlp.fc2"), &b.ffn.fc2)? },
+                ls2: b.ls2.as_ref().map(|g| f(format!("{pre}.ls2.gamma"), g)).transpose()?,
+            });
+        }
+        let norm = ln(&mut f, "norm", &self.norm)?;
         Ok(Self {
             config: self.config.clone(),
             pos_resize: self.pos_resize,
-            patch_embed: self.patch_embed.to(device, dtype)?,
-            cls_token: c(&self.cls_token)?,
-            pos_cls: c(&self.pos_cls)?,
-            pos_patch: c(&self.pos_patch)?,
-            register_tokens: self.register_tokens.as_ref().map(c).transpose()?,
+            patch_embed,
+            cls_token,
+            pos_cls,
+            pos_patch,
+            register_tokens,
             blocks,
-            norm: self.norm.to(device, dtype)?,
+            norm,
             resize_cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The parameters as a checkpoint holds them: canonical names (official DINOv2) and torch
+    /// layouts (`[out, in]` weights, `[D, 3, p, p]` patch convolution, one `[1, 1+M², D]`
+    /// position embedding).
+    pub fn checkpoint_tensors(&self) -> Result<std::collections::BTreeMap<String, Tensor>> {
+        let (d, p) = (self.config.embed_dim, self.config.patch_size);
+        let mut out = std::collections::BTreeMap::new();
+        for (name, t) in self.parameters() {
+            let t = t.detach();
+            match name.as_str() {
+                "pos_embed.cls" | "pos_embed.patch" => {}
+                "patch_embed.proj.weight" => {
+                    out.insert(name, t.t()?.contiguous()?.reshape((d, 3, p, p))?);
+                }
+                n if n.ends_with(".weight") && t.rank() == 2 => {
+                    out.insert(name, t.t()?.contiguous()?);
+                }
+                _ => {
+                    out.insert(name, t);
+                }
+            }
+        }
+        out.insert("pos_embed".into(), Tensor::cat(&[&self.pos_cls.detach(), &self.pos_patch.detach().unsqueeze(0)?], 1)?);
+        Ok(out)
     }
 
     pub fn device(&self) -> &Device {

@@ -2,9 +2,10 @@
 //! backbone inside it, renaming it canonically and reading the architecture off its shapes.
 
 mod naming;
-mod onnx;
-mod pth;
+pub(crate) mod onnx;
+pub(crate) mod pth;
 mod safetensors;
+pub mod export;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -52,6 +53,35 @@ impl Format {
     }
 }
 
+/// One step from a canonical tensor (torch layout) towards a tensor as the file stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotOp {
+    Narrow { dim: usize, start: usize, len: usize },
+    /// Swap the two dimensions of a matrix (ONNX MatMul weights are stored `[in, out]`).
+    Transpose,
+}
+
+/// How one backbone tensor of the file is made from a canonical tensor: `ops` in order. Writing
+/// fine-tuned weights back in the file's own naming runs these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub canonical: String,
+    pub ops: Vec<SlotOp>,
+}
+
+impl Slot {
+    pub fn apply(&self, canonical: &Tensor) -> Result<Tensor> {
+        let mut t = canonical.clone();
+        for op in &self.ops {
+            t = match *op {
+                SlotOp::Narrow { dim, start, len } => t.narrow(dim, start, len)?,
+                SlotOp::Transpose => t.t()?,
+            };
+        }
+        Ok(t.contiguous()?)
+    }
+}
+
 /// A backbone's tensors under canonical names, with where they came from.
 pub struct Checkpoint {
     pub path: PathBuf,
@@ -62,6 +92,8 @@ pub struct Checkpoint {
     pub prefix: String,
     pub other_prefixes: Vec<String>,
     pub ignored: Vec<String>,
+    /// File name → how that tensor is made from the canonical ones.
+    pub slots: BTreeMap<String, Slot>,
     /// From a Hugging Face `config.json`.
     heads_hint: Option<usize>,
     /// From an ONNX graph's attention scaling.
@@ -77,16 +109,25 @@ impl Checkpoint {
         }
         let format = Format::detect(path)?;
         let mut head_dim_hint = None;
+        let mut renamed = Vec::new();
         let raw = match format {
             Format::Pth => pth::read(path)?,
             Format::Safetensors => safetensors::read(path)?,
             Format::Onnx => {
                 let w = onnx::read(path)?;
                 head_dim_hint = w.head_dim;
+                renamed = w.renamed;
                 w.tensors
             }
         };
-        let canon = naming::canonicalize(raw, prefer).with_context(|| format!("{}", path.display()))?;
+        let mut canon = naming::canonicalize(raw, prefer).with_context(|| format!("{}", path.display()))?;
+        // ONNX: the names canonicalized were given by us; the file's own names are further back.
+        let given: Vec<(String, Slot)> = renamed.iter().filter_map(|(g, _, _)| Some((g.clone(), canon.slots.remove(g)?))).collect();
+        for (name, file_name, post) in renamed {
+            if let Some((_, slot)) = given.iter().find(|(g, _)| *g == name) {
+                canon.slots.insert(file_name, Slot { canonical: slot.canonical.clone(), ops: [slot.ops.clone(), post].concat() });
+            }
+        }
         let hints = match format {
             Format::Safetensors => safetensors::config_hints(path)?,
             _ => Default::default(),
@@ -106,6 +147,7 @@ impl Checkpoint {
             prefix: canon.prefix,
             other_prefixes: canon.other_prefixes,
             ignored: canon.ignored,
+            slots: canon.slots,
             heads_hint: hints.num_heads,
             head_dim_hint,
             eps_hint: hints.ln_eps,

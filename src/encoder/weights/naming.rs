@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
+use super::{Slot, SlotOp};
+
 /// Which naming a checkpoint uses; it also decides the default position-embedding resize.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Source {
@@ -39,6 +41,8 @@ pub struct Canonical {
     pub timm_naming: bool,
     /// Names in the file that are not part of the backbone (heads, optimizer state, mask token).
     pub ignored: Vec<String>,
+    /// How each backbone tensor of the input is cut from a canonical one (for writing back).
+    pub slots: BTreeMap<String, Slot>,
 }
 
 /// Finds the backbone in a flat list of named tensors and renames it canonically.
@@ -86,6 +90,7 @@ pub fn canonicalize(raw: Vec<(String, Tensor)>, prefer: Option<&str>) -> Result<
         hf_naming: hf,
         timm_naming: false,
         ignored: Vec::new(),
+        slots: BTreeMap::new(),
     };
     let mut unknown = Vec::new();
     let mut qkv_parts: BTreeMap<(usize, String), [Option<Tensor>; 3]> = BTreeMap::new();
@@ -100,11 +105,15 @@ pub fn canonicalize(raw: Vec<(String, Tensor)>, prefer: Option<&str>) -> Result<
                 if local == "reg_token" {
                     out.timm_naming = true;
                 }
+                out.slots.insert(name.clone(), Slot { canonical: canon.clone(), ops: vec![] });
                 out.origin.insert(canon.clone(), name);
                 out.tensors.insert(canon, tensor);
             }
             Mapped::Qkv(block, part, which) => {
-                out.origin.insert(format!("blocks.{block}.attn.qkv.{part}"), name);
+                let canonical = format!("blocks.{block}.attn.qkv.{part}");
+                let len = tensor.dim(0)?;
+                out.slots.insert(name.clone(), Slot { canonical: canonical.clone(), ops: vec![SlotOp::Narrow { dim: 0, start: which * len, len }] });
+                out.origin.insert(canonical, name);
                 qkv_parts.entry((block, part)).or_default()[which] = Some(tensor);
             }
             Mapped::Ignore => out.ignored.push(name),
@@ -135,6 +144,9 @@ pub fn canonicalize(raw: Vec<(String, Tensor)>, prefer: Option<&str>) -> Result<
             let zeros = pos.narrow(1, 0, 1)?.zeros_like()?;
             let pos = Tensor::cat(&[&zeros, pos], 1)?;
             out.tensors.insert("pos_embed".into(), pos);
+            for slot in out.slots.values_mut().filter(|s| s.canonical == "pos_embed") {
+                slot.ops.insert(0, SlotOp::Narrow { dim: 1, start: 1, len: n });
+            }
             out.timm_naming = true;
         }
     }

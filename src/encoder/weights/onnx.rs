@@ -14,15 +14,19 @@ use candle_core::{DType, Device, Tensor};
 use prost::Message;
 
 #[allow(clippy::all, dead_code)]
-mod proto {
+pub(crate) mod proto {
     include!(concat!(env!("OUT_DIR"), "/onnx.rs"));
 }
 use proto::{tensor_proto::DataType, ModelProto, TensorProto};
+
+use super::SlotOp;
 
 /// The initializers, and the attention head width read off the graph's scaling constant.
 pub struct OnnxWeights {
     pub tensors: Vec<(String, Tensor)>,
     pub head_dim: Option<usize>,
+    /// (name given here, initializer name, how the initializer is cut from the named tensor).
+    pub renamed: Vec<(String, String, Vec<SlotOp>)>,
 }
 
 /// Every float initializer with a name derived from the graph where it had none.
@@ -41,7 +45,8 @@ pub fn read(path: &Path) -> Result<OnnxWeights> {
     }
 
     let mut out = Vec::new();
-    let mut pos_parts: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+    let mut renamed = Vec::new();
+    let mut pos_parts: HashMap<String, (Option<(String, Tensor)>, Option<(String, Tensor)>)> = HashMap::new();
     for init in &graph.initializer {
         let Some(tensor) = to_tensor(init).with_context(|| format!("{shown}: initializer '{}'", init.name))? else {
             continue; // integer shape constants and the like
@@ -56,14 +61,18 @@ pub fn read(path: &Path) -> Result<OnnxWeights> {
         };
         let scope = scope_of(node);
         match (op, tensor.rank()) {
-            ("MatMul", 2) => out.push((format!("{scope}.weight"), tensor.t()?.contiguous()?)),
+            ("MatMul", 2) => {
+                let name = format!("{scope}.weight");
+                renamed.push((name.clone(), init.name.clone(), vec![SlotOp::Transpose]));
+                out.push((name, tensor.t()?.contiguous()?))
+            }
             (_, 3) if scope.ends_with("embeddings") && tensor.dim(0)? == 1 => {
                 let key = format!("{scope}.position_embeddings");
                 let entry = pos_parts.entry(key).or_default();
                 if tensor.dim(1)? == 1 {
-                    entry.0 = Some(tensor);
+                    entry.0 = Some((init.name.clone(), tensor));
                 } else {
-                    entry.1 = Some(tensor);
+                    entry.1 = Some((init.name.clone(), tensor));
                 }
             }
             _ => out.push((init.name.clone(), tensor)),
@@ -71,13 +80,20 @@ pub fn read(path: &Path) -> Result<OnnxWeights> {
     }
     for (name, parts) in pos_parts {
         match parts {
-            (Some(cls), Some(patch)) => out.push((name, Tensor::cat(&[cls, patch], 1)?)),
-            (None, Some(patch)) => out.push((name, patch)),
+            (Some((cls_name, cls)), Some((patch_name, patch))) => {
+                renamed.push((name.clone(), cls_name, vec![SlotOp::Narrow { dim: 1, start: 0, len: 1 }]));
+                renamed.push((name.clone(), patch_name, vec![SlotOp::Narrow { dim: 1, start: 1, len: patch.dim(1)? }]));
+                out.push((name, Tensor::cat(&[cls, patch], 1)?))
+            }
+            (None, Some((patch_name, patch))) => {
+                renamed.push((name.clone(), patch_name, vec![]));
+                out.push((name, patch))
+            }
             (Some(_), None) => bail!("{shown}: found the class part of '{name}' but not its patch grid"),
             (None, None) => {}
         }
     }
-    Ok(OnnxWeights { tensors: out, head_dim: head_dim(&graph) })
+    Ok(OnnxWeights { tensors: out, head_dim: head_dim(&graph), renamed })
 }
 
 /// Head width from the first attention's scaling: `q·hd^-0.5` (one Mul), `q·hd^-0.25` and

@@ -12,6 +12,19 @@ use candle_core::{Device, Tensor};
 /// Every tensor of the checkpoint with its dotted path.
 pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let shown = path.display();
+    let (mut zip, infos) = open(path)?;
+    infos
+        .into_iter()
+        .map(|info| {
+            let t = read_tensor(&mut zip, &info).with_context(|| format!("{shown}: tensor '{}'", info.name))?;
+            Ok((info.name, t))
+        })
+        .collect()
+}
+
+/// The zip archive and where each tensor lives in it (storage entry, offset, shape, dtype).
+pub fn open(path: &Path) -> Result<(zip::ZipArchive<BufReader<File>>, Vec<TensorInfo>)> {
+    let shown = path.display();
     let file = File::open(path).with_context(|| format!("{shown}: cannot open"))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| {
         anyhow!(
@@ -40,13 +53,7 @@ pub fn read(path: &Path) -> Result<Vec<(String, Tensor)>> {
     if infos.is_empty() {
         bail!("{shown}: the checkpoint holds no tensors");
     }
-    infos
-        .into_iter()
-        .map(|info| {
-            let t = read_tensor(&mut zip, &info).with_context(|| format!("{shown}: tensor '{}'", info.name))?;
-            Ok((info.name, t))
-        })
-        .collect()
+    Ok((zip, infos))
 }
 
 fn flatten(obj: Object, prefix: &str, dir: &Path, out: &mut Vec<TensorInfo>) {
