@@ -9,6 +9,7 @@ pub mod atomic;
 pub mod attacks;
 pub mod commands;
 pub mod data;
+pub mod defense;
 pub mod device;
 pub mod encoder;
 pub mod features;

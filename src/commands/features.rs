@@ -55,6 +55,12 @@ pub struct FeatureArgs {
     pub encoder_batch_size: usize,
 }
 
+/// The default transforms for an encoder: shorter side to `size`, centre crop `size`², padded
+/// to a multiple of the patch.
+pub fn default_transforms(size: usize, patch: usize) -> Vec<Transform> {
+    vec![Transform::ResizeShort(size), Transform::CenterCrop(size, size), Transform::PadToMultiple(patch)]
+}
+
 /// An opened dataset and encoder, and the features request on them.
 pub struct Prepared {
     pub dataset: Box<dyn Dataset>,
@@ -77,11 +83,7 @@ impl FeatureArgs {
             (Some(spec), _) => Transform::parse_list(spec).context("--transforms")?,
             (None, Some(names)) => names.iter().map(|n| n.parse()).collect::<Result<Vec<Transform>>>().context("the head file's transforms")?,
             (None, None) => match &encoder {
-                Some(enc) => vec![
-                    Transform::ResizeShort(self.size),
-                    Transform::CenterCrop(self.size, self.size),
-                    Transform::PadToMultiple(enc.config().patch_size),
-                ],
+                Some(enc) => default_transforms(self.size, enc.config().patch_size),
                 None => vec![],
             },
         };

@@ -7,6 +7,7 @@ pub mod cross_task;
 pub mod embed;
 pub mod eval;
 pub mod features;
+pub mod finetune;
 pub mod inspect;
 pub mod train_head;
 
@@ -41,6 +42,9 @@ pub enum Command {
     Eval(eval::EvalArgs),
     /// Attack a trained head through its encoder: clean and adversarial metrics.
     Attack(attack::AttackArgs),
+    /// Adversarially fine-tune an encoder (DeACL; multi-perturbation training), resumable.
+    #[command(subcommand)]
+    Finetune(finetune::FinetuneCommand),
 }
 
 /// How to build an encoder from a checkpoint; shared by every command that loads one.
@@ -98,5 +102,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TrainHead(a) => train_head::run(&a),
         Command::Eval(a) => eval::run(&a),
         Command::Attack(a) => attack::run(&a),
+        Command::Finetune(c) => finetune::run(&c),
     }
 }

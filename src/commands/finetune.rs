@@ -1,0 +1,171 @@
+//! `robust-ssl finetune deacl|multi`: adversarial fine-tuning of an encoder (see `defense/`),
+//! resumable in its output folder, writing the student in the input checkpoint's own form.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use super::train_head::OptimizerName;
+use super::ModelOptions;
+use crate::attacks::embed::EmbedTarget;
+use crate::attacks::engine::{AttackConfig, Method};
+use crate::attacks::threat::{parse_amount, Norm, ThreatModel};
+use crate::data::transform::Transform;
+use crate::data::{self, Split};
+use crate::defense::deacl::Deacl;
+use crate::defense::run::{finetune, Recipe, RunConfig};
+use crate::heads::train::{OptimizerKind, Schedule, TrainConfig};
+
+#[derive(Subcommand, Debug)]
+pub enum FinetuneCommand {
+    /// DeACL: the student follows the frozen teacher on clean images and itself under attack.
+    Deacl(DeaclArgs),
+}
+
+/// What every fine-tuning method shares: the encoder, the data, the optimisation, the run folder.
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    /// Encoder checkpoint (.pth, .safetensors or .onnx); the student is written in the same form.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub model: ModelOptions,
+    /// Training data as KIND:PATH (labels are only used by `multi`).
+    #[arg(long)]
+    pub dataset: String,
+    #[arg(long, default_value = "train")]
+    pub split: Split,
+    /// A seeded random subset of this many samples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub subset_seed: u64,
+    /// Transforms (default: resize-shortS,cropSxS,padP with S = --size and P the patch size).
+    #[arg(long)]
+    pub transforms: Option<String>,
+    #[arg(long, default_value_t = 224)]
+    pub size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Learning rate (the DeACL reference: SGD 0.5 at batch 128).
+    #[arg(long, default_value_t = 0.5)]
+    pub lr: f64,
+    #[arg(long, value_enum, default_value = "sgd")]
+    pub optimizer: OptimizerName,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Linear warm-up steps before the cosine decay (default: a tenth of the steps).
+    #[arg(long)]
+    pub warmup_steps: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Inner attack: budget, step, steps (the reference: L∞ 8/255, 2/255, 5 steps).
+    #[arg(long, default_value = "8/255")]
+    pub eps: String,
+    #[arg(long, default_value = "2/255")]
+    pub step_size: String,
+    #[arg(long, default_value_t = 5)]
+    pub attack_steps: usize,
+    #[arg(long, value_enum, default_value = "linf")]
+    pub norm: Norm,
+    /// Which embedding the attacks and the loss compare.
+    #[arg(long, value_enum, default_value = "cls")]
+    pub embedding: EmbedTarget,
+    /// Checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 100)]
+    pub save_every: usize,
+    /// Run folder: checkpoints, state for resuming, losses.csv.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DeaclArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Weight of the robustness term −k·cos(s(x'), s(x)).
+    #[arg(long, default_value_t = 2.0)]
+    pub k: f64,
+}
+
+impl CommonArgs {
+    fn inner_attack(&self) -> Result<AttackConfig> {
+        Ok(AttackConfig {
+            method: Method::Pgd,
+            threat: ThreatModel { norm: self.norm, eps: parse_amount(&self.eps).context("--eps")? },
+            step_size: parse_amount(&self.step_size).context("--step-size")?,
+            steps: self.attack_steps,
+            restarts: 1,
+            random_start: true,
+            seed: self.seed,
+            early_stop: false,
+        })
+    }
+}
+
+pub fn run(cmd: &FinetuneCommand) -> Result<()> {
+    match cmd {
+        FinetuneCommand::Deacl(a) => {
+            let recipe = Deacl { k: a.k, embedding: a.common.embedding, inner: a.common.inner_attack()? };
+            let extra = serde_json::json!({ "k": a.k });
+            go(&a.common, &recipe, extra)
+        }
+    }
+}
+
+fn go(c: &CommonArgs, recipe: &dyn Recipe, extra: serde_json::Value) -> Result<()> {
+    let teacher = c.model.load(&c.checkpoint, crate::device::default_device()?)?;
+    let ds = data::open(&c.dataset, c.split)?;
+    let transforms = match &c.transforms {
+        Some(spec) => Transform::parse_list(spec).context("--transforms")?,
+        None => super::features::default_transforms(c.size, teacher.config().patch_size),
+    };
+    let indices = crate::features::subset(ds.len(), c.limit, c.subset_seed);
+    let steps = indices.len().div_ceil(c.batch_size.max(1)) * c.epochs;
+    let train = TrainConfig {
+        epochs: c.epochs,
+        batch_size: c.batch_size,
+        lr: c.lr,
+        optimizer: match c.optimizer {
+            OptimizerName::Sgd => OptimizerKind::Sgd { momentum: c.momentum, weight_decay: c.weight_decay },
+            OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay: c.weight_decay },
+        },
+        schedule: Schedule::Cosine,
+        warmup_steps: c.warmup_steps.unwrap_or(steps / 10),
+        seed: c.seed,
+    };
+    let inner = c.inner_attack()?;
+    let identity = serde_json::json!({
+        "dataset": ds.describe(),
+        "samples": indices.len(),
+        "subset_seed": c.subset_seed,
+        "transforms": transforms.iter().map(Transform::describe).collect::<Vec<_>>(),
+        "inner_attack": inner,
+        "embedding": c.embedding,
+        "save_every": c.save_every,
+        "recipe_options": extra,
+    });
+    let cfg = RunConfig { train, save_every: c.save_every, identity };
+    let outcome = finetune(recipe, &teacher, ds.as_ref(), &indices, &transforms, &cfg, &c.out)?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        let ran = outcome.losses.len();
+        if outcome.resumed_from > 0 {
+            println!("resumed at step {} of {}", outcome.resumed_from, outcome.total_steps);
+        }
+        if let (Some(first), Some(last)) = (outcome.losses.first(), outcome.losses.last()) {
+            println!("{ran} step(s): loss {first:.5} → {last:.5}");
+        }
+        println!("student: {}", outcome.final_checkpoint);
+        println!("losses per step: {}", c.out.join("losses.csv").display());
+    }
+    Ok(())
+}

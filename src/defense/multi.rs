@@ -1,0 +1,1 @@
+//! Multi-perturbation adversarial training (to come).

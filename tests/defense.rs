@@ -1,0 +1,105 @@
+//! DeACL against PyTorch (loss and every weight gradient, f64), and `finetune` as a user runs it:
+//! killed with SIGKILL and resumed, it ends with the very weights of an uninterrupted run; bad
+//! output folders and mismatched runs fail cleanly with nothing overwritten.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use common::{fails_with, ok_json, tiny_encoder};
+use robust_ssl::attacks::embed::EmbedTarget;
+use robust_ssl::defense::deacl::{deacl_loss, student_pair};
+use robust_ssl::defense::student::Student;
+use robust_ssl::encoder::{Encoder, LoadOptions};
+
+fn fixture(p: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p)
+}
+
+fn load_f64(path: &Path) -> Encoder {
+    let opts = LoadOptions { heads: Some(4), ..Default::default() };
+    Encoder::load(path, &opts).unwrap().to(&Device::Cpu, DType::F64).unwrap()
+}
+
+#[test]
+fn deacl_loss_and_weight_gradients_match_pytorch() {
+    let want: HashMap<String, Tensor> = candle_core::safetensors::load(fixture("defense/deacl.safetensors"), &Device::Cpu).unwrap();
+    let teacher = load_f64(&fixture("encoder/dinov2_official.pth"));
+    let student = Student::new(&load_f64(&fixture("defense/deacl_student.safetensors"))).unwrap();
+    let t = teacher.forward(&want["x"]).unwrap();
+    let (s, a) = student_pair(&student, &want["x"], &want["x_adv"]).unwrap();
+    let (loss, [fidelity, robustness]) = deacl_loss(&s, &t, &a, 2.0, EmbedTarget::Cls).unwrap();
+    let scalar = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap()[0];
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-12);
+    assert!(rel(scalar(&loss), scalar(&want["loss"])) < 1e-10, "loss {} vs {}", scalar(&loss), scalar(&want["loss"]));
+    assert!(rel(fidelity, scalar(&want["fidelity"])) < 1e-10 && rel(robustness, scalar(&want["robustness"])) < 1e-10);
+    let grads = loss.backward().unwrap();
+    // The gradients, laid out as the checkpoint (official names and layouts).
+    let by_name: HashMap<String, Tensor> = student.params.iter().map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).unwrap().clone())).collect();
+    let as_vit = student.snapshot().unwrap().vit.map_parameters(|name, _| Ok(by_name[name].clone())).unwrap();
+    let got = as_vit.checkpoint_tensors().unwrap();
+    assert_eq!(got.len(), 34);
+    for (name, g) in &got {
+        let w = &want[&format!("grad.{name}")];
+        let diff = (g - w).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        let scale = w.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+        assert!(scale > 0.0, "{name}: zero reference gradient");
+        assert!(diff <= 1e-8 * scale, "{name}: gradient differs by {diff:e} (scale {scale:e})");
+    }
+}
+
+fn finetune_args<'a>(enc: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let base = ["finetune", "deacl", "--checkpoint", enc, "--heads", "4", "--dataset", "synthetic-seg:48x28", "--size", "28"];
+    let train = ["--batch-size", "2", "--epochs", "2", "--lr", "0.05", "--save-every", "5", "--seed", "4", "--out", out, "--json"];
+    base.iter().chain(train.iter()).chain(extra).copied().collect()
+}
+
+#[test]
+fn killed_run_resumes_to_identical_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let enc = tiny_encoder();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let (a_s, b_s) = (a.display().to_string(), b.display().to_string());
+    let whole = ok_json(&finetune_args(&enc, &a_s, &[]));
+    assert_eq!(whole["total_steps"], 48);
+    assert_eq!(whole["resumed_from"], 0);
+
+    // The same run, killed (SIGKILL) once it is past a checkpoint, then started again.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_robust-ssl")).args(finetune_args(&enc, &b_s, &[])).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let log = b.join("losses.csv");
+    let lines = || std::fs::read_to_string(&log).map(|s| s.lines().count()).unwrap_or(0);
+    while lines() < 13 && child.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(b.join("state.json")).unwrap()).unwrap();
+    let reached = state["step"].as_u64().unwrap();
+    assert!(reached > 0 && reached < 48, "killed at step {reached}: the kill should land mid-run");
+    let resumed = ok_json(&finetune_args(&enc, &b_s, &[]));
+    assert_eq!(resumed["resumed_from"].as_u64().unwrap(), reached);
+    let file = |dir: &Path| std::fs::read(dir.join("dinov2_official-deacl.pth")).unwrap();
+    assert!(file(&a) == file(&b), "resumed weights differ from the uninterrupted run's");
+    assert_eq!(std::fs::read_to_string(a.join("losses.csv")).unwrap(), std::fs::read_to_string(&log).unwrap());
+    // The student loads as the input did and has moved away from the teacher.
+    let (t, s) = (load_f64(Path::new(&enc)), load_f64(&a.join("dinov2_official-deacl.pth")));
+    assert_ne!(t.vit.cls_token.to_vec3::<f64>().unwrap(), s.vit.cls_token.to_vec3::<f64>().unwrap());
+    let losses: Vec<f64> = whole["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(losses.iter().all(|l| l.is_finite() && *l >= -3.0 - 1e-6 && *l <= 3.0 + 1e-6), "{losses:?}");
+
+    // Another run in the same folder is refused, and nothing is overwritten.
+    let before = file(&a);
+    fails_with(&finetune_args(&enc, &a_s, &["--k", "1"]), &["holds a run with other settings", "run.recipe_options.k", "nothing was overwritten"]);
+    assert!(file(&a) == before);
+    // A damaged checkpoint is named.
+    std::fs::write(b.join("state.json"), r#"{"step": 5, "file": "state-000005.safetensors"}"#).unwrap();
+    fails_with(&finetune_args(&enc, &b_s, &[]), &["state-000005.safetensors", "cannot read the checkpoint"]);
+    // An output folder that cannot be created.
+    let blocked = tmp.path().join("file");
+    std::fs::write(&blocked, b"").unwrap();
+    let inside = blocked.join("out").display().to_string();
+    fails_with(&finetune_args(&enc, &inside, &[]), &["cannot create the output folder"]);
+}
