@@ -13,7 +13,7 @@ fn attacks_hurt_every_task_within_budget() {
     let (enc, cache) = (tiny_encoder(), tmp.path().display().to_string());
     let cifar = format!("cifar10:{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/cifar-10-batches-bin").display());
     let probe = tmp.path().join("probe.safetensors").display().to_string();
-    let common = ["--checkpoint", enc.as_str(), "--heads", "4", "--cache-dir", cache.as_str()];
+    let common = ["--checkpoint", enc.as_str(), "--num-heads", "4", "--cache-dir", cache.as_str()];
     let with = |head: &[&str], extra: &[&str]| -> Vec<String> { head.iter().chain(common.iter()).chain(extra).map(|s| s.to_string()).collect() };
     let strs = |v: &Vec<String>| -> Vec<String> { v.clone() };
     let call = |v: Vec<String>| ok_json(&v.iter().map(String::as_str).collect::<Vec<_>>());

@@ -31,7 +31,7 @@ fn embed_writes_the_reference_tokens() {
     let input = save(dir.path(), "in.safetensors", HashMap::from([("images".into(), exp["images"].clone())]));
     let out = dir.path().join("out.safetensors");
     let ckpt = s(&fixtures().join("dinov2_official.pth"));
-    let (ok, _, err) = run(&["embed", "--checkpoint", &ckpt, "--heads", "4", "--input", &input, "--output", &s(&out), "--batch-size", "1"]);
+    let (ok, _, err) = run(&["embed", "--checkpoint", &ckpt, "--num-heads", "4", "--input", &input, "--output", &s(&out), "--batch-size", "1"]);
     assert!(ok, "{err}");
     let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     for key in ["cls", "patch"] {
@@ -44,7 +44,7 @@ fn embed_writes_the_reference_tokens() {
 #[test]
 fn inspect_reports_architecture_naming_and_resize() {
     let ckpt = s(&fixtures().join("dinov2_reg_timm.safetensors"));
-    let (ok, out, err) = run(&["inspect", &ckpt, "--heads", "4"]);
+    let (ok, out, err) = run(&["inspect", &ckpt, "--num-heads", "4"]);
     assert!(ok, "{err}");
     for want in ["Timm", "registers 4", "size-aa", "parameters:"] {
         assert!(out.contains(want), "missing '{want}' in:\n{out}");
@@ -87,23 +87,23 @@ fn unknown_names_and_shape_mismatches_name_the_tensor() {
     let mut t = timm_tensors();
     t.insert("blocks.0.attn.rel_pos.weight".into(), Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap());
     let f = save(dir.path(), "unknown.safetensors", t);
-    fails_with(&["inspect", &f, "--heads", "4"], &[&f, "blocks.0.attn.rel_pos.weight", "not part of"]);
+    fails_with(&["inspect", &f, "--num-heads", "4"], &[&f, "blocks.0.attn.rel_pos.weight", "not part of"]);
 
     let mut t = timm_tensors();
     t.insert("blocks.1.attn.proj.weight".into(), Tensor::zeros((64, 32), candle_core::DType::F32, &Device::Cpu).unwrap());
     let f = save(dir.path(), "shape.safetensors", t);
-    fails_with(&["inspect", &f, "--heads", "4"], &[&f, "blocks.1.attn.proj.weight", "[64, 32]", "expected [64, 64]"]);
+    fails_with(&["inspect", &f, "--num-heads", "4"], &[&f, "blocks.1.attn.proj.weight", "[64, 32]", "expected [64, 64]"]);
 
     let mut t = timm_tensors();
     t.remove("blocks.1.norm2.bias");
     let f = save(dir.path(), "missing.safetensors", t);
-    fails_with(&["inspect", &f, "--heads", "4"], &[&f, "missing tensor 'blocks.1.norm2.bias'"]);
+    fails_with(&["inspect", &f, "--num-heads", "4"], &[&f, "missing tensor 'blocks.1.norm2.bias'"]);
 
     let f = s(&fixtures().join("dinov2_reg_timm.safetensors"));
     fails_with(&["inspect", &f, "--arch", "dinov2_vits14"], &["embedding width 384", "64"]);
     fails_with(&["inspect", &f, "--arch", "dinov3_vits16"], &["unknown architecture"]);
-    fails_with(&["inspect", &f, "--heads", "5"], &["5 attention heads do not divide"]);
-    fails_with(&["inspect", &s(&fixtures().join("dino_v1_train.pth")), "--heads", "4", "--backbone", "ema"], &["no backbone under 'ema'"]);
+    fails_with(&["inspect", &f, "--num-heads", "5"], &["5 attention heads do not divide"]);
+    fails_with(&["inspect", &s(&fixtures().join("dino_v1_train.pth")), "--num-heads", "4", "--backbone", "ema"], &["no backbone under 'ema'"]);
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn bad_images_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = s(&fixtures().join("dinov2_official.pth"));
     let out = s(&dir.path().join("o.safetensors"));
-    let embed = |input: &str| vec!["embed", "--checkpoint", &ckpt, "--heads", "4", "--input", input, "--output", &out].into_iter().map(String::from).collect::<Vec<_>>();
+    let embed = |input: &str| vec!["embed", "--checkpoint", &ckpt, "--num-heads", "4", "--input", input, "--output", &out].into_iter().map(String::from).collect::<Vec<_>>();
     let fails = |input: &str, needles: &[&str]| {
         let args = embed(input);
         fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), needles)
@@ -140,7 +140,7 @@ fn bad_images_are_refused_with_the_reason() {
     let exp = candle_core::safetensors::load(fixtures().join("dinov2_official.expected.safetensors"), &cpu).unwrap();
     let good = save(dir.path(), "good.safetensors", HashMap::from([("images".into(), exp["images"].clone())]));
     fails_with(
-        &["embed", "--checkpoint", &ckpt, "--heads", "4", "--input", &good, "--output", "/nonexistent/dir/o.safetensors"],
+        &["embed", "--checkpoint", &ckpt, "--num-heads", "4", "--input", &good, "--output", "/nonexistent/dir/o.safetensors"],
         &["/nonexistent/dir", "does not exist"],
     );
 }

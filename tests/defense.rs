@@ -52,7 +52,7 @@ fn deacl_loss_and_weight_gradients_match_pytorch() {
 }
 
 fn finetune_args<'a>(enc: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let base = ["finetune", "deacl", "--checkpoint", enc, "--heads", "4", "--dataset", "synthetic-seg:48x28", "--size", "28"];
+    let base = ["finetune", "deacl", "--checkpoint", enc, "--num-heads", "4", "--dataset", "synthetic-seg:48x28", "--size", "28"];
     let train = ["--batch-size", "2", "--epochs", "2", "--lr", "0.05", "--save-every", "5", "--seed", "4", "--out", out, "--json"];
     base.iter().chain(train.iter()).chain(extra).copied().collect()
 }
@@ -102,4 +102,49 @@ fn killed_run_resumes_to_identical_weights() {
     std::fs::write(&blocked, b"").unwrap();
     let inside = blocked.join("out").display().to_string();
     fails_with(&finetune_args(&enc, &inside, &[]), &["cannot create the output folder"]);
+}
+
+#[test]
+fn multi_perturbation_training_runs_and_reduces_to_deacl() {
+    let tmp = tempfile::tempdir().unwrap();
+    let enc = tiny_encoder();
+    let cifar = format!("cifar10:{}", fixture("data/cifar-10-batches-bin").display());
+    let probe = tmp.path().join("probe.safetensors").display().to_string();
+    let common = ["--checkpoint", enc.as_str(), "--num-heads", "4"];
+    let mut train = vec!["train-head", "--task", "cls", "--dataset", &cifar, "--size", "28", "--epochs", "50", "--lr", "5e-2", "--out", &probe, "--json"];
+    train.extend(common);
+    ok_json(&train);
+    let run = |recipe: &str, out: &str, extra: &[&str]| -> serde_json::Value {
+        let mut v = vec!["finetune", recipe, "--dataset", &cifar, "--size", "28", "--batch-size", "4", "--epochs", "1", "--lr", "0.02", "--seed", "1", "--out", out, "--json"];
+        v.extend(common);
+        v.extend(extra);
+        ok_json(&v)
+    };
+    let dir = |n: &str| tmp.path().join(n).display().to_string();
+    let head = format!("cls:{probe}");
+    // Embedding term only (λ = 0, task perturbations weighted 0): the DeACL loss, step for step.
+    let deacl = run("deacl", &dir("deacl"), &[]);
+    let only_embed = run("multi", &dir("multi0"), &["--heads", &head, "--lambda", "0", "--task-weight", "0"]);
+    let (a, b) = (deacl["losses"].as_array().unwrap(), only_embed["losses"].as_array().unwrap());
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4, "{x} vs {y}");
+    }
+    // With the task terms: worst-of is at least the average at every step's start (same weights).
+    for combine in ["average", "worst"] {
+        let r = run("multi", &dir(combine), &["--heads", &head, "--combine", combine]);
+        assert!(r["losses"].as_array().unwrap().iter().all(|l| l.as_f64().unwrap().is_finite()));
+        let log = std::fs::read_to_string(tmp.path().join(combine).join("losses.csv")).unwrap();
+        assert!(log.starts_with(&format!("step,epoch,lr,loss,cos_student_teacher,embed_term,task_term:{probe}")), "{log}");
+    }
+    let first = |n: &str| -> f64 { std::fs::read_to_string(tmp.path().join(n).join("losses.csv")).unwrap().lines().nth(1).unwrap().split(',').nth(3).unwrap().parse().unwrap() };
+    assert!(first("worst") >= first("average") - 1e-6, "worst {} < average {}", first("worst"), first("average"));
+    // A head whose task does not fit the data, and a malformed --heads.
+    let seg = format!("seg:{probe}");
+    let mut v = vec!["finetune", "multi", "--dataset", &cifar, "--size", "28", "--out", "/tmp/unused-multi", "--heads", &seg];
+    v.extend(common);
+    fails_with(&v, &["probe.safetensors"]);
+    let mut v = vec!["finetune", "multi", "--dataset", &cifar, "--size", "28", "--out", "/tmp/unused-multi", "--heads", "probe"];
+    v.extend(common);
+    fails_with(&v, &["TASK:HEAD"]);
 }

@@ -21,14 +21,14 @@ fn train_and_eval(task: &str, kind: &str, cache: &Path, out: &Path, extra: &[&st
     let head = out.join(format!("{task}.safetensors")).display().to_string();
     let cache = cache.display().to_string();
     let train_spec = format!("{kind}:48x56");
-    let mut args = vec!["train-head", "--task", task, "--checkpoint", &enc, "--heads", "4", "--dataset", &train_spec, "--size", "56"];
+    let mut args = vec!["train-head", "--task", task, "--checkpoint", &enc, "--num-heads", "4", "--dataset", &train_spec, "--size", "56"];
     args.extend(["--cache-dir", &cache, "--out", &head, "--json"]);
     args.extend(extra);
     let trained = ok_json(&args);
     assert_eq!(trained["steps"], trained["meta"]["train"]["epochs"].as_u64().unwrap() * 6, "48 samples in batches of 8");
     assert!(Path::new(&head).with_extension("json").is_file(), "metadata beside the head");
     let val_spec = format!("{kind}:24x56");
-    ok_json(&["eval", "--task", task, "--checkpoint", &enc, "--heads", "4", "--dataset", &val_spec, "--cache-dir", &cache, "--head", &head, "--json"])
+    ok_json(&["eval", "--task", task, "--checkpoint", &enc, "--num-heads", "4", "--dataset", &val_spec, "--cache-dir", &cache, "--head", &head, "--json"])
 }
 
 #[test]
@@ -45,7 +45,7 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
     let enc = tiny_encoder();
     let (head_file, cache) = (tmp.path().join("seg.safetensors").display().to_string(), tmp.path().display().to_string());
     let slide = |window: &str| {
-        ok_json(&["eval", "--task", "seg", "--checkpoint", &enc, "--heads", "4", "--dataset", "synthetic-seg:24x56", "--cache-dir", &cache, "--head", &head_file, "--sliding-window", window, "--json"])
+        ok_json(&["eval", "--task", "seg", "--checkpoint", &enc, "--num-heads", "4", "--dataset", "synthetic-seg:24x56", "--cache-dir", &cache, "--head", &head_file, "--sliding-window", window, "--json"])
     };
     for window in ["56:56", "112:50"] {
         let whole = slide(window);
@@ -56,7 +56,7 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
     }
     let tiled = slide("28:14");
     assert!(tiled["head"]["miou"].as_f64().unwrap() > base + 0.1, "tiled windows: {}", tiled["head"]["miou"]);
-    fails_with(&["eval", "--task", "seg", "--checkpoint", &enc, "--heads", "4", "--dataset", "synthetic-seg:4x56", "--head", &head_file, "--sliding-window", "28"], &["CROP:STRIDE"]);
+    fails_with(&["eval", "--task", "seg", "--checkpoint", &enc, "--num-heads", "4", "--dataset", "synthetic-seg:4x56", "--head", &head_file, "--sliding-window", "28"], &["CROP:STRIDE"]);
 
     let depth = train_and_eval("depth", "synthetic-depth", tmp.path(), tmp.path(), &["--epochs", "40", "--lr", "1e-2"]);
     let (head, base) = (depth["head"]["rmse"].as_f64().unwrap(), depth["baseline"]["rmse"].as_f64().unwrap());
@@ -64,7 +64,7 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
     assert!(depth["head"]["delta1"].as_f64().unwrap() > depth["baseline"]["delta1"].as_f64().unwrap());
     assert_eq!(depth["head"]["images"], 24);
     let depth_file = tmp.path().join("depth.safetensors").display().to_string();
-    let whole = ok_json(&["eval", "--task", "depth", "--checkpoint", &enc, "--heads", "4", "--dataset", "synthetic-depth:24x56", "--cache-dir", &cache, "--head", &depth_file, "--sliding-window", "56:56", "--json"]);
+    let whole = ok_json(&["eval", "--task", "depth", "--checkpoint", &enc, "--num-heads", "4", "--dataset", "synthetic-depth:24x56", "--cache-dir", &cache, "--head", &depth_file, "--sliding-window", "56:56", "--json"]);
     let d = (whole["head"]["rmse"].as_f64().unwrap() - depth["head"]["rmse"].as_f64().unwrap()).abs();
     assert!(d < 1e-4, "one whole-image window gives depth RMSE {} vs {}", whole["head"]["rmse"], depth["head"]["rmse"]);
 }
@@ -76,14 +76,14 @@ fn classification_head_and_pixel_baseline_round_trip() {
     let cifar = format!("cifar10:{}", data("cifar-10-batches-bin").display());
     let head = tmp.path().join("probe.safetensors").display().to_string();
     let t = ok_json(&[
-        "train-head", "--task", "cls", "--checkpoint", &enc, "--heads", "4", "--dataset", &cifar, "--size", "28", "--pooling", "cls+mean",
+        "train-head", "--task", "cls", "--checkpoint", &enc, "--num-heads", "4", "--dataset", &cifar, "--size", "28", "--pooling", "cls+mean",
         "--epochs", "200", "--lr", "5e-2", "--cache-dir", &cache, "--out", &head, "--json",
     ]);
     assert_eq!(t["meta"]["outputs"], 10);
     assert_eq!(t["meta"]["pooling"], "cls+mean");
     assert_eq!(t["meta"]["transforms"], serde_json::json!(["resize-short28", "crop28x28", "pad14"]));
     assert_eq!(t["train_split"]["head"]["accuracy"], 1.0, "10 samples, 128 features: a linear probe fits them");
-    let e = ok_json(&["eval", "--task", "cls", "--checkpoint", &enc, "--heads", "4", "--dataset", &cifar, "--cache-dir", &cache, "--head", &head, "--json"]);
+    let e = ok_json(&["eval", "--task", "cls", "--checkpoint", &enc, "--num-heads", "4", "--dataset", &cifar, "--cache-dir", &cache, "--head", &head, "--json"]);
     assert!(e["dataset"].as_str().unwrap().ends_with("[test]"), "CIFAR has no val split: eval falls back to test");
     assert_eq!(e["head"]["total"], 3);
 
@@ -93,7 +93,7 @@ fn classification_head_and_pixel_baseline_round_trip() {
     assert_eq!(t["meta"]["source"], "pixels");
     ok_json(&["eval", "--task", "cls", "--pixels", "--dataset", &cifar, "--cache-dir", &cache, "--head", &px, "--json"]);
     // A pixel head read with encoder features, and the reverse, is refused.
-    fails_with(&["eval", "--task", "cls", "--checkpoint", &enc, "--heads", "4", "--dataset", &cifar, "--head", &px], &["pixels.safetensors", "raw pixels"]);
+    fails_with(&["eval", "--task", "cls", "--checkpoint", &enc, "--num-heads", "4", "--dataset", &cifar, "--head", &px], &["pixels.safetensors", "raw pixels"]);
     fails_with(&["eval", "--task", "cls", "--pixels", "--dataset", &cifar, "--head", &head], &["probe.safetensors", "encoder features"]);
 }
 
@@ -118,7 +118,7 @@ fn feature_cache_is_reused_resumes_and_matches_recomputing() {
     let (enc, cache) = (tiny_encoder(), tmp.path().join("cache").display().to_string());
     let head = |n: &str| tmp.path().join(n).display().to_string();
     // 300 scenes: two chunks of the cache.
-    let base = ["train-head", "--task", "seg", "--checkpoint", &enc, "--heads", "4", "--dataset", "synthetic-seg:300x28", "--size", "28", "--epochs", "2"];
+    let base = ["train-head", "--task", "seg", "--checkpoint", &enc, "--num-heads", "4", "--dataset", "synthetic-seg:300x28", "--size", "28", "--epochs", "2"];
     let with = |extra: &[&str]| -> Vec<String> { base.iter().chain(extra).map(|s| s.to_string()).collect() };
 
     let first = ok_json(&strs(&with(&["--cache-dir", &cache, "--out", &head("a.safetensors"), "--json"])));
@@ -159,7 +159,7 @@ fn bad_input_fails_cleanly() {
     let (enc, cache) = (tiny_encoder(), tmp.path().display().to_string());
     let cifar = format!("cifar10:{}", data("cifar-10-batches-bin").display());
     let out = tmp.path().join("h.safetensors").display().to_string();
-    let common = ["--checkpoint", &enc, "--heads", "4", "--cache-dir", &cache];
+    let common = ["--checkpoint", &enc, "--num-heads", "4", "--cache-dir", &cache];
     let train = |task: &str, ds: &str, extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = ["train-head", "--task", task].iter().map(|s| s.to_string()).collect();
         v.extend(common.iter().map(|s| s.to_string()));
@@ -193,7 +193,7 @@ fn bad_input_fails_cleanly() {
     assert!(ok, "{err}");
     let eval = |head: &str, task: &str, ckpt: &str| -> Vec<String> {
         let heads = if ckpt.contains("swiglu") { "3" } else { "4" };
-        ["eval", "--task", task, "--checkpoint", ckpt, "--heads", heads, "--dataset", "synthetic-seg:4x28", "--size", "28", "--cache-dir", &cache, "--head", head]
+        ["eval", "--task", task, "--checkpoint", ckpt, "--num-heads", heads, "--dataset", "synthetic-seg:4x28", "--size", "28", "--cache-dir", &cache, "--head", head]
             .iter()
             .map(|s| s.to_string())
             .collect()

@@ -11,4 +11,5 @@ pub mod engine;
 pub mod objective;
 pub mod pgd_ce;
 pub mod segpgd;
+pub mod task;
 pub mod threat;

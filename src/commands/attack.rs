@@ -10,12 +10,10 @@ use serde::Serialize;
 
 use super::cross_task::{AlsoHead, AlsoReport, AlsoSpec, CrossTask};
 use super::features::FeatureArgs;
-use crate::attacks::depthpgd::DepthPgd;
 use crate::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
 use crate::attacks::engine::{attack, AttackConfig, Method, Sanity};
 use crate::attacks::objective::Objective;
-use crate::attacks::pgd_ce::CrossEntropy;
-use crate::attacks::segpgd::SegPgd;
+use crate::attacks::task::task_objective;
 use crate::attacks::threat::{parse_amount, Norm, ThreatModel};
 use crate::data::transform::load_batch;
 use crate::data::Split;
@@ -114,18 +112,12 @@ fn objective_for<'a>(a: &AttackArgs, head: &'a Head, clean: &crate::encoder::Tok
         (AttackKind::Apgd, Task::Depth) => AttackKind::Depthpgd,
         (k, _) => k,
     };
-    Ok(match (kind, head, targets) {
-        (AttackKind::Embed, _, _) => Box::new(EmbedAttack::new(clean, a.embed_target, a.embed_distance)),
-        (AttackKind::Pgd, Head::Linear(probe), Targets::Class(l)) => Box::new(CrossEntropy { probe, labels: l.clone() }),
-        (AttackKind::Segpgd, Head::Seg(_), Targets::Segmentation { labels, height, width }) => {
-            Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width })
-        }
-        (AttackKind::Depthpgd, Head::Depth(_), Targets::Depth { metres, height, width }) => {
-            let range = range.context("a depth head without a depth range")?;
-            Box::new(DepthPgd { head, metres: metres.clone(), height: *height, width: *width, range })
-        }
-        (kind, _, _) => bail!("--attack {} does not fit a {} head (pgd: cls, segpgd: seg, depthpgd: depth, embed: any)", format!("{kind:?}").to_lowercase(), a.task),
-    })
+    let fits = matches!((kind, head), (AttackKind::Pgd, Head::Linear(_)) | (AttackKind::Segpgd, Head::Seg(_)) | (AttackKind::Depthpgd, Head::Depth(_)));
+    match kind {
+        AttackKind::Embed => Ok(Box::new(EmbedAttack::new(clean, a.embed_target, a.embed_distance))),
+        _ if fits => task_objective(head, targets, range),
+        kind => bail!("--attack {} does not fit a {} head (pgd: cls, segpgd: seg, depthpgd: depth, embed: any)", format!("{kind:?}").to_lowercase(), a.task),
+    }
 }
 
 pub fn run(a: &AttackArgs) -> Result<()> {

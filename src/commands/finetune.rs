@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use super::train_head::OptimizerName;
@@ -14,6 +14,9 @@ use crate::attacks::threat::{parse_amount, Norm, ThreatModel};
 use crate::data::transform::Transform;
 use crate::data::{self, Split};
 use crate::defense::deacl::Deacl;
+use crate::defense::multi::{Combine, Multi};
+use crate::heads::head::{Task, TrainedHead};
+use crate::heads::trainer::check_features;
 use crate::defense::run::{finetune, Recipe, RunConfig};
 use crate::heads::train::{OptimizerKind, Schedule, TrainConfig};
 
@@ -21,6 +24,8 @@ use crate::heads::train::{OptimizerKind, Schedule, TrainConfig};
 pub enum FinetuneCommand {
     /// DeACL: the student follows the frozen teacher on clean images and itself under attack.
     Deacl(DeaclArgs),
+    /// Multi-perturbation adversarial training: EmbedAttack and the heads' task attacks together.
+    Multi(MultiArgs),
 }
 
 /// What every fine-tuning method shares: the encoder, the data, the optimisation, the run folder.
@@ -95,6 +100,45 @@ pub struct DeaclArgs {
     pub k: f64,
 }
 
+#[derive(Args, Debug)]
+pub struct MultiArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Task heads (from `train-head` on this encoder) whose attacks and losses join the training:
+    /// TASK:HEAD, repeatable or comma-separated. Their task must fit --dataset's labels.
+    #[arg(long = "heads", required = true, value_delimiter = ',', value_name = "TASK:HEAD")]
+    pub task_heads: Vec<String>,
+    /// Weight of the consistency term −k·cos(s(x'), s(x)).
+    #[arg(long, default_value_t = 2.0)]
+    pub k: f64,
+    /// Weight of the task losses on the perturbed images.
+    #[arg(long, default_value_t = 1.0)]
+    pub lambda: f64,
+    /// How the perturbations' terms combine per sample.
+    #[arg(long, value_enum, default_value = "average")]
+    pub combine: Combine,
+    /// Average: weight of the EmbedAttack perturbation's term.
+    #[arg(long, default_value_t = 1.0)]
+    pub embed_weight: f64,
+    /// Average: weight of each task attack's term.
+    #[arg(long, default_value_t = 1.0)]
+    pub task_weight: f64,
+}
+
+/// Loads `TASK:HEAD` heads for a `width`-wide encoder.
+fn load_heads(specs: &[String], width: usize) -> Result<Vec<(String, TrainedHead)>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let Some((task, path)) = spec.split_once(':') else { bail!("--heads '{spec}': expected TASK:HEAD, e.g. cls:probe.safetensors") };
+            let task = <Task as clap::ValueEnum>::from_str(task, true).map_err(|_| anyhow::anyhow!("--heads '{spec}': unknown task '{task}' (cls, seg, depth)"))?;
+            let head = TrainedHead::load_for(std::path::Path::new(path), task, &crate::device::default_device()?)?;
+            check_features(&head.meta, width, path)?;
+            Ok((path.to_string(), head))
+        })
+        .collect()
+}
+
 impl CommonArgs {
     fn inner_attack(&self) -> Result<AttackConfig> {
         Ok(AttackConfig {
@@ -116,6 +160,24 @@ pub fn run(cmd: &FinetuneCommand) -> Result<()> {
             let recipe = Deacl { k: a.k, embedding: a.common.embedding, inner: a.common.inner_attack()? };
             let extra = serde_json::json!({ "k": a.k });
             go(&a.common, &recipe, extra)
+        }
+        FinetuneCommand::Multi(a) => {
+            let c = &a.common;
+            let width = c.model.load(&c.checkpoint, crate::device::default_device()?)?.config().embed_dim;
+            let heads = load_heads(&a.task_heads, width)?;
+            let fingerprints: Vec<serde_json::Value> = heads.iter().map(|(p, h)| serde_json::json!({ "head": p, "task": h.meta.task, "trained": h.meta.final_loss })).collect();
+            let recipe = Multi {
+                heads,
+                k: a.k,
+                lambda: a.lambda,
+                embedding: c.embedding,
+                inner: c.inner_attack()?,
+                combine: a.combine,
+                embed_weight: a.embed_weight,
+                task_weight: a.task_weight,
+            };
+            let extra = serde_json::json!({ "k": a.k, "lambda": a.lambda, "combine": a.combine, "embed_weight": a.embed_weight, "task_weight": a.task_weight, "heads": fingerprints });
+            go(c, &recipe, extra)
         }
     }
 }

@@ -58,7 +58,7 @@ pub struct ModelOptions {
     #[arg(long)]
     pub pos_resize: Option<PosResize>,
     /// Number of attention heads, for custom widths (default: 64-dim heads, or what the file states).
-    #[arg(long)]
+    #[arg(long = "num-heads", value_name = "N")]
     pub heads: Option<usize>,
     /// Which backbone of a training checkpoint to use (teacher or student; default teacher).
     #[arg(long)]

@@ -169,7 +169,7 @@ pub struct ArchOverrides {
     pub ln_eps: Option<f64>,
 }
 
-/// Combine the shapes found in a checkpoint with `--arch`/`--heads`; a named architecture that
+/// Combine the shapes found in a checkpoint with `--arch`/`--num-heads`; a named architecture that
 /// disagrees with the shapes is an error that says which quantity differs.
 pub fn resolve(facts: &ShapeFacts, over: &ArchOverrides, heads_hint: Option<usize>) -> Result<VitConfig> {
     if let Some(named) = over.arch {

@@ -121,7 +121,7 @@ impl Encoder {
         if heads_assumed && config.official_name().is_none() {
             eprintln!(
                 "warning: {}: the file does not state the number of attention heads; assuming 64-dim heads \
-                 ({} head(s)) for this custom width {}. Pass --heads if that is wrong.",
+                 ({} head(s)) for this custom width {}. Pass --num-heads if that is wrong.",
                 path.display(),
                 config.num_heads,
                 config.embed_dim

@@ -46,6 +46,22 @@ pub enum Targets {
 }
 
 impl Targets {
+    /// The targets of sample `i` alone.
+    pub fn row(&self, i: usize) -> Targets {
+        match self {
+            Self::Class(l) => Self::Class(vec![l[i]]),
+            Self::Segmentation { labels, height, width } => {
+                let n = height * width;
+                Self::Segmentation { labels: labels[i * n..(i + 1) * n].to_vec(), height: *height, width: *width }
+            }
+            Self::Depth { metres, height, width } => {
+                let n = height * width;
+                Self::Depth { metres: metres[i * n..(i + 1) * n].to_vec(), height: *height, width: *width }
+            }
+            Self::None => Self::None,
+        }
+    }
+
     /// Concatenates batches of the same kind and size.
     pub fn concat(parts: Vec<Targets>) -> Result<Targets> {
         let mut it = parts.into_iter();
