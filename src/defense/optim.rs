@@ -33,7 +33,9 @@ impl Optimizer {
         let t = self.steps as i32;
         for (name, var) in params {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let w = var.as_tensor();
+            // Detached: a gradient carries the graph of the step that made it, and the state
+            // kept from step to step must not (it would hold every step's activations).
+            let (g, w) = (&g.detach(), &var.as_tensor().detach());
             match self.kind {
                 OptimizerKind::Sgd { momentum, weight_decay } => {
                     // torch.optim.SGD: g ← g + wd·w; v ← μ·v + g (v = g at first); w ← w − lr·v
@@ -43,7 +45,7 @@ impl Optimizer {
                         _ => g,
                     };
                     var.set(&(w - (&v * lr)?)?)?;
-                    self.state.insert(name.clone(), vec![v]);
+                    self.state.insert(name.clone(), vec![v.detach()]);
                 }
                 OptimizerKind::AdamW { weight_decay } => {
                     // torch.optim.AdamW: w ← w(1 − lr·wd); m, v moments; bias-corrected step.
@@ -57,7 +59,7 @@ impl Optimizer {
                     let v_hat = (&v / (1.0 - BETA2.powi(t)))?;
                     let decayed = (w * (1.0 - lr * weight_decay))?;
                     var.set(&(decayed - ((m_hat / (v_hat.sqrt()? + ADAM_EPS)?)? * lr)?)?)?;
-                    self.state.insert(name.clone(), vec![m, v]);
+                    self.state.insert(name.clone(), vec![m.detach(), v.detach()]);
                 }
             }
         }

@@ -67,12 +67,13 @@ impl Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         for (var, velocity) in &mut self.vars {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = (g + (var.as_tensor() * self.weight_decay)?)?;
+            // Detached, so the velocity kept between steps holds no step's graph.
+            let g = (g.detach() + (var.as_tensor().detach() * self.weight_decay)?)?;
             let v = match velocity.take() {
                 Some(v) if self.momentum > 0.0 => ((v * self.momentum)? + g)?,
                 _ => g,
             };
-            var.set(&(var.as_tensor() - (&v * self.lr)?)?)?;
+            var.set(&(var.as_tensor().detach() - (&v * self.lr)?)?)?;
             *velocity = Some(v);
         }
         Ok(())
