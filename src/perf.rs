@@ -67,17 +67,11 @@ pub fn measure(enc: &Encoder, batch: usize, size: usize, warmup: usize, iters: u
     Ok(Timing { batch, size, iters, forward_s: median(fwd), forward_backward_s: median(bwd), attack_steps_per_s: None, finetune_steps_per_s: None })
 }
 
-/// Steps per second of the attack engine: EmbedAttack (CLS and patch tokens, MSE), L∞ 8/255, step
-/// 2/255, `steps` steps on a batch of random images; the time covers the whole attack (random
-/// start, every forward and reverse pass, projections and bookkeeping) divided by its steps.
-pub fn attack_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize) -> Result<f64> {
-    use crate::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
-    use crate::attacks::engine::{attack, AttackConfig, Method};
+/// The study's PGD (L∞, ε 8/255, step 2/255, uniform random start, seed 0) over `steps` steps.
+fn study_pgd(steps: usize) -> crate::attacks::engine::AttackConfig {
+    use crate::attacks::engine::{AttackConfig, Method};
     use crate::attacks::threat::{Norm, ThreatModel};
-    let x = Tensor::rand(0f32, 1f32, (batch, 3, size, size), &candle_core::Device::Cpu)?;
-    let clean = enc.forward(&x.to_device(enc.vit.device())?)?;
-    let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse);
-    let cfg = AttackConfig {
+    AttackConfig {
         method: Method::Pgd,
         threat: ThreatModel { norm: Norm::Linf, eps: 8.0 / 255.0 },
         step_size: 2.0 / 255.0,
@@ -86,7 +80,19 @@ pub fn attack_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize
         random_start: true,
         seed: 0,
         early_stop: false,
-    };
+    }
+}
+
+/// Steps per second of the attack engine: EmbedAttack (CLS and patch tokens, MSE), L∞ 8/255, step
+/// 2/255, `steps` steps on a batch of random images; the time covers the whole attack (random
+/// start, every forward and reverse pass, projections and bookkeeping) divided by its steps.
+pub fn attack_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize) -> Result<f64> {
+    use crate::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
+    use crate::attacks::engine::attack;
+    let x = Tensor::rand(0f32, 1f32, (batch, 3, size, size), &candle_core::Device::Cpu)?;
+    let clean = enc.forward(&x.to_device(enc.vit.device())?)?;
+    let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse);
+    let cfg = study_pgd(steps);
     let t0 = Instant::now();
     let out = attack(enc, &obj, &x, &cfg)?;
     synchronize(enc.vit.device())?;
@@ -99,24 +105,12 @@ pub fn attack_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize
 /// forward and backward to its weights on clean and adversarial images, and an SGD update.
 pub fn finetune_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize) -> Result<f64> {
     use crate::attacks::embed::EmbedTarget;
-    use crate::attacks::engine::{AttackConfig, Method};
-    use crate::attacks::threat::{Norm, ThreatModel};
     use crate::defense::deacl::Deacl;
     use crate::defense::optim::Optimizer;
     use crate::defense::run::{MiniBatch, Recipe};
     use crate::defense::student::Student;
     use crate::heads::train::OptimizerKind;
-    let inner = AttackConfig {
-        method: Method::Pgd,
-        threat: ThreatModel { norm: Norm::Linf, eps: 8.0 / 255.0 },
-        step_size: 2.0 / 255.0,
-        steps: 5,
-        restarts: 1,
-        random_start: true,
-        seed: 0,
-        early_stop: false,
-    };
-    let recipe = Deacl { k: 2.0, embedding: EmbedTarget::Cls, inner };
+    let recipe = Deacl { k: 2.0, embedding: EmbedTarget::Cls, inner: study_pgd(5) };
     let student = Student::new(enc)?;
     let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 5e-4 });
     let x = Tensor::rand(0f32, 1f32, (batch, 3, size, size), &candle_core::Device::Cpu)?.to_device(enc.vit.device())?;

@@ -79,7 +79,7 @@ fn changed_weights_round_trip_in_every_format() {
 }
 
 #[test]
-fn onnx_graph_is_kept() {
+fn onnx_copy_keeps_weights_and_size() {
     let tmp = tempfile::tempdir().unwrap();
     let src = fixture("hf_dinov2.onnx");
     let enc = load(&src, None);

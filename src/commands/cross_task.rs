@@ -27,12 +27,18 @@ pub struct AlsoSpec {
     pub dataset: Option<String>,
 }
 
+/// Splits `TASK:REST` as `flag` takes it; errors quote `s` and show the expected `form`.
+pub fn task_and_rest<'a>(s: &'a str, flag: &str, form: &str) -> Result<(Task, &'a str)> {
+    let Some((task, rest)) = s.split_once(':') else { bail!("{flag} '{s}': {form}") };
+    let task = <Task as clap::ValueEnum>::from_str(task, true).map_err(|_| anyhow::anyhow!("{flag} '{s}': unknown task '{task}' (cls, seg, depth); {form}"))?;
+    Ok((task, rest))
+}
+
 impl FromStr for AlsoSpec {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
         let form = "expected TASK:HEAD[@KIND:PATH], e.g. depth:depth.safetensors@synthetic-depth:64x224";
-        let Some((task, rest)) = s.split_once(':') else { bail!("--also '{s}': {form}") };
-        let task = <Task as clap::ValueEnum>::from_str(task, true).map_err(|_| anyhow::anyhow!("--also '{s}': unknown task '{task}' (cls, seg, depth); {form}"))?;
+        let (task, rest) = task_and_rest(s, "--also", form)?;
         let (head, dataset) = match rest.split_once('@') {
             Some((h, d)) => (h, Some(d.to_string())),
             None => (rest, None),

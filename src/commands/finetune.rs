@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::train_head::OptimizerName;
@@ -15,7 +15,9 @@ use crate::data::transform::Transform;
 use crate::data::{self, Split};
 use crate::defense::deacl::Deacl;
 use crate::defense::multi::{Combine, Multi};
-use crate::heads::head::{Task, TrainedHead};
+use crate::encoder::Encoder;
+use crate::heads::head::TrainedHead;
+use super::cross_task::task_and_rest;
 use crate::heads::trainer::check_features;
 use crate::defense::run::{finetune, Recipe, RunConfig};
 use crate::heads::train::{OptimizerKind, Schedule, TrainConfig};
@@ -130,8 +132,7 @@ fn load_heads(specs: &[String], width: usize) -> Result<Vec<(String, TrainedHead
     specs
         .iter()
         .map(|spec| {
-            let Some((task, path)) = spec.split_once(':') else { bail!("--heads '{spec}': expected TASK:HEAD, e.g. cls:probe.safetensors") };
-            let task = <Task as clap::ValueEnum>::from_str(task, true).map_err(|_| anyhow::anyhow!("--heads '{spec}': unknown task '{task}' (cls, seg, depth)"))?;
+            let (task, path) = task_and_rest(spec, "--heads", "expected TASK:HEAD, e.g. cls:probe.safetensors")?;
             let head = TrainedHead::load_for(std::path::Path::new(path), task, &crate::device::default_device()?)?;
             check_features(&head.meta, width, path)?;
             Ok((path.to_string(), head))
@@ -140,6 +141,11 @@ fn load_heads(specs: &[String], width: usize) -> Result<Vec<(String, TrainedHead
 }
 
 impl CommonArgs {
+    /// The encoder to fine-tune (loaded once; the student is its copy).
+    fn teacher(&self) -> Result<Encoder> {
+        self.model.load(&self.checkpoint, crate::device::default_device()?)
+    }
+
     fn inner_attack(&self) -> Result<AttackConfig> {
         Ok(AttackConfig {
             method: Method::Pgd,
@@ -159,12 +165,12 @@ pub fn run(cmd: &FinetuneCommand) -> Result<()> {
         FinetuneCommand::Deacl(a) => {
             let recipe = Deacl { k: a.k, embedding: a.common.embedding, inner: a.common.inner_attack()? };
             let extra = serde_json::json!({ "k": a.k });
-            go(&a.common, &recipe, extra)
+            go(&a.common, &a.common.teacher()?, &recipe, extra)
         }
         FinetuneCommand::Multi(a) => {
             let c = &a.common;
-            let width = c.model.load(&c.checkpoint, crate::device::default_device()?)?.config().embed_dim;
-            let heads = load_heads(&a.task_heads, width)?;
+            let teacher = c.teacher()?;
+            let heads = load_heads(&a.task_heads, teacher.config().embed_dim)?;
             let fingerprints: Vec<serde_json::Value> = heads.iter().map(|(p, h)| serde_json::json!({ "head": p, "task": h.meta.task, "trained": h.meta.final_loss })).collect();
             let recipe = Multi {
                 heads,
@@ -177,13 +183,12 @@ pub fn run(cmd: &FinetuneCommand) -> Result<()> {
                 task_weight: a.task_weight,
             };
             let extra = serde_json::json!({ "k": a.k, "lambda": a.lambda, "combine": a.combine, "embed_weight": a.embed_weight, "task_weight": a.task_weight, "heads": fingerprints });
-            go(c, &recipe, extra)
+            go(c, &teacher, &recipe, extra)
         }
     }
 }
 
-fn go(c: &CommonArgs, recipe: &dyn Recipe, extra: serde_json::Value) -> Result<()> {
-    let teacher = c.model.load(&c.checkpoint, crate::device::default_device()?)?;
+fn go(c: &CommonArgs, teacher: &Encoder, recipe: &dyn Recipe, extra: serde_json::Value) -> Result<()> {
     let ds = data::open(&c.dataset, c.split)?;
     let transforms = match &c.transforms {
         Some(spec) => Transform::parse_list(spec).context("--transforms")?,
@@ -215,7 +220,7 @@ fn go(c: &CommonArgs, recipe: &dyn Recipe, extra: serde_json::Value) -> Result<(
         "recipe_options": extra,
     });
     let cfg = RunConfig { train, save_every: c.save_every, identity };
-    let outcome = finetune(recipe, &teacher, ds.as_ref(), &indices, &transforms, &cfg, &c.out)?;
+    let outcome = finetune(recipe, teacher, ds.as_ref(), &indices, &transforms, &cfg, &c.out)?;
     if c.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {

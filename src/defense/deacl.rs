@@ -32,7 +32,7 @@ pub fn similarity(a: &Tokens, b: &Tokens, which: EmbedTarget) -> Result<Tensor> 
 pub fn deacl_loss(s_clean: &Tokens, t_clean: &Tokens, s_adv: &Tokens, k: f64, which: EmbedTarget) -> Result<(Tensor, [f64; 2])> {
     let fidelity = similarity(s_clean, t_clean, which)?.mean_all()?;
     let robustness = similarity(s_adv, s_clean, which)?.mean_all()?;
-    let loss = ((fidelity.neg()? - (&robustness * k)?)?).clone();
+    let loss = (fidelity.neg()? - (&robustness * k)?)?;
     let parts = [fidelity.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?, robustness.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?];
     Ok((loss, parts))
 }
