@@ -36,7 +36,7 @@ fn deacl_loss_and_weight_gradients_match_pytorch() {
     let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-12);
     assert!(rel(scalar(&loss), scalar(&want["loss"])) < 1e-10, "loss {} vs {}", scalar(&loss), scalar(&want["loss"]));
     assert!(rel(fidelity, scalar(&want["fidelity"])) < 1e-10 && rel(robustness, scalar(&want["robustness"])) < 1e-10);
-    let grads = loss.backward().unwrap();
+    let grads = student.gradients(&loss).unwrap();
     // The gradients, laid out as the checkpoint (official names and layouts).
     let by_name: HashMap<String, Tensor> = student.params.iter().map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).unwrap().clone())).collect();
     let as_vit = student.snapshot().unwrap().vit.map_parameters(|name, _| Ok(by_name[name].clone())).unwrap();
@@ -48,6 +48,41 @@ fn deacl_loss_and_weight_gradients_match_pytorch() {
         let scale = w.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
         assert!(scale > 0.0, "{name}: zero reference gradient");
         assert!(diff <= 1e-8 * scale, "{name}: gradient differs by {diff:e} (scale {scale:e})");
+    }
+}
+
+/// The fast CPU path's weight gradients (f32, hand-written reverse pass) against candle autograd
+/// through the generic path in f64 — itself checked against PyTorch above — on every kind of ViT:
+/// LayerScale, registers, SwiGLU, DINO v1, and a grid that resizes the position embedding.
+#[test]
+fn fast_weight_gradients_match_autograd() {
+    let cases = [("dinov2_official.pth", Some(4), 42), ("dinov2_reg.pth", Some(4), 28), ("dinov2_swiglu_train.pth", Some(3), 28), ("dino_v1_p8.pth", None, 24)];
+    for (file, heads, size) in cases {
+        let opts = LoadOptions { heads, ..Default::default() };
+        let enc32 = Encoder::load(&fixture(&format!("encoder/{file}")), &opts).unwrap();
+        let enc64 = enc32.to(&Device::Cpu, DType::F64).unwrap();
+        let x = Tensor::rand(0f32, 1f32, (2, 3, size, size), &Device::Cpu).unwrap();
+        let x_adv = (&x + Tensor::rand(-0.03f32, 0.03f32, x.dims(), &Device::Cpu).unwrap()).unwrap().clamp(0f32, 1f32).unwrap();
+        let mut grads = Vec::new();
+        for enc in [&enc32, &enc64] {
+            let teacher = Encoder::from_vit(enc.vit.map_parameters(|_, t| Ok((t * 0.9).unwrap())).unwrap(), enc.info.clone()).unwrap();
+            let student = Student::new(enc).unwrap();
+            let (x, x_adv) = (x.to_dtype(enc.vit.dtype()).unwrap(), x_adv.to_dtype(enc.vit.dtype()).unwrap());
+            let t = teacher.forward(&x).unwrap();
+            let (s, a) = student_pair(&student, &x, &x_adv).unwrap();
+            let (loss, _) = deacl_loss(&s, &t, &a, 2.0, EmbedTarget::Both).unwrap();
+            let g = student.gradients(&loss).unwrap();
+            let by_name: HashMap<String, Tensor> = student.params.iter().map(|(n, v)| (n.clone(), g.get(v.as_tensor()).unwrap_or_else(|| panic!("{file}: no gradient for {n}")).to_dtype(DType::F64).unwrap())).collect();
+            grads.push(by_name);
+        }
+        assert_eq!(grads[0].len(), grads[1].len());
+        for (name, want) in &grads[1] {
+            let got = &grads[0][name];
+            let diff = (got - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+            let scale = want.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+            assert!(scale > 0.0, "{file} {name}: zero reference gradient");
+            assert!(diff <= 1e-4 * scale, "{file} {name}: gradient differs by {diff:e} (scale {scale:e})");
+        }
     }
 }
 

@@ -230,7 +230,7 @@ pub fn finetune(recipe: &dyn Recipe, teacher: &Encoder, ds: &dyn Dataset, indice
             bail!("the loss became {value} at step {step}");
         }
         let lr = t.lr_at(step as usize, total as usize);
-        let grads = loss.backward()?;
+        let grads = student.gradients(&loss)?;
         opt.step(&student.params, &grads, lr)?;
         let row = [format!("{step}"), format!("{epoch}"), format!("{lr:e}"), format!("{value}")].into_iter().chain(parts.iter().map(|p| format!("{p}")));
         writeln!(log, "{}", row.collect::<Vec<_>>().join(",")).with_context(|| format!("{}: cannot append", log_path.display()))?;

@@ -1,19 +1,33 @@
-//! The trainable copy of an encoder: every parameter a candle `Var`, so the candle-ops forward
-//! tracks weight gradients, and a frozen snapshot of the current weights for the attack engine's
-//! fast path between updates.
+//! The trainable copy of an encoder: every parameter a candle `Var`, a frozen snapshot of the
+//! current weights for the attack engine between updates, and the weight gradients of a loss.
+//!
+//! On the CPU in f32 a forward runs on the encoder's hand-written path and records a tape; the
+//! loss's gradient stops at the tokens, and [`Student::gradients`] carries it on to the weights
+//! with [`Encoder::param_gradients`]. Elsewhere (f64, GPUs) the forward is candle ops and candle's
+//! autograd reaches the variables directly.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use crate::encoder::{Encoder, Tokens};
+use crate::encoder::{Encoder, Tape, Tokens};
+
+/// A fast-path forward awaiting its reverse pass: the weights it ran with, its output and tape.
+struct Recorded {
+    weights: Encoder,
+    output: Var,
+    tape: Tape,
+}
 
 pub struct Student {
     /// The encoder whose parameters are the variables below.
     encoder: Encoder,
     pub params: Vec<(String, Var)>,
+    recorded: Mutex<Vec<Recorded>>,
 }
 
 impl Student {
@@ -25,12 +39,40 @@ impl Student {
             params.push((name.to_string(), v.clone()));
             Ok(v.as_tensor().clone())
         })?;
-        Ok(Self { encoder: Encoder::from_vit(vit, teacher.info.clone())?, params })
+        Ok(Self { encoder: Encoder::from_vit(vit, teacher.info.clone())?, params, recorded: Mutex::new(Vec::new()) })
     }
 
-    /// Tokens of `pixels` in [0,1], differentiable with respect to the parameters.
+    /// Tokens of `pixels` in [0,1], differentiable with respect to the parameters (through
+    /// [`Student::gradients`]).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tokens> {
-        self.encoder.forward_generic(pixels)
+        let weights = self.snapshot()?;
+        match weights.forward_for_training(pixels)? {
+            Some((tokens, output, tape)) => {
+                self.recorded.lock().unwrap_or_else(|e| e.into_inner()).push(Recorded { weights, output, tape });
+                Ok(tokens)
+            }
+            None => self.encoder.forward_generic(pixels),
+        }
+    }
+
+    /// The gradients of `loss` with respect to the parameters, for the forwards since the last
+    /// call.
+    pub fn gradients(&self, loss: &Tensor) -> Result<GradStore> {
+        let mut grads = loss.backward()?;
+        let recorded = std::mem::take(&mut *self.recorded.lock().unwrap_or_else(|e| e.into_inner()));
+        for r in recorded {
+            let Some(d_output) = grads.remove(r.output.as_tensor()) else { continue };
+            for (name, g) in r.weights.param_gradients(&r.tape, &d_output)? {
+                let var = self.params.iter().find(|(n, _)| *n == name).map(|(_, v)| v).ok_or_else(|| anyhow!("no parameter '{name}'"))?;
+                let g = g.to_dtype(var.dtype())?;
+                let total = match grads.remove(var.as_tensor()) {
+                    Some(prev) => (prev + g)?,
+                    None => g,
+                };
+                grads.insert(var.as_tensor(), total);
+            }
+        }
+        Ok(grads)
     }
 
     /// The current weights as a frozen encoder (attacks on the student use it).

@@ -143,7 +143,7 @@ fn vec_of<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
 }
 
 /// Mean and 1/σ of one row.
-fn moments<T: Float>(x: &[T], eps: T) -> (T, T) {
+pub(super) fn moments<T: Float>(x: &[T], eps: T) -> (T, T) {
     let n = T::from(x.len()).unwrap();
     let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
     let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;

@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use arch::{ArchChoice, ArchOverrides, VitConfig};
 use pos_embed::PosResize;
+use fast_vit::Record;
 pub use vit::{Tokens, VisionTransformer};
 use weights::{Checkpoint, Format, Source};
 
@@ -193,23 +194,66 @@ impl Encoder {
         Ok(self.fast.get_or_init(|| built).as_ref())
     }
 
-    fn fast_forward(&self, fast: &fast_vit::FastVit, pixels: &Tensor, keep: bool) -> Result<(Tokens, Option<fast_vit::Tape>)> {
+    /// The fast path's output `[B,T,D]` (registers included), its patch grid and tape.
+    fn fast_forward(&self, fast: &fast_vit::FastVit, pixels: &Tensor, record: Record) -> Result<(Tensor, (usize, usize), Option<fast_vit::Tape>)> {
         let (b, h, w) = self.vit.check_images(pixels.dims())?;
         let p = self.config().patch_size;
         let (gh, gw) = (h / p, w / p);
         let pos = self.vit.patch_positions(gh, gw)?.flatten_all()?.to_vec1::<f32>()?;
         let px = pixels.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let (out, tape) = fast.forward(&px, (b, h, w), &pos, keep)?;
+        let (out, tape) = fast.forward(&px, (b, h, w), &pos, record)?;
         let (d, r) = (self.config().embed_dim, self.config().num_registers);
-        let all = Tensor::from_vec(out, (b, 1 + r + gh * gw, d), &Device::Cpu)?;
-        let tokens = Tokens { cls: all.narrow(1, 0, 1)?.squeeze(1)?, patch: all.narrow(1, 1 + r, gh * gw)?, grid: (gh, gw) };
-        Ok((tokens, tape))
+        Ok((Tensor::from_vec(out, (b, 1 + r + gh * gw, d), &Device::Cpu)?, (gh, gw), tape))
+    }
+
+    /// The CLS and patch tokens of an output `[B,T,D]`.
+    fn tokens_of(&self, all: &Tensor, grid: (usize, usize)) -> Result<Tokens> {
+        let skip = 1 + self.config().num_registers;
+        Ok(Tokens { cls: all.narrow(1, 0, 1)?.squeeze(1)?, patch: all.narrow(1, skip, grid.0 * grid.1)?, grid })
+    }
+
+    fn fast_tokens(&self, fast: &fast_vit::FastVit, pixels: &Tensor, record: Record) -> Result<(Tokens, Option<fast_vit::Tape>)> {
+        let (all, grid, tape) = self.fast_forward(fast, pixels, record)?;
+        Ok((self.tokens_of(&all, grid)?, tape))
+    }
+
+    /// Forward for fine-tuning on the fast path (CPU, f32; `None` elsewhere): the tokens, computed
+    /// from `output` (`[B,T,D]`, a variable: the loss's gradient with respect to it is what
+    /// [`Encoder::param_gradients`] takes), and the tape.
+    pub fn forward_for_training(&self, pixels: &Tensor) -> Result<Option<(Tokens, Var, Tape)>> {
+        match self.fast()? {
+            Some(fast) if pixels.device().is_cpu() => {
+                let (all, grid, tape) = self.fast_forward(fast, pixels, Record::ParamGradients)?;
+                let output = Var::from_tensor(&all)?;
+                let tokens = self.tokens_of(output.as_tensor(), grid)?;
+                Ok(Some((tokens, output, Tape::Fast(tape.expect("tape requested")))))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Every weight's gradient (by [`VisionTransformer::parameters`] name, in its shape) given
+    /// the gradient of the output of [`Encoder::forward_for_training`].
+    pub fn param_gradients(&self, tape: &Tape, d_output: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        let (Tape::Fast(t), Some(fast)) = (tape, self.fast()?) else { bail!("weight gradients need the fast path's tape") };
+        let g = fast.param_gradients(t, d_output.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        let shapes: std::collections::HashMap<String, Vec<usize>> =
+            self.vit.parameters().into_iter().map(|(n, p)| (n, p.dims().to_vec())).collect();
+        let mut out = Vec::with_capacity(g.named.len() + 1);
+        for (name, v) in g.named {
+            let shape = shapes.get(&name).ok_or_else(|| anyhow!("gradient of an unknown parameter '{name}'"))?;
+            out.push((name, Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?));
+        }
+        let (gh, gw) = t.grid();
+        let pos = Tensor::from_vec(g.pos_grid, (gh * gw, self.config().embed_dim), &Device::Cpu)?;
+        out.push(("pos_embed.patch".into(), self.vit.pos_patch_gradient(gh, gw, &pos)?));
+        Ok(out)
     }
 
     /// `pixels`: `[B, 3, H, W]` in [0, 1] (not normalized).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tokens> {
         match self.fast()? {
-            Some(fast) if pixels.device().is_cpu() => Ok(self.fast_forward(fast, pixels, false)?.0),
+            Some(fast) if pixels.device().is_cpu() => Ok(self.fast_tokens(fast, pixels, Record::Nothing)?.0),
             _ => self.forward_generic(pixels),
         }
     }
@@ -218,7 +262,7 @@ impl Encoder {
     pub fn forward_with_tape(&self, pixels: &Tensor) -> Result<(Tokens, Tape)> {
         match self.fast()? {
             Some(fast) if pixels.device().is_cpu() => {
-                let (tokens, tape) = self.fast_forward(fast, pixels, true)?;
+                let (tokens, tape) = self.fast_tokens(fast, pixels, Record::InputGradient)?;
                 Ok((tokens, Tape::Fast(tape.expect("tape requested"))))
             }
             _ => self.forward_with_tape_generic(pixels),

@@ -319,9 +319,27 @@ impl VisionTransformer {
 
     /// The position embedding of the patch grid `h × w`, `[h·w, D]`.
     pub fn patch_positions(&self, h: usize, w: usize) -> candle_core::Result<Tensor> {
+        match self.resize_matrix(h, w)? {
+            Some(r) => r.matmul(&self.pos_patch),
+            None => Ok(self.pos_patch.clone()),
+        }
+    }
+
+    /// The gradient of the native position embedding given `g`, that of the `h × w` grid's
+    /// (`[h·w, D]`): the resize's transpose applied to it.
+    pub fn pos_patch_gradient(&self, h: usize, w: usize, g: &Tensor) -> candle_core::Result<Tensor> {
+        let g = g.to_dtype(self.dtype())?;
+        match self.resize_matrix(h, w)? {
+            Some(r) => r.t()?.matmul(&g),
+            None => Ok(g),
+        }
+    }
+
+    /// `[h·w, M·M]`: the linear map from the native grid to `h × w` (`None`: the same grid).
+    fn resize_matrix(&self, h: usize, w: usize) -> candle_core::Result<Option<Tensor>> {
         let m = self.config.pos_grid;
         let key = (h, w, self.dtype());
-        let matrix = {
+        Ok({
             let mut cache = self.resize_cache.lock().unwrap_or_else(|e| e.into_inner());
             match cache.get(&key) {
                 Some(r) => r.clone(),
@@ -333,11 +351,7 @@ impl VisionTransformer {
                     r
                 }
             }
-        };
-        match matrix {
-            Some(r) => r.matmul(&self.pos_patch),
-            None => Ok(self.pos_patch.clone()),
-        }
+        })
     }
 
     /// `(B, H, W)` of an image batch `[B, 3, H, W]` whose sides are positive multiples of the patch.

@@ -3,8 +3,12 @@
 //! the pixels — a vector–Jacobian product. No autograd graph, no weight gradients, no head-split
 //! copies (q·kᵀ and P·v read the qkv buffer through strides), one (batch, head) pair per task.
 //!
-//! The candle model in `vit.rs` is the generic path (GPUs, f64, fine-tuning) and the reference
-//! this one is tested against (`tests/encoder_parity.rs`).
+//! `params.rs` extends the reverse pass with the weight gradients, for fine-tuning.
+//!
+//! The candle model in `vit.rs` is the generic path (GPUs, f64) and the reference this one is
+//! tested against (`tests/encoder_parity.rs`, `tests/defense.rs`).
+
+mod params;
 
 use anyhow::Result;
 use candle_core::Tensor;
@@ -158,6 +162,21 @@ struct BlockTape {
     p: Vec<f32>,
     x1: Vec<f32>,
     f: Vec<f32>,
+    /// Kept for the weight gradients only (empty otherwise): the attention output, and what the
+    /// two residual branches add before LayerScale.
+    o: Vec<f32>,
+    y1: Vec<f32>,
+    y2: Vec<f32>,
+}
+
+/// What a forward keeps for a reverse pass.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Record {
+    Nothing,
+    /// Enough for the pixels' gradient (attacks).
+    InputGradient,
+    /// Enough for the weights' gradients too (fine-tuning).
+    ParamGradients,
 }
 
 /// Geometry of one forward: batch, tokens per image, width.
@@ -228,15 +247,25 @@ impl Block {
         dqkv
     }
 
-    fn forward(&self, x: Vec<f32>, z: Dims, keep: bool) -> (Vec<f32>, Option<BlockTape>) {
+    fn activation(&self, f: &[f32]) -> Vec<f32> {
+        if self.swiglu { swiglu(f, self.fc2.inp) } else { fused::gelu(f) }
+    }
+
+    fn forward(&self, x: Vec<f32>, z: Dims, record: Record) -> (Vec<f32>, Option<BlockTape>) {
         let rows = z.b * z.t;
         let qkv = self.qkv.forward(&self.ln1.forward(&x), rows);
         let (o, p) = self.attention(&qkv, z);
-        let x1 = residual(&x, &self.proj.forward(&o, rows), &self.ls1);
+        let y1 = self.proj.forward(&o, rows);
+        let x1 = residual(&x, &y1, &self.ls1);
         let f = self.fc1.forward(&self.ln2.forward(&x1), rows);
-        let g = if self.swiglu { swiglu(&f, self.fc2.inp) } else { fused::gelu(&f) };
-        let x2 = residual(&x1, &self.fc2.forward(&g, rows), &self.ls2);
-        (x2, keep.then_some(BlockTape { x, qkv, p, x1, f }))
+        let y2 = self.fc2.forward(&self.activation(&f), rows);
+        let x2 = residual(&x1, &y2, &self.ls2);
+        let tape = match record {
+            Record::Nothing => None,
+            Record::InputGradient => Some(BlockTape { x, qkv, p, x1, f, o: vec![], y1: vec![], y2: vec![] }),
+            Record::ParamGradients => Some(BlockTape { x, qkv, p, x1, f, o, y1, y2 }),
+        };
+        (x2, tape)
     }
 
     fn backward(&self, tape: &BlockTape, dx2: Vec<f32>, z: Dims) -> Vec<f32> {
@@ -271,6 +300,8 @@ pub struct Tape {
     grid: (usize, usize),
     blocks: Vec<BlockTape>,
     last: Vec<f32>,
+    /// The normalized patches `[B·P, 3·p·p]` (for the weight gradients only; empty otherwise).
+    patches: Vec<f32>,
 }
 
 impl Tape {
@@ -318,8 +349,8 @@ impl FastVit {
 
     /// `pixels`: `[B,3,H,W]` in [0,1], sides checked by the caller; `pos`: the position
     /// embedding of the patch grid `[P,D]`.
-    /// Returns the final tokens `[B,T,D]` and, when `keep`, the tape.
-    pub fn forward(&self, pixels: &[f32], (b, hh, ww): (usize, usize, usize), pos: &[f32], keep: bool) -> Result<(Vec<f32>, Option<Tape>)> {
+    /// Returns the final tokens `[B,T,D]` and, unless `record` is `Nothing`, the tape.
+    pub fn forward(&self, pixels: &[f32], (b, hh, ww): (usize, usize, usize), pos: &[f32], record: Record) -> Result<(Vec<f32>, Option<Tape>)> {
         let (p, d) = (self.patch, self.d);
         debug_assert!(hh % p == 0 && ww % p == 0, "checked by VisionTransformer::check_images");
         let (gh, gw) = (hh / p, ww / p);
@@ -351,14 +382,15 @@ impl FastVit {
             }
         });
         let z = Dims { b, t, d };
-        let mut tapes = Vec::with_capacity(if keep { self.blocks.len() } else { 0 });
+        let mut tapes = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let (next, tape) = block.forward(x, z, keep);
+            let (next, tape) = block.forward(x, z, record);
             tapes.extend(tape);
             x = next;
         }
         let out = self.norm.forward(&x);
-        Ok((out, keep.then_some(Tape { z, grid: (gh, gw), blocks: tapes, last: x })))
+        let patches = if record == Record::ParamGradients { patches } else { vec![] };
+        Ok((out, (record != Record::Nothing).then_some(Tape { z, grid: (gh, gw), blocks: tapes, last: x, patches })))
     }
 
     /// The pixels' gradient `[B,3,H,W]` given the gradients of the final tokens `[B,T,D]`.
