@@ -80,6 +80,7 @@ fn study_pgd(steps: usize) -> crate::attacks::engine::AttackConfig {
         random_start: true,
         seed: 0,
         early_stop: false,
+        last_iterate: false,
     }
 }
 
@@ -110,7 +111,8 @@ pub fn finetune_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usi
     use crate::defense::run::{MiniBatch, Recipe};
     use crate::defense::student::Student;
     use crate::heads::train::OptimizerKind;
-    let recipe = Deacl { k: 2.0, embedding: EmbedTarget::Cls, inner: study_pgd(5) };
+    let inner = crate::attacks::engine::AttackConfig { last_iterate: true, ..study_pgd(5) };
+    let recipe = Deacl { k: 2.0, embedding: EmbedTarget::Cls, inner };
     let student = Student::new(enc)?;
     let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, weight_decay: 5e-4 });
     let x = Tensor::rand(0f32, 1f32, (batch, 3, size, size), &candle_core::Device::Cpu)?.to_device(enc.vit.device())?;
@@ -122,7 +124,7 @@ pub fn finetune_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usi
             t0 = Instant::now();
         }
         let (loss, _) = recipe.loss(&student, enc, &batch, step as u64)?;
-        let grads = loss.backward()?;
+        let grads = student.gradients(&loss)?;
         opt.step(&student.params, &grads, 0.01)?;
     }
     synchronize(enc.vit.device())?;

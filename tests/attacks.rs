@@ -34,7 +34,7 @@ fn images(n: usize, seed: u64) -> Tensor {
 
 fn config(norm: Norm, eps: f64, steps: usize, seed: u64) -> AttackConfig {
     let step_size = if norm == Norm::Linf { eps / 4.0 } else { eps / 2.0 };
-    AttackConfig { method: Method::Pgd, threat: ThreatModel { norm, eps }, step_size, steps, restarts: 1, random_start: true, seed, early_stop: false }
+    AttackConfig { method: Method::Pgd, threat: ThreatModel { norm, eps }, step_size, steps, restarts: 1, random_start: true, seed, early_stop: false, last_iterate: false }
 }
 
 fn per_sample_norms(adv: &Tensor, x: &Tensor, t: &ThreatModel) -> Vec<f64> {
@@ -70,6 +70,28 @@ fn embed_attack_respects_the_budget_and_grows_the_distance() {
         }
         assert!(losses[1] > losses[0], "{norm:?}: 10 steps ({}) should beat 1 step ({})", losses[1], losses[0]);
         assert!(losses[2] > losses[0], "{norm:?}: APGD, 10 steps ({}) should beat 1 PGD step ({})", losses[2], losses[0]);
+    }
+}
+
+/// The last iterate (adversarial training's choice) is one of the points the best-point
+/// bookkeeping saw, so its objective is at most the best one's; it is within the budget, and its
+/// loss is reported as not evaluated.
+#[test]
+fn last_iterate_is_within_budget_and_no_better_than_the_best_point() {
+    let enc = encoder();
+    let x = images(3, 5);
+    let clean = enc.forward(&x).unwrap();
+    let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse);
+    let best = attack(&enc, &obj, &x, &config(Norm::Linf, 8.0 / 255.0, 3, 9)).unwrap();
+    let last = attack(&enc, &obj, &x, &AttackConfig { last_iterate: true, ..config(Norm::Linf, 8.0 / 255.0, 3, 9) }).unwrap();
+    assert!(last.loss.iter().all(|l| l.is_nan()));
+    let t = ThreatModel { norm: Norm::Linf, eps: 8.0 / 255.0 };
+    assert!(per_sample_norms(&last.adversarial, &x, &t).iter().all(|&n| n <= t.eps * (1.0 + 1e-5) && n > 0.5 * t.eps));
+    // The objective at the last iterate: a zero-step attack from there, against the clean tokens.
+    let at = AttackConfig { random_start: false, ..config(Norm::Linf, 8.0 / 255.0, 0, 9) };
+    let at_last = attack(&enc, &obj, &last.adversarial, &at).unwrap().loss;
+    for i in 0..3 {
+        assert!(best.loss[i] >= at_last[i], "sample {i}: best {} < last {}", best.loss[i], at_last[i]);
     }
 }
 

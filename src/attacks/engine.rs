@@ -38,6 +38,9 @@ pub struct AttackConfig {
     pub seed: u64,
     /// Samples that reach the goal stop being attacked.
     pub early_stop: bool,
+    /// PGD returns its last iterate, not the best point, and skips evaluating it (DeACL's inner
+    /// attack, as the reference trains); the outcome's losses are then NaN (not evaluated).
+    pub last_iterate: bool,
 }
 
 /// What the checks saw over the whole attack.
@@ -212,6 +215,13 @@ fn pgd(p: &Problem, cfg: &AttackConfig, mut delta: Vec<Vec<f32>>, mut active: Ve
             break;
         }
         let last = step == cfg.steps;
+        if last && cfg.last_iterate {
+            for &i in &active {
+                best.delta[i].copy_from_slice(&delta[i]);
+                best.loss[i] = f64::NAN;
+            }
+            break;
+        }
         let (ev, grad) = p.evaluate(&delta, &active, step, cfg.steps, !last)?;
         p.offer(best, &delta, &active, &ev);
         let reached: Vec<bool> = match &ev.success {

@@ -139,6 +139,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         random_start: !a.no_random_start,
         seed: a.seed,
         early_stop: a.task == Task::Cls,
+        last_iterate: false,
     };
     let file = a.head.display().to_string();
     let head = TrainedHead::load_for(&a.head, a.task, &Device::Cpu)?;

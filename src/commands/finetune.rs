@@ -156,6 +156,8 @@ impl CommonArgs {
             random_start: true,
             seed: self.seed,
             early_stop: false,
+            // Adversarial training uses the final iterate (DeACL's reference, PGD adversarial training).
+            last_iterate: true,
         })
     }
 }

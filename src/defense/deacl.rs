@@ -50,7 +50,8 @@ pub struct Deacl {
     pub k: f64,
     /// Which embedding the attack and the loss compare.
     pub embedding: EmbedTarget,
-    /// The inner attack (the reference: L∞, ε 8/255, step 2/255, 5 steps, random start).
+    /// The inner attack (the reference: L∞, ε 8/255, step 2/255, 5 steps, random start, the
+    /// last iterate kept).
     pub inner: AttackConfig,
 }
 
