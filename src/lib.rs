@@ -12,6 +12,7 @@ pub mod data;
 pub mod defense;
 pub mod device;
 pub mod encoder;
+pub mod experiment;
 pub mod features;
 pub mod heads;
 pub mod input;

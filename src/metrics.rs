@@ -4,10 +4,10 @@
 //! SqRel, RMSE-log, log10, δ < 1.25, 1.25², 1.25³), computed per image and then averaged.
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Top-1 accuracy.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accuracy {
     pub correct: u64,
     pub total: u64,
@@ -35,7 +35,7 @@ impl Accuracy {
 }
 
 /// A dataset-wide confusion matrix for semantic segmentation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfusionMatrix {
     pub num_classes: usize,
     pub ignore_index: u32,
@@ -110,7 +110,7 @@ impl ConfusionMatrix {
 }
 
 /// Depth errors of one image, on its valid pixels.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct DepthErrors {
     pub rmse: f64,
     pub abs_rel: f64,
@@ -142,7 +142,7 @@ impl DepthErrors {
 }
 
 /// The valid-pixel range: `min < gt < max` (NYU: 0.001 m to 10 m).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DepthRange {
     pub min: f64,
     pub max: f64,
@@ -194,7 +194,7 @@ pub fn depth_errors(pred: &[f32], gt: &[f32], range: DepthRange) -> Result<Optio
 
 /// Per-image depth errors averaged over images (images without a valid pixel are skipped and
 /// counted apart).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DepthMetrics {
     sum: DepthErrors,
     pub images: u64,

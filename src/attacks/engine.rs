@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::objective::{Evaluated, Objective};
 use super::threat::ThreatModel;
@@ -44,7 +44,7 @@ pub struct AttackConfig {
 }
 
 /// What the checks saw over the whole attack.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sanity {
     /// Gradient steps taken (summed over samples).
     pub sample_steps: usize,

@@ -220,37 +220,12 @@ pub fn run(a: &AttackArgs) -> Result<()> {
 
 /// Writes up to `budget` strips for this batch; returns how many.
 #[allow(clippy::too_many_arguments)]
-fn save_examples(dir: &std::path::Path, a: &AttackArgs, ids: &[usize], clean: &Tensor, adv: &Tensor, (clean_out, adv_out): (&Tensor, &Tensor), targets: &Targets, eps: f64, budget: usize) -> Result<usize> {
-    use crate::report::strips::{write_strip, Panel};
+fn save_examples(dir: &std::path::Path, a: &AttackArgs, ids: &[usize], clean: &Tensor, adv: &Tensor, outs: (&Tensor, &Tensor), targets: &Targets, eps: f64, budget: usize) -> Result<usize> {
     let attack = format!("{:?}", a.attack).to_lowercase();
     let n = ids.len().min(budget);
     for k in 0..n {
-        let (c, x) = (clean.get(k)?, adv.get(k)?);
-        let diff = (&x - &c)?;
-        let images = [Panel::Image(&c), Panel::Image(&x), Panel::Perturbation(&diff, eps)];
-        let path = |suffix: String| dir.join(format!("{:05}-{attack}{suffix}.png", ids[k]));
-        match targets {
-            Targets::Class(l) => {
-                let (pc, pa) = (clean_out.get(k)?.argmax(0)?.to_scalar::<u32>()?, adv_out.get(k)?.argmax(0)?.to_scalar::<u32>()?);
-                write_strip(&path(format!("-label{}-clean{pc}-adv{pa}", l[k])), &images)?;
-            }
-            Targets::Segmentation { labels, height: h, width: w } => {
-                let clean_map = clean_out.get(k)?.argmax(0)?.flatten_all()?.to_vec1::<u32>()?;
-                let adv_map = adv_out.get(k)?.argmax(0)?.flatten_all()?.to_vec1::<u32>()?;
-                let gt = &labels[k * h * w..(k + 1) * h * w];
-                let maps = [&clean_map[..], &adv_map[..], gt].map(|labels| Panel::Classes { labels, height: *h, width: *w });
-                write_strip(&path(String::new()), &images.into_iter().chain(maps).collect::<Vec<_>>())?;
-            }
-            Targets::Depth { metres, height: h, width: w } => {
-                let gt = &metres[k * h * w..(k + 1) * h * w];
-                let valid = gt.iter().copied().filter(|d| *d > 0.0 && d.is_finite());
-                let (lo, hi) = valid.fold((f32::INFINITY, 0f32), |(lo, hi), d| (lo.min(d), hi.max(d)));
-                let (cd, ad) = (clean_out.get(k)?.flatten_all()?.to_vec1::<f32>()?, adv_out.get(k)?.flatten_all()?.to_vec1::<f32>()?);
-                let maps = [&cd[..], &ad[..], gt].map(|metres| Panel::Depth { metres, height: *h, width: *w, lo: lo * 0.9, hi: hi * 1.1 });
-                write_strip(&path(String::new()), &images.into_iter().chain(maps).collect::<Vec<_>>())?;
-            }
-            Targets::None => write_strip(&path(String::new()), &images)?,
-        }
+        let (suffix, png) = crate::report::strips::attack_strip(k, clean, adv, outs, targets, eps)?;
+        crate::atomic::write(&dir.join(format!("{:05}-{attack}{suffix}.png", ids[k])), &png)?;
     }
     Ok(n)
 }

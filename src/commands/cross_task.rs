@@ -115,16 +115,23 @@ impl AlsoHead {
     /// that its dataset gives exactly the attacked `images`.
     fn labels(&self, prep: &Prepared, ids: &[usize], images: &Tensor) -> Result<Option<Targets>> {
         let Some(ds) = &self.dataset else { return Ok(None) };
-        let samples = load_batch(ds.as_ref(), ids, &prep.request.transforms)?;
-        for (k, s) in samples.iter().enumerate() {
-            let attacked = images.get(k)?;
-            let same = s.image.dims() == attacked.dims() && s.image.flatten_all()?.to_vec1::<f32>()? == attacked.flatten_all()?.to_vec1::<f32>()?;
-            if !same {
-                bail!("{}: image {} differs from image {} of {}; cross-task scoring needs the same images", ds.describe(), ids[k], ids[k], prep.dataset.describe());
-            }
-        }
-        Ok(Some(targets_of(ds.as_ref(), ids, samples)?))
+        Ok(Some(labels_of_same_images(ds.as_ref(), ids, &prep.request.transforms, images, &prep.dataset.describe())?))
     }
+}
+
+/// The targets of samples `ids` of `ds` (after `transforms`), after checking that they are the
+/// very `images` attacked (taken from the dataset `attacked`): cross-task scoring needs the same
+/// pixels.
+pub fn labels_of_same_images(ds: &dyn Dataset, ids: &[usize], transforms: &[Transform], images: &Tensor, attacked: &str) -> Result<Targets> {
+    let samples = load_batch(ds, ids, transforms)?;
+    for (k, s) in samples.iter().enumerate() {
+        let image = images.get(k)?;
+        let same = s.image.dims() == image.dims() && s.image.flatten_all()?.to_vec1::<f32>()? == image.flatten_all()?.to_vec1::<f32>()?;
+        if !same {
+            bail!("{}: image {} differs from image {} of {attacked}; cross-task scoring needs the same images", ds.describe(), ids[k], ids[k]);
+        }
+    }
+    targets_of(ds, ids, samples)
 }
 
 /// The further heads and their running scores, clean and adversarial.

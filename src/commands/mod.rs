@@ -6,9 +6,13 @@ pub mod bench;
 pub mod cross_task;
 pub mod embed;
 pub mod eval;
+pub mod export;
 pub mod features;
 pub mod finetune;
 pub mod inspect;
+pub mod merge;
+pub mod report;
+pub mod run;
 pub mod train_head;
 
 use std::path::PathBuf;
@@ -45,6 +49,14 @@ pub enum Command {
     /// Adversarially fine-tune an encoder (DeACL; multi-perturbation training), resumable.
     #[command(subcommand)]
     Finetune(finetune::FinetuneCommand),
+    /// Run an experiment file (encoders × tasks × attacks × ε …) into a resumable results store.
+    Run(run::RunArgs),
+    /// Export a run's results as CSV or JSON.
+    Export(export::ExportArgs),
+    /// Merge shard stores of a run into its results.sqlite.
+    Merge(merge::MergeArgs),
+    /// Write a run's report: tables, robustness curves, examples (Markdown + HTML).
+    Report(report::ReportArgs),
 }
 
 /// How to build an encoder from a checkpoint; shared by every command that loads one.
@@ -103,5 +115,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval::run(&a),
         Command::Attack(a) => attack::run(&a),
         Command::Finetune(c) => finetune::run(&c),
+        Command::Run(a) => run::run(&a),
+        Command::Export(a) => export::run(&a),
+        Command::Merge(a) => merge::run(&a),
+        Command::Report(a) => report::run(&a),
     }
 }

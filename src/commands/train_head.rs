@@ -11,13 +11,11 @@ use serde::Serialize;
 
 use super::features::FeatureArgs;
 use crate::data::Split;
-use crate::features::Source;
 use crate::heads::evaluate::{evaluate, Evaluation};
-use crate::heads::head::{HeadMeta, Task, TrainedHead};
+use crate::heads::fit::{default_train_config, fit, HeadRecipe};
+use crate::heads::head::{HeadMeta, Task};
 use crate::heads::layers::Pooling;
 use crate::heads::train::{OptimizerKind, Schedule, TrainConfig};
-use crate::heads::trainer::{train, TargetStats};
-use crate::metrics::DepthRange;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OptimizerName {
@@ -99,24 +97,34 @@ struct Summary<'a> {
 }
 
 impl TrainHeadArgs {
-    fn config(&self) -> TrainConfig {
+    fn recipe(&self) -> HeadRecipe {
+        let d = default_train_config(self.task);
         let dense = self.task != Task::Cls;
         let weight_decay = self.weight_decay.unwrap_or(if dense { 1e-4 } else { 0.0 });
-        TrainConfig {
-            epochs: self.epochs.unwrap_or(if dense { 20 } else { 100 }),
-            batch_size: self.batch_size.unwrap_or(if dense { 8 } else { 256 }),
+        let train = TrainConfig {
+            epochs: self.epochs.unwrap_or(d.epochs),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
             lr: self.lr,
             optimizer: match self.optimizer {
                 OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay },
                 OptimizerName::Sgd => OptimizerKind::Sgd { momentum: self.momentum, weight_decay },
             },
-            schedule: match self.schedule.unwrap_or(if dense { ScheduleName::Poly } else { ScheduleName::Cosine }) {
-                ScheduleName::Constant => Schedule::Constant,
-                ScheduleName::Poly => Schedule::Poly { power: self.poly_power },
-                ScheduleName::Cosine => Schedule::Cosine,
+            schedule: match self.schedule {
+                None => d.schedule,
+                Some(ScheduleName::Constant) => Schedule::Constant,
+                Some(ScheduleName::Poly) => Schedule::Poly { power: self.poly_power },
+                Some(ScheduleName::Cosine) => Schedule::Cosine,
             },
             warmup_steps: self.warmup_steps,
             seed: self.seed,
+        };
+        HeadRecipe {
+            task: self.task,
+            train,
+            pooling: self.pooling,
+            classes: self.classes,
+            bins: self.bins,
+            depth_range: (self.task == Task::Depth).then_some((self.min_depth, self.max_depth)),
         }
     }
 }
@@ -126,63 +134,17 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     if a.task != Task::Cls && f.pixels {
         bail!("--pixels is the linear-probe baseline: it only works with --task cls");
     }
-    if a.task == Task::Depth && !(a.min_depth >= 0.0 && a.max_depth > a.min_depth && a.bins >= 2) {
-        bail!("need 0 <= --min-depth < --max-depth and at least 2 --bins (got {}, {}, {})", a.min_depth, a.max_depth, a.bins);
-    }
+    let recipe = a.recipe();
+    recipe.check().map_err(|e| anyhow::anyhow!("{e} (--min-depth, --max-depth, --bins, --epochs, --batch-size, --lr)"))?;
     crate::atomic::check_parent(&a.out)?;
-    let cfg = a.config();
     let prep = f.prepare(&[Split::Train], a.task.layout(), None)?;
-    let ds = prep.dataset.as_ref();
     let dev = crate::device::default_device()?;
 
     let t0 = Instant::now();
     let (mut source, cache) = prep.batches(f)?;
     let feature_seconds = cache.as_ref().map(|_| t0.elapsed().as_secs_f64());
-    let range = (a.task == Task::Depth).then_some(DepthRange { min: a.min_depth, max: a.max_depth });
-    // One pass over the training targets (not their features): class count and baseline.
-    let mut stats = TargetStats::default();
-    let all: Vec<usize> = (0..source.len()).collect();
-    for ids in all.chunks(256) {
-        stats.update(a.task, &source.targets(ids)?, range)?;
-    }
-    let outputs = match a.task {
-        Task::Depth => a.bins,
-        _ => match (a.classes, ds.num_classes()) {
-            (Some(k), _) | (None, Some(k)) => k,
-            (None, None) if a.task == Task::Cls => stats.classes_seen(),
-            (None, None) => bail!("{}: the number of classes is unknown; pass --classes", ds.describe()),
-        },
-    };
-    let feature_dim = match prep.source() {
-        Source::Encoder(enc) => enc.config().embed_dim,
-        Source::Pixels => source.batch(&[0])?.cls.dim(1)?,
-    };
-    let (source_id, encoder_file, encoder_arch) = match prep.source() {
-        Source::Encoder(enc) => (enc.fingerprint()?, Some(enc.info.file.clone()), enc.info.arch.clone()),
-        Source::Pixels => (serde_json::json!("pixels"), None, None),
-    };
-    let mut meta = HeadMeta {
-        task: a.task,
-        outputs,
-        feature_dim,
-        pooling: (a.task == Task::Cls).then_some(a.pooling),
-        depth_range: range.map(|r| (r.min, r.max)),
-        source: source_id,
-        encoder_file,
-        encoder_arch,
-        dataset: ds.describe(),
-        samples: prep.request.indices.len(),
-        transforms: prep.request.transform_names(),
-        train: cfg,
-        final_loss: f64::NAN,
-        baseline: stats.baseline(a.task, outputs, range)?,
-        created_by: format!("robust-ssl {}", env!("CARGO_PKG_VERSION")),
-    };
-    let t1 = Instant::now();
-    let (head, losses) = train(&meta, source.as_mut(), &cfg, &dev)?;
-    let train_seconds = t1.elapsed().as_secs_f64();
-    meta.final_loss = *losses.last().expect("at least one step");
-    let trained = TrainedHead { head, meta };
+    let fitted = fit(&recipe, prep.source(), prep.dataset.as_ref(), &prep.request, source.as_mut(), &dev)?;
+    let trained = fitted.head;
     trained.save(&a.out)?;
     let train_split = match (&cache, source.as_mut()) {
         (Some(_), s) => Some(evaluate(&trained, s, 64, &dev, &a.out.display().to_string())?),
@@ -191,9 +153,9 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     let summary = Summary {
         head: a.out.display().to_string(),
         meta: &trained.meta,
-        steps: losses.len(),
-        first_loss: losses[0],
-        train_seconds,
+        steps: fitted.losses.len(),
+        first_loss: fitted.losses[0],
+        train_seconds: fitted.seconds,
         feature_seconds,
         cache,
         train_split,

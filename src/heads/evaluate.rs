@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::head::{Baseline, HeadMeta, Task, TrainedHead};
 use super::sliding::{predict, Window};
@@ -41,6 +41,7 @@ pub struct Evaluation {
 }
 
 /// Accumulates one predictor's metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 enum Acc {
     Cls(Accuracy),
     Seg(ConfusionMatrix),
@@ -73,6 +74,16 @@ impl Acc {
             }
             (_, t) => bail!("the head cannot be scored on {}", t.kind()),
         }
+    }
+
+    fn merge(&mut self, other: &Acc) -> Result<()> {
+        match (self, other) {
+            (Acc::Cls(a), Acc::Cls(b)) => a.merge(b),
+            (Acc::Seg(a), Acc::Seg(b)) => a.merge(b)?,
+            (Acc::Depth(a, ra), Acc::Depth(b, rb)) if ra == rb => a.merge(b),
+            _ => bail!("cannot merge the counts of different tasks or depth ranges"),
+        }
+        Ok(())
     }
 
     fn finish(self) -> Result<Metrics> {
@@ -121,6 +132,13 @@ pub fn evaluate(head: &TrainedHead, source: &mut dyn BatchSource, batch_size: us
 pub struct Scorer<'a> {
     head: &'a TrainedHead,
     file: &'a str,
+    state: ScoreState,
+}
+
+/// A scorer's running counts (head and baseline): stored per batch and merged, so an evaluation
+/// split over batches, runs or shards gives the very figures of one pass.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreState {
     acc: Acc,
     base: Acc,
     samples: usize,
@@ -128,32 +146,47 @@ pub struct Scorer<'a> {
 
 impl<'a> Scorer<'a> {
     pub fn new(head: &'a TrainedHead, file: &'a str) -> Result<Self> {
-        Ok(Self { head, file, acc: Acc::new(&head.meta)?, base: Acc::new(&head.meta)?, samples: 0 })
+        Ok(Self { head, file, state: ScoreState { acc: Acc::new(&head.meta)?, base: Acc::new(&head.meta)?, samples: 0 } })
+    }
+
+    /// The counts so far.
+    pub fn state(&self) -> &ScoreState {
+        &self.state
+    }
+
+    /// Adds counts taken elsewhere (another batch, run or shard) of the same head.
+    pub fn merge(&mut self, other: &ScoreState) -> Result<()> {
+        self.state.acc.merge(&other.acc).map_err(|e| anyhow::anyhow!("{}: {e}", self.file))?;
+        self.state.base.merge(&other.base)?;
+        self.state.samples += other.samples;
+        Ok(())
     }
 
     /// One batch of `n` samples: class logits `[n, K]` / `[n, K, H, W]`, or depth `[n, H, W]`,
     /// at the targets' size.
     pub fn add(&mut self, out: &Tensor, targets: &Targets, n: usize) -> Result<()> {
         let file = self.file;
-        self.samples += n;
+        let ScoreState { acc, base, samples } = &mut self.state;
+        *samples += n;
         match self.head.meta.task {
             Task::Cls | Task::Seg => {
                 let classes = out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
-                self.acc.update(&classes, &[], targets)?;
+                acc.update(&classes, &[], targets)?;
                 let Baseline::MajorityClass(c) = self.head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
-                self.base.update(&vec![c; classes.len()], &[], targets)
+                base.update(&vec![c; classes.len()], &[], targets)
             }
             Task::Depth => {
                 let depth = out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                self.acc.update(&[], &depth, targets)?;
+                acc.update(&[], &depth, targets)?;
                 let Baseline::MeanDepth(m) = self.head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
-                self.base.update(&[], &vec![m as f32; depth.len()], targets)
+                base.update(&[], &vec![m as f32; depth.len()], targets)
             }
         }
     }
 
     pub fn finish(self) -> Result<Evaluation> {
-        Ok(Evaluation { samples: self.samples, head: self.acc.finish()?, baseline: self.base.finish()?, baseline_kind: self.head.meta.baseline })
+        let ScoreState { acc, base, samples } = self.state;
+        Ok(Evaluation { samples, head: acc.finish()?, baseline: base.finish()?, baseline_kind: self.head.meta.baseline })
     }
 }
 

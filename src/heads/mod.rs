@@ -4,6 +4,7 @@
 pub mod bin_readout;
 pub mod evaluate;
 pub mod file;
+pub mod fit;
 pub mod head;
 pub mod layers;
 pub mod losses;

@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use image::{Rgb, RgbImage};
 
 use crate::data::IGNORE;
+use crate::features::Targets;
 
 /// PASCAL VOC's palette: class `c`'s colour from its bits, interleaved over R, G, B.
 pub fn voc_colour(c: u32) -> [u8; 3] {
@@ -65,9 +66,9 @@ fn render(p: &Panel) -> Result<RgbImage> {
     })
 }
 
-/// Writes the panels left to right, 4 px apart, at the height of the tallest (each resized by
-/// nearest neighbour to that height).
-pub fn write_strip(path: &Path, panels: &[Panel]) -> Result<()> {
+/// The panels left to right, 4 px apart, at the height of the tallest (each resized by nearest
+/// neighbour to that height), as PNG bytes.
+pub fn encode_strip(panels: &[Panel]) -> Result<Vec<u8>> {
     let images = panels.iter().map(render).collect::<Result<Vec<_>>>()?;
     let h = images.iter().map(|i| i.height()).max().unwrap_or(1);
     let scaled: Vec<RgbImage> = images
@@ -85,9 +86,47 @@ pub fn write_strip(path: &Path, panels: &[Panel]) -> Result<()> {
         image::imageops::replace(&mut out, i, x as i64, 0);
         x += i.width() + gap;
     }
-    let tmp = crate::atomic::tmp_beside(path);
-    out.save_with_format(&tmp, image::ImageFormat::Png).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    crate::atomic::commit(&tmp, path)
+    let mut png = Vec::new();
+    out.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).context("cannot encode a PNG strip")?;
+    Ok(png)
+}
+
+/// Writes [`encode_strip`]'s PNG to `path` atomically.
+pub fn write_strip(path: &Path, panels: &[Panel]) -> Result<()> {
+    crate::atomic::write(path, &encode_strip(panels)?)
+}
+
+/// The strip of sample `k` of an attacked batch: clean | adversarial | perturbation, then the
+/// clean and adversarial predictions beside the truth for dense heads. `outs` are the head's
+/// outputs on the clean and adversarial images. Returns a name suffix (for classification the
+/// label and both predictions) and the PNG.
+pub fn attack_strip(k: usize, clean: &Tensor, adv: &Tensor, outs: (&Tensor, &Tensor), targets: &Targets, eps: f64) -> Result<(String, Vec<u8>)> {
+    let (clean_out, adv_out) = outs;
+    let (c, x) = (clean.get(k)?, adv.get(k)?);
+    let diff = (&x - &c)?;
+    let images = [Panel::Image(&c), Panel::Image(&x), Panel::Perturbation(&diff, eps)];
+    Ok(match targets {
+        Targets::Class(l) => {
+            let (pc, pa) = (clean_out.get(k)?.argmax(0)?.to_scalar::<u32>()?, adv_out.get(k)?.argmax(0)?.to_scalar::<u32>()?);
+            (format!("-label{}-clean{pc}-adv{pa}", l[k]), encode_strip(&images)?)
+        }
+        Targets::Segmentation { labels, height: h, width: w } => {
+            let clean_map = clean_out.get(k)?.argmax(0)?.flatten_all()?.to_vec1::<u32>()?;
+            let adv_map = adv_out.get(k)?.argmax(0)?.flatten_all()?.to_vec1::<u32>()?;
+            let gt = &labels[k * h * w..(k + 1) * h * w];
+            let maps = [&clean_map[..], &adv_map[..], gt].map(|labels| Panel::Classes { labels, height: *h, width: *w });
+            (String::new(), encode_strip(&images.into_iter().chain(maps).collect::<Vec<_>>())?)
+        }
+        Targets::Depth { metres, height: h, width: w } => {
+            let gt = &metres[k * h * w..(k + 1) * h * w];
+            let valid = gt.iter().copied().filter(|d| *d > 0.0 && d.is_finite());
+            let (lo, hi) = valid.fold((f32::INFINITY, 0f32), |(lo, hi), d| (lo.min(d), hi.max(d)));
+            let (cd, ad) = (clean_out.get(k)?.flatten_all()?.to_vec1::<f32>()?, adv_out.get(k)?.flatten_all()?.to_vec1::<f32>()?);
+            let maps = [&cd[..], &ad[..], gt].map(|metres| Panel::Depth { metres, height: *h, width: *w, lo: lo * 0.9, hi: hi * 1.1 });
+            (String::new(), encode_strip(&images.into_iter().chain(maps).collect::<Vec<_>>())?)
+        }
+        Targets::None => (String::new(), encode_strip(&images)?),
+    })
 }
 
 #[cfg(test)]

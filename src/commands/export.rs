@@ -1,0 +1,47 @@
+//! `robust-ssl export RUN_DIR`: the results store as CSV (long format: one line per cell,
+//! predictor and metric) or JSON (every cell with its labels and full result).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+
+use crate::experiment::export::{write_csv, write_json};
+use crate::experiment::store::Store;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Csv,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// A run folder (its results.sqlite) or a store file.
+    pub run: PathBuf,
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: Format,
+    /// Write here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The store of a run folder, or the store file itself.
+pub fn store_of(run: &Path) -> Result<Store> {
+    let path = if run.is_dir() { run.join("results.sqlite") } else { run.to_path_buf() };
+    Store::open_existing(&path)
+}
+
+pub fn run(a: &ExportArgs) -> Result<()> {
+    let cells = store_of(&a.run)?.cells()?;
+    let mut buf = Vec::new();
+    match a.format {
+        Format::Csv => write_csv(&cells, &mut buf)?,
+        Format::Json => write_json(&cells, &mut buf)?,
+    }
+    match &a.out {
+        Some(p) => crate::atomic::write(p, &buf).with_context(|| format!("{}: cannot write the export", p.display()))?,
+        None => std::io::Write::write_all(&mut std::io::stdout(), &buf)?,
+    }
+    Ok(())
+}

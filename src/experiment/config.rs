@@ -1,0 +1,422 @@
+//! The experiment file (TOML): encoders × tasks (datasets) × heads × attacks × ε × norm × steps ×
+//! seeds. Unknown keys and wrong types are refused by the parser with the line they are on; values
+//! it cannot judge (an ε that is no amount, a missing checkpoint) are checked here and reported at
+//! their line too, before any work starts.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::attacks::embed::{Distance, EmbedTarget};
+use crate::attacks::threat::{parse_amount, Norm};
+use crate::heads::head::Task;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Shown in the report's title.
+    pub name: Option<String>,
+    #[serde(default)]
+    pub run: RunOptions,
+    #[serde(rename = "encoder")]
+    pub encoders: Vec<EncoderSpec>,
+    #[serde(rename = "task")]
+    pub tasks: Vec<TaskSpec>,
+    #[serde(rename = "attack", default)]
+    pub attacks: Vec<AttackSpec>,
+}
+
+/// Settings shared by every cell.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunOptions {
+    /// Image side of the default transforms (shorter side resized, centre crop, padded to the patch).
+    pub size: usize,
+    /// Images attacked together (part of every attack cell's identity: it sets the batches' seeds).
+    pub attack_batch_size: usize,
+    /// Images per encoder forward when features are computed.
+    pub encoder_batch_size: usize,
+    /// Example strips kept per attack cell (the first images of its first batch).
+    pub examples: usize,
+    /// Feature cache folder (default: `cache/` in the run folder).
+    pub cache_dir: Option<Spanned<String>>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { size: 224, attack_batch_size: 8, encoder_batch_size: 8, examples: 4, cache_dir: None }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderSpec {
+    pub name: Spanned<String>,
+    /// .pth, .safetensors or .onnx; relative to the experiment file.
+    pub checkpoint: Spanned<String>,
+    /// auto (from tensor shapes) or a name such as dinov2_vits14.
+    pub arch: Option<Spanned<String>>,
+    /// official, size or size-aa (default: from the checkpoint's source).
+    pub pos_resize: Option<Spanned<String>>,
+    pub num_heads: Option<usize>,
+    /// teacher or student, for training checkpoints.
+    pub backbone: Option<String>,
+}
+
+/// Which samples of a dataset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// KIND:PATH (PATH relative to the experiment file), e.g. cifar10:data/cifar-10-batches-bin.
+    pub dataset: Spanned<String>,
+    /// train, val or test (default: train for training; val, else test, for evaluation).
+    pub split: Option<Spanned<String>>,
+    /// A seeded random subset of this many samples.
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub subset_seed: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub name: Spanned<String>,
+    /// cls, seg or depth.
+    pub task: Task,
+    /// Where its heads are trained.
+    pub train: DataSpec,
+    /// Where they are scored and attacked.
+    pub eval: DataSpec,
+    /// Tasks with the same `images` name are scored on the same images (checked pixel for
+    /// pixel): one EmbedAttack perturbation per image serves all of them.
+    pub images: Option<Spanned<String>>,
+    /// Transforms (resize-shortN, resizeHxW, cropHxW, padN); default from `run.size`.
+    pub transforms: Option<Spanned<String>>,
+    /// The heads to train on this task (default: one with the reference settings).
+    #[serde(default)]
+    pub heads: Vec<HeadSpec>,
+}
+
+/// A head's settings; unset ones take the reference defaults of `train-head`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadSpec {
+    pub name: Option<Spanned<String>>,
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    /// adamw or sgd.
+    pub optimizer: Option<OptimizerName>,
+    pub weight_decay: Option<f64>,
+    pub momentum: Option<f64>,
+    /// constant, poly or cosine.
+    pub schedule: Option<ScheduleName>,
+    pub poly_power: Option<f64>,
+    pub warmup_steps: Option<usize>,
+    pub seed: Option<u64>,
+    /// cls or cls+mean (linear probe).
+    pub pooling: Option<Spanned<String>>,
+    pub classes: Option<usize>,
+    pub bins: Option<usize>,
+    pub min_depth: Option<f64>,
+    pub max_depth: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    Adamw,
+    Sgd,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleName {
+    Constant,
+    Poly,
+    Cosine,
+}
+
+/// Which attacks run against every encoder and task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttackName {
+    /// EmbedAttack: one perturbation per image, scored on every task of its images.
+    Embed,
+    /// Each head's own attack: PGD (cls), SegPGD (seg), DepthPGD (depth).
+    Task,
+    /// The task loss with AutoAttack's APGD schedule.
+    Apgd,
+}
+
+/// One value or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            Self::One(v) => vec![v.clone()],
+            Self::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// An amount as a fraction string ("8/255") or a number (0.5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Amount {
+    Text(String),
+    Number(f64),
+}
+
+impl Amount {
+    pub fn text(&self) -> String {
+        match self {
+            Self::Text(s) => s.clone(),
+            Self::Number(v) => format!("{v}"),
+        }
+    }
+}
+
+/// A block of attacks: kinds × ε × norms × steps × seeds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttackSpec {
+    pub kinds: Vec<AttackName>,
+    pub eps: Vec<Spanned<Amount>>,
+    #[serde(default = "default_norm")]
+    pub norm: OneOrMany<Norm>,
+    #[serde(default = "default_steps")]
+    pub steps: OneOrMany<usize>,
+    /// "eps/K" (default eps/4) or an amount.
+    pub step_size: Option<Spanned<String>>,
+    #[serde(default = "default_seeds")]
+    pub seeds: OneOrMany<u64>,
+    #[serde(default = "one")]
+    pub restarts: usize,
+    #[serde(default = "yes")]
+    pub random_start: bool,
+    #[serde(default = "both")]
+    pub embed_target: EmbedTarget,
+    #[serde(default = "mse")]
+    pub embed_distance: Distance,
+}
+
+fn default_norm() -> OneOrMany<Norm> {
+    OneOrMany::One(Norm::Linf)
+}
+fn default_steps() -> OneOrMany<usize> {
+    OneOrMany::One(20)
+}
+fn default_seeds() -> OneOrMany<u64> {
+    OneOrMany::One(0)
+}
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn both() -> EmbedTarget {
+    EmbedTarget::Both
+}
+fn mse() -> Distance {
+    Distance::Mse
+}
+
+/// How a step size is given: a fraction of ε, or an amount.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepSize {
+    EpsOver(f64),
+    Absolute(f64),
+}
+
+impl StepSize {
+    pub fn at(self, eps: f64) -> f64 {
+        match self {
+            Self::EpsOver(k) => eps / k,
+            Self::Absolute(v) => v,
+        }
+    }
+}
+
+/// The parsed file, its text and where it lies (for messages and relative paths).
+pub struct Loaded {
+    pub experiment: Experiment,
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl Loaded {
+    /// Reads and parses `path`; syntax, unknown keys and wrong types are reported at their line.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the experiment file", path.display()))?;
+        Self::parse(path, text)
+    }
+
+    pub fn parse(path: &Path, text: String) -> Result<Self> {
+        let experiment: Experiment = toml::from_str(&text).map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        let me = Self { experiment, path: path.to_path_buf(), text };
+        me.check()?;
+        Ok(me)
+    }
+
+    /// `FILE:LINE:COLUMN` of a span, for messages.
+    pub fn at(&self, span: Range<usize>) -> String {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.chars().rev().take_while(|&c| c != '\n').count() + 1;
+        format!("{}:{line}:{column}", self.path.display())
+    }
+
+    /// An error at a value's line.
+    pub fn error<T>(&self, value: &Spanned<T>, what: impl std::fmt::Display) -> anyhow::Error {
+        anyhow!("{}: {what}", self.at(value.span()))
+    }
+
+    /// The folder relative paths start from.
+    pub fn base(&self) -> PathBuf {
+        self.path.parent().map(Path::to_path_buf).filter(|p| !p.as_os_str().is_empty()).unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// A path of the file, relative to the file's folder.
+    pub fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base().join(p)
+        }
+    }
+
+    /// `KIND:PATH` with PATH resolved (synthetic datasets have no path).
+    pub fn resolve_dataset(&self, spec: &Spanned<String>) -> Result<String> {
+        let s = spec.get_ref();
+        let Some((kind, path)) = s.split_once(':') else {
+            return Err(self.error(spec, format!("dataset '{s}' should be KIND:PATH with KIND one of {}", crate::data::KINDS.join(", "))));
+        };
+        if !crate::data::KINDS.contains(&kind) {
+            return Err(self.error(spec, format!("unknown dataset kind '{kind}'; expected one of {}", crate::data::KINDS.join(", "))));
+        }
+        if kind.starts_with("synthetic-") {
+            return Ok(s.clone());
+        }
+        let p = self.resolve(path);
+        if !p.exists() {
+            return Err(self.error(spec, format!("{}: no such file or folder (dataset {kind})", p.display())));
+        }
+        let p = std::fs::canonicalize(&p).unwrap_or(p);
+        Ok(format!("{kind}:{}", p.display()))
+    }
+
+    /// Step size of an attack block.
+    pub fn step_size(&self, a: &AttackSpec) -> Result<StepSize> {
+        let Some(s) = &a.step_size else { return Ok(StepSize::EpsOver(4.0)) };
+        let text = s.get_ref().trim();
+        let parsed = match text.strip_prefix("eps/") {
+            Some(k) => k.trim().parse::<f64>().ok().filter(|k| *k > 0.0 && k.is_finite()).map(StepSize::EpsOver),
+            None => parse_amount(text).ok().filter(|v| *v > 0.0).map(StepSize::Absolute),
+        };
+        parsed.ok_or_else(|| self.error(s, format!("step_size '{text}' is neither eps/K nor a positive amount like 2/255")))
+    }
+
+    /// The ε values of an attack block.
+    pub fn eps(&self, a: &AttackSpec) -> Result<Vec<(f64, String)>> {
+        a.eps
+            .iter()
+            .map(|e| {
+                let text = e.get_ref().text();
+                let v = parse_amount(&text).map_err(|err| self.error(e, err))?;
+                Ok((v, text))
+            })
+            .collect()
+    }
+
+    /// What can be judged from the file alone: names, lists, amounts, paths.
+    fn check(&self) -> Result<()> {
+        let x = &self.experiment;
+        let file = self.path.display();
+        if x.encoders.is_empty() {
+            bail!("{file}: no [[encoder]]: name at least one encoder checkpoint");
+        }
+        if x.tasks.is_empty() {
+            bail!("{file}: no [[task]]: name at least one task (cls, seg or depth) with its train and eval data");
+        }
+        let r = &x.run;
+        if r.size == 0 || r.attack_batch_size == 0 || r.encoder_batch_size == 0 {
+            bail!("{file}: [run] size, attack_batch_size and encoder_batch_size must be at least 1");
+        }
+        unique(self, x.encoders.iter().map(|e| &e.name), "encoder")?;
+        unique(self, x.tasks.iter().map(|t| &t.name), "task")?;
+        for e in &x.encoders {
+            let p = self.resolve(e.checkpoint.get_ref());
+            if !p.is_file() {
+                return Err(self.error(&e.checkpoint, format!("{}: no such checkpoint file", p.display())));
+            }
+            if let Some(a) = &e.arch {
+                a.get_ref().parse::<crate::encoder::arch::ArchChoice>().map_err(|err| self.error(a, err))?;
+            }
+            if let Some(p) = &e.pos_resize {
+                p.get_ref().parse::<crate::encoder::pos_embed::PosResize>().map_err(|err| self.error(p, err))?;
+            }
+        }
+        for t in &x.tasks {
+            for d in [&t.train, &t.eval] {
+                self.resolve_dataset(&d.dataset)?;
+                if let Some(s) = &d.split {
+                    s.get_ref().parse::<crate::data::Split>().map_err(|err| self.error(s, err))?;
+                }
+            }
+            if let Some(tr) = &t.transforms {
+                crate::data::transform::Transform::parse_list(tr.get_ref()).map_err(|err| self.error(tr, format!("{err:#}")))?;
+            }
+            unique(self, t.heads.iter().filter_map(|h| h.name.as_ref()), &format!("head of task '{}'", t.name.get_ref()))?;
+            for h in &t.heads {
+                if let Some(p) = &h.pooling {
+                    p.get_ref().parse::<crate::heads::layers::Pooling>().map_err(|err| self.error(p, err))?;
+                }
+            }
+        }
+        for a in &x.attacks {
+            if a.kinds.is_empty() || a.eps.is_empty() {
+                bail!("{file}: an [[attack]] block needs at least one of kinds (embed, task, apgd) and one eps");
+            }
+            self.eps(a)?;
+            self.step_size(a)?;
+            if a.steps.to_vec().contains(&0) || a.seeds.to_vec().is_empty() || a.restarts == 0 {
+                bail!("{file}: an [[attack]] block needs steps >= 1, restarts >= 1 and at least one seed");
+            }
+        }
+        if let Some(c) = &r.cache_dir {
+            let p = self.resolve(c.get_ref());
+            if p.exists() && !p.is_dir() {
+                return Err(self.error(c, format!("{}: not a folder", p.display())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses two entries of the same name.
+fn unique<'a>(l: &Loaded, names: impl Iterator<Item = &'a Spanned<String>>, what: &str) -> Result<()> {
+    let mut seen: Vec<&Spanned<String>> = Vec::new();
+    for n in names {
+        if n.get_ref().trim().is_empty() {
+            return Err(l.error(n, format!("an empty {what} name")));
+        }
+        if let Some(first) = seen.iter().find(|s| s.get_ref() == n.get_ref()) {
+            return Err(l.error(n, format!("a second {what} named '{}' (the first is at {})", n.get_ref(), l.at(first.span()))));
+        }
+        seen.push(n);
+    }
+    Ok(())
+}

@@ -1,0 +1,360 @@
+//! Running a plan (or one shard of it) into a results store: heads trained once and kept as files
+//! in the run folder, clean evaluations on cached features, and attacks batch by batch — every
+//! finished batch committed with its metric counts, every finished item committed as its cells —
+//! so a run killed at any moment resumes where it stopped, and gives the very figures of an
+//! uninterrupted run. With `unshared`, the run takes the reference code's way instead (features
+//! recomputed for every epoch, one EmbedAttack per task), for the benchmark.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::config::AttackName;
+use super::plan::{key_of, AttackParams, Item, Plan, Work};
+use super::store::{CellRow, Example, Store};
+use crate::attacks::embed::EmbedAttack;
+use crate::attacks::engine::{attack, AttackConfig, Method, Sanity};
+use crate::attacks::objective::Objective;
+use crate::attacks::task::task_objective;
+use crate::attacks::threat::ThreatModel;
+use crate::commands::cross_task::labels_of_same_images;
+use crate::data::transform::load_batch;
+use crate::encoder::Encoder;
+use crate::features::cache::FeatureCache;
+use crate::features::{targets_of, Batch, BatchSource, Live, Request, Source, Targets};
+use crate::heads::evaluate::{evaluate, ScoreState, Scorer};
+use crate::heads::fit::fit;
+use crate::heads::head::{Task, TrainedHead};
+use crate::heads::trainer::{forward, target_size};
+use crate::metrics::DepthRange;
+
+pub struct Options {
+    /// This shard of how many (0/1: everything).
+    pub shard: (usize, usize),
+    /// The reference code's way: no feature cache, one EmbedAttack per task.
+    pub unshared: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub items_in_shard: usize,
+    pub items_done_before: usize,
+    pub items_run: usize,
+    pub heads_trained: usize,
+    pub heads_reused: usize,
+    pub batches_resumed: usize,
+    pub seconds: f64,
+}
+
+/// A run folder: `heads/`, `cache/` (unless the experiment names another), the store.
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn heads(&self) -> PathBuf {
+        self.root.join("heads")
+    }
+
+    pub fn store_path(&self, shard: (usize, usize)) -> PathBuf {
+        match shard {
+            (_, 1) => self.root.join("results.sqlite"),
+            (i, n) => self.root.join(format!("results-shard-{i}-of-{n}.sqlite")),
+        }
+    }
+}
+
+/// One batch's counts: per scored head, clean and adversarial.
+#[derive(Serialize, Deserialize)]
+struct BatchState {
+    scores: Vec<(ScoreState, ScoreState)>,
+    objective_sum: f64,
+    sanity: Sanity,
+}
+
+struct Runner<'a> {
+    plan: &'a Plan,
+    dir: &'a RunDir,
+    store: &'a mut Store,
+    unshared: bool,
+    cache: FeatureCache,
+    summary: Summary,
+    bars: indicatif::MultiProgress,
+}
+
+/// Runs shard `opts.shard` of `plan` in `dir`, recording into `store`.
+pub fn run(plan: &Plan, dir: &RunDir, store: &mut Store, opts: &Options) -> Result<Summary> {
+    let t0 = Instant::now();
+    std::fs::create_dir_all(dir.heads()).with_context(|| format!("{}: cannot create", dir.heads().display()))?;
+    let cache = FeatureCache::new(plan.cache_dir.clone().unwrap_or_else(|| dir.root.join("cache")));
+    let items = plan.shard(opts.shard.0, opts.shard.1);
+    let mut pending = Vec::new();
+    let mut summary = Summary { items_in_shard: items.len(), ..Default::default() };
+    for item in items {
+        let mut done = true;
+        for c in &item.cells {
+            done &= store.has_cell(&c.key)?;
+        }
+        if done {
+            summary.items_done_before += 1;
+        } else {
+            pending.push(item);
+        }
+    }
+    let bars = indicatif::MultiProgress::new();
+    let mut r = Runner { plan, dir, store, unshared: opts.unshared, cache, summary, bars };
+    let overall = r.bars.add(crate::progress::bar(pending.len() as u64, "experiment"));
+    for e in 0..plan.encoders.len() {
+        let mine: Vec<&Item> = pending.iter().copied().filter(|i| item_encoder(plan, i) == e).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let entry = &plan.encoders[e];
+        let enc = entry.model.load(&entry.checkpoint, crate::device::default_device()?)?;
+        let mut heads = std::collections::BTreeMap::new();
+        for h in plan.heads_of(&mine) {
+            overall.set_message(format!("{} · training the {} head", entry.name, plan.head_label(h)));
+            heads.insert(h, r.head(h, &enc)?);
+        }
+        for item in mine {
+            overall.set_message(plan.describe(item));
+            r.item(item, &enc, &heads)?;
+            r.summary.items_run += 1;
+            overall.inc(1);
+        }
+    }
+    overall.finish_and_clear();
+    r.summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(r.summary)
+}
+
+fn item_encoder(plan: &Plan, item: &Item) -> usize {
+    match &item.work {
+        Work::Clean { head } => plan.heads[*head].encoder,
+        Work::Attack { encoder, .. } => *encoder,
+    }
+}
+
+/// An attack's engine settings; the seed of batch `b` derives from the setting's seed.
+fn engine_config(p: &AttackParams, b: usize, early_stop: bool) -> AttackConfig {
+    AttackConfig {
+        method: if p.kind == AttackName::Apgd { Method::Apgd } else { Method::Pgd },
+        threat: ThreatModel { norm: p.norm, eps: p.eps },
+        step_size: p.step_size,
+        steps: p.steps,
+        restarts: p.restarts,
+        random_start: p.random_start,
+        seed: p.seed ^ (b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        early_stop,
+        last_iterate: false,
+    }
+}
+
+impl Runner<'_> {
+    /// Head `h`: loaded from the run folder, or trained (on cached features) and saved there.
+    fn head(&mut self, h: usize, enc: &Encoder) -> Result<TrainedHead> {
+        let plan = self.plan;
+        let entry = &plan.heads[h];
+        let path = self.dir.heads().join(format!("{}.safetensors", entry.key));
+        if path.is_file() {
+            if let Ok(head) = TrainedHead::load(&path, &Device::Cpu) {
+                self.store.put_head(&entry.key, &head_info(plan, h, &head))?;
+                self.summary.heads_reused += 1;
+                return Ok(head);
+            }
+        }
+        let task = &plan.tasks[entry.task];
+        let ds = task.train.open()?;
+        let request = Request { layout: task.task.layout(), transforms: plan.transforms(entry.encoder, entry.task), indices: task.train.indices(ds.len()), batch_size: plan.encoder_batch_size };
+        let dev = crate::device::default_device()?;
+        let fitted = if self.unshared {
+            let mut live = Live { source: Source::Encoder(enc), dataset: ds.as_ref(), indices: request.indices.clone(), layout: request.layout, transforms: request.transforms.clone(), batch_size: request.batch_size };
+            fit(&entry.recipe, Source::Encoder(enc), ds.as_ref(), &request, &mut live, &dev)?
+        } else {
+            let (mut features, _) = self.cache.load_or_compute(Source::Encoder(enc), ds.as_ref(), &request)?;
+            fit(&entry.recipe, Source::Encoder(enc), ds.as_ref(), &request, &mut features, &dev)?
+        };
+        fitted.head.save(&path)?;
+        self.store.put_head(&entry.key, &head_info(plan, h, &fitted.head))?;
+        self.summary.heads_trained += 1;
+        Ok(fitted.head)
+    }
+
+    fn item(&mut self, item: &Item, enc: &Encoder, heads: &std::collections::BTreeMap<usize, TrainedHead>) -> Result<()> {
+        match &item.work {
+            Work::Clean { head } => self.clean(item, enc, &heads[head]),
+            Work::Attack { scored, .. } if self.unshared && scored.len() > 1 && item.cells[0].labels.attacked.is_none() => {
+                // The reference code's way: EmbedAttack once per task.
+                for (k, &h) in scored.iter().enumerate() {
+                    self.attack(item, enc, &[(h, &heads[&h], item.cells[k].key.as_str())])?;
+                }
+                Ok(())
+            }
+            Work::Attack { scored, .. } => {
+                let list: Vec<(usize, &TrainedHead, &str)> = scored.iter().zip(&item.cells).map(|(&h, c)| (h, &heads[&h], c.key.as_str())).collect();
+                self.attack(item, enc, &list)
+            }
+        }
+    }
+
+    fn clean(&mut self, item: &Item, enc: &Encoder, head: &TrainedHead) -> Result<()> {
+        let plan = self.plan;
+        let Work::Clean { head: h } = item.work else { unreachable!() };
+        let entry = &plan.heads[h];
+        let task = &plan.tasks[entry.task];
+        let ds = task.eval.open()?;
+        let request = Request { layout: task.task.layout(), transforms: plan.transforms(entry.encoder, entry.task), indices: task.eval.indices(ds.len()), batch_size: plan.encoder_batch_size };
+        let file = format!("head {} of {}", plan.head_label(h), plan.encoders[entry.encoder].name);
+        let dev = crate::device::default_device()?;
+        let evaluation = if self.unshared {
+            let mut live = Live { source: Source::Encoder(enc), dataset: ds.as_ref(), indices: request.indices.clone(), layout: request.layout, transforms: request.transforms.clone(), batch_size: request.batch_size };
+            evaluate(head, &mut live, 64, &dev, &file)?
+        } else {
+            let (mut features, _) = self.cache.load_or_compute(Source::Encoder(enc), ds.as_ref(), &request)?;
+            evaluate(head, &mut features as &mut dyn BatchSource, 64, &dev, &file)?
+        };
+        let cell = &item.cells[0];
+        let result = serde_json::json!({ "samples": evaluation.samples, "clean": evaluation });
+        self.store.put_cells(&item.key, &[CellRow { key: cell.key.clone(), labels: serde_json::to_value(&cell.labels)?, result }])
+    }
+
+    /// Attacks the item's images batch by batch and scores the perturbations on `scored`
+    /// (head index, head, cell key): resumes after the last committed batch.
+    fn attack(&mut self, item: &Item, enc: &Encoder, scored: &[(usize, &TrainedHead, &str)]) -> Result<()> {
+        let plan = self.plan;
+        let Work::Attack { encoder, task: images_task, params, source, .. } = &item.work else { unreachable!() };
+        let exec = key_of(&serde_json::json!({ "item": item.key, "cells": scored.iter().map(|s| s.2).collect::<Vec<_>>() }));
+        let images_ref = &plan.tasks[*images_task].eval;
+        let images_ds = images_ref.open()?;
+        let indices = images_ref.indices(images_ds.len());
+        let transforms = plan.transforms(*encoder, *images_task);
+        // Each scored head reads labels from its own task's data (checked to be the same images).
+        let label_sets = scored
+            .iter()
+            .map(|&(h, _, _)| {
+                let r = &plan.tasks[plan.heads[h].task].eval;
+                if r == images_ref {
+                    Ok(None)
+                } else {
+                    r.open().map(Some)
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batches: Vec<&[usize]> = indices.chunks(plan.attack_batch_size).collect();
+        let done: std::collections::BTreeMap<usize, String> = self.store.partials(&exec)?.into_iter().collect();
+        self.summary.batches_resumed += done.len();
+        let bar = self.bars.add(crate::progress::bar(batches.len() as u64, "  batches"));
+        bar.set_position(done.len() as u64);
+        let attacked_by = source.map(|s| (s, scored.iter().position(|x| x.0 == s).expect("the source is scored")));
+        for (b, ids) in batches.iter().enumerate() {
+            if done.contains_key(&b) {
+                continue;
+            }
+            let samples = load_batch(images_ds.as_ref(), ids, &transforms)?;
+            let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0)
+                .with_context(|| format!("{}: images of different sizes after the transforms", images_ds.describe()))?;
+            let own = targets_of(images_ds.as_ref(), ids, samples)?;
+            let targets = label_sets
+                .iter()
+                .map(|ds| match ds {
+                    None => Ok(own.clone()),
+                    Some(ds) => labels_of_same_images(ds.as_ref(), ids, &transforms, &images, &images_ds.describe()),
+                })
+                .collect::<Result<Vec<Targets>>>()?;
+            let clean = enc.forward(&images.to_device(enc.vit.device())?)?;
+            let objective: Box<dyn Objective> = match attacked_by {
+                None => Box::new(EmbedAttack::new(&clean, params.embed_target, params.embed_distance)),
+                Some((_, k)) => {
+                    let head = scored[k].1;
+                    task_objective(&head.head, &targets[k], head.meta.depth_range.map(|(min, max)| DepthRange { min, max }))?
+                }
+            };
+            let early_stop = attacked_by.is_some_and(|(s, _)| plan.tasks[plan.heads[s].task].task == Task::Cls);
+            let out = attack(enc, objective.as_ref(), &images, &engine_config(params, b, early_stop))?;
+            let adv = enc.forward(&out.adversarial.to_device(enc.vit.device())?)?;
+            let mut scores = Vec::new();
+            let mut examples = Vec::new();
+            for (k, &(_, head, cell)) in scored.iter().enumerate() {
+                let size = target_size(&targets[k]);
+                let mut outs = Vec::new();
+                let mut pair = Vec::new();
+                for tokens in [&clean, &adv] {
+                    let batch = Batch::from_tokens(&tokens.cls, &tokens.patch, tokens.grid).to_device(&Device::Cpu)?;
+                    let (o, _) = forward(&head.head, &batch, size, false)?;
+                    let mut scorer = Scorer::new(head, cell)?;
+                    scorer.add(&o, &targets[k], ids.len())?;
+                    pair.push(scorer.state().clone());
+                    outs.push(o);
+                }
+                scores.push((pair[0].clone(), pair[1].clone()));
+                if b == 0 {
+                    for j in 0..plan.examples.min(ids.len()) {
+                        let (suffix, png) = crate::report::strips::attack_strip(j, &images, &out.adversarial, (&outs[0], &outs[1]), &targets[k], params.eps)?;
+                        examples.push(Example { cell: cell.to_string(), name: format!("{:05}{suffix}.png", ids[j]), png });
+                    }
+                }
+            }
+            let state = BatchState { scores, objective_sum: out.loss.iter().sum(), sanity: out.sanity };
+            self.store.put_partial(&exec, b, &serde_json::to_string(&state)?, &examples)?;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        self.bars.remove(&bar);
+        // Every batch is committed: merge their counts in batch order into the cells.
+        let states = self.store.partials(&exec)?;
+        let mut sanity = Sanity::default();
+        let mut objective_sum = 0.0;
+        let mut merged: Vec<(Scorer, Scorer)> = scored.iter().map(|&(_, head, cell)| Ok((Scorer::new(head, cell)?, Scorer::new(head, cell)?))).collect::<Result<_>>()?;
+        for (b, text) in &states {
+            let s: BatchState = serde_json::from_str(text).with_context(|| format!("{}: batch {b} of item {exec}", self.store.path().display()))?;
+            sanity.merge(&s.sanity);
+            objective_sum += s.objective_sum;
+            for ((c, a), (sc, sa)) in merged.iter_mut().zip(&s.scores) {
+                c.merge(sc)?;
+                a.merge(sa)?;
+            }
+        }
+        let samples = indices.len();
+        let mut rows = Vec::new();
+        for ((c, a), &(_, _, cell)) in merged.into_iter().zip(scored) {
+            let labels = &item.cells.iter().find(|x| x.key == cell).expect("a cell of the item").labels;
+            let result = serde_json::json!({
+                "samples": samples,
+                "clean": c.finish()?,
+                "adversarial": a.finish()?,
+                "mean_objective": objective_sum / samples as f64,
+                "sanity": sanity,
+            });
+            rows.push(CellRow { key: cell.to_string(), labels: serde_json::to_value(labels)?, result });
+        }
+        if let Some(w) = sanity.warning() {
+            self.bars.println(format!("warning: {}: {w}", plan.describe(item)))?;
+        }
+        self.store.put_cells(&exec, &rows)
+    }
+}
+
+/// What the store keeps of a head: its identity and how training ended (no timings, so a
+/// rerun or another shard writes the same).
+fn head_info(plan: &Plan, h: usize, head: &TrainedHead) -> String {
+    let e = &plan.heads[h];
+    serde_json::json!({
+        "encoder": plan.encoders[e.encoder].name,
+        "task": plan.tasks[e.task].name,
+        "head": e.name,
+        "samples": head.meta.samples,
+        "final_loss": head.meta.final_loss,
+        "baseline": head.meta.baseline,
+        "recipe": e.recipe,
+    })
+    .to_string()
+}
+
+/// The run folder of an experiment file: `runs/STEM` beside the working folder.
+pub fn default_run_dir(experiment: &Path) -> PathBuf {
+    PathBuf::from("runs").join(experiment.file_stem().unwrap_or_default())
+}

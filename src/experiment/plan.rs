@@ -1,0 +1,479 @@
+//! The plan of an experiment: every head to train and every work item (a clean evaluation, or
+//! an attack whose perturbations are scored on one or more heads), each keyed by a hash of
+//! everything that determines it. Expensive work is shared: a head is trained once per encoder
+//! and task, and EmbedAttack runs once per encoder, image set and setting, its perturbation
+//! scored on every task of those images. Planning opens every dataset and checkpoint, so bad
+//! input is refused before any work starts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::config::{AttackName, HeadSpec, Loaded, OptimizerName, ScheduleName};
+use crate::attacks::embed::{Distance, EmbedTarget};
+use crate::attacks::threat::Norm;
+use crate::commands::ModelOptions;
+use crate::data::transform::Transform;
+use crate::data::Split;
+use crate::heads::fit::{default_train_config, HeadRecipe};
+use crate::heads::head::Task;
+use crate::heads::layers::Pooling;
+use crate::heads::train::{OptimizerKind, Schedule};
+
+/// Which samples of which dataset (paths absolute).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataRef {
+    pub dataset: String,
+    pub split: String,
+    pub limit: Option<usize>,
+    pub subset_seed: u64,
+}
+
+impl DataRef {
+    pub fn split(&self) -> Split {
+        self.split.parse().expect("checked when planned")
+    }
+
+    pub fn open(&self) -> Result<Box<dyn crate::data::Dataset>> {
+        crate::data::open(&self.dataset, self.split())
+    }
+
+    pub fn indices(&self, len: usize) -> Vec<usize> {
+        crate::features::subset(len, self.limit, self.subset_seed)
+    }
+}
+
+pub struct EncoderEntry {
+    pub name: String,
+    pub checkpoint: PathBuf,
+    pub model: ModelOptions,
+    pub fingerprint: serde_json::Value,
+    pub patch_size: usize,
+}
+
+pub struct TaskEntry {
+    pub name: String,
+    pub task: Task,
+    pub train: DataRef,
+    pub eval: DataRef,
+    /// Tasks of one group are scored on the same images.
+    pub group: String,
+    /// Explicit transforms, else the defaults for the encoder's patch size.
+    transforms: Option<Vec<Transform>>,
+    /// Evaluated samples.
+    pub eval_samples: usize,
+}
+
+pub struct HeadEntry {
+    pub key: String,
+    pub encoder: usize,
+    pub task: usize,
+    pub name: String,
+    pub recipe: HeadRecipe,
+}
+
+/// One attack setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttackParams {
+    pub kind: AttackName,
+    pub norm: Norm,
+    pub eps: f64,
+    pub eps_text: String,
+    pub step_size: f64,
+    pub steps: usize,
+    pub seed: u64,
+    pub restarts: usize,
+    pub random_start: bool,
+    pub embed_target: EmbedTarget,
+    pub embed_distance: Distance,
+}
+
+pub enum Work {
+    /// A head's metrics on its evaluation samples.
+    Clean { head: usize },
+    /// Perturbations of one image set under `params`: EmbedAttack's (no `source`), or the task
+    /// attack of the `source` head; scored on every head of `scored`.
+    Attack { encoder: usize, task: usize, params: AttackParams, source: Option<usize>, scored: Vec<usize> },
+}
+
+/// What a result row is about, as shown in exports and the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Labels {
+    pub encoder: String,
+    pub task: String,
+    pub task_kind: Task,
+    pub head: String,
+    pub dataset: String,
+    /// `clean` or `attack`.
+    pub condition: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack: Option<String>,
+    /// The head whose loss the attack maximised (`task/head`); none for EmbedAttack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attacked: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<AttackParams>,
+}
+
+pub struct Cell {
+    pub key: String,
+    pub head: usize,
+    pub labels: Labels,
+}
+
+pub struct Item {
+    pub key: String,
+    pub work: Work,
+    pub cells: Vec<Cell>,
+}
+
+pub struct Plan {
+    pub name: String,
+    pub size: usize,
+    pub attack_batch_size: usize,
+    pub encoder_batch_size: usize,
+    pub examples: usize,
+    pub cache_dir: Option<PathBuf>,
+    pub encoders: Vec<EncoderEntry>,
+    pub tasks: Vec<TaskEntry>,
+    pub heads: Vec<HeadEntry>,
+    /// Sorted by key.
+    pub items: Vec<Item>,
+}
+
+/// A short stable hash of a JSON value (keys sorted).
+pub fn key_of(v: &serde_json::Value) -> String {
+    blake3::hash(v.to_string().as_bytes()).to_hex()[..32].to_string()
+}
+
+fn recipe(task: Task, h: &HeadSpec) -> HeadRecipe {
+    let d = default_train_config(task);
+    let dense = task != Task::Cls;
+    let weight_decay = h.weight_decay.unwrap_or(if dense { 1e-4 } else { 0.0 });
+    let train = crate::heads::train::TrainConfig {
+        epochs: h.epochs.unwrap_or(d.epochs),
+        batch_size: h.batch_size.unwrap_or(d.batch_size),
+        lr: h.lr.unwrap_or(d.lr),
+        optimizer: match h.optimizer.unwrap_or(OptimizerName::Adamw) {
+            OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay },
+            OptimizerName::Sgd => OptimizerKind::Sgd { momentum: h.momentum.unwrap_or(0.9), weight_decay },
+        },
+        schedule: match h.schedule {
+            None => d.schedule,
+            Some(ScheduleName::Constant) => Schedule::Constant,
+            Some(ScheduleName::Poly) => Schedule::Poly { power: h.poly_power.unwrap_or(1.0) },
+            Some(ScheduleName::Cosine) => Schedule::Cosine,
+        },
+        warmup_steps: h.warmup_steps.unwrap_or(0),
+        seed: h.seed.unwrap_or(0),
+    };
+    HeadRecipe {
+        task,
+        train,
+        pooling: h.pooling.as_ref().map(|p| p.get_ref().parse().expect("checked when read")).unwrap_or(Pooling::Cls),
+        classes: h.classes,
+        bins: h.bins.unwrap_or(256),
+        depth_range: (task == Task::Depth).then(|| (h.min_depth.unwrap_or(0.001), h.max_depth.unwrap_or(10.0))),
+    }
+}
+
+impl Plan {
+    /// The transforms of `task`'s images for `encoder`.
+    pub fn transforms(&self, encoder: usize, task: usize) -> Vec<Transform> {
+        let t = &self.tasks[task];
+        t.transforms.clone().unwrap_or_else(|| crate::commands::features::default_transforms(self.size, self.encoders[encoder].patch_size))
+    }
+
+    /// Plans `loaded`, opening every dataset and loading every encoder once to check them.
+    pub fn new(l: &Loaded) -> Result<Plan> {
+        let x = &l.experiment;
+        let mut encoders = Vec::new();
+        for e in &x.encoders {
+            let checkpoint = l.resolve(e.checkpoint.get_ref());
+            let model = ModelOptions {
+                arch: e.arch.as_ref().map_or(Ok(crate::encoder::arch::ArchChoice::Auto), |a| a.get_ref().parse())?,
+                pos_resize: e.pos_resize.as_ref().map(|p| p.get_ref().parse()).transpose()?,
+                heads: e.num_heads,
+                backbone: e.backbone.clone(),
+            };
+            let enc = model.load(&checkpoint, candle_core::Device::Cpu).map_err(|err| l.error(&e.checkpoint, format!("{err:#}")))?;
+            encoders.push(EncoderEntry { name: e.name.get_ref().clone(), checkpoint, fingerprint: enc.fingerprint()?, patch_size: enc.config().patch_size, model });
+        }
+        let mut tasks: Vec<TaskEntry> = Vec::new();
+        for t in &x.tasks {
+            let data = |d: &super::config::DataSpec, defaults: &[Split]| -> Result<(DataRef, usize)> {
+                let dataset = l.resolve_dataset(&d.dataset)?;
+                let splits: Vec<Split> = match &d.split {
+                    Some(s) => vec![s.get_ref().parse()?],
+                    None => defaults.to_vec(),
+                };
+                let mut last = None;
+                for s in splits {
+                    match crate::data::open(&dataset, s) {
+                        Ok(ds) => {
+                            let r = DataRef { dataset: dataset.clone(), split: s.to_string(), limit: d.limit, subset_seed: d.subset_seed };
+                            let n = r.indices(ds.len()).len();
+                            if n == 0 {
+                                return Err(l.error(&d.dataset, format!("{}: the {s} split is empty", ds.describe())));
+                            }
+                            return Ok((r, n));
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(l.error(&d.dataset, format!("{:#}", last.expect("at least one split tried"))))
+            };
+            let (train, _) = data(&t.train, &[Split::Train])?;
+            let (eval, eval_samples) = data(&t.eval, &[Split::Val, Split::Test])?;
+            let group = t.images.as_ref().map(|g| format!("images:{}", g.get_ref())).unwrap_or_else(|| serde_json::to_string(&eval).expect("plain data"));
+            let transforms = t.transforms.as_ref().map(|s| Transform::parse_list(s.get_ref())).transpose()?;
+            if let Some(other) = tasks.iter().find(|o| o.group == group) {
+                if other.eval_samples != eval_samples || other.transforms != transforms {
+                    let g = t.images.as_ref().expect("only named groups can differ");
+                    return Err(l.error(g, format!(
+                        "task '{}' shares images '{}' with task '{}', but evaluates {eval_samples} samples{} where it evaluates {}; tasks of one image set need the same samples and transforms",
+                        t.name.get_ref(), g.get_ref(), other.name, if other.transforms != transforms { " with other transforms" } else { "" }, other.eval_samples
+                    )));
+                }
+            }
+            tasks.push(TaskEntry { name: t.name.get_ref().clone(), task: t.task, train, eval, group, transforms, eval_samples });
+        }
+        let mut plan = Plan {
+            name: x.name.clone().unwrap_or_else(|| l.path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()),
+            size: x.run.size,
+            attack_batch_size: x.run.attack_batch_size,
+            encoder_batch_size: x.run.encoder_batch_size,
+            examples: x.run.examples,
+            cache_dir: x.run.cache_dir.as_ref().map(|c| l.resolve(c.get_ref())),
+            encoders,
+            tasks,
+            heads: Vec::new(),
+            items: Vec::new(),
+        };
+        plan.plan_heads(l)?;
+        plan.plan_items(l)?;
+        Ok(plan)
+    }
+
+    fn plan_heads(&mut self, l: &Loaded) -> Result<()> {
+        for e in 0..self.encoders.len() {
+            for (t, spec) in l.experiment.tasks.iter().enumerate() {
+                let task = self.tasks[t].task;
+                let default = [HeadSpec::default()];
+                let specs: &[HeadSpec] = if spec.heads.is_empty() { &default } else { &spec.heads };
+                for (k, h) in specs.iter().enumerate() {
+                    let recipe = recipe(task, h);
+                    recipe.check().map_err(|err| anyhow::anyhow!("{}: task '{}', head {}: {err}", l.path.display(), spec.name.get_ref(), k + 1))?;
+                    let name = h.name.as_ref().map(|n| n.get_ref().clone()).unwrap_or_else(|| if specs.len() == 1 { "head".into() } else { format!("head{}", k + 1) });
+                    let key = key_of(&serde_json::json!({
+                        "what": "head",
+                        "encoder": self.encoders[e].fingerprint,
+                        "train": self.tasks[t].train,
+                        "transforms": self.transforms(e, t).iter().map(Transform::describe).collect::<Vec<_>>(),
+                        "recipe": recipe,
+                        "encoder_batch_size": self.encoder_batch_size,
+                    }));
+                    self.heads.push(HeadEntry { key, encoder: e, task: t, name, recipe });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `task/head` (or the task alone when it has one head), for tables.
+    pub fn head_label(&self, h: usize) -> String {
+        let head = &self.heads[h];
+        let siblings = self.heads.iter().filter(|o| o.encoder == head.encoder && o.task == head.task).count();
+        let task = &self.tasks[head.task].name;
+        if siblings == 1 {
+            task.clone()
+        } else {
+            format!("{task}/{}", head.name)
+        }
+    }
+
+    fn labels(&self, h: usize, condition: &str, attack: Option<(&AttackParams, Option<usize>)>) -> Labels {
+        let head = &self.heads[h];
+        let t = &self.tasks[head.task];
+        Labels {
+            encoder: self.encoders[head.encoder].name.clone(),
+            task: t.name.clone(),
+            task_kind: t.task,
+            head: head.name.clone(),
+            dataset: format!("{} ({})", t.eval.dataset, t.eval.split),
+            condition: condition.into(),
+            attack: attack.map(|(p, source)| match (p.kind, source) {
+                (AttackName::Embed, _) => "embed".to_string(),
+                (AttackName::Apgd, _) => "apgd".to_string(),
+                (AttackName::Task, Some(s)) => match self.tasks[self.heads[s].task].task {
+                    Task::Cls => "pgd".into(),
+                    Task::Seg => "segpgd".into(),
+                    Task::Depth => "depthpgd".into(),
+                },
+                (AttackName::Task, None) => "task".into(),
+            }),
+            attacked: attack.and_then(|(_, s)| s).map(|s| self.head_label(s)),
+            params: attack.map(|(p, _)| p.clone()),
+        }
+    }
+
+    fn plan_items(&mut self, l: &Loaded) -> Result<()> {
+        let mut items = Vec::new();
+        for h in 0..self.heads.len() {
+            let head = &self.heads[h];
+            let key = key_of(&serde_json::json!({
+                "what": "clean",
+                "head": head.key,
+                "eval": self.tasks[head.task].eval,
+                "transforms": self.transforms(head.encoder, head.task).iter().map(Transform::describe).collect::<Vec<_>>(),
+            }));
+            let cells = vec![Cell { key: key.clone(), head: h, labels: self.labels(h, "clean", None) }];
+            items.push(Item { key, work: Work::Clean { head: h }, cells });
+        }
+        let mut settings = Vec::new();
+        for a in &l.experiment.attacks {
+            let step = l.step_size(a)?;
+            for &kind in &a.kinds {
+                for norm in a.norm.to_vec() {
+                    for (eps, eps_text) in l.eps(a)? {
+                        for steps in a.steps.to_vec() {
+                            for seed in a.seeds.to_vec() {
+                                let p = AttackParams {
+                                    kind,
+                                    norm,
+                                    eps,
+                                    eps_text: eps_text.clone(),
+                                    step_size: step.at(eps),
+                                    steps,
+                                    seed,
+                                    restarts: a.restarts,
+                                    random_start: a.random_start,
+                                    embed_target: a.embed_target,
+                                    embed_distance: a.embed_distance,
+                                };
+                                if !settings.contains(&p) {
+                                    settings.push(p);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for e in 0..self.encoders.len() {
+            // Image sets: the first task of each group gives the images, in file order.
+            let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+            for (t, task) in self.tasks.iter().enumerate() {
+                groups.entry(task.group.as_str()).or_default().push(t);
+            }
+            for p in &settings {
+                for members in groups.values() {
+                    let heads_of = |ts: &[usize]| -> Vec<usize> { (0..self.heads.len()).filter(|&h| self.heads[h].encoder == e && ts.contains(&self.heads[h].task)).collect() };
+                    let all = heads_of(members);
+                    let sources: Vec<Option<usize>> = if p.kind == AttackName::Embed { vec![None] } else { all.iter().map(|&h| Some(h)).collect() };
+                    for source in sources {
+                        let images_task = source.map_or(members[0], |s| self.heads[s].task);
+                        let mut scored = all.clone();
+                        if let Some(s) = source {
+                            scored.retain(|&h| h != s);
+                            scored.insert(0, s);
+                        }
+                        let key = key_of(&serde_json::json!({
+                            "what": "attack",
+                            "encoder": self.encoders[e].fingerprint,
+                            "images": self.tasks[images_task].eval,
+                            "transforms": self.transforms(e, images_task).iter().map(Transform::describe).collect::<Vec<_>>(),
+                            "params": p,
+                            "batch": self.attack_batch_size,
+                            "source": source.map(|s| &self.heads[s].key),
+                        }));
+                        let cells = scored
+                            .iter()
+                            .map(|&h| Cell {
+                                key: key_of(&serde_json::json!({ "item": key, "head": self.heads[h].key, "labels": self.tasks[self.heads[h].task].eval })),
+                                head: h,
+                                labels: self.labels(h, "attack", Some((p, source))),
+                            })
+                            .collect();
+                        items.push(Item { key, work: Work::Attack { encoder: e, task: images_task, params: p.clone(), source, scored }, cells });
+                    }
+                }
+            }
+        }
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        if items.windows(2).any(|w| w[0].key == w[1].key) {
+            bail!("{}: two work items have the same identity (a repeated task or attack setting?)", l.path.display());
+        }
+        self.items = items;
+        Ok(())
+    }
+
+    /// Every cell of the plan, (key, labels), in the experiment's order: by encoder, task and
+    /// head as the file lists them, clean before attacked.
+    pub fn cells(&self) -> Vec<(&str, &Labels)> {
+        let mut cells: Vec<&Cell> = self.items.iter().flat_map(|i| &i.cells).collect();
+        cells.sort_by_key(|c| (self.heads[c.head].encoder, self.heads[c.head].task, c.head, c.labels.condition != "clean"));
+        cells.into_iter().map(|c| (c.key.as_str(), &c.labels)).collect()
+    }
+
+    /// The items of shard `index` of `count` (every `count`-th of the key-sorted list).
+    pub fn shard(&self, index: usize, count: usize) -> Vec<&Item> {
+        self.items.iter().enumerate().filter(|(i, _)| i % count == index).map(|(_, it)| it).collect()
+    }
+
+    /// The heads the items use.
+    pub fn heads_of(&self, items: &[&Item]) -> Vec<usize> {
+        let mut heads: Vec<usize> = items
+            .iter()
+            .flat_map(|i| match &i.work {
+                Work::Clean { head } => vec![*head],
+                Work::Attack { scored, .. } => scored.clone(),
+            })
+            .collect();
+        heads.sort_unstable();
+        heads.dedup();
+        heads
+    }
+
+    pub fn describe(&self, item: &Item) -> String {
+        match &item.work {
+            Work::Clean { head } => format!("{} · {} · clean", self.encoders[self.heads[*head].encoder].name, self.head_label(*head)),
+            Work::Attack { encoder, params, source, scored, .. } => {
+                let c = &item.cells[0].labels;
+                let on = match source {
+                    Some(s) => self.head_label(*s),
+                    None => scored.iter().map(|&h| self.head_label(h)).collect::<Vec<_>>().join("+"),
+                };
+                format!("{} · {on} · {} ε {} ({} steps, seed {})", self.encoders[*encoder].name, c.attack.as_deref().unwrap_or("?"), params.eps_text, params.steps, params.seed)
+            }
+        }
+    }
+}
+
+/// `i/N` (0 <= i < N), or the Slurm array variables when no spec is given.
+pub fn shard_spec(spec: Option<&str>) -> Result<(usize, usize)> {
+    let parse = |s: &str| -> Result<(usize, usize)> {
+        let (i, n) = s.split_once('/').with_context(|| format!("--shard '{s}': expected I/N, e.g. 0/4"))?;
+        let (i, n): (usize, usize) = (i.trim().parse().with_context(|| format!("--shard '{s}': '{i}' is not a number"))?, n.trim().parse().with_context(|| format!("--shard '{s}': '{n}' is not a number"))?);
+        if n == 0 || i >= n {
+            bail!("--shard '{s}': out of range (shards are 0/N to {}/N, N >= 1)", n.saturating_sub(1));
+        }
+        Ok((i, n))
+    };
+    if let Some(s) = spec {
+        return parse(s);
+    }
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT")) {
+        (Some(id), Some(count)) => {
+            let min = var("SLURM_ARRAY_TASK_MIN").unwrap_or_else(|| "0".into());
+            let num = |k: &str, v: &str| v.parse::<usize>().with_context(|| format!("{k}='{v}' is not a number"));
+            let (id, count, min) = (num("SLURM_ARRAY_TASK_ID", &id)?, num("SLURM_ARRAY_TASK_COUNT", &count)?, num("SLURM_ARRAY_TASK_MIN", &min)?);
+            let index = id.checked_sub(min).with_context(|| format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"))?;
+            parse(&format!("{index}/{count}")).context("from the Slurm array variables")
+        }
+        _ => Ok((0, 1)),
+    }
+}

@@ -1,0 +1,210 @@
+//! The results store: one SQLite file (a run folder's `results.sqlite`, or a shard's).
+//!
+//! - `cells`: one finished result per key (the hash of everything that determines it), with its
+//!   labels and result as JSON; written in one transaction per work item, never rewritten.
+//! - `partials`: a work item's finished batches (their metric counts), so a killed item resumes
+//!   at its next batch; removed in the transaction that commits the item's cells.
+//! - `examples`: PNG strips of attacks, committed with the batch that made them.
+//! - `heads`: what each trained head reported (the head itself is a file in `heads/`).
+//! - `meta`: the plan (every cell's key and labels) and the experiment's text.
+//!
+//! SQLite's journal with `synchronous=FULL` makes every commit survive a kill at any moment.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// One finished cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellRow {
+    pub key: String,
+    pub labels: serde_json::Value,
+    pub result: serde_json::Value,
+}
+
+/// One example strip of a cell.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub cell: String,
+    pub name: String,
+    pub png: Vec<u8>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, labels TEXT NOT NULL, result TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS partials (item TEXT NOT NULL, batch INTEGER NOT NULL, state TEXT NOT NULL, PRIMARY KEY (item, batch));
+CREATE TABLE IF NOT EXISTS examples (cell TEXT NOT NULL, name TEXT NOT NULL, png BLOB NOT NULL, PRIMARY KEY (cell, name));
+CREATE TABLE IF NOT EXISTS heads (key TEXT PRIMARY KEY, info TEXT NOT NULL);
+";
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let shown = path.display().to_string();
+        let conn = Connection::open(path).with_context(|| format!("{shown}: cannot open the results store"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;").with_context(|| format!("{shown}: not a results store (or not writable)"))?;
+        conn.execute_batch(SCHEMA).with_context(|| format!("{shown}: not a results store of this tool"))?;
+        Ok(Store { conn, path: path.to_path_buf() })
+    }
+
+    /// Opens an existing store without creating one.
+    pub fn open_existing(path: &Path) -> Result<Store> {
+        if !path.is_file() {
+            bail!("{}: no results store here", path.display());
+        }
+        let store = Store::open(path)?;
+        store.conn.query_row("SELECT count(*) FROM cells", [], |_| Ok(())).with_context(|| format!("{}: not a results store of this tool", path.display()))?;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn context(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().with_context(|| self.context())?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value]).with_context(|| self.context())?;
+        Ok(())
+    }
+
+    pub fn has_cell(&self, key: &str) -> Result<bool> {
+        Ok(self.conn.query_row("SELECT 1 FROM cells WHERE key = ?1", [key], |_| Ok(())).optional().with_context(|| self.context())?.is_some())
+    }
+
+    /// Every finished cell, by key.
+    pub fn cells(&self) -> Result<Vec<CellRow>> {
+        let mut st = self.conn.prepare("SELECT key, labels, result FROM cells ORDER BY key")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+        rows.map(|row| {
+            let (key, labels, result) = row?;
+            Ok(CellRow { labels: serde_json::from_str(&labels).with_context(|| format!("{}: cell {key}", self.context()))?, result: serde_json::from_str(&result).with_context(|| format!("{}: cell {key}", self.context()))?, key })
+        })
+        .collect()
+    }
+
+    /// The finished batches of a work item: (batch, state JSON), in batch order.
+    pub fn partials(&self, item: &str) -> Result<Vec<(usize, String)>> {
+        let mut st = self.conn.prepare("SELECT batch, state FROM partials WHERE item = ?1 ORDER BY batch")?;
+        let rows = st.query_map([item], |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, String>(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Commits one batch of an item with the example strips it made, in one transaction.
+    pub fn put_partial(&mut self, item: &str, batch: usize, state: &str, examples: &[Example]) -> Result<()> {
+        let ctx = self.context();
+        let tx = self.conn.transaction().with_context(|| ctx.clone())?;
+        tx.execute("INSERT OR REPLACE INTO partials (item, batch, state) VALUES (?1, ?2, ?3)", params![item, batch as i64, state])?;
+        for e in examples {
+            tx.execute("INSERT OR REPLACE INTO examples (cell, name, png) VALUES (?1, ?2, ?3)", params![e.cell, e.name, e.png])?;
+        }
+        tx.commit().with_context(|| format!("{ctx}: cannot commit"))?;
+        Ok(())
+    }
+
+    /// Commits an item's cells and drops its partial batches, in one transaction.
+    pub fn put_cells(&mut self, item: &str, cells: &[CellRow]) -> Result<()> {
+        let ctx = self.context();
+        let tx = self.conn.transaction().with_context(|| ctx.clone())?;
+        for c in cells {
+            tx.execute("INSERT OR REPLACE INTO cells (key, labels, result) VALUES (?1, ?2, ?3)", params![c.key, c.labels.to_string(), c.result.to_string()])?;
+        }
+        tx.execute("DELETE FROM partials WHERE item = ?1", [item])?;
+        tx.commit().with_context(|| format!("{ctx}: cannot commit"))?;
+        Ok(())
+    }
+
+    pub fn examples(&self) -> Result<Vec<Example>> {
+        let mut st = self.conn.prepare("SELECT cell, name, png FROM examples ORDER BY cell, name")?;
+        let rows = st.query_map([], |r| Ok(Example { cell: r.get(0)?, name: r.get(1)?, png: r.get(2)? }))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    pub fn head_info(&self, key: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT info FROM heads WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    pub fn put_head(&self, key: &str, info: &str) -> Result<()> {
+        self.conn.execute("INSERT OR REPLACE INTO heads (key, info) VALUES (?1, ?2)", params![key, info]).with_context(|| self.context())?;
+        Ok(())
+    }
+
+    pub fn heads(&self) -> Result<Vec<(String, String)>> {
+        let mut st = self.conn.prepare("SELECT key, info FROM heads ORDER BY key")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    /// Adds everything finished in `other` (another shard of the same experiment). A cell, head
+    /// or example present in both must be identical; unfinished batches are not carried over.
+    pub fn merge_from(&mut self, other: &Store) -> Result<MergeCount> {
+        let (me, them) = (self.context(), other.context());
+        let plan = other.meta("plan")?;
+        match (self.meta("plan")?, &plan) {
+            (Some(a), Some(b)) if &a != b => bail!("{them}: a shard of another experiment than {me} (their plans differ)"),
+            _ => {}
+        }
+        let mut count = MergeCount::default();
+        let tx = self.conn.transaction()?;
+        for (k, v) in [("plan", plan), ("experiment", other.meta("experiment")?)] {
+            if let Some(v) = v {
+                tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)", params![k, v])?;
+            }
+        }
+        for c in other.cells()? {
+            let (labels, result) = (c.labels.to_string(), c.result.to_string());
+            let old: Option<(String, String)> = tx.query_row("SELECT labels, result FROM cells WHERE key = ?1", [&c.key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            match old {
+                Some(o) if o != (labels.clone(), result.clone()) => bail!("{them}: cell {} differs from the one in {me}; the shards did not compute the same experiment", c.key),
+                Some(_) => count.same += 1,
+                None => {
+                    tx.execute("INSERT INTO cells (key, labels, result) VALUES (?1, ?2, ?3)", params![c.key, labels, result])?;
+                    count.cells += 1;
+                }
+            }
+        }
+        for e in other.examples()? {
+            let old: Option<Vec<u8>> = tx.query_row("SELECT png FROM examples WHERE cell = ?1 AND name = ?2", params![e.cell, e.name], |r| r.get(0)).optional()?;
+            match old {
+                Some(o) if o != e.png => bail!("{them}: example {} of cell {} differs from the one in {me}", e.name, e.cell),
+                Some(_) => {}
+                None => {
+                    tx.execute("INSERT INTO examples (cell, name, png) VALUES (?1, ?2, ?3)", params![e.cell, e.name, e.png])?;
+                    count.examples += 1;
+                }
+            }
+        }
+        for (k, info) in other.heads()? {
+            tx.execute("INSERT OR IGNORE INTO heads (key, info) VALUES (?1, ?2)", params![k, info])?;
+        }
+        count.unfinished_batches = other.conn.query_row("SELECT count(*) FROM partials", [], |r| r.get::<_, i64>(0))? as usize;
+        tx.commit().with_context(|| format!("{me}: cannot commit the merge"))?;
+        Ok(count)
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct MergeCount {
+    /// Cells added.
+    pub cells: usize,
+    /// Cells already present, identical.
+    pub same: usize,
+    pub examples: usize,
+    /// Batches of unfinished items in the source (not merged: rerun that shard to finish them).
+    pub unfinished_batches: usize,
+}

@@ -1,0 +1,124 @@
+//! Fitting a head on the features of a training split: one pass over the targets for the class
+//! count and the trivial baseline, the metadata that says what the head was trained on, then the
+//! training loop. Shared by `train-head` and the experiment runner.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use super::head::{HeadMeta, Task, TrainedHead};
+use super::layers::Pooling;
+use super::train::{OptimizerKind, Schedule, TrainConfig};
+use super::trainer::{train, TargetStats};
+use crate::data::Dataset;
+use crate::features::{BatchSource, Request, Source};
+use crate::metrics::DepthRange;
+
+/// Everything but the data that determines a head.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HeadRecipe {
+    pub task: Task,
+    pub train: TrainConfig,
+    /// Linear probe input (classification only).
+    pub pooling: Pooling,
+    /// Classes (default: what the dataset defines, else the largest label + 1 for cls).
+    pub classes: Option<usize>,
+    /// Depth bins, uniform over the valid range.
+    pub bins: usize,
+    /// Valid depths: min < depth < max, in metres (depth only).
+    pub depth_range: Option<(f64, f64)>,
+}
+
+/// The reference defaults of a task's head, before any option: cls AdamW lr 1e-3, cosine, 100
+/// epochs, batch 256; seg and depth AdamW lr 1e-3, weight decay 1e-4, poly, 20 epochs, batch 8.
+pub fn default_train_config(task: Task) -> TrainConfig {
+    let dense = task != Task::Cls;
+    TrainConfig {
+        epochs: if dense { 20 } else { 100 },
+        batch_size: if dense { 8 } else { 256 },
+        lr: 1e-3,
+        optimizer: OptimizerKind::AdamW { weight_decay: if dense { 1e-4 } else { 0.0 } },
+        schedule: if dense { Schedule::Poly { power: 1.0 } } else { Schedule::Cosine },
+        warmup_steps: 0,
+        seed: 0,
+    }
+}
+
+impl HeadRecipe {
+    /// Refuses settings no head can train with.
+    pub fn check(&self) -> Result<()> {
+        if let Some((min, max)) = self.depth_range {
+            if !(min >= 0.0 && max > min && self.bins >= 2) {
+                bail!("need 0 <= min depth < max depth and at least 2 bins (got {min}, {max}, {})", self.bins);
+            }
+        } else if self.task == Task::Depth {
+            bail!("a depth head needs a depth range");
+        }
+        if self.train.epochs == 0 || self.train.batch_size == 0 {
+            bail!("a head needs at least one epoch and a batch size of at least 1");
+        }
+        if !(self.train.lr.is_finite() && self.train.lr > 0.0) {
+            bail!("the learning rate must be positive (got {})", self.train.lr);
+        }
+        Ok(())
+    }
+
+    fn range(&self) -> Option<DepthRange> {
+        self.depth_range.map(|(min, max)| DepthRange { min, max })
+    }
+}
+
+/// A fitted head, the loss of every step and the training time.
+pub struct Fitted {
+    pub head: TrainedHead,
+    pub losses: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// Fits a head by `recipe` on the `features` of `request`'s samples of `ds` (from `source`).
+pub fn fit(recipe: &HeadRecipe, source: Source, ds: &dyn Dataset, request: &Request, features: &mut dyn BatchSource, dev: &Device) -> Result<Fitted> {
+    recipe.check()?;
+    let task = recipe.task;
+    let range = recipe.range();
+    // One pass over the training targets (not their features): class count and baseline.
+    let mut stats = TargetStats::default();
+    let all: Vec<usize> = (0..features.len()).collect();
+    for ids in all.chunks(256) {
+        stats.update(task, &features.targets(ids)?, range)?;
+    }
+    let outputs = match task {
+        Task::Depth => recipe.bins,
+        _ => match (recipe.classes, ds.num_classes()) {
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) if task == Task::Cls => stats.classes_seen(),
+            (None, None) => bail!("{}: the number of classes is unknown; pass --classes", ds.describe()),
+        },
+    };
+    let (feature_dim, source_id, encoder_file, encoder_arch) = match source {
+        Source::Encoder(enc) => (enc.config().embed_dim, enc.fingerprint()?, Some(enc.info.file.clone()), enc.info.arch.clone()),
+        Source::Pixels => (features.batch(&[0])?.cls.dim(1)?, serde_json::json!("pixels"), None, None),
+    };
+    let mut meta = HeadMeta {
+        task,
+        outputs,
+        feature_dim,
+        pooling: (task == Task::Cls).then_some(recipe.pooling),
+        depth_range: recipe.depth_range,
+        source: source_id,
+        encoder_file,
+        encoder_arch,
+        dataset: ds.describe(),
+        samples: request.indices.len(),
+        transforms: request.transform_names(),
+        train: recipe.train,
+        final_loss: f64::NAN,
+        baseline: stats.baseline(task, outputs, range)?,
+        created_by: format!("robust-ssl {}", env!("CARGO_PKG_VERSION")),
+    };
+    let t0 = Instant::now();
+    let (head, losses) = train(&meta, features, &recipe.train, dev)?;
+    meta.final_loss = *losses.last().expect("at least one step");
+    Ok(Fitted { head: TrainedHead { head, meta }, losses, seconds: t0.elapsed().as_secs_f64() })
+}

@@ -1,0 +1,204 @@
+//! The report's tables, as plain rows of text: the study's table (clean / EmbedAttack / task
+//! attack per encoder × task at the study's ε), robustness at every ε, cross-task transfer of the
+//! task attacks, the attacks' sanity checks, and the curves' data.
+
+use super::plots::{Chart, Series};
+use super::results::{format_metric, mean_std, metric_name, number, values, Results};
+
+pub struct Table {
+    pub title: String,
+    pub note: String,
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+fn attack_name(a: &str) -> &str {
+    match a {
+        "embed" => "EmbedAttack",
+        "pgd" => "PGD",
+        "segpgd" => "SegPGD",
+        "depthpgd" => "DepthPGD",
+        "apgd" => "APGD",
+        other => other,
+    }
+}
+
+fn is_task_attack(a: &str) -> bool {
+    matches!(a, "pgd" | "segpgd" | "depthpgd")
+}
+
+fn setting_text(s: &(String, usize)) -> String {
+    format!("{} {} steps", if s.0 == "linf" { "L∞" } else { "L2" }, s.1)
+}
+
+/// The study's table for each attack setting: per encoder × task, the clean figure, then each
+/// attack's at the study's ε (mean ± std over seeds when there are several).
+pub fn study(r: &Results) -> Vec<Table> {
+    let mut out = Vec::new();
+    for setting in r.settings() {
+        let Some((eps, eps_text)) = r.reference_eps(&setting) else { continue };
+        let attacks = r.attacks(&setting);
+        let mut header = vec!["encoder".into(), "task".into(), "metric".into(), "baseline".into(), "clean".into()];
+        let collapsed: Vec<String> = attacks.iter().map(|a| if is_task_attack(a) { "task".into() } else { a.clone() }).fold(Vec::new(), |mut v, a| {
+            if !v.contains(&a) {
+                v.push(a);
+            }
+            v
+        });
+        header.extend(collapsed.iter().map(|a| if a == "task" { "task attack".to_string() } else { attack_name(a).to_string() }));
+        let mut rows = Vec::new();
+        for (enc, head, clean) in r.rows() {
+            let metric = clean.metric();
+            let mut row = vec![enc.clone(), head.clone(), metric_name(metric).into(), format_metric(metric, clean.value("baseline").map(|v| (v, None))), format_metric(metric, clean.value("clean").map(|v| (v, None)))];
+            for col in &collapsed {
+                let cells: Vec<_> = attacks.iter().filter(|a| (col == "task" && is_task_attack(a)) || *a == col).flat_map(|a| r.attacked(&enc, &head, &setting, a, eps)).collect();
+                let name = cells.first().and_then(|c| c.labels.attack.clone()).map(|a| format!(" ({})", attack_name(&a))).filter(|_| col == "task").unwrap_or_default();
+                let v = format_metric(metric, mean_std(&values(&cells, "adversarial")));
+                row.push(if v == "–" { v } else { v + &name });
+            }
+            rows.push(row);
+        }
+        out.push(Table {
+            title: format!("Robustness at ε = {eps_text}, {}", setting_text(&setting)),
+            note: "Clean and attacked figures of each head on its evaluation samples; EmbedAttack's perturbation is computed once per image and scored on every task of that image; the task attack is PGD (classification), SegPGD (segmentation) or DepthPGD (depth) against that head. Baseline: the trivial predictor of the training split (majority class, mean depth).".into(),
+            header,
+            rows,
+        });
+    }
+    out
+}
+
+/// Each row × attack at every ε of each setting.
+pub fn per_eps(r: &Results) -> Vec<Table> {
+    let mut out = Vec::new();
+    for setting in r.settings() {
+        let eps = r.eps_values(&setting);
+        let mut header = vec!["encoder".into(), "task".into(), "attack".into(), "clean".into()];
+        header.extend(eps.iter().map(|(_, t)| format!("ε {t}")));
+        let mut rows = Vec::new();
+        for (enc, head, clean) in r.rows() {
+            let metric = clean.metric();
+            for a in r.attacks(&setting) {
+                let mut row = vec![enc.clone(), head.clone(), attack_name(&a).into(), format_metric(metric, clean.value("clean").map(|v| (v, None)))];
+                let mut any = false;
+                for (e, _) in &eps {
+                    let cells = r.attacked(&enc, &head, &setting, &a, *e);
+                    any |= !cells.is_empty();
+                    row.push(format_metric(metric, mean_std(&values(&cells, "adversarial"))));
+                }
+                if any {
+                    rows.push(row);
+                }
+            }
+        }
+        out.push(Table { title: format!("Robustness vs ε, {}", setting_text(&setting)), note: "The head's primary metric under each attack (mean ± std over seeds).".into(), header, rows });
+    }
+    out
+}
+
+/// Task attacks aimed at one head and scored on the other tasks of the same images.
+pub fn transfer(r: &Results) -> Option<Table> {
+    let mut rows = Vec::new();
+    for setting in r.settings() {
+        let Some((eps, eps_text)) = r.reference_eps(&setting) else { continue };
+        for e in r.entries.iter().filter(|e| !e.own() && e.eps() == Some(eps) && e.setting().as_ref() == Some(&setting)) {
+            let metric = e.metric();
+            rows.push(vec![
+                e.labels.encoder.clone(),
+                format!("{} on {}", attack_name(e.labels.attack.as_deref().unwrap_or("?")), e.labels.attacked.clone().unwrap_or_default()),
+                r.head_label(e),
+                format!("ε {eps_text}, {}, seed {}", setting_text(&setting), e.labels.params.as_ref().map_or(0, |p| p.seed)),
+                metric_name(metric).into(),
+                format_metric(metric, e.value("clean").map(|v| (v, None))),
+                format_metric(metric, e.value("adversarial").map(|v| (v, None))),
+            ]);
+        }
+    }
+    (!rows.is_empty()).then(|| Table {
+        title: "Cross-task transfer of task attacks".into(),
+        note: "A perturbation made against one head, scored on another task of the same images.".into(),
+        header: ["encoder", "perturbation", "scored on", "attack", "metric", "clean", "attacked"].map(String::from).to_vec(),
+        rows,
+    })
+}
+
+/// The attacks' checks: the budget and the pixel range held, and how many gradient steps saw a
+/// zero or NaN gradient (a sign of gradient masking).
+pub fn sanity(r: &Results) -> Table {
+    let mut rows = Vec::new();
+    for e in r.entries.iter().filter(|e| e.labels.condition == "attack" && e.own()) {
+        let s = &e.row.result["sanity"];
+        let p = e.labels.params.as_ref().expect("attack cells have params");
+        let f = |k: &str| number(s, &format!("/{k}")).unwrap_or(f64::NAN);
+        rows.push(vec![
+            e.labels.encoder.clone(),
+            r.head_label(e),
+            attack_name(e.labels.attack.as_deref().unwrap_or("?")).into(),
+            format!("{} ε {} seed {}", setting_text(&(format!("{:?}", p.norm).to_lowercase(), p.steps)), p.eps_text, p.seed),
+            format!("{:.6}", f("max_norm_over_eps")),
+            format!("[{:.4}, {:.4}]", f("min_pixel"), f("max_pixel")),
+            format!("{} / {} / {}", f("zero_gradients"), f("nan_gradients"), f("sample_steps")),
+            format!("{:.5}", number(&e.row.result, "/mean_objective").unwrap_or(f64::NAN)),
+        ]);
+    }
+    Table {
+        title: "Sanity of the attacks".into(),
+        note: "Largest ‖δ‖/ε over every step (at most 1, up to f32 rounding), the pixel range seen, and sample-steps with a zero / NaN pixel gradient out of all.".into(),
+        header: ["encoder", "head", "attack", "setting", "max ‖δ‖/ε", "pixels", "zero / NaN / steps", "mean objective"].map(String::from).to_vec(),
+        rows,
+    }
+}
+
+/// One chart per head label and setting: a line per encoder and attack, clean at ε = 0.
+pub fn charts(r: &Results) -> Vec<(String, Chart)> {
+    let mut out = Vec::new();
+    let mut heads: Vec<String> = Vec::new();
+    for (_, h, _) in r.rows() {
+        if !heads.contains(&h) {
+            heads.push(h);
+        }
+    }
+    for setting in r.settings() {
+        let linf = setting.0 == "linf";
+        for head in &heads {
+            let mut series = Vec::new();
+            let mut metric = "";
+            for (enc, h, clean) in r.rows().into_iter().filter(|(_, h, _)| h == head) {
+                metric = clean.metric();
+                for a in r.attacks(&setting) {
+                    let mut points: Vec<(f64, f64)> = clean.value("clean").map(|v| vec![(0.0, v)]).unwrap_or_default();
+                    for (e, _) in r.eps_values(&setting) {
+                        if let Some((m, _)) = mean_std(&values(&r.attacked(&enc, &h, &setting, &a, e), "adversarial")) {
+                            points.push((if linf { e * 255.0 } else { e }, m));
+                        }
+                    }
+                    if points.len() > 1 {
+                        series.push(Series { name: format!("{enc} · {}", attack_name(&a)), points });
+                    }
+                }
+            }
+            if series.is_empty() {
+                continue;
+            }
+            let pct = matches!(metric, "accuracy" | "miou");
+            if pct {
+                series.iter_mut().for_each(|s| s.points.iter_mut().for_each(|p| p.1 *= 100.0));
+            }
+            let file = format!("{}-{}-{}steps", head.replace(|c: char| !c.is_ascii_alphanumeric(), "_"), setting.0, setting.1);
+            out.push((
+                file,
+                Chart {
+                    title: format!("{head}: {} vs ε ({})", metric_name(metric), setting_text(&setting)),
+                    x_label: if linf { "ε (× 1/255)".into() } else { "ε (L2)".into() },
+                    y_label: match metric {
+                        "accuracy" => "accuracy (%)".into(),
+                        "miou" => "mIoU (%)".into(),
+                        _ => "RMSE (m)".into(),
+                    },
+                    series,
+                },
+            ));
+        }
+    }
+    out
+}
