@@ -6,29 +6,16 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 
 use super::features::FeatureArgs;
 use crate::data::Split;
 use crate::heads::evaluate::{evaluate, Evaluation};
-use crate::heads::fit::{default_train_config, fit, HeadRecipe};
+pub use crate::heads::fit::{OptimizerName, ScheduleName};
+use crate::heads::fit::{fit, HeadOptions, HeadRecipe};
 use crate::heads::head::{HeadMeta, Task};
 use crate::heads::layers::Pooling;
-use crate::heads::train::{OptimizerKind, Schedule, TrainConfig};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum OptimizerName {
-    Adamw,
-    Sgd,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum ScheduleName {
-    Constant,
-    Poly,
-    Cosine,
-}
 
 #[derive(Args, Debug)]
 pub struct TrainHeadArgs {
@@ -98,34 +85,24 @@ struct Summary<'a> {
 
 impl TrainHeadArgs {
     fn recipe(&self) -> HeadRecipe {
-        let d = default_train_config(self.task);
-        let dense = self.task != Task::Cls;
-        let weight_decay = self.weight_decay.unwrap_or(if dense { 1e-4 } else { 0.0 });
-        let train = TrainConfig {
-            epochs: self.epochs.unwrap_or(d.epochs),
-            batch_size: self.batch_size.unwrap_or(d.batch_size),
-            lr: self.lr,
-            optimizer: match self.optimizer {
-                OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay },
-                OptimizerName::Sgd => OptimizerKind::Sgd { momentum: self.momentum, weight_decay },
-            },
-            schedule: match self.schedule {
-                None => d.schedule,
-                Some(ScheduleName::Constant) => Schedule::Constant,
-                Some(ScheduleName::Poly) => Schedule::Poly { power: self.poly_power },
-                Some(ScheduleName::Cosine) => Schedule::Cosine,
-            },
-            warmup_steps: self.warmup_steps,
-            seed: self.seed,
-        };
-        HeadRecipe {
-            task: self.task,
-            train,
-            pooling: self.pooling,
+        HeadOptions {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: Some(self.lr),
+            optimizer: Some(self.optimizer),
+            weight_decay: self.weight_decay,
+            momentum: Some(self.momentum),
+            schedule: self.schedule,
+            poly_power: Some(self.poly_power),
+            warmup_steps: Some(self.warmup_steps),
+            seed: Some(self.seed),
+            pooling: Some(self.pooling),
             classes: self.classes,
-            bins: self.bins,
-            depth_range: (self.task == Task::Depth).then_some((self.min_depth, self.max_depth)),
+            bins: Some(self.bins),
+            min_depth: Some(self.min_depth),
+            max_depth: Some(self.max_depth),
         }
+        .recipe(self.task)
     }
 }
 

@@ -12,6 +12,7 @@ use toml::Spanned;
 
 use crate::attacks::embed::{Distance, EmbedTarget};
 use crate::attacks::threat::{parse_amount, Norm};
+use crate::heads::fit::{HeadOptions, OptimizerName, ScheduleName};
 use crate::heads::head::Task;
 
 /// The whole file.
@@ -126,19 +127,27 @@ pub struct HeadSpec {
     pub max_depth: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OptimizerName {
-    Adamw,
-    Sgd,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ScheduleName {
-    Constant,
-    Poly,
-    Cosine,
+impl HeadSpec {
+    /// The settings (pooling checked when the file was read).
+    pub fn options(&self) -> HeadOptions {
+        HeadOptions {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            optimizer: self.optimizer,
+            weight_decay: self.weight_decay,
+            momentum: self.momentum,
+            schedule: self.schedule,
+            poly_power: self.poly_power,
+            warmup_steps: self.warmup_steps,
+            seed: self.seed,
+            pooling: self.pooling.as_ref().map(|p| p.get_ref().parse().expect("checked when read")),
+            classes: self.classes,
+            bins: self.bins,
+            min_depth: self.min_depth,
+            max_depth: self.max_depth,
+        }
+    }
 }
 
 /// Which attacks run against every encoder and task.

@@ -11,16 +11,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::config::{AttackName, HeadSpec, Loaded, OptimizerName, ScheduleName};
+use super::config::{AttackName, HeadSpec, Loaded};
 use crate::attacks::embed::{Distance, EmbedTarget};
 use crate::attacks::threat::Norm;
 use crate::commands::ModelOptions;
 use crate::data::transform::Transform;
 use crate::data::Split;
-use crate::heads::fit::{default_train_config, HeadRecipe};
+use crate::heads::fit::HeadRecipe;
 use crate::heads::head::Task;
-use crate::heads::layers::Pooling;
-use crate::heads::train::{OptimizerKind, Schedule};
 
 /// Which samples of which dataset (paths absolute).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,37 +146,6 @@ pub fn key_of(v: &serde_json::Value) -> String {
     blake3::hash(v.to_string().as_bytes()).to_hex()[..32].to_string()
 }
 
-fn recipe(task: Task, h: &HeadSpec) -> HeadRecipe {
-    let d = default_train_config(task);
-    let dense = task != Task::Cls;
-    let weight_decay = h.weight_decay.unwrap_or(if dense { 1e-4 } else { 0.0 });
-    let train = crate::heads::train::TrainConfig {
-        epochs: h.epochs.unwrap_or(d.epochs),
-        batch_size: h.batch_size.unwrap_or(d.batch_size),
-        lr: h.lr.unwrap_or(d.lr),
-        optimizer: match h.optimizer.unwrap_or(OptimizerName::Adamw) {
-            OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay },
-            OptimizerName::Sgd => OptimizerKind::Sgd { momentum: h.momentum.unwrap_or(0.9), weight_decay },
-        },
-        schedule: match h.schedule {
-            None => d.schedule,
-            Some(ScheduleName::Constant) => Schedule::Constant,
-            Some(ScheduleName::Poly) => Schedule::Poly { power: h.poly_power.unwrap_or(1.0) },
-            Some(ScheduleName::Cosine) => Schedule::Cosine,
-        },
-        warmup_steps: h.warmup_steps.unwrap_or(0),
-        seed: h.seed.unwrap_or(0),
-    };
-    HeadRecipe {
-        task,
-        train,
-        pooling: h.pooling.as_ref().map(|p| p.get_ref().parse().expect("checked when read")).unwrap_or(Pooling::Cls),
-        classes: h.classes,
-        bins: h.bins.unwrap_or(256),
-        depth_range: (task == Task::Depth).then(|| (h.min_depth.unwrap_or(0.001), h.max_depth.unwrap_or(10.0))),
-    }
-}
-
 impl Plan {
     /// The transforms of `task`'s images for `encoder`.
     pub fn transforms(&self, encoder: usize, task: usize) -> Vec<Transform> {
@@ -264,7 +231,7 @@ impl Plan {
                 let default = [HeadSpec::default()];
                 let specs: &[HeadSpec] = if spec.heads.is_empty() { &default } else { &spec.heads };
                 for (k, h) in specs.iter().enumerate() {
-                    let recipe = recipe(task, h);
+                    let recipe = h.options().recipe(task);
                     recipe.check().map_err(|err| anyhow::anyhow!("{}: task '{}', head {}: {err}", l.path.display(), spec.name.get_ref(), k + 1))?;
                     let name = h.name.as_ref().map(|n| n.get_ref().clone()).unwrap_or_else(|| if specs.len() == 1 { "head".into() } else { format!("head{}", k + 1) });
                     let key = key_of(&serde_json::json!({

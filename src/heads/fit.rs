@@ -31,18 +31,75 @@ pub struct HeadRecipe {
     pub depth_range: Option<(f64, f64)>,
 }
 
-/// The reference defaults of a task's head, before any option: cls AdamW lr 1e-3, cosine, 100
-/// epochs, batch 256; seg and depth AdamW lr 1e-3, weight decay 1e-4, poly, 20 epochs, batch 8.
-pub fn default_train_config(task: Task) -> TrainConfig {
-    let dense = task != Task::Cls;
-    TrainConfig {
-        epochs: if dense { 20 } else { 100 },
-        batch_size: if dense { 8 } else { 256 },
-        lr: 1e-3,
-        optimizer: OptimizerKind::AdamW { weight_decay: if dense { 1e-4 } else { 0.0 } },
-        schedule: if dense { Schedule::Poly { power: 1.0 } } else { Schedule::Cosine },
-        warmup_steps: 0,
-        seed: 0,
+/// An optimizer by name (command line and experiment files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerName {
+    Adamw,
+    Sgd,
+}
+
+/// A learning-rate schedule by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleName {
+    Constant,
+    Poly,
+    Cosine,
+}
+
+/// A head's settings as a user gives them (`train-head`'s options, an experiment file's head);
+/// unset ones take the reference defaults: cls AdamW lr 1e-3, cosine, 100 epochs, batch 256;
+/// seg and depth AdamW lr 1e-3, weight decay 1e-4, poly, 20 epochs, batch 8; SGD momentum 0.9;
+/// 256 depth bins over 0.001–10 m.
+#[derive(Debug, Clone, Default)]
+pub struct HeadOptions {
+    pub epochs: Option<usize>,
+    pub batch_size: Option<usize>,
+    pub lr: Option<f64>,
+    pub optimizer: Option<OptimizerName>,
+    pub weight_decay: Option<f64>,
+    pub momentum: Option<f64>,
+    pub schedule: Option<ScheduleName>,
+    pub poly_power: Option<f64>,
+    pub warmup_steps: Option<usize>,
+    pub seed: Option<u64>,
+    pub pooling: Option<Pooling>,
+    pub classes: Option<usize>,
+    pub bins: Option<usize>,
+    pub min_depth: Option<f64>,
+    pub max_depth: Option<f64>,
+}
+
+impl HeadOptions {
+    /// The recipe of a `task` head with these settings.
+    pub fn recipe(&self, task: Task) -> HeadRecipe {
+        let dense = task != Task::Cls;
+        let weight_decay = self.weight_decay.unwrap_or(if dense { 1e-4 } else { 0.0 });
+        let train = TrainConfig {
+            epochs: self.epochs.unwrap_or(if dense { 20 } else { 100 }),
+            batch_size: self.batch_size.unwrap_or(if dense { 8 } else { 256 }),
+            lr: self.lr.unwrap_or(1e-3),
+            optimizer: match self.optimizer.unwrap_or(OptimizerName::Adamw) {
+                OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay },
+                OptimizerName::Sgd => OptimizerKind::Sgd { momentum: self.momentum.unwrap_or(0.9), weight_decay },
+            },
+            schedule: match self.schedule.unwrap_or(if dense { ScheduleName::Poly } else { ScheduleName::Cosine }) {
+                ScheduleName::Constant => Schedule::Constant,
+                ScheduleName::Poly => Schedule::Poly { power: self.poly_power.unwrap_or(1.0) },
+                ScheduleName::Cosine => Schedule::Cosine,
+            },
+            warmup_steps: self.warmup_steps.unwrap_or(0),
+            seed: self.seed.unwrap_or(0),
+        };
+        HeadRecipe {
+            task,
+            train,
+            pooling: self.pooling.unwrap_or(Pooling::Cls),
+            classes: self.classes,
+            bins: self.bins.unwrap_or(256),
+            depth_range: (task == Task::Depth).then(|| (self.min_depth.unwrap_or(0.001), self.max_depth.unwrap_or(10.0))),
+        }
     }
 }
 
