@@ -223,9 +223,9 @@ pub fn run(a: &AttackArgs) -> Result<()> {
 fn save_examples(dir: &std::path::Path, a: &AttackArgs, ids: &[usize], clean: &Tensor, adv: &Tensor, outs: (&Tensor, &Tensor), targets: &Targets, eps: f64, budget: usize) -> Result<usize> {
     let attack = format!("{:?}", a.attack).to_lowercase();
     let n = ids.len().min(budget);
-    for k in 0..n {
+    for (k, id) in ids.iter().take(n).enumerate() {
         let (suffix, png) = crate::report::strips::attack_strip(k, clean, adv, outs, targets, eps)?;
-        crate::atomic::write(&dir.join(format!("{:05}-{attack}{suffix}.png", ids[k])), &png)?;
+        crate::atomic::write(&dir.join(format!("{id:05}-{attack}{suffix}.png")), &png)?;
     }
     Ok(n)
 }

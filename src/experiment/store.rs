@@ -75,7 +75,7 @@ impl Store {
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().with_context(|| self.context())?)
+        self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional().with_context(|| self.context())
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
