@@ -187,3 +187,22 @@ pub fn values(cells: &[&Entry], which: &str) -> Vec<f64> {
 pub fn number(v: &Value, pointer: &str) -> Option<f64> {
     v.pointer(pointer).and_then(Value::as_f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Mean and sample standard deviation by hand: [0.5, 0.7] → 0.6 ± √0.02; one value has no
+    /// spread; accuracy and mIoU print in %, RMSE in metres.
+    #[test]
+    fn mean_std_and_formats_by_hand() {
+        let (m, s) = mean_std(&[0.5, 0.7]).unwrap();
+        assert!((m - 0.6).abs() < 1e-15 && (s.unwrap() - 0.02f64.sqrt()).abs() < 1e-15);
+        assert_eq!(mean_std(&[0.25]), Some((0.25, None)));
+        assert_eq!(mean_std(&[]), None);
+        assert_eq!(format_metric("accuracy", Some((0.8125, None))), "81.25 %");
+        assert_eq!(format_metric("miou", mean_std(&[0.5, 0.7])), "60.00 ± 14.14 %");
+        assert_eq!(format_metric("rmse", Some((0.6654, None))), "0.665 m");
+        assert_eq!(format_metric("rmse", None), "–");
+    }
+}
