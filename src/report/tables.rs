@@ -35,6 +35,22 @@ fn setting_text(s: &(String, usize)) -> String {
 /// attack's at the study's ε (mean ± std over seeds when there are several).
 pub fn study(r: &Results) -> Vec<Table> {
     let mut out = Vec::new();
+    if r.settings().is_empty() {
+        let rows = r
+            .rows()
+            .into_iter()
+            .map(|(enc, head, clean)| {
+                let m = clean.metric();
+                vec![enc, head, metric_name(m).into(), format_metric(m, clean.value("baseline").map(|v| (v, None))), format_metric(m, clean.value("clean").map(|v| (v, None)))]
+            })
+            .collect();
+        out.push(Table {
+            title: "Clean performance".into(),
+            note: "No attack in this experiment. Baseline: the trivial predictor of the training split.".into(),
+            header: ["encoder", "task", "metric", "baseline", "clean"].map(String::from).to_vec(),
+            rows,
+        });
+    }
     for setting in r.settings() {
         let Some((eps, eps_text)) = r.reference_eps(&setting) else { continue };
         let attacks = r.attacks(&setting);
