@@ -187,7 +187,7 @@ impl Runner<'_> {
     fn item(&mut self, item: &Item, enc: &Encoder, heads: &std::collections::BTreeMap<usize, TrainedHead>) -> Result<()> {
         match &item.work {
             Work::Clean { head } => self.clean(item, enc, &heads[head]),
-            Work::Attack { scored, .. } if self.unshared && scored.len() > 1 && item.cells[0].labels.attacked.is_none() => {
+            Work::Attack { scored, source: None, .. } if self.unshared && scored.len() > 1 => {
                 // The reference code's way: EmbedAttack once per task.
                 for (k, &h) in scored.iter().enumerate() {
                     self.attack(item, enc, &[(h, &heads[&h], item.cells[k].key.as_str())])?;
