@@ -12,7 +12,7 @@ use crate::data::transform::Transform;
 use crate::data::{self, Dataset, Split};
 use crate::encoder::Encoder;
 use crate::features::cache::{CacheReport, FeatureCache};
-use crate::features::{self, BatchSource, Layout, Live, Request, Source};
+use crate::features::{self, BatchSource, Layout, Request, Source};
 
 #[derive(Args, Debug, Clone)]
 pub struct FeatureArgs {
@@ -125,18 +125,7 @@ impl Prepared {
 
     /// A batch source over the requested samples: the cache (filled first where needed), or live.
     pub fn batches(&self, args: &FeatureArgs) -> Result<(Box<dyn BatchSource + '_>, Option<CacheReport>)> {
-        if args.no_cache {
-            let live = Live {
-                source: self.source(),
-                dataset: self.dataset.as_ref(),
-                indices: self.request.indices.clone(),
-                layout: self.request.layout,
-                transforms: self.request.transforms.clone(),
-                batch_size: self.request.batch_size,
-            };
-            return Ok((Box::new(live), None));
-        }
-        let (features, report) = args.cache().load_or_compute(self.source(), self.dataset.as_ref(), &self.request)?;
-        Ok((Box::new(features), Some(report)))
+        let cache = (!args.no_cache).then(|| args.cache());
+        features::batches(self.source(), self.dataset.as_ref(), &self.request, cache.as_ref())
     }
 }

@@ -24,7 +24,7 @@ use crate::commands::cross_task::labels_of_same_images;
 use crate::data::transform::load_batch;
 use crate::encoder::Encoder;
 use crate::features::cache::FeatureCache;
-use crate::features::{targets_of, Batch, BatchSource, Live, Request, Source, Targets};
+use crate::features::{batches, targets_of, Batch, Source, Targets};
 use crate::heads::evaluate::{evaluate, ScoreState, Scorer};
 use crate::heads::fit::fit;
 use crate::heads::head::{Task, TrainedHead};
@@ -155,6 +155,11 @@ fn engine_config(p: &AttackParams, b: usize, early_stop: bool) -> AttackConfig {
 }
 
 impl Runner<'_> {
+    /// The feature cache, or none for the reference code's way (features recomputed per batch).
+    fn cache(&self) -> Option<&FeatureCache> {
+        (!self.unshared).then_some(&self.cache)
+    }
+
     /// Head `h`: loaded from the run folder, or trained (on cached features) and saved there.
     fn head(&mut self, h: usize, enc: &Encoder) -> Result<TrainedHead> {
         let plan = self.plan;
@@ -169,15 +174,9 @@ impl Runner<'_> {
         }
         let task = &plan.tasks[entry.task];
         let ds = task.train.open()?;
-        let request = Request { layout: task.task.layout(), transforms: plan.transforms(entry.encoder, entry.task), indices: task.train.indices(ds.len()), batch_size: plan.encoder_batch_size };
-        let dev = crate::device::default_device()?;
-        let fitted = if self.unshared {
-            let mut live = Live { source: Source::Encoder(enc), dataset: ds.as_ref(), indices: request.indices.clone(), layout: request.layout, transforms: request.transforms.clone(), batch_size: request.batch_size };
-            fit(&entry.recipe, Source::Encoder(enc), ds.as_ref(), &request, &mut live, &dev)?
-        } else {
-            let (mut features, _) = self.cache.load_or_compute(Source::Encoder(enc), ds.as_ref(), &request)?;
-            fit(&entry.recipe, Source::Encoder(enc), ds.as_ref(), &request, &mut features, &dev)?
-        };
+        let request = plan.request(entry.encoder, entry.task, &task.train, ds.len());
+        let (mut features, _) = batches(Source::Encoder(enc), ds.as_ref(), &request, self.cache())?;
+        let fitted = fit(&entry.recipe, Source::Encoder(enc), ds.as_ref(), &request, features.as_mut(), &crate::device::default_device()?)?;
         fitted.head.save(&path)?;
         self.store.put_head(&entry.key, &head_info(plan, h, &fitted.head))?;
         self.summary.heads_trained += 1;
@@ -207,16 +206,10 @@ impl Runner<'_> {
         let entry = &plan.heads[h];
         let task = &plan.tasks[entry.task];
         let ds = task.eval.open()?;
-        let request = Request { layout: task.task.layout(), transforms: plan.transforms(entry.encoder, entry.task), indices: task.eval.indices(ds.len()), batch_size: plan.encoder_batch_size };
+        let request = plan.request(entry.encoder, entry.task, &task.eval, ds.len());
         let file = format!("head {} of {}", plan.head_label(h), plan.encoders[entry.encoder].name);
-        let dev = crate::device::default_device()?;
-        let evaluation = if self.unshared {
-            let mut live = Live { source: Source::Encoder(enc), dataset: ds.as_ref(), indices: request.indices.clone(), layout: request.layout, transforms: request.transforms.clone(), batch_size: request.batch_size };
-            evaluate(head, &mut live, 64, &dev, &file)?
-        } else {
-            let (mut features, _) = self.cache.load_or_compute(Source::Encoder(enc), ds.as_ref(), &request)?;
-            evaluate(head, &mut features as &mut dyn BatchSource, 64, &dev, &file)?
-        };
+        let (mut features, _) = batches(Source::Encoder(enc), ds.as_ref(), &request, self.cache())?;
+        let evaluation = evaluate(head, features.as_mut(), 64, &crate::device::default_device()?, &file)?;
         let cell = &item.cells[0];
         let result = serde_json::json!({ "samples": evaluation.samples, "clean": evaluation });
         self.store.put_cells(&item.key, &[CellRow { key: cell.key.clone(), labels: serde_json::to_value(&cell.labels)?, result }])

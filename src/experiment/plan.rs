@@ -153,6 +153,16 @@ impl Plan {
         t.transforms.clone().unwrap_or_else(|| crate::commands::features::default_transforms(self.size, self.encoders[encoder].patch_size))
     }
 
+    /// The transforms' names (as keys and head files record them).
+    fn transform_names(&self, encoder: usize, task: usize) -> Vec<String> {
+        self.transforms(encoder, task).iter().map(Transform::describe).collect()
+    }
+
+    /// The features request for `data` (a split of `len` samples) of `task`, on `encoder`.
+    pub fn request(&self, encoder: usize, task: usize, data: &DataRef, len: usize) -> crate::features::Request {
+        crate::features::Request { layout: self.tasks[task].task.layout(), transforms: self.transforms(encoder, task), indices: data.indices(len), batch_size: self.encoder_batch_size }
+    }
+
     /// Plans `loaded`, opening every dataset and loading every encoder once to check them.
     pub fn new(l: &Loaded) -> Result<Plan> {
         let x = &l.experiment;
@@ -238,7 +248,7 @@ impl Plan {
                         "what": "head",
                         "encoder": self.encoders[e].fingerprint,
                         "train": self.tasks[t].train,
-                        "transforms": self.transforms(e, t).iter().map(Transform::describe).collect::<Vec<_>>(),
+                        "transforms": self.transform_names(e, t),
                         "recipe": recipe,
                         "encoder_batch_size": self.encoder_batch_size,
                     }));
@@ -294,7 +304,7 @@ impl Plan {
                 "what": "clean",
                 "head": head.key,
                 "eval": self.tasks[head.task].eval,
-                "transforms": self.transforms(head.encoder, head.task).iter().map(Transform::describe).collect::<Vec<_>>(),
+                "transforms": self.transform_names(head.encoder, head.task),
             }));
             let cells = vec![Cell { key: key.clone(), head: h, labels: self.labels(h, "clean", None) }];
             items.push(Item { key, work: Work::Clean { head: h }, cells });
@@ -351,7 +361,7 @@ impl Plan {
                             "what": "attack",
                             "encoder": self.encoders[e].fingerprint,
                             "images": self.tasks[images_task].eval,
-                            "transforms": self.transforms(e, images_task).iter().map(Transform::describe).collect::<Vec<_>>(),
+                            "transforms": self.transform_names(e, images_task),
                             "params": p,
                             "batch": self.attack_batch_size,
                             "source": source.map(|s| &self.heads[s].key),

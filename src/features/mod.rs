@@ -195,3 +195,19 @@ pub fn subset(n: usize, limit: Option<usize>, seed: u64) -> Vec<usize> {
         _ => (0..n).collect(),
     }
 }
+
+/// Features of `request`'s samples of `ds`: read through `cache` (computed and stored first where
+/// missing), or, with no cache, recomputed for every batch they are asked for (the reference
+/// code's way).
+pub fn batches<'a>(source: Source<'a>, ds: &'a dyn crate::data::Dataset, request: &Request, cache: Option<&cache::FeatureCache>) -> Result<(Box<dyn BatchSource + 'a>, Option<cache::CacheReport>)> {
+    match cache {
+        Some(c) => {
+            let (features, report) = c.load_or_compute(source, ds, request)?;
+            Ok((Box::new(features), Some(report)))
+        }
+        None => {
+            let live = Live { source, dataset: ds, indices: request.indices.clone(), layout: request.layout, transforms: request.transforms.clone(), batch_size: request.batch_size };
+            Ok((Box::new(live), None))
+        }
+    }
+}
