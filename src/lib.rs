@@ -7,7 +7,7 @@
 
 pub mod atomic;
 pub mod attacks;
-pub mod commands;
+pub mod choice;
 pub mod data;
 pub mod defense;
 pub mod device;
@@ -17,7 +17,9 @@ pub mod features;
 pub mod heads;
 pub mod input;
 pub mod metrics;
+pub mod optim;
 pub mod perf;
 pub mod progress;
 pub mod report;
 pub mod resize;
+pub mod rng;

@@ -107,10 +107,10 @@ pub fn attack_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize
 pub fn finetune_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize) -> Result<f64> {
     use crate::attacks::embed::EmbedTarget;
     use crate::defense::deacl::Deacl;
-    use crate::defense::optim::Optimizer;
+    use crate::optim::Optimizer;
     use crate::defense::run::{MiniBatch, Recipe};
     use crate::defense::student::Student;
-    use crate::heads::train::OptimizerKind;
+    use crate::optim::OptimizerKind;
     let inner = crate::attacks::engine::AttackConfig { last_iterate: true, ..study_pgd(5) };
     let recipe = Deacl { k: 2.0, embedding: EmbedTarget::Cls, inner };
     let student = Student::new(enc)?;

@@ -19,7 +19,8 @@ use robust_ssl::features::{extract, BatchSource, Layout, Source};
 use robust_ssl::heads::head::{Baseline, Head, HeadMeta, Task};
 use robust_ssl::heads::layers::{BatchNorm, DepthHead, Pooling, SegHead};
 use robust_ssl::metrics::DepthRange;
-use robust_ssl::heads::train::{OptimizerKind, Schedule, TrainConfig};
+use robust_ssl::heads::train::{Schedule, TrainConfig};
+use robust_ssl::optim::OptimizerKind;
 
 fn encoder() -> Encoder {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
@@ -27,7 +28,7 @@ fn encoder() -> Encoder {
 }
 
 fn images(n: usize, seed: u64) -> Tensor {
-    let mut rng = robust_ssl::data::synthetic::SplitMix64::new(seed);
+    let mut rng = robust_ssl::rng::SplitMix64::new(seed);
     let v: Vec<f32> = (0..n * 3 * 28 * 28).map(|_| rng.uniform(0.0, 1.0) as f32).collect();
     Tensor::from_vec(v, (n, 3, 28, 28), &Device::Cpu).unwrap()
 }
@@ -132,7 +133,7 @@ fn check_gradient_at(enc: &Encoder, obj: &dyn Objective, x: &Tensor, step: usize
     let ev = obj.evaluate(&tokens, &active, step, steps).unwrap();
     let g = enc.backward(&tape, &ev.d_cls, &ev.d_patch).unwrap();
     // A fixed random direction (seeded: the test must not depend on the run).
-    let mut rng = robust_ssl::data::synthetic::SplitMix64::new(11);
+    let mut rng = robust_ssl::rng::SplitMix64::new(11);
     let v: Vec<f64> = (0..x.elem_count()).map(|_| rng.uniform(-1.0, 1.0)).collect();
     let v = Tensor::from_vec(v, x.dims(), &Device::Cpu).unwrap();
     let norm = |t: &Tensor| t.sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
@@ -166,14 +167,14 @@ fn objective_gradients_match_finite_differences() {
     check_gradient(&enc, &CrossEntropy { probe: &probe, labels: vec![3, 7] }, &x);
 
     // Dense objectives with random f64 heads on the 2×2 patch grid, labels and depths at 28×28.
-    let rng = std::cell::RefCell::new(robust_ssl::data::synthetic::SplitMix64::new(21));
+    let rng = std::cell::RefCell::new(robust_ssl::rng::SplitMix64::new(21));
     let t = |dims: &[usize], scale: f64| {
         let v: Vec<f64> = (0..dims.iter().product::<usize>()).map(|_| rng.borrow_mut().uniform(-scale, scale) * 1.7).collect();
         Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
     };
     let bn = |d: usize| BatchNorm { weight: t(&[d], 0.1).affine(1.0, 1.0).unwrap(), bias: t(&[d], 0.1), running_mean: t(&[d], 0.1), running_var: t(&[d], 0.1).abs().unwrap().affine(1.0, 0.5).unwrap(), eps: 1e-5 };
     let seg = Head::Seg(SegHead { bn: bn(64), weight: t(&[5, 64], 0.5), bias: t(&[5], 0.1) });
-    let mut rng = robust_ssl::data::synthetic::SplitMix64::new(9);
+    let mut rng = robust_ssl::rng::SplitMix64::new(9);
     let mut labels: Vec<u32> = (0..2 * 28 * 28).map(|_| (rng.next_u64() % 5) as u32).collect();
     labels[..40].iter_mut().for_each(|l| *l = 255);
     for step in [0, 3] {

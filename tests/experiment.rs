@@ -195,13 +195,13 @@ fn check_against_attack_command(run_dir: &Path) {
     let exp = one_batch.path().join("one.toml");
     std::fs::write(&exp, text).unwrap();
     run_to_end(&exp, &one_batch.path().join("run"), &[]);
-    let cells8 = Store::open_existing(&one_batch.path().join("run/results.sqlite")).unwrap().cells().unwrap();
+    // The cells as the JSON export writes them.
+    let cells8: Vec<serde_json::Value> = Store::open_existing(&one_batch.path().join("run/results.sqlite")).unwrap().cells().unwrap().iter().map(|c| serde_json::to_value(c).unwrap()).collect();
     let find = |task: &str| {
         cells8
             .iter()
-            .find(|c| c.labels["task"] == task && c.labels["attack"] == "segpgd" && c.labels["params"]["eps_text"] == "8/255" && c.labels["params"]["seed"] == 0)
-            .unwrap_or_else(|| panic!("no segpgd cell for {task}"))
-            .result
+            .find(|c| c["labels"]["task"] == task && c["labels"]["attack"] == "segpgd" && c["labels"]["params"]["eps_text"] == "8/255" && c["labels"]["params"]["seed"] == 0)
+            .unwrap_or_else(|| panic!("no segpgd cell for {task}"))["result"]
             .clone()
     };
     let (seg_cell, depth_cell) = (find("seg"), find("depth"));

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use robust_ssl::data::transform::{load_batch, resize_image, resize_nearest, shuffled, Transform};
+use robust_ssl::data::transform::{load_batch, resize_image, resize_nearest, Transform};
+use robust_ssl::rng::shuffled;
 use robust_ssl::data::{open, Sample, Split, Target, IGNORE};
 use robust_ssl::resize::Filter;
 

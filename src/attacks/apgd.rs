@@ -7,7 +7,8 @@
 
 use anyhow::Result;
 
-use super::engine::{AttackConfig, Best, Problem, Sanity};
+use super::problem::{Best, Problem, Sanity};
+use super::spec::AttackConfig;
 
 /// The checkpoint spacing: first `0.22·T`, decreasing by `0.03·T` per checkpoint, at least `0.06·T`.
 pub(super) fn schedule(steps: usize) -> (usize, usize, usize) {

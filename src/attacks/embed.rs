@@ -9,15 +9,16 @@ use serde::{Deserialize, Serialize};
 use super::objective::{losses_and_grads, rows, Evaluated, Objective};
 use crate::encoder::Tokens;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbedTarget {
     Cls,
     Patch,
     Both,
 }
+crate::choices!(EmbedTarget { Cls = "cls", Patch = "patch", Both = "both" });
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Distance {
     /// Mean over features of the squared difference (the squared L2 distance / D).
@@ -25,6 +26,7 @@ pub enum Distance {
     /// 1 − cos(adversarial, clean), per token, averaged over tokens.
     Cosine,
 }
+crate::choices!(Distance { Mse = "mse", Cosine = "cosine" });
 
 pub struct EmbedAttack {
     /// Clean tokens of the whole batch: `[B, D]`, `[B, P, D]`.

@@ -5,14 +5,15 @@
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::data::synthetic::SplitMix64;
+use crate::rng::SplitMix64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Norm {
     Linf,
     L2,
 }
+crate::choices!(Norm { Linf = "linf", L2 = "l2" });
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ThreatModel {

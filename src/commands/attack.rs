@@ -5,42 +5,28 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 
+use super::choice;
 use super::cross_task::{AlsoHead, AlsoReport, AlsoSpec, CrossTask};
 use super::features::FeatureArgs;
-use crate::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
-use crate::attacks::engine::{attack, AttackConfig, Method, Sanity};
-use crate::attacks::objective::Objective;
-use crate::attacks::task::task_objective;
-use crate::attacks::threat::{parse_amount, Norm, ThreatModel};
-use crate::data::transform::load_batch;
-use crate::data::Split;
-use crate::features::{targets_of, Batch, Targets};
-use crate::heads::evaluate::{Evaluation, Scorer};
-use crate::heads::head::{Head, Task, TrainedHead};
-use crate::heads::trainer::{check_features, forward, target_size};
-use crate::metrics::DepthRange;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttackKind {
-    /// Maximise the distance of the tokens to the clean ones (task-agnostic).
-    Embed,
-    /// Cross-entropy PGD on the linear probe.
-    Pgd,
-    /// SegPGD on the segmentation head.
-    Segpgd,
-    /// SigLoss + 0.5·GradLoss on the depth head.
-    Depthpgd,
-    /// The task's own loss (cross-entropy, SegPGD's, DepthPGD's) with AutoAttack's APGD schedule.
-    Apgd,
-}
+use robust_ssl::attacks::embed::{Distance, EmbedTarget};
+use robust_ssl::attacks::engine::{AttackConfig, Sanity};
+use robust_ssl::attacks::scoring::{attack_batch, Aim, ScoredHead};
+use robust_ssl::attacks::spec::{AttackKind, AttackSpec, StepSize};
+use robust_ssl::attacks::strips::attack_strip;
+use robust_ssl::attacks::threat::{parse_amount, Norm};
+use robust_ssl::data::transform::load_batch;
+use robust_ssl::data::Split;
+use robust_ssl::features::{targets_of, Targets};
+use robust_ssl::heads::evaluate::{Evaluation, Scorer};
+use robust_ssl::heads::head::{Task, TrainedHead};
+use robust_ssl::heads::trainer::check_features;
 
 #[derive(Args, Debug)]
 pub struct AttackArgs {
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Task>())]
     pub task: Task,
     #[command(flatten)]
     pub features: FeatureArgs,
@@ -52,29 +38,31 @@ pub struct AttackArgs {
     /// (synthetic-seg:NxS and synthetic-depth:NxS render the same scenes).
     #[arg(long, value_name = "TASK:HEAD[@KIND:PATH]")]
     pub also: Vec<AlsoSpec>,
-    #[arg(long, value_enum)]
+    /// embed (EmbedAttack), task (the head's own), pgd (cls), segpgd (seg), depthpgd (depth), or apgd
+    /// (the head's own loss with APGD's schedule).
+    #[arg(long, value_parser = choice::<AttackKind>())]
     pub attack: AttackKind,
     /// Budget, as a fraction (8/255) or a number.
-    #[arg(long, default_value = "8/255")]
+    #[arg(long, default_value = AttackSpec::DEFAULT_EPS)]
     pub eps: String,
-    /// Step size (default: ε/4; APGD starts at 2ε and sets its own).
+    /// Step size: eps/K or an amount (default: eps/4; APGD starts at 2ε and sets its own).
     #[arg(long)]
     pub step_size: Option<String>,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = AttackSpec::DEFAULT_STEPS)]
     pub steps: usize,
-    #[arg(long, value_enum, default_value = "linf")]
+    #[arg(long, value_parser = choice::<Norm>(), default_value_t = AttackSpec::DEFAULT_NORM)]
     pub norm: Norm,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = AttackSpec::DEFAULT_RESTARTS)]
     pub restarts: usize,
     /// Start at δ = 0 instead of a uniform random point of the ball.
     #[arg(long)]
     pub no_random_start: bool,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = AttackSpec::DEFAULT_SEED)]
     pub seed: u64,
     /// EmbedAttack: which tokens (cls, patch, both) and which distance (mse, cosine).
-    #[arg(long, value_enum, default_value = "both")]
+    #[arg(long, value_parser = choice::<EmbedTarget>(), default_value_t = AttackSpec::DEFAULT_EMBED_TARGET)]
     pub embed_target: EmbedTarget,
-    #[arg(long, value_enum, default_value = "mse")]
+    #[arg(long, value_parser = choice::<Distance>(), default_value_t = AttackSpec::DEFAULT_EMBED_DISTANCE)]
     pub embed_distance: Distance,
     /// Images attacked together.
     #[arg(long, default_value_t = 8)]
@@ -105,18 +93,27 @@ struct Report {
     also: Vec<AlsoReport>,
 }
 
-fn objective_for<'a>(a: &AttackArgs, head: &'a Head, clean: &crate::encoder::Tokens, targets: &Targets, range: Option<DepthRange>) -> Result<Box<dyn Objective + 'a>> {
-    let kind = match (a.attack, a.task) {
-        (AttackKind::Apgd, Task::Cls) => AttackKind::Pgd,
-        (AttackKind::Apgd, Task::Seg) => AttackKind::Segpgd,
-        (AttackKind::Apgd, Task::Depth) => AttackKind::Depthpgd,
-        (k, _) => k,
-    };
-    let fits = matches!((kind, head), (AttackKind::Pgd, Head::Linear(_)) | (AttackKind::Segpgd, Head::Seg(_)) | (AttackKind::Depthpgd, Head::Depth(_)));
-    match kind {
-        AttackKind::Embed => Ok(Box::new(EmbedAttack::new(clean, a.embed_target, a.embed_distance))),
-        _ if fits => task_objective(head, targets, range),
-        kind => bail!("--attack {} does not fit a {} head (pgd: cls, segpgd: seg, depthpgd: depth, embed: any)", format!("{kind:?}").to_lowercase(), a.task),
+impl AttackArgs {
+    /// The attack setting the flags give.
+    fn spec(&self) -> Result<AttackSpec> {
+        let eps = parse_amount(&self.eps).context("--eps")?;
+        let step = match &self.step_size {
+            Some(s) => StepSize::parse(s).context("--step-size")?,
+            None => StepSize::DEFAULT,
+        };
+        Ok(AttackSpec {
+            kind: self.attack,
+            norm: self.norm,
+            eps,
+            eps_text: self.eps.clone(),
+            step_size: step.at(eps),
+            steps: self.steps,
+            seed: self.seed,
+            restarts: self.restarts,
+            random_start: !self.no_random_start,
+            embed_target: self.embed_target,
+            embed_distance: self.embed_distance,
+        })
     }
 }
 
@@ -125,22 +122,12 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     if f.pixels {
         bail!("attacks need an encoder (--checkpoint), not --pixels");
     }
-    let eps = parse_amount(&a.eps).context("--eps")?;
-    let step_size = match &a.step_size {
-        Some(s) => parse_amount(s).context("--step-size")?,
-        None => eps / 4.0,
-    };
-    let cfg = AttackConfig {
-        method: if a.attack == AttackKind::Apgd { Method::Apgd } else { Method::Pgd },
-        threat: ThreatModel { norm: a.norm, eps },
-        step_size,
-        steps: a.steps,
-        restarts: a.restarts,
-        random_start: !a.no_random_start,
-        seed: a.seed,
-        early_stop: a.task == Task::Cls,
-        last_iterate: false,
-    };
+    let spec = a.spec()?;
+    if !spec.kind.fits(a.task) {
+        bail!("--attack {} does not fit a {} head (pgd: cls, segpgd: seg, depthpgd: depth; embed, task and apgd: any)", spec.kind, a.task);
+    }
+    let early_stop = a.task == Task::Cls;
+    let cfg = spec.engine(0, early_stop);
     let file = a.head.display().to_string();
     let head = TrainedHead::load_for(&a.head, a.task, &Device::Cpu)?;
     let prep = f.prepare(&[Split::Val, Split::Test], a.task.layout(), Some(&head.meta.transforms))?;
@@ -149,7 +136,6 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     let ds = prep.dataset.as_ref();
     let also = a.also.iter().map(|spec| AlsoHead::open(spec, &prep, enc.config().embed_dim)).collect::<Result<Vec<_>>>()?;
     let mut cross = CrossTask::new(&also)?;
-    let range = head.meta.depth_range.map(|(min, max)| DepthRange { min, max });
     let (mut clean_scores, mut adv_scores) = (Scorer::new(&head, &file)?, Scorer::new(&head, &file)?);
     let mut sanity_all = Sanity::default();
     let mut objective_sum = 0.0;
@@ -159,30 +145,29 @@ pub fn run(a: &AttackArgs) -> Result<()> {
             bail!("{}: the --save-examples folder does not exist", dir.display());
         }
     }
-    let bar = crate::progress::bar(prep.request.indices.len() as u64, &format!("{:?} attack on {}", a.attack, ds.describe()));
-    for ids in prep.request.indices.chunks(a.batch_size.max(1)) {
+    let bar = robust_ssl::progress::bar(prep.request.indices.len() as u64, &format!("{} attack on {}", a.attack, ds.describe()));
+    for (b, ids) in prep.request.indices.chunks(a.batch_size.max(1)).enumerate() {
         let samples = load_batch(ds, ids, &prep.request.transforms)?;
         let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0)
             .with_context(|| format!("{}: images of different sizes after the transforms", ds.describe()))?;
         let targets = targets_of(ds, ids, samples)?;
-        let size = target_size(&targets);
-        let score = |images: &Tensor, scorer: &mut Scorer| -> Result<(crate::encoder::Tokens, Batch, Tensor)> {
-            let tokens = enc.forward(&images.to_device(enc.vit.device())?)?;
-            let batch = Batch::from_tokens(&tokens.cls, &tokens.patch, tokens.grid).to_device(&Device::Cpu)?;
-            let (out, _) = forward(&head.head, &batch, size, false)?;
-            scorer.add(&out, &targets, ids.len())?;
-            Ok((tokens, batch, out))
+        let also_targets = also.iter().map(|h| h.labels(&prep, ids, &images)).collect::<Result<Vec<Option<Targets>>>>()?;
+        let mut heads = vec![ScoredHead { head: &head, targets: &targets, name: &file }];
+        heads.extend(also.iter().zip(&also_targets).map(|(h, t)| ScoredHead { head: &h.head, targets: t.as_ref().unwrap_or(&targets), name: &h.file }));
+        let aim = match spec.kind {
+            AttackKind::Embed => Aim::Embed { reference: None, target: spec.embed_target, distance: spec.embed_distance },
+            _ => Aim::Head(0),
         };
-        let (clean, clean_batch, clean_out) = score(&images, &mut clean_scores)?;
-        let objective = objective_for(a, &head.head, &clean, &targets, range)?;
-        let out = attack(enc, objective.as_ref(), &images, &cfg)?;
-        let (_, adv_batch, adv_out) = score(&out.adversarial, &mut adv_scores)?;
-        cross.add(&prep, ids, &images, &targets, &clean_batch, &adv_batch)?;
+        let done = attack_batch(enc, &images, aim, &heads, &spec.engine(b, early_stop), true)?;
+        clean_scores.merge(&done.heads[0].clean)?;
+        adv_scores.merge(&done.heads[0].adversarial)?;
+        cross.add(&done.heads[1..])?;
         if let Some(dir) = &a.save_examples {
-            saved += save_examples(dir, a, ids, &images, &out.adversarial, (&clean_out, &adv_out), &targets, eps, a.examples.saturating_sub(saved))?;
+            let outs = (&done.heads[0].clean_output, &done.heads[0].adversarial_output);
+            saved += save_examples(dir, a.attack, ids, &images, &done.outcome.adversarial, outs, &targets, spec.eps, a.examples.saturating_sub(saved))?;
         }
-        objective_sum += out.loss.iter().sum::<f64>();
-        sanity_all.merge(&out.sanity);
+        objective_sum += done.outcome.loss.iter().sum::<f64>();
+        sanity_all.merge(&done.outcome.sanity);
         bar.inc(ids.len() as u64);
     }
     bar.finish_and_clear();
@@ -203,8 +188,8 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let step = if cfg.method == Method::Apgd { "from 2ε, adaptive".to_string() } else { format!("{step_size:.5}") };
-        println!("{:?} attack ({:?}, ε {:.5}, step {step}, {} steps, {} restart(s)) on {} with {}", a.attack, a.norm, eps, a.steps, a.restarts.max(1), report.dataset, report.head);
+        let step = if a.attack == AttackKind::Apgd { "from 2ε, adaptive".to_string() } else { format!("{:.5}", spec.step_size) };
+        println!("{} attack ({}, ε {:.5}, step {step}, {} steps, {} restart(s)) on {} with {}", a.attack, a.norm, spec.eps, a.steps, a.restarts.max(1), report.dataset, report.head);
         println!("  clean:       {}", super::eval::one_line(&report.clean.head));
         println!("  adversarial: {}", super::eval::one_line(&report.adversarial.head));
         println!("  baseline:    {} ({})", super::eval::one_line(&report.clean.baseline), super::eval::baseline_name(&report.clean.baseline_kind));
@@ -220,12 +205,11 @@ pub fn run(a: &AttackArgs) -> Result<()> {
 
 /// Writes up to `budget` strips for this batch; returns how many.
 #[allow(clippy::too_many_arguments)]
-fn save_examples(dir: &std::path::Path, a: &AttackArgs, ids: &[usize], clean: &Tensor, adv: &Tensor, outs: (&Tensor, &Tensor), targets: &Targets, eps: f64, budget: usize) -> Result<usize> {
-    let attack = format!("{:?}", a.attack).to_lowercase();
+fn save_examples(dir: &std::path::Path, attack: AttackKind, ids: &[usize], clean: &Tensor, adv: &Tensor, outs: (&Tensor, &Tensor), targets: &Targets, eps: f64, budget: usize) -> Result<usize> {
     let n = ids.len().min(budget);
     for (k, id) in ids.iter().take(n).enumerate() {
-        let (suffix, png) = crate::report::strips::attack_strip(k, clean, adv, outs, targets, eps)?;
-        crate::atomic::write(&dir.join(format!("{id:05}-{attack}{suffix}.png")), &png)?;
+        let (suffix, png) = attack_strip(k, clean, adv, outs, targets, eps)?;
+        robust_ssl::atomic::write(&dir.join(format!("{id:05}-{attack}{suffix}.png")), &png)?;
     }
     Ok(n)
 }

@@ -31,12 +31,12 @@ pub struct BenchArgs {
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     let enc = a.encoder.load()?;
-    let mut t = crate::perf::measure(&enc, a.batch_size, a.size, a.warmup, a.iters.max(1))?;
+    let mut t = robust_ssl::perf::measure(&enc, a.batch_size, a.size, a.warmup, a.iters.max(1))?;
     if a.attack_steps > 0 {
-        t.attack_steps_per_s = Some(crate::perf::attack_steps_per_s(&enc, a.batch_size, a.size, a.attack_steps)?);
+        t.attack_steps_per_s = Some(robust_ssl::perf::attack_steps_per_s(&enc, a.batch_size, a.size, a.attack_steps)?);
     }
     if a.finetune_steps > 0 {
-        t.finetune_steps_per_s = Some(crate::perf::finetune_steps_per_s(&enc, a.batch_size, a.size, a.finetune_steps)?);
+        t.finetune_steps_per_s = Some(robust_ssl::perf::finetune_steps_per_s(&enc, a.batch_size, a.size, a.finetune_steps)?);
     }
     if a.json {
         println!("{}", serde_json::to_string(&t)?);

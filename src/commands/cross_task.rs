@@ -11,12 +11,13 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use super::features::Prepared;
-use crate::data::transform::{load_batch, Transform};
-use crate::data::{self, Dataset};
-use crate::features::{targets_of, Batch, Targets};
-use crate::heads::evaluate::{Evaluation, Scorer};
-use crate::heads::head::{Task, TrainedHead};
-use crate::heads::trainer::{check_features, forward, target_size};
+use robust_ssl::attacks::scoring::{labels_of_same_images, HeadScores};
+use robust_ssl::data::transform::{load_batch, Transform};
+use robust_ssl::data::{self, Dataset};
+use robust_ssl::features::{targets_of, Targets};
+use robust_ssl::heads::evaluate::{Evaluation, Scorer};
+use robust_ssl::heads::head::{Task, TrainedHead};
+use robust_ssl::heads::trainer::check_features;
 
 /// `TASK:HEAD[@KIND:PATH]`, as given on the command line.
 #[derive(Debug, Clone)]
@@ -30,7 +31,7 @@ pub struct AlsoSpec {
 /// Splits `TASK:REST` as `flag` takes it; errors quote `s` and show the expected `form`.
 pub fn task_and_rest<'a>(s: &'a str, flag: &str, form: &str) -> Result<(Task, &'a str)> {
     let Some((task, rest)) = s.split_once(':') else { bail!("{flag} '{s}': {form}") };
-    let task = <Task as clap::ValueEnum>::from_str(task, true).map_err(|_| anyhow::anyhow!("{flag} '{s}': unknown task '{task}' (cls, seg, depth); {form}"))?;
+    let task = task.parse::<Task>().map_err(|_| anyhow::anyhow!("{flag} '{s}': unknown task '{task}' (cls, seg, depth); {form}"))?;
     Ok((task, rest))
 }
 
@@ -113,25 +114,10 @@ impl AlsoHead {
 
     /// This head's labels for `ids` (None: the attacked dataset's own), after checking
     /// that its dataset gives exactly the attacked `images`.
-    fn labels(&self, prep: &Prepared, ids: &[usize], images: &Tensor) -> Result<Option<Targets>> {
+    pub fn labels(&self, prep: &Prepared, ids: &[usize], images: &Tensor) -> Result<Option<Targets>> {
         let Some(ds) = &self.dataset else { return Ok(None) };
         Ok(Some(labels_of_same_images(ds.as_ref(), ids, &prep.request.transforms, images, &prep.dataset.describe())?))
     }
-}
-
-/// The targets of samples `ids` of `ds` (after `transforms`), after checking that they are the
-/// very `images` attacked (taken from the dataset `attacked`): cross-task scoring needs the same
-/// pixels.
-pub fn labels_of_same_images(ds: &dyn Dataset, ids: &[usize], transforms: &[Transform], images: &Tensor, attacked: &str) -> Result<Targets> {
-    let samples = load_batch(ds, ids, transforms)?;
-    for (k, s) in samples.iter().enumerate() {
-        let image = images.get(k)?;
-        let same = s.image.dims() == image.dims() && s.image.flatten_all()?.to_vec1::<f32>()? == image.flatten_all()?.to_vec1::<f32>()?;
-        if !same {
-            bail!("{}: image {} differs from image {} of {attacked}; cross-task scoring needs the same images", ds.describe(), ids[k], ids[k]);
-        }
-    }
-    targets_of(ds, ids, samples)
 }
 
 /// The further heads and their running scores, clean and adversarial.
@@ -146,16 +132,11 @@ impl<'a> CrossTask<'a> {
         Ok(Self { heads, scores })
     }
 
-    /// Scores one batch: `clean` and `adversarial` are the encoder's outputs on the images.
-    pub fn add(&mut self, prep: &Prepared, ids: &[usize], images: &Tensor, primary: &Targets, clean: &Batch, adversarial: &Batch) -> Result<()> {
-        for (h, (c, a)) in self.heads.iter().zip(&mut self.scores) {
-            let own = h.labels(prep, ids, images)?;
-            let targets = own.as_ref().unwrap_or(primary);
-            let size = target_size(targets);
-            for (batch, scorer) in [(clean, c), (adversarial, a)] {
-                let (out, _) = forward(&h.head.head, batch, size, false).with_context(|| h.file.clone())?;
-                scorer.add(&out, targets, ids.len()).with_context(|| h.file.clone())?;
-            }
+    /// Adds one batch's scores of the further heads, in their order.
+    pub fn add(&mut self, scores: &[HeadScores]) -> Result<()> {
+        for ((c, a), s) in self.scores.iter_mut().zip(scores) {
+            c.merge(&s.clean)?;
+            a.merge(&s.adversarial)?;
         }
         Ok(())
     }

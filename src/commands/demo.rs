@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::experiment::execute::{self, Options};
+use robust_ssl::experiment::execute::{self, Options};
 
 const EXPERIMENT: &str = include_str!("../../examples/demo.toml");
 const FETCH: &str = include_str!("../../scripts/fetch-assets.sh");
@@ -59,11 +59,11 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     let text = EXPERIMENT.replace("ASSETS", &assets.display().to_string()).replace("FASHION_MNIST", &a.fashion_mnist.display().to_string());
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the run folder", a.out.display()))?;
     let path = a.out.join("demo.toml");
-    crate::atomic::write(&path, text.as_bytes())?;
+    robust_ssl::atomic::write(&path, text.as_bytes())?;
     let (plan, dir, mut store) = super::run::prepare(&path, Some(a.out.clone()), (0, 1))?;
     let summary = execute::run(&plan, &dir, &mut store, &Options { shard: (0, 1), unshared: false })?;
-    let files = crate::report::page::write(&store, &dir.root.join("report"))?;
-    println!("{}", crate::report::page::summary(&store)?);
+    let files = robust_ssl::report::page::write(&store, &dir.root.join("report"))?;
+    println!("{}", robust_ssl::report::page::summary(&store)?);
     println!(
         "demo: {} work items ({} done before), {} heads trained; {} result cells, {} charts, {} example strips in {:.0} s",
         summary.items_run, summary.items_done_before, summary.heads_trained, files.cells, files.charts, files.examples, t0.elapsed().as_secs_f64()

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use clap::Args;
 
 use super::EncoderArgs;
-use crate::input::load_images;
+use robust_ssl::input::load_images;
 
 #[derive(Args, Debug)]
 pub struct EmbedArgs {
@@ -26,7 +26,7 @@ pub struct EmbedArgs {
 }
 
 pub fn run(a: &EmbedArgs) -> Result<()> {
-    crate::atomic::check_parent(&a.output)?;
+    robust_ssl::atomic::check_parent(&a.output)?;
     let enc = a.encoder.load()?;
     let batch = load_images(&a.input)?;
     let (n, _, h, w) = batch.images.dims4()?;
@@ -48,7 +48,7 @@ pub fn run(a: &EmbedArgs) -> Result<()> {
         start += len;
     }
     let out = HashMap::from([("cls".to_string(), Tensor::cat(&cls, 0)?), ("patch".to_string(), Tensor::cat(&patch, 0)?)]);
-    crate::atomic::save_safetensors(&out, &a.output)?;
+    robust_ssl::atomic::save_safetensors(&out, &a.output)?;
     eprintln!(
         "embedded {n} image(s) of {h}x{w} with {}: cls [{n}, {d}], patch [{n}, {}, {d}] -> {}",
         enc.info.arch.as_deref().unwrap_or("custom ViT"),

@@ -8,17 +8,17 @@ use clap::Args;
 use serde::Serialize;
 
 use super::features::FeatureArgs;
-use crate::data::transform::Transform;
-use crate::data::Split;
-use crate::features::cache::CacheReport;
-use crate::features::Source;
-use crate::heads::evaluate::{evaluate, evaluate_sliding, Evaluation, Metrics};
-use crate::heads::sliding::Window;
-use crate::heads::head::{Baseline, Task, TrainedHead};
+use robust_ssl::data::transform::Transform;
+use robust_ssl::data::Split;
+use robust_ssl::features::cache::CacheReport;
+use robust_ssl::features::Source;
+use robust_ssl::heads::evaluate::{evaluate, evaluate_sliding, Evaluation, Metrics};
+use robust_ssl::heads::sliding::Window;
+use robust_ssl::heads::head::{Baseline, Task, TrainedHead};
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::choice::<Task>())]
     pub task: Task,
     #[command(flatten)]
     pub features: FeatureArgs,
@@ -53,7 +53,7 @@ struct Report {
 
 pub fn run(a: &EvalArgs) -> Result<()> {
     let f = &a.features;
-    let dev = crate::device::default_device()?;
+    let dev = robust_ssl::device::default_device()?;
     let file = a.head.display().to_string();
     let head = TrainedHead::load_for(&a.head, a.task, &dev)?;
     let meta = &head.meta;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
-use crate::experiment::export::{write_csv, write_json};
-use crate::experiment::store::Store;
+use robust_ssl::experiment::export::{write_csv, write_json};
+use robust_ssl::experiment::store::Store;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
@@ -40,7 +40,7 @@ pub fn run(a: &ExportArgs) -> Result<()> {
         Format::Json => write_json(&cells, &mut buf)?,
     }
     match &a.out {
-        Some(p) => crate::atomic::write(p, &buf).with_context(|| format!("{}: cannot write the export", p.display()))?,
+        Some(p) => robust_ssl::atomic::write(p, &buf).with_context(|| format!("{}: cannot write the export", p.display()))?,
         None => std::io::Write::write_all(&mut std::io::stdout(), &buf)?,
     }
     Ok(())

@@ -8,11 +8,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::ModelOptions;
-use crate::data::transform::Transform;
-use crate::data::{self, Dataset, Split};
-use crate::encoder::Encoder;
-use crate::features::cache::{CacheReport, FeatureCache};
-use crate::features::{self, BatchSource, Layout, Request, Source};
+use robust_ssl::data::transform::Transform;
+use robust_ssl::data::{self, Dataset, Split};
+use robust_ssl::encoder::Encoder;
+use robust_ssl::features::cache::{CacheReport, FeatureCache};
+use robust_ssl::features::{self, BatchSource, Layout, Request, Source};
 
 #[derive(Args, Debug, Clone)]
 pub struct FeatureArgs {
@@ -55,12 +55,6 @@ pub struct FeatureArgs {
     pub encoder_batch_size: usize,
 }
 
-/// The default transforms for an encoder: shorter side to `size`, centre crop `size`², padded
-/// to a multiple of the patch.
-pub fn default_transforms(size: usize, patch: usize) -> Vec<Transform> {
-    vec![Transform::ResizeShort(size), Transform::CenterCrop(size, size), Transform::PadToMultiple(patch)]
-}
-
 /// An opened dataset and encoder, and the features request on them.
 pub struct Prepared {
     pub dataset: Box<dyn Dataset>,
@@ -74,40 +68,25 @@ impl FeatureArgs {
     /// Opens the dataset (at `--split`, else the first of `splits` it defines) and the encoder;
     /// `transforms` (from a head file) overrides the default ones unless `--transforms` was given.
     pub fn prepare(&self, splits: &[Split], layout: Layout, transforms: Option<&[String]>) -> Result<Prepared> {
-        let (dataset, split) = self.open_split(splits)?;
+        let (dataset, split) = data::open_first(&self.dataset, self.split, splits)?;
         let encoder = match &self.checkpoint {
-            Some(path) => Some(self.model.load(path, crate::device::default_device()?)?),
+            Some(path) => Some(self.model.load(path, robust_ssl::device::default_device()?)?),
             None => None,
         };
         let transforms = match (&self.transforms, transforms) {
             (Some(spec), _) => Transform::parse_list(spec).context("--transforms")?,
             (None, Some(names)) => names.iter().map(|n| n.parse()).collect::<Result<Vec<Transform>>>().context("the head file's transforms")?,
             (None, None) => match &encoder {
-                Some(enc) => default_transforms(self.size, enc.config().patch_size),
+                Some(enc) => robust_ssl::data::transform::default_transforms(self.size, enc.config().patch_size),
                 None => vec![],
             },
         };
-        let indices = features::subset(dataset.len(), self.limit, self.subset_seed);
+        let indices = data::subset(dataset.len(), self.limit, self.subset_seed);
         if indices.is_empty() {
             anyhow::bail!("{}: the split is empty (no samples)", dataset.describe());
         }
         let request = Request { layout, transforms, indices, batch_size: self.encoder_batch_size };
         Ok(Prepared { dataset, split, encoder, request })
-    }
-
-    /// The dataset at `--split`, or else at the first of `defaults` it defines, opened once.
-    fn open_split(&self, defaults: &[Split]) -> Result<(Box<dyn Dataset>, Split)> {
-        if let Some(s) = self.split {
-            return Ok((data::open(&self.dataset, s)?, s));
-        }
-        let mut last = None;
-        for &s in defaults {
-            match data::open(&self.dataset, s) {
-                Ok(ds) => return Ok((ds, s)),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no split to use")))
     }
 
     pub fn cache(&self) -> FeatureCache {

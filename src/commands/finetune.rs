@@ -8,19 +8,20 @@ use clap::{Args, Subcommand};
 
 use super::train_head::OptimizerName;
 use super::ModelOptions;
-use crate::attacks::embed::EmbedTarget;
-use crate::attacks::engine::{AttackConfig, Method};
-use crate::attacks::threat::{parse_amount, Norm, ThreatModel};
-use crate::data::transform::Transform;
-use crate::data::{self, Split};
-use crate::defense::deacl::Deacl;
-use crate::defense::multi::{Combine, Multi};
-use crate::encoder::Encoder;
-use crate::heads::head::TrainedHead;
+use robust_ssl::attacks::embed::EmbedTarget;
+use robust_ssl::attacks::engine::{AttackConfig, Method};
+use robust_ssl::attacks::threat::{parse_amount, Norm, ThreatModel};
+use robust_ssl::data::transform::Transform;
+use robust_ssl::data::{self, Split};
+use robust_ssl::defense::deacl::Deacl;
+use robust_ssl::defense::multi::{Combine, Multi};
+use robust_ssl::encoder::Encoder;
+use robust_ssl::heads::head::TrainedHead;
 use super::cross_task::task_and_rest;
-use crate::heads::trainer::check_features;
-use crate::defense::run::{finetune, Recipe, RunConfig};
-use crate::heads::train::{OptimizerKind, Schedule, TrainConfig};
+use robust_ssl::heads::trainer::check_features;
+use robust_ssl::defense::run::{finetune, Recipe, RunConfig};
+use robust_ssl::heads::train::{Schedule, TrainConfig};
+use robust_ssl::optim::OptimizerKind;
 
 #[derive(Subcommand, Debug)]
 pub enum FinetuneCommand {
@@ -60,7 +61,7 @@ pub struct CommonArgs {
     /// Learning rate (the DeACL reference: SGD 0.5 at batch 128).
     #[arg(long, default_value_t = 0.5)]
     pub lr: f64,
-    #[arg(long, value_enum, default_value = "sgd")]
+    #[arg(long, value_parser = super::choice::<OptimizerName>(), default_value = "sgd")]
     pub optimizer: OptimizerName,
     #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
@@ -78,10 +79,10 @@ pub struct CommonArgs {
     pub step_size: String,
     #[arg(long, default_value_t = 5)]
     pub attack_steps: usize,
-    #[arg(long, value_enum, default_value = "linf")]
+    #[arg(long, value_parser = super::choice::<Norm>(), default_value = "linf")]
     pub norm: Norm,
     /// Which embedding the attacks and the loss compare.
-    #[arg(long, value_enum, default_value = "cls")]
+    #[arg(long, value_parser = super::choice::<EmbedTarget>(), default_value = "cls")]
     pub embedding: EmbedTarget,
     /// Checkpoint every this many steps (and at the end).
     #[arg(long, default_value_t = 100)]
@@ -117,7 +118,7 @@ pub struct MultiArgs {
     #[arg(long, default_value_t = 1.0)]
     pub lambda: f64,
     /// How the perturbations' terms combine per sample.
-    #[arg(long, value_enum, default_value = "average")]
+    #[arg(long, value_parser = super::choice::<Combine>(), default_value = "average")]
     pub combine: Combine,
     /// Average: weight of the EmbedAttack perturbation's term.
     #[arg(long, default_value_t = 1.0)]
@@ -133,7 +134,7 @@ fn load_heads(specs: &[String], width: usize) -> Result<Vec<(String, TrainedHead
         .iter()
         .map(|spec| {
             let (task, path) = task_and_rest(spec, "--heads", "expected TASK:HEAD, e.g. cls:probe.safetensors")?;
-            let head = TrainedHead::load_for(std::path::Path::new(path), task, &crate::device::default_device()?)?;
+            let head = TrainedHead::load_for(std::path::Path::new(path), task, &robust_ssl::device::default_device()?)?;
             check_features(&head.meta, width, path)?;
             Ok((path.to_string(), head))
         })
@@ -143,7 +144,7 @@ fn load_heads(specs: &[String], width: usize) -> Result<Vec<(String, TrainedHead
 impl CommonArgs {
     /// The encoder to fine-tune (loaded once; the student is its copy).
     fn teacher(&self) -> Result<Encoder> {
-        self.model.load(&self.checkpoint, crate::device::default_device()?)
+        self.model.load(&self.checkpoint, robust_ssl::device::default_device()?)
     }
 
     fn inner_attack(&self) -> Result<AttackConfig> {
@@ -194,9 +195,9 @@ fn go(c: &CommonArgs, teacher: &Encoder, recipe: &dyn Recipe, extra: serde_json:
     let ds = data::open(&c.dataset, c.split)?;
     let transforms = match &c.transforms {
         Some(spec) => Transform::parse_list(spec).context("--transforms")?,
-        None => super::features::default_transforms(c.size, teacher.config().patch_size),
+        None => robust_ssl::data::transform::default_transforms(c.size, teacher.config().patch_size),
     };
-    let indices = crate::features::subset(ds.len(), c.limit, c.subset_seed);
+    let indices = robust_ssl::data::subset(ds.len(), c.limit, c.subset_seed);
     let steps = indices.len().div_ceil(c.batch_size.max(1)) * c.epochs;
     let train = TrainConfig {
         epochs: c.epochs,

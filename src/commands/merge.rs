@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::experiment::store::Store;
+use robust_ssl::experiment::store::Store;
 
 #[derive(Args, Debug)]
 pub struct MergeArgs {

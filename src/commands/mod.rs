@@ -3,6 +3,7 @@
 
 pub mod attack;
 pub mod bench;
+mod choice;
 pub mod cross_task;
 pub mod demo;
 pub mod embed;
@@ -21,9 +22,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-use crate::encoder::arch::ArchChoice;
-use crate::encoder::pos_embed::PosResize;
-use crate::encoder::{Encoder, LoadOptions};
+pub use choice::choice;
+
+use robust_ssl::encoder::arch::ArchChoice;
+use robust_ssl::encoder::pos_embed::PosResize;
+use robust_ssl::encoder::{Encoder, LoadOptions};
 
 
 #[derive(Parser)]
@@ -81,15 +84,13 @@ pub struct ModelOptions {
 }
 
 impl ModelOptions {
+    /// The library's load options these flags give.
+    pub fn options(&self, device: candle_core::Device) -> LoadOptions {
+        LoadOptions { arch: self.arch, heads: self.heads, pos_resize: self.pos_resize, prefer: self.backbone.clone(), device }
+    }
+
     pub fn load(&self, checkpoint: &std::path::Path, device: candle_core::Device) -> Result<Encoder> {
-        let opts = LoadOptions {
-            arch: self.arch,
-            heads: self.heads,
-            pos_resize: self.pos_resize,
-            prefer: self.backbone.clone(),
-            device,
-        };
-        Encoder::load(checkpoint, &opts)
+        Encoder::load(checkpoint, &self.options(device))
     }
 }
 
@@ -105,7 +106,7 @@ pub struct EncoderArgs {
 
 impl EncoderArgs {
     pub fn load(&self) -> Result<Encoder> {
-        self.model.load(&self.checkpoint, crate::device::default_device()?)
+        self.model.load(&self.checkpoint, robust_ssl::device::default_device()?)
     }
 }
 

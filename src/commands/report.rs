@@ -21,7 +21,7 @@ pub fn run(a: &ReportArgs) -> Result<()> {
     let store = super::export::store_of(&a.run)?;
     let base = if a.run.is_dir() { a.run.clone() } else { a.run.parent().map(PathBuf::from).unwrap_or_default() };
     let out = a.out.clone().unwrap_or_else(|| base.join("report"));
-    let files = crate::report::page::write(&store, &out)?;
+    let files = robust_ssl::report::page::write(&store, &out)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&files)?);
     } else {

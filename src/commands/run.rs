@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use crate::experiment::config::Loaded;
-use crate::experiment::execute::{self, Options, RunDir};
-use crate::experiment::plan::{shard_spec, Plan};
-use crate::experiment::store::Store;
+use robust_ssl::experiment::config::Loaded;
+use robust_ssl::experiment::execute::{self, Options, RunDir};
+use robust_ssl::experiment::plan::{shard_spec, Plan};
+use robust_ssl::experiment::store::Store;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -40,7 +40,7 @@ pub fn prepare(path: &std::path::Path, out: Option<PathBuf>, shard: (usize, usiz
     let plan = Plan::new(&loaded)?;
     let dir = RunDir { root: out.unwrap_or_else(|| execute::default_run_dir(path)) };
     std::fs::create_dir_all(&dir.root).with_context(|| format!("{}: cannot create the run folder", dir.root.display()))?;
-    crate::atomic::write(&dir.root.join("experiment.toml"), loaded.text.as_bytes())
+    robust_ssl::atomic::write(&dir.root.join("experiment.toml"), loaded.text.as_bytes())
         .with_context(|| format!("{}: the run folder is not writable", dir.root.display()))?;
     let store = Store::open(&dir.store_path(shard))?;
     store.set_meta("name", &plan.name)?;
@@ -72,7 +72,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     );
     println!("results: {}", store.path().display());
     if shard.1 == 1 {
-        println!("\n{}", crate::report::page::summary(&store)?);
+        println!("\n{}", robust_ssl::report::page::summary(&store)?);
         println!("report: robust-ssl report {}", dir.root.display());
     } else {
         println!("when every shard is done: robust-ssl merge {} && robust-ssl report {}", dir.root.display(), dir.root.display());

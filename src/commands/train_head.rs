@@ -10,16 +10,16 @@ use clap::Args;
 use serde::Serialize;
 
 use super::features::FeatureArgs;
-use crate::data::Split;
-use crate::heads::evaluate::{evaluate, Evaluation};
-pub use crate::heads::fit::{OptimizerName, ScheduleName};
-use crate::heads::fit::{fit, HeadOptions, HeadRecipe};
-use crate::heads::head::{HeadMeta, Task};
-use crate::heads::layers::Pooling;
+use robust_ssl::data::Split;
+use robust_ssl::heads::evaluate::{evaluate, Evaluation};
+pub use robust_ssl::heads::fit::{OptimizerName, ScheduleName};
+use robust_ssl::heads::fit::{fit, HeadOptions, HeadRecipe};
+use robust_ssl::heads::head::{HeadMeta, Task};
+use robust_ssl::heads::layers::Pooling;
 
 #[derive(Args, Debug)]
 pub struct TrainHeadArgs {
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::choice::<Task>())]
     pub task: Task,
     #[command(flatten)]
     pub features: FeatureArgs,
@@ -34,7 +34,7 @@ pub struct TrainHeadArgs {
     pub batch_size: Option<usize>,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    #[arg(long, value_enum, default_value = "adamw")]
+    #[arg(long, value_parser = super::choice::<OptimizerName>(), default_value = "adamw")]
     pub optimizer: OptimizerName,
     /// Weight decay (default: 0 for cls, 1e-4 for seg and depth).
     #[arg(long)]
@@ -43,7 +43,7 @@ pub struct TrainHeadArgs {
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
     /// Learning-rate schedule (default: cosine for cls, poly for seg and depth).
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::choice::<ScheduleName>())]
     pub schedule: Option<ScheduleName>,
     /// Exponent of the poly schedule.
     #[arg(long, default_value_t = 1.0)]
@@ -79,7 +79,7 @@ struct Summary<'a> {
     first_loss: f64,
     train_seconds: f64,
     feature_seconds: Option<f64>,
-    cache: Option<crate::features::cache::CacheReport>,
+    cache: Option<robust_ssl::features::cache::CacheReport>,
     train_split: Option<Evaluation>,
 }
 
@@ -113,9 +113,9 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     }
     let recipe = a.recipe();
     recipe.check().map_err(|e| anyhow::anyhow!("{e} (--min-depth, --max-depth, --bins, --epochs, --batch-size, --lr)"))?;
-    crate::atomic::check_parent(&a.out)?;
+    robust_ssl::atomic::check_parent(&a.out)?;
     let prep = f.prepare(&[Split::Train], a.task.layout(), None)?;
-    let dev = crate::device::default_device()?;
+    let dev = robust_ssl::device::default_device()?;
 
     let t0 = Instant::now();
     let (mut source, cache) = prep.batches(f)?;
@@ -158,5 +158,5 @@ fn print_summary(s: &Summary) {
         println!("  on the training samples: {}", super::eval::one_line(&e.head));
         println!("  baseline ({}): {}", super::eval::baseline_name(&e.baseline_kind), super::eval::one_line(&e.baseline));
     }
-    println!("  -> {} (+ {})", s.head, crate::heads::file::sidecar(std::path::Path::new(&s.head)).display());
+    println!("  -> {} (+ {})", s.head, robust_ssl::heads::file::sidecar(std::path::Path::new(&s.head)).display());
 }

@@ -56,7 +56,8 @@ pub trait Dataset: Send + Sync {
     fn describe(&self) -> String;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum Split {
     Train,
     Val,
@@ -85,6 +86,69 @@ impl fmt::Display for Split {
             Self::Test => "test",
             Self::Unlabeled => "unlabeled",
         })
+    }
+}
+
+impl From<Split> for String {
+    fn from(s: Split) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for Split {
+    type Error = anyhow::Error;
+    fn try_from(s: String) -> Result<Split> {
+        s.parse()
+    }
+}
+
+/// Which samples of which dataset: `KIND:PATH`, the split, and a seeded subset. Part of the
+/// identity of every head and result (serialised into their keys).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DataRef {
+    pub dataset: String,
+    pub split: Split,
+    /// A seeded random subset of this many samples (default: all).
+    pub limit: Option<usize>,
+    pub subset_seed: u64,
+}
+
+impl DataRef {
+    pub fn open(&self) -> Result<Box<dyn Dataset>> {
+        open(&self.dataset, self.split)
+    }
+
+    /// The samples used of a split of `len`.
+    pub fn indices(&self, len: usize) -> Vec<usize> {
+        subset(len, self.limit, self.subset_seed)
+    }
+}
+
+/// `dataset` at `split` when given, else at the first of `defaults` it defines, opened once.
+pub fn open_first(dataset: &str, split: Option<Split>, defaults: &[Split]) -> Result<(Box<dyn Dataset>, Split)> {
+    if let Some(s) = split {
+        return Ok((open(dataset, s)?, s));
+    }
+    let mut last = None;
+    for &s in defaults {
+        match open(dataset, s) {
+            Ok(ds) => return Ok((ds, s)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no split to use")))
+}
+
+/// The indices of a seeded random subset of `limit` samples out of `n` (sorted), or all.
+pub fn subset(n: usize, limit: Option<usize>, seed: u64) -> Vec<usize> {
+    match limit {
+        Some(l) if l < n => {
+            let mut v = crate::rng::shuffled(n, seed ^ 0x5EB5E7);
+            v.truncate(l);
+            v.sort_unstable();
+            v
+        }
+        _ => (0..n).collect(),
     }
 }
 

@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::synthetic::SplitMix64;
 use super::{Dataset, Sample, Target, IGNORE};
 use crate::resize::{apply_separable, interpolate, interpolate_antialias, nearest_indices, Filter};
 
@@ -143,15 +142,10 @@ fn pad(s: Sample, ph: usize, pw: usize) -> Result<Sample> {
     Ok(Sample { image, target })
 }
 
-/// A permutation of `0..n`, the same for the same seed on every machine (Fisher–Yates, SplitMix64).
-pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut rng = SplitMix64::new(seed);
-    let mut v: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    v
+/// The default transforms for an encoder: shorter side to `size`, centre crop `size`², padded
+/// to a multiple of the patch.
+pub fn default_transforms(size: usize, patch: usize) -> Vec<Transform> {
+    vec![Transform::ResizeShort(size), Transform::CenterCrop(size, size), Transform::PadToMultiple(patch)]
 }
 
 /// Decodes and transforms the samples at `indices` in parallel, in order.

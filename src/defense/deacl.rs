@@ -67,7 +67,7 @@ impl Recipe for Deacl {
     fn loss(&self, student: &Student, teacher: &Encoder, batch: &MiniBatch, step: u64) -> Result<(Tensor, Vec<f64>)> {
         let t_clean = teacher.forward(&batch.images)?;
         let objective = EmbedAttack::new(&t_clean, self.embedding, Distance::Cosine);
-        let cfg = AttackConfig { seed: self.inner.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15), ..self.inner };
+        let cfg = AttackConfig { seed: crate::rng::stream(self.inner.seed, step), ..self.inner };
         let adv = attack(&student.snapshot()?, &objective, &batch.images, &cfg)?.adversarial;
         let (s_clean, s_adv) = student_pair(student, &batch.images, &adv)?;
         let (loss, parts) = deacl_loss(&s_clean, &t_clean, &s_adv, self.k, self.embedding)?;

@@ -6,6 +6,5 @@
 
 pub mod deacl;
 pub mod multi;
-pub mod optim;
 pub mod run;
 pub mod student;

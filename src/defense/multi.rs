@@ -13,16 +13,15 @@ use serde::Serialize;
 use super::deacl::similarity;
 use super::run::{MiniBatch, Recipe};
 use super::student::Student;
-use crate::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
-use crate::attacks::engine::{attack, AttackConfig};
-use crate::attacks::task::task_objective;
+use crate::attacks::embed::{Distance, EmbedTarget};
+use crate::attacks::engine::AttackConfig;
+use crate::attacks::scoring::{attack_batch, depth_range, Aim, ScoredHead};
 use crate::encoder::{Encoder, Tokens};
 use crate::features::{Batch, Targets};
 use crate::heads::head::TrainedHead;
 use crate::heads::trainer::{forward, loss as task_loss, target_size};
-use crate::metrics::DepthRange;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Combine {
     /// Σ_a w_a·ℓ_a / Σ_a w_a per sample.
@@ -30,6 +29,7 @@ pub enum Combine {
     /// max_a ℓ_a per sample (the perturbation that hurts most).
     Worst,
 }
+crate::choices!(Combine { Average = "average", Worst = "worst" });
 
 pub struct Multi {
     pub heads: Vec<(String, TrainedHead)>,
@@ -49,10 +49,6 @@ fn rows(t: &Tokens, start: usize, n: usize) -> Result<Tokens> {
 }
 
 impl Multi {
-    fn range(head: &TrainedHead) -> Option<DepthRange> {
-        head.meta.depth_range.map(|(min, max)| DepthRange { min, max })
-    }
-
     /// Per-sample task loss `[n]` of every head on `tokens` (differentiable).
     fn task_losses(&self, tokens: &Tokens, targets: &Targets) -> Result<Tensor> {
         let n = tokens.cls.dim(0)?;
@@ -65,7 +61,7 @@ impl Multi {
                 let t = targets.row(i);
                 let batch = Batch::from_tokens(&row.cls, &row.patch, row.grid);
                 let (out, _) = forward(&h.head, &batch, target_size(&t), false)?;
-                per.push(task_loss(h.meta.task, &out, &t, Self::range(h))?.to_dtype(tokens.cls.dtype())?);
+                per.push(task_loss(h.meta.task, &out, &t, depth_range(h))?.to_dtype(tokens.cls.dtype())?);
             }
             total = (total + Tensor::stack(&per, 0)?)?;
         }
@@ -92,15 +88,15 @@ impl Recipe for Multi {
         let n = x.dim(0)?;
         let t_clean = teacher.forward(x)?;
         let snapshot = student.snapshot()?;
-        let seed = self.inner.seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        // The perturbations: EmbedAttack, then each head's task attack.
+        let seed = crate::rng::stream(self.inner.seed, step);
+        // The perturbations: EmbedAttack, then each head's task attack (through that head alone).
         let mut perturbed = vec![x.clone()];
-        let embed = EmbedAttack::new(&t_clean, self.embedding, Distance::Cosine);
-        perturbed.push(attack(&snapshot, &embed, x, &AttackConfig { seed, ..self.inner })?.adversarial);
-        for (i, (_, h)) in self.heads.iter().enumerate() {
-            let objective = task_objective(&h.head, &batch.targets, Self::range(h))?;
+        let embed = Aim::Embed { reference: Some(&t_clean), target: self.embedding, distance: Distance::Cosine };
+        perturbed.push(attack_batch(&snapshot, x, embed, &[], &AttackConfig { seed, ..self.inner }, false)?.outcome.adversarial);
+        for (i, (name, h)) in self.heads.iter().enumerate() {
+            let head = [ScoredHead { head: h, targets: &batch.targets, name }];
             let cfg = AttackConfig { seed: seed.wrapping_add(i as u64 + 1), ..self.inner };
-            perturbed.push(attack(&snapshot, objective.as_ref(), x, &cfg)?.adversarial);
+            perturbed.push(attack_batch(&snapshot, x, Aim::Head(0), &head, &cfg, false)?.outcome.adversarial);
         }
         // One student pass over the clean images and every perturbation.
         let all = student.forward(&Tensor::cat(&perturbed, 0)?)?;

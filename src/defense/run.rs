@@ -17,9 +17,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::optim::Optimizer;
+use crate::optim::Optimizer;
 use super::student::Student;
-use crate::data::transform::{load_batch, shuffled, Transform};
+use crate::data::transform::{load_batch, Transform};
+use crate::rng::shuffled;
 use crate::data::Dataset;
 use crate::encoder::Encoder;
 use crate::features::{targets_of, Targets};
@@ -217,7 +218,7 @@ pub fn finetune(recipe: &dyn Recipe, teacher: &Encoder, ds: &dyn Dataset, indice
     let dev = teacher.vit.device().clone();
     for step in start..total {
         let (epoch, b) = ((step as usize) / per_epoch, (step as usize) % per_epoch);
-        let order = shuffled(n, t.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        let order = shuffled(n, crate::rng::epoch(t.seed, epoch));
         let ids: Vec<usize> = order[b * t.batch_size..((b + 1) * t.batch_size).min(n)].iter().map(|&i| indices[i]).collect();
         let samples = load_batch(ds, &ids, transforms)?;
         let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0)

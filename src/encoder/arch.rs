@@ -5,7 +5,7 @@ use std::fmt;
 
 use anyhow::{bail, Result};
 
-use super::pos_embed::PosResize;
+
 
 /// The self-supervised family a backbone comes from (only a label: the maths is shared).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -237,19 +237,6 @@ impl fmt::Display for VitConfig {
             self.pos_grid,
             self.ln_eps
         )
-    }
-}
-
-/// The default resize semantics for a checkpoint of a given naming.
-pub fn default_pos_resize(source: super::weights::Source, num_registers: usize) -> PosResize {
-    use super::weights::Source;
-    match source {
-        // Official DINOv2 with registers: size-based, antialiased; without: scale factor + 0.1.
-        Source::Official if num_registers > 0 => PosResize::SizeAntialias,
-        Source::Official => PosResize::Official,
-        // timm resamples with an explicit size and antialiasing.
-        Source::Timm => PosResize::SizeAntialias,
-        Source::HuggingFace | Source::Onnx => PosResize::Size,
     }
 }
 

@@ -79,6 +79,22 @@ pub struct Encoder {
     fingerprint: OnceLock<serde_json::Value>,
 }
 
+/// The blake3 of the checkpoint file (not its name or place) and how it was loaded.
+fn fingerprint(info: &EncoderInfo, dtype: DType) -> Result<serde_json::Value> {
+    let file = Path::new(&info.file);
+    let hash = blake3::Hasher::new()
+        .update_mmap_rayon(file)
+        .with_context(|| format!("{}: cannot read the encoder file to fingerprint it", file.display()))?
+        .finalize();
+    Ok(serde_json::json!({
+        "blake3": hash.to_hex().to_string(),
+        "prefix": info.prefix,
+        "pos_resize": info.pos_resize,
+        "config": info.config,
+        "dtype": format!("{dtype:?}"),
+    }))
+}
+
 /// What [`Encoder::backward`] needs from [`Encoder::forward_with_tape`].
 pub enum Tape {
     /// The hand-written CPU path.
@@ -89,7 +105,35 @@ pub enum Tape {
 
 impl Encoder {
     pub fn load(path: &Path, opts: &LoadOptions) -> Result<Self> {
-        let mut ckpt = Checkpoint::load(path, opts.prefer.as_deref())?;
+        let (mut ckpt, info) = Self::read(path, opts)?;
+        if info.heads_assumed && info.config.official_name().is_none() {
+            eprintln!(
+                "warning: {}: the file does not state the number of attention heads; assuming 64-dim heads \
+                 ({} head(s)) for this custom width {}. Pass --num-heads if that is wrong.",
+                path.display(),
+                info.config.num_heads,
+                info.config.embed_dim
+            );
+        }
+        let vit = VisionTransformer::load(&mut ckpt, info.config.clone(), info.pos_resize)?;
+        let vit = if opts.device.is_cpu() { vit } else { vit.to(&opts.device, DType::F32)? };
+        Self::from_vit(vit, info)
+    }
+
+    /// What loading `path` would give, without building the model: the architecture, the
+    /// resize semantics, the naming (for planning, which needs no weights on a device).
+    pub fn describe(path: &Path, opts: &LoadOptions) -> Result<EncoderInfo> {
+        Ok(Self::read(path, opts)?.1)
+    }
+
+    /// The identity of the weights `info` describes, as [`Encoder::fingerprint`] gives it for
+    /// the model built from them (whose parameters are always f32).
+    pub fn fingerprint_of(info: &EncoderInfo) -> Result<serde_json::Value> {
+        fingerprint(info, DType::F32)
+    }
+
+    fn read(path: &Path, opts: &LoadOptions) -> Result<(Checkpoint, EncoderInfo)> {
+        let ckpt = Checkpoint::load(path, opts.prefer.as_deref())?;
         let facts = ckpt.shape_facts()?;
         let over = ArchOverrides {
             arch: match opts.arch {
@@ -102,7 +146,7 @@ impl Encoder {
         let heads_hint = ckpt.heads_hint(facts.embed_dim);
         let heads_assumed = opts.heads.is_none() && over.arch.is_none() && heads_hint.is_none();
         let config = arch::resolve(&facts, &over, heads_hint).with_context(|| format!("{}", path.display()))?;
-        let default_pos_resize = arch::default_pos_resize(ckpt.source, config.num_registers);
+        let default_pos_resize = weights::default_pos_resize(ckpt.source, config.num_registers);
         let pos_resize = opts.pos_resize.unwrap_or(default_pos_resize);
         let info = EncoderInfo {
             file: path.display().to_string(),
@@ -119,18 +163,7 @@ impl Encoder {
             heads_assumed,
             slots: ckpt.slots.clone(),
         };
-        if heads_assumed && config.official_name().is_none() {
-            eprintln!(
-                "warning: {}: the file does not state the number of attention heads; assuming 64-dim heads \
-                 ({} head(s)) for this custom width {}. Pass --num-heads if that is wrong.",
-                path.display(),
-                config.num_heads,
-                config.embed_dim
-            );
-        }
-        let vit = VisionTransformer::load(&mut ckpt, config, pos_resize)?;
-        let vit = if opts.device.is_cpu() { vit } else { vit.to(&opts.device, DType::F32)? };
-        Self::from_vit(vit, info)
+        Ok((ckpt, info))
     }
 
     pub fn from_vit(vit: VisionTransformer, info: EncoderInfo) -> Result<Self> {
@@ -154,18 +187,7 @@ impl Encoder {
         if let Some(f) = self.fingerprint.get() {
             return Ok(f.clone());
         }
-        let file = Path::new(&self.info.file);
-        let hash = blake3::Hasher::new()
-            .update_mmap_rayon(file)
-            .with_context(|| format!("{}: cannot read the encoder file to fingerprint it", file.display()))?
-            .finalize();
-        let f = serde_json::json!({
-            "blake3": hash.to_hex().to_string(),
-            "prefix": self.info.prefix,
-            "pos_resize": self.info.pos_resize,
-            "config": self.info.config,
-            "dtype": format!("{:?}", self.vit.dtype()),
-        });
+        let f = fingerprint(&self.info, self.vit.dtype())?;
         Ok(self.fingerprint.get_or_init(|| f).clone())
     }
 

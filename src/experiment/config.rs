@@ -11,8 +11,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::attacks::embed::{Distance, EmbedTarget};
+use crate::attacks::spec::{AttackKind, AttackSpec, StepSize};
 use crate::attacks::threat::{parse_amount, Norm};
-use crate::heads::fit::{HeadOptions, OptimizerName, ScheduleName};
+use crate::heads::fit::HeadOptions;
 use crate::heads::head::Task;
 
 /// The whole file.
@@ -28,7 +29,7 @@ pub struct Experiment {
     #[serde(rename = "task")]
     pub tasks: Vec<TaskSpec>,
     #[serde(rename = "attack", default)]
-    pub attacks: Vec<AttackSpec>,
+    pub attacks: Vec<AttackBlock>,
 }
 
 /// Settings shared by every cell.
@@ -97,69 +98,31 @@ pub struct TaskSpec {
     pub images: Option<Spanned<String>>,
     /// Transforms (resize-shortN, resizeHxW, cropHxW, padN); default from `run.size`.
     pub transforms: Option<Spanned<String>>,
-    /// The heads to train on this task (default: one with the reference settings).
+    /// The heads to train on this task (default: one with the default settings).
     #[serde(default)]
-    pub heads: Vec<HeadSpec>,
+    pub heads: Vec<Spanned<HeadSpec>>,
 }
 
-/// A head's settings; unset ones take the reference defaults of `train-head`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A head of a task: an optional name and `train-head`'s settings ([`HeadOptions`]; unset ones
+/// take the defaults of its recipe).
+#[derive(Debug, Default)]
 pub struct HeadSpec {
-    pub name: Option<Spanned<String>>,
-    pub epochs: Option<usize>,
-    pub batch_size: Option<usize>,
-    pub lr: Option<f64>,
-    /// adamw or sgd.
-    pub optimizer: Option<OptimizerName>,
-    pub weight_decay: Option<f64>,
-    pub momentum: Option<f64>,
-    /// constant, poly or cosine.
-    pub schedule: Option<ScheduleName>,
-    pub poly_power: Option<f64>,
-    pub warmup_steps: Option<usize>,
-    pub seed: Option<u64>,
-    /// cls or cls+mean (linear probe).
-    pub pooling: Option<Spanned<String>>,
-    pub classes: Option<usize>,
-    pub bins: Option<usize>,
-    pub min_depth: Option<f64>,
-    pub max_depth: Option<f64>,
+    pub name: Option<String>,
+    pub options: HeadOptions,
 }
 
-impl HeadSpec {
-    /// The settings (pooling checked when the file was read).
-    pub fn options(&self) -> HeadOptions {
-        HeadOptions {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            optimizer: self.optimizer,
-            weight_decay: self.weight_decay,
-            momentum: self.momentum,
-            schedule: self.schedule,
-            poly_power: self.poly_power,
-            warmup_steps: self.warmup_steps,
-            seed: self.seed,
-            pooling: self.pooling.as_ref().map(|p| p.get_ref().parse().expect("checked when read")),
-            classes: self.classes,
-            bins: self.bins,
-            min_depth: self.min_depth,
-            max_depth: self.max_depth,
-        }
+impl<'de> Deserialize<'de> for HeadSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let name = match table.remove("name") {
+            Some(toml::Value::String(s)) => Some(s),
+            Some(other) => return Err(D::Error::custom(format!("a head's name must be a string, not {}", other.type_str()))),
+            None => None,
+        };
+        let options = HeadOptions::deserialize(toml::Value::Table(table)).map_err(|e| D::Error::custom(e.message()))?;
+        Ok(HeadSpec { name, options })
     }
-}
-
-/// Which attacks run against every encoder and task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AttackName {
-    /// EmbedAttack: one perturbation per image, scored on every task of its images.
-    Embed,
-    /// Each head's own attack: PGD (cls), SegPGD (seg), DepthPGD (depth).
-    Task,
-    /// The task loss with AutoAttack's APGD schedule.
-    Apgd,
 }
 
 /// One value or a list of them.
@@ -196,11 +159,12 @@ impl Amount {
     }
 }
 
-/// A block of attacks: kinds × ε × norms × steps × seeds.
+/// A block of attacks: kinds × ε × norms × steps × seeds; unset settings take
+/// [`AttackSpec`]'s defaults.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AttackSpec {
-    pub kinds: Vec<AttackName>,
+pub struct AttackBlock {
+    pub kinds: Vec<AttackKind>,
     pub eps: Vec<Spanned<Amount>>,
     #[serde(default = "default_norm")]
     pub norm: OneOrMany<Norm>,
@@ -221,41 +185,25 @@ pub struct AttackSpec {
 }
 
 fn default_norm() -> OneOrMany<Norm> {
-    OneOrMany::One(Norm::Linf)
+    OneOrMany::One(AttackSpec::DEFAULT_NORM)
 }
 fn default_steps() -> OneOrMany<usize> {
-    OneOrMany::One(20)
+    OneOrMany::One(AttackSpec::DEFAULT_STEPS)
 }
 fn default_seeds() -> OneOrMany<u64> {
-    OneOrMany::One(0)
+    OneOrMany::One(AttackSpec::DEFAULT_SEED)
 }
 fn one() -> usize {
-    1
+    AttackSpec::DEFAULT_RESTARTS
 }
 fn yes() -> bool {
     true
 }
 fn both() -> EmbedTarget {
-    EmbedTarget::Both
+    AttackSpec::DEFAULT_EMBED_TARGET
 }
 fn mse() -> Distance {
-    Distance::Mse
-}
-
-/// How a step size is given: a fraction of ε, or an amount.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum StepSize {
-    EpsOver(f64),
-    Absolute(f64),
-}
-
-impl StepSize {
-    pub fn at(self, eps: f64) -> f64 {
-        match self {
-            Self::EpsOver(k) => eps / k,
-            Self::Absolute(v) => v,
-        }
-    }
+    AttackSpec::DEFAULT_EMBED_DISTANCE
 }
 
 /// The parsed file, its text and where it lies (for messages and relative paths).
@@ -328,18 +276,13 @@ impl Loaded {
     }
 
     /// Step size of an attack block.
-    pub fn step_size(&self, a: &AttackSpec) -> Result<StepSize> {
-        let Some(s) = &a.step_size else { return Ok(StepSize::EpsOver(4.0)) };
-        let text = s.get_ref().trim();
-        let parsed = match text.strip_prefix("eps/") {
-            Some(k) => k.trim().parse::<f64>().ok().filter(|k| *k > 0.0 && k.is_finite()).map(StepSize::EpsOver),
-            None => parse_amount(text).ok().filter(|v| *v > 0.0).map(StepSize::Absolute),
-        };
-        parsed.ok_or_else(|| self.error(s, format!("step_size '{text}' is neither eps/K nor a positive amount like 2/255")))
+    pub fn step_size(&self, a: &AttackBlock) -> Result<StepSize> {
+        let Some(s) = &a.step_size else { return Ok(StepSize::DEFAULT) };
+        StepSize::parse(s.get_ref()).map_err(|err| self.error(s, err))
     }
 
     /// The ε values of an attack block.
-    pub fn eps(&self, a: &AttackSpec) -> Result<Vec<(f64, String)>> {
+    pub fn eps(&self, a: &AttackBlock) -> Result<Vec<(f64, String)>> {
         a.eps
             .iter()
             .map(|e| {
@@ -388,11 +331,13 @@ impl Loaded {
             if let Some(tr) = &t.transforms {
                 crate::data::transform::Transform::parse_list(tr.get_ref()).map_err(|err| self.error(tr, format!("{err:#}")))?;
             }
-            unique(self, t.heads.iter().filter_map(|h| h.name.as_ref()), &format!("head of task '{}'", t.name.get_ref()))?;
+            let mut names: Vec<&Spanned<HeadSpec>> = Vec::new();
             for h in &t.heads {
-                if let Some(p) = &h.pooling {
-                    p.get_ref().parse::<crate::heads::layers::Pooling>().map_err(|err| self.error(p, err))?;
+                if let Some(first) = h.get_ref().name.as_ref().and_then(|n| names.iter().find(|o| o.get_ref().name.as_ref() == Some(n))) {
+                    let what = format!("a second head named '{}' in task '{}' (the first is at {})", first.get_ref().name.as_deref().unwrap_or(""), t.name.get_ref(), self.at(first.span()));
+                    return Err(self.error(h, what));
                 }
+                names.push(h);
             }
         }
         for a in &x.attacks {

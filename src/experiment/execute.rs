@@ -12,24 +12,18 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::config::AttackName;
-use super::plan::{key_of, AttackParams, Item, Plan, Work};
-use super::store::{CellRow, Example, Store};
-use crate::attacks::embed::EmbedAttack;
-use crate::attacks::engine::{attack, AttackConfig, Method, Sanity};
-use crate::attacks::objective::Objective;
-use crate::attacks::task::task_objective;
-use crate::attacks::threat::ThreatModel;
-use crate::commands::cross_task::labels_of_same_images;
+use super::plan::{key_of, Item, Plan, Work};
+use super::store::{CellResult, CellRow, Example, Store};
+use crate::attacks::engine::Sanity;
+use crate::attacks::scoring::{attack_batch, labels_of_same_images, Aim, ScoredHead};
+use crate::attacks::strips::attack_strip;
 use crate::data::transform::load_batch;
-use crate::encoder::Encoder;
+use crate::encoder::{Encoder, LoadOptions};
 use crate::features::cache::FeatureCache;
-use crate::features::{batches, targets_of, Batch, Source, Targets};
+use crate::features::{batches, targets_of, Source, Targets};
 use crate::heads::evaluate::{evaluate, ScoreState, Scorer};
 use crate::heads::fit::fit;
 use crate::heads::head::{Task, TrainedHead};
-use crate::heads::trainer::{forward, target_size};
-use crate::metrics::DepthRange;
 
 pub struct Options {
     /// This shard of how many (0/1: everything).
@@ -114,7 +108,7 @@ pub fn run(plan: &Plan, dir: &RunDir, store: &mut Store, opts: &Options) -> Resu
             continue;
         }
         let entry = &plan.encoders[e];
-        let enc = entry.model.load(&entry.checkpoint, crate::device::default_device()?)?;
+        let enc = Encoder::load(&entry.checkpoint, &LoadOptions { device: crate::device::default_device()?, ..entry.options.clone() })?;
         let mut heads = std::collections::BTreeMap::new();
         for h in plan.heads_of(&mine) {
             overall.set_message(format!("{} · training the {} head", entry.name, plan.head_label(h)));
@@ -136,21 +130,6 @@ fn item_encoder(plan: &Plan, item: &Item) -> usize {
     match &item.work {
         Work::Clean { head } => plan.heads[*head].encoder,
         Work::Attack { encoder, .. } => *encoder,
-    }
-}
-
-/// An attack's engine settings; the seed of batch `b` derives from the setting's seed.
-fn engine_config(p: &AttackParams, b: usize, early_stop: bool) -> AttackConfig {
-    AttackConfig {
-        method: if p.kind == AttackName::Apgd { Method::Apgd } else { Method::Pgd },
-        threat: ThreatModel { norm: p.norm, eps: p.eps },
-        step_size: p.step_size,
-        steps: p.steps,
-        restarts: p.restarts,
-        random_start: p.random_start,
-        seed: p.seed ^ (b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        early_stop,
-        last_iterate: false,
     }
 }
 
@@ -211,8 +190,8 @@ impl Runner<'_> {
         let (mut features, _) = batches(Source::Encoder(enc), ds.as_ref(), &request, self.cache())?;
         let evaluation = evaluate(head, features.as_mut(), 64, &crate::device::default_device()?, &file)?;
         let cell = &item.cells[0];
-        let result = serde_json::json!({ "samples": evaluation.samples, "clean": evaluation });
-        self.store.put_cells(&item.key, &[CellRow { key: cell.key.clone(), labels: serde_json::to_value(&cell.labels)?, result }])
+        let result = CellResult { samples: evaluation.samples, clean: evaluation, adversarial: None, mean_objective: None, sanity: None };
+        self.store.put_cells(&item.key, &[CellRow { key: cell.key.clone(), labels: cell.labels.clone(), result }])
     }
 
     /// Attacks the item's images batch by batch and scores the perturbations on `scored`
@@ -258,40 +237,24 @@ impl Runner<'_> {
                     Some(ds) => labels_of_same_images(ds.as_ref(), ids, &transforms, &images, &images_ds.describe()),
                 })
                 .collect::<Result<Vec<Targets>>>()?;
-            let clean = enc.forward(&images.to_device(enc.vit.device())?)?;
-            let objective: Box<dyn Objective> = match attacked_by {
-                None => Box::new(EmbedAttack::new(&clean, params.embed_target, params.embed_distance)),
-                Some((_, k)) => {
-                    let head = scored[k].1;
-                    task_objective(&head.head, &targets[k], head.meta.depth_range.map(|(min, max)| DepthRange { min, max }))?
-                }
+            let aim = match attacked_by {
+                None => Aim::Embed { reference: None, target: params.embed_target, distance: params.embed_distance },
+                Some((_, k)) => Aim::Head(k),
             };
+            let heads: Vec<ScoredHead> = scored.iter().zip(&targets).map(|(&(_, head, cell), targets)| ScoredHead { head, targets, name: cell }).collect();
             let early_stop = attacked_by.is_some_and(|(s, _)| plan.tasks[plan.heads[s].task].task == Task::Cls);
-            let out = attack(enc, objective.as_ref(), &images, &engine_config(params, b, early_stop))?;
-            let adv = enc.forward(&out.adversarial.to_device(enc.vit.device())?)?;
-            let mut scores = Vec::new();
+            let done = attack_batch(enc, &images, aim, &heads, &params.engine(b, early_stop), true)?;
             let mut examples = Vec::new();
-            for (k, &(_, head, cell)) in scored.iter().enumerate() {
-                let size = target_size(&targets[k]);
-                let mut outs = Vec::new();
-                let mut pair = Vec::new();
-                for tokens in [&clean, &adv] {
-                    let batch = Batch::from_tokens(&tokens.cls, &tokens.patch, tokens.grid).to_device(&Device::Cpu)?;
-                    let (o, _) = forward(&head.head, &batch, size, false)?;
-                    let mut scorer = Scorer::new(head, cell)?;
-                    scorer.add(&o, &targets[k], ids.len())?;
-                    pair.push(scorer.state().clone());
-                    outs.push(o);
-                }
-                scores.push((pair[0].clone(), pair[1].clone()));
-                if b == 0 {
+            if b == 0 {
+                for (h, s) in heads.iter().zip(&done.heads) {
                     for j in 0..plan.examples.min(ids.len()) {
-                        let (suffix, png) = crate::report::strips::attack_strip(j, &images, &out.adversarial, (&outs[0], &outs[1]), &targets[k], params.eps)?;
-                        examples.push(Example { cell: cell.to_string(), name: format!("{:05}{suffix}.png", ids[j]), png });
+                        let (suffix, png) = attack_strip(j, &images, &done.outcome.adversarial, (&s.clean_output, &s.adversarial_output), h.targets, params.eps)?;
+                        examples.push(Example { cell: h.name.to_string(), name: format!("{:05}{suffix}.png", ids[j]), png });
                     }
                 }
             }
-            let state = BatchState { scores, objective_sum: out.loss.iter().sum(), sanity: out.sanity };
+            let scores = done.heads.into_iter().map(|s| (s.clean, s.adversarial)).collect();
+            let state = BatchState { scores, objective_sum: done.outcome.loss.iter().sum(), sanity: done.outcome.sanity };
             self.store.put_partial(&exec, b, &serde_json::to_string(&state)?, &examples)?;
             bar.inc(1);
         }
@@ -315,14 +278,14 @@ impl Runner<'_> {
         let mut rows = Vec::new();
         for ((c, a), &(_, _, cell)) in merged.into_iter().zip(scored) {
             let labels = &item.cells.iter().find(|x| x.key == cell).expect("a cell of the item").labels;
-            let result = serde_json::json!({
-                "samples": samples,
-                "clean": c.finish()?,
-                "adversarial": a.finish()?,
-                "mean_objective": objective_sum / samples as f64,
-                "sanity": sanity,
-            });
-            rows.push(CellRow { key: cell.to_string(), labels: serde_json::to_value(labels)?, result });
+            let result = CellResult {
+                samples,
+                clean: c.finish()?,
+                adversarial: Some(a.finish()?),
+                mean_objective: Some(objective_sum / samples as f64),
+                sanity: Some(sanity.clone()),
+            };
+            rows.push(CellRow { key: cell.to_string(), labels: labels.clone(), result });
         }
         if let Some(w) = sanity.warning() {
             self.bars.println(format!("warning: {}: {w}", plan.describe(item)))?;

@@ -4,16 +4,21 @@
 use std::io::Write;
 
 use anyhow::Result;
-use serde_json::Value;
+use super::store::{CellRow, Predictor};
+use crate::attacks::spec::AttackSpec;
+use crate::heads::head::Task;
 
-use super::store::CellRow;
+/// A number as JSON writes it (the CSV's columns read as the JSON export's).
+fn number(v: f64) -> String {
+    serde_json::Value::from(v).to_string()
+}
 
 /// The metric a task is ranked by: accuracy, mIoU, depth RMSE.
-pub fn primary_metric(task_kind: &str) -> &'static str {
-    match task_kind {
-        "cls" => "accuracy",
-        "seg" => "miou",
-        _ => "rmse",
+pub fn primary_metric(task: Task) -> &'static str {
+    match task {
+        Task::Cls => "accuracy",
+        Task::Seg => "miou",
+        Task::Depth => "rmse",
     }
 }
 
@@ -22,33 +27,23 @@ pub fn lower_is_better(metric: &str) -> bool {
     matches!(metric, "rmse" | "abs_rel" | "sq_rel" | "rmse_log" | "log10")
 }
 
-/// (predictor, metric, value) of a cell: `clean`, `adversarial` and `baseline` (the trivial
-/// predictor, on the clean images), every scalar metric.
-pub fn metrics(cell: &CellRow) -> Vec<(&'static str, String, f64)> {
-    let mut out = Vec::new();
-    let mut scalars = |which: &'static str, v: Option<&Value>| {
-        if let Some(Value::Object(m)) = v {
-            for (k, x) in m {
-                if let Some(f) = x.as_f64().filter(|_| !matches!(k.as_str(), "correct" | "total" | "images" | "images_without_valid_pixels")) {
-                    out.push((which, k.clone(), f));
-                }
-            }
-        }
-    };
-    scalars("clean", cell.result.pointer("/clean/head"));
-    scalars("adversarial", cell.result.pointer("/adversarial/head"));
-    scalars("baseline", cell.result.pointer("/clean/baseline"));
-    out
+/// (predictor, metric, value) of a cell: the clean, adversarial and baseline (the trivial
+/// predictor, on the clean images) figures, every scalar metric.
+pub fn metrics(cell: &CellRow) -> Vec<(Predictor, &'static str, f64)> {
+    [Predictor::Clean, Predictor::Adversarial, Predictor::Baseline]
+        .into_iter()
+        .flat_map(|p| cell.result.metrics(p).map(|m| m.scalars()).unwrap_or_default().into_iter().map(move |(name, v)| (p, name, v)))
+        .collect()
 }
 
-/// A cell's value of `metric` for `which` (clean, adversarial, baseline).
-pub fn value(cell: &CellRow, which: &str, metric: &str) -> Option<f64> {
-    let at = if which == "baseline" { "/clean/baseline".to_string() } else { format!("/{which}/head") };
-    cell.result.pointer(&at)?.get(metric)?.as_f64()
+/// A cell's value of `metric` for `which` predictor.
+pub fn value(cell: &CellRow, which: Predictor, metric: &str) -> Option<f64> {
+    cell.result.metrics(which)?.get(metric)
 }
 
+/// Every cell with its labels and full result; keys in name order, as the store keeps them.
 pub fn write_json(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
-    serde_json::to_writer_pretty(&mut *out, cells)?;
+    serde_json::to_writer_pretty(&mut *out, &serde_json::to_value(cells)?)?;
     writeln!(out)?;
     Ok(())
 }
@@ -60,21 +55,31 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
         "seed", "samples", "predictor", "metric", "value",
     ])?;
     for c in cells {
-        let l = |k: &str| match c.labels.get(k) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Null) | None => String::new(),
-            Some(v) => v.to_string(),
-        };
-        let p = |k: &str| match c.labels.pointer(&format!("/params/{k}")) {
-            Some(Value::String(s)) => s.clone(),
-            Some(v) => v.to_string(),
-            None => String::new(),
-        };
-        let samples = c.result.get("samples").map(|v| v.to_string()).unwrap_or_default();
+        let l = &c.labels;
+        let p = l.params.as_ref();
+        let param = |f: &dyn Fn(&AttackSpec) -> String| p.map(f).unwrap_or_default();
+        let samples = c.result.samples.to_string();
         for (which, metric, v) in metrics(c) {
             w.write_record([
-                c.key.clone(), l("encoder"), l("task"), l("task_kind"), l("head"), l("dataset"), l("condition"), l("attack"), l("attacked"), p("norm"), p("eps"),
-                p("eps_text"), p("steps"), p("step_size"), p("seed"), samples.clone(), which.to_string(), metric, format!("{v}"),
+                c.key.clone(),
+                l.encoder.clone(),
+                l.task.clone(),
+                l.task_kind.to_string(),
+                l.head.clone(),
+                l.dataset.clone(),
+                l.condition.clone(),
+                l.attack.map(|a| a.to_string()).unwrap_or_default(),
+                l.attacked.clone().unwrap_or_default(),
+                param(&|p| p.norm.to_string()),
+                param(&|p| number(p.eps)),
+                param(&|p| p.eps_text.clone()),
+                param(&|p| p.steps.to_string()),
+                param(&|p| number(p.step_size)),
+                param(&|p| p.seed.to_string()),
+                samples.clone(),
+                which.to_string(),
+                metric.to_string(),
+                format!("{v}"),
             ])?;
         }
     }

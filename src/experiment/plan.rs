@@ -2,8 +2,8 @@
 //! an attack whose perturbations are scored on one or more heads), each keyed by a hash of
 //! everything that determines it. Expensive work is shared: a head is trained once per encoder
 //! and task, and EmbedAttack runs once per encoder, image set and setting, its perturbation
-//! scored on every task of those images. Planning opens every dataset and checkpoint, so bad
-//! input is refused before any work starts.
+//! scored on every task of those images. Planning opens every dataset and reads every checkpoint
+//! (without building the model), so bad input is refused before any work starts.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,42 +11,20 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::config::{AttackName, HeadSpec, Loaded};
-use crate::attacks::embed::{Distance, EmbedTarget};
-use crate::attacks::threat::Norm;
-use crate::commands::ModelOptions;
+use super::config::{HeadSpec, Loaded};
+use crate::attacks::spec::{AttackKind, AttackSpec};
+use crate::encoder::{Encoder, LoadOptions};
 use crate::data::transform::Transform;
-use crate::data::Split;
+use crate::data::{DataRef, Split};
 use crate::heads::fit::HeadRecipe;
+use crate::choice::Choice;
 use crate::heads::head::Task;
-
-/// Which samples of which dataset (paths absolute).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DataRef {
-    pub dataset: String,
-    pub split: String,
-    pub limit: Option<usize>,
-    pub subset_seed: u64,
-}
-
-impl DataRef {
-    pub fn split(&self) -> Split {
-        self.split.parse().expect("checked when planned")
-    }
-
-    pub fn open(&self) -> Result<Box<dyn crate::data::Dataset>> {
-        crate::data::open(&self.dataset, self.split())
-    }
-
-    pub fn indices(&self, len: usize) -> Vec<usize> {
-        crate::features::subset(len, self.limit, self.subset_seed)
-    }
-}
 
 pub struct EncoderEntry {
     pub name: String,
     pub checkpoint: PathBuf,
-    pub model: ModelOptions,
+    /// How it is loaded (the device is chosen when it runs).
+    pub options: LoadOptions,
     pub fingerprint: serde_json::Value,
     pub patch_size: usize,
 }
@@ -72,21 +50,8 @@ pub struct HeadEntry {
     pub recipe: HeadRecipe,
 }
 
-/// One attack setting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttackParams {
-    pub kind: AttackName,
-    pub norm: Norm,
-    pub eps: f64,
-    pub eps_text: String,
-    pub step_size: f64,
-    pub steps: usize,
-    pub seed: u64,
-    pub restarts: usize,
-    pub random_start: bool,
-    pub embed_target: EmbedTarget,
-    pub embed_distance: Distance,
-}
+/// One attack setting (its kind: `embed`, `task`, `apgd`, …).
+pub type AttackParams = AttackSpec;
 
 pub enum Work {
     /// A head's metrics on its evaluation samples.
@@ -107,7 +72,7 @@ pub struct Labels {
     /// `clean` or `attack`.
     pub condition: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attack: Option<String>,
+    pub attack: Option<AttackKind>,
     /// The head whose loss the attack maximised (`task/head`); none for EmbedAttack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attacked: Option<String>,
@@ -150,7 +115,7 @@ impl Plan {
     /// The transforms of `task`'s images for `encoder`.
     pub fn transforms(&self, encoder: usize, task: usize) -> Vec<Transform> {
         let t = &self.tasks[task];
-        t.transforms.clone().unwrap_or_else(|| crate::commands::features::default_transforms(self.size, self.encoders[encoder].patch_size))
+        t.transforms.clone().unwrap_or_else(|| crate::data::transform::default_transforms(self.size, self.encoders[encoder].patch_size))
     }
 
     /// The transforms' names (as keys and head files record them).
@@ -163,44 +128,35 @@ impl Plan {
         crate::features::Request { layout: self.tasks[task].task.layout(), transforms: self.transforms(encoder, task), indices: data.indices(len), batch_size: self.encoder_batch_size }
     }
 
-    /// Plans `loaded`, opening every dataset and loading every encoder once to check them.
+    /// Plans `loaded`, opening every dataset and reading every checkpoint to check them.
     pub fn new(l: &Loaded) -> Result<Plan> {
         let x = &l.experiment;
         let mut encoders = Vec::new();
         for e in &x.encoders {
             let checkpoint = l.resolve(e.checkpoint.get_ref());
-            let model = ModelOptions {
+            let options = LoadOptions {
                 arch: e.arch.as_ref().map_or(Ok(crate::encoder::arch::ArchChoice::Auto), |a| a.get_ref().parse())?,
                 pos_resize: e.pos_resize.as_ref().map(|p| p.get_ref().parse()).transpose()?,
                 heads: e.num_heads,
-                backbone: e.backbone.clone(),
+                prefer: e.backbone.clone(),
+                device: candle_core::Device::Cpu,
             };
-            let enc = model.load(&checkpoint, candle_core::Device::Cpu).map_err(|err| l.error(&e.checkpoint, format!("{err:#}")))?;
-            encoders.push(EncoderEntry { name: e.name.get_ref().clone(), checkpoint, fingerprint: enc.fingerprint()?, patch_size: enc.config().patch_size, model });
+            // Read, not built: the runner builds each encoder once, when its work starts.
+            let info = Encoder::describe(&checkpoint, &options).map_err(|err| l.error(&e.checkpoint, format!("{err:#}")))?;
+            encoders.push(EncoderEntry { name: e.name.get_ref().clone(), checkpoint, fingerprint: Encoder::fingerprint_of(&info)?, patch_size: info.config.patch_size, options });
         }
         let mut tasks: Vec<TaskEntry> = Vec::new();
         for t in &x.tasks {
             let data = |d: &super::config::DataSpec, defaults: &[Split]| -> Result<(DataRef, usize)> {
                 let dataset = l.resolve_dataset(&d.dataset)?;
-                let splits: Vec<Split> = match &d.split {
-                    Some(s) => vec![s.get_ref().parse()?],
-                    None => defaults.to_vec(),
-                };
-                let mut last = None;
-                for s in splits {
-                    match crate::data::open(&dataset, s) {
-                        Ok(ds) => {
-                            let r = DataRef { dataset: dataset.clone(), split: s.to_string(), limit: d.limit, subset_seed: d.subset_seed };
-                            let n = r.indices(ds.len()).len();
-                            if n == 0 {
-                                return Err(l.error(&d.dataset, format!("{}: the {s} split is empty", ds.describe())));
-                            }
-                            return Ok((r, n));
-                        }
-                        Err(e) => last = Some(e),
-                    }
+                let split = d.split.as_ref().map(|s| s.get_ref().parse()).transpose()?;
+                let (ds, split) = crate::data::open_first(&dataset, split, defaults).map_err(|e| l.error(&d.dataset, format!("{e:#}")))?;
+                let r = DataRef { dataset, split, limit: d.limit, subset_seed: d.subset_seed };
+                let n = r.indices(ds.len()).len();
+                if n == 0 {
+                    return Err(l.error(&d.dataset, format!("{}: the {split} split is empty", ds.describe())));
                 }
-                Err(l.error(&d.dataset, format!("{:#}", last.expect("at least one split tried"))))
+                Ok((r, n))
             };
             let (train, _) = data(&t.train, &[Split::Train])?;
             let (eval, eval_samples) = data(&t.eval, &[Split::Val, Split::Test])?;
@@ -238,12 +194,12 @@ impl Plan {
         for e in 0..self.encoders.len() {
             for (t, spec) in l.experiment.tasks.iter().enumerate() {
                 let task = self.tasks[t].task;
-                let default = [HeadSpec::default()];
-                let specs: &[HeadSpec] = if spec.heads.is_empty() { &default } else { &spec.heads };
+                let default = HeadSpec::default();
+                let specs: Vec<&HeadSpec> = if spec.heads.is_empty() { vec![&default] } else { spec.heads.iter().map(|h| h.get_ref()).collect() };
                 for (k, h) in specs.iter().enumerate() {
-                    let recipe = h.options().recipe(task);
+                    let recipe = h.options.recipe(task);
                     recipe.check().map_err(|err| anyhow::anyhow!("{}: task '{}', head {}: {err}", l.path.display(), spec.name.get_ref(), k + 1))?;
-                    let name = h.name.as_ref().map(|n| n.get_ref().clone()).unwrap_or_else(|| if specs.len() == 1 { "head".into() } else { format!("head{}", k + 1) });
+                    let name = h.name.clone().unwrap_or_else(|| if specs.len() == 1 { "head".into() } else { format!("head{}", k + 1) });
                     let key = key_of(&serde_json::json!({
                         "what": "head",
                         "encoder": self.encoders[e].fingerprint,
@@ -281,15 +237,9 @@ impl Plan {
             head: head.name.clone(),
             dataset: format!("{} ({})", t.eval.dataset, t.eval.split),
             condition: condition.into(),
-            attack: attack.map(|(p, source)| match (p.kind, source) {
-                (AttackName::Embed, _) => "embed".to_string(),
-                (AttackName::Apgd, _) => "apgd".to_string(),
-                (AttackName::Task, Some(s)) => match self.tasks[self.heads[s].task].task {
-                    Task::Cls => "pgd".into(),
-                    Task::Seg => "segpgd".into(),
-                    Task::Depth => "depthpgd".into(),
-                },
-                (AttackName::Task, None) => "task".into(),
+            attack: attack.map(|(p, source)| match source {
+                Some(s) => p.kind.against(self.tasks[self.heads[s].task].task),
+                None => p.kind,
             }),
             attacked: attack.and_then(|(_, s)| s).map(|s| self.head_label(s)),
             params: attack.map(|(p, _)| p.clone()),
@@ -349,7 +299,11 @@ impl Plan {
                 for members in groups.values() {
                     let heads_of = |ts: &[usize]| -> Vec<usize> { (0..self.heads.len()).filter(|&h| self.heads[h].encoder == e && ts.contains(&self.heads[h].task)).collect() };
                     let all = heads_of(members);
-                    let sources: Vec<Option<usize>> = if p.kind == AttackName::Embed { vec![None] } else { all.iter().map(|&h| Some(h)).collect() };
+                    let sources: Vec<Option<usize>> = if p.kind.aims_at_head() {
+                        all.iter().filter(|&&h| p.kind.fits(self.tasks[self.heads[h].task].task)).map(|&h| Some(h)).collect()
+                    } else {
+                        vec![None]
+                    };
                     for source in sources {
                         let images_task = source.map_or(members[0], |s| self.heads[s].task);
                         let mut scored = all.clone();
@@ -423,7 +377,7 @@ impl Plan {
                     Some(s) => self.head_label(*s),
                     None => scored.iter().map(|&h| self.head_label(h)).collect::<Vec<_>>().join("+"),
                 };
-                format!("{} · {on} · {} ε {} ({} steps, seed {})", self.encoders[*encoder].name, c.attack.as_deref().unwrap_or("?"), params.eps_text, params.steps, params.seed)
+                format!("{} · {on} · {} ε {} ({} steps, seed {})", self.encoders[*encoder].name, c.attack.map_or("?", |k| k.name()), params.eps_text, params.steps, params.seed)
             }
         }
     }

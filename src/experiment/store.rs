@@ -16,17 +16,63 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+use super::plan::Labels;
+use crate::attacks::engine::Sanity;
+use crate::heads::evaluate::{Evaluation, Metrics};
+
 pub struct Store {
     conn: Connection,
     path: PathBuf,
 }
 
-/// One finished cell.
+/// One finished cell: what it is about and what came out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellRow {
     pub key: String,
-    pub labels: serde_json::Value,
-    pub result: serde_json::Value,
+    pub labels: Labels,
+    pub result: CellResult,
+}
+
+/// A cell's figures: a head's metrics on clean images, and for an attack cell the same on the
+/// attacked images with the attack's objective and sanity checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellResult {
+    /// Images scored.
+    pub samples: usize,
+    pub clean: Evaluation,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversarial: Option<Evaluation>,
+    /// Mean over images of the objective at the chosen adversarial points.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_objective: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sanity: Option<Sanity>,
+}
+
+impl CellResult {
+    /// The metrics of `which` predictor: the head on clean or attacked images, or the trivial
+    /// baseline (on the clean images).
+    pub fn metrics(&self, which: Predictor) -> Option<&Metrics> {
+        match which {
+            Predictor::Clean => Some(&self.clean.head),
+            Predictor::Adversarial => self.adversarial.as_ref().map(|a| &a.head),
+            Predictor::Baseline => Some(&self.clean.baseline),
+        }
+    }
+}
+
+/// Who predicted: the head on clean images, the head on attacked images, the trivial baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Predictor {
+    Clean,
+    Adversarial,
+    Baseline,
+}
+crate::choices!(Predictor { Clean = "clean", Adversarial = "adversarial", Baseline = "baseline" });
+
+/// As stored: JSON with its keys in order, so equal rows are equal text (merges compare text).
+fn stored<T: Serialize>(v: &T) -> Result<String> {
+    Ok(serde_json::to_value(v)?.to_string())
 }
 
 /// One example strip of a cell.
@@ -93,7 +139,8 @@ impl Store {
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
         rows.map(|row| {
             let (key, labels, result) = row?;
-            Ok(CellRow { labels: serde_json::from_str(&labels).with_context(|| format!("{}: cell {key}", self.context()))?, result: serde_json::from_str(&result).with_context(|| format!("{}: cell {key}", self.context()))?, key })
+            let unreadable = || format!("{}: cell {key} cannot be read back", self.context());
+            Ok(CellRow { labels: serde_json::from_str(&labels).with_context(unreadable)?, result: serde_json::from_str(&result).with_context(unreadable)?, key })
         })
         .collect()
     }
@@ -122,7 +169,7 @@ impl Store {
         let ctx = self.context();
         let tx = self.conn.transaction().with_context(|| ctx.clone())?;
         for c in cells {
-            tx.execute("INSERT OR REPLACE INTO cells (key, labels, result) VALUES (?1, ?2, ?3)", params![c.key, c.labels.to_string(), c.result.to_string()])?;
+            tx.execute("INSERT OR REPLACE INTO cells (key, labels, result) VALUES (?1, ?2, ?3)", params![c.key, stored(&c.labels)?, stored(&c.result)?])?;
         }
         tx.execute("DELETE FROM partials WHERE item = ?1", [item])?;
         tx.commit().with_context(|| format!("{ctx}: cannot commit"))?;
@@ -167,7 +214,7 @@ impl Store {
             }
         }
         for c in other.cells()? {
-            let (labels, result) = (c.labels.to_string(), c.result.to_string());
+            let (labels, result) = (stored(&c.labels)?, stored(&c.result)?);
             let old: Option<(String, String)> = tx.query_row("SELECT labels, result FROM cells WHERE key = ?1", [&c.key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
             match old {
                 Some(o) if o != (labels.clone(), result.clone()) => bail!("{them}: cell {} differs from the one in {me}; the shards did not compute the same experiment", c.key),

@@ -183,19 +183,6 @@ impl Request {
     }
 }
 
-/// The indices of a seeded random subset of `limit` samples out of `n` (sorted), or all.
-pub fn subset(n: usize, limit: Option<usize>, seed: u64) -> Vec<usize> {
-    match limit {
-        Some(l) if l < n => {
-            let mut v = crate::data::transform::shuffled(n, seed ^ 0x5EB5E7);
-            v.truncate(l);
-            v.sort_unstable();
-            v
-        }
-        _ => (0..n).collect(),
-    }
-}
-
 /// Features of `request`'s samples of `ds`: read through `cache` (computed and stored first where
 /// missing), or, with no cache, recomputed for every batch they are asked for (the reference
 /// code's way).

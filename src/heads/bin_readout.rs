@@ -181,7 +181,7 @@ mod tests {
     fn fused_matches_candle_ops() {
         let dev = Device::Cpu;
         let (b, h, w, n) = (2, 3, 5, 16);
-        let mut rng = crate::data::synthetic::SplitMix64::new(5);
+        let mut rng = crate::rng::SplitMix64::new(5);
         let mut uniform = |count: usize| -> Vec<f32> { (0..count).map(|_| rng.uniform(-1.7, 1.7) as f32).collect() };
         let logits = Var::from_tensor(&Tensor::from_vec(uniform(b * h * w * n), (b, h, w, n), &dev).unwrap()).unwrap();
         let bins: Vec<f64> = (0..n).map(|i| 0.001 + i as f64 * (10.0 - 0.001) / (n - 1) as f64).collect();

@@ -17,7 +17,7 @@ use crate::features::{BatchSource, Targets};
 use crate::metrics::{Accuracy, ConfusionMatrix, DepthErrors, DepthMetrics, DepthRange};
 
 /// Metrics of one predictor on one split.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "lowercase")]
 pub enum Metrics {
     Cls { accuracy: f64, correct: u64, total: u64 },
@@ -28,11 +28,39 @@ pub enum Metrics {
         images: u64,
         images_without_valid_pixels: u64,
         /// Errors are per image, then averaged over images.
-        averaging: &'static str,
+        averaging: String,
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Metrics {
+    /// The scalar figures by name, in name order (counts left out; an undefined figure, NaN,
+    /// too).
+    pub fn scalars(&self) -> Vec<(&'static str, f64)> {
+        let mut out = match self {
+            Metrics::Cls { accuracy, .. } => vec![("accuracy", *accuracy)],
+            Metrics::Seg { miou, pixel_accuracy, .. } => vec![("miou", *miou), ("pixel_accuracy", *pixel_accuracy)],
+            Metrics::Depth { errors: e, .. } => vec![
+                ("abs_rel", e.abs_rel),
+                ("delta1", e.delta1),
+                ("delta2", e.delta2),
+                ("delta3", e.delta3),
+                ("log10", e.log10),
+                ("rmse", e.rmse),
+                ("rmse_log", e.rmse_log),
+                ("sq_rel", e.sq_rel),
+            ],
+        };
+        out.retain(|(_, v)| !v.is_nan());
+        out
+    }
+
+    /// One scalar figure by name.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.scalars().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evaluation {
     pub samples: usize,
     pub head: Metrics,
@@ -100,7 +128,7 @@ impl Acc {
                 })?,
                 images: m.images,
                 images_without_valid_pixels: m.images_without_valid_pixels,
-                averaging: "per image, then mean over images",
+                averaging: "per image, then mean over images".into(),
             },
         })
     }

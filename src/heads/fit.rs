@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::head::{HeadMeta, Task, TrainedHead};
 use super::layers::Pooling;
-use super::train::{OptimizerKind, Schedule, TrainConfig};
+use super::train::{Schedule, TrainConfig};
+use crate::optim::OptimizerKind;
 use super::trainer::{train, TargetStats};
 use crate::data::Dataset;
 use crate::features::{BatchSource, Request, Source};
@@ -32,27 +33,30 @@ pub struct HeadRecipe {
 }
 
 /// An optimizer by name (command line and experiment files).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OptimizerName {
     Adamw,
     Sgd,
 }
+crate::choices!(OptimizerName { Adamw = "adamw", Sgd = "sgd" });
 
 /// A learning-rate schedule by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ScheduleName {
     Constant,
     Poly,
     Cosine,
 }
+crate::choices!(ScheduleName { Constant = "constant", Poly = "poly", Cosine = "cosine" });
 
 /// A head's settings as a user gives them (`train-head`'s options, an experiment file's head);
 /// unset ones take the reference defaults: cls AdamW lr 1e-3, cosine, 100 epochs, batch 256;
 /// seg and depth AdamW lr 1e-3, weight decay 1e-4, poly, 20 epochs, batch 8; SGD momentum 0.9;
 /// 256 depth bins over 0.001–10 m.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HeadOptions {
     pub epochs: Option<usize>,
     pub batch_size: Option<usize>,

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::layers::{BatchNorm, DepthHead, LinearProbe, Pooling, SegHead};
 use super::train::TrainConfig;
-use crate::data::synthetic::SplitMix64;
+use crate::rng::SplitMix64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     /// Classification: a linear probe.
@@ -35,15 +35,7 @@ impl Task {
     }
 }
 
-impl std::fmt::Display for Task {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Cls => "cls",
-            Self::Seg => "seg",
-            Self::Depth => "depth",
-        })
-    }
-}
+crate::choices!(Task { Cls = "cls", Seg = "seg", Depth = "depth" });
 
 /// The trivial predictor of the training split, reported beside every evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -56,16 +56,7 @@ pub enum Pooling {
     ClsMeanPatch,
 }
 
-impl std::str::FromStr for Pooling {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cls" => Ok(Self::Cls),
-            "cls+mean" => Ok(Self::ClsMeanPatch),
-            _ => bail!("unknown pooling '{s}'; expected cls or cls+mean"),
-        }
-    }
-}
+crate::choices!(Pooling { Cls = "cls", ClsMeanPatch = "cls+mean" });
 
 impl Pooling {
     /// Features `[B, F]` from CLS `[B, D]` and patch tokens `[B, P, D]`.

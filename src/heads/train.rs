@@ -1,21 +1,13 @@
 //! Training loop for heads on features already in memory: seeded shuffled mini-batches, AdamW
-//! (candle-nn's) or SGD with momentum and weight decay (torch's formulation), learning-rate
+//! or SGD with momentum and weight decay (`crate::optim`, torch's formulas), learning-rate
 //! schedules with linear warm-up (constant, polynomial decay, cosine), and a per-step loss log.
 
 use anyhow::{bail, Result};
-use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
-use candle_nn::{AdamW, Optimizer as _, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
-use crate::data::transform::shuffled;
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum OptimizerKind {
-    AdamW { weight_decay: f64 },
-    Sgd { momentum: f64, weight_decay: f64 },
-}
+use crate::optim::{Optimizer, OptimizerKind};
+use crate::rng::shuffled;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -55,55 +47,19 @@ impl TrainConfig {
     }
 }
 
-/// SGD with momentum and weight decay as torch.optim.SGD: `g ← g + wd·w; v ← μv + g; w ← w − lr·v`.
-struct Sgd {
-    vars: Vec<(Var, Option<Tensor>)>,
-    momentum: f64,
-    weight_decay: f64,
-    lr: f64,
-}
-
-impl Sgd {
-    fn step(&mut self, grads: &GradStore) -> Result<()> {
-        for (var, velocity) in &mut self.vars {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
-            // Detached, so the velocity kept between steps holds no step's graph.
-            let g = (g.detach() + (var.as_tensor().detach() * self.weight_decay)?)?;
-            let v = match velocity.take() {
-                Some(v) if self.momentum > 0.0 => ((v * self.momentum)? + g)?,
-                _ => g,
-            };
-            var.set(&(var.as_tensor().detach() - (&v * self.lr)?)?)?;
-            *velocity = Some(v);
-        }
-        Ok(())
-    }
-}
-
-enum Opt {
-    AdamW(AdamW),
-    Sgd(Sgd),
-}
-
 /// Trains `vars` for `cfg.epochs` over `n` samples: `loss_of(indices)` gives the loss of one
 /// mini-batch (sample indices in the seeded order of that epoch). Returns the loss of every step.
 pub fn fit(vars: Vec<Var>, n: usize, cfg: &TrainConfig, mut loss_of: impl FnMut(&[usize]) -> Result<Tensor>) -> Result<Vec<f64>> {
     if n == 0 || cfg.batch_size == 0 || cfg.epochs == 0 {
         bail!("nothing to train: {n} samples, batch size {}, {} epochs", cfg.batch_size, cfg.epochs);
     }
-    let mut opt = match cfg.optimizer {
-        OptimizerKind::AdamW { weight_decay } => {
-            Opt::AdamW(AdamW::new(vars, ParamsAdamW { lr: cfg.lr, weight_decay, ..Default::default() })?)
-        }
-        OptimizerKind::Sgd { momentum, weight_decay } => {
-            Opt::Sgd(Sgd { vars: vars.into_iter().map(|v| (v, None)).collect(), momentum, weight_decay, lr: cfg.lr })
-        }
-    };
+    let params = Optimizer::numbered(vars);
+    let mut opt = Optimizer::new(cfg.optimizer);
     let per_epoch = n.div_ceil(cfg.batch_size);
     let total = per_epoch * cfg.epochs;
     let mut losses = Vec::with_capacity(total);
     for epoch in 0..cfg.epochs {
-        let order = shuffled(n, cfg.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64));
+        let order = shuffled(n, crate::rng::epoch(cfg.seed, epoch));
         for (b, batch) in order.chunks(cfg.batch_size).enumerate() {
             let lr = cfg.lr_at(epoch * per_epoch + b, total);
             let loss = loss_of(batch)?;
@@ -112,16 +68,7 @@ pub fn fit(vars: Vec<Var>, n: usize, cfg: &TrainConfig, mut loss_of: impl FnMut(
                 bail!("the loss became {value} at epoch {epoch}, step {b}");
             }
             let grads = loss.backward()?;
-            match &mut opt {
-                Opt::AdamW(o) => {
-                    o.set_learning_rate(lr);
-                    o.step(&grads)?;
-                }
-                Opt::Sgd(o) => {
-                    o.lr = lr;
-                    o.step(&grads)?;
-                }
-            }
+            opt.step(&params, &grads, lr)?;
             losses.push(value);
         }
     }
@@ -162,7 +109,7 @@ mod tests {
         let n = 64;
         let mut feats = Vec::new();
         let mut labels = Vec::new();
-        let mut rng = crate::data::synthetic::SplitMix64::new(3);
+        let mut rng = crate::rng::SplitMix64::new(3);
         for i in 0..n {
             let c = (i % 2) as f64;
             feats.extend((0..8).map(|k| (if k == 0 { 2.0 * c - 1.0 } else { 0.0 } + rng.uniform(-0.5, 0.5)) as f32));

@@ -2,6 +2,7 @@
 //! files and the example strips as PNG files beside it) and as one self-contained HTML page
 //! (every image inlined as a data URI, no script).
 
+use crate::choice::Choice;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -64,12 +65,12 @@ fn example_figures(r: &Results, per_cell: usize) -> Vec<Figure> {
         let mut seen_seed = std::collections::HashMap::new();
         for e in r.entries.iter().filter(|e| e.labels.condition == "attack" && e.own() && e.eps() == Some(eps) && e.setting().as_ref() == Some(&setting)) {
             let p = e.labels.params.as_ref().expect("attack cells have params");
-            let id = (e.labels.encoder.clone(), r.head_label(e), e.labels.attack.clone());
+            let id = (e.labels.encoder.clone(), r.head_label(e), e.labels.attack);
             if *seen_seed.entry(id).or_insert(p.seed) != p.seed {
                 continue;
             }
             for x in r.examples.iter().filter(|x| x.cell == e.row.key).take(per_cell) {
-                let attack = e.labels.attack.clone().unwrap_or_default();
+                let attack = e.labels.attack.map_or("", |a| a.name());
                 let slug = format!("{}-{}-{attack}-{}", e.labels.encoder, r.head_label(e), x.name).replace(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'), "_");
                 out.push(Figure {
                     file: format!("examples/{slug}"),

@@ -3,11 +3,11 @@
 //! their labels parsed, and lookups by encoder, task, attack and ε.
 
 use anyhow::{Context, Result};
-use serde_json::Value;
-
+use crate::attacks::spec::AttackKind;
+use crate::choice::Choice;
 use crate::experiment::export::{primary_metric, value};
 use crate::experiment::plan::Labels;
-use crate::experiment::store::{CellRow, Example, Store};
+use crate::experiment::store::{CellRow, Example, Predictor, Store};
 
 pub struct Entry {
     pub row: CellRow,
@@ -34,11 +34,11 @@ impl Entry {
     }
 
     pub fn metric(&self) -> &'static str {
-        primary_metric(&self.labels.task_kind.to_string())
+        primary_metric(self.labels.task_kind)
     }
 
-    /// The primary metric of `which` (clean, adversarial, baseline).
-    pub fn value(&self, which: &str) -> Option<f64> {
+    /// The primary metric of `which` predictor.
+    pub fn value(&self, which: Predictor) -> Option<f64> {
         value(&self.row, which, self.metric())
     }
 
@@ -48,7 +48,7 @@ impl Entry {
 
     /// (norm, steps): attacks in one setting share a table and a chart.
     pub fn setting(&self) -> Option<(String, usize)> {
-        self.labels.params.as_ref().map(|p| (format!("{:?}", p.norm).to_lowercase(), p.steps))
+        self.labels.params.as_ref().map(|p| (p.norm.to_string(), p.steps))
     }
 }
 
@@ -130,19 +130,18 @@ impl Results {
     }
 
     /// The attacked cells of one row, setting, attack and ε (one per seed), own attacks only.
-    pub fn attacked(&self, encoder: &str, head: &str, setting: &(String, usize), attack: &str, eps: f64) -> Vec<&Entry> {
+    pub fn attacked(&self, encoder: &str, head: &str, setting: &(String, usize), attack: AttackKind, eps: f64) -> Vec<&Entry> {
         self.entries
             .iter()
             .filter(|e| e.labels.condition == "attack" && e.own() && e.labels.encoder == encoder && self.head_label(e) == head)
-            .filter(|e| e.setting().as_ref() == Some(setting) && e.labels.attack.as_deref() == Some(attack) && e.eps() == Some(eps))
+            .filter(|e| e.setting().as_ref() == Some(setting) && e.labels.attack == Some(attack) && e.eps() == Some(eps))
             .collect()
     }
 
     /// The attacks present in a setting, in a fixed order (embed, the task attacks, apgd).
-    pub fn attacks(&self, setting: &(String, usize)) -> Vec<String> {
-        let order = ["embed", "pgd", "segpgd", "depthpgd", "apgd"];
-        let present: Vec<&str> = self.entries.iter().filter(|e| e.setting().as_ref() == Some(setting)).filter_map(|e| e.labels.attack.as_deref()).collect();
-        order.iter().filter(|a| present.contains(a)).map(|a| a.to_string()).collect()
+    pub fn attacks(&self, setting: &(String, usize)) -> Vec<AttackKind> {
+        let present: Vec<AttackKind> = self.entries.iter().filter(|e| e.setting().as_ref() == Some(setting)).filter_map(|e| e.labels.attack).collect();
+        AttackKind::ALL.iter().copied().filter(|a| present.contains(a)).collect()
     }
 }
 
@@ -179,13 +178,8 @@ pub fn metric_name(metric: &str) -> &'static str {
 }
 
 /// Values of cells' `which` figures.
-pub fn values(cells: &[&Entry], which: &str) -> Vec<f64> {
+pub fn values(cells: &[&Entry], which: Predictor) -> Vec<f64> {
     cells.iter().filter_map(|e| e.value(which)).collect()
-}
-
-/// A number out of a cell's result JSON.
-pub fn number(v: &Value, pointer: &str) -> Option<f64> {
-    v.pointer(pointer).and_then(Value::as_f64)
 }
 
 #[cfg(test)]

@@ -2,29 +2,16 @@
 //! attack per encoder × task at the study's ε), robustness at every ε, cross-task transfer of the
 //! task attacks, the attacks' sanity checks, and the curves' data.
 
+use crate::attacks::spec::AttackKind;
+use crate::experiment::store::Predictor;
 use super::plots::{Chart, Series};
-use super::results::{format_metric, mean_std, metric_name, number, values, Results};
+use super::results::{format_metric, mean_std, metric_name, values, Results};
 
 pub struct Table {
     pub title: String,
     pub note: String,
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
-}
-
-fn attack_name(a: &str) -> &str {
-    match a {
-        "embed" => "EmbedAttack",
-        "pgd" => "PGD",
-        "segpgd" => "SegPGD",
-        "depthpgd" => "DepthPGD",
-        "apgd" => "APGD",
-        other => other,
-    }
-}
-
-fn is_task_attack(a: &str) -> bool {
-    matches!(a, "pgd" | "segpgd" | "depthpgd")
 }
 
 fn setting_text(s: &(String, usize)) -> String {
@@ -41,7 +28,7 @@ pub fn study(r: &Results) -> Vec<Table> {
             .into_iter()
             .map(|(enc, head, clean)| {
                 let m = clean.metric();
-                vec![enc, head, metric_name(m).into(), format_metric(m, clean.value("baseline").map(|v| (v, None))), format_metric(m, clean.value("clean").map(|v| (v, None)))]
+                vec![enc, head, metric_name(m).into(), format_metric(m, clean.value(Predictor::Baseline).map(|v| (v, None))), format_metric(m, clean.value(Predictor::Clean).map(|v| (v, None)))]
             })
             .collect();
         out.push(Table {
@@ -55,21 +42,22 @@ pub fn study(r: &Results) -> Vec<Table> {
         let Some((eps, eps_text)) = r.reference_eps(&setting) else { continue };
         let attacks = r.attacks(&setting);
         let mut header = vec!["encoder".into(), "task".into(), "metric".into(), "baseline".into(), "clean".into()];
-        let collapsed: Vec<String> = attacks.iter().map(|a| if is_task_attack(a) { "task".into() } else { a.clone() }).fold(Vec::new(), |mut v, a| {
+        let collapsed: Vec<AttackKind> = attacks.iter().map(|a| if a.is_task_attack() { AttackKind::Task } else { *a }).fold(Vec::new(), |mut v, a| {
             if !v.contains(&a) {
                 v.push(a);
             }
             v
         });
-        header.extend(collapsed.iter().map(|a| if a == "task" { "task attack".to_string() } else { attack_name(a).to_string() }));
+        header.extend(collapsed.iter().map(|a| a.display_name().to_string()));
         let mut rows = Vec::new();
         for (enc, head, clean) in r.rows() {
             let metric = clean.metric();
-            let mut row = vec![enc.clone(), head.clone(), metric_name(metric).into(), format_metric(metric, clean.value("baseline").map(|v| (v, None))), format_metric(metric, clean.value("clean").map(|v| (v, None)))];
+            let mut row = vec![enc.clone(), head.clone(), metric_name(metric).into(), format_metric(metric, clean.value(Predictor::Baseline).map(|v| (v, None))), format_metric(metric, clean.value(Predictor::Clean).map(|v| (v, None)))];
             for col in &collapsed {
-                let cells: Vec<_> = attacks.iter().filter(|a| (col == "task" && is_task_attack(a)) || *a == col).flat_map(|a| r.attacked(&enc, &head, &setting, a, eps)).collect();
-                let name = cells.first().and_then(|c| c.labels.attack.clone()).map(|a| format!(" ({})", attack_name(&a))).filter(|_| col == "task").unwrap_or_default();
-                let v = format_metric(metric, mean_std(&values(&cells, "adversarial")));
+                let task = *col == AttackKind::Task;
+                let cells: Vec<_> = attacks.iter().filter(|a| (task && a.is_task_attack()) || *a == col).flat_map(|a| r.attacked(&enc, &head, &setting, *a, eps)).collect();
+                let name = cells.first().and_then(|c| c.labels.attack).map(|a| format!(" ({})", a.display_name())).filter(|_| task).unwrap_or_default();
+                let v = format_metric(metric, mean_std(&values(&cells, Predictor::Adversarial)));
                 row.push(if v == "–" { v } else { v + &name });
             }
             rows.push(row);
@@ -95,12 +83,12 @@ pub fn per_eps(r: &Results) -> Vec<Table> {
         for (enc, head, clean) in r.rows() {
             let metric = clean.metric();
             for a in r.attacks(&setting) {
-                let mut row = vec![enc.clone(), head.clone(), attack_name(&a).into(), format_metric(metric, clean.value("clean").map(|v| (v, None)))];
+                let mut row = vec![enc.clone(), head.clone(), a.display_name().into(), format_metric(metric, clean.value(Predictor::Clean).map(|v| (v, None)))];
                 let mut any = false;
                 for (e, _) in &eps {
-                    let cells = r.attacked(&enc, &head, &setting, &a, *e);
+                    let cells = r.attacked(&enc, &head, &setting, a, *e);
                     any |= !cells.is_empty();
-                    row.push(format_metric(metric, mean_std(&values(&cells, "adversarial"))));
+                    row.push(format_metric(metric, mean_std(&values(&cells, Predictor::Adversarial))));
                 }
                 if any {
                     rows.push(row);
@@ -121,12 +109,12 @@ pub fn transfer(r: &Results) -> Option<Table> {
             let metric = e.metric();
             rows.push(vec![
                 e.labels.encoder.clone(),
-                format!("{} on {}", attack_name(e.labels.attack.as_deref().unwrap_or("?")), e.labels.attacked.clone().unwrap_or_default()),
+                format!("{} on {}", e.labels.attack.map_or("?", AttackKind::display_name), e.labels.attacked.clone().unwrap_or_default()),
                 r.head_label(e),
                 format!("ε {eps_text}, {}, seed {}", setting_text(&setting), e.labels.params.as_ref().map_or(0, |p| p.seed)),
                 metric_name(metric).into(),
-                format_metric(metric, e.value("clean").map(|v| (v, None))),
-                format_metric(metric, e.value("adversarial").map(|v| (v, None))),
+                format_metric(metric, e.value(Predictor::Clean).map(|v| (v, None))),
+                format_metric(metric, e.value(Predictor::Adversarial).map(|v| (v, None))),
             ]);
         }
     }
@@ -143,18 +131,17 @@ pub fn transfer(r: &Results) -> Option<Table> {
 pub fn sanity(r: &Results) -> Table {
     let mut rows = Vec::new();
     for e in r.entries.iter().filter(|e| e.labels.condition == "attack" && e.own()) {
-        let s = &e.row.result["sanity"];
+        let Some(s) = &e.row.result.sanity else { continue };
         let p = e.labels.params.as_ref().expect("attack cells have params");
-        let f = |k: &str| number(s, &format!("/{k}")).unwrap_or(f64::NAN);
         rows.push(vec![
             e.labels.encoder.clone(),
             r.head_label(e),
-            attack_name(e.labels.attack.as_deref().unwrap_or("?")).into(),
-            format!("{} ε {} seed {}", setting_text(&(format!("{:?}", p.norm).to_lowercase(), p.steps)), p.eps_text, p.seed),
-            format!("{:.6}", f("max_norm_over_eps")),
-            format!("[{:.4}, {:.4}]", f("min_pixel"), f("max_pixel")),
-            format!("{} / {} / {}", f("zero_gradients"), f("nan_gradients"), f("sample_steps")),
-            format!("{:.5}", number(&e.row.result, "/mean_objective").unwrap_or(f64::NAN)),
+            e.labels.attack.map_or("?", AttackKind::display_name).into(),
+            format!("{} ε {} seed {}", setting_text(&(p.norm.to_string(), p.steps)), p.eps_text, p.seed),
+            format!("{:.6}", s.max_norm_over_eps),
+            format!("[{:.4}, {:.4}]", s.min_pixel, s.max_pixel),
+            format!("{} / {} / {}", s.zero_gradients, s.nan_gradients, s.sample_steps),
+            format!("{:.5}", e.row.result.mean_objective.unwrap_or(f64::NAN)),
         ]);
     }
     Table {
@@ -182,14 +169,14 @@ pub fn charts(r: &Results) -> Vec<(String, Chart)> {
             for (enc, h, clean) in r.rows().into_iter().filter(|(_, h, _)| h == head) {
                 metric = clean.metric();
                 for a in r.attacks(&setting) {
-                    let mut points: Vec<(f64, f64)> = clean.value("clean").map(|v| vec![(0.0, v)]).unwrap_or_default();
+                    let mut points: Vec<(f64, f64)> = clean.value(Predictor::Clean).map(|v| vec![(0.0, v)]).unwrap_or_default();
                     for (e, _) in r.eps_values(&setting) {
-                        if let Some((m, _)) = mean_std(&values(&r.attacked(&enc, &h, &setting, &a, e), "adversarial")) {
+                        if let Some((m, _)) = mean_std(&values(&r.attacked(&enc, &h, &setting, a, e), Predictor::Adversarial)) {
                             points.push((if linf { e * 255.0 } else { e }, m));
                         }
                     }
                     if points.len() > 1 {
-                        series.push(Series { name: format!("{enc} · {}", attack_name(&a)), points });
+                        series.push(Series { name: format!("{enc} · {}", a.display_name()), points });
                     }
                 }
             }

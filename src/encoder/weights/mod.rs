@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Tensor;
 
 use super::arch::{FfnKind, ShapeFacts};
+use super::pos_embed::PosResize;
 pub use naming::Source;
 
 /// The container format of a checkpoint file.
@@ -99,6 +100,18 @@ pub struct Checkpoint {
     /// From an ONNX graph's attention scaling.
     head_dim_hint: Option<usize>,
     pub eps_hint: Option<f64>,
+}
+
+/// The default resize semantics for a checkpoint of a given naming.
+pub fn default_pos_resize(source: Source, num_registers: usize) -> PosResize {
+    match source {
+        // Official DINOv2 with registers: size-based, antialiased; without: scale factor + 0.1.
+        Source::Official if num_registers > 0 => PosResize::SizeAntialias,
+        Source::Official => PosResize::Official,
+        // timm resamples with an explicit size and antialiasing.
+        Source::Timm => PosResize::SizeAntialias,
+        Source::HuggingFace | Source::Onnx => PosResize::Size,
+    }
 }
 
 impl Checkpoint {

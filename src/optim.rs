@@ -1,14 +1,22 @@
-//! Optimizers over named trainable tensors whose whole state (momentum, Adam moments, step count)
-//! can be saved and restored exactly, so a resumed fine-tuning run continues bit for bit.
-//! SGD and AdamW follow torch.optim's formulas.
+//! The optimizers of every training loop (heads and encoder fine-tuning): SGD with momentum and
+//! weight decay, and AdamW, as torch.optim defines them, over named trainable tensors whose whole
+//! state (momentum, Adam moments, step count) can be saved and restored exactly, so a resumed run
+//! continues bit for bit.
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
 
-use crate::heads::train::OptimizerKind;
+/// Which optimizer, with its settings (the learning rate is given at every step).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OptimizerKind {
+    AdamW { weight_decay: f64 },
+    Sgd { momentum: f64, weight_decay: f64 },
+}
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
@@ -25,6 +33,11 @@ pub struct Optimizer {
 impl Optimizer {
     pub fn new(kind: OptimizerKind) -> Self {
         Self { kind, steps: 0, state: BTreeMap::new() }
+    }
+
+    /// Parameters named by their position, for a training loop that needs no names.
+    pub fn numbered(vars: Vec<Var>) -> Vec<(String, Var)> {
+        vars.into_iter().enumerate().map(|(i, v)| (format!("{i:06}"), v)).collect()
     }
 
     /// One update of every parameter that has a gradient, at learning rate `lr`.

@@ -1,0 +1,109 @@
+//! One attacked batch, scored: the perturbations of a batch of images under one attack setting
+//! (EmbedAttack, or the task attack of one of the heads), then the clean and adversarial scores
+//! of those images on every head that reads them, each against its own labels. The `attack`
+//! command, the experiment runner and multi-perturbation training all attack through
+//! [`attack_batch`]; it is where *threat model × objective over normalize → encoder → head*
+//! meets the heads that score it.
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+use super::embed::{Distance, EmbedAttack, EmbedTarget};
+use super::engine::{attack, AttackConfig, Outcome};
+use super::objective::Objective;
+use super::task::task_objective;
+use crate::data::transform::{load_batch, Transform};
+use crate::data::Dataset;
+use crate::encoder::{Encoder, Tokens};
+use crate::features::{targets_of, Batch, Targets};
+use crate::heads::evaluate::{ScoreState, Scorer};
+use crate::heads::head::TrainedHead;
+use crate::heads::trainer::{forward, target_size};
+use crate::metrics::DepthRange;
+
+/// A head that scores the batch, with its labels of these images and its name for messages.
+pub struct ScoredHead<'a> {
+    pub head: &'a TrainedHead,
+    pub targets: &'a Targets,
+    pub name: &'a str,
+}
+
+/// What the attack maximises.
+#[derive(Clone, Copy)]
+pub enum Aim<'a> {
+    /// EmbedAttack: the distance of the tokens to `reference` (`None`: the attacked encoder's own
+    /// clean tokens of the images).
+    Embed { reference: Option<&'a Tokens>, target: EmbedTarget, distance: Distance },
+    /// The task loss of scored head `k` against its labels.
+    Head(usize),
+}
+
+/// How one head scored the batch: metric counts and outputs, clean and adversarial.
+pub struct HeadScores {
+    pub clean: ScoreState,
+    pub adversarial: ScoreState,
+    pub clean_output: Tensor,
+    pub adversarial_output: Tensor,
+}
+
+/// The attack's outcome and, when scored, every head's scores in the order given.
+pub struct AttackedBatch {
+    pub outcome: Outcome,
+    pub heads: Vec<HeadScores>,
+}
+
+/// A depth head's valid range.
+pub fn depth_range(head: &TrainedHead) -> Option<DepthRange> {
+    head.meta.depth_range.map(|(min, max)| DepthRange { min, max })
+}
+
+/// Attacks `images` (`[B, 3, H, W]` in [0,1]) through `enc` for `aim` under `cfg`; with `score`,
+/// scores the clean and the adversarial images on every head of `heads`.
+pub fn attack_batch(enc: &Encoder, images: &Tensor, aim: Aim, heads: &[ScoredHead], cfg: &AttackConfig, score: bool) -> Result<AttackedBatch> {
+    let own_reference = matches!(aim, Aim::Embed { reference: None, .. });
+    let clean = if score || own_reference { Some(enc.forward(&images.to_device(enc.vit.device())?)?) } else { None };
+    let objective: Box<dyn Objective> = match aim {
+        Aim::Embed { reference, target, distance } => {
+            let reference = reference.or(clean.as_ref()).expect("clean tokens computed for EmbedAttack");
+            Box::new(EmbedAttack::new(reference, target, distance))
+        }
+        Aim::Head(k) => {
+            let Some(h) = heads.get(k) else { bail!("internal error: the attacked head {k} is not among the {} scored", heads.len()) };
+            task_objective(&h.head.head, h.targets, depth_range(h.head))?
+        }
+    };
+    let outcome = attack(enc, objective.as_ref(), images, cfg)?;
+    let Some(clean) = clean.filter(|_| score) else { return Ok(AttackedBatch { outcome, heads: Vec::new() }) };
+    let adversarial = enc.forward(&outcome.adversarial.to_device(enc.vit.device())?)?;
+    let n = images.dim(0)?;
+    let mut scored = Vec::with_capacity(heads.len());
+    for h in heads {
+        let size = target_size(h.targets);
+        let one = |tokens: &Tokens| -> Result<(ScoreState, Tensor)> {
+            let batch = Batch::from_tokens(&tokens.cls, &tokens.patch, tokens.grid).to_device(&Device::Cpu)?;
+            let (out, _) = forward(&h.head.head, &batch, size, false)?;
+            let mut scorer = Scorer::new(h.head, h.name)?;
+            scorer.add(&out, h.targets, n)?;
+            Ok((scorer.state().clone(), out))
+        };
+        let (c, clean_output) = one(&clean)?;
+        let (a, adversarial_output) = one(&adversarial)?;
+        scored.push(HeadScores { clean: c, adversarial: a, clean_output, adversarial_output });
+    }
+    Ok(AttackedBatch { outcome, heads: scored })
+}
+
+/// The targets of samples `ids` of `ds` (after `transforms`), after checking that they are the
+/// very `images` attacked (taken from the dataset `attacked`): cross-task scoring needs the same
+/// pixels.
+pub fn labels_of_same_images(ds: &dyn Dataset, ids: &[usize], transforms: &[Transform], images: &Tensor, attacked: &str) -> Result<Targets> {
+    let samples = load_batch(ds, ids, transforms)?;
+    for (k, s) in samples.iter().enumerate() {
+        let image = images.get(k)?;
+        let same = s.image.dims() == image.dims() && s.image.flatten_all()?.to_vec1::<f32>()? == image.flatten_all()?.to_vec1::<f32>()?;
+        if !same {
+            bail!("{}: image {} differs from image {} of {attacked}; cross-task scoring needs the same images", ds.describe(), ids[k], ids[k]);
+        }
+    }
+    targets_of(ds, ids, samples)
+}

@@ -1,0 +1,212 @@
+//! What an attack is, as a user states it: its kind ([`AttackKind`]: EmbedAttack, a head's own
+//! task attack, APGD), its threat model and schedule ([`AttackSpec`], with every default written
+//! here once, for the command line and experiment files alike), and the engine settings one run
+//! of it takes ([`AttackConfig`]).
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::embed::{Distance, EmbedTarget};
+use super::threat::{parse_amount, Norm, ThreatModel};
+use crate::heads::head::Task;
+
+/// Which attack: EmbedAttack, or a head's task loss maximised with PGD or APGD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttackKind {
+    /// EmbedAttack: the distance of the tokens to the clean ones (task-agnostic; one
+    /// perturbation per image serves every task of the image).
+    Embed,
+    /// Each head's own attack: PGD (cls), SegPGD (seg), DepthPGD (depth).
+    Task,
+    /// Cross-entropy PGD on a linear probe.
+    Pgd,
+    /// SegPGD on a segmentation head.
+    Segpgd,
+    /// SigLoss + 0.5·GradLoss on a depth head.
+    Depthpgd,
+    /// The head's own loss with AutoAttack's APGD schedule.
+    Apgd,
+}
+crate::choices!(AttackKind { Embed = "embed", Task = "task", Pgd = "pgd", Segpgd = "segpgd", Depthpgd = "depthpgd", Apgd = "apgd" });
+
+impl AttackKind {
+    /// The task attack of a head of `task`.
+    pub fn of_task(task: Task) -> AttackKind {
+        match task {
+            Task::Cls => AttackKind::Pgd,
+            Task::Seg => AttackKind::Segpgd,
+            Task::Depth => AttackKind::Depthpgd,
+        }
+    }
+
+    /// What runs against a head of `task`: `task` is that head's own attack; the rest as named.
+    pub fn against(self, task: Task) -> AttackKind {
+        match self {
+            AttackKind::Task => AttackKind::of_task(task),
+            k => k,
+        }
+    }
+
+    /// Its name in tables: EmbedAttack, PGD, SegPGD, DepthPGD, APGD.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            AttackKind::Embed => "EmbedAttack",
+            AttackKind::Task => "task attack",
+            AttackKind::Pgd => "PGD",
+            AttackKind::Segpgd => "SegPGD",
+            AttackKind::Depthpgd => "DepthPGD",
+            AttackKind::Apgd => "APGD",
+        }
+    }
+
+    /// Whether it is one task's own attack (PGD, SegPGD, DepthPGD).
+    pub fn is_task_attack(self) -> bool {
+        matches!(self, AttackKind::Pgd | AttackKind::Segpgd | AttackKind::Depthpgd)
+    }
+
+    /// Whether the attack maximises a head's loss (all but EmbedAttack).
+    pub fn aims_at_head(self) -> bool {
+        self != AttackKind::Embed
+    }
+
+    /// Whether it can attack a head of `task` (EmbedAttack needs no head).
+    pub fn fits(self, task: Task) -> bool {
+        match self {
+            AttackKind::Embed | AttackKind::Task | AttackKind::Apgd => true,
+            k => k == AttackKind::of_task(task),
+        }
+    }
+
+    /// How its step evolves.
+    pub fn method(self) -> Method {
+        if self == AttackKind::Apgd {
+            Method::Apgd
+        } else {
+            Method::Pgd
+        }
+    }
+}
+
+/// How a step size is given: a fraction of ε (`eps/4`), or an amount (`2/255`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepSize {
+    EpsOver(f64),
+    Absolute(f64),
+}
+
+impl StepSize {
+    /// The default: ε/4.
+    pub const DEFAULT: StepSize = StepSize::EpsOver(4.0);
+
+    pub fn at(self, eps: f64) -> f64 {
+        match self {
+            Self::EpsOver(k) => eps / k,
+            Self::Absolute(v) => v,
+        }
+    }
+
+    /// `eps/K` or a positive amount such as `2/255`.
+    pub fn parse(text: &str) -> Result<StepSize> {
+        let text = text.trim();
+        let parsed = match text.strip_prefix("eps/") {
+            Some(k) => k.trim().parse::<f64>().ok().filter(|k| *k > 0.0 && k.is_finite()).map(StepSize::EpsOver),
+            None => parse_amount(text).ok().filter(|v| *v > 0.0).map(StepSize::Absolute),
+        };
+        parsed.ok_or_else(|| anyhow::anyhow!("step_size '{text}' is neither eps/K nor a positive amount like 2/255"))
+    }
+}
+
+/// One attack setting: the kind, the threat model, the schedule and the seed. Part of every
+/// result's identity (serialised into its key and labels).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttackSpec {
+    pub kind: AttackKind,
+    pub norm: Norm,
+    pub eps: f64,
+    /// ε as the user wrote it (`8/255`).
+    pub eps_text: String,
+    pub step_size: f64,
+    pub steps: usize,
+    pub seed: u64,
+    /// Runs from fresh random starts; each sample keeps its best point over all of them.
+    pub restarts: usize,
+    pub random_start: bool,
+    /// EmbedAttack: which tokens, and which distance.
+    pub embed_target: EmbedTarget,
+    pub embed_distance: Distance,
+}
+
+impl AttackSpec {
+    /// The study's threat model: L∞, ε = 8/255.
+    pub const DEFAULT_EPS: &'static str = "8/255";
+    pub const DEFAULT_NORM: Norm = Norm::Linf;
+    pub const DEFAULT_STEPS: usize = 20;
+    pub const DEFAULT_SEED: u64 = 0;
+    pub const DEFAULT_RESTARTS: usize = 1;
+    pub const DEFAULT_EMBED_TARGET: EmbedTarget = EmbedTarget::Both;
+    pub const DEFAULT_EMBED_DISTANCE: Distance = Distance::Mse;
+
+    /// A `kind` attack with every other setting at its default.
+    pub fn new(kind: AttackKind) -> AttackSpec {
+        let eps = parse_amount(Self::DEFAULT_EPS).expect("a valid default");
+        AttackSpec {
+            kind,
+            norm: Self::DEFAULT_NORM,
+            eps,
+            eps_text: Self::DEFAULT_EPS.into(),
+            step_size: StepSize::DEFAULT.at(eps),
+            steps: Self::DEFAULT_STEPS,
+            seed: Self::DEFAULT_SEED,
+            restarts: Self::DEFAULT_RESTARTS,
+            random_start: true,
+            embed_target: Self::DEFAULT_EMBED_TARGET,
+            embed_distance: Self::DEFAULT_EMBED_DISTANCE,
+        }
+    }
+
+    /// The engine settings for batch `batch` of a run (each batch's seed derives from the
+    /// setting's); `early_stop` for classification, where a misclassified sample is done.
+    pub fn engine(&self, batch: usize, early_stop: bool) -> AttackConfig {
+        AttackConfig {
+            method: self.kind.method(),
+            threat: ThreatModel { norm: self.norm, eps: self.eps },
+            step_size: self.step_size,
+            steps: self.steps,
+            restarts: self.restarts,
+            random_start: self.random_start,
+            seed: crate::rng::stream(self.seed, batch as u64),
+            early_stop,
+            last_iterate: false,
+        }
+    }
+}
+
+/// How the step size evolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// A fixed step.
+    Pgd,
+    /// AutoAttack's APGD: momentum 0.75 and a step size halved at checkpoints where the loss
+    /// oscillates or stopped improving, restarting from the best point.
+    Apgd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AttackConfig {
+    pub method: Method,
+    pub threat: ThreatModel,
+    pub step_size: f64,
+    pub steps: usize,
+    /// Runs from fresh random starts; each sample keeps its best point over all of them.
+    pub restarts: usize,
+    pub random_start: bool,
+    pub seed: u64,
+    /// Samples that reach the goal stop being attacked.
+    pub early_stop: bool,
+    /// PGD returns its last iterate, not the best point, and skips evaluating it (DeACL's inner
+    /// attack, as the reference trains); the outcome's losses are then NaN (not evaluated).
+    pub last_iterate: bool,
+}
+
