@@ -127,7 +127,7 @@ fn references(module: &[String], text: &str) -> BTreeSet<Vec<String>> {
             let mut path = base.clone();
             if h == "choices" && path.is_empty() {
                 path.push("choice".into()); // the exported macro of choice.rs
-            } else if h != "self" && !h.is_empty() {
+            } else if h != "self" && h.starts_with(|c: char| c.is_ascii_lowercase() || c == '_') {
                 path.push(h.clone());
                 let rest = if group { "" } else { &text[at + h.len()..] };
                 if let Some(r) = rest.strip_prefix("::") {
@@ -195,8 +195,10 @@ fn layers_point_down_and_nothing_cycles() {
         for r in references(&module, &text) {
             let target = &r[0];
             if target == me {
-                // Within a folder: an edge between two of its files (mod.rs, the folder's face, aside).
-                if module.len() == 2 && r.len() == 2 && r[1] != module[1] && src().join(me).join(format!("{}.rs", r[1])).is_file() {
+                // Within a folder: an edge between two of its files or subfolders (its mod.rs,
+                // the folder's face, aside).
+                let part = |name: &str| src().join(me).join(format!("{name}.rs")).is_file() || src().join(me).join(name).join("mod.rs").is_file();
+                if module.len() >= 2 && r.len() >= 2 && r[1] != module[1] && part(&r[1]) {
                     files.entry(format!("{me}/{}", module[1])).or_default().insert(format!("{me}/{}", r[1]));
                 }
                 continue;
