@@ -1,10 +1,10 @@
 //! Adversarial attacks. *An attack is a threat model times an objective, run over one
 //! differentiable pipeline: pixels in [0,1] → normalize → encoder → head.* The threat model
 //! ([`threat`]) bounds the perturbation and shapes the step; the objective (one file each:
-//! [`embed`], [`pgd_ce`], [`segpgd`], [`depthpgd`]; [`task`] picks a head's own) says what to
-//! maximise; [`engine`] runs the projected ascent (PGD, or APGD's schedule in `apgd.rs`) over one
-//! [`problem`] with restarts, per-sample best points and sanity checks. [`spec`] names an attack
-//! and holds its defaults; [`scoring`] attacks a batch and scores it on every head of its images;
+//! [`embed`], [`pgd_ce`], [`segpgd`], [`depthpgd`]) says what to maximise; [`engine`] runs the
+//! projected ascent (PGD, or APGD's schedule in `apgd.rs`) over one [`problem`] with restarts,
+//! per-sample best points and sanity checks. [`spec`] names an attack, holds its defaults and
+//! picks its objective; [`scoring`] attacks a batch and scores it on every head of its images;
 //! [`strips`] draws what an attacked batch looks like.
 
 mod apgd;
@@ -18,5 +18,4 @@ pub mod scoring;
 pub mod segpgd;
 pub mod spec;
 pub mod strips;
-pub mod task;
 pub mod threat;

@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use super::embed::{Distance, EmbedAttack, EmbedTarget};
 use super::engine::{attack, AttackConfig, Outcome};
 use super::objective::Objective;
-use super::task::task_objective;
+use super::spec::AttackKind;
 use crate::data::transform::{load_batch, Transform};
 use crate::data::Dataset;
 use crate::encoder::{Encoder, Tokens};
@@ -34,8 +34,8 @@ pub enum Aim<'a> {
     /// EmbedAttack: the distance of the tokens to `reference` (`None`: the attacked encoder's own
     /// clean tokens of the images).
     Embed { reference: Option<&'a Tokens>, target: EmbedTarget, distance: Distance },
-    /// The task loss of scored head `k` against its labels.
-    Head(usize),
+    /// The loss `kind` maximises against scored head `index` and its labels.
+    Head { index: usize, kind: AttackKind },
 }
 
 /// How one head scored the batch: metric counts and outputs, clean and adversarial.
@@ -67,9 +67,9 @@ pub fn attack_batch(enc: &Encoder, images: &Tensor, aim: Aim, heads: &[ScoredHea
             let reference = reference.or(clean.as_ref()).expect("clean tokens computed for EmbedAttack");
             Box::new(EmbedAttack::new(reference, target, distance))
         }
-        Aim::Head(k) => {
-            let Some(h) = heads.get(k) else { bail!("internal error: the attacked head {k} is not among the {} scored", heads.len()) };
-            task_objective(&h.head.head, h.targets, depth_range(h.head))?
+        Aim::Head { index, kind } => {
+            let Some(h) = heads.get(index) else { bail!("internal error: the attacked head {index} is not among the {} scored", heads.len()) };
+            kind.objective(&h.head.head, h.targets, depth_range(h.head))?
         }
     };
     let outcome = attack(enc, objective.as_ref(), images, cfg)?;

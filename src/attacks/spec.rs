@@ -1,14 +1,21 @@
 //! What an attack is, as a user states it: its kind ([`AttackKind`]: EmbedAttack, a head's own
-//! task attack, APGD), its threat model and schedule ([`AttackSpec`], with every default written
-//! here once, for the command line and experiment files alike), and the engine settings one run
-//! of it takes ([`AttackConfig`]).
+//! task attack, APGD) and the objective each kind maximises, its threat model and schedule
+//! ([`AttackSpec`], with every default written here once, for the command line and experiment
+//! files alike), and the engine settings one run of it takes ([`AttackConfig`]). A new attack
+//! kind is a variant here and, with a new loss, one objective file.
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::depthpgd::DepthPgd;
 use super::embed::{Distance, EmbedTarget};
+use super::objective::Objective;
+use super::pgd_ce::CrossEntropy;
+use super::segpgd::SegPgd;
 use super::threat::{parse_amount, Norm, ThreatModel};
-use crate::heads::head::Task;
+use crate::features::Targets;
+use crate::heads::head::{Head, Task};
+use crate::metrics::DepthRange;
 
 /// Which attack: EmbedAttack, or a head's task loss maximised with PGD or APGD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -76,6 +83,30 @@ impl AttackKind {
             AttackKind::Embed | AttackKind::Task | AttackKind::Apgd => true,
             k => k == AttackKind::of_task(task),
         }
+    }
+
+    /// The objective it maximises against `head` and its `targets` (a depth head needs its
+    /// valid `range`): the head's own loss — cross-entropy for a linear probe (PGD), SegPGD's
+    /// weighted cross-entropy for a segmentation head, SigLoss + GradLoss for a depth head
+    /// (DepthPGD). EmbedAttack aims at no head (see `scoring::Aim::Embed`).
+    pub fn objective<'a>(self, head: &'a Head, targets: &Targets, range: Option<DepthRange>) -> Result<Box<dyn Objective + 'a>> {
+        let task = match head {
+            Head::Linear(_) => Task::Cls,
+            Head::Seg(_) => Task::Seg,
+            Head::Depth(_) => Task::Depth,
+        };
+        if self == AttackKind::Embed || !self.fits(task) {
+            bail!("the {self} attack does not fit a {task} head");
+        }
+        Ok(match (head, targets) {
+            (Head::Linear(probe), Targets::Class(l)) => Box::new(CrossEntropy { probe, labels: l.clone() }),
+            (Head::Seg(_), Targets::Segmentation { labels, height, width }) => Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width }),
+            (Head::Depth(_), Targets::Depth { metres, height, width }) => {
+                let range = range.context("a depth head without a depth range")?;
+                Box::new(DepthPgd { head, metres: metres.clone(), height: *height, width: *width, range })
+            }
+            (_, t) => bail!("the head's task does not fit {}", t.kind()),
+        })
     }
 
     /// How its step evolves.
@@ -146,6 +177,8 @@ impl AttackSpec {
     pub const DEFAULT_RESTARTS: usize = 1;
     pub const DEFAULT_EMBED_TARGET: EmbedTarget = EmbedTarget::Both;
     pub const DEFAULT_EMBED_DISTANCE: Distance = Distance::Mse;
+    /// Images attacked together (each batch's seed derives from the setting's).
+    pub const DEFAULT_BATCH_SIZE: usize = 8;
 
     /// A `kind` attack with every other setting at its default.
     pub fn new(kind: AttackKind) -> AttackSpec {

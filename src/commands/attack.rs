@@ -65,7 +65,7 @@ pub struct AttackArgs {
     #[arg(long, value_parser = choice::<Distance>(), default_value_t = AttackSpec::DEFAULT_EMBED_DISTANCE)]
     pub embed_distance: Distance,
     /// Images attacked together.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = AttackSpec::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// Write PNG strips (clean | adversarial | perturbation | predictions | ground truth) here.
     #[arg(long)]
@@ -156,7 +156,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         heads.extend(also.iter().zip(&also_targets).map(|(h, t)| ScoredHead { head: &h.head, targets: t.as_ref().unwrap_or(&targets), name: &h.file }));
         let aim = match spec.kind {
             AttackKind::Embed => Aim::Embed { reference: None, target: spec.embed_target, distance: spec.embed_distance },
-            _ => Aim::Head(0),
+            kind => Aim::Head { index: 0, kind },
         };
         let done = attack_batch(enc, &images, aim, &heads, &spec.engine(b, early_stop), true)?;
         clean_scores.merge(&done.heads[0].clean)?;

@@ -42,7 +42,7 @@ pub struct FeatureArgs {
     #[arg(long)]
     pub transforms: Option<String>,
     /// Image side for the default transforms.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = robust_ssl::data::transform::DEFAULT_SIZE)]
     pub size: usize,
     /// Feature cache folder (default: $ROBUST_SSL_CACHE, $XDG_CACHE_HOME/robust-ssl or ~/.cache/robust-ssl).
     #[arg(long)]
@@ -51,7 +51,7 @@ pub struct FeatureArgs {
     #[arg(long)]
     pub no_cache: bool,
     /// Images per encoder forward pass.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = robust_ssl::features::DEFAULT_ENCODER_BATCH)]
     pub encoder_batch_size: usize,
 }
 

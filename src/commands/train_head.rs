@@ -32,39 +32,39 @@ pub struct TrainHeadArgs {
     /// Samples per step (default: 256 for cls, 8 for seg and depth).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = HeadOptions::LR)]
     pub lr: f64,
-    #[arg(long, value_parser = super::choice::<OptimizerName>(), default_value = "adamw")]
+    #[arg(long, value_parser = super::choice::<OptimizerName>(), default_value_t = HeadOptions::OPTIMIZER)]
     pub optimizer: OptimizerName,
     /// Weight decay (default: 0 for cls, 1e-4 for seg and depth).
     #[arg(long)]
     pub weight_decay: Option<f64>,
     /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = HeadOptions::MOMENTUM)]
     pub momentum: f64,
     /// Learning-rate schedule (default: cosine for cls, poly for seg and depth).
     #[arg(long, value_parser = super::choice::<ScheduleName>())]
     pub schedule: Option<ScheduleName>,
     /// Exponent of the poly schedule.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = HeadOptions::POLY_POWER)]
     pub poly_power: f64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = HeadOptions::WARMUP_STEPS)]
     pub warmup_steps: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = HeadOptions::SEED)]
     pub seed: u64,
     /// Linear-probe input: cls, or cls+mean (CLS ⊕ mean of the patch tokens).
-    #[arg(long, default_value = "cls")]
+    #[arg(long, value_parser = super::choice::<Pooling>(), default_value_t = HeadOptions::POOLING)]
     pub pooling: Pooling,
     /// Number of classes (default: what the dataset defines, else the largest label + 1).
     #[arg(long)]
     pub classes: Option<usize>,
     /// Depth bins, uniform in [--min-depth, --max-depth].
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = HeadOptions::BINS)]
     pub bins: usize,
     /// Depth range in metres: pixels with min < depth < max are valid (NYU: 0.001 to 10).
-    #[arg(long, default_value_t = 0.001)]
+    #[arg(long, default_value_t = HeadOptions::MIN_DEPTH)]
     pub min_depth: f64,
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = HeadOptions::MAX_DEPTH)]
     pub max_depth: f64,
     /// Print a JSON summary on stdout.
     #[arg(long)]

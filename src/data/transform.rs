@@ -142,6 +142,9 @@ fn pad(s: Sample, ph: usize, pw: usize) -> Result<Sample> {
     Ok(Sample { image, target })
 }
 
+/// The image side of the default transforms.
+pub const DEFAULT_SIZE: usize = 224;
+
 /// The default transforms for an encoder: shorter side to `size`, centre crop `size`², padded
 /// to a multiple of the patch.
 pub fn default_transforms(size: usize, patch: usize) -> Vec<Transform> {

@@ -50,7 +50,13 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { size: 224, attack_batch_size: 8, encoder_batch_size: 8, examples: 4, cache_dir: None }
+        Self {
+            size: crate::data::transform::DEFAULT_SIZE,
+            attack_batch_size: AttackSpec::DEFAULT_BATCH_SIZE,
+            encoder_batch_size: crate::features::DEFAULT_ENCODER_BATCH,
+            examples: 4,
+            cache_dir: None,
+        }
     }
 }
 

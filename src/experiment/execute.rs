@@ -239,7 +239,7 @@ impl Runner<'_> {
                 .collect::<Result<Vec<Targets>>>()?;
             let aim = match attacked_by {
                 None => Aim::Embed { reference: None, target: params.embed_target, distance: params.embed_distance },
-                Some((_, k)) => Aim::Head(k),
+                Some((_, index)) => Aim::Head { index, kind: params.kind },
             };
             let heads: Vec<ScoredHead> = scored.iter().zip(&targets).map(|(&(_, head, cell), targets)| ScoredHead { head, targets, name: cell }).collect();
             let early_stop = attacked_by.is_some_and(|(s, _)| plan.tasks[plan.heads[s].task].task == Task::Cls);

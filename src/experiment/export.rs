@@ -67,7 +67,7 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
                 l.task_kind.to_string(),
                 l.head.clone(),
                 l.dataset.clone(),
-                l.condition.clone(),
+                l.condition.to_string(),
                 l.attack.map(|a| a.to_string()).unwrap_or_default(),
                 l.attacked.clone().unwrap_or_default(),
                 param(&|p| p.norm.to_string()),

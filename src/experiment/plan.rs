@@ -61,6 +61,15 @@ pub enum Work {
     Attack { encoder: usize, task: usize, params: AttackParams, source: Option<usize>, scored: Vec<usize> },
 }
 
+/// Whether a cell scores clean images or attacked ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    Clean,
+    Attack,
+}
+crate::choices!(Condition { Clean = "clean", Attack = "attack" });
+
 /// What a result row is about, as shown in exports and the report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Labels {
@@ -69,8 +78,7 @@ pub struct Labels {
     pub task_kind: Task,
     pub head: String,
     pub dataset: String,
-    /// `clean` or `attack`.
-    pub condition: String,
+    pub condition: Condition,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack: Option<AttackKind>,
     /// The head whose loss the attack maximised (`task/head`); none for EmbedAttack.
@@ -227,7 +235,7 @@ impl Plan {
         }
     }
 
-    fn labels(&self, h: usize, condition: &str, attack: Option<(&AttackParams, Option<usize>)>) -> Labels {
+    fn labels(&self, h: usize, condition: Condition, attack: Option<(&AttackParams, Option<usize>)>) -> Labels {
         let head = &self.heads[h];
         let t = &self.tasks[head.task];
         Labels {
@@ -236,7 +244,7 @@ impl Plan {
             task_kind: t.task,
             head: head.name.clone(),
             dataset: format!("{} ({})", t.eval.dataset, t.eval.split),
-            condition: condition.into(),
+            condition,
             attack: attack.map(|(p, source)| match source {
                 Some(s) => p.kind.against(self.tasks[self.heads[s].task].task),
                 None => p.kind,
@@ -256,7 +264,7 @@ impl Plan {
                 "eval": self.tasks[head.task].eval,
                 "transforms": self.transform_names(head.encoder, head.task),
             }));
-            let cells = vec![Cell { key: key.clone(), head: h, labels: self.labels(h, "clean", None) }];
+            let cells = vec![Cell { key: key.clone(), head: h, labels: self.labels(h, Condition::Clean, None) }];
             items.push(Item { key, work: Work::Clean { head: h }, cells });
         }
         let mut settings = Vec::new();
@@ -325,7 +333,7 @@ impl Plan {
                             .map(|&h| Cell {
                                 key: key_of(&serde_json::json!({ "item": key, "head": self.heads[h].key, "labels": self.tasks[self.heads[h].task].eval })),
                                 head: h,
-                                labels: self.labels(h, "attack", Some((p, source))),
+                                labels: self.labels(h, Condition::Attack, Some((p, source))),
                             })
                             .collect();
                         items.push(Item { key, work: Work::Attack { encoder: e, task: images_task, params: p.clone(), source, scored }, cells });
@@ -345,7 +353,7 @@ impl Plan {
     /// head as the file lists them, clean before attacked.
     pub fn cells(&self) -> Vec<(&str, &Labels)> {
         let mut cells: Vec<&Cell> = self.items.iter().flat_map(|i| &i.cells).collect();
-        cells.sort_by_key(|c| (self.heads[c.head].encoder, self.heads[c.head].task, c.head, c.labels.condition != "clean"));
+        cells.sort_by_key(|c| (self.heads[c.head].encoder, self.heads[c.head].task, c.head, c.labels.condition != Condition::Clean));
         cells.into_iter().map(|c| (c.key.as_str(), &c.labels)).collect()
     }
 

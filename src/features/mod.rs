@@ -166,6 +166,9 @@ pub trait BatchSource {
     fn targets(&mut self, indices: &[usize]) -> Result<Targets>;
 }
 
+/// Images per encoder forward pass when features are computed.
+pub const DEFAULT_ENCODER_BATCH: usize = 8;
+
 /// What defines a set of features, besides the encoder and the dataset.
 #[derive(Debug, Clone)]
 pub struct Request {

@@ -52,7 +52,7 @@ pub enum ScheduleName {
 crate::choices!(ScheduleName { Constant = "constant", Poly = "poly", Cosine = "cosine" });
 
 /// A head's settings as a user gives them (`train-head`'s options, an experiment file's head);
-/// unset ones take the reference defaults: cls AdamW lr 1e-3, cosine, 100 epochs, batch 256;
+/// unset ones take robust-ssl's defaults (not the study's recipes): cls AdamW lr 1e-3, cosine, 100 epochs, batch 256;
 /// seg and depth AdamW lr 1e-3, weight decay 1e-4, poly, 20 epochs, batch 8; SGD momentum 0.9;
 /// 256 depth bins over 0.001–10 m.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -76,6 +76,18 @@ pub struct HeadOptions {
 }
 
 impl HeadOptions {
+    /// The defaults that do not depend on the task.
+    pub const LR: f64 = 1e-3;
+    pub const OPTIMIZER: OptimizerName = OptimizerName::Adamw;
+    pub const MOMENTUM: f64 = 0.9;
+    pub const POLY_POWER: f64 = 1.0;
+    pub const WARMUP_STEPS: usize = 0;
+    pub const SEED: u64 = 0;
+    pub const POOLING: Pooling = Pooling::Cls;
+    pub const BINS: usize = 256;
+    pub const MIN_DEPTH: f64 = 0.001;
+    pub const MAX_DEPTH: f64 = 10.0;
+
     /// The recipe of a `task` head with these settings.
     pub fn recipe(&self, task: Task) -> HeadRecipe {
         let dense = task != Task::Cls;
@@ -83,26 +95,26 @@ impl HeadOptions {
         let train = TrainConfig {
             epochs: self.epochs.unwrap_or(if dense { 20 } else { 100 }),
             batch_size: self.batch_size.unwrap_or(if dense { 8 } else { 256 }),
-            lr: self.lr.unwrap_or(1e-3),
-            optimizer: match self.optimizer.unwrap_or(OptimizerName::Adamw) {
+            lr: self.lr.unwrap_or(Self::LR),
+            optimizer: match self.optimizer.unwrap_or(Self::OPTIMIZER) {
                 OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay },
-                OptimizerName::Sgd => OptimizerKind::Sgd { momentum: self.momentum.unwrap_or(0.9), weight_decay },
+                OptimizerName::Sgd => OptimizerKind::Sgd { momentum: self.momentum.unwrap_or(Self::MOMENTUM), weight_decay },
             },
             schedule: match self.schedule.unwrap_or(if dense { ScheduleName::Poly } else { ScheduleName::Cosine }) {
                 ScheduleName::Constant => Schedule::Constant,
-                ScheduleName::Poly => Schedule::Poly { power: self.poly_power.unwrap_or(1.0) },
+                ScheduleName::Poly => Schedule::Poly { power: self.poly_power.unwrap_or(Self::POLY_POWER) },
                 ScheduleName::Cosine => Schedule::Cosine,
             },
-            warmup_steps: self.warmup_steps.unwrap_or(0),
-            seed: self.seed.unwrap_or(0),
+            warmup_steps: self.warmup_steps.unwrap_or(Self::WARMUP_STEPS),
+            seed: self.seed.unwrap_or(Self::SEED),
         };
         HeadRecipe {
             task,
             train,
-            pooling: self.pooling.unwrap_or(Pooling::Cls),
+            pooling: self.pooling.unwrap_or(Self::POOLING),
             classes: self.classes,
-            bins: self.bins.unwrap_or(256),
-            depth_range: (task == Task::Depth).then(|| (self.min_depth.unwrap_or(0.001), self.max_depth.unwrap_or(10.0))),
+            bins: self.bins.unwrap_or(Self::BINS),
+            depth_range: (task == Task::Depth).then(|| (self.min_depth.unwrap_or(Self::MIN_DEPTH), self.max_depth.unwrap_or(Self::MAX_DEPTH))),
         }
     }
 }

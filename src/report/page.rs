@@ -2,6 +2,7 @@
 //! files and the example strips as PNG files beside it) and as one self-contained HTML page
 //! (every image inlined as a data URI, no script).
 
+use crate::experiment::plan::Condition;
 use crate::choice::Choice;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -63,7 +64,7 @@ fn example_figures(r: &Results, per_cell: usize) -> Vec<Figure> {
     for setting in r.settings() {
         let Some((eps, eps_text)) = r.reference_eps(&setting) else { continue };
         let mut seen_seed = std::collections::HashMap::new();
-        for e in r.entries.iter().filter(|e| e.labels.condition == "attack" && e.own() && e.eps() == Some(eps) && e.setting().as_ref() == Some(&setting)) {
+        for e in r.entries.iter().filter(|e| e.labels.condition == Condition::Attack && e.own() && e.eps() == Some(eps) && e.setting().as_ref() == Some(&setting)) {
             let p = e.labels.params.as_ref().expect("attack cells have params");
             let id = (e.labels.encoder.clone(), r.head_label(e), e.labels.attack);
             if *seen_seed.entry(id).or_insert(p.seed) != p.seed {

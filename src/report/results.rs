@@ -3,6 +3,7 @@
 //! their labels parsed, and lookups by encoder, task, attack and ε.
 
 use anyhow::{Context, Result};
+use crate::experiment::plan::Condition;
 use crate::attacks::spec::AttackKind;
 use crate::choice::Choice;
 use crate::experiment::export::{primary_metric, value};
@@ -96,7 +97,7 @@ impl Results {
 
     /// (encoder, head label, entry of the clean cell), in plan order.
     pub fn rows(&self) -> Vec<(String, String, &Entry)> {
-        self.entries.iter().filter(|e| e.labels.condition == "clean").map(|e| (e.labels.encoder.clone(), self.head_label(e), e)).collect()
+        self.entries.iter().filter(|e| e.labels.condition == Condition::Clean).map(|e| (e.labels.encoder.clone(), self.head_label(e), e)).collect()
     }
 
     /// Every attack setting (norm, steps) present, in order of appearance.
@@ -133,7 +134,7 @@ impl Results {
     pub fn attacked(&self, encoder: &str, head: &str, setting: &(String, usize), attack: AttackKind, eps: f64) -> Vec<&Entry> {
         self.entries
             .iter()
-            .filter(|e| e.labels.condition == "attack" && e.own() && e.labels.encoder == encoder && self.head_label(e) == head)
+            .filter(|e| e.labels.condition == Condition::Attack && e.own() && e.labels.encoder == encoder && self.head_label(e) == head)
             .filter(|e| e.setting().as_ref() == Some(setting) && e.labels.attack == Some(attack) && e.eps() == Some(eps))
             .collect()
     }

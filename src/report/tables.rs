@@ -2,6 +2,7 @@
 //! attack per encoder × task at the study's ε), robustness at every ε, cross-task transfer of the
 //! task attacks, the attacks' sanity checks, and the curves' data.
 
+use crate::experiment::plan::Condition;
 use crate::attacks::spec::AttackKind;
 use crate::experiment::store::Predictor;
 use super::plots::{Chart, Series};
@@ -130,7 +131,7 @@ pub fn transfer(r: &Results) -> Option<Table> {
 /// zero or NaN gradient (a sign of gradient masking).
 pub fn sanity(r: &Results) -> Table {
     let mut rows = Vec::new();
-    for e in r.entries.iter().filter(|e| e.labels.condition == "attack" && e.own()) {
+    for e in r.entries.iter().filter(|e| e.labels.condition == Condition::Attack && e.own()) {
         let Some(s) = &e.row.result.sanity else { continue };
         let p = e.labels.params.as_ref().expect("attack cells have params");
         rows.push(vec![
