@@ -58,9 +58,7 @@ pub fn load_images(path: &Path) -> Result<ImageBatch> {
 
 /// True for a file name ending in one of [`IMAGE_EXTENSIONS`] (any case).
 pub fn has_image_extension(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+    p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// One image file as `[3, H, W]` f32 in [0, 1].

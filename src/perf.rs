@@ -64,7 +64,15 @@ pub fn measure(enc: &Encoder, batch: usize, size: usize, warmup: usize, iters: u
             bwd.push(t0.elapsed().as_secs_f64());
         }
     }
-    Ok(Timing { batch, size, iters, forward_s: median(fwd), forward_backward_s: median(bwd), attack_steps_per_s: None, finetune_steps_per_s: None })
+    Ok(Timing {
+        batch,
+        size,
+        iters,
+        forward_s: median(fwd),
+        forward_backward_s: median(bwd),
+        attack_steps_per_s: None,
+        finetune_steps_per_s: None,
+    })
 }
 
 /// The study's PGD (L∞, ε 8/255, step 2/255, uniform random start, seed 0) over `steps` steps.
@@ -107,9 +115,9 @@ pub fn attack_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize
 pub fn finetune_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize) -> Result<f64> {
     use crate::attacks::embed::EmbedTarget;
     use crate::defense::deacl::Deacl;
-    use crate::optim::Optimizer;
     use crate::defense::run::{MiniBatch, Recipe};
     use crate::defense::student::Student;
+    use crate::optim::Optimizer;
     use crate::optim::OptimizerKind;
     let inner = crate::attacks::engine::AttackConfig { last_iterate: true, ..study_pgd(5) };
     let recipe = Deacl { k: 2.0, embedding: EmbedTarget::Cls, inner };

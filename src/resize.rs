@@ -34,11 +34,7 @@ pub fn interpolate(filter: Filter, input: usize, output: usize, coord_scale: f64
 pub fn interpolate_with(filter: Filter, input: usize, output: usize, coord_scale: f64, double: bool) -> Vec<f64> {
     let mut m = vec![0.0; output * input];
     for i in 0..output {
-        let real = if double {
-            coord_scale * (i as f64 + 0.5) - 0.5
-        } else {
-            ((coord_scale as f32) * (i as f32 + 0.5) - 0.5) as f64
-        };
+        let real = if double { coord_scale * (i as f64 + 0.5) - 0.5 } else { ((coord_scale as f32) * (i as f32 + 0.5) - 0.5) as f64 };
         match filter {
             Filter::Bicubic => {
                 const A: f64 = -0.75;

@@ -14,14 +14,21 @@ fn attacks_hurt_every_task_within_budget() {
     let cifar = format!("cifar10:{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/cifar-10-batches-bin").display());
     let probe = tmp.path().join("probe.safetensors").display().to_string();
     let common = ["--checkpoint", enc.as_str(), "--num-heads", "4", "--cache-dir", cache.as_str()];
-    let with = |head: &[&str], extra: &[&str]| -> Vec<String> { head.iter().chain(common.iter()).chain(extra).map(|s| s.to_string()).collect() };
+    let with =
+        |head: &[&str], extra: &[&str]| -> Vec<String> { head.iter().chain(common.iter()).chain(extra).map(|s| s.to_string()).collect() };
     let strs = |v: &Vec<String>| -> Vec<String> { v.clone() };
     let call = |v: Vec<String>| ok_json(&v.iter().map(String::as_str).collect::<Vec<_>>());
 
-    call(strs(&with(&["train-head", "--task", "cls"], &["--dataset", &cifar, "--size", "28", "--pooling", "cls+mean", "--epochs", "200", "--lr", "5e-2", "--out", &probe, "--json"])));
+    call(strs(&with(
+        &["train-head", "--task", "cls"],
+        &["--dataset", &cifar, "--size", "28", "--pooling", "cls+mean", "--epochs", "200", "--lr", "5e-2", "--out", &probe, "--json"],
+    )));
     // Attack the training split, which the probe fits: clean accuracy is 100%.
     for (attack, eps) in [("pgd", "64/255"), ("apgd", "64/255"), ("embed", "64/255"), ("pgd", "0"), ("apgd", "0")] {
-        let r = call(with(&["attack", "--task", "cls", "--attack", attack, "--eps", eps, "--steps", "10"], &["--dataset", &cifar, "--split", "train", "--head", &probe, "--json"]));
+        let r = call(with(
+            &["attack", "--task", "cls", "--attack", attack, "--eps", eps, "--steps", "10"],
+            &["--dataset", &cifar, "--split", "train", "--head", &probe, "--json"],
+        ));
         assert_eq!(r["clean"]["head"]["accuracy"], 1.0);
         let adv = r["adversarial"]["head"]["accuracy"].as_f64().unwrap();
         assert!(r["sanity"]["max_norm_over_eps"].as_f64().unwrap() <= 1.0 + 1e-5);
@@ -35,14 +42,21 @@ fn attacks_hurt_every_task_within_budget() {
     for (task, kind, attack) in [("seg", "synthetic-seg", "segpgd"), ("depth", "synthetic-depth", "depthpgd")] {
         let head = tmp.path().join(format!("{task}.safetensors")).display().to_string();
         let train_spec = format!("{kind}:32x28");
-        call(with(&["train-head", "--task", task], &["--dataset", &train_spec, "--size", "28", "--epochs", "20", "--lr", "1e-2", "--out", &head, "--json"]));
+        call(with(
+            &["train-head", "--task", task],
+            &["--dataset", &train_spec, "--size", "28", "--epochs", "20", "--lr", "1e-2", "--out", &head, "--json"],
+        ));
         let val_spec = format!("{kind}:8x28");
         let examples = tmp.path().join(format!("examples-{task}"));
         std::fs::create_dir(&examples).unwrap();
         let ex = examples.display().to_string();
-        let r = call(with(&["attack", "--task", task, "--attack", attack, "--eps", "32/255", "--steps", "5"], &["--dataset", &val_spec, "--head", &head, "--json", "--save-examples", &ex, "--examples", "3"]));
+        let r = call(with(
+            &["attack", "--task", task, "--attack", attack, "--eps", "32/255", "--steps", "5"],
+            &["--dataset", &val_spec, "--head", &head, "--json", "--save-examples", &ex, "--examples", "3"],
+        ));
         // Three strips: clean | adversarial | perturbation | clean, adversarial prediction | truth.
-        let mut names: Vec<String> = std::fs::read_dir(&examples).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+        let mut names: Vec<String> =
+            std::fs::read_dir(&examples).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
         names.sort();
         assert_eq!(names, ["00000", "00001", "00002"].map(|i| format!("{i}-{attack}.png")));
         let strip = image::open(examples.join(&names[0])).unwrap();
@@ -60,7 +74,28 @@ fn attacks_hurt_every_task_within_budget() {
     // figures of attacking it alone with the same seed: the perturbation does not depend on the head.
     let [seg_head, depth_head] = ["seg", "depth"].map(|t| tmp.path().join(format!("{t}.safetensors")).display().to_string());
     let embed = |task: &str, spec: &str, head: &str, extra: &[&str]| {
-        let args = [&["attack", "--task", task, "--attack", "embed", "--eps", "32/255", "--steps", "4", "--seed", "3", "--dataset", spec, "--head", head, "--json"], extra].concat();
+        let args = [
+            &[
+                "attack",
+                "--task",
+                task,
+                "--attack",
+                "embed",
+                "--eps",
+                "32/255",
+                "--steps",
+                "4",
+                "--seed",
+                "3",
+                "--dataset",
+                spec,
+                "--head",
+                head,
+                "--json",
+            ],
+            extra,
+        ]
+        .concat();
         call(with(&args, &[]))
     };
     let also = format!("depth:{depth_head}@synthetic-depth:8x28");
@@ -74,14 +109,43 @@ fn attacks_hurt_every_task_within_budget() {
     assert!(both["also"][0]["adversarial"]["head"]["rmse"].as_f64().unwrap() > both["also"][0]["clean"]["head"]["rmse"].as_f64().unwrap());
     let also_fails = |spec: &str, also: &str, needles: &[&str]| {
         let (spec, transforms) = spec.split_once(' ').unwrap_or((spec, "resize-short28,crop28x28,pad14"));
-        let v = with(&["attack", "--task", "seg", "--attack", "embed", "--dataset", spec, "--head", &seg_head, "--also", also, "--transforms", transforms], &[]);
+        let v = with(
+            &[
+                "attack",
+                "--task",
+                "seg",
+                "--attack",
+                "embed",
+                "--dataset",
+                spec,
+                "--head",
+                &seg_head,
+                "--also",
+                also,
+                "--transforms",
+                transforms,
+            ],
+            &[],
+        );
         fails_with(&v.iter().map(String::as_str).collect::<Vec<_>>(), needles)
     };
-    also_fails("synthetic-seg:8x28", &format!("depth:{depth_head}@synthetic-depth:9x28"), &["synthetic-depth:9x28", "9 samples", "same images"]);
-    also_fails("synthetic-seg:8x28", &format!("depth:{depth_head}@synthetic-depth:8x56"), &["synthetic-depth:8x56", "differs", "same images"]);
+    also_fails(
+        "synthetic-seg:8x28",
+        &format!("depth:{depth_head}@synthetic-depth:9x28"),
+        &["synthetic-depth:9x28", "9 samples", "same images"],
+    );
+    also_fails(
+        "synthetic-seg:8x28",
+        &format!("depth:{depth_head}@synthetic-depth:8x56"),
+        &["synthetic-depth:8x56", "differs", "same images"],
+    );
     also_fails("synthetic-seg:8x28", &format!("depth:{depth_head}"), &["no depth labels", "@KIND:PATH"]);
     also_fails("synthetic-seg:8x28", &format!("cls:{probe}"), &["probe.safetensors", "no cls labels"]);
-    also_fails("synthetic-seg:8x28 resize28x28", &format!("depth:{depth_head}@synthetic-depth:8x28"), &["depth.safetensors", "resize28x28", "same transforms"]);
+    also_fails(
+        "synthetic-seg:8x28 resize28x28",
+        &format!("depth:{depth_head}@synthetic-depth:8x28"),
+        &["depth.safetensors", "resize28x28", "same transforms"],
+    );
     also_fails("synthetic-seg:8x28", "depth", &["--also", "TASK:HEAD"]);
     also_fails("synthetic-seg:8x28", &format!("size:{depth_head}"), &["unknown task 'size'"]);
 

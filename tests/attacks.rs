@@ -18,8 +18,8 @@ use robust_ssl::encoder::{Encoder, LoadOptions};
 use robust_ssl::features::{extract, BatchSource, Layout, Source};
 use robust_ssl::heads::head::{Baseline, Head, HeadMeta, Task};
 use robust_ssl::heads::layers::{BatchNorm, DepthHead, Pooling, SegHead};
-use robust_ssl::metrics::DepthRange;
 use robust_ssl::heads::train::{Schedule, TrainConfig};
+use robust_ssl::metrics::DepthRange;
 use robust_ssl::optim::OptimizerKind;
 
 fn encoder() -> Encoder {
@@ -35,7 +35,17 @@ fn images(n: usize, seed: u64) -> Tensor {
 
 fn config(norm: Norm, eps: f64, steps: usize, seed: u64) -> AttackConfig {
     let step_size = if norm == Norm::Linf { eps / 4.0 } else { eps / 2.0 };
-    AttackConfig { method: Method::Pgd, threat: ThreatModel { norm, eps }, step_size, steps, restarts: 1, random_start: true, seed, early_stop: false, last_iterate: false }
+    AttackConfig {
+        method: Method::Pgd,
+        threat: ThreatModel { norm, eps },
+        step_size,
+        steps,
+        restarts: 1,
+        random_start: true,
+        seed,
+        early_stop: false,
+        last_iterate: false,
+    }
 }
 
 fn per_sample_norms(adv: &Tensor, x: &Tensor, t: &ThreatModel) -> Vec<f64> {
@@ -110,7 +120,11 @@ fn zero_budget_is_the_clean_point_and_seeds_are_reproducible() {
         let mut cfg = config(Norm::Linf, 0.0, 3, 1);
         cfg.method = method;
         let out = attack(&enc, &obj, &x, &cfg).unwrap();
-        assert_eq!(out.adversarial.flatten_all().unwrap().to_vec1::<f32>().unwrap(), x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{method:?}");
+        assert_eq!(
+            out.adversarial.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            "{method:?}"
+        );
         let run = |seed| {
             let mut cfg = config(Norm::Linf, 4.0 / 255.0, 3, seed);
             cfg.method = method;
@@ -148,7 +162,11 @@ fn check_gradient_at(enc: &Encoder, obj: &dyn Objective, x: &Tensor, step: usize
     // the gradient) to the largest value it could take, ‖g‖·‖v‖.
     let err = (analytic - numeric).abs();
     assert!(numeric.abs() > 1e-8, "{}: the test needs a non-zero derivative", obj.name());
-    assert!(err < 1e-6 * numeric.abs() + 1e-9 * scale, "{}: analytic {analytic} vs finite differences {numeric} (error {err:e}, ‖g‖‖v‖ {scale:e})", obj.name());
+    assert!(
+        err < 1e-6 * numeric.abs() + 1e-9 * scale,
+        "{}: analytic {analytic} vs finite differences {numeric} (error {err:e}, ‖g‖‖v‖ {scale:e})",
+        obj.name()
+    );
 }
 
 #[test]
@@ -156,7 +174,9 @@ fn objective_gradients_match_finite_differences() {
     let enc = encoder().to(&Device::Cpu, DType::F64).unwrap();
     let x = images(2, 4).to_dtype(DType::F64).unwrap().affine(0.8, 0.1).unwrap();
     let clean = enc.forward(&(&x * 0.9).unwrap()).unwrap();
-    for (target, distance) in [(EmbedTarget::Both, Distance::Mse), (EmbedTarget::Patch, Distance::Cosine), (EmbedTarget::Cls, Distance::Cosine)] {
+    for (target, distance) in
+        [(EmbedTarget::Both, Distance::Mse), (EmbedTarget::Patch, Distance::Cosine), (EmbedTarget::Cls, Distance::Cosine)]
+    {
         check_gradient(&enc, &EmbedAttack::new(&clean, target, distance), &x);
     }
     let meta = probe_meta(10, Pooling::ClsMeanPatch);
@@ -172,7 +192,13 @@ fn objective_gradients_match_finite_differences() {
         let v: Vec<f64> = (0..dims.iter().product::<usize>()).map(|_| rng.borrow_mut().uniform(-scale, scale) * 1.7).collect();
         Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
     };
-    let bn = |d: usize| BatchNorm { weight: t(&[d], 0.1).affine(1.0, 1.0).unwrap(), bias: t(&[d], 0.1), running_mean: t(&[d], 0.1), running_var: t(&[d], 0.1).abs().unwrap().affine(1.0, 0.5).unwrap(), eps: 1e-5 };
+    let bn = |d: usize| BatchNorm {
+        weight: t(&[d], 0.1).affine(1.0, 1.0).unwrap(),
+        bias: t(&[d], 0.1),
+        running_mean: t(&[d], 0.1),
+        running_var: t(&[d], 0.1).abs().unwrap().affine(1.0, 0.5).unwrap(),
+        eps: 1e-5,
+    };
     let seg = Head::Seg(SegHead { bn: bn(64), weight: t(&[5, 64], 0.5), bias: t(&[5], 0.1) });
     let mut rng = robust_ssl::rng::SplitMix64::new(9);
     let mut labels: Vec<u32> = (0..2 * 28 * 28).map(|_| (rng.next_u64() % 5) as u32).collect();
@@ -201,7 +227,15 @@ fn probe_meta(classes: usize, pooling: Pooling) -> HeadMeta {
         dataset: "test".into(),
         samples: 0,
         transforms: vec![],
-        train: TrainConfig { epochs: 300, batch_size: 16, lr: 0.05, optimizer: OptimizerKind::AdamW { weight_decay: 0.0 }, schedule: Schedule::Constant, warmup_steps: 0, seed: 0 },
+        train: TrainConfig {
+            epochs: 300,
+            batch_size: 16,
+            lr: 0.05,
+            optimizer: OptimizerKind::AdamW { weight_decay: 0.0 },
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            seed: 0,
+        },
         final_loss: 0.0,
         baseline: Baseline::MajorityClass(0),
         created_by: "test".into(),
@@ -213,7 +247,11 @@ fn probe_meta(classes: usize, pooling: Pooling) -> HeadMeta {
 #[test]
 fn pgd_accuracy_falls_as_epsilon_grows() {
     let enc = encoder();
-    let ds = robust_ssl::data::open(&format!("cifar10:{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/cifar-10-batches-bin").display()), robust_ssl::data::Split::Train).unwrap();
+    let ds = robust_ssl::data::open(
+        &format!("cifar10:{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/cifar-10-batches-bin").display()),
+        robust_ssl::data::Split::Train,
+    )
+    .unwrap();
     let transforms = [Transform::Resize(28, 28)];
     let idx: Vec<usize> = (0..ds.len()).collect();
     let feats = extract(Source::Encoder(&enc), ds.as_ref(), &idx, Layout::Pooled, &transforms, 8).unwrap();
@@ -269,7 +307,11 @@ fn pgd_accuracy_falls_as_epsilon_grows() {
 /// in f64 (tools/gen_attack_fixtures.py): within 1e-6 relative (the issue asks 1e-4).
 #[test]
 fn objectives_match_pytorch() {
-    let f = candle_core::safetensors::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/attacks/objectives.safetensors"), &Device::Cpu).unwrap();
+    let f = candle_core::safetensors::load(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/attacks/objectives.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     let enc = encoder().to(&Device::Cpu, DType::F64).unwrap();
     let (x, clean) = (&f["x"], enc.forward(&f["x0"]).unwrap());
     let u32s = |t: &Tensor| -> Vec<u32> { t.flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|&v| v as u32).collect() };
@@ -280,9 +322,16 @@ fn objectives_match_pytorch() {
         running_var: f[&format!("{p}_bn_rv")].clone(),
         eps: 1e-5,
     };
-    let probe = robust_ssl::heads::layers::LinearProbe { weight: f["probe_w"].clone(), bias: f["probe_b"].clone(), pooling: Pooling::ClsMeanPatch };
+    let probe =
+        robust_ssl::heads::layers::LinearProbe { weight: f["probe_w"].clone(), bias: f["probe_b"].clone(), pooling: Pooling::ClsMeanPatch };
     let seg = Head::Seg(SegHead { bn: bn("seg"), weight: f["seg_w"].clone(), bias: f["seg_b"].clone() });
-    let depth = Head::Depth(DepthHead { bn: bn("depth"), weight: f["depth_w"].clone(), bias: f["depth_b"].clone(), min_depth: 1e-3, max_depth: 10.0 });
+    let depth = Head::Depth(DepthHead {
+        bn: bn("depth"),
+        weight: f["depth_w"].clone(),
+        bias: f["depth_b"].clone(),
+        min_depth: 1e-3,
+        max_depth: 10.0,
+    });
     let metres: Vec<f32> = f["depth_metres"].flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|&v| v as f32).collect();
     let cases: Vec<(&str, Box<dyn Objective>, usize, usize)> = vec![
         ("embed_both_mse", Box::new(EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse)), 0, 1),
@@ -303,7 +352,12 @@ fn objectives_match_pytorch() {
         let grad = enc.backward(&tape, &ev.d_cls, &ev.d_patch).unwrap();
         let want = &f[&format!("{name}_grad")];
         let rel = max_abs(&(&grad - want).unwrap()) / max_abs(want);
-        let loss_rel = ev.losses.iter().zip(&f[&format!("{name}_losses")].to_vec1::<f64>().unwrap()).map(|(g, w)| (g - w).abs() / w.abs()).fold(0f64, f64::max);
+        let loss_rel = ev
+            .losses
+            .iter()
+            .zip(&f[&format!("{name}_losses")].to_vec1::<f64>().unwrap())
+            .map(|(g, w)| (g - w).abs() / w.abs())
+            .fold(0f64, f64::max);
         eprintln!("{name}: loss within {loss_rel:.1e}, pixel gradient within {rel:.1e} of PyTorch (relative)");
         assert!(rel < 1e-6, "{name}: pixel gradient differs from PyTorch by {rel:e} (relative max-abs)");
     }

@@ -31,7 +31,8 @@ fn embed_writes_the_reference_tokens() {
     let input = save(dir.path(), "in.safetensors", HashMap::from([("images".into(), exp["images"].clone())]));
     let out = dir.path().join("out.safetensors");
     let ckpt = s(&fixtures().join("dinov2_official.pth"));
-    let (ok, _, err) = run(&["embed", "--checkpoint", &ckpt, "--num-heads", "4", "--input", &input, "--output", &s(&out), "--batch-size", "1"]);
+    let (ok, _, err) =
+        run(&["embed", "--checkpoint", &ckpt, "--num-heads", "4", "--input", &input, "--output", &s(&out), "--batch-size", "1"]);
     assert!(ok, "{err}");
     let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     for key in ["cls", "patch"] {
@@ -62,7 +63,10 @@ fn missing_truncated_and_corrupt_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let img = s(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real/photos/coffee.png"));
     let out = s(&dir.path().join("o.safetensors"));
-    fails_with(&["embed", "--checkpoint", "/nonexistent/model.pth", "--input", &img, "--output", &out], &["/nonexistent/model.pth", "no such file"]);
+    fails_with(
+        &["embed", "--checkpoint", "/nonexistent/model.pth", "--input", &img, "--output", &out],
+        &["/nonexistent/model.pth", "no such file"],
+    );
     for name in ["dinov2_official.pth", "dinov2_reg_timm.safetensors", "hf_dinov2.onnx"] {
         let bytes = std::fs::read(fixtures().join(name)).unwrap();
         let cut = dir.path().join(format!("cut_{name}"));
@@ -73,7 +77,11 @@ fn missing_truncated_and_corrupt_checkpoints() {
         fails_with(&["inspect", &s(&junk)], &[&s(&junk)]);
     }
     // A file that parses but holds no ViT.
-    let other = save(dir.path(), "other.safetensors", HashMap::from([("fc.weight".into(), Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).unwrap())]));
+    let other = save(
+        dir.path(),
+        "other.safetensors",
+        HashMap::from([("fc.weight".into(), Tensor::zeros((2, 2), candle_core::DType::F32, &Device::Cpu).unwrap())]),
+    );
     fails_with(&["inspect", &other], &[&other, "no ViT backbone found"]);
 }
 
@@ -103,7 +111,10 @@ fn unknown_names_and_shape_mismatches_name_the_tensor() {
     fails_with(&["inspect", &f, "--arch", "dinov2_vits14"], &["embedding width 384", "64"]);
     fails_with(&["inspect", &f, "--arch", "dinov3_vits16"], &["unknown architecture"]);
     fails_with(&["inspect", &f, "--num-heads", "5"], &["5 attention heads do not divide"]);
-    fails_with(&["inspect", &s(&fixtures().join("dino_v1_train.pth")), "--num-heads", "4", "--backbone", "ema"], &["no backbone under 'ema'"]);
+    fails_with(
+        &["inspect", &s(&fixtures().join("dino_v1_train.pth")), "--num-heads", "4", "--backbone", "ema"],
+        &["no backbone under 'ema'"],
+    );
 }
 
 #[test]
@@ -111,7 +122,12 @@ fn bad_images_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let ckpt = s(&fixtures().join("dinov2_official.pth"));
     let out = s(&dir.path().join("o.safetensors"));
-    let embed = |input: &str| vec!["embed", "--checkpoint", &ckpt, "--num-heads", "4", "--input", input, "--output", &out].into_iter().map(String::from).collect::<Vec<_>>();
+    let embed = |input: &str| {
+        vec!["embed", "--checkpoint", &ckpt, "--num-heads", "4", "--input", input, "--output", &out]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
     let fails = |input: &str, needles: &[&str]| {
         let args = embed(input);
         fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), needles)
@@ -123,9 +139,11 @@ fn bad_images_are_refused_with_the_reason() {
     v[100] = f32::NAN;
     let nan = save(dir.path(), "nan.safetensors", HashMap::from([("images".into(), Tensor::from_vec(v, (1, 3, 28, 28), &cpu).unwrap())]));
     fails(&nan, &[&nan, "NaN"]);
-    let norm = save(dir.path(), "norm.safetensors", HashMap::from([("images".into(), Tensor::full(-1.5f32, (1, 3, 28, 28), &cpu).unwrap())]));
+    let norm =
+        save(dir.path(), "norm.safetensors", HashMap::from([("images".into(), Tensor::full(-1.5f32, (1, 3, 28, 28), &cpu).unwrap())]));
     fails(&norm, &[&norm, "outside [0, 1]"]);
-    let wrong = save(dir.path(), "wrong.safetensors", HashMap::from([("pixels".into(), Tensor::full(0.5f32, (1, 3, 28, 28), &cpu).unwrap())]));
+    let wrong =
+        save(dir.path(), "wrong.safetensors", HashMap::from([("pixels".into(), Tensor::full(0.5f32, (1, 3, 28, 28), &cpu).unwrap())]));
     fails(&wrong, &[&wrong, "no tensor named 'images'"]);
     let rank = save(dir.path(), "rank.safetensors", HashMap::from([("images".into(), Tensor::full(0.5f32, (3, 28, 28), &cpu).unwrap())]));
     fails(&rank, &[&rank, "expected [N, 3, H, W]"]);

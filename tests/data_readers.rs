@@ -76,14 +76,22 @@ fn segmentation_readers_match_the_reference() {
             let want = &exp[&format!("image_{i}")];
             let diff = (&s.image - want).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(diff <= tol + 1e-6, "{name}[{i}]: image differs by {diff}");
-            let want_labels: Vec<u32> = exp[&format!("labels_{i}")].flatten_all().unwrap().to_vec1::<i64>().unwrap().iter().map(|&v| v as u32).collect();
+            let want_labels: Vec<u32> =
+                exp[&format!("labels_{i}")].flatten_all().unwrap().to_vec1::<i64>().unwrap().iter().map(|&v| v as u32).collect();
             let Target::Segmentation { labels, height, width } = s.target else { panic!("{name}: not a segmentation target") };
             assert_eq!((height, width), (want.dim(1).unwrap(), want.dim(2).unwrap()));
             assert_eq!(labels, want_labels, "{name}[{i}]: labels");
             ignored += labels.iter().filter(|&&l| l == 255).count();
         }
         assert!(ignored > 0, "{name}: the fixture should exercise the ignore index");
-        assert_eq!(ds.num_classes(), Some(match kind { "voc2012" => 21, "ade20k" => 150, _ => 19 }));
+        assert_eq!(
+            ds.num_classes(),
+            Some(match kind {
+                "voc2012" => 21,
+                "ade20k" => 150,
+                _ => 19,
+            })
+        );
     }
 }
 
@@ -270,7 +278,16 @@ fn nyu_folder_layout() {
         assert_eq!(ds.len(), exp.len() / 2);
         for i in 0..ds.len() {
             let s = ds.get(i).unwrap();
-            let diff = (&s.image - &exp[&format!("image_{i}")]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            let diff = (&s.image - &exp[&format!("image_{i}")])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff <= 4.0 / 255.0 + 1e-6, "{name}[{i}]: image differs by {diff}");
             let Target::Depth { metres, height, width } = s.target else { panic!("not a depth target") };
             assert_eq!((height, width), (12, 16));
@@ -311,7 +328,11 @@ fn nyu_labeled_mat() {
             let s = ds.get(i).unwrap();
             let want = &exp[&format!("image_{i}")];
             assert_eq!(s.image.dims(), [3, 12, 16]);
-            assert_eq!(s.image.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}[{i}]");
+            assert_eq!(
+                s.image.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                "{name}[{i}]"
+            );
             let Target::Depth { metres, height, width } = s.target else { panic!("not a depth target") };
             assert_eq!((height, width), (12, 16));
             assert_eq!(metres, exp[&format!("depth_{i}")].flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}[{i}]");

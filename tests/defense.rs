@@ -38,7 +38,8 @@ fn deacl_loss_and_weight_gradients_match_pytorch() {
     assert!(rel(fidelity, scalar(&want["fidelity"])) < 1e-10 && rel(robustness, scalar(&want["robustness"])) < 1e-10);
     let grads = student.gradients(&loss).unwrap();
     // The gradients, laid out as the checkpoint (official names and layouts).
-    let by_name: HashMap<String, Tensor> = student.params.iter().map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).unwrap().clone())).collect();
+    let by_name: HashMap<String, Tensor> =
+        student.params.iter().map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).unwrap().clone())).collect();
     let as_vit = student.snapshot().unwrap().vit.map_parameters(|name, _| Ok(by_name[name].clone())).unwrap();
     let got = as_vit.checkpoint_tensors().unwrap();
     assert_eq!(got.len(), 34);
@@ -56,7 +57,12 @@ fn deacl_loss_and_weight_gradients_match_pytorch() {
 /// LayerScale, registers, SwiGLU, DINO v1, and a grid that resizes the position embedding.
 #[test]
 fn fast_weight_gradients_match_autograd() {
-    let cases = [("dinov2_official.pth", Some(4), 42), ("dinov2_reg.pth", Some(4), 28), ("dinov2_swiglu_train.pth", Some(3), 28), ("dino_v1_p8.pth", None, 24)];
+    let cases = [
+        ("dinov2_official.pth", Some(4), 42),
+        ("dinov2_reg.pth", Some(4), 28),
+        ("dinov2_swiglu_train.pth", Some(3), 28),
+        ("dino_v1_p8.pth", None, 24),
+    ];
     for (file, heads, size) in cases {
         let opts = LoadOptions { heads, ..Default::default() };
         let enc32 = Encoder::load(&fixture(&format!("encoder/{file}")), &opts).unwrap();
@@ -72,7 +78,13 @@ fn fast_weight_gradients_match_autograd() {
             let (s, a) = student_pair(&student, &x, &x_adv).unwrap();
             let (loss, _) = deacl_loss(&s, &t, &a, 2.0, EmbedTarget::Both).unwrap();
             let g = student.gradients(&loss).unwrap();
-            let by_name: HashMap<String, Tensor> = student.params.iter().map(|(n, v)| (n.clone(), g.get(v.as_tensor()).unwrap_or_else(|| panic!("{file}: no gradient for {n}")).to_dtype(DType::F64).unwrap())).collect();
+            let by_name: HashMap<String, Tensor> = student
+                .params
+                .iter()
+                .map(|(n, v)| {
+                    (n.clone(), g.get(v.as_tensor()).unwrap_or_else(|| panic!("{file}: no gradient for {n}")).to_dtype(DType::F64).unwrap())
+                })
+                .collect();
             grads.push(by_name);
         }
         assert_eq!(grads[0].len(), grads[1].len());
@@ -103,7 +115,12 @@ fn killed_run_resumes_to_identical_weights() {
     assert_eq!(whole["resumed_from"], 0);
 
     // The same run, killed (SIGKILL) once it is past a checkpoint, then started again.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_robust-ssl")).args(finetune_args(&enc, &b_s, &[])).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_robust-ssl"))
+        .args(finetune_args(&enc, &b_s, &[]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let log = b.join("losses.csv");
     let lines = || std::fs::read_to_string(&log).map(|s| s.lines().count()).unwrap_or(0);
     while lines() < 13 && child.try_wait().unwrap().is_none() {
@@ -127,7 +144,10 @@ fn killed_run_resumes_to_identical_weights() {
 
     // Another run in the same folder is refused, and nothing is overwritten.
     let before = file(&a);
-    fails_with(&finetune_args(&enc, &a_s, &["--k", "1"]), &["holds a run with other settings", "run.recipe_options.k", "nothing was overwritten"]);
+    fails_with(
+        &finetune_args(&enc, &a_s, &["--k", "1"]),
+        &["holds a run with other settings", "run.recipe_options.k", "nothing was overwritten"],
+    );
     assert!(file(&a) == before);
     // A damaged checkpoint is named.
     std::fs::write(b.join("state.json"), r#"{"step": 5, "file": "state-000005.safetensors"}"#).unwrap();
@@ -146,11 +166,44 @@ fn multi_perturbation_training_runs_and_reduces_to_deacl() {
     let cifar = format!("cifar10:{}", fixture("data/cifar-10-batches-bin").display());
     let probe = tmp.path().join("probe.safetensors").display().to_string();
     let common = ["--checkpoint", enc.as_str(), "--num-heads", "4"];
-    let mut train = vec!["train-head", "--task", "cls", "--dataset", &cifar, "--size", "28", "--epochs", "50", "--lr", "5e-2", "--out", &probe, "--json"];
+    let mut train = vec![
+        "train-head",
+        "--task",
+        "cls",
+        "--dataset",
+        &cifar,
+        "--size",
+        "28",
+        "--epochs",
+        "50",
+        "--lr",
+        "5e-2",
+        "--out",
+        &probe,
+        "--json",
+    ];
     train.extend(common);
     ok_json(&train);
     let run = |recipe: &str, out: &str, extra: &[&str]| -> serde_json::Value {
-        let mut v = vec!["finetune", recipe, "--dataset", &cifar, "--size", "28", "--batch-size", "4", "--epochs", "1", "--lr", "0.02", "--seed", "1", "--out", out, "--json"];
+        let mut v = vec![
+            "finetune",
+            recipe,
+            "--dataset",
+            &cifar,
+            "--size",
+            "28",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.02",
+            "--seed",
+            "1",
+            "--out",
+            out,
+            "--json",
+        ];
         v.extend(common);
         v.extend(extra);
         ok_json(&v)
@@ -172,7 +225,18 @@ fn multi_perturbation_training_runs_and_reduces_to_deacl() {
         let log = std::fs::read_to_string(tmp.path().join(combine).join("losses.csv")).unwrap();
         assert!(log.starts_with(&format!("step,epoch,lr,loss,cos_student_teacher,embed_term,task_term:{probe}")), "{log}");
     }
-    let first = |n: &str| -> f64 { std::fs::read_to_string(tmp.path().join(n).join("losses.csv")).unwrap().lines().nth(1).unwrap().split(',').nth(3).unwrap().parse().unwrap() };
+    let first = |n: &str| -> f64 {
+        std::fs::read_to_string(tmp.path().join(n).join("losses.csv"))
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .nth(3)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
     assert!(first("worst") >= first("average") - 1e-6, "worst {} < average {}", first("worst"), first("average"));
     // A head whose task does not fit the data, and a malformed --heads.
     let seg = format!("seg:{probe}");

@@ -68,7 +68,8 @@ fn outputs_and_input_gradients_match_pytorch() {
         // Both paths: the hand-written CPU tape (default) and candle autograd (GPUs, f64).
         for generic in [false, true] {
             let path = if generic { "candle" } else { "tape" };
-            let (t, tape) = if generic { enc.forward_with_tape_generic(&exp["images"]) } else { enc.forward_with_tape(&exp["images"]) }.unwrap();
+            let (t, tape) =
+                if generic { enc.forward_with_tape_generic(&exp["images"]) } else { enc.forward_with_tape(&exp["images"]) }.unwrap();
             assert_eq!(matches!(tape, Tape::Fast(_)), !generic, "{}: default CPU f32 path should be the tape", case.name);
             let dc = max_abs_diff(&t.cls, &exp["cls"]);
             let dp = max_abs_diff(&t.patch, &exp["patch"]);

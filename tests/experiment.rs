@@ -130,7 +130,12 @@ fn experiment_runs_resume_shard_and_report() {
     let mut kills = 0;
     for _ in 0..5 {
         let wait = uninterrupted.mul_f64(rng.random_range(0.1..0.9));
-        let mut child = Command::new(bin).args(["run", exp.to_str().unwrap(), "--out", b.to_str().unwrap()]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut child = Command::new(bin)
+            .args(["run", exp.to_str().unwrap(), "--out", b.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(wait);
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap(); // SIGKILL
@@ -186,8 +191,32 @@ fn check_against_attack_command(run_dir: &Path) {
     };
     let (seg, depth) = (head_of("seg"), head_of("depth"));
     let report = ok_json(&[
-        "attack", "--task", "seg", "--checkpoint", &tiny_encoder(), "--num-heads", "4", "--size", "28", "--head", &seg, "--dataset", "synthetic-seg:8x28",
-        "--attack", "segpgd", "--eps", "8/255", "--steps", "4", "--seed", "0", "--batch-size", "8", "--also", &format!("depth:{depth}@synthetic-depth:8x28"), "--json",
+        "attack",
+        "--task",
+        "seg",
+        "--checkpoint",
+        &tiny_encoder(),
+        "--num-heads",
+        "4",
+        "--size",
+        "28",
+        "--head",
+        &seg,
+        "--dataset",
+        "synthetic-seg:8x28",
+        "--attack",
+        "segpgd",
+        "--eps",
+        "8/255",
+        "--steps",
+        "4",
+        "--seed",
+        "0",
+        "--batch-size",
+        "8",
+        "--also",
+        &format!("depth:{depth}@synthetic-depth:8x28"),
+        "--json",
     ]);
     // The run attacks in batches of 4: its batch seeds differ, so compare with a one-batch run.
     let one_batch = tempfile::tempdir().unwrap();
@@ -196,11 +225,22 @@ fn check_against_attack_command(run_dir: &Path) {
     std::fs::write(&exp, text).unwrap();
     run_to_end(&exp, &one_batch.path().join("run"), &[]);
     // The cells as the JSON export writes them.
-    let cells8: Vec<serde_json::Value> = Store::open_existing(&one_batch.path().join("run/results.sqlite")).unwrap().cells().unwrap().iter().map(|c| serde_json::to_value(c).unwrap()).collect();
+    let cells8: Vec<serde_json::Value> = Store::open_existing(&one_batch.path().join("run/results.sqlite"))
+        .unwrap()
+        .cells()
+        .unwrap()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
     let find = |task: &str| {
         cells8
             .iter()
-            .find(|c| c["labels"]["task"] == task && c["labels"]["attack"] == "segpgd" && c["labels"]["params"]["eps_text"] == "8/255" && c["labels"]["params"]["seed"] == 0)
+            .find(|c| {
+                c["labels"]["task"] == task
+                    && c["labels"]["attack"] == "segpgd"
+                    && c["labels"]["params"]["eps_text"] == "8/255"
+                    && c["labels"]["params"]["seed"] == 0
+            })
             .unwrap_or_else(|| panic!("no segpgd cell for {task}"))["result"]
             .clone()
     };
@@ -243,10 +283,21 @@ fn check_report_in_chromium(run_dir: &Path) {
     let tmp = tempfile::tempdir().unwrap();
     let page = tmp.path().join("probe.html");
     std::fs::write(&page, html.replace("</body>", &format!("{probe}</body>"))).unwrap();
-    let chromium = ["chromium", "chromium-browser", "google-chrome"].into_iter().find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let chromium = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()));
     let chromium = chromium.expect("no headless Chromium: scripts/fetch-assets.sh installs Debian's chromium");
     let out = Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
         .arg(format!("--user-data-dir={}", tmp.path().join("profile").display()))
         .args(["--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom"])
         .arg(format!("file://{}", page.display()))
@@ -257,7 +308,13 @@ fn check_report_in_chromium(run_dir: &Path) {
     let console: Vec<&str> = log.lines().filter(|l| l.contains(":CONSOLE")).collect();
     assert!(console.is_empty(), "console messages: {console:?}");
     let body = dom.split("<body").nth(1).and_then(|b| b.split('>').next()).unwrap_or_else(|| panic!("no body in {dom}"));
-    let attr = |k: &str| body.split(&format!("{k}=\"")).nth(1).and_then(|v| v.split('"').next()).and_then(|v| v.parse::<usize>().ok()).unwrap_or_else(|| panic!("no {k} in <body{body}>"));
+    let attr = |k: &str| {
+        body.split(&format!("{k}=\""))
+            .nth(1)
+            .and_then(|v| v.split('"').next())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no {k} in <body{body}>"))
+    };
     let expected = files["charts"].as_u64().unwrap() as usize + files["examples"].as_u64().unwrap() as usize;
     assert_eq!(attr("data-images"), expected, "every chart and example is an image");
     assert_eq!(attr("data-broken"), 0, "images that did not load");
@@ -276,16 +333,34 @@ fn bad_experiments_are_refused_at_their_line() {
         assert!(!out.exists(), "{name}: the run folder was created before the error");
     };
     let line_of = |needle: &str| good.lines().position(|l| l.contains(needle)).unwrap() + 1;
-    try_with("unknown.toml", good.replace("examples = 2", "examples = 2\nexampels = 3"), &["unknown.toml", &format!("line {}", line_of("examples = 2") + 1), "exampels"]);
+    try_with(
+        "unknown.toml",
+        good.replace("examples = 2", "examples = 2\nexampels = 3"),
+        &["unknown.toml", &format!("line {}", line_of("examples = 2") + 1), "exampels"],
+    );
     try_with("type.toml", good.replace("steps = 4", "steps = \"four\""), &["type.toml", &format!("line {}", line_of("steps = 4"))]);
     try_with("eps.toml", good.replace("\"8/255\"", "\"8/25x\""), &[&format!("eps.toml:{}:", line_of("eps = ")), "8/25x", "not an amount"]);
-    try_with("path.toml", good.replace("cifar10:", "cifar10:/no/such/cifar"), &[&format!("path.toml:{}:", line_of("name = \"cifar\"") + 2), "/no/such/cifar", "no such file"]);
+    try_with(
+        "path.toml",
+        good.replace("cifar10:", "cifar10:/no/such/cifar"),
+        &[&format!("path.toml:{}:", line_of("name = \"cifar\"") + 2), "/no/such/cifar", "no such file"],
+    );
     try_with("kind.toml", good.replace("synthetic-depth:12x28", "nyu-depth:12x28"), &["kind.toml", "unknown dataset kind 'nyu-depth'"]);
     try_with("twice.toml", good.replace("name = \"depth\"", "name = \"seg\""), &["twice.toml", "a second task named 'seg'"]);
     try_with("ckpt.toml", good.replace("dinov2_official.pth", "missing.pth"), &["ckpt.toml", "missing.pth", "no such checkpoint file"]);
-    try_with("group.toml", good.replace("synthetic-depth:8x28", "synthetic-depth:6x28"), &["group.toml", "shares images 'scenes'", "6 samples"]);
-    fails_with(&["run", tmp.path().join("tiny.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--shard", "2/2"], &["--shard '2/2'", "out of range"]);
-    fails_with(&["run", tmp.path().join("tiny.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--shard", "x/2"], &["--shard 'x/2'"]);
+    try_with(
+        "group.toml",
+        good.replace("synthetic-depth:8x28", "synthetic-depth:6x28"),
+        &["group.toml", "shares images 'scenes'", "6 samples"],
+    );
+    fails_with(
+        &["run", tmp.path().join("tiny.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--shard", "2/2"],
+        &["--shard '2/2'", "out of range"],
+    );
+    fails_with(
+        &["run", tmp.path().join("tiny.toml").to_str().unwrap(), "--out", out.to_str().unwrap(), "--shard", "x/2"],
+        &["--shard 'x/2'"],
+    );
     assert!(!out.exists());
     fails_with(&["run", "/no/such.toml"], &["/no/such.toml", "cannot read the experiment file"]);
 }
@@ -311,6 +386,7 @@ fn the_plan_shares_work_and_keys_are_stable() {
     let heads = |p: &Plan| p.heads.iter().map(|h| h.key.clone()).collect::<Vec<_>>();
     let renamed = Plan::new(&Loaded::parse(&path, text.replace("name = \"seg\"", "name = \"segmentation\"")).unwrap()).unwrap();
     assert_eq!(heads(&renamed), heads(&plan));
-    let retrained = Plan::new(&Loaded::parse(&path, text.replace("heads = [{ epochs = 4 }]", "heads = [{ epochs = 5 }]")).unwrap()).unwrap();
+    let retrained =
+        Plan::new(&Loaded::parse(&path, text.replace("heads = [{ epochs = 4 }]", "heads = [{ epochs = 5 }]")).unwrap()).unwrap();
     assert_ne!(heads(&retrained), heads(&plan));
 }

@@ -48,7 +48,13 @@ fn linear_probe_matches_torch() {
 }
 
 fn bn(f: &HashMap<String, Tensor>, p: &str, w: &Var, b: &Tensor) -> BatchNorm {
-    BatchNorm { weight: w.as_tensor().clone(), bias: b.clone(), running_mean: f[&format!("{p}_rm")].clone(), running_var: f[&format!("{p}_rv")].clone(), eps: 1e-5 }
+    BatchNorm {
+        weight: w.as_tensor().clone(),
+        bias: b.clone(),
+        running_mean: f[&format!("{p}_rm")].clone(),
+        running_var: f[&format!("{p}_rv")].clone(),
+        eps: 1e-5,
+    }
 }
 
 #[test]
@@ -75,7 +81,13 @@ fn depth_head_matches_dinov2_bnhead() {
     let f = fixture();
     for (mode, train) in [("train", true), ("eval", false)] {
         let (w, bn_w, cls, patch) = (var(&f, "depth_w"), var(&f, "depth_bn_w"), var(&f, "cls"), var(&f, "patch"));
-        let head = DepthHead { bn: bn(&f, "depth", &bn_w, &f["depth_bn_b"]), weight: w.as_tensor().clone(), bias: f["depth_b"].clone(), min_depth: 1e-3, max_depth: 10.0 };
+        let head = DepthHead {
+            bn: bn(&f, "depth", &bn_w, &f["depth_bn_b"]),
+            weight: w.as_tensor().clone(),
+            bias: f["depth_b"].clone(),
+            min_depth: 1e-3,
+            max_depth: 10.0,
+        };
         let (depth, _) = head.forward(cls.as_tensor(), patch.as_tensor(), (3, 4), train).unwrap();
         close(&format!("{mode} depth"), &depth, &f[&format!("depth_{mode}_depth")]);
         let pred = bilinear(&depth, 11, 13).unwrap().squeeze(1).unwrap();

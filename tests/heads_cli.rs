@@ -28,7 +28,22 @@ fn train_and_eval(task: &str, kind: &str, cache: &Path, out: &Path, extra: &[&st
     assert_eq!(trained["steps"], trained["meta"]["train"]["epochs"].as_u64().unwrap() * 6, "48 samples in batches of 8");
     assert!(Path::new(&head).with_extension("json").is_file(), "metadata beside the head");
     let val_spec = format!("{kind}:24x56");
-    ok_json(&["eval", "--task", task, "--checkpoint", &enc, "--num-heads", "4", "--dataset", &val_spec, "--cache-dir", &cache, "--head", &head, "--json"])
+    ok_json(&[
+        "eval",
+        "--task",
+        task,
+        "--checkpoint",
+        &enc,
+        "--num-heads",
+        "4",
+        "--dataset",
+        &val_spec,
+        "--cache-dir",
+        &cache,
+        "--head",
+        &head,
+        "--json",
+    ])
 }
 
 #[test]
@@ -45,7 +60,24 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
     let enc = tiny_encoder();
     let (head_file, cache) = (tmp.path().join("seg.safetensors").display().to_string(), tmp.path().display().to_string());
     let slide = |window: &str| {
-        ok_json(&["eval", "--task", "seg", "--checkpoint", &enc, "--num-heads", "4", "--dataset", "synthetic-seg:24x56", "--cache-dir", &cache, "--head", &head_file, "--sliding-window", window, "--json"])
+        ok_json(&[
+            "eval",
+            "--task",
+            "seg",
+            "--checkpoint",
+            &enc,
+            "--num-heads",
+            "4",
+            "--dataset",
+            "synthetic-seg:24x56",
+            "--cache-dir",
+            &cache,
+            "--head",
+            &head_file,
+            "--sliding-window",
+            window,
+            "--json",
+        ])
     };
     for window in ["56:56", "112:50"] {
         let whole = slide(window);
@@ -56,7 +88,24 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
     }
     let tiled = slide("28:14");
     assert!(tiled["head"]["miou"].as_f64().unwrap() > base + 0.1, "tiled windows: {}", tiled["head"]["miou"]);
-    fails_with(&["eval", "--task", "seg", "--checkpoint", &enc, "--num-heads", "4", "--dataset", "synthetic-seg:4x56", "--head", &head_file, "--sliding-window", "28"], &["CROP:STRIDE"]);
+    fails_with(
+        &[
+            "eval",
+            "--task",
+            "seg",
+            "--checkpoint",
+            &enc,
+            "--num-heads",
+            "4",
+            "--dataset",
+            "synthetic-seg:4x56",
+            "--head",
+            &head_file,
+            "--sliding-window",
+            "28",
+        ],
+        &["CROP:STRIDE"],
+    );
 
     let depth = train_and_eval("depth", "synthetic-depth", tmp.path(), tmp.path(), &["--epochs", "40", "--lr", "1e-2"]);
     let (head, base) = (depth["head"]["rmse"].as_f64().unwrap(), depth["baseline"]["rmse"].as_f64().unwrap());
@@ -64,7 +113,24 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
     assert!(depth["head"]["delta1"].as_f64().unwrap() > depth["baseline"]["delta1"].as_f64().unwrap());
     assert_eq!(depth["head"]["images"], 24);
     let depth_file = tmp.path().join("depth.safetensors").display().to_string();
-    let whole = ok_json(&["eval", "--task", "depth", "--checkpoint", &enc, "--num-heads", "4", "--dataset", "synthetic-depth:24x56", "--cache-dir", &cache, "--head", &depth_file, "--sliding-window", "56:56", "--json"]);
+    let whole = ok_json(&[
+        "eval",
+        "--task",
+        "depth",
+        "--checkpoint",
+        &enc,
+        "--num-heads",
+        "4",
+        "--dataset",
+        "synthetic-depth:24x56",
+        "--cache-dir",
+        &cache,
+        "--head",
+        &depth_file,
+        "--sliding-window",
+        "56:56",
+        "--json",
+    ]);
     let d = (whole["head"]["rmse"].as_f64().unwrap() - depth["head"]["rmse"].as_f64().unwrap()).abs();
     assert!(d < 1e-4, "one whole-image window gives depth RMSE {} vs {}", whole["head"]["rmse"], depth["head"]["rmse"]);
 }
@@ -76,14 +142,49 @@ fn classification_head_and_pixel_baseline_round_trip() {
     let cifar = format!("cifar10:{}", data("cifar-10-batches-bin").display());
     let head = tmp.path().join("probe.safetensors").display().to_string();
     let t = ok_json(&[
-        "train-head", "--task", "cls", "--checkpoint", &enc, "--num-heads", "4", "--dataset", &cifar, "--size", "28", "--pooling", "cls+mean",
-        "--epochs", "200", "--lr", "5e-2", "--cache-dir", &cache, "--out", &head, "--json",
+        "train-head",
+        "--task",
+        "cls",
+        "--checkpoint",
+        &enc,
+        "--num-heads",
+        "4",
+        "--dataset",
+        &cifar,
+        "--size",
+        "28",
+        "--pooling",
+        "cls+mean",
+        "--epochs",
+        "200",
+        "--lr",
+        "5e-2",
+        "--cache-dir",
+        &cache,
+        "--out",
+        &head,
+        "--json",
     ]);
     assert_eq!(t["meta"]["outputs"], 10);
     assert_eq!(t["meta"]["pooling"], "cls+mean");
     assert_eq!(t["meta"]["transforms"], serde_json::json!(["resize-short28", "crop28x28", "pad14"]));
     assert_eq!(t["train_split"]["head"]["accuracy"], 1.0, "10 samples, 128 features: a linear probe fits them");
-    let e = ok_json(&["eval", "--task", "cls", "--checkpoint", &enc, "--num-heads", "4", "--dataset", &cifar, "--cache-dir", &cache, "--head", &head, "--json"]);
+    let e = ok_json(&[
+        "eval",
+        "--task",
+        "cls",
+        "--checkpoint",
+        &enc,
+        "--num-heads",
+        "4",
+        "--dataset",
+        &cifar,
+        "--cache-dir",
+        &cache,
+        "--head",
+        &head,
+        "--json",
+    ]);
     assert!(e["dataset"].as_str().unwrap().ends_with("[test]"), "CIFAR has no val split: eval falls back to test");
     assert_eq!(e["head"]["total"], 3);
 
@@ -93,7 +194,10 @@ fn classification_head_and_pixel_baseline_round_trip() {
     assert_eq!(t["meta"]["source"], "pixels");
     ok_json(&["eval", "--task", "cls", "--pixels", "--dataset", &cifar, "--cache-dir", &cache, "--head", &px, "--json"]);
     // A pixel head read with encoder features, and the reverse, is refused.
-    fails_with(&["eval", "--task", "cls", "--checkpoint", &enc, "--num-heads", "4", "--dataset", &cifar, "--head", &px], &["pixels.safetensors", "raw pixels"]);
+    fails_with(
+        &["eval", "--task", "cls", "--checkpoint", &enc, "--num-heads", "4", "--dataset", &cifar, "--head", &px],
+        &["pixels.safetensors", "raw pixels"],
+    );
     fails_with(&["eval", "--task", "cls", "--pixels", "--dataset", &cifar, "--head", &head], &["probe.safetensors", "encoder features"]);
 }
 
@@ -118,7 +222,21 @@ fn feature_cache_is_reused_resumes_and_matches_recomputing() {
     let (enc, cache) = (tiny_encoder(), tmp.path().join("cache").display().to_string());
     let head = |n: &str| tmp.path().join(n).display().to_string();
     // 300 scenes: two chunks of the cache.
-    let base = ["train-head", "--task", "seg", "--checkpoint", &enc, "--num-heads", "4", "--dataset", "synthetic-seg:300x28", "--size", "28", "--epochs", "2"];
+    let base = [
+        "train-head",
+        "--task",
+        "seg",
+        "--checkpoint",
+        &enc,
+        "--num-heads",
+        "4",
+        "--dataset",
+        "synthetic-seg:300x28",
+        "--size",
+        "28",
+        "--epochs",
+        "2",
+    ];
     let with = |extra: &[&str]| -> Vec<String> { base.iter().chain(extra).map(|s| s.to_string()).collect() };
 
     let first = ok_json(&strs(&with(&["--cache-dir", &cache, "--out", &head("a.safetensors"), "--json"])));
@@ -174,7 +292,19 @@ fn bad_input_fails_cleanly() {
     check(a(&train("cls", &cifar, &["--size", "28", "--classes", "2"])), &["out of range for 2 classes"]);
     check(a(&train("cls", &cifar, &["--limit", "0"])), &["cifar-10-batches-bin", "empty"]);
     let nowhere = tmp.path().join("no/such/dir/h.safetensors").display().to_string();
-    check(vec!["train-head".into(), "--task".into(), "cls".into(), "--pixels".into(), "--dataset".into(), cifar.clone(), "--out".into(), nowhere], &["does not exist"]);
+    check(
+        vec![
+            "train-head".into(),
+            "--task".into(),
+            "cls".into(),
+            "--pixels".into(),
+            "--dataset".into(),
+            cifar.clone(),
+            "--out".into(),
+            nowhere,
+        ],
+        &["does not exist"],
+    );
     check(a(&train("cls", &cifar, &["--transforms", "resize-short28,flip"])), &["unknown transform 'flip'"]);
     // Images left at different sizes cannot be batched; a corrupt JPEG is named.
     let voc = format!("voc2012:{}", data("VOCdevkit/VOC2012").display());
@@ -186,17 +316,46 @@ fn bad_input_fails_cleanly() {
     std::fs::write(&jpg, &bytes[..bytes.len() / 3]).unwrap();
     check(a(&train("seg", &format!("voc2012:{}", broken.display()), &["--size", "28"])), &["2007_000032.jpg"]);
     // Pixels for a dense task.
-    check(vec!["train-head".into(), "--task".into(), "seg".into(), "--pixels".into(), "--dataset".into(), "synthetic-seg:4x28".into(), "--out".into(), out.clone()], &["--pixels"]);
+    check(
+        vec![
+            "train-head".into(),
+            "--task".into(),
+            "seg".into(),
+            "--pixels".into(),
+            "--dataset".into(),
+            "synthetic-seg:4x28".into(),
+            "--out".into(),
+            out.clone(),
+        ],
+        &["--pixels"],
+    );
 
     // Head files: missing, truncated, of another task, of another encoder width.
-    let (ok, _, err) = run(&train("seg", "synthetic-seg:8x28", &["--size", "28", "--epochs", "1"]).iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, _, err) =
+        run(&train("seg", "synthetic-seg:8x28", &["--size", "28", "--epochs", "1"]).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "{err}");
     let eval = |head: &str, task: &str, ckpt: &str| -> Vec<String> {
         let heads = if ckpt.contains("swiglu") { "3" } else { "4" };
-        ["eval", "--task", task, "--checkpoint", ckpt, "--num-heads", heads, "--dataset", "synthetic-seg:4x28", "--size", "28", "--cache-dir", &cache, "--head", head]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "eval",
+            "--task",
+            task,
+            "--checkpoint",
+            ckpt,
+            "--num-heads",
+            heads,
+            "--dataset",
+            "synthetic-seg:4x28",
+            "--size",
+            "28",
+            "--cache-dir",
+            &cache,
+            "--head",
+            head,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let missing = tmp.path().join("missing.safetensors").display().to_string();
     check(eval(&missing, "seg", &enc), &["missing.safetensors"]);

@@ -60,7 +60,8 @@ fn library_files() -> Vec<(Vec<String>, String)> {
                 return None;
             }
             // Code only: comments may name anything.
-            let text: String = std::fs::read_to_string(&p).unwrap().lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+            let text: String =
+                std::fs::read_to_string(&p).unwrap().lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
             Some((rel, text))
         })
         .collect()
@@ -89,7 +90,8 @@ fn references(module: &[String], text: &str) -> BTreeSet<Vec<String>> {
         if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b'$') {
             continue;
         }
-        let (mut base, mut at) = if text[i..].starts_with("crate::") { (Vec::new(), i + 7) } else { (module[..module.len() - 1].to_vec(), i + 7) };
+        let (mut base, mut at) =
+            if text[i..].starts_with("crate::") { (Vec::new(), i + 7) } else { (module[..module.len() - 1].to_vec(), i + 7) };
         while text[at..].starts_with("super::") {
             base.pop();
             at += 7;
@@ -147,7 +149,12 @@ fn references(module: &[String], text: &str) -> BTreeSet<Vec<String>> {
 
 /// A cycle in `graph`, if any (as the nodes along it).
 fn cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
-    fn visit(n: &str, g: &BTreeMap<String, BTreeSet<String>>, state: &mut BTreeMap<String, u8>, stack: &mut Vec<String>) -> Option<Vec<String>> {
+    fn visit(
+        n: &str,
+        g: &BTreeMap<String, BTreeSet<String>>,
+        state: &mut BTreeMap<String, u8>,
+        stack: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
         match state.get(n) {
             Some(2) => return None,
             Some(1) => {
@@ -197,7 +204,8 @@ fn layers_point_down_and_nothing_cycles() {
             if target == me {
                 // Within a folder: an edge between two of its files or subfolders (its mod.rs,
                 // the folder's face, aside).
-                let part = |name: &str| src().join(me).join(format!("{name}.rs")).is_file() || src().join(me).join(name).join("mod.rs").is_file();
+                let part =
+                    |name: &str| src().join(me).join(format!("{name}.rs")).is_file() || src().join(me).join(name).join("mod.rs").is_file();
                 if module.len() >= 2 && r.len() >= 2 && r[1] != module[1] && part(&r[1]) {
                     files.entry(format!("{me}/{}", module[1])).or_default().insert(format!("{me}/{}", r[1]));
                 }
@@ -205,7 +213,9 @@ fn layers_point_down_and_nothing_cycles() {
             }
             top.entry(me.clone()).or_default().insert(target.clone());
             match layer.get(target.as_str()) {
-                Some(&l) if l > my_layer => problems.push(format!("{shown}: '{me}' (layer {my_layer}) uses '{target}' (layer {l}), above it")),
+                Some(&l) if l > my_layer => {
+                    problems.push(format!("{shown}: '{me}' (layer {my_layer}) uses '{target}' (layer {l}), above it"))
+                }
                 Some(_) => {}
                 None => problems.push(format!("{shown}: uses 'crate::{target}', not a library module with a layer")),
             }

@@ -44,8 +44,7 @@ fn depth_losses_match_torch_on_valid_pixels_only() {
     let f = fixture();
     let mask = valid_mask(&f["gt"], DepthRange { min: 1e-3, max: 10.0 }).unwrap();
     type LossFn = fn(&Tensor, &Tensor, &Tensor) -> anyhow::Result<Tensor>;
-    let cases: [(&str, LossFn); 3] =
-        [("sig", sig_loss), ("grad", |p, g, m| grad_loss(p, g, m, 4)), ("depth", depth_loss)];
+    let cases: [(&str, LossFn); 3] = [("sig", sig_loss), ("grad", |p, g, m| grad_loss(p, g, m, 4)), ("depth", depth_loss)];
     for (name, f_loss) in cases {
         let p = Var::from_tensor(&f["pred"]).unwrap();
         let loss = f_loss(p.as_tensor(), &f["gt"], &mask).unwrap();

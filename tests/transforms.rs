@@ -5,9 +5,9 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use robust_ssl::data::transform::{load_batch, resize_image, resize_nearest, Transform};
-use robust_ssl::rng::shuffled;
 use robust_ssl::data::{open, Sample, Split, Target, IGNORE};
 use robust_ssl::resize::Filter;
+use robust_ssl::rng::shuffled;
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
@@ -58,7 +58,10 @@ fn pad_and_crop_keep_image_and_target_aligned() {
     assert_eq!(c.image.to_vec3::<f32>().unwrap()[0][0], vec![9.0, 10.0, 11.0]);
     assert!(Transform::CenterCrop(6, 3).apply(seg_sample()).is_err());
 
-    let d = Sample { image: Tensor::zeros((3, 2, 3), candle_core::DType::F32, &Device::Cpu).unwrap(), target: Target::Depth { metres: vec![1.0; 6], height: 2, width: 3 } };
+    let d = Sample {
+        image: Tensor::zeros((3, 2, 3), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        target: Target::Depth { metres: vec![1.0; 6], height: 2, width: 3 },
+    };
     let d = Transform::PadToMultiple(4).apply(d).unwrap();
     let Target::Depth { metres, .. } = d.target else { panic!() };
     assert_eq!(metres.iter().filter(|&&m| m == 0.0).count(), 16 - 6, "padded depth is invalid (0)");

@@ -27,7 +27,14 @@ pub(super) fn oscillates(history: &[f64], j: usize, k: usize) -> bool {
     rises as f64 <= 0.75 * k as f64
 }
 
-pub(super) fn apgd(p: &Problem, cfg: &AttackConfig, mut delta: Vec<Vec<f32>>, active: Vec<usize>, best: &mut Best, sanity: &mut Sanity) -> Result<()> {
+pub(super) fn apgd(
+    p: &Problem,
+    cfg: &AttackConfig,
+    mut delta: Vec<Vec<f32>>,
+    active: Vec<usize>,
+    best: &mut Best,
+    sanity: &mut Sanity,
+) -> Result<()> {
     let n = active.len();
     let per = p.per;
     let (first, min_span, decrease) = schedule(cfg.steps);
@@ -54,7 +61,8 @@ pub(super) fn apgd(p: &Problem, cfg: &AttackConfig, mut delta: Vec<Vec<f32>>, ac
             let mut z = delta[i].clone();
             p.threat.step(&mut z, g, step[k]);
             p.project(i, &mut z, sanity)?;
-            let mut next: Vec<f32> = delta[i].iter().zip(&z).zip(&momentum).map(|((d, z), m)| d + (z - d) * alpha + m * (1.0 - alpha)).collect();
+            let mut next: Vec<f32> =
+                delta[i].iter().zip(&z).zip(&momentum).map(|((d, z), m)| d + (z - d) * alpha + m * (1.0 - alpha)).collect();
             p.project(i, &mut next, sanity)?;
             delta[i] = next;
         }

@@ -37,7 +37,8 @@ impl Objective for DepthPgd<'_> {
                 .iter()
                 .enumerate()
                 .map(|(k, &i)| {
-                    let gt = Tensor::from_vec(self.metres[i * h * w..(i + 1) * h * w].to_vec(), (1, h, w), pred.device())?.to_dtype(pred.dtype())?;
+                    let gt = Tensor::from_vec(self.metres[i * h * w..(i + 1) * h * w].to_vec(), (1, h, w), pred.device())?
+                        .to_dtype(pred.dtype())?;
                     let mask = valid_mask(&gt, self.range)?;
                     let valid = mask.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
                     let p = pred.narrow(0, k, 1)?;

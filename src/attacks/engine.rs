@@ -53,7 +53,14 @@ pub fn attack(enc: &Encoder, objective: &dyn Objective, images: &Tensor, cfg: &A
 }
 
 /// Fixed-step projected gradient ascent; with early stop, samples leave once they reach the goal.
-fn pgd(p: &Problem, cfg: &AttackConfig, mut delta: Vec<Vec<f32>>, mut active: Vec<usize>, best: &mut Best, sanity: &mut Sanity) -> Result<()> {
+fn pgd(
+    p: &Problem,
+    cfg: &AttackConfig,
+    mut delta: Vec<Vec<f32>>,
+    mut active: Vec<usize>,
+    best: &mut Best,
+    sanity: &mut Sanity,
+) -> Result<()> {
     for step in 0..=cfg.steps {
         if active.is_empty() {
             break;
@@ -87,4 +94,3 @@ fn pgd(p: &Problem, cfg: &AttackConfig, mut delta: Vec<Vec<f32>>, mut active: Ve
     }
     Ok(())
 }
-

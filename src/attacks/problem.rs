@@ -100,7 +100,14 @@ impl Problem<'_> {
 
     /// The objective at `x + delta[i]` for the samples `active`, and with `grad` the pixel
     /// gradient of each (`per` values per active sample).
-    pub(super) fn evaluate(&self, delta: &[Vec<f32>], active: &[usize], step: usize, steps: usize, grad: bool) -> Result<(Evaluated, Vec<f32>)> {
+    pub(super) fn evaluate(
+        &self,
+        delta: &[Vec<f32>],
+        active: &[usize],
+        step: usize,
+        steps: usize,
+        grad: bool,
+    ) -> Result<(Evaluated, Vec<f32>)> {
         let (c, h, w) = self.dims;
         let pixels: Vec<f32> = active.iter().flat_map(|&i| self.clean(i).iter().zip(&delta[i]).map(|(a, d)| a + d)).collect();
         let input = Tensor::from_vec(pixels, (active.len(), c, h, w), &Device::Cpu)?.to_device(self.enc.vit.device())?;
@@ -110,7 +117,13 @@ impl Problem<'_> {
         }
         let (tokens, tape) = self.enc.forward_with_tape(&input)?;
         let ev = self.objective.evaluate(&tokens, active, step, steps)?;
-        let g = self.enc.backward(&tape, &ev.d_cls, &ev.d_patch)?.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+        let g = self
+            .enc
+            .backward(&tape, &ev.d_cls, &ev.d_patch)?
+            .to_device(&Device::Cpu)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
         Ok((ev, g))
     }
 

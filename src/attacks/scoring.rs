@@ -59,7 +59,14 @@ pub fn depth_range(head: &TrainedHead) -> Option<DepthRange> {
 
 /// Attacks `images` (`[B, 3, H, W]` in [0,1]) through `enc` for `aim` under `cfg`; with `score`,
 /// scores the clean and the adversarial images on every head of `heads`.
-pub fn attack_batch(enc: &Encoder, images: &Tensor, aim: Aim, heads: &[ScoredHead], cfg: &AttackConfig, score: bool) -> Result<AttackedBatch> {
+pub fn attack_batch(
+    enc: &Encoder,
+    images: &Tensor,
+    aim: Aim,
+    heads: &[ScoredHead],
+    cfg: &AttackConfig,
+    score: bool,
+) -> Result<AttackedBatch> {
     let own_reference = matches!(aim, Aim::Embed { reference: None, .. });
     let clean = if score || own_reference { Some(enc.forward(&images.to_device(enc.vit.device())?)?) } else { None };
     let objective: Box<dyn Objective> = match aim {
@@ -68,7 +75,9 @@ pub fn attack_batch(enc: &Encoder, images: &Tensor, aim: Aim, heads: &[ScoredHea
             Box::new(EmbedAttack::new(reference, target, distance))
         }
         Aim::Head { index, kind } => {
-            let Some(h) = heads.get(index) else { bail!("internal error: the attacked head {index} is not among the {} scored", heads.len()) };
+            let Some(h) = heads.get(index) else {
+                bail!("internal error: the attacked head {index} is not among the {} scored", heads.len())
+            };
             kind.objective(&h.head.head, h.targets, depth_range(h.head))?
         }
     };
@@ -96,13 +105,24 @@ pub fn attack_batch(enc: &Encoder, images: &Tensor, aim: Aim, heads: &[ScoredHea
 /// The targets of samples `ids` of `ds` (after `transforms`), after checking that they are the
 /// very `images` attacked (taken from the dataset `attacked`): cross-task scoring needs the same
 /// pixels.
-pub fn labels_of_same_images(ds: &dyn Dataset, ids: &[usize], transforms: &[Transform], images: &Tensor, attacked: &str) -> Result<Targets> {
+pub fn labels_of_same_images(
+    ds: &dyn Dataset,
+    ids: &[usize],
+    transforms: &[Transform],
+    images: &Tensor,
+    attacked: &str,
+) -> Result<Targets> {
     let samples = load_batch(ds, ids, transforms)?;
     for (k, s) in samples.iter().enumerate() {
         let image = images.get(k)?;
         let same = s.image.dims() == image.dims() && s.image.flatten_all()?.to_vec1::<f32>()? == image.flatten_all()?.to_vec1::<f32>()?;
         if !same {
-            bail!("{}: image {} differs from image {} of {attacked}; cross-task scoring needs the same images", ds.describe(), ids[k], ids[k]);
+            bail!(
+                "{}: image {} differs from image {} of {attacked}; cross-task scoring needs the same images",
+                ds.describe(),
+                ids[k],
+                ids[k]
+            );
         }
     }
     targets_of(ds, ids, samples)

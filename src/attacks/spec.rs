@@ -100,7 +100,9 @@ impl AttackKind {
         }
         Ok(match (head, targets) {
             (Head::Linear(probe), Targets::Class(l)) => Box::new(CrossEntropy { probe, labels: l.clone() }),
-            (Head::Seg(_), Targets::Segmentation { labels, height, width }) => Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width }),
+            (Head::Seg(_), Targets::Segmentation { labels, height, width }) => {
+                Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width })
+            }
             (Head::Depth(_), Targets::Depth { metres, height, width }) => {
                 let range = range.context("a depth head without a depth range")?;
                 Box::new(DepthPgd { head, metres: metres.clone(), height: *height, width: *width, range })
@@ -242,4 +244,3 @@ pub struct AttackConfig {
     /// attack, as the reference trains); the outcome's losses are then NaN (not evaluated).
     pub last_iterate: bool,
 }
-

@@ -32,9 +32,19 @@ pub enum Panel<'a> {
     Image(&'a Tensor),
     /// Perturbation `[3, H, W]` scaled by `1 / (2ε)` around grey.
     Perturbation(&'a Tensor, f64),
-    Classes { labels: &'a [u32], height: usize, width: usize },
+    Classes {
+        labels: &'a [u32],
+        height: usize,
+        width: usize,
+    },
     /// Depth in metres; values outside `(lo, hi)` are black.
-    Depth { metres: &'a [f32], height: usize, width: usize, lo: f32, hi: f32 },
+    Depth {
+        metres: &'a [f32],
+        height: usize,
+        width: usize,
+        lo: f32,
+        hi: f32,
+    },
 }
 
 fn render(p: &Panel) -> Result<RgbImage> {
@@ -100,7 +110,14 @@ pub fn write_strip(path: &Path, panels: &[Panel]) -> Result<()> {
 /// clean and adversarial predictions beside the truth for dense heads. `outs` are the head's
 /// outputs on the clean and adversarial images. Returns a name suffix (for classification the
 /// label and both predictions) and the PNG.
-pub fn attack_strip(k: usize, clean: &Tensor, adv: &Tensor, outs: (&Tensor, &Tensor), targets: &Targets, eps: f64) -> Result<(String, Vec<u8>)> {
+pub fn attack_strip(
+    k: usize,
+    clean: &Tensor,
+    adv: &Tensor,
+    outs: (&Tensor, &Tensor),
+    targets: &Targets,
+    eps: f64,
+) -> Result<(String, Vec<u8>)> {
     let (clean_out, adv_out) = outs;
     let (c, x) = (clean.get(k)?, adv.get(k)?);
     let diff = (&x - &c)?;

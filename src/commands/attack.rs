@@ -153,7 +153,11 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         let targets = targets_of(ds, ids, samples)?;
         let also_targets = also.iter().map(|h| h.labels(&prep, ids, &images)).collect::<Result<Vec<Option<Targets>>>>()?;
         let mut heads = vec![ScoredHead { head: &head, targets: &targets, name: &file }];
-        heads.extend(also.iter().zip(&also_targets).map(|(h, t)| ScoredHead { head: &h.head, targets: t.as_ref().unwrap_or(&targets), name: &h.file }));
+        heads.extend(also.iter().zip(&also_targets).map(|(h, t)| ScoredHead {
+            head: &h.head,
+            targets: t.as_ref().unwrap_or(&targets),
+            name: &h.file,
+        }));
         let aim = match spec.kind {
             AttackKind::Embed => Aim::Embed { reference: None, target: spec.embed_target, distance: spec.embed_distance },
             kind => Aim::Head { index: 0, kind },
@@ -164,7 +168,17 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         cross.add(&done.heads[1..])?;
         if let Some(dir) = &a.save_examples {
             let outs = (&done.heads[0].clean_output, &done.heads[0].adversarial_output);
-            saved += save_examples(dir, a.attack, ids, &images, &done.outcome.adversarial, outs, &targets, spec.eps, a.examples.saturating_sub(saved))?;
+            saved += save_examples(
+                dir,
+                a.attack,
+                ids,
+                &images,
+                &done.outcome.adversarial,
+                outs,
+                &targets,
+                spec.eps,
+                a.examples.saturating_sub(saved),
+            )?;
         }
         objective_sum += done.outcome.loss.iter().sum::<f64>();
         sanity_all.merge(&done.outcome.sanity);
@@ -189,23 +203,49 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let step = if a.attack == AttackKind::Apgd { "from 2ε, adaptive".to_string() } else { format!("{:.5}", spec.step_size) };
-        println!("{} attack ({}, ε {:.5}, step {step}, {} steps, {} restart(s)) on {} with {}", a.attack, a.norm, spec.eps, a.steps, a.restarts.max(1), report.dataset, report.head);
+        println!(
+            "{} attack ({}, ε {:.5}, step {step}, {} steps, {} restart(s)) on {} with {}",
+            a.attack,
+            a.norm,
+            spec.eps,
+            a.steps,
+            a.restarts.max(1),
+            report.dataset,
+            report.head
+        );
         println!("  clean:       {}", super::eval::one_line(&report.clean.head));
         println!("  adversarial: {}", super::eval::one_line(&report.adversarial.head));
-        println!("  baseline:    {} ({})", super::eval::one_line(&report.clean.baseline), super::eval::baseline_name(&report.clean.baseline_kind));
+        println!(
+            "  baseline:    {} ({})",
+            super::eval::one_line(&report.clean.baseline),
+            super::eval::baseline_name(&report.clean.baseline_kind)
+        );
         for h in &report.also {
             println!("  also {} on {}:", h.head, h.dataset);
             println!("    clean:       {}", super::eval::one_line(&h.clean.head));
             println!("    adversarial: {}", super::eval::one_line(&h.adversarial.head));
         }
-        println!("  objective {:.5} on average; largest ‖δ‖/ε {:.4}; pixels in [{:.4}, {:.4}]", report.mean_objective, report.sanity.max_norm_over_eps, report.sanity.min_pixel, report.sanity.max_pixel);
+        println!(
+            "  objective {:.5} on average; largest ‖δ‖/ε {:.4}; pixels in [{:.4}, {:.4}]",
+            report.mean_objective, report.sanity.max_norm_over_eps, report.sanity.min_pixel, report.sanity.max_pixel
+        );
     }
     Ok(())
 }
 
 /// Writes up to `budget` strips for this batch; returns how many.
 #[allow(clippy::too_many_arguments)]
-fn save_examples(dir: &std::path::Path, attack: AttackKind, ids: &[usize], clean: &Tensor, adv: &Tensor, outs: (&Tensor, &Tensor), targets: &Targets, eps: f64, budget: usize) -> Result<usize> {
+fn save_examples(
+    dir: &std::path::Path,
+    attack: AttackKind,
+    ids: &[usize],
+    clean: &Tensor,
+    adv: &Tensor,
+    outs: (&Tensor, &Tensor),
+    targets: &Targets,
+    eps: f64,
+    budget: usize,
+) -> Result<usize> {
     let n = ids.len().min(budget);
     for (k, id) in ids.iter().take(n).enumerate() {
         let (suffix, png) = attack_strip(k, clean, adv, outs, targets, eps)?;

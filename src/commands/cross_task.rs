@@ -70,7 +70,10 @@ pub struct AlsoReport {
 }
 
 fn fits(task: Task, targets: &Targets) -> bool {
-    matches!((task, targets), (Task::Cls, Targets::Class(_)) | (Task::Seg, Targets::Segmentation { .. }) | (Task::Depth, Targets::Depth { .. }))
+    matches!(
+        (task, targets),
+        (Task::Cls, Targets::Class(_)) | (Task::Seg, Targets::Segmentation { .. }) | (Task::Depth, Targets::Depth { .. })
+    )
 }
 
 impl AlsoHead {
@@ -92,7 +95,13 @@ impl AlsoHead {
             Some(d) => {
                 let ds = data::open(d, prep.split).with_context(|| format!("--also {file}"))?;
                 if ds.len() != prep.dataset.len() {
-                    bail!("{}: {} samples, but {} has {}; cross-task scoring needs the same images", ds.describe(), ds.len(), prep.dataset.describe(), prep.dataset.len());
+                    bail!(
+                        "{}: {} samples, but {} has {}; cross-task scoring needs the same images",
+                        ds.describe(),
+                        ds.len(),
+                        prep.dataset.describe(),
+                        prep.dataset.len()
+                    );
                 }
                 Some(ds)
             }
@@ -103,7 +112,13 @@ impl AlsoHead {
         let ds = me.dataset.as_deref().unwrap_or(prep.dataset.as_ref());
         let probe = targets_of(ds, first, load_batch(ds, first, &[])?)?;
         if !fits(spec.task, &probe) {
-            bail!("{}: its samples carry no {} labels for {}; name a dataset that does with {}@KIND:PATH", me.describe(prep), spec.task, me.file, spec.head.display());
+            bail!(
+                "{}: its samples carry no {} labels for {}; name a dataset that does with {}@KIND:PATH",
+                me.describe(prep),
+                spec.task,
+                me.file,
+                spec.head.display()
+            );
         }
         Ok(me)
     }
@@ -145,7 +160,15 @@ impl<'a> CrossTask<'a> {
         self.heads
             .iter()
             .zip(self.scores)
-            .map(|(h, (c, a))| Ok(AlsoReport { task: h.spec.task, head: h.file.clone(), dataset: h.describe(prep), clean: c.finish()?, adversarial: a.finish()? }))
+            .map(|(h, (c, a))| {
+                Ok(AlsoReport {
+                    task: h.spec.task,
+                    head: h.file.clone(),
+                    dataset: h.describe(prep),
+                    clean: c.finish()?,
+                    adversarial: a.finish()?,
+                })
+            })
             .collect()
     }
 }

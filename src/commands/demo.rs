@@ -52,7 +52,8 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     if !a.no_fetch {
         fetch(&a.root)?;
     }
-    let assets = std::fs::canonicalize(a.root.join("assets")).with_context(|| format!("{}: no assets folder (run without --no-fetch)", a.root.join("assets").display()))?;
+    let assets = std::fs::canonicalize(a.root.join("assets"))
+        .with_context(|| format!("{}: no assets folder (run without --no-fetch)", a.root.join("assets").display()))?;
     if !a.fashion_mnist.is_dir() {
         bail!("{}: no Fashion-MNIST here (Debian's dataset-fashion-mnist; scripts/fetch-assets.sh installs it)", a.fashion_mnist.display());
     }
@@ -66,7 +67,13 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     println!("{}", robust_ssl::report::page::summary(&store)?);
     println!(
         "demo: {} work items ({} done before), {} heads trained; {} result cells, {} charts, {} example strips in {:.0} s",
-        summary.items_run, summary.items_done_before, summary.heads_trained, files.cells, files.charts, files.examples, t0.elapsed().as_secs_f64()
+        summary.items_run,
+        summary.items_done_before,
+        summary.heads_trained,
+        files.cells,
+        files.charts,
+        files.examples,
+        t0.elapsed().as_secs_f64()
     );
     println!("  results: {}\n  report:  {}\n           {}", store.path().display(), files.markdown.display(), files.html.display());
     Ok(())

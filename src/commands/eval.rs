@@ -13,8 +13,8 @@ use robust_ssl::data::Split;
 use robust_ssl::features::cache::CacheReport;
 use robust_ssl::features::Source;
 use robust_ssl::heads::evaluate::{evaluate, evaluate_sliding, Evaluation, Metrics};
-use robust_ssl::heads::sliding::Window;
 use robust_ssl::heads::head::{Baseline, Task, TrainedHead};
+use robust_ssl::heads::sliding::Window;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -86,7 +86,16 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     }
     let (evaluation, cache, protocol) = match (a.sliding_window, &prep.encoder) {
         (Some(window), Some(enc)) => {
-            let e = evaluate_sliding(&head, enc, prep.dataset.as_ref(), &prep.request.indices, &prep.request.transforms, window, f.encoder_batch_size, &file)?;
+            let e = evaluate_sliding(
+                &head,
+                enc,
+                prep.dataset.as_ref(),
+                &prep.request.indices,
+                &prep.request.transforms,
+                window,
+                f.encoder_batch_size,
+                &file,
+            )?;
             (e, None, format!("sliding windows {}:{} over whole images, scored at label resolution", window.crop, window.stride))
         }
         (Some(_), None) => bail!("--sliding-window needs an encoder (--checkpoint)"),

@@ -75,7 +75,9 @@ impl FeatureArgs {
         };
         let transforms = match (&self.transforms, transforms) {
             (Some(spec), _) => Transform::parse_list(spec).context("--transforms")?,
-            (None, Some(names)) => names.iter().map(|n| n.parse()).collect::<Result<Vec<Transform>>>().context("the head file's transforms")?,
+            (None, Some(names)) => {
+                names.iter().map(|n| n.parse()).collect::<Result<Vec<Transform>>>().context("the head file's transforms")?
+            }
             (None, None) => match &encoder {
                 Some(enc) => robust_ssl::data::transform::default_transforms(self.size, enc.config().patch_size),
                 None => vec![],

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use super::cross_task::task_and_rest;
 use super::train_head::OptimizerName;
 use super::ModelOptions;
 use robust_ssl::attacks::embed::EmbedTarget;
@@ -15,12 +16,11 @@ use robust_ssl::data::transform::Transform;
 use robust_ssl::data::{self, Split};
 use robust_ssl::defense::deacl::Deacl;
 use robust_ssl::defense::multi::{Combine, Multi};
+use robust_ssl::defense::run::{finetune, Recipe, RunConfig};
 use robust_ssl::encoder::Encoder;
 use robust_ssl::heads::head::TrainedHead;
-use super::cross_task::task_and_rest;
-use robust_ssl::heads::trainer::check_features;
-use robust_ssl::defense::run::{finetune, Recipe, RunConfig};
 use robust_ssl::heads::train::{Schedule, TrainConfig};
+use robust_ssl::heads::trainer::check_features;
 use robust_ssl::optim::OptimizerKind;
 
 #[derive(Subcommand, Debug)]
@@ -174,7 +174,8 @@ pub fn run(cmd: &FinetuneCommand) -> Result<()> {
             let c = &a.common;
             let teacher = c.teacher()?;
             let heads = load_heads(&a.task_heads, teacher.config().embed_dim)?;
-            let fingerprints: Vec<serde_json::Value> = heads.iter().map(|(p, h)| serde_json::json!({ "head": p, "task": h.meta.task, "trained": h.meta.final_loss })).collect();
+            let fingerprints: Vec<serde_json::Value> =
+                heads.iter().map(|(p, h)| serde_json::json!({ "head": p, "task": h.meta.task, "trained": h.meta.final_loss })).collect();
             let recipe = Multi {
                 heads,
                 k: a.k,

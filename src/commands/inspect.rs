@@ -31,8 +31,18 @@ pub fn run(a: &InspectArgs) -> Result<()> {
     println!("naming:          {:?}", i.source);
     println!("architecture:    {}", i.arch.as_deref().unwrap_or("custom (not a released size)"));
     println!("  family {:?}, patch {}, width {}, depth {}, heads {}", c.family, c.patch_size, c.embed_dim, c.depth, c.num_heads);
-    println!("  ffn {:?} hidden {}, registers {}, layer scale {}, qkv bias {}", c.ffn, c.ffn_hidden, c.num_registers, c.layer_scale, c.qkv_bias);
-    println!("  position grid {}x{} ({} px at patch {}), LayerNorm eps {:e}", c.pos_grid, c.pos_grid, c.pos_grid * c.patch_size, c.patch_size, c.ln_eps);
+    println!(
+        "  ffn {:?} hidden {}, registers {}, layer scale {}, qkv bias {}",
+        c.ffn, c.ffn_hidden, c.num_registers, c.layer_scale, c.qkv_bias
+    );
+    println!(
+        "  position grid {}x{} ({} px at patch {}), LayerNorm eps {:e}",
+        c.pos_grid,
+        c.pos_grid,
+        c.pos_grid * c.patch_size,
+        c.patch_size,
+        c.ln_eps
+    );
     println!("parameters:      {} ({:.1} M)", i.parameters, i.parameters as f64 / 1e6);
     println!("pos resize:      {} (default for this source: {})", i.pos_resize, i.default_pos_resize);
     if !i.prefix.is_empty() {

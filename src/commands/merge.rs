@@ -37,8 +37,18 @@ pub fn run(a: &MergeArgs) -> Result<()> {
     let mut target = Store::open(&a.run.join("results.sqlite"))?;
     for s in &shards {
         let count = target.merge_from(&Store::open_existing(s)?)?;
-        println!("{}: {} cells added, {} already present, {} example strips{}", s.display(), count.cells, count.same, count.examples,
-            if count.unfinished_batches > 0 { format!("; {} batches of unfinished items left behind (rerun that shard)", count.unfinished_batches) } else { String::new() });
+        println!(
+            "{}: {} cells added, {} already present, {} example strips{}",
+            s.display(),
+            count.cells,
+            count.same,
+            count.examples,
+            if count.unfinished_batches > 0 {
+                format!("; {} batches of unfinished items left behind (rerun that shard)", count.unfinished_batches)
+            } else {
+                String::new()
+            }
+        );
     }
     println!("merged into {}", target.path().display());
     Ok(())

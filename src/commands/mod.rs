@@ -28,7 +28,6 @@ use robust_ssl::encoder::arch::ArchChoice;
 use robust_ssl::encoder::pos_embed::PosResize;
 use robust_ssl::encoder::{Encoder, LoadOptions};
 
-
 #[derive(Parser)]
 #[command(name = "robust-ssl", version, about = "Adversarial robustness of self-supervised ViT encoders across downstream tasks")]
 pub struct Cli {

@@ -25,7 +25,13 @@ pub fn run(a: &ReportArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&files)?);
     } else {
-        println!("{} cells, {} charts, {} example strips{}", files.cells, files.charts, files.examples, if files.missing > 0 { format!(" ({} cells of the plan missing)", files.missing) } else { String::new() });
+        println!(
+            "{} cells, {} charts, {} example strips{}",
+            files.cells,
+            files.charts,
+            files.examples,
+            if files.missing > 0 { format!(" ({} cells of the plan missing)", files.missing) } else { String::new() }
+        );
         println!("  {}\n  {}", files.markdown.display(), files.html.display());
     }
     Ok(())

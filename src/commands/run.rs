@@ -54,7 +54,16 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if a.dry_run {
         let plan = Plan::new(&Loaded::read(&a.experiment)?)?;
         let items = plan.shard(shard.0, shard.1);
-        println!("{}: {} heads, {} work items ({} in shard {}/{}), {} result cells", a.experiment.display(), plan.heads.len(), plan.items.len(), items.len(), shard.0, shard.1, plan.cells().len());
+        println!(
+            "{}: {} heads, {} work items ({} in shard {}/{}), {} result cells",
+            a.experiment.display(),
+            plan.heads.len(),
+            plan.items.len(),
+            items.len(),
+            shard.0,
+            shard.1,
+            plan.cells().len()
+        );
         for item in items {
             println!("  {} {}", &item.key[..12], plan.describe(item));
         }
@@ -63,12 +72,22 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let (plan, dir, mut store) = prepare(&a.experiment, a.out.clone(), shard)?;
     let summary = execute::run(&plan, &dir, &mut store, &Options { shard, unshared: a.unshared })?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "run_dir": dir.root, "store": store.path(), "summary": summary }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "run_dir": dir.root, "store": store.path(), "summary": summary }))?
+        );
         return Ok(());
     }
     println!(
         "{}: {} of {} work items run ({} done before, {} batches resumed), {} heads trained, {} reused, {:.1} s",
-        plan.name, summary.items_run, summary.items_in_shard, summary.items_done_before, summary.batches_resumed, summary.heads_trained, summary.heads_reused, summary.seconds
+        plan.name,
+        summary.items_run,
+        summary.items_in_shard,
+        summary.items_done_before,
+        summary.batches_resumed,
+        summary.heads_trained,
+        summary.heads_reused,
+        summary.seconds
     );
     println!("results: {}", store.path().display());
     if shard.1 == 1 {

@@ -12,8 +12,8 @@ use serde::Serialize;
 use super::features::FeatureArgs;
 use robust_ssl::data::Split;
 use robust_ssl::heads::evaluate::{evaluate, Evaluation};
-pub use robust_ssl::heads::fit::{OptimizerName, ScheduleName};
 use robust_ssl::heads::fit::{fit, HeadOptions, HeadRecipe};
+pub use robust_ssl::heads::fit::{OptimizerName, ScheduleName};
 use robust_ssl::heads::head::{HeadMeta, Task};
 use robust_ssl::heads::layers::Pooling;
 
@@ -147,9 +147,21 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
 
 fn print_summary(s: &Summary) {
     let m = s.meta;
-    println!("trained a {} head on {} ({} samples, {})", m.task, m.dataset, m.samples, m.encoder_arch.as_deref().unwrap_or(if m.source.is_string() { "raw pixels" } else { "custom ViT" }));
+    println!(
+        "trained a {} head on {} ({} samples, {})",
+        m.task,
+        m.dataset,
+        m.samples,
+        m.encoder_arch.as_deref().unwrap_or(if m.source.is_string() { "raw pixels" } else { "custom ViT" })
+    );
     if let Some(c) = &s.cache {
-        println!("  features: {} chunk(s) computed, {} reused, {:.1} s ({})", c.chunks_computed, c.chunks_reused, c.seconds, c.dir.display());
+        println!(
+            "  features: {} chunk(s) computed, {} reused, {:.1} s ({})",
+            c.chunks_computed,
+            c.chunks_reused,
+            c.seconds,
+            c.dir.display()
+        );
     } else {
         println!("  features: recomputed for every batch (--no-cache)");
     }

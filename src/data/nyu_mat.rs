@@ -78,7 +78,8 @@ impl NyuMat {
             Some(3) => (frame, .., .., ..).into(),
             _ => (frame, .., ..).into(),
         };
-        ds.read_slice::<T, _, D>(sel).map_err(|e| anyhow::anyhow!("{}: cannot read frame {} of '{name}': {e}", self.file.display(), frame + 1))
+        ds.read_slice::<T, _, D>(sel)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read frame {} of '{name}': {e}", self.file.display(), frame + 1))
     }
 }
 

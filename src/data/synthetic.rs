@@ -148,7 +148,11 @@ impl Scene {
     pub fn render(&self, size: usize) -> (Vec<f32>, Vec<u32>, Vec<f32>) {
         let f = (size as f64 / 2.0) / (FOV_DEG.to_radians() / 2.0).tan();
         let (sp, cp) = PITCH_DEG.to_radians().sin_cos();
-        let light = { let l = [0.4, 0.8, -0.45]; let n = dot(l, l).sqrt(); l.map(|v| v / n) };
+        let light = {
+            let l = [0.4, 0.8, -0.45];
+            let n = dot(l, l).sqrt();
+            l.map(|v| v / n)
+        };
         let o = [0.0, CAMERA_HEIGHT, 0.0];
         let n = size * size;
         let (mut image, mut labels, mut depth) = (vec![0f32; 3 * n], vec![0u32; n], vec![0f32; n]);
@@ -226,7 +230,8 @@ impl Synthetic {
             Some((c, s)) => (c, s.parse::<usize>().with_context(|| format!("synthetic: bad size '{s}' in '{args}'"))?),
             None => (args, 224),
         };
-        let count = count.parse::<usize>().with_context(|| format!("synthetic: bad scene count '{count}' in '{args}' (expected COUNT[xSIZE])"))?;
+        let count =
+            count.parse::<usize>().with_context(|| format!("synthetic: bad scene count '{count}' in '{args}' (expected COUNT[xSIZE])"))?;
         if count == 0 || size < 8 {
             bail!("synthetic: need at least 1 scene of at least 8 pixels, got '{args}'");
         }

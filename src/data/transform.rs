@@ -95,7 +95,11 @@ pub fn resize_nearest<T: Copy>(data: &[T], (h, w): (usize, usize), (oh, ow): (us
     iy.iter().flat_map(|&y| ix.iter().map(move |&x| data[y * w + x])).collect()
 }
 
-fn map_target(t: Target, f: impl Fn(&[u32], usize, usize) -> (Vec<u32>, usize, usize), g: impl Fn(&[f32], usize, usize) -> (Vec<f32>, usize, usize)) -> Target {
+fn map_target(
+    t: Target,
+    f: impl Fn(&[u32], usize, usize) -> (Vec<u32>, usize, usize),
+    g: impl Fn(&[f32], usize, usize) -> (Vec<f32>, usize, usize),
+) -> Target {
     match t {
         Target::Segmentation { labels, height, width } => {
             let (labels, height, width) = f(&labels, height, width);
@@ -153,8 +157,5 @@ pub fn default_transforms(size: usize, patch: usize) -> Vec<Transform> {
 
 /// Decodes and transforms the samples at `indices` in parallel, in order.
 pub fn load_batch(ds: &dyn Dataset, indices: &[usize], transforms: &[Transform]) -> Result<Vec<Sample>> {
-    indices
-        .par_iter()
-        .map(|&i| transforms.iter().try_fold(ds.get(i)?, |s, t| t.apply(s)))
-        .collect()
+    indices.par_iter().map(|&i| transforms.iter().try_fold(ds.get(i)?, |s, t| t.apply(s))).collect()
 }

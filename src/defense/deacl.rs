@@ -33,7 +33,10 @@ pub fn deacl_loss(s_clean: &Tokens, t_clean: &Tokens, s_adv: &Tokens, k: f64, wh
     let fidelity = similarity(s_clean, t_clean, which)?.mean_all()?;
     let robustness = similarity(s_adv, s_clean, which)?.mean_all()?;
     let loss = (fidelity.neg()? - (&robustness * k)?)?;
-    let parts = [fidelity.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?, robustness.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?];
+    let parts = [
+        fidelity.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
+        robustness.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?,
+    ];
     Ok((loss, parts))
 }
 

@@ -97,7 +97,8 @@ impl Recipe for Multi {
         for (i, (name, h)) in self.heads.iter().enumerate() {
             let head = [ScoredHead { head: h, targets: &batch.targets, name }];
             let cfg = AttackConfig { seed: seed.wrapping_add(i as u64 + 1), ..self.inner };
-            perturbed.push(attack_batch(&snapshot, x, Aim::Head { index: 0, kind: AttackKind::Task }, &head, &cfg, false)?.outcome.adversarial);
+            perturbed
+                .push(attack_batch(&snapshot, x, Aim::Head { index: 0, kind: AttackKind::Task }, &head, &cfg, false)?.outcome.adversarial);
         }
         // One student pass over the clean images and every perturbation.
         let all = student.forward(&Tensor::cat(&perturbed, 0)?)?;
@@ -119,7 +120,8 @@ impl Recipe for Multi {
                 if sum <= 0.0 {
                     bail!("the perturbation weights sum to {sum}; give --embed-weight or --task-weight a positive value");
                 }
-                let w = Tensor::from_vec(w.iter().map(|v| v / sum).collect::<Vec<_>>(), (1, terms.len()), x.device())?.to_dtype(stacked.dtype())?;
+                let w = Tensor::from_vec(w.iter().map(|v| v / sum).collect::<Vec<_>>(), (1, terms.len()), x.device())?
+                    .to_dtype(stacked.dtype())?;
                 stacked.broadcast_mul(&w)?.sum(D::Minus1)?
             }
         };

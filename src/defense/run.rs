@@ -17,14 +17,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::optim::Optimizer;
 use super::student::Student;
 use crate::data::transform::{load_batch, Transform};
-use crate::rng::shuffled;
 use crate::data::Dataset;
 use crate::encoder::Encoder;
 use crate::features::{targets_of, Targets};
 use crate::heads::train::TrainConfig;
+use crate::optim::Optimizer;
+use crate::rng::shuffled;
 
 /// One mini-batch: images `[B, 3, H, W]` in [0,1] and their labels.
 pub struct MiniBatch {
@@ -109,10 +109,12 @@ fn load_state(out: &Path, student: &Student, train: &TrainConfig) -> Result<Opti
         return Ok(None);
     }
     let text = std::fs::read_to_string(&state_json).with_context(|| format!("{}: cannot read", state_json.display()))?;
-    let state: StateFile = serde_json::from_str(&text).with_context(|| format!("{}: not a state file of this tool", state_json.display()))?;
+    let state: StateFile =
+        serde_json::from_str(&text).with_context(|| format!("{}: not a state file of this tool", state_json.display()))?;
     let file = out.join(&state.file);
     let shown = file.display().to_string();
-    let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).map_err(|e| anyhow!("{shown}: cannot read the checkpoint ({e})"))?;
+    let tensors = candle_core::safetensors::load(&file, &candle_core::Device::Cpu)
+        .map_err(|e| anyhow!("{shown}: cannot read the checkpoint ({e})"))?;
     let mut weights = BTreeMap::new();
     let mut opt = BTreeMap::new();
     for (name, t) in tensors {
@@ -165,7 +167,15 @@ fn truncate_log(path: &Path, header: &str, step: u64) -> Result<()> {
 
 /// Fine-tunes a student copy of `teacher` on `indices` of `ds` with `recipe`, in `out`.
 #[allow(clippy::too_many_arguments)]
-pub fn finetune(recipe: &dyn Recipe, teacher: &Encoder, ds: &dyn Dataset, indices: &[usize], transforms: &[Transform], cfg: &RunConfig, out: &Path) -> Result<Outcome> {
+pub fn finetune(
+    recipe: &dyn Recipe,
+    teacher: &Encoder,
+    ds: &dyn Dataset,
+    indices: &[usize],
+    transforms: &[Transform],
+    cfg: &RunConfig,
+    out: &Path,
+) -> Result<Outcome> {
     let t = &cfg.train;
     if indices.is_empty() || t.batch_size == 0 || t.epochs == 0 {
         bail!("nothing to train: {} samples, batch size {}, {} epochs", indices.len(), t.batch_size, t.epochs);
@@ -204,12 +214,14 @@ pub fn finetune(recipe: &dyn Recipe, teacher: &Encoder, ds: &dyn Dataset, indice
     let total = (per_epoch * t.epochs) as u64;
     let input = Path::new(&teacher.info.file);
     if let Some(config) = input.parent().map(|d| d.join("config.json")).filter(|c| c.is_file()) {
-        std::fs::copy(&config, out.join("config.json")).with_context(|| format!("{}: cannot copy beside the checkpoints", config.display()))?;
+        std::fs::copy(&config, out.join("config.json"))
+            .with_context(|| format!("{}: cannot copy beside the checkpoints", config.display()))?;
     }
     let header = ["step", "epoch", "lr", "loss"].iter().map(|s| s.to_string()).chain(recipe.parts()).collect::<Vec<_>>().join(",");
     let log_path = out.join("losses.csv");
     truncate_log(&log_path, &header, start)?;
-    let mut log = std::fs::OpenOptions::new().append(true).open(&log_path).with_context(|| format!("{}: cannot append", log_path.display()))?;
+    let mut log =
+        std::fs::OpenOptions::new().append(true).open(&log_path).with_context(|| format!("{}: cannot append", log_path.display()))?;
 
     let bar = crate::progress::bar(total, &format!("{} fine-tuning", recipe.name()));
     bar.set_position(start);
@@ -233,7 +245,9 @@ pub fn finetune(recipe: &dyn Recipe, teacher: &Encoder, ds: &dyn Dataset, indice
         let lr = t.lr_at(step as usize, total as usize);
         let grads = student.gradients(&loss)?;
         opt.step(&student.params, &grads, lr)?;
-        let row = [format!("{step}"), format!("{epoch}"), format!("{lr:e}"), format!("{value}")].into_iter().chain(parts.iter().map(|p| format!("{p}")));
+        let row = [format!("{step}"), format!("{epoch}"), format!("{lr:e}"), format!("{value}")]
+            .into_iter()
+            .chain(parts.iter().map(|p| format!("{p}")));
         writeln!(log, "{}", row.collect::<Vec<_>>().join(",")).with_context(|| format!("{}: cannot append", log_path.display()))?;
         losses.push(value);
         bar.set_message(format!("{} fine-tuning, loss {value:.4}", recipe.name()));
@@ -250,5 +264,12 @@ pub fn finetune(recipe: &dyn Recipe, teacher: &Encoder, ds: &dyn Dataset, indice
     bar.finish_and_clear();
     let final_path = checkpoint_path(out, input, recipe.name(), "");
     student.save_like_input(&final_path)?;
-    Ok(Outcome { out: out.display().to_string(), total_steps: total, resumed_from: start, losses, final_checkpoint: final_path.display().to_string(), checkpoints })
+    Ok(Outcome {
+        out: out.display().to_string(),
+        total_steps: total,
+        resumed_from: start,
+        losses,
+        final_checkpoint: final_path.display().to_string(),
+        checkpoints,
+    })
 }

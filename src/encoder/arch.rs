@@ -5,8 +5,6 @@ use std::fmt;
 
 use anyhow::{bail, Result};
 
-
-
 /// The self-supervised family a backbone comes from (only a label: the maths is shared).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Family {
@@ -81,8 +79,17 @@ pub struct NamedArch {
 
 /// The names `--arch` accepts besides `auto`.
 pub const ARCH_NAMES: &[&str] = &[
-    "dino_vits16", "dino_vits8", "dino_vitb16", "dino_vitb8", "dinov2_vits14", "dinov2_vitb14",
-    "dinov2_vitl14", "dinov2_vitg14", "dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg",
+    "dino_vits16",
+    "dino_vits8",
+    "dino_vitb16",
+    "dino_vitb8",
+    "dinov2_vits14",
+    "dinov2_vitb14",
+    "dinov2_vitl14",
+    "dinov2_vitg14",
+    "dinov2_vits14_reg",
+    "dinov2_vitb14_reg",
+    "dinov2_vitl14_reg",
     "dinov2_vitg14_reg",
 ];
 
@@ -193,11 +200,7 @@ pub fn resolve(facts: &ShapeFacts, over: &ArchOverrides, heads_hint: Option<usiz
         None if facts.patch_size == 14 || facts.layer_scale || facts.num_registers > 0 => Family::DinoV2,
         None => Family::DinoV1,
     };
-    let num_heads = over
-        .num_heads
-        .or(over.arch.map(|a| a.num_heads))
-        .or(heads_hint)
-        .unwrap_or_else(|| default_heads(facts.embed_dim));
+    let num_heads = over.num_heads.or(over.arch.map(|a| a.num_heads)).or(heads_hint).unwrap_or_else(|| default_heads(facts.embed_dim));
     if num_heads == 0 || facts.embed_dim % num_heads != 0 {
         bail!("{num_heads} attention heads do not divide the embedding width {}", facts.embed_dim);
     }

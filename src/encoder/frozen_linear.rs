@@ -48,8 +48,25 @@ pub(super) unsafe fn gemm_f32(
     let threads = candle_core::utils::get_num_threads();
     let par = if parallel && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     gemm::gemm(
-        m, n, k, dst, 1, dst_rs as isize, accumulate, lhs, lhs_cs as isize, lhs_rs as isize, rhs, rhs_cs as isize,
-        rhs_rs as isize, 1.0, 1.0, false, false, false, par,
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        par,
     );
 }
 
@@ -67,8 +84,25 @@ pub(super) fn gemm_bias<T: Copy + 'static>(x: &[T], w: &[T], b: Option<&[T]>, m:
     // SAFETY: the slices hold m·k, k·n and m·n elements in row-major order (checked by the caller).
     unsafe {
         gemm::gemm(
-            m, n, k, dst.as_mut_ptr(), 1, n as isize, b.is_some(), x.as_ptr(), 1, k as isize, w.as_ptr(), 1,
-            n as isize, one, one, false, false, false, par,
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            b.is_some(),
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            n as isize,
+            one,
+            one,
+            false,
+            false,
+            false,
+            par,
         );
     }
     dst
@@ -91,18 +125,12 @@ impl CustomOp1 for FrozenLinear {
         let Storage::Cpu(ws) = &*wg else { return Err(Error::Msg("frozen linear: weight not on the CPU".into())) };
         let bg = self.b.as_ref().map(|b| b.storage_and_layout());
         let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(gemm_bias(
-                cpu_slice::<f32>(s, l)?,
-                cpu_slice::<f32>(ws, wl)?,
-                bias_slice::<f32>(&bg)?,
-                m, n, k, 0.0, 1.0,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(gemm_bias(
-                cpu_slice::<f64>(s, l)?,
-                cpu_slice::<f64>(ws, wl)?,
-                bias_slice::<f64>(&bg)?,
-                m, n, k, 0.0, 1.0,
-            )),
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(gemm_bias(cpu_slice::<f32>(s, l)?, cpu_slice::<f32>(ws, wl)?, bias_slice::<f32>(&bg)?, m, n, k, 0.0, 1.0))
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(gemm_bias(cpu_slice::<f64>(s, l)?, cpu_slice::<f64>(ws, wl)?, bias_slice::<f64>(&bg)?, m, n, k, 0.0, 1.0))
+            }
             _ => return Err(Error::Msg("frozen linear: only f32 and f64".into())),
         };
         let mut out_dims = dims.to_vec();

@@ -133,7 +133,14 @@ mod tests {
         (y.detach(), g.get(v.as_tensor()).unwrap().clone())
     }
 
-    fn check(name: &str, fused: impl Fn(&Tensor) -> Result<Tensor>, generic: impl Fn(&Tensor) -> Result<Tensor>, x: &Tensor, out: &[usize], tol: f64) {
+    fn check(
+        name: &str,
+        fused: impl Fn(&Tensor) -> Result<Tensor>,
+        generic: impl Fn(&Tensor) -> Result<Tensor>,
+        x: &Tensor,
+        out: &[usize],
+        tol: f64,
+    ) {
         let proj = rand(out, 99);
         let (y1, g1) = value_and_grad(fused, x, &proj);
         let (y2, g2) = value_and_grad(generic, x, &proj);

@@ -18,8 +18,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 
 use arch::{ArchChoice, ArchOverrides, VitConfig};
-use pos_embed::PosResize;
 use fast_vit::Record;
+use pos_embed::PosResize;
 pub use vit::{Tokens, VisionTransformer};
 use weights::{Checkpoint, Format, Source};
 
@@ -217,7 +217,12 @@ impl Encoder {
     }
 
     /// The fast path's output `[B,T,D]` (registers included), its patch grid and tape.
-    fn fast_forward(&self, fast: &fast_vit::FastVit, pixels: &Tensor, record: Record) -> Result<(Tensor, (usize, usize), Option<fast_vit::Tape>)> {
+    fn fast_forward(
+        &self,
+        fast: &fast_vit::FastVit,
+        pixels: &Tensor,
+        record: Record,
+    ) -> Result<(Tensor, (usize, usize), Option<fast_vit::Tape>)> {
         let (b, h, w) = self.vit.check_images(pixels.dims())?;
         let p = self.config().patch_size;
         let (gh, gw) = (h / p, w / p);

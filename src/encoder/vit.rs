@@ -141,8 +141,7 @@ impl VisionTransformer {
         let pos_cls = pos.narrow(1, 0, 1)?.contiguous()?;
         let pos_patch = pos.narrow(1, 1, m * m)?.squeeze(0)?.contiguous()?;
         let r = config.num_registers;
-        let register_tokens =
-            if r > 0 { Some(f32(ckpt.take("register_tokens", &[1, r, d])?)?) } else { None };
+        let register_tokens = if r > 0 { Some(f32(ckpt.take("register_tokens", &[1, r, d])?)?) } else { None };
         let hidden = config.ffn_hidden;
         let fc1_out = match config.ffn {
             FfnKind::Mlp => hidden,
@@ -265,7 +264,11 @@ impl VisionTransformer {
                 },
                 ls1: b.ls1.as_ref().map(|g| f(format!("{pre}.ls1.gamma"), g)).transpose()?,
                 norm2: ln(&mut f, &format!("{pre}.norm2"), &b.norm2)?,
-                ffn: Ffn { kind: b.ffn.kind, fc1: linear(&mut f, &format!("{pre}.mlp.fc1"), &b.ffn.fc1)?, fc2: linear(&mut f, &format!("{pre}.mlp.fc2"), &b.ffn.fc2)? },
+                ffn: Ffn {
+                    kind: b.ffn.kind,
+                    fc1: linear(&mut f, &format!("{pre}.mlp.fc1"), &b.ffn.fc1)?,
+                    fc2: linear(&mut f, &format!("{pre}.mlp.fc2"), &b.ffn.fc2)?,
+                },
                 ls2: b.ls2.as_ref().map(|g| f(format!("{pre}.ls2.gamma"), g)).transpose()?,
             });
         }
@@ -373,11 +376,7 @@ impl VisionTransformer {
         let d = self.config.embed_dim;
         let (b, hh, ww) = self.check_images(x.dims())?;
         let (h, w) = (hh / p, ww / p);
-        let patches = x
-            .reshape((b, 3, h, p, w, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .contiguous()?
-            .reshape((b, h * w, 3 * p * p))?;
+        let patches = x.reshape((b, 3, h, p, w, p))?.permute((0, 2, 4, 1, 3, 5))?.contiguous()?.reshape((b, h * w, 3 * p * p))?;
         let tokens = self.patch_embed.forward(&patches)?;
         let tokens = tokens.broadcast_add(&self.patch_positions(h, w)?.unsqueeze(0)?)?;
         let cls = (&self.cls_token + &self.pos_cls)?.broadcast_as((b, 1, d))?;

@@ -133,7 +133,10 @@ impl<'de> Deserialize<'de> for HeadSpec {
 
 /// One value or a list of them.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged, expecting = "one value of the right type (see the README) or a list of them, e.g. 20 or [10, 20] for steps, \"linf\" for norm")]
+#[serde(
+    untagged,
+    expecting = "one value of the right type (see the README) or a list of them, e.g. 20 or [10, 20] for steps, \"linf\" for norm"
+)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
@@ -340,7 +343,12 @@ impl Loaded {
             let mut names: Vec<&Spanned<HeadSpec>> = Vec::new();
             for h in &t.heads {
                 if let Some(first) = h.get_ref().name.as_ref().and_then(|n| names.iter().find(|o| o.get_ref().name.as_ref() == Some(n))) {
-                    let what = format!("a second head named '{}' in task '{}' (the first is at {})", first.get_ref().name.as_deref().unwrap_or(""), t.name.get_ref(), self.at(first.span()));
+                    let what = format!(
+                        "a second head named '{}' in task '{}' (the first is at {})",
+                        first.get_ref().name.as_deref().unwrap_or(""),
+                        t.name.get_ref(),
+                        self.at(first.span())
+                    );
                     return Err(self.error(h, what));
                 }
                 names.push(h);

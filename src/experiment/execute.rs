@@ -173,7 +173,8 @@ impl Runner<'_> {
                 Ok(())
             }
             Work::Attack { scored, .. } => {
-                let list: Vec<(usize, &TrainedHead, &str)> = scored.iter().zip(&item.cells).map(|(&h, c)| (h, &heads[&h], c.key.as_str())).collect();
+                let list: Vec<(usize, &TrainedHead, &str)> =
+                    scored.iter().zip(&item.cells).map(|(&h, c)| (h, &heads[&h], c.key.as_str())).collect();
                 self.attack(item, enc, &list)
             }
         }
@@ -241,14 +242,22 @@ impl Runner<'_> {
                 None => Aim::Embed { reference: None, target: params.embed_target, distance: params.embed_distance },
                 Some((_, index)) => Aim::Head { index, kind: params.kind },
             };
-            let heads: Vec<ScoredHead> = scored.iter().zip(&targets).map(|(&(_, head, cell), targets)| ScoredHead { head, targets, name: cell }).collect();
+            let heads: Vec<ScoredHead> =
+                scored.iter().zip(&targets).map(|(&(_, head, cell), targets)| ScoredHead { head, targets, name: cell }).collect();
             let early_stop = attacked_by.is_some_and(|(s, _)| plan.tasks[plan.heads[s].task].task == Task::Cls);
             let done = attack_batch(enc, &images, aim, &heads, &params.engine(b, early_stop), true)?;
             let mut examples = Vec::new();
             if b == 0 {
                 for (h, s) in heads.iter().zip(&done.heads) {
                     for j in 0..plan.examples.min(ids.len()) {
-                        let (suffix, png) = attack_strip(j, &images, &done.outcome.adversarial, (&s.clean_output, &s.adversarial_output), h.targets, params.eps)?;
+                        let (suffix, png) = attack_strip(
+                            j,
+                            &images,
+                            &done.outcome.adversarial,
+                            (&s.clean_output, &s.adversarial_output),
+                            h.targets,
+                            params.eps,
+                        )?;
                         examples.push(Example { cell: h.name.to_string(), name: format!("{:05}{suffix}.png", ids[j]), png });
                     }
                 }
@@ -264,9 +273,11 @@ impl Runner<'_> {
         let states = self.store.partials(&exec)?;
         let mut sanity = Sanity::default();
         let mut objective_sum = 0.0;
-        let mut merged: Vec<(Scorer, Scorer)> = scored.iter().map(|&(_, head, cell)| Ok((Scorer::new(head, cell)?, Scorer::new(head, cell)?))).collect::<Result<_>>()?;
+        let mut merged: Vec<(Scorer, Scorer)> =
+            scored.iter().map(|&(_, head, cell)| Ok((Scorer::new(head, cell)?, Scorer::new(head, cell)?))).collect::<Result<_>>()?;
         for (b, text) in &states {
-            let s: BatchState = serde_json::from_str(text).with_context(|| format!("{}: batch {b} of item {exec}", self.store.path().display()))?;
+            let s: BatchState =
+                serde_json::from_str(text).with_context(|| format!("{}: batch {b} of item {exec}", self.store.path().display()))?;
             sanity.merge(&s.sanity);
             objective_sum += s.objective_sum;
             for ((c, a), (sc, sa)) in merged.iter_mut().zip(&s.scores) {

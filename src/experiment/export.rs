@@ -3,10 +3,10 @@
 
 use std::io::Write;
 
-use anyhow::Result;
 use super::store::{CellRow, Predictor};
 use crate::attacks::spec::AttackSpec;
 use crate::heads::head::Task;
+use anyhow::Result;
 
 /// A number as JSON writes it (the CSV's columns read as the JSON export's).
 fn number(v: f64) -> String {
@@ -51,8 +51,25 @@ pub fn write_json(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
 pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
     let mut w = csv::Writer::from_writer(out);
     w.write_record([
-        "key", "encoder", "task", "task_kind", "head", "dataset", "condition", "attack", "attacked", "norm", "eps", "eps_text", "steps", "step_size",
-        "seed", "samples", "predictor", "metric", "value",
+        "key",
+        "encoder",
+        "task",
+        "task_kind",
+        "head",
+        "dataset",
+        "condition",
+        "attack",
+        "attacked",
+        "norm",
+        "eps",
+        "eps_text",
+        "steps",
+        "step_size",
+        "seed",
+        "samples",
+        "predictor",
+        "metric",
+        "value",
     ])?;
     for c in cells {
         let l = &c.labels;

@@ -13,11 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{HeadSpec, Loaded};
 use crate::attacks::spec::{AttackKind, AttackSpec};
-use crate::encoder::{Encoder, LoadOptions};
+use crate::choice::Choice;
 use crate::data::transform::Transform;
 use crate::data::{DataRef, Split};
+use crate::encoder::{Encoder, LoadOptions};
 use crate::heads::fit::HeadRecipe;
-use crate::choice::Choice;
 use crate::heads::head::Task;
 
 pub struct EncoderEntry {
@@ -133,7 +133,12 @@ impl Plan {
 
     /// The features request for `data` (a split of `len` samples) of `task`, on `encoder`.
     pub fn request(&self, encoder: usize, task: usize, data: &DataRef, len: usize) -> crate::features::Request {
-        crate::features::Request { layout: self.tasks[task].task.layout(), transforms: self.transforms(encoder, task), indices: data.indices(len), batch_size: self.encoder_batch_size }
+        crate::features::Request {
+            layout: self.tasks[task].task.layout(),
+            transforms: self.transforms(encoder, task),
+            indices: data.indices(len),
+            batch_size: self.encoder_batch_size,
+        }
     }
 
     /// Plans `loaded`, opening every dataset and reading every checkpoint to check them.
@@ -151,7 +156,13 @@ impl Plan {
             };
             // Read, not built: the runner builds each encoder once, when its work starts.
             let info = Encoder::describe(&checkpoint, &options).map_err(|err| l.error(&e.checkpoint, format!("{err:#}")))?;
-            encoders.push(EncoderEntry { name: e.name.get_ref().clone(), checkpoint, fingerprint: Encoder::fingerprint_of(&info)?, patch_size: info.config.patch_size, options });
+            encoders.push(EncoderEntry {
+                name: e.name.get_ref().clone(),
+                checkpoint,
+                fingerprint: Encoder::fingerprint_of(&info)?,
+                patch_size: info.config.patch_size,
+                options,
+            });
         }
         let mut tasks: Vec<TaskEntry> = Vec::new();
         for t in &x.tasks {
@@ -168,7 +179,11 @@ impl Plan {
             };
             let (train, _) = data(&t.train, &[Split::Train])?;
             let (eval, eval_samples) = data(&t.eval, &[Split::Val, Split::Test])?;
-            let group = t.images.as_ref().map(|g| format!("images:{}", g.get_ref())).unwrap_or_else(|| serde_json::to_string(&eval).expect("plain data"));
+            let group = t
+                .images
+                .as_ref()
+                .map(|g| format!("images:{}", g.get_ref()))
+                .unwrap_or_else(|| serde_json::to_string(&eval).expect("plain data"));
             let transforms = t.transforms.as_ref().map(|s| Transform::parse_list(s.get_ref())).transpose()?;
             if let Some(other) = tasks.iter().find(|o| o.group == group) {
                 if other.eval_samples != eval_samples || other.transforms != transforms {
@@ -203,10 +218,13 @@ impl Plan {
             for (t, spec) in l.experiment.tasks.iter().enumerate() {
                 let task = self.tasks[t].task;
                 let default = HeadSpec::default();
-                let specs: Vec<&HeadSpec> = if spec.heads.is_empty() { vec![&default] } else { spec.heads.iter().map(|h| h.get_ref()).collect() };
+                let specs: Vec<&HeadSpec> =
+                    if spec.heads.is_empty() { vec![&default] } else { spec.heads.iter().map(|h| h.get_ref()).collect() };
                 for (k, h) in specs.iter().enumerate() {
                     let recipe = h.options.recipe(task);
-                    recipe.check().map_err(|err| anyhow::anyhow!("{}: task '{}', head {}: {err}", l.path.display(), spec.name.get_ref(), k + 1))?;
+                    recipe
+                        .check()
+                        .map_err(|err| anyhow::anyhow!("{}: task '{}', head {}: {err}", l.path.display(), spec.name.get_ref(), k + 1))?;
                     let name = h.name.clone().unwrap_or_else(|| if specs.len() == 1 { "head".into() } else { format!("head{}", k + 1) });
                     let key = key_of(&serde_json::json!({
                         "what": "head",
@@ -305,7 +323,9 @@ impl Plan {
             }
             for p in &settings {
                 for members in groups.values() {
-                    let heads_of = |ts: &[usize]| -> Vec<usize> { (0..self.heads.len()).filter(|&h| self.heads[h].encoder == e && ts.contains(&self.heads[h].task)).collect() };
+                    let heads_of = |ts: &[usize]| -> Vec<usize> {
+                        (0..self.heads.len()).filter(|&h| self.heads[h].encoder == e && ts.contains(&self.heads[h].task)).collect()
+                    };
                     let all = heads_of(members);
                     let sources: Vec<Option<usize>> = if p.kind.aims_at_head() {
                         all.iter().filter(|&&h| p.kind.fits(self.tasks[self.heads[h].task].task)).map(|&h| Some(h)).collect()
@@ -336,7 +356,11 @@ impl Plan {
                                 labels: self.labels(h, Condition::Attack, Some((p, source))),
                             })
                             .collect();
-                        items.push(Item { key, work: Work::Attack { encoder: e, task: images_task, params: p.clone(), source, scored }, cells });
+                        items.push(Item {
+                            key,
+                            work: Work::Attack { encoder: e, task: images_task, params: p.clone(), source, scored },
+                            cells,
+                        });
                     }
                 }
             }
@@ -385,7 +409,14 @@ impl Plan {
                     Some(s) => self.head_label(*s),
                     None => scored.iter().map(|&h| self.head_label(h)).collect::<Vec<_>>().join("+"),
                 };
-                format!("{} · {on} · {} ε {} ({} steps, seed {})", self.encoders[*encoder].name, c.attack.map_or("?", |k| k.name()), params.eps_text, params.steps, params.seed)
+                format!(
+                    "{} · {on} · {} ε {} ({} steps, seed {})",
+                    self.encoders[*encoder].name,
+                    c.attack.map_or("?", |k| k.name()),
+                    params.eps_text,
+                    params.steps,
+                    params.seed
+                )
             }
         }
     }
@@ -395,7 +426,10 @@ impl Plan {
 pub fn shard_spec(spec: Option<&str>) -> Result<(usize, usize)> {
     let parse = |s: &str| -> Result<(usize, usize)> {
         let (i, n) = s.split_once('/').with_context(|| format!("--shard '{s}': expected I/N, e.g. 0/4"))?;
-        let (i, n): (usize, usize) = (i.trim().parse().with_context(|| format!("--shard '{s}': '{i}' is not a number"))?, n.trim().parse().with_context(|| format!("--shard '{s}': '{n}' is not a number"))?);
+        let (i, n): (usize, usize) = (
+            i.trim().parse().with_context(|| format!("--shard '{s}': '{i}' is not a number"))?,
+            n.trim().parse().with_context(|| format!("--shard '{s}': '{n}' is not a number"))?,
+        );
         if n == 0 || i >= n {
             bail!("--shard '{s}': out of range (shards are 0/N to {}/N, N >= 1)", n.saturating_sub(1));
         }
@@ -409,7 +443,8 @@ pub fn shard_spec(spec: Option<&str>) -> Result<(usize, usize)> {
         (Some(id), Some(count)) => {
             let min = var("SLURM_ARRAY_TASK_MIN").unwrap_or_else(|| "0".into());
             let num = |k: &str, v: &str| v.parse::<usize>().with_context(|| format!("{k}='{v}' is not a number"));
-            let (id, count, min) = (num("SLURM_ARRAY_TASK_ID", &id)?, num("SLURM_ARRAY_TASK_COUNT", &count)?, num("SLURM_ARRAY_TASK_MIN", &min)?);
+            let (id, count, min) =
+                (num("SLURM_ARRAY_TASK_ID", &id)?, num("SLURM_ARRAY_TASK_COUNT", &count)?, num("SLURM_ARRAY_TASK_MIN", &min)?);
             let index = id.checked_sub(min).with_context(|| format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"))?;
             parse(&format!("{index}/{count}")).context("from the Slurm array variables")
         }

@@ -97,7 +97,8 @@ impl Store {
         let shown = path.display().to_string();
         let conn = Connection::open(path).with_context(|| format!("{shown}: cannot open the results store"))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;").with_context(|| format!("{shown}: not a results store (or not writable)"))?;
+        conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;")
+            .with_context(|| format!("{shown}: not a results store (or not writable)"))?;
         conn.execute_batch(SCHEMA).with_context(|| format!("{shown}: not a results store of this tool"))?;
         Ok(Store { conn, path: path.to_path_buf() })
     }
@@ -108,7 +109,10 @@ impl Store {
             bail!("{}: no results store here", path.display());
         }
         let store = Store::open(path)?;
-        store.conn.query_row("SELECT count(*) FROM cells", [], |_| Ok(())).with_context(|| format!("{}: not a results store of this tool", path.display()))?;
+        store
+            .conn
+            .query_row("SELECT count(*) FROM cells", [], |_| Ok(()))
+            .with_context(|| format!("{}: not a results store of this tool", path.display()))?;
         Ok(store)
     }
 
@@ -125,12 +129,19 @@ impl Store {
     }
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
-        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value]).with_context(|| self.context())?;
+        self.conn
+            .execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", params![key, value])
+            .with_context(|| self.context())?;
         Ok(())
     }
 
     pub fn has_cell(&self, key: &str) -> Result<bool> {
-        Ok(self.conn.query_row("SELECT 1 FROM cells WHERE key = ?1", [key], |_| Ok(())).optional().with_context(|| self.context())?.is_some())
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM cells WHERE key = ?1", [key], |_| Ok(()))
+            .optional()
+            .with_context(|| self.context())?
+            .is_some())
     }
 
     /// Every finished cell, by key.
@@ -140,7 +151,11 @@ impl Store {
         rows.map(|row| {
             let (key, labels, result) = row?;
             let unreadable = || format!("{}: cell {key} cannot be read back", self.context());
-            Ok(CellRow { labels: serde_json::from_str(&labels).with_context(unreadable)?, result: serde_json::from_str(&result).with_context(unreadable)?, key })
+            Ok(CellRow {
+                labels: serde_json::from_str(&labels).with_context(unreadable)?,
+                result: serde_json::from_str(&result).with_context(unreadable)?,
+                key,
+            })
         })
         .collect()
     }
@@ -169,7 +184,10 @@ impl Store {
         let ctx = self.context();
         let tx = self.conn.transaction().with_context(|| ctx.clone())?;
         for c in cells {
-            tx.execute("INSERT OR REPLACE INTO cells (key, labels, result) VALUES (?1, ?2, ?3)", params![c.key, stored(&c.labels)?, stored(&c.result)?])?;
+            tx.execute(
+                "INSERT OR REPLACE INTO cells (key, labels, result) VALUES (?1, ?2, ?3)",
+                params![c.key, stored(&c.labels)?, stored(&c.result)?],
+            )?;
         }
         tx.execute("DELETE FROM partials WHERE item = ?1", [item])?;
         tx.commit().with_context(|| format!("{ctx}: cannot commit"))?;
@@ -187,7 +205,9 @@ impl Store {
     }
 
     pub fn put_head(&self, key: &str, info: &str) -> Result<()> {
-        self.conn.execute("INSERT OR REPLACE INTO heads (key, info) VALUES (?1, ?2)", params![key, info]).with_context(|| self.context())?;
+        self.conn
+            .execute("INSERT OR REPLACE INTO heads (key, info) VALUES (?1, ?2)", params![key, info])
+            .with_context(|| self.context())?;
         Ok(())
     }
 
@@ -215,9 +235,12 @@ impl Store {
         }
         for c in other.cells()? {
             let (labels, result) = (stored(&c.labels)?, stored(&c.result)?);
-            let old: Option<(String, String)> = tx.query_row("SELECT labels, result FROM cells WHERE key = ?1", [&c.key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+            let old: Option<(String, String)> =
+                tx.query_row("SELECT labels, result FROM cells WHERE key = ?1", [&c.key], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
             match old {
-                Some(o) if o != (labels.clone(), result.clone()) => bail!("{them}: cell {} differs from the one in {me}; the shards did not compute the same experiment", c.key),
+                Some(o) if o != (labels.clone(), result.clone()) => {
+                    bail!("{them}: cell {} differs from the one in {me}; the shards did not compute the same experiment", c.key)
+                }
                 Some(_) => count.same += 1,
                 None => {
                     tx.execute("INSERT INTO cells (key, labels, result) VALUES (?1, ?2, ?3)", params![c.key, labels, result])?;
@@ -226,7 +249,8 @@ impl Store {
             }
         }
         for e in other.examples()? {
-            let old: Option<Vec<u8>> = tx.query_row("SELECT png FROM examples WHERE cell = ?1 AND name = ?2", params![e.cell, e.name], |r| r.get(0)).optional()?;
+            let old: Option<Vec<u8>> =
+                tx.query_row("SELECT png FROM examples WHERE cell = ?1 AND name = ?2", params![e.cell, e.name], |r| r.get(0)).optional()?;
             match old {
                 Some(o) if o != e.png => bail!("{them}: example {} of cell {} differs from the one in {me}", e.name, e.cell),
                 Some(_) => {}

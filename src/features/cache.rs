@@ -74,7 +74,8 @@ impl FeatureCache {
     fn dir_for(&self, ds: &dyn Dataset, key: &Key) -> Result<PathBuf> {
         let json = serde_json::to_vec(key)?;
         let hash = blake3::hash(&json).to_hex();
-        let kind: String = ds.describe().split(':').next().unwrap_or("data").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        let kind: String =
+            ds.describe().split(':').next().unwrap_or("data").chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
         Ok(self.root.join("features").join(format!("{kind}-{}", &hash[..20])))
     }
 

@@ -9,7 +9,14 @@ use crate::data::transform::{load_batch, Transform};
 use crate::data::{Dataset, Sample, Target};
 
 /// Features and targets of the samples `indices` of `ds`, in that order.
-pub fn extract(source: Source, ds: &dyn Dataset, indices: &[usize], layout: Layout, transforms: &[Transform], batch_size: usize) -> Result<Batch> {
+pub fn extract(
+    source: Source,
+    ds: &dyn Dataset,
+    indices: &[usize],
+    layout: Layout,
+    transforms: &[Transform],
+    batch_size: usize,
+) -> Result<Batch> {
     if batch_size == 0 {
         bail!("the encoder batch size must be at least 1");
     }

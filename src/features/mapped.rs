@@ -96,11 +96,8 @@ pub struct CachedFeatures {
 impl CachedFeatures {
     /// Maps the chunk files `paths` (each full but the last) of `len` samples.
     pub fn open(paths: &[PathBuf], chunk: usize, len: usize, layout: Layout) -> Result<Self> {
-        let chunks = paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Chunk::open(p, chunk.min(len - i * chunk), layout))
-            .collect::<Result<Vec<_>>>()?;
+        let chunks =
+            paths.iter().enumerate().map(|(i, p)| Chunk::open(p, chunk.min(len - i * chunk), layout)).collect::<Result<Vec<_>>>()?;
         Ok(Self { chunks, chunk, len })
     }
 

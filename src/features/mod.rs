@@ -39,9 +39,17 @@ pub enum Source<'a> {
 pub enum Targets {
     Class(Vec<u32>),
     /// `n × height × width` labels, 255 ignored.
-    Segmentation { labels: Vec<u32>, height: usize, width: usize },
+    Segmentation {
+        labels: Vec<u32>,
+        height: usize,
+        width: usize,
+    },
     /// `n × height × width` metres, 0 where unmeasured.
-    Depth { metres: Vec<f32>, height: usize, width: usize },
+    Depth {
+        metres: Vec<f32>,
+        height: usize,
+        width: usize,
+    },
     None,
 }
 
@@ -189,14 +197,26 @@ impl Request {
 /// Features of `request`'s samples of `ds`: read through `cache` (computed and stored first where
 /// missing), or, with no cache, recomputed for every batch they are asked for (the reference
 /// code's way).
-pub fn batches<'a>(source: Source<'a>, ds: &'a dyn crate::data::Dataset, request: &Request, cache: Option<&cache::FeatureCache>) -> Result<(Box<dyn BatchSource + 'a>, Option<cache::CacheReport>)> {
+pub fn batches<'a>(
+    source: Source<'a>,
+    ds: &'a dyn crate::data::Dataset,
+    request: &Request,
+    cache: Option<&cache::FeatureCache>,
+) -> Result<(Box<dyn BatchSource + 'a>, Option<cache::CacheReport>)> {
     match cache {
         Some(c) => {
             let (features, report) = c.load_or_compute(source, ds, request)?;
             Ok((Box::new(features), Some(report)))
         }
         None => {
-            let live = Live { source, dataset: ds, indices: request.indices.clone(), layout: request.layout, transforms: request.transforms.clone(), batch_size: request.batch_size };
+            let live = Live {
+                source,
+                dataset: ds,
+                indices: request.indices.clone(),
+                layout: request.layout,
+                transforms: request.transforms.clone(),
+                batch_size: request.batch_size,
+            };
             Ok((Box::new(live), None))
         }
     }

@@ -35,7 +35,9 @@ struct Geometry {
 
 impl Geometry {
     fn new(l: &Layout, bins: usize, double: bool) -> Result<Self> {
-        let &[b, h, w, n] = l.dims() else { return Err(Error::Msg(format!("bin readout: logits {:?}, expected [B, h, w, bins]", l.dims()))) };
+        let &[b, h, w, n] = l.dims() else {
+            return Err(Error::Msg(format!("bin readout: logits {:?}, expected [B, h, w, bins]", l.dims())));
+        };
         if n != bins {
             return Err(Error::Msg(format!("bin readout: {n} logits per pixel for {bins} bins")));
         }
@@ -149,11 +151,23 @@ impl CustomOp1 for BinReadout {
         let double = arg.dtype() == DType::F64;
         let g = Geometry::new(arg.layout(), self.bins.len(), double)?;
         let dl = if double {
-            let v = backward(&arg.flatten_all()?.to_vec1::<f64>()?, &res.flatten_all()?.to_vec1()?, &grad.flatten_all()?.to_vec1()?, &g, &self.bins);
+            let v = backward(
+                &arg.flatten_all()?.to_vec1::<f64>()?,
+                &res.flatten_all()?.to_vec1()?,
+                &grad.flatten_all()?.to_vec1()?,
+                &g,
+                &self.bins,
+            );
             Tensor::from_vec(v, arg.shape(), arg.device())?
         } else {
             let bins: Vec<f32> = self.bins.iter().map(|&v| v as f32).collect();
-            let v = backward(&arg.flatten_all()?.to_vec1::<f32>()?, &res.flatten_all()?.to_vec1()?, &grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?, &g, &bins);
+            let v = backward(
+                &arg.flatten_all()?.to_vec1::<f32>()?,
+                &res.flatten_all()?.to_vec1()?,
+                &grad.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+                &g,
+                &bins,
+            );
             Tensor::from_vec(v, arg.shape(), arg.device())?
         };
         Ok(Some(dl))
@@ -189,7 +203,8 @@ mod tests {
         let proj = Tensor::from_vec(uniform(b * 16 * h * w), (b, 1, 4 * h, 4 * w), &dev).unwrap();
         let fused = logits.as_tensor().apply_op1(BinReadout::new(bins)).unwrap();
         let generic = readout_generic(logits.as_tensor(), &bins_t).unwrap();
-        let max_diff = |a: &Tensor, c: &Tensor| (a - c).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let max_diff =
+            |a: &Tensor, c: &Tensor| (a - c).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         let scale = |a: &Tensor| a.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert_eq!(fused.dims(), [b, 1, 4 * h, 4 * w]);
         assert!(max_diff(&fused, &generic) < 1e-5 * scale(&generic), "values differ by {}", max_diff(&fused, &generic));

@@ -20,8 +20,16 @@ use crate::metrics::{Accuracy, ConfusionMatrix, DepthErrors, DepthMetrics, Depth
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "lowercase")]
 pub enum Metrics {
-    Cls { accuracy: f64, correct: u64, total: u64 },
-    Seg { miou: f64, pixel_accuracy: f64, iou_per_class: Vec<Option<f64>> },
+    Cls {
+        accuracy: f64,
+        correct: u64,
+        total: u64,
+    },
+    Seg {
+        miou: f64,
+        pixel_accuracy: f64,
+        iou_per_class: Vec<Option<f64>>,
+    },
     Depth {
         #[serde(flatten)]
         errors: DepthErrors,
@@ -223,7 +231,16 @@ impl<'a> Scorer<'a> {
 /// through encoder and head, and the averaged output is resized bilinearly to the label and
 /// scored there, as the reference evaluations do.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_sliding(head: &TrainedHead, enc: &Encoder, ds: &dyn Dataset, indices: &[usize], transforms: &[Transform], window: Window, batch: usize, file: &str) -> Result<Evaluation> {
+pub fn evaluate_sliding(
+    head: &TrainedHead,
+    enc: &Encoder,
+    ds: &dyn Dataset,
+    indices: &[usize],
+    transforms: &[Transform],
+    window: Window,
+    batch: usize,
+    file: &str,
+) -> Result<Evaluation> {
     let meta = &head.meta;
     if meta.task == Task::Cls {
         bail!("sliding-window inference is for the dense heads (seg, depth)");

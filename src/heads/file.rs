@@ -68,13 +68,13 @@ impl TrainedHead {
     pub fn load(path: &Path, dev: &Device) -> Result<TrainedHead> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).with_context(|| format!("{shown}: cannot read the head file"))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{shown}: not a valid safetensors file (truncated or corrupt?): {e}"))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow::anyhow!("{shown}: not a valid safetensors file (truncated or corrupt?): {e}"))?;
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("{shown}: {e}"))?;
-        let json = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(META_KEY))
-            .with_context(|| format!("{shown}: no robust-ssl head metadata in this file (was it written by `robust-ssl train-head`?)"))?;
+        let json =
+            header.metadata().as_ref().and_then(|m| m.get(META_KEY)).with_context(|| {
+                format!("{shown}: no robust-ssl head metadata in this file (was it written by `robust-ssl train-head`?)")
+            })?;
         let meta: HeadMeta = serde_json::from_str(json).with_context(|| format!("{shown}: unreadable head metadata"))?;
         let mut tensors = HashMap::new();
         for (name, view) in st.tensors() {

@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use super::head::{HeadMeta, Task, TrainedHead};
 use super::layers::Pooling;
 use super::train::{Schedule, TrainConfig};
-use crate::optim::OptimizerKind;
 use super::trainer::{train, TargetStats};
 use crate::data::Dataset;
 use crate::features::{BatchSource, Request, Source};
 use crate::metrics::DepthRange;
+use crate::optim::OptimizerKind;
 
 /// Everything but the data that determines a head.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -114,7 +114,8 @@ impl HeadOptions {
             pooling: self.pooling.unwrap_or(Self::POOLING),
             classes: self.classes,
             bins: self.bins.unwrap_or(Self::BINS),
-            depth_range: (task == Task::Depth).then(|| (self.min_depth.unwrap_or(Self::MIN_DEPTH), self.max_depth.unwrap_or(Self::MAX_DEPTH))),
+            depth_range: (task == Task::Depth)
+                .then(|| (self.min_depth.unwrap_or(Self::MIN_DEPTH), self.max_depth.unwrap_or(Self::MAX_DEPTH))),
         }
     }
 }
@@ -151,7 +152,14 @@ pub struct Fitted {
 }
 
 /// Fits a head by `recipe` on the `features` of `request`'s samples of `ds` (from `source`).
-pub fn fit(recipe: &HeadRecipe, source: Source, ds: &dyn Dataset, request: &Request, features: &mut dyn BatchSource, dev: &Device) -> Result<Fitted> {
+pub fn fit(
+    recipe: &HeadRecipe,
+    source: Source,
+    ds: &dyn Dataset,
+    request: &Request,
+    features: &mut dyn BatchSource,
+    dev: &Device,
+) -> Result<Fitted> {
     recipe.check()?;
     let task = recipe.task;
     let range = recipe.range();

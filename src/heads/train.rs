@@ -14,7 +14,9 @@ use crate::rng::shuffled;
 pub enum Schedule {
     Constant,
     /// `lr · (1 − t/T)^power` (the segmentation reference uses power 1.0 or 0.9).
-    Poly { power: f64 },
+    Poly {
+        power: f64,
+    },
     /// `lr · ½(1 + cos(π t/T))`.
     Cosine,
 }

@@ -2,8 +2,8 @@
 //! files and the example strips as PNG files beside it) and as one self-contained HTML page
 //! (every image inlined as a data URI, no script).
 
-use crate::experiment::plan::Condition;
 use crate::choice::Choice;
+use crate::experiment::plan::Condition;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -39,7 +39,13 @@ fn esc(s: &str) -> String {
 
 fn markdown_table(t: &Table) -> String {
     let cell = |s: &String| s.replace('|', "\\|");
-    let mut out = format!("### {}\n\n{}\n\n| {} |\n|{}\n", t.title, t.note, t.header.iter().map(cell).collect::<Vec<_>>().join(" | "), "---|".repeat(t.header.len()));
+    let mut out = format!(
+        "### {}\n\n{}\n\n| {} |\n|{}\n",
+        t.title,
+        t.note,
+        t.header.iter().map(cell).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(t.header.len())
+    );
     for r in &t.rows {
         let _ = writeln!(out, "| {} |", r.iter().map(cell).collect::<Vec<_>>().join(" | "));
     }
@@ -47,7 +53,12 @@ fn markdown_table(t: &Table) -> String {
 }
 
 fn html_table(t: &Table) -> String {
-    let mut out = format!("<h3>{}</h3>\n<p class=\"note\">{}</p>\n<table>\n<tr>{}</tr>\n", esc(&t.title), esc(&t.note), t.header.iter().map(|h| format!("<th>{}</th>", esc(h))).collect::<String>());
+    let mut out = format!(
+        "<h3>{}</h3>\n<p class=\"note\">{}</p>\n<table>\n<tr>{}</tr>\n",
+        esc(&t.title),
+        esc(&t.note),
+        t.header.iter().map(|h| format!("<th>{}</th>", esc(h))).collect::<String>()
+    );
     for r in &t.rows {
         let _ = writeln!(out, "<tr>{}</tr>", r.iter().map(|c| format!("<td>{}</td>", esc(c))).collect::<String>());
     }
@@ -64,7 +75,9 @@ fn example_figures(r: &Results, per_cell: usize) -> Vec<Figure> {
     for setting in r.settings() {
         let Some((eps, eps_text)) = r.reference_eps(&setting) else { continue };
         let mut seen_seed = std::collections::HashMap::new();
-        for e in r.entries.iter().filter(|e| e.labels.condition == Condition::Attack && e.own() && e.eps() == Some(eps) && e.setting().as_ref() == Some(&setting)) {
+        for e in r.entries.iter().filter(|e| {
+            e.labels.condition == Condition::Attack && e.own() && e.eps() == Some(eps) && e.setting().as_ref() == Some(&setting)
+        }) {
             let p = e.labels.params.as_ref().expect("attack cells have params");
             let id = (e.labels.encoder.clone(), r.head_label(e), e.labels.attack);
             if *seen_seed.entry(id).or_insert(p.seed) != p.seed {
@@ -72,10 +85,16 @@ fn example_figures(r: &Results, per_cell: usize) -> Vec<Figure> {
             }
             for x in r.examples.iter().filter(|x| x.cell == e.row.key).take(per_cell) {
                 let attack = e.labels.attack.map_or("", |a| a.name());
-                let slug = format!("{}-{}-{attack}-{}", e.labels.encoder, r.head_label(e), x.name).replace(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'), "_");
+                let slug = format!("{}-{}-{attack}-{}", e.labels.encoder, r.head_label(e), x.name)
+                    .replace(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '-'), "_");
                 out.push(Figure {
                     file: format!("examples/{slug}"),
-                    caption: format!("{} · {} · {attack} ε {eps_text} · sample {}", e.labels.encoder, r.head_label(e), x.name.trim_end_matches(".png")),
+                    caption: format!(
+                        "{} · {} · {attack} ε {eps_text} · sample {}",
+                        e.labels.encoder,
+                        r.head_label(e),
+                        x.name.trim_end_matches(".png")
+                    ),
                     mime: "image/png",
                     bytes: x.png.clone(),
                 });
@@ -100,7 +119,12 @@ pub fn write(store: &Store, out: &Path) -> Result<ReportFiles> {
         let svg = super::plots::svg(&chart)?;
         let png = super::plots::png(&chart)?;
         crate::atomic::write(&out.join(format!("curves/{file}.png")), &png)?;
-        charts.push(Figure { file: format!("curves/{file}.svg"), caption: chart.title.clone(), mime: "image/svg+xml", bytes: svg.into_bytes() });
+        charts.push(Figure {
+            file: format!("curves/{file}.svg"),
+            caption: chart.title.clone(),
+            mime: "image/svg+xml",
+            bytes: svg.into_bytes(),
+        });
     }
     let examples = example_figures(&r, 4);
     for f in charts.iter().chain(&examples) {
@@ -109,7 +133,11 @@ pub fn write(store: &Store, out: &Path) -> Result<ReportFiles> {
     let status = format!(
         "{} result cells{}; {} example strips.",
         r.entries.len(),
-        if r.missing > 0 { format!(", {} cells of the plan not computed yet (an unfinished run, or shards not merged)", r.missing) } else { String::new() },
+        if r.missing > 0 {
+            format!(", {} cells of the plan not computed yet (an unfinished run, or shards not merged)", r.missing)
+        } else {
+            String::new()
+        },
         r.examples.len()
     );
     let legend = "Strips: clean | adversarial | perturbation (scaled by 1/2ε around grey) | for dense tasks: clean prediction | adversarial prediction | ground truth.";
@@ -139,11 +167,23 @@ pub fn write(store: &Store, out: &Path) -> Result<ReportFiles> {
     }
     html += "<h2>Robustness vs ε</h2>\n";
     for c in &charts {
-        let _ = writeln!(html, "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>", data_uri(c), esc(&c.caption), esc(&c.caption));
+        let _ = writeln!(
+            html,
+            "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>",
+            data_uri(c),
+            esc(&c.caption),
+            esc(&c.caption)
+        );
     }
     let _ = writeln!(html, "<h2>Examples</h2>\n<p class=\"note\">{}</p>", esc(legend));
     for f in &examples {
-        let _ = writeln!(html, "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>", data_uri(f), esc(&f.caption), esc(&f.caption));
+        let _ = writeln!(
+            html,
+            "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>",
+            data_uri(f),
+            esc(&f.caption),
+            esc(&f.caption)
+        );
     }
     html += &html_table(&sanity);
     html += "</body>\n</html>\n";

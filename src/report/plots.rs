@@ -82,7 +82,8 @@ where
     }
     // The legend goes where the lines are not: up right when they fall with ε, down right when
     // they rise (errors).
-    let (first, last): (f64, f64) = c.series.iter().fold((0.0, 0.0), |(f, l), s| (f + s.points.first().map_or(0.0, |p| p.1), l + s.points.last().map_or(0.0, |p| p.1)));
+    let (first, last): (f64, f64) =
+        c.series.iter().fold((0.0, 0.0), |(f, l), s| (f + s.points.first().map_or(0.0, |p| p.1), l + s.points.last().map_or(0.0, |p| p.1)));
     let position = if last <= first { SeriesLabelPosition::UpperRight } else { SeriesLabelPosition::LowerRight };
     chart
         .configure_series_labels()

@@ -2,13 +2,13 @@
 //! earlier versions of the experiment are left out, cells not computed yet are counted), with
 //! their labels parsed, and lookups by encoder, task, attack and ε.
 
-use anyhow::{Context, Result};
-use crate::experiment::plan::Condition;
 use crate::attacks::spec::AttackKind;
 use crate::choice::Choice;
 use crate::experiment::export::{primary_metric, value};
+use crate::experiment::plan::Condition;
 use crate::experiment::plan::Labels;
 use crate::experiment::store::{CellRow, Example, Predictor, Store};
+use anyhow::{Context, Result};
 
 pub struct Entry {
     pub row: CellRow,
@@ -83,7 +83,11 @@ impl Results {
         let mut multi = Vec::new();
         for e in &entries {
             let pair = (e.labels.encoder.clone(), e.labels.task.clone());
-            let heads = entries.iter().filter(|o| o.labels.encoder == pair.0 && o.labels.task == pair.1).map(|o| &o.labels.head).collect::<std::collections::BTreeSet<_>>();
+            let heads = entries
+                .iter()
+                .filter(|o| o.labels.encoder == pair.0 && o.labels.task == pair.1)
+                .map(|o| &o.labels.head)
+                .collect::<std::collections::BTreeSet<_>>();
             if heads.len() > 1 && !multi.contains(&pair) {
                 multi.push(pair);
             }
@@ -97,7 +101,11 @@ impl Results {
 
     /// (encoder, head label, entry of the clean cell), in plan order.
     pub fn rows(&self) -> Vec<(String, String, &Entry)> {
-        self.entries.iter().filter(|e| e.labels.condition == Condition::Clean).map(|e| (e.labels.encoder.clone(), self.head_label(e), e)).collect()
+        self.entries
+            .iter()
+            .filter(|e| e.labels.condition == Condition::Clean)
+            .map(|e| (e.labels.encoder.clone(), self.head_label(e), e))
+            .collect()
     }
 
     /// Every attack setting (norm, steps) present, in order of appearance.
@@ -141,7 +149,8 @@ impl Results {
 
     /// The attacks present in a setting, in a fixed order (embed, the task attacks, apgd).
     pub fn attacks(&self, setting: &(String, usize)) -> Vec<AttackKind> {
-        let present: Vec<AttackKind> = self.entries.iter().filter(|e| e.setting().as_ref() == Some(setting)).filter_map(|e| e.labels.attack).collect();
+        let present: Vec<AttackKind> =
+            self.entries.iter().filter(|e| e.setting().as_ref() == Some(setting)).filter_map(|e| e.labels.attack).collect();
         AttackKind::ALL.iter().copied().filter(|a| present.contains(a)).collect()
     }
 }
@@ -161,7 +170,13 @@ pub fn mean_std(values: &[f64]) -> Option<(f64, Option<f64>)> {
 pub fn format_metric(metric: &str, v: Option<(f64, Option<f64>)>) -> String {
     let Some((m, s)) = v else { return "–".into() };
     let pct = matches!(metric, "accuracy" | "miou" | "pixel_accuracy" | "delta1" | "delta2" | "delta3");
-    let (scale, digits, unit) = if pct { (100.0, 2, " %") } else if metric == "rmse" { (1.0, 3, " m") } else { (1.0, 3, "") };
+    let (scale, digits, unit) = if pct {
+        (100.0, 2, " %")
+    } else if metric == "rmse" {
+        (1.0, 3, " m")
+    } else {
+        (1.0, 3, "")
+    };
     match s {
         Some(s) => format!("{:.*} ± {:.*}{unit}", digits, m * scale, digits, s * scale),
         None => format!("{:.*}{unit}", digits, m * scale),

@@ -2,11 +2,11 @@
 //! attack per encoder × task at the study's ε), robustness at every ε, cross-task transfer of the
 //! task attacks, the attacks' sanity checks, and the curves' data.
 
-use crate::experiment::plan::Condition;
-use crate::attacks::spec::AttackKind;
-use crate::experiment::store::Predictor;
 use super::plots::{Chart, Series};
 use super::results::{format_metric, mean_std, metric_name, values, Results};
+use crate::attacks::spec::AttackKind;
+use crate::experiment::plan::Condition;
+use crate::experiment::store::Predictor;
 
 pub struct Table {
     pub title: String,
@@ -29,7 +29,13 @@ pub fn study(r: &Results) -> Vec<Table> {
             .into_iter()
             .map(|(enc, head, clean)| {
                 let m = clean.metric();
-                vec![enc, head, metric_name(m).into(), format_metric(m, clean.value(Predictor::Baseline).map(|v| (v, None))), format_metric(m, clean.value(Predictor::Clean).map(|v| (v, None)))]
+                vec![
+                    enc,
+                    head,
+                    metric_name(m).into(),
+                    format_metric(m, clean.value(Predictor::Baseline).map(|v| (v, None))),
+                    format_metric(m, clean.value(Predictor::Clean).map(|v| (v, None))),
+                ]
             })
             .collect();
         out.push(Table {
@@ -43,21 +49,37 @@ pub fn study(r: &Results) -> Vec<Table> {
         let Some((eps, eps_text)) = r.reference_eps(&setting) else { continue };
         let attacks = r.attacks(&setting);
         let mut header = vec!["encoder".into(), "task".into(), "metric".into(), "baseline".into(), "clean".into()];
-        let collapsed: Vec<AttackKind> = attacks.iter().map(|a| if a.is_task_attack() { AttackKind::Task } else { *a }).fold(Vec::new(), |mut v, a| {
-            if !v.contains(&a) {
-                v.push(a);
-            }
-            v
-        });
+        let collapsed: Vec<AttackKind> =
+            attacks.iter().map(|a| if a.is_task_attack() { AttackKind::Task } else { *a }).fold(Vec::new(), |mut v, a| {
+                if !v.contains(&a) {
+                    v.push(a);
+                }
+                v
+            });
         header.extend(collapsed.iter().map(|a| a.display_name().to_string()));
         let mut rows = Vec::new();
         for (enc, head, clean) in r.rows() {
             let metric = clean.metric();
-            let mut row = vec![enc.clone(), head.clone(), metric_name(metric).into(), format_metric(metric, clean.value(Predictor::Baseline).map(|v| (v, None))), format_metric(metric, clean.value(Predictor::Clean).map(|v| (v, None)))];
+            let mut row = vec![
+                enc.clone(),
+                head.clone(),
+                metric_name(metric).into(),
+                format_metric(metric, clean.value(Predictor::Baseline).map(|v| (v, None))),
+                format_metric(metric, clean.value(Predictor::Clean).map(|v| (v, None))),
+            ];
             for col in &collapsed {
                 let task = *col == AttackKind::Task;
-                let cells: Vec<_> = attacks.iter().filter(|a| (task && a.is_task_attack()) || *a == col).flat_map(|a| r.attacked(&enc, &head, &setting, *a, eps)).collect();
-                let name = cells.first().and_then(|c| c.labels.attack).map(|a| format!(" ({})", a.display_name())).filter(|_| task).unwrap_or_default();
+                let cells: Vec<_> = attacks
+                    .iter()
+                    .filter(|a| (task && a.is_task_attack()) || *a == col)
+                    .flat_map(|a| r.attacked(&enc, &head, &setting, *a, eps))
+                    .collect();
+                let name = cells
+                    .first()
+                    .and_then(|c| c.labels.attack)
+                    .map(|a| format!(" ({})", a.display_name()))
+                    .filter(|_| task)
+                    .unwrap_or_default();
                 let v = format_metric(metric, mean_std(&values(&cells, Predictor::Adversarial)));
                 row.push(if v == "–" { v } else { v + &name });
             }
@@ -84,7 +106,12 @@ pub fn per_eps(r: &Results) -> Vec<Table> {
         for (enc, head, clean) in r.rows() {
             let metric = clean.metric();
             for a in r.attacks(&setting) {
-                let mut row = vec![enc.clone(), head.clone(), a.display_name().into(), format_metric(metric, clean.value(Predictor::Clean).map(|v| (v, None)))];
+                let mut row = vec![
+                    enc.clone(),
+                    head.clone(),
+                    a.display_name().into(),
+                    format_metric(metric, clean.value(Predictor::Clean).map(|v| (v, None))),
+                ];
                 let mut any = false;
                 for (e, _) in &eps {
                     let cells = r.attacked(&enc, &head, &setting, a, *e);
@@ -96,7 +123,12 @@ pub fn per_eps(r: &Results) -> Vec<Table> {
                 }
             }
         }
-        out.push(Table { title: format!("Robustness vs ε, {}", setting_text(&setting)), note: "The head's primary metric under each attack (mean ± std over seeds).".into(), header, rows });
+        out.push(Table {
+            title: format!("Robustness vs ε, {}", setting_text(&setting)),
+            note: "The head's primary metric under each attack (mean ± std over seeds).".into(),
+            header,
+            rows,
+        });
     }
     out
 }

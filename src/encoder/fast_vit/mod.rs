@@ -85,13 +85,11 @@ impl Ln {
 fn residual(x: &[f32], y: &[f32], gamma: &Option<Vec<f32>>) -> Vec<f32> {
     let mut out = vec![0.0; x.len()];
     match gamma {
-        Some(g) => out.par_chunks_mut(g.len()).zip(x.par_chunks(g.len())).zip(y.par_chunks(g.len())).for_each(
-            |((o, x), y)| {
-                for (((o, x), y), g) in o.iter_mut().zip(x).zip(y).zip(g) {
-                    *o = x + g * y;
-                }
-            },
-        ),
+        Some(g) => out.par_chunks_mut(g.len()).zip(x.par_chunks(g.len())).zip(y.par_chunks(g.len())).for_each(|((o, x), y)| {
+            for (((o, x), y), g) in o.iter_mut().zip(x).zip(y).zip(g) {
+                *o = x + g * y;
+            }
+        }),
         None => out.par_iter_mut().zip(x).zip(y).for_each(|((o, x), y)| *o = x + y),
     }
     out
@@ -123,23 +121,28 @@ fn sigmoid(x: f32) -> f32 {
 
 /// `silu(f[:, :h]) ⊙ f[:, h:]`.
 fn swiglu(f: &[f32], h: usize) -> Vec<f32> {
-    f.par_chunks(2 * h).flat_map_iter(|r| {
-        let (a, b) = r.split_at(h);
-        a.iter().zip(b).map(|(&a, &b)| a * sigmoid(a) * b).collect::<Vec<_>>()
-    }).collect()
+    f.par_chunks(2 * h)
+        .flat_map_iter(|r| {
+            let (a, b) = r.split_at(h);
+            a.iter().zip(b).map(|(&a, &b)| a * sigmoid(a) * b).collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 fn swiglu_grad(f: &[f32], g: &[f32], h: usize) -> Vec<f32> {
-    f.par_chunks(2 * h).zip(g.par_chunks(h)).flat_map_iter(|(r, g)| {
-        let (a, b) = r.split_at(h);
-        let mut out = vec![0.0; 2 * h];
-        for i in 0..h {
-            let s = sigmoid(a[i]);
-            out[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
-            out[h + i] = g[i] * a[i] * s;
-        }
-        out
-    }).collect()
+    f.par_chunks(2 * h)
+        .zip(g.par_chunks(h))
+        .flat_map_iter(|(r, g)| {
+            let (a, b) = r.split_at(h);
+            let mut out = vec![0.0; 2 * h];
+            for i in 0..h {
+                let s = sigmoid(a[i]);
+                out[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
+                out[h + i] = g[i] * a[i] * s;
+            }
+            out
+        })
+        .collect()
 }
 
 struct Block {
@@ -248,7 +251,11 @@ impl Block {
     }
 
     fn activation(&self, f: &[f32]) -> Vec<f32> {
-        if self.swiglu { swiglu(f, self.fc2.inp) } else { fused::gelu(f) }
+        if self.swiglu {
+            swiglu(f, self.fc2.inp)
+        } else {
+            fused::gelu(f)
+        }
     }
 
     fn forward(&self, x: Vec<f32>, z: Dims, record: Record) -> (Vec<f32>, Option<BlockTape>) {
@@ -350,7 +357,13 @@ impl FastVit {
     /// `pixels`: `[B,3,H,W]` in [0,1], sides checked by the caller; `pos`: the position
     /// embedding of the patch grid `[P,D]`.
     /// Returns the final tokens `[B,T,D]` and, unless `record` is `Nothing`, the tape.
-    pub fn forward(&self, pixels: &[f32], (b, hh, ww): (usize, usize, usize), pos: &[f32], record: Record) -> Result<(Vec<f32>, Option<Tape>)> {
+    pub fn forward(
+        &self,
+        pixels: &[f32],
+        (b, hh, ww): (usize, usize, usize),
+        pos: &[f32],
+        record: Record,
+    ) -> Result<(Vec<f32>, Option<Tape>)> {
         let (p, d) = (self.patch, self.d);
         debug_assert!(hh % p == 0 && ww % p == 0, "checked by VisionTransformer::check_images");
         let (gh, gw) = (hh / p, ww / p);

@@ -1,11 +1,11 @@
 //! Reading backbone weights from any supported file (`.pth`, `.safetensors`, `.onnx`), finding the
 //! backbone inside it, renaming it canonically and reading the architecture off its shapes.
 
+pub mod export;
 mod naming;
 pub(crate) mod onnx;
 pub(crate) mod pth;
 mod safetensors;
-pub mod export;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,16 +40,11 @@ impl Format {
         }
         let mut head = [0u8; 4];
         use std::io::Read;
-        let n = std::fs::File::open(path)
-            .with_context(|| format!("{}: cannot open", path.display()))?
-            .read(&mut head)?;
+        let n = std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?.read(&mut head)?;
         if n >= 2 && &head[..2] == b"PK" {
             Ok(Self::Pth)
         } else {
-            bail!(
-                "{}: unknown checkpoint format (expected .pth/.pt/.bin, .safetensors or .onnx)",
-                path.display()
-            )
+            bail!("{}: unknown checkpoint format (expected .pth/.pt/.bin, .safetensors or .onnx)", path.display())
         }
     }
 }
@@ -57,7 +52,11 @@ impl Format {
 /// One step from a canonical tensor (torch layout) towards a tensor as the file stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotOp {
-    Narrow { dim: usize, start: usize, len: usize },
+    Narrow {
+        dim: usize,
+        start: usize,
+        len: usize,
+    },
     /// Swap the two dimensions of a matrix (ONNX MatMul weights are stored `[in, out]`).
     Transpose,
 }
@@ -178,9 +177,7 @@ impl Checkpoint {
     }
 
     fn get(&self, name: &str) -> Result<&Tensor> {
-        self.tensors
-            .get(name)
-            .ok_or_else(|| anyhow!("{}: missing tensor '{}'", self.path.display(), self.source_name(name)))
+        self.tensors.get(name).ok_or_else(|| anyhow!("{}: missing tensor '{}'", self.path.display(), self.source_name(name)))
     }
 
     fn dims(&self, name: &str) -> Result<Vec<usize>> {
@@ -194,10 +191,7 @@ impl Checkpoint {
         let embed_dim = *cls.last().ok_or_else(|| anyhow!("{file}: cls_token is a scalar"))?;
         let pe = self.dims("patch_embed.proj.weight")?;
         if pe.len() != 4 || pe[0] != embed_dim || pe[1] != 3 || pe[2] != pe[3] {
-            bail!(
-                "{file}: tensor '{}' has shape {pe:?}, expected [{embed_dim}, 3, p, p]",
-                self.source_name("patch_embed.proj.weight")
-            );
+            bail!("{file}: tensor '{}' has shape {pe:?}, expected [{embed_dim}, 3, p, p]", self.source_name("patch_embed.proj.weight"));
         }
         let mut depth = 0;
         while self.tensors.contains_key(&format!("blocks.{depth}.norm1.weight")) {
@@ -207,10 +201,7 @@ impl Checkpoint {
             bail!("{file}: the backbone has no transformer blocks");
         }
         if let Some(extra) = self.tensors.keys().find(|k| {
-            k.strip_prefix("blocks.")
-                .and_then(|r| r.split('.').next())
-                .and_then(|i| i.parse::<usize>().ok())
-                .is_some_and(|i| i >= depth)
+            k.strip_prefix("blocks.").and_then(|r| r.split('.').next()).and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i >= depth)
         }) {
             bail!("{file}: block indices are not contiguous: found '{}' after {depth} blocks", self.source_name(extra));
         }
@@ -252,13 +243,7 @@ impl Checkpoint {
     pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get(name)?.clone();
         if t.dims() != shape {
-            bail!(
-                "{}: tensor '{}' has shape {:?}, expected {:?}",
-                self.path.display(),
-                self.source_name(name),
-                t.dims(),
-                shape
-            );
+            bail!("{}: tensor '{}' has shape {:?}, expected {:?}", self.path.display(), self.source_name(name), t.dims(), shape);
         }
         self.tensors.remove(name);
         Ok(t)

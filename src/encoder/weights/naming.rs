@@ -112,7 +112,10 @@ pub fn canonicalize(raw: Vec<(String, Tensor)>, prefer: Option<&str>) -> Result<
             Mapped::Qkv(block, part, which) => {
                 let canonical = format!("blocks.{block}.attn.qkv.{part}");
                 let len = tensor.dim(0)?;
-                out.slots.insert(name.clone(), Slot { canonical: canonical.clone(), ops: vec![SlotOp::Narrow { dim: 0, start: which * len, len }] });
+                out.slots.insert(
+                    name.clone(),
+                    Slot { canonical: canonical.clone(), ops: vec![SlotOp::Narrow { dim: 0, start: which * len, len }] },
+                );
                 out.origin.insert(canonical, name);
                 qkv_parts.entry((block, part)).or_default()[which] = Some(tensor);
             }
@@ -162,15 +165,27 @@ enum Mapped {
 }
 
 const BLOCK_PARAMS: &[&str] = &[
-    "norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight", "attn.proj.bias",
-    "ls1.gamma", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
-    "mlp.fc2.bias", "ls2.gamma",
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "ls1.gamma",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+    "ls2.gamma",
 ];
 
 fn map_official(local: &str) -> Mapped {
     match local {
-        "cls_token" | "pos_embed" | "patch_embed.proj.weight" | "patch_embed.proj.bias" | "norm.weight"
-        | "norm.bias" => return Mapped::To(local.into()),
+        "cls_token" | "pos_embed" | "patch_embed.proj.weight" | "patch_embed.proj.bias" | "norm.weight" | "norm.bias" => {
+            return Mapped::To(local.into())
+        }
         "register_tokens" | "reg_token" => return Mapped::To("register_tokens".into()),
         "mask_token" | "head.weight" | "head.bias" | "fc_norm.weight" | "fc_norm.bias" => return Mapped::Ignore,
         _ => {}

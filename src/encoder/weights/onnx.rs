@@ -33,8 +33,8 @@ pub struct OnnxWeights {
 pub fn read(path: &Path) -> Result<OnnxWeights> {
     let shown = path.display();
     let bytes = std::fs::read(path).with_context(|| format!("{shown}: cannot read"))?;
-    let model = ModelProto::decode(bytes.as_slice())
-        .map_err(|e| anyhow!("{shown}: not a valid ONNX model (truncated or corrupt?): {e}"))?;
+    let model =
+        ModelProto::decode(bytes.as_slice()).map_err(|e| anyhow!("{shown}: not a valid ONNX model (truncated or corrupt?): {e}"))?;
     let graph = model.graph.ok_or_else(|| anyhow!("{shown}: ONNX model without a graph"))?;
 
     let mut consumers: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();

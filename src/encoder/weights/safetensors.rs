@@ -30,8 +30,7 @@ pub fn config_hints(weights: &Path) -> Result<ConfigHints> {
         return Ok(ConfigHints::default());
     };
     let text = std::fs::read_to_string(&config).with_context(|| format!("{}: cannot read", config.display()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", config.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", config.display()))?;
     Ok(ConfigHints {
         num_heads: json.get("num_attention_heads").and_then(|v| v.as_u64()).map(|v| v as usize),
         ln_eps: json.get("layer_norm_eps").and_then(|v| v.as_f64()),
