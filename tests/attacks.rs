@@ -88,6 +88,7 @@ fn embed_attack_respects_the_budget_and_grows_the_distance() {
 /// bookkeeping saw, so its objective is at most the best one's; it is within the budget, and its
 /// loss is reported as not evaluated.
 #[test]
+#[allow(clippy::needless_range_loop)] // indexes two vectors side by side
 fn last_iterate_is_within_budget_and_no_better_than_the_best_point() {
     let enc = encoder();
     let x = images(3, 5);

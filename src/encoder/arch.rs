@@ -147,7 +147,7 @@ impl std::str::FromStr for ArchChoice {
 
 /// The usual number of heads for a width: every released DINO/DINOv2 ViT uses 64-dim heads.
 pub fn default_heads(embed_dim: usize) -> usize {
-    if embed_dim % 64 == 0 {
+    if embed_dim.is_multiple_of(64) {
         embed_dim / 64
     } else {
         1
@@ -201,7 +201,7 @@ pub fn resolve(facts: &ShapeFacts, over: &ArchOverrides, heads_hint: Option<usiz
         None => Family::DinoV1,
     };
     let num_heads = over.num_heads.or(over.arch.map(|a| a.num_heads)).or(heads_hint).unwrap_or_else(|| default_heads(facts.embed_dim));
-    if num_heads == 0 || facts.embed_dim % num_heads != 0 {
+    if num_heads == 0 || !facts.embed_dim.is_multiple_of(num_heads) {
         bail!("{num_heads} attention heads do not divide the embedding width {}", facts.embed_dim);
     }
     Ok(VitConfig {

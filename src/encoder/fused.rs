@@ -169,7 +169,7 @@ impl CustomOp1 for FrozenLayerNorm {
         if self.weight.elem_count() != n {
             return Err(Error::Msg(format!("layer norm: width {n}, weight has {}", self.weight.elem_count())));
         }
-        let out = dispatch!(s, l, |x: T| { layer_norm(n, x, &vec_of::<T>(&self.weight)?, &vec_of::<T>(&self.bias)?, self.eps as T) });
+        let out = dispatch!(s, l, |x: T| layer_norm(n, x, &vec_of::<T>(&self.weight)?, &vec_of::<T>(&self.bias)?, self.eps as T));
         Ok((out, l.shape().clone()))
     }
 
@@ -210,7 +210,7 @@ impl CustomOp2 for LayerNormGrad {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = last_dim(l1)?;
-        let out = dispatch2!(s1, l1, s2, l2, |x, g: T| { layer_norm_grad::<T>(n, x, g, &vec_of::<T>(&self.weight)?, self.eps as T) });
+        let out = dispatch2!(s1, l1, s2, l2, |x, g: T| layer_norm_grad::<T>(n, x, g, &vec_of::<T>(&self.weight)?, self.eps as T));
         Ok((out, l1.shape().clone()))
     }
 }

@@ -199,6 +199,7 @@ impl Block {
         let mut p = vec![0.0; z.b * h * t * t];
         let op = SendPtr(o.as_mut_ptr());
         p.par_chunks_mut(t * t).enumerate().for_each(|(bh, pbh)| {
+            #[allow(clippy::redundant_locals)] // moves the whole SendPtr in: a capture of its field would not be Send
             let op = op;
             let (bi, hi) = (bh / h, bh % h);
             let base = bi * t * 3 * d + hi * hd;
@@ -225,6 +226,7 @@ impl Block {
         (0..z.b * h).into_par_iter().for_each_init(
             || vec![0f32; t * t],
             |ds, bh| {
+                #[allow(clippy::redundant_locals)] // as in attention
                 let dp = dp;
                 let (bi, hi) = (bh / h, bh % h);
                 let base = bi * t * 3 * d + hi * hd;

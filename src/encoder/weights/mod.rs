@@ -168,7 +168,7 @@ impl Checkpoint {
 
     /// Number of heads the file itself states (config.json) or implies (ONNX attention scaling).
     pub fn heads_hint(&self, embed_dim: usize) -> Option<usize> {
-        self.heads_hint.or(self.head_dim_hint.filter(|&hd| hd > 0 && embed_dim % hd == 0).map(|hd| embed_dim / hd))
+        self.heads_hint.or(self.head_dim_hint.filter(|&hd| hd > 0 && embed_dim.is_multiple_of(hd)).map(|hd| embed_dim / hd))
     }
 
     /// The file's own name for a canonical tensor name.

@@ -46,7 +46,9 @@ pub fn read(path: &Path) -> Result<OnnxWeights> {
 
     let mut out = Vec::new();
     let mut renamed = Vec::new();
-    let mut pos_parts: HashMap<String, (Option<(String, Tensor)>, Option<(String, Tensor)>)> = HashMap::new();
+    // Per position embedding: its class part and its patch part, each with its file name.
+    type Part = Option<(String, Tensor)>;
+    let mut pos_parts: HashMap<String, (Part, Part)> = HashMap::new();
     for init in &graph.initializer {
         let Some(tensor) = to_tensor(init).with_context(|| format!("{shown}: initializer '{}'", init.name))? else {
             continue; // integer shape constants and the like
