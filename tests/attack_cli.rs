@@ -69,6 +69,18 @@ fn attacks_hurt_every_task_within_budget() {
         assert!(r["sanity"]["max_pixel"].as_f64().unwrap() <= 1.0 && r["sanity"]["min_pixel"].as_f64().unwrap() >= 0.0);
     }
 
+    // `--attack task` is the head's own attack: the very figures of naming it (segpgd here).
+    let seg_head = tmp.path().join("seg.safetensors").display().to_string();
+    let own = |attack: &str| {
+        call(with(
+            &["attack", "--task", "seg", "--attack", attack, "--eps", "32/255", "--steps", "5"],
+            &["--dataset", "synthetic-seg:8x28", "--head", &seg_head, "--json"],
+        ))
+    };
+    let (named, task) = (own("segpgd"), own("task"));
+    assert_eq!(named["adversarial"], task["adversarial"]);
+    assert_eq!(task["attack"], "task");
+
     // Cross-task: one EmbedAttack perturbation per image, scored on the seg head and (with the
     // labels of the same scenes' depth dataset) on the depth head, gives each head exactly the
     // figures of attacking it alone with the same seed: the perturbation does not depend on the head.

@@ -244,3 +244,38 @@ pub struct AttackConfig {
     /// attack, as the reference trains); the outcome's losses are then NaN (not evaluated).
     pub last_iterate: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::choice::Choice;
+
+    #[test]
+    fn kinds_by_name_and_what_they_attack() {
+        for k in AttackKind::ALL {
+            assert_eq!(k.name().parse::<AttackKind>().unwrap(), *k);
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name(), "results store kinds by their names");
+        }
+        assert_eq!(AttackKind::Task.against(Task::Seg), AttackKind::Segpgd);
+        assert_eq!(AttackKind::Apgd.against(Task::Cls), AttackKind::Apgd);
+        assert!(AttackKind::Segpgd.fits(Task::Seg) && !AttackKind::Segpgd.fits(Task::Depth));
+        assert!(AttackKind::Embed.fits(Task::Depth) && !AttackKind::Embed.aims_at_head());
+        assert_eq!(AttackKind::Apgd.method(), Method::Apgd);
+        assert_eq!(AttackKind::Depthpgd.method(), Method::Pgd);
+    }
+
+    /// The study's threat model by default: L∞, 8/255, step ε/4 = 2/255, 20 steps; a batch's seed
+    /// derives from the setting's, batch 0 keeping it.
+    #[test]
+    fn defaults_and_batch_seeds() {
+        let s = AttackSpec::new(AttackKind::Pgd);
+        assert_eq!((s.norm, s.eps, s.steps, s.restarts), (Norm::Linf, 8.0 / 255.0, 20, 1));
+        assert!((s.step_size - 2.0 / 255.0).abs() < 1e-15);
+        assert_eq!(s.engine(0, true).seed, s.seed);
+        assert_ne!(s.engine(1, true).seed, s.engine(2, true).seed);
+        assert!(s.engine(0, true).early_stop && !s.engine(0, false).early_stop);
+        assert_eq!(StepSize::parse("eps/2").unwrap().at(0.5), 0.25);
+        assert_eq!(StepSize::parse("1/255").unwrap().at(0.5), 1.0 / 255.0);
+        assert!(StepSize::parse("eps/0").is_err() && StepSize::parse("-1").is_err());
+    }
+}
