@@ -4,9 +4,10 @@
     python3 tools/gen_loss_fixtures.py
 
 Cross-entropy is torch's own `F.cross_entropy(ignore_index=255)`; bilinear upsampling is
-`F.interpolate(align_corners=False)`. SigLoss and GradLoss are restated here from their
-definition (SigLoss as the reference code, with torch.var unbiased; GradLoss as specified — the
-reference code's version is always 0): on valid pixels only, with the same mask for both.
+`F.interpolate(align_corners=False)`. SigLoss and GradLoss restate DINOv2's own
+(dinov2/eval/depth/models/losses/{sigloss,gradientloss}.py, eps 0.001 in the logs, torch.var
+unbiased; GradLoss on each image's own map, pixels two apart, strides 1, 2, 4, 6), on valid pixels
+only, with the same mask for both (ours: min < gt < max).
 """
 import os
 
@@ -18,26 +19,49 @@ OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "losses
 MIN, MAX = 1e-3, 10.0
 
 
+EPS = 0.001  # DINOv2's losses: "avoid grad explode"
+
+
 def sig_loss(pred, gt, mask):
-    g = torch.log(pred[mask]) - torch.log(gt[mask])
-    return torch.sqrt(torch.var(g) + 0.15 * torch.mean(g) ** 2)
+    """DINOv2's SigLoss (dinov2/eval/depth/models/losses/sigloss.py, `sigloss`, warm-up off), on
+    the valid pixels of the whole batch (our mask min < gt < max in place of its gt > 0)."""
+    g = torch.log(pred[mask] + EPS) - torch.log(gt[mask] + EPS)
+    Dg = torch.var(g) + 0.15 * torch.pow(torch.mean(g), 2)
+    return torch.sqrt(Dg)
+
+
+def gradientloss(input, target, mask, scales=4):
+    """DINOv2's GradientLoss.gradientloss (dinov2/eval/depth/models/losses/gradientloss.py) on one
+    image's [H, W] map, restated line by line: the map and its [::2i, ::2i] subsamplings for
+    i = 1..3, log differences masked, |d - d shifted by two| on each axis over pairs both valid,
+    divided by the valid pixels N at that scale. Our mask replaces `target > 0`; a scale with
+    N = 0 is skipped (the source would divide by zero); `scales` keeps the first ones."""
+    input_downscaled = [input] + [input[:: 2 * i, :: 2 * i] for i in range(1, 4)]
+    target_downscaled = [target] + [target[:: 2 * i, :: 2 * i] for i in range(1, 4)]
+    mask_downscaled = [mask] + [mask[:: 2 * i, :: 2 * i] for i in range(1, 4)]
+    gradient_loss = 0
+    for input, target, mask in list(zip(input_downscaled, target_downscaled, mask_downscaled))[:scales]:
+        N = torch.sum(mask)
+        if N == 0:
+            continue
+        # torch.where, not mul: the fixture's invalid pixels may be 0 (log(0 + EPS) is finite
+        # there, but a NaN would not be masked by a product).
+        log_d_diff = torch.where(mask, torch.log(input + EPS) - torch.log(target + EPS), 0.0)
+        mask = mask.to(input.dtype)
+        v_gradient = torch.abs(log_d_diff[0:-2, :] - log_d_diff[2:, :])
+        v_mask = torch.mul(mask[0:-2, :], mask[2:, :])
+        v_gradient = torch.mul(v_gradient, v_mask)
+        h_gradient = torch.abs(log_d_diff[:, 0:-2] - log_d_diff[:, 2:])
+        h_mask = torch.mul(mask[:, 0:-2], mask[:, 2:])
+        h_gradient = torch.mul(h_gradient, h_mask)
+        gradient_loss = gradient_loss + (torch.sum(h_gradient) + torch.sum(v_gradient)) / N
+    return gradient_loss
 
 
 def grad_loss(pred, gt, mask, scales=4):
-    d = torch.zeros_like(pred)
-    d[mask] = torch.log(pred[mask]) - torch.log(gt[mask])
-    m = mask.to(pred.dtype)
-    total = pred.new_zeros(())
-    for s in range(scales):
-        if s > 0:
-            d, m = d[:, ::2, ::2], m[:, ::2, ::2]
-        n = m.sum()
-        if n == 0 or d.shape[1] < 2 or d.shape[2] < 2:
-            continue
-        dx = (d[:, :, 1:] - d[:, :, :-1]).abs() * m[:, :, 1:] * m[:, :, :-1]
-        dy = (d[:, 1:, :] - d[:, :-1, :]).abs() * m[:, 1:, :] * m[:, :-1, :]
-        total = total + (dx.sum() + dy.sum()) / n
-    return total
+    """GradLoss of a batch of [B, H, W] maps: each image's own map, averaged over the images."""
+    per = [pred.new_zeros(()) + gradientloss(pred[b], gt[b], mask[b], scales) for b in range(pred.shape[0])]
+    return torch.stack(per).mean()
 
 
 def main():

@@ -99,7 +99,8 @@ impl Problem<'_> {
     }
 
     /// The objective at `x + delta[i]` for the samples `active`, and with `grad` the pixel
-    /// gradient of each (`per` values per active sample).
+    /// gradient of each (`per` values per active sample): the pipeline *pixels → normalize →
+    /// encoder → head* forward (the encoder normalizes; the objective holds the head), then back.
     pub(super) fn evaluate(
         &self,
         delta: &[Vec<f32>],

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::ModelOptions;
 use robust_ssl::data::transform::Transform;
-use robust_ssl::data::{self, Dataset, Split};
+use robust_ssl::data::{self, DataRef, Dataset, Split};
 use robust_ssl::encoder::Encoder;
 use robust_ssl::features::cache::{CacheReport, FeatureCache};
 use robust_ssl::features::{self, BatchSource, Layout, Request, Source};
@@ -69,6 +69,7 @@ impl FeatureArgs {
     /// `transforms` (from a head file) overrides the default ones unless `--transforms` was given.
     pub fn prepare(&self, splits: &[Split], layout: Layout, transforms: Option<&[String]>) -> Result<Prepared> {
         let (dataset, split) = data::open_first(&self.dataset, self.split, splits)?;
+        let samples = DataRef { dataset: self.dataset.clone(), split, limit: self.limit, subset_seed: self.subset_seed };
         let encoder = match &self.checkpoint {
             Some(path) => Some(self.model.load(path, robust_ssl::device::default_device()?)?),
             None => None,
@@ -83,7 +84,7 @@ impl FeatureArgs {
                 None => vec![],
             },
         };
-        let indices = data::subset(dataset.len(), self.limit, self.subset_seed);
+        let indices = samples.indices(dataset.len());
         if indices.is_empty() {
             anyhow::bail!("{}: the split is empty (no samples)", dataset.describe());
         }

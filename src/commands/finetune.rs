@@ -193,12 +193,13 @@ pub fn run(cmd: &FinetuneCommand) -> Result<()> {
 }
 
 fn go(c: &CommonArgs, teacher: &Encoder, recipe: &dyn Recipe, extra: serde_json::Value) -> Result<()> {
-    let ds = data::open(&c.dataset, c.split)?;
+    let samples = data::DataRef { dataset: c.dataset.clone(), split: c.split, limit: c.limit, subset_seed: c.subset_seed };
+    let ds = samples.open()?;
     let transforms = match &c.transforms {
         Some(spec) => Transform::parse_list(spec).context("--transforms")?,
         None => robust_ssl::data::transform::default_transforms(c.size, teacher.config().patch_size),
     };
-    let indices = robust_ssl::data::subset(ds.len(), c.limit, c.subset_seed);
+    let indices = samples.indices(ds.len());
     let steps = indices.len().div_ceil(c.batch_size.max(1)) * c.epochs;
     let train = TrainConfig {
         epochs: c.epochs,

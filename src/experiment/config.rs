@@ -2,6 +2,10 @@
 //! seeds. Unknown keys and wrong types are refused by the parser with the line they are on; values
 //! it cannot judge (an ε that is no amount, a missing checkpoint) are checked here and reported at
 //! their line too, before any work starts.
+//!
+//! The file's tables (`*Table`) keep where each value stood, for those messages; planning turns
+//! them into the library's specs (`LoadOptions`, `DataRef`, `HeadOptions`, `AttackSpec`), whose
+//! defaults are the command line's too.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -25,11 +29,11 @@ pub struct Experiment {
     #[serde(default)]
     pub run: RunOptions,
     #[serde(rename = "encoder")]
-    pub encoders: Vec<EncoderSpec>,
+    pub encoders: Vec<EncoderTable>,
     #[serde(rename = "task")]
-    pub tasks: Vec<TaskSpec>,
+    pub tasks: Vec<TaskTable>,
     #[serde(rename = "attack", default)]
-    pub attacks: Vec<AttackBlock>,
+    pub attacks: Vec<AttackTable>,
 }
 
 /// Settings shared by every cell.
@@ -60,9 +64,10 @@ impl Default for RunOptions {
     }
 }
 
+/// An `[[encoder]]`: a checkpoint and how to load it (`LoadOptions`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EncoderSpec {
+pub struct EncoderTable {
     pub name: Spanned<String>,
     /// .pth, .safetensors or .onnx; relative to the experiment file.
     pub checkpoint: Spanned<String>,
@@ -75,10 +80,10 @@ pub struct EncoderSpec {
     pub backbone: Option<String>,
 }
 
-/// Which samples of a dataset.
+/// Which samples of a dataset (a `DataRef` once its path is resolved and its split chosen).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DataSpec {
+pub struct DataTable {
     /// KIND:PATH (PATH relative to the experiment file), e.g. cifar10:data/cifar-10-batches-bin.
     pub dataset: Spanned<String>,
     /// train, val or test (default: train for training; val, else test, for evaluation).
@@ -91,14 +96,14 @@ pub struct DataSpec {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TaskSpec {
+pub struct TaskTable {
     pub name: Spanned<String>,
     /// cls, seg or depth.
     pub task: Task,
     /// Where its heads are trained.
-    pub train: DataSpec,
+    pub train: DataTable,
     /// Where they are scored and attacked.
-    pub eval: DataSpec,
+    pub eval: DataTable,
     /// Tasks with the same `images` name are scored on the same images (checked pixel for
     /// pixel): one EmbedAttack perturbation per image serves all of them.
     pub images: Option<Spanned<String>>,
@@ -106,18 +111,18 @@ pub struct TaskSpec {
     pub transforms: Option<Spanned<String>>,
     /// The heads to train on this task (default: one with the default settings).
     #[serde(default)]
-    pub heads: Vec<Spanned<HeadSpec>>,
+    pub heads: Vec<Spanned<HeadTable>>,
 }
 
 /// A head of a task: an optional name and `train-head`'s settings ([`HeadOptions`]; unset ones
 /// take the defaults of its recipe).
 #[derive(Debug, Default)]
-pub struct HeadSpec {
+pub struct HeadTable {
     pub name: Option<String>,
     pub options: HeadOptions,
 }
 
-impl<'de> Deserialize<'de> for HeadSpec {
+impl<'de> Deserialize<'de> for HeadTable {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         use serde::de::Error;
         let mut table = toml::Table::deserialize(d)?;
@@ -127,7 +132,7 @@ impl<'de> Deserialize<'de> for HeadSpec {
             None => None,
         };
         let options = HeadOptions::deserialize(toml::Value::Table(table)).map_err(|e| D::Error::custom(e.message()))?;
-        Ok(HeadSpec { name, options })
+        Ok(HeadTable { name, options })
     }
 }
 
@@ -172,7 +177,7 @@ impl Amount {
 /// [`AttackSpec`]'s defaults.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AttackBlock {
+pub struct AttackTable {
     pub kinds: Vec<AttackKind>,
     pub eps: Vec<Spanned<Amount>>,
     #[serde(default = "default_norm")]
@@ -285,13 +290,13 @@ impl Loaded {
     }
 
     /// Step size of an attack block.
-    pub fn step_size(&self, a: &AttackBlock) -> Result<StepSize> {
+    pub fn step_size(&self, a: &AttackTable) -> Result<StepSize> {
         let Some(s) = &a.step_size else { return Ok(StepSize::DEFAULT) };
         StepSize::parse(s.get_ref()).map_err(|err| self.error(s, err))
     }
 
     /// The ε values of an attack block.
-    pub fn eps(&self, a: &AttackBlock) -> Result<Vec<(f64, String)>> {
+    pub fn eps(&self, a: &AttackTable) -> Result<Vec<(f64, String)>> {
         a.eps
             .iter()
             .map(|e| {
@@ -340,7 +345,7 @@ impl Loaded {
             if let Some(tr) = &t.transforms {
                 crate::data::transform::Transform::parse_list(tr.get_ref()).map_err(|err| self.error(tr, format!("{err:#}")))?;
             }
-            let mut names: Vec<&Spanned<HeadSpec>> = Vec::new();
+            let mut names: Vec<&Spanned<HeadTable>> = Vec::new();
             for h in &t.heads {
                 if let Some(first) = h.get_ref().name.as_ref().and_then(|n| names.iter().find(|o| o.get_ref().name.as_ref() == Some(n))) {
                     let what = format!(

@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{key_of, Item, Plan, Work};
-use super::store::{CellResult, CellRow, Example, Store};
+use super::store::{CellResult, CellRow, Example, HeadRecord, Store};
 use crate::attacks::engine::Sanity;
 use crate::attacks::scoring::{attack_batch, labels_of_same_images, Aim, ScoredHead};
 use crate::attacks::strips::attack_strip;
@@ -146,7 +146,7 @@ impl Runner<'_> {
         let path = self.dir.heads().join(format!("{}.safetensors", entry.key));
         if path.is_file() {
             if let Ok(head) = TrainedHead::load(&path, &Device::Cpu) {
-                self.store.put_head(&entry.key, &head_info(plan, h, &head))?;
+                self.store.put_head(&entry.key, &head_record(plan, h, &head))?;
                 self.summary.heads_reused += 1;
                 return Ok(head);
             }
@@ -157,7 +157,7 @@ impl Runner<'_> {
         let (mut features, _) = batches(Source::Encoder(enc), ds.as_ref(), &request, self.cache())?;
         let fitted = fit(&entry.recipe, Source::Encoder(enc), ds.as_ref(), &request, features.as_mut(), &crate::device::default_device()?)?;
         fitted.head.save(&path)?;
-        self.store.put_head(&entry.key, &head_info(plan, h, &fitted.head))?;
+        self.store.put_head(&entry.key, &head_record(plan, h, &fitted.head))?;
         self.summary.heads_trained += 1;
         Ok(fitted.head)
     }
@@ -305,20 +305,18 @@ impl Runner<'_> {
     }
 }
 
-/// What the store keeps of a head: its identity and how training ended (no timings, so a
-/// rerun or another shard writes the same).
-fn head_info(plan: &Plan, h: usize, head: &TrainedHead) -> String {
+/// The store's record of head `h` of the plan.
+fn head_record(plan: &Plan, h: usize, head: &TrainedHead) -> HeadRecord {
     let e = &plan.heads[h];
-    serde_json::json!({
-        "encoder": plan.encoders[e.encoder].name,
-        "task": plan.tasks[e.task].name,
-        "head": e.name,
-        "samples": head.meta.samples,
-        "final_loss": head.meta.final_loss,
-        "baseline": head.meta.baseline,
-        "recipe": e.recipe,
-    })
-    .to_string()
+    HeadRecord {
+        encoder: plan.encoders[e.encoder].name.clone(),
+        task: plan.tasks[e.task].name.clone(),
+        head: e.name.clone(),
+        samples: head.meta.samples,
+        final_loss: head.meta.final_loss,
+        baseline: head.meta.baseline,
+        recipe: e.recipe,
+    }
 }
 
 /// The run folder of an experiment file: `runs/STEM` beside the working folder.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::config::{HeadSpec, Loaded};
+use super::config::{HeadTable, Loaded};
 use crate::attacks::spec::{AttackKind, AttackSpec};
 use crate::choice::Choice;
 use crate::data::transform::Transform;
@@ -166,7 +166,7 @@ impl Plan {
         }
         let mut tasks: Vec<TaskEntry> = Vec::new();
         for t in &x.tasks {
-            let data = |d: &super::config::DataSpec, defaults: &[Split]| -> Result<(DataRef, usize)> {
+            let data = |d: &super::config::DataTable, defaults: &[Split]| -> Result<(DataRef, usize)> {
                 let dataset = l.resolve_dataset(&d.dataset)?;
                 let split = d.split.as_ref().map(|s| s.get_ref().parse()).transpose()?;
                 let (ds, split) = crate::data::open_first(&dataset, split, defaults).map_err(|e| l.error(&d.dataset, format!("{e:#}")))?;
@@ -217,8 +217,8 @@ impl Plan {
         for e in 0..self.encoders.len() {
             for (t, spec) in l.experiment.tasks.iter().enumerate() {
                 let task = self.tasks[t].task;
-                let default = HeadSpec::default();
-                let specs: Vec<&HeadSpec> =
+                let default = HeadTable::default();
+                let specs: Vec<&HeadTable> =
                     if spec.heads.is_empty() { vec![&default] } else { spec.heads.iter().map(|h| h.get_ref()).collect() };
                 for (k, h) in specs.iter().enumerate() {
                     let recipe = h.options.recipe(task);

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use super::plan::Labels;
 use crate::attacks::engine::Sanity;
 use crate::heads::evaluate::{Evaluation, Metrics};
+use crate::heads::fit::HeadRecipe;
+use crate::heads::head::Baseline;
 
 pub struct Store {
     conn: Connection,
@@ -59,6 +61,19 @@ impl CellResult {
             Predictor::Baseline => Some(&self.clean.baseline),
         }
     }
+}
+
+/// What the store keeps of a trained head: its identity and how training ended (no timings, so
+/// a rerun or another shard writes the same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadRecord {
+    pub encoder: String,
+    pub task: String,
+    pub head: String,
+    pub samples: usize,
+    pub final_loss: f64,
+    pub baseline: Baseline,
+    pub recipe: HeadRecipe,
 }
 
 /// Who predicted: the head on clean images, the head on attacked images, the trivial baseline.
@@ -200,21 +215,23 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     }
 
-    pub fn head_info(&self, key: &str) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT info FROM heads WHERE key = ?1", [key], |r| r.get(0)).optional()?)
-    }
-
-    pub fn put_head(&self, key: &str, info: &str) -> Result<()> {
+    pub fn put_head(&self, key: &str, record: &HeadRecord) -> Result<()> {
         self.conn
-            .execute("INSERT OR REPLACE INTO heads (key, info) VALUES (?1, ?2)", params![key, info])
+            .execute("INSERT OR REPLACE INTO heads (key, info) VALUES (?1, ?2)", params![key, stored(record)?])
             .with_context(|| self.context())?;
         Ok(())
     }
 
-    pub fn heads(&self) -> Result<Vec<(String, String)>> {
+    /// Every trained head's record, by key.
+    pub fn heads(&self) -> Result<Vec<(String, HeadRecord)>> {
         let mut st = self.conn.prepare("SELECT key, info FROM heads ORDER BY key")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|row| {
+            let (key, info) = row?;
+            let record = serde_json::from_str(&info).with_context(|| format!("{}: head {key} cannot be read back", self.context()))?;
+            Ok((key, record))
+        })
+        .collect()
     }
 
     /// Adds everything finished in `other` (another shard of the same experiment). A cell, head
@@ -260,8 +277,8 @@ impl Store {
                 }
             }
         }
-        for (k, info) in other.heads()? {
-            tx.execute("INSERT OR IGNORE INTO heads (key, info) VALUES (?1, ?2)", params![k, info])?;
+        for (k, record) in other.heads()? {
+            tx.execute("INSERT OR IGNORE INTO heads (key, info) VALUES (?1, ?2)", params![k, stored(&record)?])?;
         }
         count.unfinished_batches = other.conn.query_row("SELECT count(*) FROM partials", [], |r| r.get::<_, i64>(0))? as usize;
         tx.commit().with_context(|| format!("{me}: cannot commit the merge"))?;

@@ -1,10 +1,16 @@
-//! Task losses, as the study defines them, differentiable in candle:
+//! Task losses, as DINOv2's evaluation (and the study after it) defines them, differentiable in
+//! candle, on one valid-pixel mask (`min < gt < max`, the metrics' mask; DINOv2 uses `gt > 0`):
 //! - cross-entropy with an ignore index (mean over the counted pixels or samples);
-//! - SigLoss: g = log pred − log gt on valid pixels, √(Var(g) + 0.15·mean(g)²), Var unbiased as
-//!   `torch.var` in the reference code;
-//! - GradLoss: on d = log pred − log gt, at 4 scales (stride-2 subsampling), Σ|∂x d| + Σ|∂y d|
-//!   over neighbour pairs both valid, divided by the number of valid pixels at that scale; summed
-//!   over scales. (The reference code's version indexes the wrong axes and is always 0.)
+//! - SigLoss (DINOv2's `SigLoss`): g = log(pred + ε) − log(gt + ε), ε = 0.001, over the valid
+//!   pixels of the batch; √(Var(g) + 0.15·mean(g)²), Var unbiased as `torch.var`;
+//! - GradLoss (DINOv2's `GradientLoss`, after MegaDepth): on each image's own map
+//!   d = log(pred + ε) − log(gt + ε), at the scales subsampled from the full map with strides
+//!   1, 2, 4, 6, Σ|d(y, x) − d(y, x + 2)| + Σ|d(y, x) − d(y + 2, x)| over pairs of pixels two
+//!   apart that are both valid, divided by the valid pixels at that scale; summed over scales,
+//!   then averaged over the images. A scale without a valid pixel adds nothing (DINOv2 would
+//!   divide by zero there). The study's copy of it slices the batch and channel axes of a
+//!   `[B, 1, H, W]` map instead of the image's: on DepthPGD's `[1, H, W]` maps only a vertical
+//!   term survives. We compute the loss as DINOv2 defines it.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, D};
@@ -52,6 +58,12 @@ pub fn valid_mask(gt: &Tensor, range: DepthRange) -> Result<Tensor> {
     Ok((gt.gt(range.min)? * gt.lt(range.max)?)?.to_dtype(gt.dtype())?)
 }
 
+/// DINOv2's ε inside the logs of SigLoss and GradLoss ("avoid grad explode").
+pub const LOG_EPS: f64 = 0.001;
+
+/// The subsampling strides of GradLoss's scales, from the full map.
+pub const GRAD_STRIDES: [usize; 4] = [1, 2, 4, 6];
+
 /// SigLoss over the valid pixels of the whole batch.
 pub fn sig_loss(pred: &Tensor, gt: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let n = mask.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -65,44 +77,52 @@ pub fn sig_loss(pred: &Tensor, gt: &Tensor, mask: &Tensor) -> Result<Tensor> {
     Ok((var + (mean.sqr()? * 0.15)?)?.sqrt()?)
 }
 
-/// `log pred − log gt` where valid, 0 elsewhere: invalid pixels never reach a log (a 0 or
-/// negative value there would give NaN, and NaN·0 is still NaN).
+/// `log(pred + ε) − log(gt + ε)` where valid, 0 elsewhere: invalid pixels never reach a log (a
+/// negative or NaN value there would give NaN, and NaN·0 is still NaN).
 fn log_ratio(pred: &Tensor, gt: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let outside = (1.0 - mask)?;
-    let safe = |t: &Tensor| -> Result<Tensor> { Ok(((t * mask)? + &outside)?) };
+    let safe = |t: &Tensor| -> Result<Tensor> { Ok((((t * mask)? + &outside)? + LOG_EPS)?) };
     Ok(((safe(pred)?.log()? - safe(gt)?.log()?)? * mask)?)
 }
 
-/// Multi-scale gradient-matching loss on `[B, H, W]` maps.
+/// GradLoss on `[B, H, W]` maps at the first `scales` of [`GRAD_STRIDES`] (all four in training
+/// and DepthPGD), averaged over the images.
 pub fn grad_loss(pred: &Tensor, gt: &Tensor, mask: &Tensor, scales: usize) -> Result<Tensor> {
-    let mut d = log_ratio(pred, gt, mask)?;
-    let mut m = mask.clone();
+    let (b, _, _) = pred.dims3()?;
+    let d = log_ratio(pred, gt, mask)?;
     let mut total = Tensor::zeros((), pred.dtype(), pred.device())?;
-    for s in 0..scales {
-        if s > 0 {
-            d = subsample(&d)?;
-            m = subsample(&m)?;
+    for i in 0..b {
+        let (di, mi) = (d.narrow(0, i, 1)?, mask.narrow(0, i, 1)?);
+        for &stride in GRAD_STRIDES.iter().take(scales) {
+            let (d, m) = (subsample(&di, stride)?, subsample(&mi, stride)?);
+            let (_, h, w) = d.dims3()?;
+            let n = m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            if n == 0.0 {
+                continue;
+            }
+            let mut pairs = Tensor::zeros((), pred.dtype(), pred.device())?;
+            if w > 2 {
+                let dx = (d.narrow(2, 2, w - 2)? - d.narrow(2, 0, w - 2)?)?.abs()?;
+                pairs = (pairs + (dx * (m.narrow(2, 2, w - 2)? * m.narrow(2, 0, w - 2)?)?)?.sum_all()?)?;
+            }
+            if h > 2 {
+                let dy = (d.narrow(1, 2, h - 2)? - d.narrow(1, 0, h - 2)?)?.abs()?;
+                pairs = (pairs + (dy * (m.narrow(1, 2, h - 2)? * m.narrow(1, 0, h - 2)?)?)?.sum_all()?)?;
+            }
+            total = (total + (pairs / n)?)?;
         }
-        let (_, h, w) = d.dims3()?;
-        let n = m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if n == 0.0 || h < 2 || w < 2 {
-            continue;
-        }
-        let dx = (d.narrow(2, 1, w - 1)? - d.narrow(2, 0, w - 1)?)?.abs()?;
-        let mx = (m.narrow(2, 1, w - 1)? * m.narrow(2, 0, w - 1)?)?;
-        let dy = (d.narrow(1, 1, h - 1)? - d.narrow(1, 0, h - 1)?)?.abs()?;
-        let my = (m.narrow(1, 1, h - 1)? * m.narrow(1, 0, h - 1)?)?;
-        let term = (((dx * mx)?.sum_all()? + (dy * my)?.sum_all()?)? / n)?;
-        total = (total + term)?;
     }
-    Ok(total)
+    Ok((total / b as f64)?)
 }
 
-/// Every second row and column, starting at 0.
-fn subsample(x: &Tensor) -> Result<Tensor> {
+/// Every `stride`-th row and column, starting at 0 (`x[:, ::stride, ::stride]`).
+fn subsample(x: &Tensor, stride: usize) -> Result<Tensor> {
+    if stride == 1 {
+        return Ok(x.clone());
+    }
     let (b, h, w) = x.dims3()?;
-    let rows: Vec<u32> = (0..h as u32).step_by(2).collect();
-    let cols: Vec<u32> = (0..w as u32).step_by(2).collect();
+    let rows: Vec<u32> = (0..h as u32).step_by(stride).collect();
+    let cols: Vec<u32> = (0..w as u32).step_by(stride).collect();
     let (nr, nc) = (rows.len(), cols.len());
     let rows = Tensor::from_vec(rows, nr, x.device())?;
     let cols = Tensor::from_vec(cols, nc, x.device())?;
