@@ -11,7 +11,7 @@ use robust_ssl::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
 use robust_ssl::attacks::engine::{attack, AttackConfig, Method};
 use robust_ssl::attacks::objective::Objective;
 use robust_ssl::attacks::pgd_ce::CrossEntropy;
-use robust_ssl::attacks::segpgd::SegPgd;
+use robust_ssl::attacks::segpgd::{SegPgd, SegPgdForm};
 use robust_ssl::attacks::threat::{Norm, ThreatModel};
 use robust_ssl::data::transform::Transform;
 use robust_ssl::encoder::{Encoder, LoadOptions};
@@ -205,8 +205,10 @@ fn objective_gradients_match_finite_differences() {
     let mut labels: Vec<u32> = (0..2 * 28 * 28).map(|_| (rng.next_u64() % 5) as u32).collect();
     labels[..40].iter_mut().for_each(|l| *l = 255);
     for step in [0, 3] {
-        let obj = SegPgd { head: &seg, labels: labels.clone(), height: 28, width: 28 };
-        check_gradient_at(&enc, &obj, &x, step, 4);
+        for form in [SegPgdForm::Paper, SegPgdForm::Study] {
+            let obj = SegPgd { head: &seg, labels: labels.clone(), height: 28, width: 28, form };
+            check_gradient_at(&enc, &obj, &x, step, 4);
+        }
     }
     let depth = Head::Depth(DepthHead { bn: bn(128), weight: t(&[16, 128], 0.5), bias: t(&[16], 0.1), min_depth: 1e-3, max_depth: 10.0 });
     let mut metres: Vec<f32> = (0..2 * 28 * 28).map(|_| rng.uniform(0.5, 9.0) as f32).collect();
@@ -339,7 +341,13 @@ fn objectives_match_pytorch() {
         ("embed_cls_cosine", Box::new(EmbedAttack::new(&clean, EmbedTarget::Cls, Distance::Cosine)), 0, 1),
         ("embed_patch_cosine", Box::new(EmbedAttack::new(&clean, EmbedTarget::Patch, Distance::Cosine)), 0, 1),
         ("ce", Box::new(CrossEntropy { probe: &probe, labels: u32s(&f["probe_labels"]) }), 0, 1),
-        ("segpgd", Box::new(SegPgd { head: &seg, labels: u32s(&f["seg_labels"]), height: 56, width: 56 }), 3, 4),
+        ("segpgd", Box::new(SegPgd { head: &seg, labels: u32s(&f["seg_labels"]), height: 56, width: 56, form: SegPgdForm::Paper }), 3, 4),
+        (
+            "segpgd_study",
+            Box::new(SegPgd { head: &seg, labels: u32s(&f["seg_labels"]), height: 56, width: 56, form: SegPgdForm::Study }),
+            3,
+            4,
+        ),
         ("depthpgd", Box::new(DepthPgd { head: &depth, metres, height: 56, width: 56, range: DepthRange { min: 1e-3, max: 10.0 } }), 0, 1),
     ];
     let max_abs = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();

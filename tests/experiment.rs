@@ -76,7 +76,8 @@ fn content(store: &Path) -> Content {
     let s = Store::open_existing(store).unwrap();
     let cells = s.cells().unwrap().into_iter().map(|c| serde_json::to_value(c).unwrap()).collect();
     let examples = s.examples().unwrap().into_iter().map(|e| (e.cell, e.name, e.png)).collect();
-    (cells, examples, s.heads().unwrap())
+    let heads = s.heads().unwrap().into_iter().map(|(key, record)| (key, serde_json::to_string(&record).unwrap())).collect();
+    (cells, examples, heads)
 }
 
 type Content = (Vec<Value>, Vec<(String, String, Vec<u8>)>, Vec<(String, String)>);

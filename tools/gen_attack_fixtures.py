@@ -7,9 +7,9 @@ tests/fixtures/encoder/dinov2_official.pth, in f64 (tests/attacks.rs).
 The encoder is the official code restated in reference_vit.py; the objectives are written out here
 from their definitions: EmbedAttack (mean squared difference, or 1 - cosine averaged over tokens,
 to the clean tokens of another image), per-sample cross-entropy of a linear probe on CLS + mean
-patch, SegPGD (torch's per-pixel cross-entropy with ignore index 255, weighted 1 - lambda on
+patch, SegPGD in both forms (the paper's: torch's per-pixel cross-entropy with ignore index 255, weighted 1 - lambda on
 correctly and lambda on wrongly classified pixels, lambda = t / 2T, over the labelled pixels of
-each image) and DepthPGD (DINOv2's BNHead readout, SigLoss + 0.5 GradLoss per image on valid
+each image; the study's: the study code's means over correct and over wrong pixels) and DepthPGD (DINOv2's BNHead readout, SigLoss + 0.5 GradLoss per image on valid
 pixels). Gradients with respect to the pixels by autograd.
 """
 import os
@@ -97,6 +97,30 @@ def main():
         return (ce * weight).flatten(1).sum(1) / valid.flatten(1).sum(1)
 
     record("segpgd", segpgd)
+
+    def segpgd_study(c, p):
+        # The study's form (evaluators/attack.py, SegPGD.run), restated per image: CE with its
+        # ignore index over the correctly classified pixels, and over the wrongly classified
+        # ones, each a mean, mixed (1 - lambda, lambda); an empty set adds nothing (the source's
+        # mean would be NaN). Our ignore index 255 for its 0; logits, not averaged probabilities.
+        feats = bn_eval(p, bn["w"], bn["b"], bn["rm"], bn["rv"]) @ seg_w.T + seg_b
+        logits = feats.reshape(2, 4, 4, 5).permute(0, 3, 1, 2)
+        logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        loss_fn = torch.nn.CrossEntropyLoss(ignore_index=255)
+        per = []
+        for b in range(logits.shape[0]):
+            label, adv_logits = seg_labels[b], logits[b]  # [H, W], [K, H, W]
+            pred_label = torch.argmax(adv_logits, dim=0)
+            labelled = label != 255
+            correct_voxels = (label == pred_label) & labelled
+            wrong_voxels = (label != pred_label) & labelled
+            zero = adv_logits.new_zeros(())
+            loss_correct = loss_fn(adv_logits[:, correct_voxels].permute(1, 0), label[correct_voxels]) if correct_voxels.any() else zero
+            loss_wrong = loss_fn(adv_logits[:, wrong_voxels].permute(1, 0), label[wrong_voxels]) if wrong_voxels.any() else zero
+            per.append((1 - lam) * loss_correct + lam * loss_wrong)
+        return torch.stack(per)
+
+    record("segpgd_study", segpgd_study)
 
     bnd = bn_params("depth", 2 * d)
     depth_w = torch.randn(16, 2 * d, generator=g, dtype=torch.float64) * 0.5

@@ -27,7 +27,7 @@ pub fn attack(enc: &Encoder, objective: &dyn Objective, images: &Tensor, cfg: &A
         bail!("attack input pixels must lie in [0, 1]");
     }
     let p = Problem { enc, objective, x, per, dims: (c, h, w), threat: cfg.threat };
-    let mut best = Best { delta: vec![vec![0f32; per]; b], loss: vec![f64::NEG_INFINITY; b], success: vec![false; b] };
+    let mut best = Best::new(b, per);
     let mut sanity = Sanity::default();
     for restart in 0..cfg.restarts.max(1) {
         let mut rng = SplitMix64::new(crate::rng::stream(cfg.seed, restart as u64));

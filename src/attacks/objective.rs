@@ -18,6 +18,10 @@ pub struct Evaluated {
     /// Per active sample: the goal is reached (e.g. misclassified); `None` where the objective
     /// has no such notion (embedding distance).
     pub success: Option<Vec<bool>>,
+    /// Per active sample: what the best point is chosen by, higher being better for the attack,
+    /// where the loss cannot be compared across steps (SegPGD's weights change with the step:
+    /// the task metric instead); `None`: the loss.
+    pub score: Option<Vec<f64>>,
 }
 
 pub trait Objective {

@@ -48,6 +48,6 @@ impl Objective for CrossEntropy<'_> {
             per_sample_ce(&logits, &labels)
         })?;
         let success = predicted.iter().zip(&labels).map(|(p, l)| p != l).collect();
-        Ok(Evaluated { losses, d_cls, d_patch, success: Some(success) })
+        Ok(Evaluated { losses, d_cls, d_patch, success: Some(success), score: None })
     }
 }

@@ -67,16 +67,29 @@ pub struct Outcome {
 pub(super) struct Best {
     pub(super) delta: Vec<Vec<f32>>,
     pub(super) loss: Vec<f64>,
+    /// What points are compared by: the loss, or the objective's score.
+    pub(super) score: Vec<f64>,
     pub(super) success: Vec<bool>,
 }
 
 impl Best {
-    pub(super) fn offer(&mut self, i: usize, delta: &[f32], loss: f64, success: bool) {
-        // A point that reaches the goal beats any that does not; among equals, the higher loss.
-        let better = (success && !self.success[i]) || (success == self.success[i] && loss > self.loss[i]);
+    /// No point yet, for `b` samples of `per` values.
+    pub(super) fn new(b: usize, per: usize) -> Best {
+        Best {
+            delta: vec![vec![0f32; per]; b],
+            loss: vec![f64::NEG_INFINITY; b],
+            score: vec![f64::NEG_INFINITY; b],
+            success: vec![false; b],
+        }
+    }
+
+    pub(super) fn offer(&mut self, i: usize, delta: &[f32], loss: f64, score: f64, success: bool) {
+        // A point that reaches the goal beats any that does not; among equals, the higher score.
+        let better = (success && !self.success[i]) || (success == self.success[i] && score > self.score[i]);
         if better {
             self.delta[i].copy_from_slice(delta);
             self.loss[i] = loss;
+            self.score[i] = score;
             self.success[i] = success;
         }
     }
@@ -131,7 +144,8 @@ impl Problem<'_> {
     /// Records what the objective said of the active samples' current points.
     pub(super) fn offer(&self, best: &mut Best, delta: &[Vec<f32>], active: &[usize], ev: &Evaluated) {
         for (k, &i) in active.iter().enumerate() {
-            best.offer(i, &delta[i], ev.losses[k], ev.success.as_ref().is_some_and(|s| s[k]));
+            let score = ev.score.as_ref().map_or(ev.losses[k], |s| s[k]);
+            best.offer(i, &delta[i], ev.losses[k], score, ev.success.as_ref().is_some_and(|s| s[k]));
         }
     }
 

@@ -11,7 +11,7 @@ use super::depthpgd::DepthPgd;
 use super::embed::{Distance, EmbedTarget};
 use super::objective::Objective;
 use super::pgd_ce::CrossEntropy;
-use super::segpgd::SegPgd;
+use super::segpgd::{SegPgd, SegPgdForm};
 use super::threat::{parse_amount, Norm, ThreatModel};
 use crate::features::Targets;
 use crate::heads::head::{Head, Task};
@@ -89,7 +89,13 @@ impl AttackKind {
     /// valid `range`): the head's own loss — cross-entropy for a linear probe (PGD), SegPGD's
     /// weighted cross-entropy for a segmentation head, SigLoss + GradLoss for a depth head
     /// (DepthPGD). EmbedAttack aims at no head (see `scoring::Aim::Embed`).
-    pub fn objective<'a>(self, head: &'a Head, targets: &Targets, range: Option<DepthRange>) -> Result<Box<dyn Objective + 'a>> {
+    pub fn objective<'a>(
+        self,
+        head: &'a Head,
+        targets: &Targets,
+        range: Option<DepthRange>,
+        segpgd: SegPgdForm,
+    ) -> Result<Box<dyn Objective + 'a>> {
         let task = match head {
             Head::Linear(_) => Task::Cls,
             Head::Seg(_) => Task::Seg,
@@ -101,7 +107,7 @@ impl AttackKind {
         Ok(match (head, targets) {
             (Head::Linear(probe), Targets::Class(l)) => Box::new(CrossEntropy { probe, labels: l.clone() }),
             (Head::Seg(_), Targets::Segmentation { labels, height, width }) => {
-                Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width })
+                Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width, form: segpgd })
             }
             (Head::Depth(_), Targets::Depth { metres, height, width }) => {
                 let range = range.context("a depth head without a depth range")?;
@@ -168,6 +174,10 @@ pub struct AttackSpec {
     /// EmbedAttack: which tokens, and which distance.
     pub embed_target: EmbedTarget,
     pub embed_distance: Distance,
+    /// SegPGD's form (`paper`, the default, or `study`); not part of a setting's identity while
+    /// it is the default, so results stored before it existed keep their keys.
+    #[serde(default, skip_serializing_if = "SegPgdForm::is_paper")]
+    pub segpgd: SegPgdForm,
 }
 
 impl AttackSpec {
@@ -197,6 +207,7 @@ impl AttackSpec {
             random_start: true,
             embed_target: Self::DEFAULT_EMBED_TARGET,
             embed_distance: Self::DEFAULT_EMBED_DISTANCE,
+            segpgd: SegPgdForm::Paper,
         }
     }
 

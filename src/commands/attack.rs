@@ -14,6 +14,7 @@ use super::features::FeatureArgs;
 use robust_ssl::attacks::embed::{Distance, EmbedTarget};
 use robust_ssl::attacks::engine::{AttackConfig, Sanity};
 use robust_ssl::attacks::scoring::{attack_batch, Aim, ScoredHead};
+use robust_ssl::attacks::segpgd::SegPgdForm;
 use robust_ssl::attacks::spec::{AttackKind, AttackSpec, StepSize};
 use robust_ssl::attacks::strips::attack_strip;
 use robust_ssl::attacks::threat::{parse_amount, Norm};
@@ -64,6 +65,10 @@ pub struct AttackArgs {
     pub embed_target: EmbedTarget,
     #[arg(long, value_parser = choice::<Distance>(), default_value_t = AttackSpec::DEFAULT_EMBED_DISTANCE)]
     pub embed_distance: Distance,
+    /// SegPGD's form: paper (the SegPGD paper's, weighted sum over labelled pixels) or study (the
+    /// study's code: weighted means over correct and over wrong pixels).
+    #[arg(long = "segpgd", value_parser = choice::<SegPgdForm>(), default_value_t = SegPgdForm::Paper)]
+    pub segpgd: SegPgdForm,
     /// Images attacked together.
     #[arg(long, default_value_t = AttackSpec::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
@@ -113,6 +118,7 @@ impl AttackArgs {
             random_start: !self.no_random_start,
             embed_target: self.embed_target,
             embed_distance: self.embed_distance,
+            segpgd: self.segpgd,
         })
     }
 }
@@ -160,7 +166,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         }));
         let aim = match spec.kind {
             AttackKind::Embed => Aim::Embed { reference: None, target: spec.embed_target, distance: spec.embed_distance },
-            kind => Aim::Head { index: 0, kind },
+            kind => Aim::Head { index: 0, kind, segpgd: spec.segpgd },
         };
         let done = attack_batch(enc, &images, aim, &heads, &spec.engine(b, early_stop), true)?;
         clean_scores.merge(&done.heads[0].clean)?;

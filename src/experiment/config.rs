@@ -15,6 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::attacks::embed::{Distance, EmbedTarget};
+use crate::attacks::segpgd::SegPgdForm;
 use crate::attacks::spec::{AttackKind, AttackSpec, StepSize};
 use crate::attacks::threat::{parse_amount, Norm};
 use crate::heads::fit::HeadOptions;
@@ -196,6 +197,9 @@ pub struct AttackTable {
     pub embed_target: EmbedTarget,
     #[serde(default = "mse")]
     pub embed_distance: Distance,
+    /// SegPGD's form: paper (default) or study.
+    #[serde(default)]
+    pub segpgd: SegPgdForm,
 }
 
 fn default_norm() -> OneOrMany<Norm> {

@@ -305,6 +305,7 @@ impl Plan {
                                     random_start: a.random_start,
                                     embed_target: a.embed_target,
                                     embed_distance: a.embed_distance,
+                                    segpgd: a.segpgd,
                                 };
                                 if !settings.contains(&p) {
                                     settings.push(p);
