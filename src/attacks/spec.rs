@@ -166,6 +166,10 @@ pub struct AttackSpec {
     /// ε as the user wrote it (`8/255`).
     pub eps_text: String,
     pub step_size: f64,
+    /// The step as the user gave it (`eps/4`, the default, or an amount such as `2/255`): cells of
+    /// one setting share it across ε. Not part of the identity while it is the default.
+    #[serde(default = "default_step_text", skip_serializing_if = "is_default_step")]
+    pub step_text: String,
     pub steps: usize,
     pub seed: u64,
     /// Runs from fresh random starts; each sample keeps its best point over all of them.
@@ -178,6 +182,15 @@ pub struct AttackSpec {
     /// it is the default, so results stored before it existed keep their keys.
     #[serde(default, skip_serializing_if = "SegPgdForm::is_paper")]
     pub segpgd: SegPgdForm,
+}
+
+/// The default step as written: `eps/4`.
+pub fn default_step_text() -> String {
+    "eps/4".into()
+}
+
+fn is_default_step(s: &String) -> bool {
+    *s == default_step_text()
 }
 
 impl AttackSpec {
@@ -201,6 +214,7 @@ impl AttackSpec {
             eps,
             eps_text: Self::DEFAULT_EPS.into(),
             step_size: StepSize::DEFAULT.at(eps),
+            step_text: default_step_text(),
             steps: Self::DEFAULT_STEPS,
             seed: Self::DEFAULT_SEED,
             restarts: Self::DEFAULT_RESTARTS,

@@ -112,6 +112,7 @@ impl AttackArgs {
             eps,
             eps_text: self.eps.clone(),
             step_size: step.at(eps),
+            step_text: self.step_size.as_ref().map_or_else(robust_ssl::attacks::spec::default_step_text, |s| s.trim().to_string()),
             steps: self.steps,
             seed: self.seed,
             restarts: self.restarts,

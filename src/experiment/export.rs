@@ -1,5 +1,6 @@
 //! Results out of a store: JSON (every cell with its labels and full result) and CSV (one line
-//! per cell, predictor and metric: the long format that spreadsheets and data frames pivot).
+//! per cell, predictor and metric: the long format that spreadsheets and data frames pivot, with
+//! every attack setting a column, so that no two settings look alike).
 
 use std::io::Write;
 
@@ -70,6 +71,12 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
         "predictor",
         "metric",
         "value",
+        "step_rule",
+        "restarts",
+        "random_start",
+        "embed_target",
+        "embed_distance",
+        "segpgd",
     ])?;
     for c in cells {
         let l = &c.labels;
@@ -97,6 +104,12 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
                 which.to_string(),
                 metric.to_string(),
                 format!("{v}"),
+                param(&|p| p.step_text.clone()),
+                param(&|p| p.restarts.to_string()),
+                param(&|p| p.random_start.to_string()),
+                param(&|p| p.embed_target.to_string()),
+                param(&|p| p.embed_distance.to_string()),
+                param(&|p| p.segpgd.to_string()),
             ])?;
         }
     }

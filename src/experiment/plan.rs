@@ -288,6 +288,7 @@ impl Plan {
         let mut settings = Vec::new();
         for a in &l.experiment.attacks {
             let step = l.step_size(a)?;
+            let step_text = a.step_size.as_ref().map_or_else(crate::attacks::spec::default_step_text, |s| s.get_ref().trim().to_string());
             for &kind in &a.kinds {
                 for norm in a.norm.to_vec() {
                     for (eps, eps_text) in l.eps(a)? {
@@ -299,6 +300,7 @@ impl Plan {
                                     eps,
                                     eps_text: eps_text.clone(),
                                     step_size: step.at(eps),
+                                    step_text: step_text.clone(),
                                     steps,
                                     seed,
                                     restarts: a.restarts,

@@ -2,7 +2,10 @@
 //! earlier versions of the experiment are left out, cells not computed yet are counted), with
 //! their labels parsed, and lookups by encoder, task, attack and ε.
 
-use crate::attacks::spec::AttackKind;
+use crate::attacks::embed::{Distance, EmbedTarget};
+use crate::attacks::segpgd::SegPgdForm;
+use crate::attacks::spec::{AttackKind, AttackSpec};
+use crate::attacks::threat::Norm;
 use crate::choice::Choice;
 use crate::experiment::export::{primary_metric, value};
 use crate::experiment::plan::Condition;
@@ -47,9 +50,62 @@ impl Entry {
         self.labels.params.as_ref().map(|p| p.eps)
     }
 
-    /// (norm, steps): attacks in one setting share a table and a chart.
-    pub fn setting(&self) -> Option<(String, usize)> {
-        self.labels.params.as_ref().map(|p| (p.norm.to_string(), p.steps))
+    /// The attack's setting: attacks in one setting share a table and a chart.
+    pub fn setting(&self) -> Option<Setting> {
+        self.labels.params.as_ref().map(Setting::of)
+    }
+}
+
+/// Everything an attack cell was computed under but its kind, ε and seed. Cells of one setting
+/// share a table and a chart and are averaged over seeds; cells of different settings are never
+/// pooled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    pub norm: Norm,
+    pub steps: usize,
+    /// The step as given (`eps/4`, `2/255`).
+    pub step: String,
+    pub restarts: usize,
+    pub random_start: bool,
+    pub embed_target: EmbedTarget,
+    pub embed_distance: Distance,
+    pub segpgd: SegPgdForm,
+}
+
+impl Setting {
+    pub fn of(p: &AttackSpec) -> Setting {
+        Setting {
+            norm: p.norm,
+            steps: p.steps,
+            step: p.step_text.clone(),
+            restarts: p.restarts,
+            random_start: p.random_start,
+            embed_target: p.embed_target,
+            embed_distance: p.embed_distance,
+            segpgd: p.segpgd,
+        }
+    }
+
+    /// `L∞ 20 steps`, then whatever differs from the defaults.
+    pub fn text(&self) -> String {
+        let d = AttackSpec::new(AttackKind::Embed);
+        let mut t = format!("{} {} steps", if self.norm == Norm::Linf { "L∞" } else { "L2" }, self.steps);
+        if self.step != d.step_text {
+            t += &format!(", step {}", self.step);
+        }
+        if self.restarts != d.restarts {
+            t += &format!(", {} restarts", self.restarts);
+        }
+        if !self.random_start {
+            t += ", no random start";
+        }
+        if (self.embed_target, self.embed_distance) != (d.embed_target, d.embed_distance) {
+            t += &format!(", EmbedAttack on {} tokens by {}", self.embed_target, self.embed_distance);
+        }
+        if self.segpgd != d.segpgd {
+            t += &format!(", SegPGD {} form", self.segpgd);
+        }
+        t
     }
 }
 
@@ -108,8 +164,8 @@ impl Results {
             .collect()
     }
 
-    /// Every attack setting (norm, steps) present, in order of appearance.
-    pub fn settings(&self) -> Vec<(String, usize)> {
+    /// Every attack setting present, in order of appearance.
+    pub fn settings(&self) -> Vec<Setting> {
         let mut out = Vec::new();
         for s in self.entries.iter().filter_map(Entry::setting) {
             if !out.contains(&s) {
@@ -120,7 +176,7 @@ impl Results {
     }
 
     /// The ε values of a setting, ascending, with their text.
-    pub fn eps_values(&self, setting: &(String, usize)) -> Vec<(f64, String)> {
+    pub fn eps_values(&self, setting: &Setting) -> Vec<(f64, String)> {
         let mut v: Vec<(f64, String)> = Vec::new();
         for e in self.entries.iter().filter(|e| e.setting().as_ref() == Some(setting)) {
             let p = e.labels.params.as_ref().expect("attack cells have params");
@@ -133,13 +189,13 @@ impl Results {
     }
 
     /// The study's ε: 8/255 under L∞ when present, else the largest.
-    pub fn reference_eps(&self, setting: &(String, usize)) -> Option<(f64, String)> {
+    pub fn reference_eps(&self, setting: &Setting) -> Option<(f64, String)> {
         let all = self.eps_values(setting);
-        all.iter().find(|(e, _)| setting.0 == "linf" && (e - 8.0 / 255.0).abs() < 1e-12).cloned().or_else(|| all.last().cloned())
+        all.iter().find(|(e, _)| setting.norm == Norm::Linf && (e - 8.0 / 255.0).abs() < 1e-12).cloned().or_else(|| all.last().cloned())
     }
 
     /// The attacked cells of one row, setting, attack and ε (one per seed), own attacks only.
-    pub fn attacked(&self, encoder: &str, head: &str, setting: &(String, usize), attack: AttackKind, eps: f64) -> Vec<&Entry> {
+    pub fn attacked(&self, encoder: &str, head: &str, setting: &Setting, attack: AttackKind, eps: f64) -> Vec<&Entry> {
         self.entries
             .iter()
             .filter(|e| e.labels.condition == Condition::Attack && e.own() && e.labels.encoder == encoder && self.head_label(e) == head)
@@ -148,7 +204,7 @@ impl Results {
     }
 
     /// The attacks present in a setting, in a fixed order (embed, the task attacks, apgd).
-    pub fn attacks(&self, setting: &(String, usize)) -> Vec<AttackKind> {
+    pub fn attacks(&self, setting: &Setting) -> Vec<AttackKind> {
         let present: Vec<AttackKind> =
             self.entries.iter().filter(|e| e.setting().as_ref() == Some(setting)).filter_map(|e| e.labels.attack).collect();
         AttackKind::ALL.iter().copied().filter(|a| present.contains(a)).collect()
@@ -201,6 +257,53 @@ pub fn values(cells: &[&Entry], which: Predictor) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::experiment::plan::{Condition, Labels};
+    use crate::experiment::store::{CellResult, CellRow};
+    use crate::heads::evaluate::{Evaluation, Metrics};
+    use crate::heads::head::{Baseline, Task};
+
+    /// Two attack cells that differ only in their step are two settings, never one mean ± std;
+    /// the same setting at two seeds is one.
+    #[test]
+    fn settings_that_differ_are_never_pooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("results.sqlite")).unwrap();
+        let accuracy = |a: f64| Evaluation {
+            samples: 4,
+            head: Metrics::Cls { accuracy: a, correct: (a * 4.0) as u64, total: 4 },
+            baseline: Metrics::Cls { accuracy: 0.25, correct: 1, total: 4 },
+            baseline_kind: Baseline::MajorityClass(0),
+        };
+        let mut plan = Vec::new();
+        for (key, step, seed, adv) in [("a", "eps/4", 0, 0.5), ("b", "eps/4", 1, 0.25), ("c", "2/255", 0, 0.0)] {
+            let mut p = AttackSpec::new(AttackKind::Pgd);
+            (p.step_text, p.seed) = (step.to_string(), seed);
+            let labels = Labels {
+                encoder: "e".into(),
+                task: "t".into(),
+                task_kind: Task::Cls,
+                head: "head".into(),
+                dataset: "d".into(),
+                condition: Condition::Attack,
+                attack: Some(AttackKind::Pgd),
+                attacked: Some("t".into()),
+                params: Some(p),
+            };
+            let result =
+                CellResult { samples: 4, clean: accuracy(1.0), adversarial: Some(accuracy(adv)), mean_objective: Some(1.0), sanity: None };
+            store.put_cells(key, &[CellRow { key: key.into(), labels: labels.clone(), result }]).unwrap();
+            plan.push((key.to_string(), labels));
+        }
+        store.set_meta("plan", &serde_json::to_string(&plan).unwrap()).unwrap();
+        let r = Results::load(&store).unwrap();
+        let settings = r.settings();
+        assert_eq!(settings.len(), 2, "{settings:?}");
+        assert_eq!(settings[0].text(), "L∞ 20 steps");
+        assert_eq!(settings[1].text(), "L∞ 20 steps, step 2/255");
+        let eps = 8.0 / 255.0;
+        assert_eq!(values(&r.attacked("e", "t", &settings[0], AttackKind::Pgd, eps), Predictor::Adversarial), [0.5, 0.25]);
+        assert_eq!(values(&r.attacked("e", "t", &settings[1], AttackKind::Pgd, eps), Predictor::Adversarial), [0.0]);
+    }
 
     /// Mean and sample standard deviation by hand: [0.5, 0.7] → 0.6 ± √0.02; one value has no
     /// spread; accuracy and mIoU print in %, RMSE in metres.

@@ -3,8 +3,9 @@
 //! task attacks, the attacks' sanity checks, and the curves' data.
 
 use super::plots::{Chart, Series};
-use super::results::{format_metric, mean_std, metric_name, values, Results};
+use super::results::{format_metric, mean_std, metric_name, values, Results, Setting};
 use crate::attacks::spec::AttackKind;
+use crate::attacks::threat::Norm;
 use crate::experiment::plan::Condition;
 use crate::experiment::store::Predictor;
 
@@ -13,10 +14,6 @@ pub struct Table {
     pub note: String,
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
-}
-
-fn setting_text(s: &(String, usize)) -> String {
-    format!("{} {} steps", if s.0 == "linf" { "L∞" } else { "L2" }, s.1)
 }
 
 /// The study's table for each attack setting: per encoder × task, the clean figure, then each
@@ -86,7 +83,7 @@ pub fn study(r: &Results) -> Vec<Table> {
             rows.push(row);
         }
         out.push(Table {
-            title: format!("Robustness at ε = {eps_text}, {}", setting_text(&setting)),
+            title: format!("Robustness at ε = {eps_text}, {}", setting.text()),
             note: "Clean and attacked figures of each head on its evaluation samples; EmbedAttack's perturbation is computed once per image and scored on every task of that image; the task attack is PGD (classification), SegPGD (segmentation) or DepthPGD (depth) against that head. Baseline: the trivial predictor of the training split (majority class, mean depth).".into(),
             header,
             rows,
@@ -124,7 +121,7 @@ pub fn per_eps(r: &Results) -> Vec<Table> {
             }
         }
         out.push(Table {
-            title: format!("Robustness vs ε, {}", setting_text(&setting)),
+            title: format!("Robustness vs ε, {}", setting.text()),
             note: "The head's primary metric under each attack (mean ± std over seeds).".into(),
             header,
             rows,
@@ -144,7 +141,7 @@ pub fn transfer(r: &Results) -> Option<Table> {
                 e.labels.encoder.clone(),
                 format!("{} on {}", e.labels.attack.map_or("?", AttackKind::display_name), e.labels.attacked.clone().unwrap_or_default()),
                 r.head_label(e),
-                format!("ε {eps_text}, {}, seed {}", setting_text(&setting), e.labels.params.as_ref().map_or(0, |p| p.seed)),
+                format!("ε {eps_text}, {}, seed {}", setting.text(), e.labels.params.as_ref().map_or(0, |p| p.seed)),
                 metric_name(metric).into(),
                 format_metric(metric, e.value(Predictor::Clean).map(|v| (v, None))),
                 format_metric(metric, e.value(Predictor::Adversarial).map(|v| (v, None))),
@@ -170,7 +167,7 @@ pub fn sanity(r: &Results) -> Table {
             e.labels.encoder.clone(),
             r.head_label(e),
             e.labels.attack.map_or("?", AttackKind::display_name).into(),
-            format!("{} ε {} seed {}", setting_text(&(p.norm.to_string(), p.steps)), p.eps_text, p.seed),
+            format!("{} ε {} seed {}", Setting::of(p).text(), p.eps_text, p.seed),
             format!("{:.6}", s.max_norm_over_eps),
             format!("[{:.4}, {:.4}]", s.min_pixel, s.max_pixel),
             format!("{} / {} / {}", s.zero_gradients, s.nan_gradients, s.sample_steps),
@@ -195,7 +192,7 @@ pub fn charts(r: &Results) -> Vec<(String, Chart)> {
         }
     }
     for setting in r.settings() {
-        let linf = setting.0 == "linf";
+        let linf = setting.norm == Norm::Linf;
         for head in &heads {
             let mut series = Vec::new();
             let mut metric = "";
@@ -220,11 +217,18 @@ pub fn charts(r: &Results) -> Vec<(String, Chart)> {
             if pct {
                 series.iter_mut().for_each(|s| s.points.iter_mut().for_each(|p| p.1 *= 100.0));
             }
-            let file = format!("{}-{}-{}steps", head.replace(|c: char| !c.is_ascii_alphanumeric(), "_"), setting.0, setting.1);
+            // The default setting keeps its short name; others add what differs.
+            let text = setting.text();
+            let extra = text
+                .split_once(", ")
+                .map(|(_, rest)| format!("-{}", rest.replace(|c: char| !c.is_ascii_alphanumeric(), "_")))
+                .unwrap_or_default();
+            let file =
+                format!("{}-{}-{}steps{extra}", head.replace(|c: char| !c.is_ascii_alphanumeric(), "_"), setting.norm, setting.steps);
             out.push((
                 file,
                 Chart {
-                    title: format!("{head}: {} vs ε ({})", metric_name(metric), setting_text(&setting)),
+                    title: format!("{head}: {} vs ε ({})", metric_name(metric), setting.text()),
                     x_label: if linf { "ε (× 1/255)".into() } else { "ε (L2)".into() },
                     y_label: match metric {
                         "accuracy" => "accuracy (%)".into(),
