@@ -89,6 +89,7 @@ fn study_pgd(steps: usize) -> crate::attacks::engine::AttackConfig {
         seed: 0,
         early_stop: false,
         last_iterate: false,
+        evaluate_last: false,
     }
 }
 

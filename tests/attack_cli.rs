@@ -169,6 +169,7 @@ fn attacks_hurt_every_task_within_budget() {
     bad(&["--attack", "pgd", "--eps", "eight/255", "--dataset", &cifar, "--head", &probe], &["--eps", "eight/255", "8/255"]);
     bad(&["--attack", "pgd", "--step-size", "2/0", "--dataset", &cifar, "--head", &probe], &["--step-size"]);
     bad(&["--attack", "segpgd", "--dataset", &cifar, "--head", &probe], &["segpgd", "does not fit"]);
+    bad(&["--attack", "apgd", "--iterate", "last", "--dataset", &cifar, "--head", &probe], &["iterate = last", "APGD"]);
     bad(&["--attack", "pgd", "--dataset", &cifar, "--head", &seg_head], &["seg.safetensors", "seg head"]);
     fails_with(&["attack", "--task", "cls", "--pixels", "--attack", "pgd", "--dataset", &cifar, "--head", &probe], &["encoder"]);
     let nowhere = tmp.path().join("no-such-folder").display().to_string();

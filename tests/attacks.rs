@@ -45,6 +45,7 @@ fn config(norm: Norm, eps: f64, steps: usize, seed: u64) -> AttackConfig {
         seed,
         early_stop: false,
         last_iterate: false,
+        evaluate_last: false,
     }
 }
 
@@ -104,6 +105,15 @@ fn last_iterate_is_within_budget_and_no_better_than_the_best_point() {
     let at_last = attack(&enc, &obj, &last.adversarial, &at).unwrap().loss;
     for i in 0..3 {
         assert!(best.loss[i] >= at_last[i], "sample {i}: best {} < last {}", best.loss[i], at_last[i]);
+    }
+    // `iterate = last` as a user asks for it: the same point, its objective evaluated.
+    let evaluated = AttackConfig { last_iterate: true, evaluate_last: true, ..config(Norm::Linf, 8.0 / 255.0, 3, 9) };
+    let shown = attack(&enc, &obj, &x, &evaluated).unwrap();
+    let same =
+        (&shown.adversarial - &last.adversarial).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    assert_eq!(same, 0.0, "the same last iterate");
+    for i in 0..3 {
+        assert!((shown.loss[i] - at_last[i]).abs() <= 1e-9 * at_last[i].abs().max(1.0), "sample {i}: {} vs {}", shown.loss[i], at_last[i]);
     }
 }
 
@@ -185,7 +195,9 @@ fn objective_gradients_match_finite_differences() {
     let Head::Linear(mut probe) = head else { unreachable!() };
     probe.weight = (probe.weight.to_dtype(DType::F64).unwrap() * 50.0).unwrap();
     probe.bias = probe.bias.to_dtype(DType::F64).unwrap();
-    check_gradient(&enc, &CrossEntropy { probe: &probe, labels: vec![3, 7] }, &x);
+    // (With scaled logits the divisor is held constant, as in the study's code: that gradient is
+    // not the derivative of the loss, so finite differences do not apply; the PyTorch fixture does.)
+    check_gradient(&enc, &CrossEntropy { probe: &probe, labels: vec![3, 7], scale_logits: false }, &x);
 
     // Dense objectives with random f64 heads on the 2×2 patch grid, labels and depths at 28×28.
     let rng = std::cell::RefCell::new(robust_ssl::rng::SplitMix64::new(21));
@@ -288,7 +300,7 @@ fn pgd_accuracy_falls_as_epsilon_grows() {
     let Head::Linear(probe) = head else { unreachable!() };
     let samples = robust_ssl::data::transform::load_batch(ds.as_ref(), &idx, &transforms).unwrap();
     let x = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0).unwrap();
-    let obj = CrossEntropy { probe: &probe, labels: labels.clone() };
+    let obj = CrossEntropy { probe: &probe, labels: labels.clone(), scale_logits: false };
     for method in [Method::Pgd, Method::Apgd] {
         let mut accuracy = Vec::new();
         for eps in [0.0, 2.0 / 255.0, 16.0 / 255.0, 64.0 / 255.0] {
@@ -340,7 +352,8 @@ fn objectives_match_pytorch() {
         ("embed_both_mse", Box::new(EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse)), 0, 1),
         ("embed_cls_cosine", Box::new(EmbedAttack::new(&clean, EmbedTarget::Cls, Distance::Cosine)), 0, 1),
         ("embed_patch_cosine", Box::new(EmbedAttack::new(&clean, EmbedTarget::Patch, Distance::Cosine)), 0, 1),
-        ("ce", Box::new(CrossEntropy { probe: &probe, labels: u32s(&f["probe_labels"]) }), 0, 1),
+        ("ce", Box::new(CrossEntropy { probe: &probe, labels: u32s(&f["probe_labels"]), scale_logits: false }), 0, 1),
+        ("ce_scaled", Box::new(CrossEntropy { probe: &probe, labels: u32s(&f["probe_labels"]), scale_logits: true }), 0, 1),
         ("segpgd", Box::new(SegPgd { head: &seg, labels: u32s(&f["seg_labels"]), height: 56, width: 56, form: SegPgdForm::Paper }), 3, 4),
         (
             "segpgd_study",

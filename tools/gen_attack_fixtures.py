@@ -69,6 +69,16 @@ def main():
     out.update(probe_w=probe_w, probe_b=probe_b, probe_labels=labels.double())
     record("ce", lambda c, p: F.cross_entropy(torch.cat([c, p.mean(1)], 1) @ probe_w.T + probe_b, labels, reduction="none"))
 
+    def ce_scaled(c, p):
+        # The study's DownstreamPGD (evaluators/attack.py): logits divided by their sample's
+        # max(max_k z_k, 1), the divisor under no_grad, then the cross-entropy.
+        logits = torch.cat([c, p.mean(1)], 1) @ probe_w.T + probe_b
+        with torch.no_grad():
+            div = torch.maximum(logits, torch.ones_like(logits)).max(dim=1, keepdim=True)[0]
+        return F.cross_entropy(logits / div, labels, reduction="none")
+
+    record("ce_scaled", ce_scaled)
+
     def bn_params(prefix, dim):
         vals = dict(w=1 + 0.1 * torch.randn(dim, generator=g, dtype=torch.float64),
                     b=0.1 * torch.randn(dim, generator=g, dtype=torch.float64),

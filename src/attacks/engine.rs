@@ -67,9 +67,11 @@ fn pgd(
         }
         let last = step == cfg.steps;
         if last && cfg.last_iterate {
-            for &i in &active {
+            let ev = if cfg.evaluate_last { Some(p.evaluate(&delta, &active, step, cfg.steps, false)?.0) } else { None };
+            for (k, &i) in active.iter().enumerate() {
                 best.delta[i].copy_from_slice(&delta[i]);
-                best.loss[i] = f64::NAN;
+                best.loss[i] = ev.as_ref().map_or(f64::NAN, |e| e.losses[k]);
+                best.success[i] = ev.as_ref().and_then(|e| e.success.as_ref()).is_some_and(|s| s[k]);
             }
             break;
         }

@@ -1,5 +1,7 @@
 //! PGD on classification: maximise the cross-entropy of the linear probe's logits against the
-//! true label; a sample succeeds once it is misclassified.
+//! true label; a sample succeeds once it is misclassified. With `scale_logits`, the study's form
+//! (`DownstreamPGD`): the logits divided by max(1, max_k z_k) of their sample, the divisor held
+//! constant, so a confident probe's softmax does not saturate and its gradient does not underflow.
 
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
@@ -12,6 +14,8 @@ pub struct CrossEntropy<'a> {
     pub probe: &'a LinearProbe,
     /// True labels of the whole batch.
     pub labels: Vec<u32>,
+    /// The study's logit scaling.
+    pub scale_logits: bool,
 }
 
 /// Per-sample cross-entropy `[n]` of logits `[n, K]` against `labels`.
@@ -45,6 +49,10 @@ impl Objective for CrossEntropy<'_> {
         let (losses, d_cls, d_patch) = losses_and_grads(tokens, |cls, patch| {
             let logits = self.probe.forward(&self.probe.pooling.features(cls, patch)?)?;
             predicted = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            if self.scale_logits {
+                let div = logits.max_keepdim(D::Minus1)?.maximum(1.0)?.detach();
+                return per_sample_ce(&logits.broadcast_div(&div)?, &labels);
+            }
             per_sample_ce(&logits, &labels)
         })?;
         let success = predicted.iter().zip(&labels).map(|(p, l)| p != l).collect();

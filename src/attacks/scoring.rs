@@ -11,8 +11,7 @@ use candle_core::{Device, Tensor};
 use super::embed::{Distance, EmbedAttack, EmbedTarget};
 use super::engine::{attack, AttackConfig, Outcome};
 use super::objective::Objective;
-use super::segpgd::SegPgdForm;
-use super::spec::AttackKind;
+use super::spec::{AttackKind, LossOptions};
 use crate::data::transform::{load_batch, Transform};
 use crate::data::Dataset;
 use crate::encoder::{Encoder, Tokens};
@@ -35,9 +34,9 @@ pub enum Aim<'a> {
     /// EmbedAttack: the distance of the tokens to `reference` (`None`: the attacked encoder's own
     /// clean tokens of the images).
     Embed { reference: Option<&'a Tokens>, target: EmbedTarget, distance: Distance },
-    /// The loss `kind` maximises against scored head `index` and its labels (SegPGD in `segpgd`'s
-    /// form).
-    Head { index: usize, kind: AttackKind, segpgd: SegPgdForm },
+    /// The loss `kind` maximises against scored head `index` and its labels, computed as `loss`
+    /// says.
+    Head { index: usize, kind: AttackKind, loss: LossOptions },
 }
 
 /// How one head scored the batch: metric counts and outputs, clean and adversarial.
@@ -76,11 +75,11 @@ pub fn attack_batch(
             let reference = reference.or(clean.as_ref()).expect("clean tokens computed for EmbedAttack");
             Box::new(EmbedAttack::new(reference, target, distance))
         }
-        Aim::Head { index, kind, segpgd } => {
+        Aim::Head { index, kind, loss } => {
             let Some(h) = heads.get(index) else {
                 bail!("internal error: the attacked head {index} is not among the {} scored", heads.len())
             };
-            kind.objective(&h.head.head, h.targets, depth_range(h.head), segpgd)?
+            kind.objective(&h.head.head, h.targets, depth_range(h.head), loss)?
         }
     };
     let outcome = attack(enc, objective.as_ref(), images, cfg)?;

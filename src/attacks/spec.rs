@@ -94,7 +94,7 @@ impl AttackKind {
         head: &'a Head,
         targets: &Targets,
         range: Option<DepthRange>,
-        segpgd: SegPgdForm,
+        loss: LossOptions,
     ) -> Result<Box<dyn Objective + 'a>> {
         let task = match head {
             Head::Linear(_) => Task::Cls,
@@ -105,9 +105,9 @@ impl AttackKind {
             bail!("the {self} attack does not fit a {task} head");
         }
         Ok(match (head, targets) {
-            (Head::Linear(probe), Targets::Class(l)) => Box::new(CrossEntropy { probe, labels: l.clone() }),
+            (Head::Linear(probe), Targets::Class(l)) => Box::new(CrossEntropy { probe, labels: l.clone(), scale_logits: loss.ce_scaling }),
             (Head::Seg(_), Targets::Segmentation { labels, height, width }) => {
-                Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width, form: segpgd })
+                Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width, form: loss.segpgd })
             }
             (Head::Depth(_), Targets::Depth { metres, height, width }) => {
                 let range = range.context("a depth head without a depth range")?;
@@ -125,6 +125,37 @@ impl AttackKind {
             Method::Pgd
         }
     }
+}
+
+/// How a head's loss is computed, where its sources differ.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LossOptions {
+    /// SegPGD's form.
+    pub segpgd: SegPgdForm,
+    /// PGD's cross-entropy on logits divided by max(1, max logit) (the study's).
+    pub ce_scaling: bool,
+}
+
+/// Which point an attack returns per sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Iterate {
+    /// The best point seen (ours): the highest loss, or for SegPGD the lowest mIoU.
+    #[default]
+    Best,
+    /// The last iterate (the study's).
+    Last,
+}
+crate::choices!(Iterate { Best = "best", Last = "last" });
+
+impl Iterate {
+    pub fn is_best(&self) -> bool {
+        *self == Iterate::Best
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// How a step size is given: a fraction of ε (`eps/4`), or an amount (`2/255`).
@@ -182,6 +213,12 @@ pub struct AttackSpec {
     /// it is the default, so results stored before it existed keep their keys.
     #[serde(default, skip_serializing_if = "SegPgdForm::is_paper")]
     pub segpgd: SegPgdForm,
+    /// PGD's cross-entropy with the study's logit scaling (default off).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ce_scaling: bool,
+    /// The point returned: `best` (default) or `last`.
+    #[serde(default, skip_serializing_if = "Iterate::is_best")]
+    pub iterate: Iterate,
 }
 
 /// The default step as written: `eps/4`.
@@ -222,6 +259,8 @@ impl AttackSpec {
             embed_target: Self::DEFAULT_EMBED_TARGET,
             embed_distance: Self::DEFAULT_EMBED_DISTANCE,
             segpgd: SegPgdForm::Paper,
+            ce_scaling: false,
+            iterate: Iterate::Best,
         }
     }
 
@@ -237,8 +276,22 @@ impl AttackSpec {
             random_start: self.random_start,
             seed: crate::rng::stream(self.seed, batch as u64),
             early_stop,
-            last_iterate: false,
+            last_iterate: self.iterate == Iterate::Last,
+            evaluate_last: true,
         }
+    }
+
+    /// How its head loss is computed.
+    pub fn loss(&self) -> LossOptions {
+        LossOptions { segpgd: self.segpgd, ce_scaling: self.ce_scaling }
+    }
+
+    /// Refuses settings the engine cannot run.
+    pub fn check(&self) -> Result<()> {
+        if self.iterate == Iterate::Last && self.kind == AttackKind::Apgd {
+            bail!("iterate = last does not fit APGD, which restarts from its best point by design; use pgd or task");
+        }
+        Ok(())
     }
 }
 
@@ -265,9 +318,11 @@ pub struct AttackConfig {
     pub seed: u64,
     /// Samples that reach the goal stop being attacked.
     pub early_stop: bool,
-    /// PGD returns its last iterate, not the best point, and skips evaluating it (DeACL's inner
-    /// attack, as the reference trains); the outcome's losses are then NaN (not evaluated).
+    /// PGD returns its last iterate, not the best point.
     pub last_iterate: bool,
+    /// With `last_iterate`, the objective at the last iterate is evaluated (one forward pass);
+    /// without (DeACL's inner attack, as the reference trains), the outcome's losses are NaN.
+    pub evaluate_last: bool,
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use robust_ssl::attacks::embed::{Distance, EmbedTarget};
 use robust_ssl::attacks::engine::{AttackConfig, Sanity};
 use robust_ssl::attacks::scoring::{attack_batch, Aim, ScoredHead};
 use robust_ssl::attacks::segpgd::SegPgdForm;
-use robust_ssl::attacks::spec::{AttackKind, AttackSpec, StepSize};
+use robust_ssl::attacks::spec::{AttackKind, AttackSpec, Iterate, StepSize};
 use robust_ssl::attacks::strips::attack_strip;
 use robust_ssl::attacks::threat::{parse_amount, Norm};
 use robust_ssl::data::transform::load_batch;
@@ -69,6 +69,13 @@ pub struct AttackArgs {
     /// study's code: weighted means over correct and over wrong pixels).
     #[arg(long = "segpgd", value_parser = choice::<SegPgdForm>(), default_value_t = SegPgdForm::Paper)]
     pub segpgd: SegPgdForm,
+    /// PGD's cross-entropy on logits divided by max(1, max logit), as the study's code.
+    #[arg(long)]
+    pub ce_scaling: bool,
+    /// The point returned per image: best (the best seen; default) or last (the last iterate, the
+    /// study's).
+    #[arg(long, value_parser = choice::<Iterate>(), default_value_t = Iterate::Best)]
+    pub iterate: Iterate,
     /// Images attacked together.
     #[arg(long, default_value_t = AttackSpec::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
@@ -120,6 +127,8 @@ impl AttackArgs {
             embed_target: self.embed_target,
             embed_distance: self.embed_distance,
             segpgd: self.segpgd,
+            ce_scaling: self.ce_scaling,
+            iterate: self.iterate,
         })
     }
 }
@@ -130,6 +139,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         bail!("attacks need an encoder (--checkpoint), not --pixels");
     }
     let spec = a.spec()?;
+    spec.check()?;
     if !spec.kind.fits(a.task) {
         bail!("--attack {} does not fit a {} head (pgd: cls, segpgd: seg, depthpgd: depth; embed, task and apgd: any)", spec.kind, a.task);
     }
@@ -167,7 +177,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         }));
         let aim = match spec.kind {
             AttackKind::Embed => Aim::Embed { reference: None, target: spec.embed_target, distance: spec.embed_distance },
-            kind => Aim::Head { index: 0, kind, segpgd: spec.segpgd },
+            kind => Aim::Head { index: 0, kind, loss: spec.loss() },
         };
         let done = attack_batch(enc, &images, aim, &heads, &spec.engine(b, early_stop), true)?;
         clean_scores.merge(&done.heads[0].clean)?;

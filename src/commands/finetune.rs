@@ -159,6 +159,7 @@ impl CommonArgs {
             early_stop: false,
             // Adversarial training uses the final iterate (DeACL's reference, PGD adversarial training).
             last_iterate: true,
+            evaluate_last: false,
         })
     }
 }

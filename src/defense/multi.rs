@@ -16,8 +16,7 @@ use super::student::Student;
 use crate::attacks::embed::{Distance, EmbedTarget};
 use crate::attacks::engine::AttackConfig;
 use crate::attacks::scoring::{attack_batch, depth_range, Aim, ScoredHead};
-use crate::attacks::segpgd::SegPgdForm;
-use crate::attacks::spec::AttackKind;
+use crate::attacks::spec::{AttackKind, LossOptions};
 use crate::encoder::{Encoder, Tokens};
 use crate::features::{Batch, Targets};
 use crate::heads::head::TrainedHead;
@@ -99,9 +98,16 @@ impl Recipe for Multi {
             let head = [ScoredHead { head: h, targets: &batch.targets, name }];
             let cfg = AttackConfig { seed: seed.wrapping_add(i as u64 + 1), ..self.inner };
             perturbed.push(
-                attack_batch(&snapshot, x, Aim::Head { index: 0, kind: AttackKind::Task, segpgd: SegPgdForm::Paper }, &head, &cfg, false)?
-                    .outcome
-                    .adversarial,
+                attack_batch(
+                    &snapshot,
+                    x,
+                    Aim::Head { index: 0, kind: AttackKind::Task, loss: LossOptions::default() },
+                    &head,
+                    &cfg,
+                    false,
+                )?
+                .outcome
+                .adversarial,
             );
         }
         // One student pass over the clean images and every perturbation.

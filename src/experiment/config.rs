@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use crate::attacks::embed::{Distance, EmbedTarget};
 use crate::attacks::segpgd::SegPgdForm;
-use crate::attacks::spec::{AttackKind, AttackSpec, StepSize};
+use crate::attacks::spec::{AttackKind, AttackSpec, Iterate, StepSize};
 use crate::attacks::threat::{parse_amount, Norm};
 use crate::heads::fit::HeadOptions;
 use crate::heads::head::Task;
@@ -200,6 +200,12 @@ pub struct AttackTable {
     /// SegPGD's form: paper (default) or study.
     #[serde(default)]
     pub segpgd: SegPgdForm,
+    /// PGD's cross-entropy with the study's logit scaling.
+    #[serde(default)]
+    pub ce_scaling: bool,
+    /// The point returned: best (default) or last.
+    #[serde(default)]
+    pub iterate: Iterate,
 }
 
 fn default_norm() -> OneOrMany<Norm> {
@@ -371,6 +377,9 @@ impl Loaded {
             self.step_size(a)?;
             if a.steps.to_vec().contains(&0) || a.seeds.to_vec().is_empty() || a.restarts == 0 {
                 bail!("{file}: an [[attack]] block needs steps >= 1, restarts >= 1 and at least one seed");
+            }
+            if a.iterate == Iterate::Last && a.kinds.contains(&AttackKind::Apgd) {
+                bail!("{file}: an [[attack]] block with iterate = \"last\" cannot run apgd, which restarts from its best point by design");
             }
         }
         if let Some(c) = &r.cache_dir {

@@ -240,7 +240,7 @@ impl Runner<'_> {
                 .collect::<Result<Vec<Targets>>>()?;
             let aim = match attacked_by {
                 None => Aim::Embed { reference: None, target: params.embed_target, distance: params.embed_distance },
-                Some((_, index)) => Aim::Head { index, kind: params.kind, segpgd: params.segpgd },
+                Some((_, index)) => Aim::Head { index, kind: params.kind, loss: params.loss() },
             };
             let heads: Vec<ScoredHead> =
                 scored.iter().zip(&targets).map(|(&(_, head, cell), targets)| ScoredHead { head, targets, name: cell }).collect();

@@ -77,6 +77,8 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
         "embed_target",
         "embed_distance",
         "segpgd",
+        "ce_scaling",
+        "iterate",
     ])?;
     for c in cells {
         let l = &c.labels;
@@ -110,6 +112,8 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
                 param(&|p| p.embed_target.to_string()),
                 param(&|p| p.embed_distance.to_string()),
                 param(&|p| p.segpgd.to_string()),
+                param(&|p| p.ce_scaling.to_string()),
+                param(&|p| p.iterate.to_string()),
             ])?;
         }
     }

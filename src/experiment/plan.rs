@@ -308,6 +308,8 @@ impl Plan {
                                     embed_target: a.embed_target,
                                     embed_distance: a.embed_distance,
                                     segpgd: a.segpgd,
+                                    ce_scaling: a.ce_scaling,
+                                    iterate: a.iterate,
                                 };
                                 if !settings.contains(&p) {
                                     settings.push(p);

@@ -4,7 +4,7 @@
 
 use crate::attacks::embed::{Distance, EmbedTarget};
 use crate::attacks::segpgd::SegPgdForm;
-use crate::attacks::spec::{AttackKind, AttackSpec};
+use crate::attacks::spec::{AttackKind, AttackSpec, Iterate};
 use crate::attacks::threat::Norm;
 use crate::choice::Choice;
 use crate::experiment::export::{primary_metric, value};
@@ -70,6 +70,8 @@ pub struct Setting {
     pub embed_target: EmbedTarget,
     pub embed_distance: Distance,
     pub segpgd: SegPgdForm,
+    pub ce_scaling: bool,
+    pub iterate: Iterate,
 }
 
 impl Setting {
@@ -83,6 +85,8 @@ impl Setting {
             embed_target: p.embed_target,
             embed_distance: p.embed_distance,
             segpgd: p.segpgd,
+            ce_scaling: p.ce_scaling,
+            iterate: p.iterate,
         }
     }
 
@@ -104,6 +108,12 @@ impl Setting {
         }
         if self.segpgd != d.segpgd {
             t += &format!(", SegPGD {} form", self.segpgd);
+        }
+        if self.ce_scaling {
+            t += ", PGD logits scaled";
+        }
+        if self.iterate != d.iterate {
+            t += &format!(", {} iterate", self.iterate);
         }
         t
     }
