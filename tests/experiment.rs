@@ -278,6 +278,10 @@ fn check_report_in_chromium(run_dir: &Path) {
     assert!(!html.contains("src=\"curves/") && !html.contains("src=\"examples/"), "every image inlined");
     let md = std::fs::read_to_string(files["markdown"].as_str().unwrap()).unwrap();
     assert!(md.contains("| tiny | seg | mIoU ↑ |"), "{md}");
+    // The Protocol section: this run's settings beside the study's, read from the run.
+    let protocol = &md[md.find("## Protocol").expect("a Protocol section")..];
+    assert!(protocol.contains("| SegPGD form | paper |") && protocol.contains("| point returned | best | last |"), "{protocol}");
+    assert!(protocol.contains("| model selection | the last epoch |") && protocol.contains("without ImageNet normalisation"), "{protocol}");
     let probe = "<script>window.addEventListener('load', () => { const all = [...document.images]; \
         document.body.setAttribute('data-images', all.length); \
         document.body.setAttribute('data-broken', all.filter(i => !i.complete || i.naturalWidth === 0).length); });</script>";

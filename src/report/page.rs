@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::results::Results;
 use super::tables::{self, Table};
+use crate::experiment::config::Experiment;
 use crate::experiment::store::Store;
 
 #[derive(Debug, Serialize)]
@@ -114,6 +115,9 @@ pub fn write(store: &Store, out: &Path) -> Result<ReportFiles> {
     tables.extend(tables::per_eps(&r));
     tables.extend(tables::transfer(&r));
     let sanity = tables::sanity(&r);
+    // The experiment as the run recorded it (a store without one still gets its report).
+    let experiment: Option<Experiment> = store.meta("experiment")?.and_then(|text| toml::from_str(&text).ok());
+    let protocol = super::protocol::tables(&r, &store.heads()?, experiment.as_ref());
     let mut charts = Vec::new();
     for (file, chart) in tables::charts(&r) {
         let svg = super::plots::svg(&chart)?;
@@ -155,6 +159,10 @@ pub fn write(store: &Store, out: &Path) -> Result<ReportFiles> {
         let _ = writeln!(md, "{}\n\n![{}]({})\n", f.caption, f.caption, f.file);
     }
     md += &markdown_table(&sanity);
+    md += "## Protocol\n\n";
+    for t in &protocol {
+        md += &markdown_table(t);
+    }
 
     let mut html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{}</title>\n<style>\nbody{{font-family:sans-serif;margin:2em auto;max-width:72em;color:#222}}\ntable{{border-collapse:collapse;margin:.5em 0 1.5em}}\nth,td{{border:1px solid #ccc;padding:.25em .6em;text-align:left}}\nth{{background:#f3f3f3}}\n.note{{color:#555;font-size:.9em}}\nfigure{{margin:1em 0}}\nfigcaption{{font-size:.9em;color:#444}}\nimg{{max-width:100%}}\n</style>\n</head>\n<body>\n<h1>{}</h1>\n<p>Robustness of self-supervised encoders on every task, by robust-ssl. {}</p>\n",
@@ -186,6 +194,10 @@ pub fn write(store: &Store, out: &Path) -> Result<ReportFiles> {
         );
     }
     html += &html_table(&sanity);
+    html += "<h2>Protocol</h2>\n";
+    for t in &protocol {
+        html += &html_table(t);
+    }
     html += "</body>\n</html>\n";
 
     let (markdown, page) = (out.join("report.md"), out.join("report.html"));
