@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use super::embed::{Distance, EmbedAttack, EmbedTarget};
 use super::engine::{attack, AttackConfig, Outcome};
 use super::objective::Objective;
-use super::spec::{AttackKind, LossOptions};
+use super::spec::{AttackKind, AttackSpec, LossOptions};
 use crate::data::transform::{load_batch, Transform};
 use crate::data::Dataset;
 use crate::encoder::{Encoder, Tokens};
@@ -19,7 +19,6 @@ use crate::features::{targets_of, Batch, Targets};
 use crate::heads::evaluate::{ScoreState, Scorer};
 use crate::heads::head::TrainedHead;
 use crate::heads::trainer::{forward, target_size};
-use crate::metrics::DepthRange;
 
 /// A head that scores the batch, with its labels of these images and its name for messages.
 pub struct ScoredHead<'a> {
@@ -39,6 +38,17 @@ pub enum Aim<'a> {
     Head { index: usize, kind: AttackKind, loss: LossOptions },
 }
 
+impl Aim<'_> {
+    /// The aim of attack setting `spec`: EmbedAttack against the attacked encoder's own clean
+    /// tokens, or the loss of scored head `head`.
+    pub fn of(spec: &AttackSpec, head: usize) -> Aim<'static> {
+        match spec.kind {
+            AttackKind::Embed => Aim::Embed { reference: None, target: spec.embed_target, distance: spec.embed_distance },
+            kind => Aim::Head { index: head, kind, loss: spec.loss() },
+        }
+    }
+}
+
 /// How one head scored the batch: metric counts and outputs, clean and adversarial.
 pub struct HeadScores {
     pub clean: ScoreState,
@@ -51,11 +61,6 @@ pub struct HeadScores {
 pub struct AttackedBatch {
     pub outcome: Outcome,
     pub heads: Vec<HeadScores>,
-}
-
-/// A depth head's valid range.
-pub fn depth_range(head: &TrainedHead) -> Option<DepthRange> {
-    head.meta.depth_range.map(|(min, max)| DepthRange { min, max })
 }
 
 /// Attacks `images` (`[B, 3, H, W]` in [0,1]) through `enc` for `aim` under `cfg`; with `score`,
@@ -79,7 +84,7 @@ pub fn attack_batch(
             let Some(h) = heads.get(index) else {
                 bail!("internal error: the attacked head {index} is not among the {} scored", heads.len())
             };
-            kind.objective(&h.head.head, h.targets, depth_range(h.head), loss)?
+            kind.objective(h.head, h.targets, loss)?
         }
     };
     let outcome = attack(enc, objective.as_ref(), images, cfg)?;

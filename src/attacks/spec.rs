@@ -14,8 +14,7 @@ use super::pgd_ce::CrossEntropy;
 use super::segpgd::{SegPgd, SegPgdForm};
 use super::threat::{parse_amount, Norm, ThreatModel};
 use crate::features::Targets;
-use crate::heads::head::{Head, Task};
-use crate::metrics::DepthRange;
+use crate::heads::head::{Head, Task, TrainedHead};
 
 /// Which attack: EmbedAttack, or a head's task loss maximised with PGD or APGD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -85,22 +84,11 @@ impl AttackKind {
         }
     }
 
-    /// The objective it maximises against `head` and its `targets` (a depth head needs its
-    /// valid `range`): the head's own loss — cross-entropy for a linear probe (PGD), SegPGD's
+    /// The objective it maximises against `head` and its `targets`: the head's own loss — cross-entropy for a linear probe (PGD), SegPGD's
     /// weighted cross-entropy for a segmentation head, SigLoss + GradLoss for a depth head
     /// (DepthPGD). EmbedAttack aims at no head (see `scoring::Aim::Embed`).
-    pub fn objective<'a>(
-        self,
-        head: &'a Head,
-        targets: &Targets,
-        range: Option<DepthRange>,
-        loss: LossOptions,
-    ) -> Result<Box<dyn Objective + 'a>> {
-        let task = match head {
-            Head::Linear(_) => Task::Cls,
-            Head::Seg(_) => Task::Seg,
-            Head::Depth(_) => Task::Depth,
-        };
+    pub fn objective<'a>(self, trained: &'a TrainedHead, targets: &Targets, loss: LossOptions) -> Result<Box<dyn Objective + 'a>> {
+        let (head, task) = (&trained.head, trained.meta.task);
         if self == AttackKind::Embed || !self.fits(task) {
             bail!("the {self} attack does not fit a {task} head");
         }
@@ -110,7 +98,7 @@ impl AttackKind {
                 Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width, form: loss.segpgd })
             }
             (Head::Depth(_), Targets::Depth { metres, height, width }) => {
-                let range = range.context("a depth head without a depth range")?;
+                let range = trained.meta.range().context("a depth head without a depth range")?;
                 Box::new(DepthPgd { head, metres: metres.clone(), height: *height, width: *width, range })
             }
             (_, t) => bail!("the head's task does not fit {}", t.kind()),
@@ -224,6 +212,11 @@ pub struct AttackSpec {
 /// The default step as written: `eps/4`.
 pub fn default_step_text() -> String {
     "eps/4".into()
+}
+
+/// The step as a setting names it: as the user gave it, else the default.
+pub fn step_text(given: Option<&str>) -> String {
+    given.map_or_else(default_step_text, |s| s.trim().to_string())
 }
 
 fn is_default_step(s: &String) -> bool {

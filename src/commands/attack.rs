@@ -119,7 +119,7 @@ impl AttackArgs {
             eps,
             eps_text: self.eps.clone(),
             step_size: step.at(eps),
-            step_text: self.step_size.as_ref().map_or_else(robust_ssl::attacks::spec::default_step_text, |s| s.trim().to_string()),
+            step_text: robust_ssl::attacks::spec::step_text(self.step_size.as_deref()),
             steps: self.steps,
             seed: self.seed,
             restarts: self.restarts,
@@ -175,11 +175,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
             targets: t.as_ref().unwrap_or(&targets),
             name: &h.file,
         }));
-        let aim = match spec.kind {
-            AttackKind::Embed => Aim::Embed { reference: None, target: spec.embed_target, distance: spec.embed_distance },
-            kind => Aim::Head { index: 0, kind, loss: spec.loss() },
-        };
-        let done = attack_batch(enc, &images, aim, &heads, &spec.engine(b, early_stop), true)?;
+        let done = attack_batch(enc, &images, Aim::of(&spec, 0), &heads, &spec.engine(b, early_stop), true)?;
         clean_scores.merge(&done.heads[0].clean)?;
         adv_scores.merge(&done.heads[0].adversarial)?;
         cross.add(&done.heads[1..])?;

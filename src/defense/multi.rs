@@ -15,7 +15,7 @@ use super::run::{MiniBatch, Recipe};
 use super::student::Student;
 use crate::attacks::embed::{Distance, EmbedTarget};
 use crate::attacks::engine::AttackConfig;
-use crate::attacks::scoring::{attack_batch, depth_range, Aim, ScoredHead};
+use crate::attacks::scoring::{attack_batch, Aim, ScoredHead};
 use crate::attacks::spec::{AttackKind, LossOptions};
 use crate::encoder::{Encoder, Tokens};
 use crate::features::{Batch, Targets};
@@ -62,7 +62,7 @@ impl Multi {
                 let t = targets.row(i);
                 let batch = Batch::from_tokens(&row.cls, &row.patch, row.grid);
                 let (out, _) = forward(&h.head, &batch, target_size(&t), false)?;
-                per.push(task_loss(h.meta.task, &out, &t, depth_range(h))?.to_dtype(tokens.cls.dtype())?);
+                per.push(task_loss(h.meta.task, &out, &t, h.meta.range())?.to_dtype(tokens.cls.dtype())?);
             }
             total = (total + Tensor::stack(&per, 0)?)?;
         }

@@ -238,10 +238,7 @@ impl Runner<'_> {
                     Some(ds) => labels_of_same_images(ds.as_ref(), ids, &transforms, &images, &images_ds.describe()),
                 })
                 .collect::<Result<Vec<Targets>>>()?;
-            let aim = match attacked_by {
-                None => Aim::Embed { reference: None, target: params.embed_target, distance: params.embed_distance },
-                Some((_, index)) => Aim::Head { index, kind: params.kind, loss: params.loss() },
-            };
+            let aim = Aim::of(params, attacked_by.map_or(0, |(_, index)| index));
             let heads: Vec<ScoredHead> =
                 scored.iter().zip(&targets).map(|(&(_, head, cell), targets)| ScoredHead { head, targets, name: cell }).collect();
             let early_stop = attacked_by.is_some_and(|(s, _)| plan.tasks[plan.heads[s].task].task == Task::Cls);

@@ -288,7 +288,7 @@ impl Plan {
         let mut settings = Vec::new();
         for a in &l.experiment.attacks {
             let step = l.step_size(a)?;
-            let step_text = a.step_size.as_ref().map_or_else(crate::attacks::spec::default_step_text, |s| s.get_ref().trim().to_string());
+            let step_text = crate::attacks::spec::step_text(a.step_size.as_ref().map(|s| s.get_ref().as_str()));
             for &kind in &a.kinds {
                 for norm in a.norm.to_vec() {
                     for (eps, eps_text) in l.eps(a)? {

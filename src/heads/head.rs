@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layers::{BatchNorm, DepthHead, LinearProbe, Pooling, SegHead};
 use super::train::TrainConfig;
+use crate::metrics::DepthRange;
 use crate::rng::SplitMix64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +73,13 @@ pub struct HeadMeta {
     pub final_loss: f64,
     pub baseline: Baseline,
     pub created_by: String,
+}
+
+impl HeadMeta {
+    /// A depth head's valid range (`min < depth < max`), as losses and metrics take it.
+    pub fn range(&self) -> Option<DepthRange> {
+        self.depth_range.map(|(min, max)| DepthRange { min, max })
+    }
 }
 
 pub enum Head {

@@ -139,7 +139,7 @@ impl TargetStats {
 /// the loss of every step.
 pub fn train(meta: &HeadMeta, source: &mut dyn BatchSource, cfg: &TrainConfig, dev: &Device) -> Result<(Head, Vec<f64>)> {
     let (mut head, vars) = Head::init(meta, cfg.seed, dev)?;
-    let range = meta.depth_range.map(|(min, max)| DepthRange { min, max });
+    let range = meta.range();
     if meta.task != Task::Cls && cfg.batch_size < 2 && source.len() > 1 {
         bail!("BatchNorm heads need a batch size of at least 2");
     }
