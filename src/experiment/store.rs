@@ -76,6 +76,24 @@ pub struct HeadRecord {
     pub recipe: HeadRecipe,
 }
 
+impl CellResult {
+    /// The first figure that is not a finite number (JSON would store it as `null`), named.
+    pub fn non_finite(&self) -> Option<String> {
+        for (which, e) in [("clean", Some(&self.clean)), ("adversarial", self.adversarial.as_ref())] {
+            for (part, m) in e.into_iter().flat_map(|e| [("head", &e.head), ("baseline", &e.baseline)]) {
+                if let Some((name, v)) = m.figures().into_iter().find(|(_, v)| !v.is_finite()) {
+                    return Some(format!("{which} {part} {name} = {v}"));
+                }
+            }
+        }
+        let mut others = self.mean_objective.map(|v| ("mean objective", v)).into_iter().collect::<Vec<_>>();
+        if let Some(s) = &self.sanity {
+            others.extend([("largest ‖δ‖/ε", s.max_norm_over_eps), ("smallest pixel", s.min_pixel), ("largest pixel", s.max_pixel)]);
+        }
+        others.into_iter().find(|(_, v)| !v.is_finite()).map(|(name, v)| format!("{name} = {v}"))
+    }
+}
+
 /// Who predicted: the head on clean images, the head on attacked images, the trivial baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Predictor {
@@ -199,6 +217,16 @@ impl Store {
         let ctx = self.context();
         let tx = self.conn.transaction().with_context(|| ctx.clone())?;
         for c in cells {
+            if let Some(what) = c.result.non_finite() {
+                bail!(
+                    "{ctx}: cell {} ({} · {} · {}) has a non-finite figure, {what}; nothing of its work item was committed, so a \
+                     resumed run computes it again",
+                    c.key,
+                    c.labels.encoder,
+                    c.labels.task,
+                    c.labels.head
+                );
+            }
             tx.execute(
                 "INSERT OR REPLACE INTO cells (key, labels, result) VALUES (?1, ?2, ?3)",
                 params![c.key, stored(&c.labels)?, stored(&c.result)?],
@@ -295,4 +323,46 @@ pub struct MergeCount {
     pub examples: usize,
     /// Batches of unfinished items in the source (not merged: rerun that shard to finish them).
     pub unfinished_batches: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::plan::Condition;
+    use crate::heads::head::Task;
+
+    /// A NaN figure is refused, naming the store and the cell, and leaves the store as it was.
+    #[test]
+    fn non_finite_results_are_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.sqlite");
+        let mut store = Store::open(&path).unwrap();
+        let eval = |accuracy: f64| Evaluation {
+            samples: 2,
+            head: Metrics::Cls { accuracy, correct: 1, total: 2 },
+            baseline: Metrics::Cls { accuracy: 0.5, correct: 1, total: 2 },
+            baseline_kind: Baseline::MajorityClass(0),
+        };
+        let labels = Labels {
+            encoder: "e".into(),
+            task: "t".into(),
+            task_kind: Task::Cls,
+            head: "h".into(),
+            dataset: "d".into(),
+            condition: Condition::Clean,
+            attack: None,
+            attacked: None,
+            params: None,
+        };
+        let row = |accuracy| CellRow {
+            key: "k".into(),
+            labels: labels.clone(),
+            result: CellResult { samples: 2, clean: eval(accuracy), adversarial: None, mean_objective: None, sanity: None },
+        };
+        let err = store.put_cells("item", &[row(f64::NAN)]).unwrap_err().to_string();
+        assert!(err.contains(&path.display().to_string()) && err.contains("cell k") && err.contains("clean head accuracy = NaN"), "{err}");
+        assert!(store.cells().unwrap().is_empty());
+        store.put_cells("item", &[row(0.5)]).unwrap();
+        assert_eq!(store.cells().unwrap().len(), 1);
+    }
 }

@@ -44,7 +44,14 @@ impl Metrics {
     /// The scalar figures by name, in name order (counts left out; an undefined figure, NaN,
     /// too).
     pub fn scalars(&self) -> Vec<(&'static str, f64)> {
-        let mut out = match self {
+        let mut out = self.figures();
+        out.retain(|(_, v)| !v.is_nan());
+        out
+    }
+
+    /// Every scalar figure by name, in name order, NaN included.
+    pub fn figures(&self) -> Vec<(&'static str, f64)> {
+        match self {
             Metrics::Cls { accuracy, .. } => vec![("accuracy", *accuracy)],
             Metrics::Seg { miou, pixel_accuracy, .. } => vec![("miou", *miou), ("pixel_accuracy", *pixel_accuracy)],
             Metrics::Depth { errors: e, .. } => vec![
@@ -57,9 +64,7 @@ impl Metrics {
                 ("rmse_log", e.rmse_log),
                 ("sq_rel", e.sq_rel),
             ],
-        };
-        out.retain(|(_, v)| !v.is_nan());
-        out
+        }
     }
 
     /// One scalar figure by name.
