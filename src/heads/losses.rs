@@ -90,29 +90,26 @@ fn log_ratio(pred: &Tensor, gt: &Tensor, mask: &Tensor) -> Result<Tensor> {
 pub fn grad_loss(pred: &Tensor, gt: &Tensor, mask: &Tensor, scales: usize) -> Result<Tensor> {
     let (b, _, _) = pred.dims3()?;
     let d = log_ratio(pred, gt, mask)?;
-    let mut total = Tensor::zeros((), pred.dtype(), pred.device())?;
-    for i in 0..b {
-        let (di, mi) = (d.narrow(0, i, 1)?, mask.narrow(0, i, 1)?);
-        for &stride in GRAD_STRIDES.iter().take(scales) {
-            let (d, m) = (subsample(&di, stride)?, subsample(&mi, stride)?);
-            let (_, h, w) = d.dims3()?;
-            let n = m.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            if n == 0.0 {
-                continue;
-            }
-            let mut pairs = Tensor::zeros((), pred.dtype(), pred.device())?;
-            if w > 2 {
-                let dx = (d.narrow(2, 2, w - 2)? - d.narrow(2, 0, w - 2)?)?.abs()?;
-                pairs = (pairs + (dx * (m.narrow(2, 2, w - 2)? * m.narrow(2, 0, w - 2)?)?)?.sum_all()?)?;
-            }
-            if h > 2 {
-                let dy = (d.narrow(1, 2, h - 2)? - d.narrow(1, 0, h - 2)?)?.abs()?;
-                pairs = (pairs + (dy * (m.narrow(1, 2, h - 2)? * m.narrow(1, 0, h - 2)?)?)?.sum_all()?)?;
-            }
-            total = (total + (pairs / n)?)?;
+    // Per image [B]: every image of the batch at once.
+    let mut total = Tensor::zeros(b, pred.dtype(), pred.device())?;
+    for &stride in GRAD_STRIDES.iter().take(scales) {
+        let (d, m) = (subsample(&d, stride)?, subsample(mask, stride)?);
+        let (_, h, w) = d.dims3()?;
+        // Valid pixels per image, at least 1: an image with none at this scale has no valid pair
+        // either (its sum is 0), so it adds nothing.
+        let n = m.sum((1, 2))?.maximum(1.0)?;
+        let mut pairs = Tensor::zeros(b, pred.dtype(), pred.device())?;
+        if w > 2 {
+            let dx = (d.narrow(2, 2, w - 2)? - d.narrow(2, 0, w - 2)?)?.abs()?;
+            pairs = (pairs + (dx * (m.narrow(2, 2, w - 2)? * m.narrow(2, 0, w - 2)?)?)?.sum((1, 2))?)?;
         }
+        if h > 2 {
+            let dy = (d.narrow(1, 2, h - 2)? - d.narrow(1, 0, h - 2)?)?.abs()?;
+            pairs = (pairs + (dy * (m.narrow(1, 2, h - 2)? * m.narrow(1, 0, h - 2)?)?)?.sum((1, 2))?)?;
+        }
+        total = (total + pairs.div(&n)?)?;
     }
-    Ok((total / b as f64)?)
+    Ok(total.mean_all()?)
 }
 
 /// Every `stride`-th row and column, starting at 0 (`x[:, ::stride, ::stride]`).
