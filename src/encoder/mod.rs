@@ -191,6 +191,13 @@ impl Encoder {
         Ok(self.fingerprint.get_or_init(|| f).clone())
     }
 
+    /// This encoder, its fingerprint already known from [`Encoder::fingerprint_of`] on the same
+    /// file and options (planning hashed the file; the run need not read it again).
+    pub fn with_fingerprint(self, known: serde_json::Value) -> Self {
+        let _ = self.fingerprint.set(known);
+        self
+    }
+
     /// Writes these weights to `dst` as a copy of the checkpoint they were loaded from: same
     /// format, names and dtypes, every non-backbone entry kept (see [`weights::export`]).
     pub fn save_like_input(&self, dst: &Path) -> Result<()> {

@@ -108,7 +108,8 @@ pub fn run(plan: &Plan, dir: &RunDir, store: &mut Store, opts: &Options) -> Resu
             continue;
         }
         let entry = &plan.encoders[e];
-        let enc = Encoder::load(&entry.checkpoint, &LoadOptions { device: crate::device::default_device()?, ..entry.options.clone() })?;
+        let enc = Encoder::load(&entry.checkpoint, &LoadOptions { device: crate::device::default_device()?, ..entry.options.clone() })?
+            .with_fingerprint(entry.fingerprint.clone());
         let mut heads = std::collections::BTreeMap::new();
         for h in plan.heads_of(&mine) {
             overall.set_message(format!("{} · training the {} head", entry.name, plan.head_label(h)));
