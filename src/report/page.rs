@@ -70,6 +70,11 @@ fn data_uri(f: &Figure) -> String {
     format!("data:{};base64,{}", f.mime, base64::engine::general_purpose::STANDARD.encode(&f.bytes))
 }
 
+/// A figure inlined in the page, with its caption.
+fn html_figure(f: &Figure) -> String {
+    format!("<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>\n", data_uri(f), esc(&f.caption), esc(&f.caption))
+}
+
 /// The example strips of own attacks at each setting's reference ε (first seed), `per_cell` each.
 fn example_figures(r: &Results, per_cell: usize) -> Vec<Figure> {
     let mut out = Vec::new();
@@ -175,23 +180,11 @@ pub fn write(store: &Store, out: &Path) -> Result<ReportFiles> {
     }
     html += "<h2>Robustness vs ε</h2>\n";
     for c in &charts {
-        let _ = writeln!(
-            html,
-            "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>",
-            data_uri(c),
-            esc(&c.caption),
-            esc(&c.caption)
-        );
+        html += &html_figure(c);
     }
     let _ = writeln!(html, "<h2>Examples</h2>\n<p class=\"note\">{}</p>", esc(legend));
     for f in &examples {
-        let _ = writeln!(
-            html,
-            "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>",
-            data_uri(f),
-            esc(&f.caption),
-            esc(&f.caption)
-        );
+        html += &html_figure(f);
     }
     html += &html_table(&sanity);
     html += "<h2>Protocol</h2>\n";
