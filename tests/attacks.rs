@@ -76,7 +76,7 @@ fn embed_attack_respects_the_budget_and_grows_the_distance() {
             assert!(out.sanity.min_pixel >= 0.0 && out.sanity.max_pixel <= 1.0);
             assert_eq!(out.sanity.sample_steps, 3 * steps, "{method:?}: one gradient step per sample and iteration");
             assert_eq!(out.sanity.nan_gradients, 0);
-            assert!(out.sanity.warning().is_none());
+            assert!(out.sanity.warnings().is_empty());
             assert!(out.loss.iter().all(|&l| l > 0.0));
             losses.push(out.loss.iter().sum::<f64>());
         }
@@ -227,6 +227,36 @@ fn objective_gradients_match_finite_differences() {
     metres[..100].iter_mut().for_each(|m| *m = 0.0);
     let obj = DepthPgd { head: &depth, metres, height: 28, width: 28, range: DepthRange { min: 1e-3, max: 10.0 } };
     check_gradient(&enc, &obj, &x);
+}
+
+/// A probe whose logits for the true class lead by hundreds: the softmax saturates, the sanity
+/// checks count it and say so; with the study's logit scaling nothing saturates.
+#[test]
+fn saturated_cross_entropy_is_reported() {
+    let enc = encoder();
+    let x = images(2, 4);
+    let meta = probe_meta(10, Pooling::Cls);
+    let (head, _) = Head::init(&meta, 1, &Device::Cpu).unwrap();
+    let Head::Linear(mut probe) = head else { unreachable!() };
+    let tokens = enc.forward(&x).unwrap();
+    // Class 0's weight is the first image's CLS direction, scaled far up; the labels are the
+    // classes the probe predicts, so the true-class CE is ~0.
+    let cls = tokens.cls.to_vec2::<f32>().unwrap();
+    let mut w = vec![0f32; 10 * 64];
+    for (k, row) in cls.iter().enumerate() {
+        for (j, v) in row.iter().enumerate() {
+            w[k * 64 + j] = v * 1e3;
+        }
+    }
+    probe.weight = Tensor::from_vec(w, (10, 64), &Device::Cpu).unwrap();
+    let logits = probe.forward(&tokens.cls).unwrap().argmax(1).unwrap().to_vec1::<u32>().unwrap();
+    let cfg = config(Norm::Linf, 1.0 / 255.0, 3, 0);
+    let plain = attack(&enc, &CrossEntropy { probe: &probe, labels: logits.clone(), scale_logits: false }, &x, &cfg).unwrap();
+    assert!(plain.sanity.saturated > 0, "{:?}", plain.sanity);
+    let lines = plain.sanity.warnings();
+    assert!(lines.iter().any(|l| l.contains("saturated softmax") && l.contains("ce_scaling")), "{lines:?}");
+    let scaled = attack(&enc, &CrossEntropy { probe: &probe, labels: logits, scale_logits: true }, &x, &cfg).unwrap();
+    assert_eq!(scaled.sanity.saturated, 0, "{:?}", scaled.sanity);
 }
 
 fn probe_meta(classes: usize, pooling: Pooling) -> HeadMeta {

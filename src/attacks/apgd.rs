@@ -39,7 +39,7 @@ pub(super) fn apgd(
     let per = p.per;
     let (first, min_span, decrease) = schedule(cfg.steps);
     let (ev, mut grad) = p.evaluate(&delta, &active, 0, cfg.steps, true)?;
-    p.offer(best, &delta, &active, &ev);
+    p.offer(best, &delta, &active, &ev, sanity);
     let mut step = vec![2.0 * p.threat.eps; n];
     let mut previous: Vec<Vec<f32>> = active.iter().map(|&i| delta[i].clone()).collect();
     let mut run_best_loss = ev.losses.clone();
@@ -68,7 +68,7 @@ pub(super) fn apgd(
         }
         let (ev, g) = p.evaluate(&delta, &active, it + 1, cfg.steps, true)?;
         grad = g;
-        p.offer(best, &delta, &active, &ev);
+        p.offer(best, &delta, &active, &ev, sanity);
         for (k, &i) in active.iter().enumerate() {
             history[k][it] = ev.losses[k];
             if ev.losses[k] > run_best_loss[k] {

@@ -50,6 +50,6 @@ impl Objective for DepthPgd<'_> {
                 .collect::<Result<Vec<_>>>()?;
             Ok(Tensor::stack(&per, 0)?)
         })?;
-        Ok(Evaluated { losses, d_cls, d_patch, success: None, score: None })
+        Ok(Evaluated { losses, d_cls, d_patch, success: None, score: None, saturated: None })
     }
 }

@@ -70,6 +70,6 @@ impl Objective for EmbedAttack {
                 EmbedTarget::Both => (distance(cls, &c0, self.distance)? + distance(patch, &p0, self.distance)?)?,
             })
         })?;
-        Ok(Evaluated { losses, d_cls, d_patch, success: None, score: None })
+        Ok(Evaluated { losses, d_cls, d_patch, success: None, score: None, saturated: None })
     }
 }

@@ -76,7 +76,7 @@ fn pgd(
             break;
         }
         let (ev, grad) = p.evaluate(&delta, &active, step, cfg.steps, !last)?;
-        p.offer(best, &delta, &active, &ev);
+        p.offer(best, &delta, &active, &ev, sanity);
         let reached: Vec<bool> = match &ev.success {
             Some(s) if cfg.early_stop => s.clone(),
             _ => vec![false; active.len()],

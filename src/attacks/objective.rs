@@ -22,6 +22,9 @@ pub struct Evaluated {
     /// where the loss cannot be compared across steps (SegPGD's weights change with the step:
     /// the task metric instead); `None`: the loss.
     pub score: Option<Vec<f64>>,
+    /// Per active sample: the softmax was saturated (cross-entropy objectives; see
+    /// [`super::problem::SATURATED_CE`]); `None` for other objectives.
+    pub saturated: Option<Vec<bool>>,
 }
 
 pub trait Objective {

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
 
 use super::objective::{losses_and_grads, Evaluated, Objective};
+use super::problem::SATURATED_CE;
 use crate::encoder::Tokens;
 use crate::heads::layers::LinearProbe;
 
@@ -56,6 +57,7 @@ impl Objective for CrossEntropy<'_> {
             per_sample_ce(&logits, &labels)
         })?;
         let success = predicted.iter().zip(&labels).map(|(p, l)| p != l).collect();
-        Ok(Evaluated { losses, d_cls, d_patch, success: Some(success), score: None })
+        let saturated = losses.iter().map(|&l| l < SATURATED_CE).collect();
+        Ok(Evaluated { losses, d_cls, d_patch, success: Some(success), score: None, saturated: Some(saturated) })
     }
 }

@@ -22,12 +22,20 @@ pub struct Sanity {
     /// Sample-steps whose pixel gradient was all zero / had a NaN.
     pub zero_gradients: usize,
     pub nan_gradients: usize,
+    /// Evaluated sample-points whose softmax was saturated (cross-entropy below [`SATURATED_CE`]: the
+    /// true class's probability is 1 to f32 precision, the CE gradient underflows).
+    #[serde(default)]
+    pub saturated: usize,
 }
+
+/// A cross-entropy under this (f32's epsilon, 2⁻²³) means `1 − p_y` is lost to rounding: the
+/// gradient `p − onehot` no longer points where the loss grows.
+pub const SATURATED_CE: f64 = 1.1920929e-7;
 
 impl Default for Sanity {
     /// Nothing seen yet: the pixel range starts empty.
     fn default() -> Self {
-        Self { sample_steps: 0, max_norm_over_eps: 0.0, min_pixel: 1.0, max_pixel: 0.0, zero_gradients: 0, nan_gradients: 0 }
+        Self { sample_steps: 0, max_norm_over_eps: 0.0, min_pixel: 1.0, max_pixel: 0.0, zero_gradients: 0, nan_gradients: 0, saturated: 0 }
     }
 }
 
@@ -37,20 +45,31 @@ impl Sanity {
         self.sample_steps += o.sample_steps;
         self.zero_gradients += o.zero_gradients;
         self.nan_gradients += o.nan_gradients;
+        self.saturated += o.saturated;
         self.max_norm_over_eps = self.max_norm_over_eps.max(o.max_norm_over_eps);
         self.min_pixel = self.min_pixel.min(o.min_pixel);
         self.max_pixel = self.max_pixel.max(o.max_pixel);
     }
 
-    /// A line when many gradients were zero or NaN (a sign of gradient masking), else `None`.
-    pub fn warning(&self) -> Option<String> {
+    /// Lines when many gradients were zero or NaN (a sign of gradient masking), or any
+    /// cross-entropy saturated (its gradient underflowed); empty when the attack looks sound.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
         let bad = self.zero_gradients + self.nan_gradients;
-        (self.sample_steps > 0 && bad * 10 > self.sample_steps).then(|| {
-            format!(
+        if self.sample_steps > 0 && bad * 10 > self.sample_steps {
+            out.push(format!(
                 "{} of {} gradient steps had a zero ({}) or NaN ({}) pixel gradient: possible gradient masking",
                 bad, self.sample_steps, self.zero_gradients, self.nan_gradients
-            )
-        })
+            ));
+        }
+        if self.saturated > 0 {
+            out.push(format!(
+                "{} of {} gradient steps had a saturated softmax (cross-entropy < 2^-23: the true class's probability \
+                 is 1 in f32 and the CE gradient underflows); the study's logit scaling (ce_scaling) avoids it",
+                self.saturated, self.sample_steps
+            ));
+        }
+        out
     }
 }
 
@@ -141,8 +160,10 @@ impl Problem<'_> {
         Ok((ev, g))
     }
 
-    /// Records what the objective said of the active samples' current points.
-    pub(super) fn offer(&self, best: &mut Best, delta: &[Vec<f32>], active: &[usize], ev: &Evaluated) {
+    /// Records what the objective said of the active samples' current points, and counts the
+    /// saturated ones.
+    pub(super) fn offer(&self, best: &mut Best, delta: &[Vec<f32>], active: &[usize], ev: &Evaluated, sanity: &mut Sanity) {
+        sanity.saturated += ev.saturated.as_ref().map_or(0, |s| s.iter().filter(|&&s| s).count());
         for (k, &i) in active.iter().enumerate() {
             let score = ev.score.as_ref().map_or(ev.losses[k], |s| s[k]);
             best.offer(i, &delta[i], ev.losses[k], score, ev.success.as_ref().is_some_and(|s| s[k]));

@@ -198,7 +198,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         bar.inc(ids.len() as u64);
     }
     bar.finish_and_clear();
-    if let Some(w) = sanity_all.warning() {
+    for w in sanity_all.warnings() {
         eprintln!("warning: {w}");
     }
     let report = Report {

@@ -296,7 +296,7 @@ impl Runner<'_> {
             };
             rows.push(CellRow { key: cell.to_string(), labels: labels.clone(), result });
         }
-        if let Some(w) = sanity.warning() {
+        for w in sanity.warnings() {
             self.bars.println(format!("warning: {}: {w}", plan.describe(item)))?;
         }
         self.store.put_cells(&exec, &rows)

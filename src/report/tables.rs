@@ -170,14 +170,14 @@ pub fn sanity(r: &Results) -> Table {
             format!("{} ε {} seed {}", Setting::of(p).text(), p.eps_text, p.seed),
             format!("{:.6}", s.max_norm_over_eps),
             format!("[{:.4}, {:.4}]", s.min_pixel, s.max_pixel),
-            format!("{} / {} / {}", s.zero_gradients, s.nan_gradients, s.sample_steps),
+            format!("{} / {} / {} / {}", s.zero_gradients, s.nan_gradients, s.saturated, s.sample_steps),
             format!("{:.5}", e.row.result.mean_objective.unwrap_or(f64::NAN)),
         ]);
     }
     Table {
         title: "Sanity of the attacks".into(),
-        note: "Largest ‖δ‖/ε over every step (at most 1, up to f32 rounding), the pixel range seen, and sample-steps with a zero / NaN pixel gradient out of all.".into(),
-        header: ["encoder", "head", "attack", "setting", "max ‖δ‖/ε", "pixels", "zero / NaN / steps", "mean objective"].map(String::from).to_vec(),
+        note: "Largest ‖δ‖/ε over every step (at most 1, up to f32 rounding), the pixel range seen, sample-steps with a zero / NaN pixel gradient, evaluations with a saturated softmax (cross-entropy < 2⁻²³: its gradient underflows; the study's logit scaling avoids it), out of all steps.".into(),
+        header: ["encoder", "head", "attack", "setting", "max ‖δ‖/ε", "pixels", "zero / NaN / saturated / steps", "mean objective"].map(String::from).to_vec(),
         rows,
     }
 }
