@@ -100,8 +100,42 @@ fn fast_weight_gradients_match_autograd() {
 
 fn finetune_args<'a>(enc: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let base = ["finetune", "deacl", "--checkpoint", enc, "--num-heads", "4", "--dataset", "synthetic-seg:48x28", "--size", "28"];
-    let train = ["--batch-size", "2", "--epochs", "2", "--lr", "0.05", "--save-every", "5", "--seed", "4", "--out", out, "--json"];
+    // The study's recipe (no momentum, per-epoch warm-up, random crop + flip), shortened.
+    let train = ["--recipe", "study", "--batch-size", "2", "--epochs", "2", "--lr", "0.05", "--save-every", "5", "--seed", "4", "--out", out, "--json"];
     base.iter().chain(train.iter()).chain(extra).copied().collect()
+}
+
+/// The study's DeACL schedule, epoch by epoch, as pl_bolts' own scheduler computes it
+/// (tools/gen_deacl_schedule_fixture.py): the full 101-epoch run and a small one.
+#[test]
+fn study_schedule_matches_pl_bolts() {
+    use robust_ssl::heads::train::{Schedule, TrainConfig};
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("defense/deacl_study_lr.json")).unwrap()).unwrap();
+    for c in cases.as_array().unwrap() {
+        let epochs = c["epochs"].as_u64().unwrap() as usize;
+        let cfg = TrainConfig {
+            epochs,
+            batch_size: 1,
+            lr: c["lr"].as_f64().unwrap(),
+            optimizer: robust_ssl::optim::OptimizerKind::Sgd { momentum: 0.0, weight_decay: 5e-4 },
+            schedule: Schedule::EpochWarmupCosine {
+                warmup_epochs: c["warmup_epochs"].as_u64().unwrap() as usize,
+                start_lr: c["start_lr"].as_f64().unwrap(),
+            },
+            warmup_steps: 0,
+            seed: 0,
+        };
+        let per_epoch = 3;
+        for (e, want) in c["lr_per_epoch"].as_array().unwrap().iter().enumerate() {
+            for j in 0..per_epoch {
+                let got = cfg.lr_at(e * per_epoch + j, epochs * per_epoch);
+                assert!((got - want.as_f64().unwrap()).abs() < 1e-12, "{} epoch {e}: {got} vs {want}", c["name"]);
+            }
+        }
+    }
+    let study = robust_ssl::defense::recipe::FinetuneRecipe::study(224);
+    assert_eq!((study.epochs, study.batch_size, study.lr, study.momentum, study.weight_decay), (101, 128, 0.5, 0.0, 5e-4));
+    assert_eq!(study.schedule, Schedule::EpochWarmupCosine { warmup_epochs: 10, start_lr: 0.003 });
 }
 
 #[test]

@@ -116,3 +116,48 @@ fn transform_names_round_trip() {
         assert!(err.contains(bad) && err.contains("resize-shortN"), "{bad}: {err}");
     }
 }
+
+/// Every random augmentation keeps image and target aligned (channel 0 of the sample holds each
+/// pixel's own label), draws every outcome it should, repeats its draws for the same seed, and
+/// is refused where no training seed is given.
+#[test]
+fn augmentations_keep_image_and_target_aligned() {
+    use robust_ssl::rng::SplitMix64;
+    let aligned = |s: &Sample, h: usize, w: usize| {
+        let Target::Segmentation { labels, height, width } = &s.target else { panic!() };
+        assert_eq!((*height, *width, s.image.dim(1).unwrap(), s.image.dim(2).unwrap()), (h, w, h, w));
+        let ch0: Vec<f32> = s.image.get(0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        for (l, v) in labels.iter().zip(&ch0) {
+            if *l == IGNORE {
+                assert_eq!(*v, 0.0, "padding must be zero where the label is ignored");
+            } else {
+                assert_eq!(*v, *l as f32, "image and label moved apart");
+            }
+        }
+        labels.clone()
+    };
+    let mut outcomes = std::collections::BTreeSet::new();
+    for seed in 0..64 {
+        for t in [Transform::RandomCrop(3, 4), Transform::PadRandomCrop(2), Transform::HFlip, Transform::Flips] {
+            let s = t.apply_seeded(seg_sample(), &mut SplitMix64::new(seed)).unwrap();
+            let (h, w) = if t == Transform::RandomCrop(3, 4) { (3, 4) } else { (5, 7) };
+            let labels = aligned(&s, h, w);
+            let again = t.apply_seeded(seg_sample(), &mut SplitMix64::new(seed)).unwrap();
+            assert_eq!(aligned(&again, h, w), labels, "the same seed must draw the same");
+            outcomes.insert((t.describe(), labels[0], labels[w - 1]));
+        }
+    }
+    // Flips: identity (0 at the top-left), horizontal (6), vertical (28), both (34).
+    let corners = |name: &str| outcomes.iter().filter(|(n, _, _)| n == name).map(|(_, a, _)| *a).collect::<Vec<_>>();
+    assert_eq!(corners("hflip"), vec![0, 6]);
+    assert_eq!(corners("flips"), vec![0, 6, 28, 34]);
+    // Random 3x4 windows of a 5x7 image: every top-left corner 0..=2 × 0..=3 is drawn.
+    assert_eq!(corners("random-crop3x4").len(), 12);
+    // Padding 2 on each side: offsets 0..=4 on both axes (25 placements), some reaching padding.
+    assert!(corners("pad-random-crop2").contains(&IGNORE) && corners("pad-random-crop2").contains(&0));
+    assert!(format!("{:#}", Transform::HFlip.apply(seg_sample()).err().unwrap()).contains("training seed"));
+    assert_eq!(
+        Transform::parse_list("pad-random-crop4,hflip,flips,random-crop8x9").unwrap(),
+        vec![Transform::PadRandomCrop(4), Transform::HFlip, Transform::Flips, Transform::RandomCrop(8, 9)]
+    );
+}

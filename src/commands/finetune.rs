@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use super::cross_task::task_and_rest;
@@ -16,6 +16,7 @@ use robust_ssl::data::transform::Transform;
 use robust_ssl::data::{self, Split};
 use robust_ssl::defense::deacl::Deacl;
 use robust_ssl::defense::multi::{Combine, Multi};
+use robust_ssl::defense::recipe::{FinetuneRecipe, RecipeName};
 use robust_ssl::defense::run::{finetune, Recipe, RunConfig};
 use robust_ssl::encoder::Encoder;
 use robust_ssl::heads::head::TrainedHead;
@@ -54,22 +55,32 @@ pub struct CommonArgs {
     pub transforms: Option<String>,
     #[arg(long, default_value_t = 224)]
     pub size: usize,
-    #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    /// Learning rate (the DeACL reference: SGD 0.5 at batch 128).
-    #[arg(long, default_value_t = 0.5)]
-    pub lr: f64,
+    /// The settings every option below defaults to: `study` (the study's DeACL: SGD lr 0.5, wd
+    /// 5e-4, no momentum, 101 epochs of 128, per-epoch warm-up from 0.003 over 10 epochs then
+    /// cosine, random crop (padding size/8) + flip, k 2) or `fast` (ours: momentum 0.9, 1 epoch
+    /// of 8, cosine per step after a warm-up over a tenth of the steps, no augmentation).
+    #[arg(long, value_parser = super::choice::<RecipeName>(), default_value = "fast")]
+    pub recipe: RecipeName,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
     #[arg(long, value_parser = super::choice::<OptimizerName>(), default_value = "sgd")]
     pub optimizer: OptimizerName,
-    #[arg(long, default_value_t = 5e-4)]
-    pub weight_decay: f64,
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
-    /// Linear warm-up steps before the cosine decay (default: a tenth of the steps).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    /// Linear warm-up steps before a per-step cosine decay (replaces the recipe's schedule with
+    /// a per-step cosine).
     #[arg(long)]
     pub warmup_steps: Option<usize>,
+    /// Random training augmentations after the transforms (random-cropHxW, pad-random-cropN,
+    /// hflip, flips; `none` for none). Default: the recipe's.
+    #[arg(long)]
+    pub augment: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Inner attack: budget, step, steps (the reference: L∞ 8/255, 2/255, 5 steps).
@@ -98,9 +109,9 @@ pub struct CommonArgs {
 pub struct DeaclArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Weight of the robustness term −k·cos(s(x'), s(x)).
-    #[arg(long, default_value_t = 2.0)]
-    pub k: f64,
+    /// Weight of the robustness term −k·cos(s(x'), s(x)) (default: the recipe's, 2).
+    #[arg(long)]
+    pub k: Option<f64>,
 }
 
 #[derive(Args, Debug)]
@@ -111,9 +122,9 @@ pub struct MultiArgs {
     /// TASK:HEAD, repeatable or comma-separated. Their task must fit --dataset's labels.
     #[arg(long = "heads", required = true, value_delimiter = ',', value_name = "TASK:HEAD")]
     pub task_heads: Vec<String>,
-    /// Weight of the consistency term −k·cos(s(x'), s(x)).
-    #[arg(long, default_value_t = 2.0)]
-    pub k: f64,
+    /// Weight of the consistency term −k·cos(s(x'), s(x)) (default: the recipe's, 2).
+    #[arg(long)]
+    pub k: Option<f64>,
     /// Weight of the task losses on the perturbed images.
     #[arg(long, default_value_t = 1.0)]
     pub lambda: f64,
@@ -142,6 +153,10 @@ fn load_heads(specs: &[String], width: usize) -> Result<Vec<(String, TrainedHead
 }
 
 impl CommonArgs {
+    fn recipe(&self) -> FinetuneRecipe {
+        FinetuneRecipe::named(self.recipe, self.size)
+    }
+
     /// The encoder to fine-tune (loaded once; the student is its copy).
     fn teacher(&self) -> Result<Encoder> {
         self.model.load(&self.checkpoint, robust_ssl::device::default_device()?)
@@ -167,8 +182,9 @@ impl CommonArgs {
 pub fn run(cmd: &FinetuneCommand) -> Result<()> {
     match cmd {
         FinetuneCommand::Deacl(a) => {
-            let recipe = Deacl { k: a.k, embedding: a.common.embedding, inner: a.common.inner_attack()? };
-            let extra = serde_json::json!({ "k": a.k });
+            let k = a.k.unwrap_or(a.common.recipe().k);
+            let recipe = Deacl { k, embedding: a.common.embedding, inner: a.common.inner_attack()? };
+            let extra = serde_json::json!({ "k": k });
             go(&a.common, &a.common.teacher()?, &recipe, extra)
         }
         FinetuneCommand::Multi(a) => {
@@ -177,9 +193,10 @@ pub fn run(cmd: &FinetuneCommand) -> Result<()> {
             let heads = load_heads(&a.task_heads, teacher.config().embed_dim)?;
             let fingerprints: Vec<serde_json::Value> =
                 heads.iter().map(|(p, h)| serde_json::json!({ "head": p, "task": h.meta.task, "trained": h.meta.final_loss })).collect();
+            let k = a.k.unwrap_or(c.recipe().k);
             let recipe = Multi {
                 heads,
-                k: a.k,
+                k,
                 lambda: a.lambda,
                 embedding: c.embedding,
                 inner: c.inner_attack()?,
@@ -187,7 +204,7 @@ pub fn run(cmd: &FinetuneCommand) -> Result<()> {
                 embed_weight: a.embed_weight,
                 task_weight: a.task_weight,
             };
-            let extra = serde_json::json!({ "k": a.k, "lambda": a.lambda, "combine": a.combine, "embed_weight": a.embed_weight, "task_weight": a.task_weight, "heads": fingerprints });
+            let extra = serde_json::json!({ "k": k, "lambda": a.lambda, "combine": a.combine, "embed_weight": a.embed_weight, "task_weight": a.task_weight, "heads": fingerprints });
             go(c, &teacher, &recipe, extra)
         }
     }
@@ -201,31 +218,51 @@ fn go(c: &CommonArgs, teacher: &Encoder, recipe: &dyn Recipe, extra: serde_json:
         None => robust_ssl::data::transform::default_transforms(c.size, teacher.config().patch_size),
     };
     let indices = samples.indices(ds.len());
-    let steps = indices.len().div_ceil(c.batch_size.max(1)) * c.epochs;
+    let r = c.recipe();
+    let (epochs, batch_size) = (c.epochs.unwrap_or(r.epochs), c.batch_size.unwrap_or(r.batch_size));
+    let weight_decay = c.weight_decay.unwrap_or(r.weight_decay);
+    let steps = indices.len().div_ceil(batch_size.max(1)) * epochs;
+    let (schedule, warmup_steps) = match c.warmup_steps {
+        Some(w) => (Schedule::Cosine, w),
+        None => (r.schedule, (steps as f64 * r.warmup_fraction) as usize),
+    };
     let train = TrainConfig {
-        epochs: c.epochs,
-        batch_size: c.batch_size,
-        lr: c.lr,
+        epochs,
+        batch_size,
+        lr: c.lr.unwrap_or(r.lr),
         optimizer: match c.optimizer {
-            OptimizerName::Sgd => OptimizerKind::Sgd { momentum: c.momentum, weight_decay: c.weight_decay },
-            OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay: c.weight_decay },
+            OptimizerName::Sgd => OptimizerKind::Sgd { momentum: c.momentum.unwrap_or(r.momentum), weight_decay },
+            OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay },
         },
-        schedule: Schedule::Cosine,
-        warmup_steps: c.warmup_steps.unwrap_or(steps / 10),
+        schedule,
+        warmup_steps,
         seed: c.seed,
     };
+    let augment = match c.augment.as_deref() {
+        Some("none") => vec![],
+        Some(spec) => Transform::parse_list(spec).context("--augment")?,
+        None => r.augment.clone(),
+    };
+    if let Some(t) = augment.iter().find(|t| !t.is_random()) {
+        bail!("--augment: '{}' is not a random augmentation; deterministic steps belong in --transforms", t.describe());
+    }
+    if let Some(t) = transforms.iter().find(|t| t.is_random()) {
+        bail!("--transforms: '{}' is a random augmentation; give it with --augment", t.describe());
+    }
     let inner = c.inner_attack()?;
     let identity = serde_json::json!({
         "dataset": ds.describe(),
         "samples": indices.len(),
         "subset_seed": c.subset_seed,
         "transforms": transforms.iter().map(Transform::describe).collect::<Vec<_>>(),
+        "recipe": c.recipe,
+        "augment": augment.iter().map(Transform::describe).collect::<Vec<_>>(),
         "inner_attack": inner,
         "embedding": c.embedding,
         "save_every": c.save_every,
         "recipe_options": extra,
     });
-    let cfg = RunConfig { train, save_every: c.save_every, identity };
+    let cfg = RunConfig { train, augment, save_every: c.save_every, identity };
     let outcome = finetune(recipe, teacher, ds.as_ref(), &indices, &transforms, &cfg, &c.out)?;
     if c.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);

@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use super::augment;
 use super::{Dataset, Sample, Target, IGNORE};
 use crate::resize::{apply_separable, interpolate, interpolate_antialias, nearest_indices, Filter};
 
@@ -19,6 +20,14 @@ pub enum Transform {
     CenterCrop(usize, usize),
     /// Pad bottom and right up to a multiple of this (the patch size).
     PadToMultiple(usize),
+    /// Random (training only, see `super::augment`): a window at a random place.
+    RandomCrop(usize, usize),
+    /// Random: pad this many zeros on every side, then a window of the original size.
+    PadRandomCrop(usize),
+    /// Random: a horizontal flip with probability ½.
+    HFlip,
+    /// Random: with probability ½ a horizontal, vertical or double flip.
+    Flips,
 }
 
 impl Transform {
@@ -28,6 +37,26 @@ impl Transform {
             Self::Resize(h, w) => format!("resize{h}x{w}"),
             Self::CenterCrop(h, w) => format!("crop{h}x{w}"),
             Self::PadToMultiple(p) => format!("pad{p}"),
+            Self::RandomCrop(h, w) => format!("random-crop{h}x{w}"),
+            Self::PadRandomCrop(p) => format!("pad-random-crop{p}"),
+            Self::HFlip => "hflip".into(),
+            Self::Flips => "flips".into(),
+        }
+    }
+
+    /// Draws at random (a training augmentation).
+    pub fn is_random(&self) -> bool {
+        matches!(self, Self::RandomCrop(..) | Self::PadRandomCrop(_) | Self::HFlip | Self::Flips)
+    }
+
+    /// Applies a random transform with draws from `rng` (a deterministic one ignores it).
+    pub fn apply_seeded(&self, s: Sample, rng: &mut crate::rng::SplitMix64) -> Result<Sample> {
+        match *self {
+            Self::RandomCrop(h, w) => augment::random_crop(s, h, w, rng),
+            Self::PadRandomCrop(p) => augment::pad_random_crop(s, p, rng),
+            Self::HFlip => augment::random_hflip(s, rng),
+            Self::Flips => augment::random_flips(s, rng),
+            _ => self.apply(s),
         }
     }
 
@@ -52,6 +81,9 @@ impl Transform {
                 crop(s, (h - ch) / 2, (w - cw) / 2, ch, cw)
             }
             Self::PadToMultiple(p) => pad(s, h.div_ceil(p) * p, w.div_ceil(p) * p),
+            Self::RandomCrop(..) | Self::PadRandomCrop(_) | Self::HFlip | Self::Flips => {
+                bail!("'{}' is a random training augmentation; it applies only where a training seed is given", self.describe())
+            }
         }
     }
 }
@@ -61,7 +93,15 @@ impl std::str::FromStr for Transform {
     fn from_str(s: &str) -> Result<Self> {
         let num = |v: &str| v.parse::<usize>().ok().filter(|&n| n > 0);
         let pair = |v: &str| v.split_once('x').and_then(|(h, w)| Some((num(h)?, num(w)?)));
-        let parsed = if let Some(v) = s.strip_prefix("resize-short") {
+        let parsed = if s == "hflip" {
+            Some(Self::HFlip)
+        } else if s == "flips" {
+            Some(Self::Flips)
+        } else if let Some(v) = s.strip_prefix("random-crop") {
+            pair(v).map(|(h, w)| Self::RandomCrop(h, w))
+        } else if let Some(v) = s.strip_prefix("pad-random-crop") {
+            num(v).map(Self::PadRandomCrop)
+        } else if let Some(v) = s.strip_prefix("resize-short") {
             num(v).map(Self::ResizeShort)
         } else if let Some(v) = s.strip_prefix("resize") {
             pair(v).map(|(h, w)| Self::Resize(h, w))
@@ -72,7 +112,7 @@ impl std::str::FromStr for Transform {
         } else {
             None
         };
-        parsed.ok_or_else(|| anyhow::anyhow!("unknown transform '{s}'; expected resize-shortN, resizeHxW, cropHxW or padN (N > 0)"))
+        parsed.ok_or_else(|| anyhow::anyhow!("unknown transform '{s}'; expected resize-shortN, resizeHxW, cropHxW, padN, or the training augmentations random-cropHxW, pad-random-cropN, hflip, flips (N > 0)"))
     }
 }
 
@@ -123,7 +163,7 @@ fn resize(s: Sample, oh: usize, ow: usize) -> Result<Sample> {
     Ok(Sample { image, target })
 }
 
-fn crop(s: Sample, top: usize, left: usize, ch: usize, cw: usize) -> Result<Sample> {
+pub(super) fn crop(s: Sample, top: usize, left: usize, ch: usize, cw: usize) -> Result<Sample> {
     let image = s.image.narrow(1, top, ch)?.narrow(2, left, cw)?.contiguous()?;
     fn cut<T: Copy>(d: &[T], w: usize, top: usize, left: usize, ch: usize, cw: usize) -> Vec<T> {
         (top..top + ch).flat_map(|y| d[y * w + left..y * w + left + cw].iter().copied()).collect()
@@ -155,7 +195,20 @@ pub fn default_transforms(size: usize, patch: usize) -> Vec<Transform> {
     vec![Transform::ResizeShort(size), Transform::CenterCrop(size, size), Transform::PadToMultiple(patch)]
 }
 
-/// Decodes and transforms the samples at `indices` in parallel, in order.
+/// Decodes and transforms the samples at `indices` in parallel, in order. Random transforms are
+/// refused here (evaluation, cached features): see [`load_batch_augmented`].
 pub fn load_batch(ds: &dyn Dataset, indices: &[usize], transforms: &[Transform]) -> Result<Vec<Sample>> {
     indices.par_iter().map(|&i| transforms.iter().try_fold(ds.get(i)?, |s, t| t.apply(s))).collect()
+}
+
+/// Like [`load_batch`], drawing the random transforms of sample `i` from a generator seeded by
+/// `seed` and `i` (pass a seed that differs per epoch): the same draws on every run and resume.
+pub fn load_batch_augmented(ds: &dyn Dataset, indices: &[usize], transforms: &[Transform], seed: u64) -> Result<Vec<Sample>> {
+    indices
+        .par_iter()
+        .map(|&i| {
+            let mut rng = crate::rng::SplitMix64::new(crate::rng::stream(seed, i as u64));
+            transforms.iter().try_fold(ds.get(i)?, |s, t| t.apply_seeded(s, &mut rng))
+        })
+        .collect()
 }

@@ -6,5 +6,6 @@
 
 pub mod deacl;
 pub mod multi;
+pub mod recipe;
 pub mod run;
 pub mod student;

@@ -18,13 +18,16 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::student::Student;
-use crate::data::transform::{load_batch, Transform};
+use crate::data::transform::{load_batch, load_batch_augmented, Transform};
 use crate::data::Dataset;
 use crate::encoder::Encoder;
 use crate::features::{targets_of, Targets};
 use crate::heads::train::TrainConfig;
 use crate::optim::Optimizer;
 use crate::rng::shuffled;
+
+/// The generator stream of the augmentations' draws (apart from the shuffle's).
+const AUGMENT_STREAM: u64 = 0xA06;
 
 /// One mini-batch: images `[B, 3, H, W]` in [0,1] and their labels.
 pub struct MiniBatch {
@@ -44,6 +47,8 @@ pub trait Recipe {
 
 pub struct RunConfig {
     pub train: TrainConfig,
+    /// Random augmentations after the transforms, drawn per (seed, epoch, sample).
+    pub augment: Vec<Transform>,
     /// Write a checkpoint every this many steps (and at the end).
     pub save_every: usize,
     /// Everything else that determines the run (data, recipe options), recorded in `run.json`.
@@ -232,7 +237,12 @@ pub fn finetune(
         let (epoch, b) = ((step as usize) / per_epoch, (step as usize) % per_epoch);
         let order = shuffled(n, crate::rng::epoch(t.seed, epoch));
         let ids: Vec<usize> = order[b * t.batch_size..((b + 1) * t.batch_size).min(n)].iter().map(|&i| indices[i]).collect();
-        let samples = load_batch(ds, &ids, transforms)?;
+        let samples = if cfg.augment.is_empty() {
+            load_batch(ds, &ids, transforms)?
+        } else {
+            let all: Vec<Transform> = transforms.iter().chain(&cfg.augment).cloned().collect();
+            load_batch_augmented(ds, &ids, &all, crate::rng::stream(crate::rng::epoch(t.seed, epoch), AUGMENT_STREAM))?
+        };
         let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0)
             .with_context(|| format!("{}: images of different sizes after the transforms", ds.describe()))?
             .to_device(&dev)?;

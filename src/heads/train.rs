@@ -19,6 +19,13 @@ pub enum Schedule {
     },
     /// `lr · ½(1 + cos(π t/T))`.
     Cosine,
+    /// Set once per epoch, as Lightning steps pl_bolts' `LinearWarmupCosineAnnealingLR` (the
+    /// study's DeACL): epoch e < W: `start + e·(lr − start)/(W − 1)`; then
+    /// `½·lr·(1 + cos(π (e − W)/(E − W)))`, decaying to 0. `warmup_steps` does not apply.
+    EpochWarmupCosine {
+        warmup_epochs: usize,
+        start_lr: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -36,6 +43,15 @@ pub struct TrainConfig {
 impl TrainConfig {
     /// Learning rate at `step` of `total`.
     pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        if let Schedule::EpochWarmupCosine { warmup_epochs, start_lr } = self.schedule {
+            let per_epoch = (total / self.epochs.max(1)).max(1);
+            let e = step / per_epoch;
+            if e < warmup_epochs {
+                return start_lr + e as f64 * (self.lr - start_lr) / warmup_epochs.saturating_sub(1).max(1) as f64;
+            }
+            let span = self.epochs.saturating_sub(warmup_epochs).max(1) as f64;
+            return 0.5 * self.lr * (1.0 + (std::f64::consts::PI * (e - warmup_epochs) as f64 / span).cos());
+        }
         if step < self.warmup_steps {
             return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
         }
@@ -45,6 +61,7 @@ impl TrainConfig {
             Schedule::Constant => self.lr,
             Schedule::Poly { power } => self.lr * (1.0 - t).powf(power),
             Schedule::Cosine => self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()),
+            Schedule::EpochWarmupCosine { .. } => unreachable!("handled above"),
         }
     }
 }
