@@ -9,7 +9,7 @@ use super::ModelOptions;
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Checkpoint file (.pth, .safetensors, .onnx).
+    /// Checkpoint file (.pth, .safetensors, .onnx) or model folder (weights + config.json).
     pub file: PathBuf,
     #[command(flatten)]
     pub model: ModelOptions,
@@ -44,7 +44,15 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         c.ln_eps
     );
     println!("parameters:      {} ({:.1} M)", i.parameters, i.parameters as f64 / 1e6);
-    println!("pos resize:      {} (default for this source: {})", i.pos_resize, i.default_pos_resize);
+    let d = &i.default_pos_resize;
+    if i.pos_resize == d.semantics {
+        println!("pos resize:      {} ({})", i.pos_resize, d.reason);
+    } else {
+        println!("pos resize:      {} (given; the default is {}: {})", i.pos_resize, d.semantics, d.reason);
+    }
+    if d.ambiguous {
+        println!("                 the file cannot tell its writer: pass --pos-resize for another library's semantics");
+    }
     if !i.prefix.is_empty() {
         println!("backbone under:  '{}'", i.prefix);
     }

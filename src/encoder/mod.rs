@@ -58,7 +58,8 @@ pub struct EncoderInfo {
     pub config: VitConfig,
     pub parameters: usize,
     pub pos_resize: PosResize,
-    pub default_pos_resize: PosResize,
+    /// What the file's own library uses, and how we know (`pos_resize` unless a flag overrode it).
+    pub default_pos_resize: weights::ResizeDefault,
     pub ignored_tensors: usize,
     /// True when the head count was neither given nor stated by the file (64-dim heads assumed).
     pub heads_assumed: bool,
@@ -115,6 +116,15 @@ impl Encoder {
                 info.config.embed_dim
             );
         }
+        if opts.pos_resize.is_none() && info.default_pos_resize.ambiguous {
+            eprintln!(
+                "note: {}: position-embedding resize '{}': {}. Pass --pos-resize {} if the file came from elsewhere.",
+                info.file,
+                info.pos_resize,
+                info.default_pos_resize.reason,
+                if info.pos_resize == PosResize::Official { "size-aa" } else { "official or size-aa" }
+            );
+        }
         let vit = VisionTransformer::load(&mut ckpt, info.config.clone(), info.pos_resize)?;
         let vit = if opts.device.is_cpu() { vit } else { vit.to(&opts.device, DType::F32)? };
         Self::from_vit(vit, info)
@@ -146,10 +156,11 @@ impl Encoder {
         let heads_hint = ckpt.heads_hint(facts.embed_dim);
         let heads_assumed = opts.heads.is_none() && over.arch.is_none() && heads_hint.is_none();
         let config = arch::resolve(&facts, &over, heads_hint).with_context(|| format!("{}", path.display()))?;
-        let default_pos_resize = weights::default_pos_resize(ckpt.source, config.num_registers);
-        let pos_resize = opts.pos_resize.unwrap_or(default_pos_resize);
+        let default_pos_resize = ckpt.default_resize(config.num_registers);
+        let pos_resize = opts.pos_resize.unwrap_or(default_pos_resize.semantics);
         let info = EncoderInfo {
-            file: path.display().to_string(),
+            // The weights file itself (inside a model folder when a folder was given).
+            file: ckpt.path.display().to_string(),
             format: ckpt.format,
             source: ckpt.source,
             prefix: ckpt.prefix.clone(),

@@ -2,6 +2,7 @@
 //! backbone inside it, renaming it canonically and reading the architecture off its shapes.
 
 pub mod export;
+mod folder;
 mod naming;
 pub(crate) mod onnx;
 pub(crate) mod pth;
@@ -94,33 +95,82 @@ pub struct Checkpoint {
     pub ignored: Vec<String>,
     /// File name → how that tensor is made from the canonical ones.
     pub slots: BTreeMap<String, Slot>,
-    /// From a Hugging Face `config.json`.
+    /// From a `config.json` beside the weights (transformers, timm).
     heads_hint: Option<usize>,
+    /// The `config.json` that says timm wrote the file, if one does.
+    timm_config: Option<String>,
+    /// The resize an ONNX graph performs on its position embedding, if it holds one.
+    pub graph_resize: Option<onnx::GraphResize>,
     /// From an ONNX graph's attention scaling.
     head_dim_hint: Option<usize>,
     pub eps_hint: Option<f64>,
 }
 
-/// The default resize semantics for a checkpoint of a given naming.
-pub fn default_pos_resize(source: Source, num_registers: usize) -> PosResize {
-    match source {
-        // Official DINOv2 with registers: size-based, antialiased; without: scale factor + 0.1.
-        Source::Official if num_registers > 0 => PosResize::SizeAntialias,
-        Source::Official => PosResize::Official,
-        // timm resamples with an explicit size and antialiasing.
-        Source::Timm => PosResize::SizeAntialias,
-        Source::HuggingFace | Source::Onnx => PosResize::Size,
+/// The resize semantics a checkpoint's own library uses, and how we know.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ResizeDefault {
+    pub semantics: PosResize,
+    /// Why this semantics, in one sentence.
+    pub reason: String,
+    /// True when the file cannot tell: another library writes the same file and resizes otherwise.
+    pub ambiguous: bool,
+}
+
+impl ResizeDefault {
+    fn known(semantics: PosResize, reason: impl Into<String>) -> Self {
+        Self { semantics, reason: reason.into(), ambiguous: false }
+    }
+}
+
+impl Checkpoint {
+    /// The resize semantics of the library that wrote this file: read off an ONNX graph's
+    /// `Resize` node; register models (Meta, timm, transformers alike: size-based, antialiased);
+    /// the naming or a `config.json` beside the file. A bare official-named state dict is written
+    /// alike by Meta's code and timm: `official`, marked ambiguous.
+    pub fn default_resize(&self, num_registers: usize) -> ResizeDefault {
+        if let Some(r) = &self.graph_resize {
+            return ResizeDefault::known(r.semantics, format!("the graph resizes its position embedding {}", r.how));
+        }
+        if num_registers > 0 {
+            let why = "a register model: Meta's DINOv2, timm and transformers all resize by size with antialiasing";
+            return ResizeDefault::known(PosResize::SizeAntialias, why);
+        }
+        match self.source {
+            Source::Timm => ResizeDefault::known(
+                PosResize::SizeAntialias,
+                match &self.timm_config {
+                    Some(config) => format!("{config} says timm wrote it; timm resizes by size with antialiasing"),
+                    None => "timm's naming; timm resizes by size with antialiasing".into(),
+                },
+            ),
+            Source::HuggingFace => ResizeDefault::known(PosResize::Size, "transformers' naming; transformers resizes by size, no antialiasing"),
+            Source::Onnx => ResizeDefault {
+                semantics: PosResize::Size,
+                reason: "the graph holds no position-embedding Resize (exported at its trained grid), so its library cannot be told; assuming transformers' size-based resize".into(),
+                ambiguous: true,
+            },
+            Source::Official if !self.prefix.is_empty() => ResizeDefault::known(
+                PosResize::Official,
+                format!("a training checkpoint of Meta's code (backbone under '{}'): scale factor with the +0.1 offset", self.prefix),
+            ),
+            Source::Official => ResizeDefault {
+                semantics: PosResize::Official,
+                reason: "a bare state dict in the official naming, which Meta's code and timm write alike; assuming Meta's scale factor with the +0.1 offset (timm's is size-aa)".into(),
+                ambiguous: true,
+            },
+        }
     }
 }
 
 impl Checkpoint {
     /// Reads `path`; `prefer` selects among several backbones in one file (`teacher`, `student`).
+    /// `path` may be a model folder as transformers and timm write them (weights + `config.json`).
     pub fn load(path: &Path, prefer: Option<&str>) -> Result<Self> {
-        if !path.exists() {
-            bail!("{}: no such file", path.display());
-        }
+        let path = folder::weights_file(path)?;
+        let path = path.as_path();
         let format = Format::detect(path)?;
         let mut head_dim_hint = None;
+        let mut graph_resize = None;
         let mut renamed = Vec::new();
         let raw = match format {
             Format::Pth => pth::read(path)?,
@@ -128,6 +178,7 @@ impl Checkpoint {
             Format::Onnx => {
                 let w = onnx::read(path)?;
                 head_dim_hint = w.head_dim;
+                graph_resize = w.resize;
                 renamed = w.renamed;
                 w.tensors
             }
@@ -141,13 +192,14 @@ impl Checkpoint {
             }
         }
         let hints = match format {
-            Format::Safetensors => safetensors::config_hints(path)?,
-            _ => Default::default(),
+            Format::Onnx => Default::default(),
+            _ => folder::config_hints(path)?,
         };
+        let timm_config = hints.file.clone().filter(|_| hints.writer == Some(folder::Writer::Timm));
         let source = match format {
             Format::Onnx => Source::Onnx,
             _ if canon.hf_naming => Source::HuggingFace,
-            _ if canon.timm_naming => Source::Timm,
+            _ if canon.timm_naming || timm_config.is_some() => Source::Timm,
             _ => Source::Official,
         };
         Ok(Self {
@@ -161,6 +213,8 @@ impl Checkpoint {
             ignored: canon.ignored,
             slots: canon.slots,
             heads_hint: hints.num_heads,
+            timm_config,
+            graph_resize,
             head_dim_hint,
             eps_hint: hints.ln_eps,
         })

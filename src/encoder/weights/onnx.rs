@@ -20,6 +20,7 @@ pub(crate) mod proto {
 use proto::{tensor_proto::DataType, ModelProto, TensorProto};
 
 use super::SlotOp;
+use crate::encoder::pos_embed::PosResize;
 
 /// The initializers, and the attention head width read off the graph's scaling constant.
 pub struct OnnxWeights {
@@ -27,6 +28,16 @@ pub struct OnnxWeights {
     pub head_dim: Option<usize>,
     /// (name given here, initializer name, how the initializer is cut from the named tensor).
     pub renamed: Vec<(String, String, Vec<SlotOp>)>,
+    /// How the graph resizes its position embedding, when it does.
+    pub resize: Option<GraphResize>,
+}
+
+/// The position-embedding resize an ONNX graph performs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphResize {
+    pub semantics: PosResize,
+    /// How it was read, e.g. "by scale factor (Resize node '/Resize', scales)".
+    pub how: String,
 }
 
 /// Every float initializer with a name derived from the graph where it had none.
@@ -95,7 +106,7 @@ pub fn read(path: &Path) -> Result<OnnxWeights> {
             (None, None) => {}
         }
     }
-    Ok(OnnxWeights { tensors: out, head_dim: head_dim(&graph), renamed })
+    Ok(OnnxWeights { tensors: out, head_dim: head_dim(&graph), renamed, resize: None })
 }
 
 /// Head width from the first attention's scaling: `q·hd^-0.5` (one Mul), `q·hd^-0.25` and
