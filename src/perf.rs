@@ -101,7 +101,7 @@ pub fn attack_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize
     use crate::attacks::engine::attack;
     let x = Tensor::rand(0f32, 1f32, (batch, 3, size, size), &candle_core::Device::Cpu)?;
     let clean = enc.forward(&x.to_device(enc.vit.device())?)?;
-    let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse);
+    let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse)?;
     let cfg = study_pgd(steps);
     let t0 = Instant::now();
     let out = attack(enc, &obj, &x, &cfg)?;

@@ -14,7 +14,7 @@ use robust_ssl::attacks::pgd_ce::CrossEntropy;
 use robust_ssl::attacks::segpgd::{SegPgd, SegPgdForm};
 use robust_ssl::attacks::threat::{Norm, ThreatModel};
 use robust_ssl::data::transform::Transform;
-use robust_ssl::encoder::{Encoder, LoadOptions};
+use robust_ssl::encoder::{Encoder, LoadOptions, Reads};
 use robust_ssl::features::{extract, BatchSource, Layout, Source};
 use robust_ssl::heads::head::{Baseline, Head, HeadMeta, Task};
 use robust_ssl::heads::layers::{BatchNorm, DepthHead, Pooling, SegHead};
@@ -62,7 +62,7 @@ fn embed_attack_respects_the_budget_and_grows_the_distance() {
     let clean = enc.forward(&x).unwrap();
     for norm in [Norm::Linf, Norm::L2] {
         let eps = if norm == Norm::Linf { 8.0 / 255.0 } else { 0.5 };
-        let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse);
+        let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse).unwrap();
         let mut losses = Vec::new();
         for (method, steps) in [(Method::Pgd, 1), (Method::Pgd, 10), (Method::Apgd, 10)] {
             let mut cfg = config(norm, eps, steps, 3);
@@ -94,7 +94,7 @@ fn last_iterate_is_within_budget_and_no_better_than_the_best_point() {
     let enc = encoder();
     let x = images(3, 5);
     let clean = enc.forward(&x).unwrap();
-    let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse);
+    let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse).unwrap();
     let best = attack(&enc, &obj, &x, &config(Norm::Linf, 8.0 / 255.0, 3, 9)).unwrap();
     let last = attack(&enc, &obj, &x, &AttackConfig { last_iterate: true, ..config(Norm::Linf, 8.0 / 255.0, 3, 9) }).unwrap();
     assert!(last.loss.iter().all(|l| l.is_nan()));
@@ -122,7 +122,7 @@ fn zero_budget_is_the_clean_point_and_seeds_are_reproducible() {
     let enc = encoder();
     let x = images(2, 2);
     let clean = enc.forward(&x).unwrap();
-    let obj = EmbedAttack::new(&clean, EmbedTarget::Cls, Distance::Cosine);
+    let obj = EmbedAttack::new(&clean, EmbedTarget::Cls, Distance::Cosine).unwrap();
     let out = attack(&enc, &obj, &x, &config(Norm::Linf, 0.0, 3, 1)).unwrap();
     assert_eq!(out.adversarial.flatten_all().unwrap().to_vec1::<f32>().unwrap(), x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     assert!(out.loss.iter().all(|&l| l.abs() < 1e-6), "{:?}", out.loss);
@@ -156,7 +156,7 @@ fn check_gradient_at(enc: &Encoder, obj: &dyn Objective, x: &Tensor, step: usize
     let active: Vec<usize> = (0..x.dim(0).unwrap()).collect();
     let (tokens, tape) = enc.forward_with_tape(x).unwrap();
     let ev = obj.evaluate(&tokens, &active, step, steps).unwrap();
-    let g = enc.backward(&tape, &ev.d_cls, &ev.d_patch).unwrap();
+    let g = enc.backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref()).unwrap();
     // A fixed random direction (seeded: the test must not depend on the run).
     let mut rng = robust_ssl::rng::SplitMix64::new(11);
     let v: Vec<f64> = (0..x.elem_count()).map(|_| rng.uniform(-1.0, 1.0)).collect();
@@ -188,7 +188,7 @@ fn objective_gradients_match_finite_differences() {
     for (target, distance) in
         [(EmbedTarget::Both, Distance::Mse), (EmbedTarget::Patch, Distance::Cosine), (EmbedTarget::Cls, Distance::Cosine)]
     {
-        check_gradient(&enc, &EmbedAttack::new(&clean, target, distance), &x);
+        check_gradient(&enc, &EmbedAttack::new(&clean, target, distance).unwrap(), &x);
     }
     let meta = probe_meta(10, Pooling::ClsMeanPatch);
     let (head, _) = Head::init(&meta, 1, &Device::Cpu).unwrap();
@@ -222,11 +222,19 @@ fn objective_gradients_match_finite_differences() {
             check_gradient_at(&enc, &obj, &x, step, 4);
         }
     }
-    let depth = Head::Depth(DepthHead { bn: bn(128), weight: t(&[16, 128], 0.5), bias: t(&[16], 0.1), min_depth: 1e-3, max_depth: 10.0 });
+    let depth =
+        Head::Depth(DepthHead { bn: Some(bn(128)), weight: t(&[16, 128], 0.5), bias: t(&[16], 0.1), min_depth: 1e-3, max_depth: 10.0 });
     let mut metres: Vec<f32> = (0..2 * 28 * 28).map(|_| rng.uniform(0.5, 9.0) as f32).collect();
     metres[..100].iter_mut().for_each(|m| *m = 0.0);
-    let obj = DepthPgd { head: &depth, metres, height: 28, width: 28, range: DepthRange { min: 1e-3, max: 10.0 } };
+    let range = DepthRange { min: 1e-3, max: 10.0 };
+    let obj = DepthPgd { head: &depth, reads: Reads::Final, metres: metres.clone(), height: 28, width: 28, range };
     check_gradient(&enc, &obj, &x);
+    // DINOv2's form: no BatchNorm, the tokens before the final norm (their own reverse path).
+    let Head::Depth(bn_form) = &depth else { unreachable!() };
+    let dinov2 =
+        Head::Depth(DepthHead { bn: None, weight: bn_form.weight.clone(), bias: bn_form.bias.clone(), min_depth: 1e-3, max_depth: 10.0 });
+    check_gradient(&enc, &DepthPgd { head: &dinov2, reads: Reads::PreNorm, metres, height: 28, width: 28, range }, &x);
+    check_gradient(&enc, &EmbedAttack::new(&clean, EmbedTarget::PatchPrenorm, Distance::Mse).unwrap(), &x);
 }
 
 /// A probe whose logits for the true class lead by hundreds: the softmax saturates, the sanity
@@ -266,6 +274,7 @@ fn probe_meta(classes: usize, pooling: Pooling) -> HeadMeta {
         feature_dim: 64,
         pooling: Some(pooling),
         depth_range: None,
+        depth_form: None,
         source: serde_json::json!("test"),
         encoder_file: None,
         encoder_arch: None,
@@ -371,17 +380,21 @@ fn objectives_match_pytorch() {
         robust_ssl::heads::layers::LinearProbe { weight: f["probe_w"].clone(), bias: f["probe_b"].clone(), pooling: Pooling::ClsMeanPatch };
     let seg = Head::Seg(SegHead { bn: bn("seg"), weight: f["seg_w"].clone(), bias: f["seg_b"].clone() });
     let depth = Head::Depth(DepthHead {
-        bn: bn("depth"),
+        bn: Some(bn("depth")),
         weight: f["depth_w"].clone(),
         bias: f["depth_b"].clone(),
         min_depth: 1e-3,
         max_depth: 10.0,
     });
+    // DINOv2's linear depth head: the same conv, no BatchNorm, on the tokens before the final norm.
+    let dinov2 =
+        Head::Depth(DepthHead { bn: None, weight: f["depth_w"].clone(), bias: f["depth_b"].clone(), min_depth: 1e-3, max_depth: 10.0 });
+    let range = DepthRange { min: 1e-3, max: 10.0 };
     let metres: Vec<f32> = f["depth_metres"].flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|&v| v as f32).collect();
     let cases: Vec<(&str, Box<dyn Objective>, usize, usize)> = vec![
-        ("embed_both_mse", Box::new(EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse)), 0, 1),
-        ("embed_cls_cosine", Box::new(EmbedAttack::new(&clean, EmbedTarget::Cls, Distance::Cosine)), 0, 1),
-        ("embed_patch_cosine", Box::new(EmbedAttack::new(&clean, EmbedTarget::Patch, Distance::Cosine)), 0, 1),
+        ("embed_both_mse", Box::new(EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse).unwrap()), 0, 1),
+        ("embed_cls_cosine", Box::new(EmbedAttack::new(&clean, EmbedTarget::Cls, Distance::Cosine).unwrap()), 0, 1),
+        ("embed_patch_cosine", Box::new(EmbedAttack::new(&clean, EmbedTarget::Patch, Distance::Cosine).unwrap()), 0, 1),
         ("ce", Box::new(CrossEntropy { probe: &probe, labels: u32s(&f["probe_labels"]), scale_logits: false }), 0, 1),
         ("ce_scaled", Box::new(CrossEntropy { probe: &probe, labels: u32s(&f["probe_labels"]), scale_logits: true }), 0, 1),
         ("segpgd", Box::new(SegPgd { head: &seg, labels: u32s(&f["seg_labels"]), height: 56, width: 56, form: SegPgdForm::Paper }), 3, 4),
@@ -391,7 +404,9 @@ fn objectives_match_pytorch() {
             3,
             4,
         ),
-        ("depthpgd", Box::new(DepthPgd { head: &depth, metres, height: 56, width: 56, range: DepthRange { min: 1e-3, max: 10.0 } }), 0, 1),
+        ("depthpgd", Box::new(DepthPgd { head: &depth, reads: Reads::Final, metres: metres.clone(), height: 56, width: 56, range }), 0, 1),
+        ("depthpgd_dinov2", Box::new(DepthPgd { head: &dinov2, reads: Reads::PreNorm, metres, height: 56, width: 56, range }), 0, 1),
+        ("embed_patch_prenorm_mse", Box::new(EmbedAttack::new(&clean, EmbedTarget::PatchPrenorm, Distance::Mse).unwrap()), 0, 1),
     ];
     let max_abs = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
     for (name, obj, step, steps) in cases {
@@ -401,7 +416,7 @@ fn objectives_match_pytorch() {
         for (g, w) in ev.losses.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-6 * w.abs(), "{name}: loss {g} vs PyTorch {w}");
         }
-        let grad = enc.backward(&tape, &ev.d_cls, &ev.d_patch).unwrap();
+        let grad = enc.backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref()).unwrap();
         let want = &f[&format!("{name}_grad")];
         let rel = max_abs(&(&grad - want).unwrap()) / max_abs(want);
         let loss_rel = ev
@@ -412,5 +427,36 @@ fn objectives_match_pytorch() {
             .fold(0f64, f64::max);
         eprintln!("{name}: loss within {loss_rel:.1e}, pixel gradient within {rel:.1e} of PyTorch (relative)");
         assert!(rel < 1e-6, "{name}: pixel gradient differs from PyTorch by {rel:e} (relative max-abs)");
+    }
+    // The hand-written f32 CPU path's reverse pass through the tokens before the final norm.
+    let fast = encoder();
+    let x32 = x.to_dtype(DType::F32).unwrap();
+    let clean32 = fast.forward(&f["x0"].to_dtype(DType::F32).unwrap()).unwrap();
+    let head32 = dinov2.to_device(&probe_meta_depth(), &Device::Cpu).unwrap();
+    let metres: Vec<f32> = f["depth_metres"].flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|&v| v as f32).collect();
+    let cases: Vec<(&str, Box<dyn Objective>)> = vec![
+        ("depthpgd_dinov2", Box::new(DepthPgd { head: &head32, reads: Reads::PreNorm, metres, height: 56, width: 56, range })),
+        ("embed_patch_prenorm_mse", Box::new(EmbedAttack::new(&clean32, EmbedTarget::PatchPrenorm, Distance::Mse).unwrap())),
+    ];
+    for (name, obj) in cases {
+        let (tokens, tape) = fast.forward_with_tape(&x32).unwrap();
+        let ev = obj.evaluate(&tokens, &[0, 1], 0, 1).unwrap();
+        let grad = fast.backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref()).unwrap().to_dtype(DType::F64).unwrap();
+        let want = &f[&format!("{name}_grad")];
+        let rel = max_abs(&(&grad - want).unwrap()) / max_abs(want);
+        eprintln!("{name} (f32 fast path): pixel gradient within {rel:.1e} of PyTorch (relative)");
+        assert!(rel < 1e-3, "{name}: the f32 fast path's pixel gradient differs from PyTorch by {rel:e}");
+    }
+}
+
+/// The metadata of DINOv2's 16-bin depth head on the 64-wide test encoder.
+fn probe_meta_depth() -> HeadMeta {
+    HeadMeta {
+        task: Task::Depth,
+        outputs: 16,
+        depth_range: Some((1e-3, 10.0)),
+        depth_form: Some(robust_ssl::heads::head::DepthForm::Dinov2),
+        pooling: None,
+        ..probe_meta(16, Pooling::Cls)
     }
 }

@@ -101,7 +101,23 @@ fn fast_weight_gradients_match_autograd() {
 fn finetune_args<'a>(enc: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let base = ["finetune", "deacl", "--checkpoint", enc, "--num-heads", "4", "--dataset", "synthetic-seg:48x28", "--size", "28"];
     // The study's recipe (no momentum, per-epoch warm-up, random crop + flip), shortened.
-    let train = ["--recipe", "study", "--batch-size", "2", "--epochs", "2", "--lr", "0.05", "--save-every", "5", "--seed", "4", "--out", out, "--json"];
+    let train = [
+        "--recipe",
+        "study",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "2",
+        "--lr",
+        "0.05",
+        "--save-every",
+        "5",
+        "--seed",
+        "4",
+        "--out",
+        out,
+        "--json",
+    ];
     base.iter().chain(train.iter()).chain(extra).copied().collect()
 }
 

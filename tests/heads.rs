@@ -82,7 +82,7 @@ fn depth_head_matches_dinov2_bnhead() {
     for (mode, train) in [("train", true), ("eval", false)] {
         let (w, bn_w, cls, patch) = (var(&f, "depth_w"), var(&f, "depth_bn_w"), var(&f, "cls"), var(&f, "patch"));
         let head = DepthHead {
-            bn: bn(&f, "depth", &bn_w, &f["depth_bn_b"]),
+            bn: Some(bn(&f, "depth", &bn_w, &f["depth_bn_b"])),
             weight: w.as_tensor().clone(),
             bias: f["depth_b"].clone(),
             min_depth: 1e-3,

@@ -157,6 +157,40 @@ def main():
         return torch.stack(losses)
 
     record("depthpgd", depthpgd)
+
+    # The same objective through DINOv2's own linear depth head (dinov2/eval/depth/models/
+    # decode_heads/linear_head.py, the hub's depther): the last block's CLS and patch tokens
+    # *without* the final norm (get_intermediate_layers(norm=False)), patch channels first then
+    # CLS, no BatchNorm (commented out there), bilinear x4, 1x1 conv to bins, ReLU + 0.1,
+    # normalised, sum of p * bin, clamped to [min, max], resized to the image.
+    def record_prenorm(name, per_sample_fn):
+        xi = x.clone().requires_grad_(True)
+        cls, patch = m.forward_prenorm(ref.normalize(xi))
+        losses = per_sample_fn(cls, patch)
+        (grad,) = torch.autograd.grad(losses.sum(), xi)
+        out[f"{name}_losses"] = losses.detach()
+        out[f"{name}_grad"] = grad
+
+    def depthpgd_dinov2(c, p):
+        feats = torch.cat([p.reshape(2, 4, 4, d).permute(0, 3, 1, 2), c[:, :, None, None].expand(-1, -1, 4, 4)], 1)
+        feats = F.interpolate(feats, scale_factor=4, mode="bilinear", align_corners=False)
+        logits = F.conv2d(feats, depth_w[:, :, None, None], depth_b)
+        prob = torch.relu(logits) + 0.1
+        prob = prob / prob.sum(1, keepdim=True)
+        depth = torch.einsum("ikmn,k->imn", prob, bins.view(-1)).unsqueeze(1).clamp(MIN, MAX)
+        pred = F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        losses = []
+        for i in range(2):
+            gt = metres[i:i + 1]
+            mask = (gt > MIN) & (gt < MAX)
+            losses.append(sig_loss(pred[i:i + 1], gt, mask) + 0.5 * grad_loss(pred[i:i + 1], gt, mask))
+        return torch.stack(losses)
+
+    record_prenorm("depthpgd_dinov2", depthpgd_dinov2)
+    # EmbedAttack on the study's depth embedding: the pre-norm patch tokens (MSE).
+    with torch.no_grad():
+        _, p0_pre = m.forward_prenorm(ref.normalize(x0))
+    record_prenorm("embed_patch_prenorm_mse", lambda c, p: ((p - p0_pre) ** 2).mean(-1).mean(-1))
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     save_file({k: v.contiguous() for k, v in out.items()}, OUT)
     print("wrote", OUT, {k: tuple(v.shape) for k, v in out.items() if k.endswith("losses")})

@@ -154,6 +154,14 @@ class VisionTransformer(nn.Module):
         x = self.norm(x)
         return x[:, 0], x[:, 1 + self.num_register_tokens:]
 
+    def forward_prenorm(self, x):
+        """DINOv2's `get_intermediate_layers(x, n=[last], return_class_token=True, norm=False)`:
+        the last block's output without the final norm, CLS and patch tokens (registers dropped)."""
+        x = self.prepare_tokens(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return x[:, 0], x[:, 1 + self.num_register_tokens:]
+
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

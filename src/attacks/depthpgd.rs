@@ -5,8 +5,8 @@
 use anyhow::{bail, Result};
 use candle_core::Tensor;
 
-use super::objective::{losses_and_grads, Evaluated, Objective};
-use crate::encoder::Tokens;
+use super::objective::{losses_and_grads_of, Evaluated, Objective};
+use crate::encoder::{Reads, Tokens};
 use crate::features::Batch;
 use crate::heads::head::Head;
 use crate::heads::losses::{depth_loss, valid_mask};
@@ -15,6 +15,8 @@ use crate::metrics::DepthRange;
 
 pub struct DepthPgd<'a> {
     pub head: &'a Head,
+    /// The encoder outputs the head reads (DINOv2's: before the final norm).
+    pub reads: Reads,
     /// Ground truth of the whole batch, metres, row-major `B × height × width`.
     pub metres: Vec<f32>,
     pub height: usize,
@@ -30,7 +32,7 @@ impl Objective for DepthPgd<'_> {
     fn evaluate(&self, tokens: &Tokens, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
         let Head::Depth(_) = self.head else { bail!("DepthPGD needs a depth head") };
         let (h, w) = (self.height, self.width);
-        let (losses, d_cls, d_patch) = losses_and_grads(tokens, |cls, patch| {
+        let g = losses_and_grads_of(tokens, self.reads, |cls, patch| {
             let batch = Batch::from_tokens(cls, patch, tokens.grid);
             let (pred, _) = forward(self.head, &batch, (h, w), false)?; // [n, H, W]
             let per = active
@@ -50,6 +52,14 @@ impl Objective for DepthPgd<'_> {
                 .collect::<Result<Vec<_>>>()?;
             Ok(Tensor::stack(&per, 0)?)
         })?;
-        Ok(Evaluated { losses, d_cls, d_patch, success: None, score: None, saturated: None })
+        Ok(Evaluated {
+            losses: g.losses,
+            d_cls: g.d_cls,
+            d_patch: g.d_patch,
+            d_prenorm: g.d_prenorm,
+            success: None,
+            score: None,
+            saturated: None,
+        })
     }
 }

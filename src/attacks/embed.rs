@@ -1,22 +1,55 @@
 //! EmbedAttack: push the encoder's output away from the clean image's, with no task in sight —
-//! maximise the distance between adversarial and clean tokens (CLS, patch tokens, or both): the
-//! mean squared difference, or one minus the cosine similarity averaged over tokens.
+//! maximise the distance between adversarial and clean tokens (CLS, patch tokens after or before
+//! the final norm, or CLS and patch tokens): the mean squared difference, or one minus the cosine
+//! similarity averaged over tokens. The study attacks the embedding each task consumes
+//! (`evaluate.py`, `depth_head.py` of its code): CLS for classification, final-norm patch tokens for
+//! segmentation, the last block's patch tokens before the final norm for depth — `task` here.
 
 use anyhow::Result;
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use super::objective::{losses_and_grads, rows, Evaluated, Objective};
-use crate::encoder::Tokens;
+use super::objective::{losses_and_grads_of, rows, Evaluated, Objective};
+use crate::encoder::{Reads, Tokens};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmbedTarget {
+    /// The embedding the attacked task's head consumes (resolved by [`EmbedTarget::for_task`]).
+    Task,
     Cls,
     Patch,
+    /// Patch tokens before the encoder's final norm.
+    #[serde(rename = "patch-prenorm")]
+    PatchPrenorm,
     Both,
 }
-crate::choices!(EmbedTarget { Cls = "cls", Patch = "patch", Both = "both" });
+crate::choices!(EmbedTarget { Task = "task", Cls = "cls", Patch = "patch", PatchPrenorm = "patch-prenorm", Both = "both" });
+
+impl EmbedTarget {
+    /// `task` resolved for a head of `task`: CLS for classification, final-norm patch tokens for
+    /// segmentation, pre-norm patch tokens for depth (the study's choice); others unchanged.
+    pub fn for_task(self, task: crate::heads::head::Task) -> EmbedTarget {
+        use crate::heads::head::Task as T;
+        match (self, task) {
+            (EmbedTarget::Task, T::Cls) => EmbedTarget::Cls,
+            (EmbedTarget::Task, T::Seg) => EmbedTarget::Patch,
+            (EmbedTarget::Task, T::Depth) => EmbedTarget::PatchPrenorm,
+            (t, _) => t,
+        }
+    }
+}
+
+/// Where one EmbedAttack perturbation is scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmbedScope {
+    /// The study's: one EmbedAttack per task, on that task's embedding, scored on that task.
+    PerTask,
+    /// Ours: one perturbation per image with a stated target, scored on every task of the image.
+    Shared,
+}
+crate::choices!(EmbedScope { PerTask = "per-task", Shared = "shared" });
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,7 +62,8 @@ pub enum Distance {
 crate::choices!(Distance { Mse = "mse", Cosine = "cosine" });
 
 pub struct EmbedAttack {
-    /// Clean tokens of the whole batch: `[B, D]`, `[B, P, D]`.
+    /// Clean tokens of the whole batch: `[B, D]`, `[B, P, D]` (the patch tokens the target
+    /// names: after or before the final norm).
     pub clean_cls: Tensor,
     pub clean_patch: Tensor,
     pub target: EmbedTarget,
@@ -37,8 +71,22 @@ pub struct EmbedAttack {
 }
 
 impl EmbedAttack {
-    pub fn new(clean: &Tokens, target: EmbedTarget, distance: Distance) -> Self {
-        Self { clean_cls: clean.cls.detach(), clean_patch: clean.patch.detach(), target, distance }
+    /// An error for `task` (resolve it with [`EmbedTarget::for_task`] first) and for pre-norm
+    /// tokens the clean forward did not keep.
+    pub fn new(clean: &Tokens, target: EmbedTarget, distance: Distance) -> Result<Self> {
+        if target == EmbedTarget::Task {
+            anyhow::bail!("EmbedAttack target 'task' must be resolved against the attacked task first");
+        }
+        let (_, patch) = clean.read(Self::reads(target))?;
+        Ok(Self { clean_cls: clean.cls.detach(), clean_patch: patch.detach(), target, distance })
+    }
+
+    fn reads(target: EmbedTarget) -> Reads {
+        if target == EmbedTarget::PatchPrenorm {
+            Reads::PreNorm
+        } else {
+            Reads::Final
+        }
     }
 }
 
@@ -63,13 +111,22 @@ impl Objective for EmbedAttack {
 
     fn evaluate(&self, tokens: &Tokens, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
         let (c0, p0) = (rows(&self.clean_cls, active)?, rows(&self.clean_patch, active)?);
-        let (losses, d_cls, d_patch) = losses_and_grads(tokens, |cls, patch| {
+        let g = losses_and_grads_of(tokens, Self::reads(self.target), |cls, patch| {
             Ok(match self.target {
                 EmbedTarget::Cls => distance(cls, &c0, self.distance)?,
-                EmbedTarget::Patch => distance(patch, &p0, self.distance)?,
+                EmbedTarget::Patch | EmbedTarget::PatchPrenorm => distance(patch, &p0, self.distance)?,
                 EmbedTarget::Both => (distance(cls, &c0, self.distance)? + distance(patch, &p0, self.distance)?)?,
+                EmbedTarget::Task => anyhow::bail!("EmbedAttack target 'task' was not resolved"),
             })
         })?;
-        Ok(Evaluated { losses, d_cls, d_patch, success: None, score: None, saturated: None })
+        Ok(Evaluated {
+            losses: g.losses,
+            d_cls: g.d_cls,
+            d_patch: g.d_patch,
+            d_prenorm: g.d_prenorm,
+            success: None,
+            score: None,
+            saturated: None,
+        })
     }
 }

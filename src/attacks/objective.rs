@@ -6,7 +6,7 @@
 use anyhow::Result;
 use candle_core::{Tensor, Var};
 
-use crate::encoder::Tokens;
+use crate::encoder::{PreNorm, Reads, Tokens};
 
 /// An objective's verdict on the current adversarial tokens of the active samples.
 pub struct Evaluated {
@@ -15,6 +15,8 @@ pub struct Evaluated {
     /// Gradient of `Σ losses` with respect to CLS `[n, D]` and the patch tokens `[n, P, D]`.
     pub d_cls: Tensor,
     pub d_patch: Tensor,
+    /// And with respect to the tokens before the final norm, where the objective reads them.
+    pub d_prenorm: Option<PreNorm>,
     /// Per active sample: the goal is reached (e.g. misclassified); `None` where the objective
     /// has no such notion (embedding distance).
     pub success: Option<Vec<bool>>,
@@ -41,16 +43,40 @@ pub fn rows(t: &Tensor, active: &[usize]) -> Result<Tensor> {
     Ok(t.contiguous()?.index_select(&ids, 0)?)
 }
 
-/// Per-sample losses `[n]` of `f(cls, patch)` and their gradients with respect to the tokens,
-/// by candle autograd on detached copies of the tokens (no encoder or head weight is tracked).
-pub fn losses_and_grads(tokens: &Tokens, f: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>) -> Result<(Vec<f64>, Tensor, Tensor)> {
-    let cls = Var::from_tensor(&tokens.cls.detach())?;
-    let patch = Var::from_tensor(&tokens.patch.detach())?;
+/// The per-sample losses and their gradients with respect to the tokens an objective read.
+pub struct Gradients {
+    pub losses: Vec<f64>,
+    pub d_cls: Tensor,
+    pub d_patch: Tensor,
+    pub d_prenorm: Option<PreNorm>,
+}
+
+/// Per-sample losses `[n]` of `f(cls, patch)` on the tokens `reads` names, and their gradients
+/// with respect to them, by candle autograd on detached copies (no encoder or head weight is
+/// tracked); the gradients of the outputs not read are zero / `None`.
+pub fn losses_and_grads_of(tokens: &Tokens, reads: Reads, f: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>) -> Result<Gradients> {
+    let (c, p) = tokens.read(reads)?;
+    let cls = Var::from_tensor(&c.detach())?;
+    let patch = Var::from_tensor(&p.detach())?;
     let per_sample = f(cls.as_tensor(), patch.as_tensor())?;
     let grads = per_sample.sum_all()?.backward()?;
     let zeros = |v: &Var| v.as_tensor().zeros_like();
     let d_cls = grads.get(cls.as_tensor()).cloned().map_or_else(|| zeros(&cls), Ok)?;
     let d_patch = grads.get(patch.as_tensor()).cloned().map_or_else(|| zeros(&patch), Ok)?;
     let losses = per_sample.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
-    Ok((losses, d_cls, d_patch))
+    Ok(match reads {
+        Reads::Final => Gradients { losses, d_cls, d_patch, d_prenorm: None },
+        Reads::PreNorm => Gradients {
+            losses,
+            d_cls: tokens.cls.zeros_like()?,
+            d_patch: tokens.patch.zeros_like()?,
+            d_prenorm: Some(PreNorm { cls: d_cls, patch: d_patch }),
+        },
+    })
+}
+
+/// [`losses_and_grads_of`] on the final-norm tokens: (losses, d_cls, d_patch).
+pub fn losses_and_grads(tokens: &Tokens, f: impl FnOnce(&Tensor, &Tensor) -> Result<Tensor>) -> Result<(Vec<f64>, Tensor, Tensor)> {
+    let g = losses_and_grads_of(tokens, Reads::Final, f)?;
+    Ok((g.losses, g.d_cls, g.d_patch))
 }

@@ -58,6 +58,6 @@ impl Objective for CrossEntropy<'_> {
         })?;
         let success = predicted.iter().zip(&labels).map(|(p, l)| p != l).collect();
         let saturated = losses.iter().map(|&l| l < SATURATED_CE).collect();
-        Ok(Evaluated { losses, d_cls, d_patch, success: Some(success), score: None, saturated: Some(saturated) })
+        Ok(Evaluated { losses, d_cls, d_patch, success: Some(success), score: None, saturated: Some(saturated), d_prenorm: None })
     }
 }

@@ -152,7 +152,7 @@ impl Problem<'_> {
         let ev = self.objective.evaluate(&tokens, active, step, steps)?;
         let g = self
             .enc
-            .backward(&tape, &ev.d_cls, &ev.d_patch)?
+            .backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref())?
             .to_device(&Device::Cpu)?
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?

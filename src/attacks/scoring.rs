@@ -49,6 +49,23 @@ impl Aim<'_> {
     }
 }
 
+/// EmbedAttack's `task` target resolved against the scored heads, which must then share a task.
+fn resolve_target(target: EmbedTarget, heads: &[ScoredHead]) -> Result<EmbedTarget> {
+    if target != EmbedTarget::Task {
+        return Ok(target);
+    }
+    let Some(first) = heads.first() else { bail!("EmbedAttack's target 'task' needs the attacked task's head") };
+    let task = first.head.meta.task;
+    if let Some(other) = heads.iter().find(|h| h.head.meta.task != task) {
+        bail!(
+            "EmbedAttack's target 'task' is one embedding per task, but this perturbation is scored on a {task} and a {} head: \
+             state one target (cls, patch, patch-prenorm, both) for a shared perturbation",
+            other.head.meta.task
+        );
+    }
+    Ok(target.for_task(task))
+}
+
 /// How one head scored the batch: metric counts and outputs, clean and adversarial.
 pub struct HeadScores {
     pub clean: ScoreState,
@@ -78,7 +95,7 @@ pub fn attack_batch(
     let objective: Box<dyn Objective> = match aim {
         Aim::Embed { reference, target, distance } => {
             let reference = reference.or(clean.as_ref()).expect("clean tokens computed for EmbedAttack");
-            Box::new(EmbedAttack::new(reference, target, distance))
+            Box::new(EmbedAttack::new(reference, resolve_target(target, heads)?, distance)?)
         }
         Aim::Head { index, kind, loss } => {
             let Some(h) = heads.get(index) else {
@@ -95,7 +112,7 @@ pub fn attack_batch(
     for h in heads {
         let size = target_size(h.targets);
         let one = |tokens: &Tokens| -> Result<(ScoreState, Tensor)> {
-            let batch = Batch::from_tokens(&tokens.cls, &tokens.patch, tokens.grid).to_device(&Device::Cpu)?;
+            let batch = Batch::read(tokens, h.head.meta.reads())?.to_device(&Device::Cpu)?;
             let (out, _) = forward(&h.head.head, &batch, size, false)?;
             let mut scorer = Scorer::new(h.head, h.name)?;
             scorer.add(&out, h.targets, n)?;

@@ -116,7 +116,7 @@ impl Objective for SegPgd<'_> {
             let ce = (log_p * onehot)?.sum(1)?.neg()?; // [n, H, W]
             Ok((ce * weight)?.flatten_from(1)?.sum(D::Minus1)?)
         })?;
-        Ok(Evaluated { losses, d_cls, d_patch, success: None, score: Some(score), saturated: None })
+        Ok(Evaluated { losses, d_cls, d_patch, success: None, score: Some(score), saturated: None, d_prenorm: None })
     }
 }
 

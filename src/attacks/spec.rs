@@ -99,7 +99,7 @@ impl AttackKind {
             }
             (Head::Depth(_), Targets::Depth { metres, height, width }) => {
                 let range = trained.meta.range().context("a depth head without a depth range")?;
-                Box::new(DepthPgd { head, metres: metres.clone(), height: *height, width: *width, range })
+                Box::new(DepthPgd { head, reads: trained.meta.reads(), metres: metres.clone(), height: *height, width: *width, range })
             }
             (_, t) => bail!("the head's task does not fit {}", t.kind()),
         })

@@ -147,7 +147,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     let cfg = spec.engine(0, early_stop);
     let file = a.head.display().to_string();
     let head = TrainedHead::load_for(&a.head, a.task, &Device::Cpu)?;
-    let prep = f.prepare(&[Split::Val, Split::Test], a.task.layout(), Some(&head.meta.transforms))?;
+    let prep = f.prepare(&[Split::Val, Split::Test], head.meta.layout(), Some(&head.meta.transforms))?;
     let enc = prep.encoder.as_ref().context("attacks need an encoder")?;
     check_features(&head.meta, enc.config().embed_dim, &file)?;
     let ds = prep.dataset.as_ref();

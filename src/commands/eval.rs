@@ -73,7 +73,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         .map(Transform::describe)
         .collect();
     let transforms = if a.sliding_window.is_some() { &resizes } else { &meta.transforms };
-    let prep = f.prepare(&[Split::Val, Split::Test], a.task.layout(), Some(transforms))?;
+    let prep = f.prepare(&[Split::Val, Split::Test], meta.layout(), Some(transforms))?;
     if let Source::Encoder(enc) = prep.source() {
         let fp = enc.fingerprint()?;
         if fp != meta.source {

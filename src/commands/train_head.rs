@@ -14,7 +14,7 @@ use robust_ssl::data::Split;
 use robust_ssl::heads::evaluate::{evaluate, Evaluation};
 use robust_ssl::heads::fit::{fit, HeadOptions, HeadRecipe};
 pub use robust_ssl::heads::fit::{OptimizerName, ScheduleName};
-use robust_ssl::heads::head::{HeadMeta, Task};
+use robust_ssl::heads::head::{DepthForm, HeadMeta, Task};
 use robust_ssl::heads::layers::Pooling;
 
 #[derive(Args, Debug)]
@@ -66,6 +66,10 @@ pub struct TrainHeadArgs {
     pub min_depth: f64,
     #[arg(long, default_value_t = HeadOptions::MAX_DEPTH)]
     pub max_depth: f64,
+    /// Depth head: dinov2 (DINOv2's linear head: the last block's tokens before the final norm,
+    /// no BatchNorm) or bn (final-norm tokens, BatchNorm on the features).
+    #[arg(long, value_parser = super::choice::<DepthForm>(), default_value_t = HeadOptions::DEPTH_FORM)]
+    pub depth_form: DepthForm,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -101,6 +105,7 @@ impl TrainHeadArgs {
             bins: Some(self.bins),
             min_depth: Some(self.min_depth),
             max_depth: Some(self.max_depth),
+            depth_form: Some(self.depth_form),
         }
         .recipe(self.task)
     }
@@ -114,7 +119,7 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     let recipe = a.recipe();
     recipe.check().map_err(|e| anyhow::anyhow!("{e} (--min-depth, --max-depth, --bins, --epochs, --batch-size, --lr)"))?;
     robust_ssl::atomic::check_parent(&a.out)?;
-    let prep = f.prepare(&[Split::Train], a.task.layout(), None)?;
+    let prep = f.prepare(&[Split::Train], recipe.layout(), None)?;
     let dev = robust_ssl::device::default_device()?;
 
     let t0 = Instant::now();

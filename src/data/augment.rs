@@ -6,8 +6,10 @@
 
 use anyhow::{bail, Result};
 
-use super::transform::crop;
-use super::{Sample, Target, IGNORE};
+use rayon::prelude::*;
+
+use super::transform::{crop, Transform};
+use super::{Dataset, Sample, Target, IGNORE};
 use crate::rng::SplitMix64;
 
 /// Uniform integer in `0..=max`.
@@ -82,7 +84,9 @@ pub fn flip(s: Sample, horizontal: bool, vertical: bool) -> Result<Sample> {
         Target::Segmentation { labels, height, width } => {
             Target::Segmentation { labels: mirror(&labels, height, width, horizontal, vertical), height, width }
         }
-        Target::Depth { metres, height, width } => Target::Depth { metres: mirror(&metres, height, width, horizontal, vertical), height, width },
+        Target::Depth { metres, height, width } => {
+            Target::Depth { metres: mirror(&metres, height, width, horizontal, vertical), height, width }
+        }
         other => other,
     };
     Ok(Sample { image, target })
@@ -105,4 +109,28 @@ pub fn random_flips(s: Sample, rng: &mut SplitMix64) -> Result<Sample> {
         1 => flip(s, false, true),
         _ => flip(s, true, true),
     }
+}
+
+/// `t` applied with draws from `rng` where it is random; a deterministic one ignores `rng`.
+pub fn apply_seeded(t: &Transform, s: Sample, rng: &mut SplitMix64) -> Result<Sample> {
+    match *t {
+        Transform::RandomCrop(h, w) => random_crop(s, h, w, rng),
+        Transform::PadRandomCrop(p) => pad_random_crop(s, p, rng),
+        Transform::HFlip => random_hflip(s, rng),
+        Transform::Flips => random_flips(s, rng),
+        _ => t.apply(s),
+    }
+}
+
+/// Like `super::transform::load_batch`, drawing the random transforms of sample `i` from a
+/// generator seeded by `seed` and `i` (pass a seed that differs per epoch): the same draws on
+/// every run and resume.
+pub fn load_batch_augmented(ds: &dyn Dataset, indices: &[usize], transforms: &[Transform], seed: u64) -> Result<Vec<Sample>> {
+    indices
+        .par_iter()
+        .map(|&i| {
+            let mut rng = SplitMix64::new(crate::rng::stream(seed, i as u64));
+            transforms.iter().try_fold(ds.get(i)?, |s, t| apply_seeded(t, s, &mut rng))
+        })
+        .collect()
 }

@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 use rayon::prelude::*;
 
-use super::augment;
 use super::{Dataset, Sample, Target, IGNORE};
 use crate::resize::{apply_separable, interpolate, interpolate_antialias, nearest_indices, Filter};
 
@@ -47,17 +46,6 @@ impl Transform {
     /// Draws at random (a training augmentation).
     pub fn is_random(&self) -> bool {
         matches!(self, Self::RandomCrop(..) | Self::PadRandomCrop(_) | Self::HFlip | Self::Flips)
-    }
-
-    /// Applies a random transform with draws from `rng` (a deterministic one ignores it).
-    pub fn apply_seeded(&self, s: Sample, rng: &mut crate::rng::SplitMix64) -> Result<Sample> {
-        match *self {
-            Self::RandomCrop(h, w) => augment::random_crop(s, h, w, rng),
-            Self::PadRandomCrop(p) => augment::pad_random_crop(s, p, rng),
-            Self::HFlip => augment::random_hflip(s, rng),
-            Self::Flips => augment::random_flips(s, rng),
-            _ => self.apply(s),
-        }
     }
 
     /// Parses a comma-separated list in the [`Transform::describe`] syntax
@@ -196,19 +184,7 @@ pub fn default_transforms(size: usize, patch: usize) -> Vec<Transform> {
 }
 
 /// Decodes and transforms the samples at `indices` in parallel, in order. Random transforms are
-/// refused here (evaluation, cached features): see [`load_batch_augmented`].
+/// refused here (evaluation, cached features): see `super::augment::load_batch_augmented`.
 pub fn load_batch(ds: &dyn Dataset, indices: &[usize], transforms: &[Transform]) -> Result<Vec<Sample>> {
     indices.par_iter().map(|&i| transforms.iter().try_fold(ds.get(i)?, |s, t| t.apply(s))).collect()
-}
-
-/// Like [`load_batch`], drawing the random transforms of sample `i` from a generator seeded by
-/// `seed` and `i` (pass a seed that differs per epoch): the same draws on every run and resume.
-pub fn load_batch_augmented(ds: &dyn Dataset, indices: &[usize], transforms: &[Transform], seed: u64) -> Result<Vec<Sample>> {
-    indices
-        .par_iter()
-        .map(|&i| {
-            let mut rng = crate::rng::SplitMix64::new(crate::rng::stream(seed, i as u64));
-            transforms.iter().try_fold(ds.get(i)?, |s, t| t.apply_seeded(s, &mut rng))
-        })
-        .collect()
 }

@@ -25,6 +25,7 @@ pub fn similarity(a: &Tokens, b: &Tokens, which: EmbedTarget) -> Result<Tensor> 
         EmbedTarget::Cls => cos(&a.cls, &b.cls)?,
         EmbedTarget::Patch => cos(&a.patch, &b.patch)?,
         EmbedTarget::Both => (cos(&a.cls, &b.cls)? + cos(&a.patch, &b.patch)?)?,
+        other => anyhow::bail!("fine-tuning compares the cls, patch or both embeddings, not '{other}'"),
     })
 }
 
@@ -44,8 +45,7 @@ pub fn deacl_loss(s_clean: &Tokens, t_clean: &Tokens, s_adv: &Tokens, k: f64, wh
 pub fn student_pair(student: &Student, clean: &Tensor, adversarial: &Tensor) -> Result<(Tokens, Tokens)> {
     let n = clean.dim(0)?;
     let both = student.forward(&Tensor::cat(&[clean, adversarial], 0)?)?;
-    let half = |t: &Tensor, start: usize| t.narrow(0, start, n);
-    let part = |start| -> Result<Tokens> { Ok(Tokens { cls: half(&both.cls, start)?, patch: half(&both.patch, start)?, grid: both.grid }) };
+    let part = |start| -> Result<Tokens> { Ok(both.rows(start, n)?) };
     Ok((part(0)?, part(n)?))
 }
 
@@ -69,7 +69,7 @@ impl Recipe for Deacl {
 
     fn loss(&self, student: &Student, teacher: &Encoder, batch: &MiniBatch, step: u64) -> Result<(Tensor, Vec<f64>)> {
         let t_clean = teacher.forward(&batch.images)?;
-        let objective = EmbedAttack::new(&t_clean, self.embedding, Distance::Cosine);
+        let objective = EmbedAttack::new(&t_clean, self.embedding, Distance::Cosine)?;
         let cfg = AttackConfig { seed: crate::rng::stream(self.inner.seed, step), ..self.inner };
         let adv = attack(&student.snapshot()?, &objective, &batch.images, &cfg)?.adversarial;
         let (s_clean, s_adv) = student_pair(student, &batch.images, &adv)?;

@@ -46,7 +46,7 @@ pub struct Multi {
 }
 
 fn rows(t: &Tokens, start: usize, n: usize) -> Result<Tokens> {
-    Ok(Tokens { cls: t.cls.narrow(0, start, n)?, patch: t.patch.narrow(0, start, n)?, grid: t.grid })
+    Ok(t.rows(start, n)?)
 }
 
 impl Multi {

@@ -2,7 +2,6 @@
 //! `conf/task/deacl.yaml` of its code) and `fast` (ours, for a quick run on one machine). Every
 //! setting a user does not give comes from the recipe chosen; the defaults are written here once.
 
-
 use crate::data::transform::Transform;
 use crate::heads::train::Schedule;
 

@@ -18,7 +18,8 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::student::Student;
-use crate::data::transform::{load_batch, load_batch_augmented, Transform};
+use crate::data::augment::load_batch_augmented;
+use crate::data::transform::{load_batch, Transform};
 use crate::data::Dataset;
 use crate::encoder::Encoder;
 use crate::features::{targets_of, Targets};

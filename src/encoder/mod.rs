@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use arch::{ArchChoice, ArchOverrides, VitConfig};
 use fast_vit::Record;
 use pos_embed::PosResize;
-pub use vit::{Tokens, VisionTransformer};
+pub use vit::{PreNorm, Reads, Tokens, VisionTransformer};
 use weights::{Checkpoint, Format, Source};
 
 /// ImageNet statistics used by DINO and DINOv2.
@@ -94,6 +94,14 @@ fn fingerprint(info: &EncoderInfo, dtype: DType) -> Result<serde_json::Value> {
         "config": info.config,
         "dtype": format!("{dtype:?}"),
     }))
+}
+
+/// What the fast path's forward gives: `[B,T,D]` after and before the final norm.
+struct FastOutput {
+    all: Tensor,
+    pre: Tensor,
+    grid: (usize, usize),
+    tape: Option<fast_vit::Tape>,
 }
 
 /// What [`Encoder::backward`] needs from [`Encoder::forward_with_tape`].
@@ -234,32 +242,37 @@ impl Encoder {
         Ok(self.fast.get_or_init(|| built).as_ref())
     }
 
-    /// The fast path's output `[B,T,D]` (registers included), its patch grid and tape.
-    fn fast_forward(
-        &self,
-        fast: &fast_vit::FastVit,
-        pixels: &Tensor,
-        record: Record,
-    ) -> Result<(Tensor, (usize, usize), Option<fast_vit::Tape>)> {
+    /// The fast path's output `[B,T,D]` (registers included), the same before the final norm,
+    /// its patch grid and tape.
+    fn fast_forward(&self, fast: &fast_vit::FastVit, pixels: &Tensor, record: Record) -> Result<FastOutput> {
         let (b, h, w) = self.vit.check_images(pixels.dims())?;
         let p = self.config().patch_size;
         let (gh, gw) = (h / p, w / p);
         let pos = self.vit.patch_positions(gh, gw)?.flatten_all()?.to_vec1::<f32>()?;
         let px = pixels.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let (out, tape) = fast.forward(&px, (b, h, w), &pos, record)?;
+        let (out, pre, tape) = fast.forward(&px, (b, h, w), &pos, record)?;
         let (d, r) = (self.config().embed_dim, self.config().num_registers);
-        Ok((Tensor::from_vec(out, (b, 1 + r + gh * gw, d), &Device::Cpu)?, (gh, gw), tape))
+        let shape = (b, 1 + r + gh * gw, d);
+        Ok(FastOutput {
+            all: Tensor::from_vec(out, shape, &Device::Cpu)?,
+            pre: Tensor::from_vec(pre, shape, &Device::Cpu)?,
+            grid: (gh, gw),
+            tape,
+        })
     }
 
-    /// The CLS and patch tokens of an output `[B,T,D]`.
-    fn tokens_of(&self, all: &Tensor, grid: (usize, usize)) -> Result<Tokens> {
+    /// The CLS and patch tokens of an output `[B,T,D]`, and of the same before the final norm.
+    fn tokens_of(&self, all: &Tensor, pre: Option<&Tensor>, grid: (usize, usize)) -> Result<Tokens> {
         let skip = 1 + self.config().num_registers;
-        Ok(Tokens { cls: all.narrow(1, 0, 1)?.squeeze(1)?, patch: all.narrow(1, skip, grid.0 * grid.1)?, grid })
+        let split = |t: &Tensor| -> Result<(Tensor, Tensor)> { Ok((t.narrow(1, 0, 1)?.squeeze(1)?, t.narrow(1, skip, grid.0 * grid.1)?)) };
+        let (cls, patch) = split(all)?;
+        let prenorm = pre.map(split).transpose()?.map(|(cls, patch)| PreNorm { cls, patch });
+        Ok(Tokens { cls, patch, prenorm, grid })
     }
 
     fn fast_tokens(&self, fast: &fast_vit::FastVit, pixels: &Tensor, record: Record) -> Result<(Tokens, Option<fast_vit::Tape>)> {
-        let (all, grid, tape) = self.fast_forward(fast, pixels, record)?;
-        Ok((self.tokens_of(&all, grid)?, tape))
+        let o = self.fast_forward(fast, pixels, record)?;
+        Ok((self.tokens_of(&o.all, Some(&o.pre), o.grid)?, o.tape))
     }
 
     /// Forward for fine-tuning on the fast path (CPU, f32; `None` elsewhere): the tokens, computed
@@ -268,10 +281,10 @@ impl Encoder {
     pub fn forward_for_training(&self, pixels: &Tensor) -> Result<Option<(Tokens, Var, Tape)>> {
         match self.fast()? {
             Some(fast) if pixels.device().is_cpu() => {
-                let (all, grid, tape) = self.fast_forward(fast, pixels, Record::ParamGradients)?;
-                let output = Var::from_tensor(&all)?;
-                let tokens = self.tokens_of(output.as_tensor(), grid)?;
-                Ok(Some((tokens, output, Tape::Fast(tape.expect("tape requested")))))
+                let o = self.fast_forward(fast, pixels, Record::ParamGradients)?;
+                let output = Var::from_tensor(&o.all)?;
+                let tokens = self.tokens_of(output.as_tensor(), None, o.grid)?;
+                Ok(Some((tokens, output, Tape::Fast(o.tape.expect("tape requested")))))
             }
             _ => Ok(None),
         }
@@ -318,13 +331,17 @@ impl Encoder {
     pub fn forward_with_tape_generic(&self, pixels: &Tensor) -> Result<(Tokens, Tape)> {
         let input = Var::from_tensor(&pixels.to_dtype(self.vit.dtype())?)?;
         let tokens = self.forward_generic(input.as_tensor())?;
-        let out = Tokens { cls: tokens.cls.detach(), patch: tokens.patch.detach(), grid: tokens.grid };
-        Ok((out, Tape::Autograd { input, tokens }))
+        Ok((tokens.detach(), Tape::Autograd { input, tokens }))
     }
 
     /// The gradient with respect to the pixels of `Σ cls⊙d_cls + Σ patch⊙d_patch` (a
     /// vector–Jacobian product): what every attack step needs. No weight gradients.
     pub fn backward(&self, tape: &Tape, d_cls: &Tensor, d_patch: &Tensor) -> Result<Tensor> {
+        self.backward_with(tape, d_cls, d_patch, None)
+    }
+
+    /// [`Encoder::backward`] plus `Σ pre⊙d_pre` over the tokens before the final norm.
+    pub fn backward_with(&self, tape: &Tape, d_cls: &Tensor, d_patch: &Tensor, d_pre: Option<&PreNorm>) -> Result<Tensor> {
         match tape {
             Tape::Fast(t) => {
                 let fast = self.fast()?.ok_or_else(|| anyhow!("fast path unavailable"))?;
@@ -335,13 +352,24 @@ impl Encoder {
                 }
                 let r = self.config().num_registers;
                 let zeros = Tensor::zeros((b, r, d), DType::F32, &Device::Cpu)?;
-                let d_out = Tensor::cat(&[&d_cls.to_dtype(DType::F32)?.unsqueeze(1)?, &zeros, &d_patch.to_dtype(DType::F32)?], 1)?;
-                let g = fast.backward(t, d_out.flatten_all()?.to_vec1::<f32>()?);
+                let rows = |c: &Tensor, p: &Tensor| -> Result<Vec<f32>> {
+                    if p.dims() != [b, gh * gw, d] || c.dims() != [b, d] {
+                        bail!("token gradients of shapes {:?}, {:?}, expected [{b}, {d}], [{b}, {}, {d}]", c.dims(), p.dims(), gh * gw);
+                    }
+                    let all = Tensor::cat(&[&c.to_dtype(DType::F32)?.unsqueeze(1)?, &zeros, &p.to_dtype(DType::F32)?], 1)?;
+                    Ok(all.flatten_all()?.to_vec1::<f32>()?)
+                };
+                let d_pre = d_pre.map(|g| rows(&g.cls, &g.patch)).transpose()?;
+                let g = fast.backward(t, rows(d_cls, d_patch)?, d_pre);
                 let p = self.config().patch_size;
                 Ok(Tensor::from_vec(g, (b, 3, gh * p, gw * p), &Device::Cpu)?)
             }
             Tape::Autograd { input, tokens } => {
-                let loss = ((&tokens.cls * d_cls)?.sum_all()? + (&tokens.patch * d_patch)?.sum_all()?)?;
+                let mut loss = ((&tokens.cls * d_cls)?.sum_all()? + (&tokens.patch * d_patch)?.sum_all()?)?;
+                if let Some(g) = d_pre {
+                    let pre = tokens.prenorm.as_ref().ok_or_else(|| anyhow!("the tape holds no tokens before the final norm"))?;
+                    loss = ((loss + (&pre.cls * &g.cls)?.sum_all()?)? + (&pre.patch * &g.patch)?.sum_all()?)?;
+                }
                 let grads = loss.backward()?;
                 grads.get(input.as_tensor()).cloned().ok_or_else(|| anyhow!("no gradient reached the input"))
             }

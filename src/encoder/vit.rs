@@ -82,14 +82,64 @@ impl Block {
     }
 }
 
-/// The encoder's two outputs, after the final norm.
+/// The encoder's outputs: CLS and patch tokens after the final norm, and the same tokens before
+/// it (the last block's output: DINOv2's `get_intermediate_layers(norm=False)`, what its depth
+/// heads read).
 pub struct Tokens {
     /// `[B, D]`
     pub cls: Tensor,
     /// `[B, P, D]`, row-major over the patch grid, registers excluded.
     pub patch: Tensor,
+    /// Before the final norm; `None` where the forward did not keep it (fine-tuning).
+    pub prenorm: Option<PreNorm>,
     /// Patch grid (rows, columns).
     pub grid: (usize, usize),
+}
+
+/// CLS `[B, D]` and patch tokens `[B, P, D]` before the final norm (or gradients of that shape).
+pub struct PreNorm {
+    pub cls: Tensor,
+    pub patch: Tensor,
+}
+
+impl PreNorm {
+    pub fn detach(&self) -> PreNorm {
+        PreNorm { cls: self.cls.detach(), patch: self.patch.detach() }
+    }
+}
+
+/// Which of the encoder's outputs a head or an attack reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    /// After the final norm.
+    Final,
+    /// Before it (DINOv2's depth heads, the study's depth EmbedAttack).
+    PreNorm,
+}
+
+impl Tokens {
+    /// `n` samples from `start` (every output).
+    pub fn rows(&self, start: usize, n: usize) -> candle_core::Result<Tokens> {
+        let prenorm = match &self.prenorm {
+            Some(p) => Some(PreNorm { cls: p.cls.narrow(0, start, n)?, patch: p.patch.narrow(0, start, n)? }),
+            None => None,
+        };
+        Ok(Tokens { cls: self.cls.narrow(0, start, n)?, patch: self.patch.narrow(0, start, n)?, prenorm, grid: self.grid })
+    }
+
+    /// The same tokens cut off from the graph.
+    pub fn detach(&self) -> Tokens {
+        Tokens { cls: self.cls.detach(), patch: self.patch.detach(), prenorm: self.prenorm.as_ref().map(PreNorm::detach), grid: self.grid }
+    }
+
+    /// CLS and patch tokens as `reads` says; an error where the pre-norm ones were not kept.
+    pub fn read(&self, reads: Reads) -> anyhow::Result<(&Tensor, &Tensor)> {
+        match (reads, &self.prenorm) {
+            (Reads::Final, _) => Ok((&self.cls, &self.patch)),
+            (Reads::PreNorm, Some(p)) => Ok((&p.cls, &p.patch)),
+            (Reads::PreNorm, None) => anyhow::bail!("the tokens before the final norm were not kept by this forward"),
+        }
+    }
 }
 
 pub struct VisionTransformer {
@@ -389,8 +439,10 @@ impl VisionTransformer {
         for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        let x = self.norm.forward(&x)?;
+        let pre = x;
+        let x = self.norm.forward(&pre)?;
         let skip = 1 + self.config.num_registers;
-        Ok(Tokens { cls: x.narrow(1, 0, 1)?.squeeze(1)?, patch: x.narrow(1, skip, h * w)?, grid: (h, w) })
+        let prenorm = PreNorm { cls: pre.narrow(1, 0, 1)?.squeeze(1)?, patch: pre.narrow(1, skip, h * w)? };
+        Ok(Tokens { cls: x.narrow(1, 0, 1)?.squeeze(1)?, patch: x.narrow(1, skip, h * w)?, prenorm: Some(prenorm), grid: (h, w) })
     }
 }

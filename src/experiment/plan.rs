@@ -131,10 +131,12 @@ impl Plan {
         self.transforms(encoder, task).iter().map(Transform::describe).collect()
     }
 
-    /// The features request for `data` (a split of `len` samples) of `task`, on `encoder`.
-    pub fn request(&self, encoder: usize, task: usize, data: &DataRef, len: usize) -> crate::features::Request {
+    /// The features request for `data` (a split of `len` samples) of head `head`'s task, on its
+    /// encoder.
+    pub fn request(&self, head: usize, data: &DataRef, len: usize) -> crate::features::Request {
+        let (encoder, task) = (self.heads[head].encoder, self.heads[head].task);
         crate::features::Request {
-            layout: self.tasks[task].task.layout(),
+            layout: self.heads[head].recipe.layout(),
             transforms: self.transforms(encoder, task),
             indices: data.indices(len),
             batch_size: self.encoder_batch_size,

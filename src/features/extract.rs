@@ -46,7 +46,7 @@ fn features_of(source: Source, ds: &dyn Dataset, indices: &[usize], samples: Vec
     let targets = targets_of(ds, indices, samples)?;
     match source {
         Source::Pixels => {
-            if layout == Layout::Tokens {
+            if layout != Layout::Pooled {
                 bail!("raw pixels have no patch tokens: the pixel baseline is for classification only");
             }
             let n = images.dim(0)?;
@@ -54,11 +54,13 @@ fn features_of(source: Source, ds: &dyn Dataset, indices: &[usize], samples: Vec
         }
         Source::Encoder(enc) => {
             let tokens = enc.forward(&images.to_device(enc.vit.device())?).with_context(|| ds.describe())?;
-            let cls = tokens.cls.to_device(&Device::Cpu)?.contiguous()?;
-            let patch = tokens.patch.to_device(&Device::Cpu)?.contiguous()?;
+            let reads = if layout == Layout::PreNormTokens { crate::encoder::Reads::PreNorm } else { crate::encoder::Reads::Final };
+            let (cls, patch) = tokens.read(reads)?;
+            let cls = cls.to_device(&Device::Cpu)?.contiguous()?;
+            let patch = patch.to_device(&Device::Cpu)?.contiguous()?;
             let (patch_mean, patch) = match layout {
                 Layout::Pooled => (Some(patch.mean(1)?), None),
-                Layout::Tokens => (None, Some(patch)),
+                Layout::Tokens | Layout::PreNormTokens => (None, Some(patch)),
             };
             Ok(Batch { cls, patch_mean, patch, grid: tokens.grid, targets })
         }

@@ -48,7 +48,7 @@ impl Chunk {
         };
         expect("cls", Dtype::F32)?;
         match layout {
-            Layout::Tokens => expect("patch", Dtype::F32)?,
+            Layout::Tokens | Layout::PreNormTokens => expect("patch", Dtype::F32)?,
             Layout::Pooled if rows("patch_mean").is_some() => expect("patch_mean", Dtype::F32)?,
             Layout::Pooled => {}
         }

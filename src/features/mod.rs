@@ -24,6 +24,9 @@ pub enum Layout {
     Pooled,
     /// CLS `[D]` and every patch token `[P, D]` (segmentation, depth).
     Tokens,
+    /// The same before the encoder's final norm (DINOv2's depth heads).
+    #[serde(rename = "prenorm-tokens")]
+    PreNormTokens,
 }
 
 /// Where features come from: an encoder, or the transformed pixels themselves (the raw-pixel
@@ -121,6 +124,12 @@ impl Batch {
     /// CLS and patch tokens straight from the encoder, without targets (attacks, sliding windows).
     pub fn from_tokens(cls: &Tensor, patch: &Tensor, grid: (usize, usize)) -> Batch {
         Batch { cls: cls.clone(), patch_mean: None, patch: Some(patch.clone()), grid, targets: Targets::None }
+    }
+
+    /// The encoder outputs a head reading `reads` takes, as a batch without targets.
+    pub fn read(tokens: &crate::encoder::Tokens, reads: crate::encoder::Reads) -> anyhow::Result<Batch> {
+        let (cls, patch) = tokens.read(reads)?;
+        Ok(Batch::from_tokens(cls, patch, tokens.grid))
     }
 
     pub fn len(&self) -> usize {

@@ -265,7 +265,7 @@ pub fn evaluate_sliding(
             other => bail!("{}: sample {i} has {other:?} targets, not dense ones", ds.describe()),
         };
         let image = transforms.iter().try_fold(Sample { image: sample.image, target: Target::None }, |s, t| t.apply(s))?.image;
-        let out = predict(enc, &model, &image, window, batch)?;
+        let out = predict(enc, &model, meta.reads(), &image, window, batch)?;
         let out = bilinear(&out.unsqueeze(0)?, h, w)?;
         let out = if meta.task == Task::Depth { out.squeeze(1)? } else { out };
         scorer.add(&out, &targets, 1)?;

@@ -8,11 +8,12 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::head::{HeadMeta, Task, TrainedHead};
+use super::head::{layout_of, DepthForm, HeadMeta, Task, TrainedHead};
 use super::layers::Pooling;
 use super::train::{Schedule, TrainConfig};
 use super::trainer::{train, TargetStats};
 use crate::data::Dataset;
+use crate::encoder::Reads;
 use crate::features::{BatchSource, Request, Source};
 use crate::metrics::DepthRange;
 use crate::optim::OptimizerKind;
@@ -30,6 +31,9 @@ pub struct HeadRecipe {
     pub bins: usize,
     /// Valid depths: min < depth < max, in metres (depth only).
     pub depth_range: Option<(f64, f64)>,
+    /// Depth only: DINOv2's head (the default) or ours with BatchNorm on final-norm tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth_form: Option<DepthForm>,
 }
 
 /// An optimizer by name (command line and experiment files).
@@ -73,6 +77,7 @@ pub struct HeadOptions {
     pub bins: Option<usize>,
     pub min_depth: Option<f64>,
     pub max_depth: Option<f64>,
+    pub depth_form: Option<DepthForm>,
 }
 
 impl HeadOptions {
@@ -87,6 +92,7 @@ impl HeadOptions {
     pub const BINS: usize = 256;
     pub const MIN_DEPTH: f64 = 0.001;
     pub const MAX_DEPTH: f64 = 10.0;
+    pub const DEPTH_FORM: DepthForm = DepthForm::Dinov2;
 
     /// The recipe of a `task` head with these settings.
     pub fn recipe(&self, task: Task) -> HeadRecipe {
@@ -116,6 +122,7 @@ impl HeadOptions {
             bins: self.bins.unwrap_or(Self::BINS),
             depth_range: (task == Task::Depth)
                 .then(|| (self.min_depth.unwrap_or(Self::MIN_DEPTH), self.max_depth.unwrap_or(Self::MAX_DEPTH))),
+            depth_form: (task == Task::Depth).then(|| self.depth_form.unwrap_or(Self::DEPTH_FORM)),
         }
     }
 }
@@ -137,6 +144,12 @@ impl HeadRecipe {
             bail!("the learning rate must be positive (got {})", self.train.lr);
         }
         Ok(())
+    }
+
+    /// What the head's features keep per sample.
+    pub fn layout(&self) -> crate::features::Layout {
+        let reads = if self.depth_form == Some(DepthForm::Dinov2) { Reads::PreNorm } else { Reads::Final };
+        layout_of(self.task, reads)
     }
 
     fn range(&self) -> Option<DepthRange> {
@@ -187,6 +200,7 @@ pub fn fit(
         feature_dim,
         pooling: (task == Task::Cls).then_some(recipe.pooling),
         depth_range: recipe.depth_range,
+        depth_form: recipe.depth_form,
         source: source_id,
         encoder_file,
         encoder_arch,

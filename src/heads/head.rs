@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layers::{BatchNorm, DepthHead, LinearProbe, Pooling, SegHead};
 use super::train::TrainConfig;
+use crate::encoder::Reads;
 use crate::metrics::DepthRange;
 use crate::rng::SplitMix64;
 
@@ -26,17 +27,29 @@ pub enum Task {
     Depth,
 }
 
-impl Task {
-    /// What the task's head reads from the encoder: pooled vectors, or every patch token.
-    pub fn layout(self) -> crate::features::Layout {
-        match self {
-            Self::Cls => crate::features::Layout::Pooled,
-            Self::Seg | Self::Depth => crate::features::Layout::Tokens,
-        }
+/// What a `task` head reading `reads` keeps per sample: pooled vectors, or every patch token
+/// (after or before the final norm).
+pub fn layout_of(task: Task, reads: Reads) -> crate::features::Layout {
+    use crate::features::Layout;
+    match (task, reads) {
+        (Task::Cls, _) => Layout::Pooled,
+        (_, Reads::Final) => Layout::Tokens,
+        (_, Reads::PreNorm) => Layout::PreNormTokens,
     }
 }
 
 crate::choices!(Task { Cls = "cls", Seg = "seg", Depth = "depth" });
+
+/// The depth head's form: DINOv2's linear head (the last block's tokens before the final norm,
+/// no BatchNorm: what DINOv2 and the study train, and DINOv2's published heads) or `bn` (final-norm
+/// tokens and a BatchNorm on the 2D features: robust-ssl's depth head before it followed DINOv2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DepthForm {
+    Dinov2,
+    Bn,
+}
+crate::choices!(DepthForm { Dinov2 = "dinov2", Bn = "bn" });
 
 /// The trivial predictor of the training split, reported beside every evaluation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -60,6 +73,9 @@ pub struct HeadMeta {
     pub pooling: Option<Pooling>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth_range: Option<(f64, f64)>,
+    /// Depth heads: the form (files written before it existed hold the `bn` form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth_form: Option<DepthForm>,
     /// The encoder's identity (file hash, load options), or `"pixels"`.
     pub source: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +92,24 @@ pub struct HeadMeta {
 }
 
 impl HeadMeta {
+    /// A depth head's form (`bn` for files that do not say).
+    pub fn depth_form(&self) -> DepthForm {
+        self.depth_form.unwrap_or(DepthForm::Bn)
+    }
+
+    /// Which encoder outputs the head reads.
+    pub fn reads(&self) -> Reads {
+        match self.task {
+            Task::Depth if self.depth_form() == DepthForm::Dinov2 => Reads::PreNorm,
+            _ => Reads::Final,
+        }
+    }
+
+    /// What its features keep per sample.
+    pub fn layout(&self) -> crate::features::Layout {
+        layout_of(self.task, self.reads())
+    }
+
     /// A depth head's valid range (`min < depth < max`), as losses and metrics take it.
     pub fn range(&self) -> Option<DepthRange> {
         self.depth_range.map(|(min, max)| DepthRange { min, max })
@@ -145,7 +179,7 @@ impl Head {
             }
             Task::Depth => {
                 let (min_depth, max_depth) = meta.depth_range.context("a depth head needs a depth range")?;
-                let bn = bn_init(2 * d, dev, &mut vars)?;
+                let bn = (meta.depth_form() == DepthForm::Bn).then(|| bn_init(2 * d, dev, &mut vars)).transpose()?;
                 let (weight, bias) = linear(k, 2 * d, &mut vars)?;
                 Head::Depth(DepthHead { bn, weight, bias, min_depth, max_depth })
             }
@@ -158,7 +192,7 @@ impl Head {
         match self {
             Head::Linear(_) => None,
             Head::Seg(h) => Some(&mut h.bn),
-            Head::Depth(h) => Some(&mut h.bn),
+            Head::Depth(h) => h.bn.as_mut(),
         }
     }
 
@@ -182,7 +216,7 @@ impl Head {
                 v
             }
             Head::Depth(h) => {
-                let mut v = bn(&h.bn);
+                let mut v = h.bn.as_ref().map(bn).unwrap_or_default();
                 v.push(("decode_head.conv_depth.weight".into(), conv(&h.weight)?));
                 v.push(("decode_head.conv_depth.bias".into(), h.bias.clone()));
                 v
@@ -222,7 +256,7 @@ impl Head {
             }
             Task::Depth => {
                 let (min_depth, max_depth) = meta.depth_range.with_context(|| format!("{file}: a depth head without a depth range"))?;
-                let bn = bn(2 * d)?;
+                let bn = (meta.depth_form() == DepthForm::Bn).then(|| bn(2 * d)).transpose()?;
                 let weight = take("decode_head.conv_depth.weight", &[k, 2 * d, 1, 1])?.reshape((k, 2 * d))?;
                 Head::Depth(DepthHead { bn, weight, bias: take("decode_head.conv_depth.bias", &[k])?, min_depth, max_depth })
             }

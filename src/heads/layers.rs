@@ -2,11 +2,13 @@
 //! `forward` — the last stage of *normalize → encoder → head*:
 //! - [`LinearProbe`]: a linear layer on CLS (or CLS ⊕ mean of the patch tokens);
 //! - [`SegHead`]: BatchNorm + 1×1 convolution on the patch grid → class logits `[B,K,h,w]`;
-//! - [`DepthHead`]: DINOv2's BNHead: patch ⊕ CLS → BatchNorm → 1×1 conv to bins, logits upsampled
-//!   ×4 (bilinear), ReLU + 0.1, normalised over bins, depth = Σ p·bin with bins uniform in
-//!   [min, max] → `[B,1,4h,4w]` (one fused op on the CPU, see `bin_readout`). DINOv2 upsamples
-//!   the features before BN and conv; with BN in evaluation mode (per-pixel affine) that is the
-//!   same map, and it is 4× cheaper this way.
+//! - [`DepthHead`]: DINOv2's linear depth head (`dinov2/eval/depth/models/decode_heads/
+//!   linear_head.py`): patch ⊕ CLS tokens of the last block *before* the final norm → 1×1 conv to
+//!   bins (DINOv2 has no BatchNorm there: its `self.bn` is commented out; ours may add one, the
+//!   `bn` form), logits upsampled ×4 (bilinear), ReLU + 0.1, normalised over bins, depth = Σ p·bin
+//!   with bins uniform in [min, max] → `[B,1,4h,4w]` (one fused op on the CPU, see `bin_readout`).
+//!   DINOv2 upsamples the features before the conv; both are linear (and BatchNorm in evaluation
+//!   mode is a per-pixel affine map), so it is the same map, 4× cheaper this way.
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -104,7 +106,8 @@ impl SegHead {
 }
 
 pub struct DepthHead {
-    pub bn: BatchNorm,
+    /// `None` in DINOv2's form; the `bn` form normalises the 2D features first.
+    pub bn: Option<BatchNorm>,
     /// `[bins, 2D]`
     pub weight: Tensor,
     pub bias: Tensor,
@@ -127,8 +130,11 @@ impl DepthHead {
         if p != h * w {
             bail!("{p} patch tokens for a {h}x{w} grid");
         }
-        let x = Tensor::cat(&[patch, &cls.unsqueeze(1)?.broadcast_as((b, p, d))?], 2)?;
-        let (x, stats) = self.bn.forward(&x.reshape((b * p, 2 * d))?, train)?;
+        let x = Tensor::cat(&[patch, &cls.unsqueeze(1)?.broadcast_as((b, p, d))?], 2)?.reshape((b * p, 2 * d))?;
+        let (x, stats) = match &self.bn {
+            Some(bn) => bn.forward(&x, train)?,
+            None => (x, None),
+        };
         let n = self.weight.dim(0)?;
         let logits = x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?.reshape((b, h, w, n))?;
         let depth = if logits.device().is_cpu() {

@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 
 use super::head::Head;
 use super::trainer::forward;
-use crate::encoder::Encoder;
+use crate::encoder::{Encoder, Reads};
 use crate::features::Batch;
 
 /// Window size and stride in pixels.
@@ -44,8 +44,9 @@ pub fn spans(len: usize, crop: usize, stride: usize) -> Vec<(usize, usize)> {
 }
 
 /// The head's dense output over a whole image `[3, H, W]` (pixels in [0,1]): segmentation logits
-/// `[K, H, W]` or depth `[1, H, W]`, on the CPU. `batch` windows go through the encoder at once.
-pub fn predict(enc: &Encoder, head: &Head, image: &Tensor, window: Window, batch: usize) -> Result<Tensor> {
+/// `[K, H, W]` or depth `[1, H, W]`, on the CPU. `batch` windows go through the encoder at once;
+/// the head takes the encoder outputs `reads` names.
+pub fn predict(enc: &Encoder, head: &Head, reads: Reads, image: &Tensor, window: Window, batch: usize) -> Result<Tensor> {
     let (_, h, w) = image.dims3()?;
     let p = enc.config().patch_size;
     let (ys, xs) = (spans(h, window.crop, window.stride), spans(w, window.crop, window.stride));
@@ -62,7 +63,7 @@ pub fn predict(enc: &Encoder, head: &Head, image: &Tensor, window: Window, batch
             .collect::<Result<Vec<_>>>()?;
         let pixels = Tensor::stack(&crops, 0)?.to_device(enc.vit.device())?;
         let tokens = enc.forward(&pixels)?;
-        let feats = Batch::from_tokens(&tokens.cls, &tokens.patch, tokens.grid);
+        let feats = Batch::read(&tokens, reads)?;
         let (out, _) = forward(head, &feats, (ph, pw), false)?;
         let out = if out.rank() == 3 { out.unsqueeze(1)? } else { out }; // depth [n, H, W] → [n, 1, H, W]
         channels = out.dim(1)?;

@@ -36,7 +36,9 @@ fn recipe_text(task: &str, r: &HeadRecipe) -> String {
         Schedule::Constant => "constant".to_string(),
         Schedule::Poly { power } => format!("poly {power}"),
         Schedule::Cosine => "cosine".to_string(),
-        Schedule::EpochWarmupCosine { warmup_epochs, start_lr } => format!("per-epoch warm-up from {start_lr} over {warmup_epochs} epochs, cosine"),
+        Schedule::EpochWarmupCosine { warmup_epochs, start_lr } => {
+            format!("per-epoch warm-up from {start_lr} over {warmup_epochs} epochs, cosine")
+        }
     };
     format!("{task}: {optimizer}, {schedule}, {} epochs, batch {}", t.epochs, t.batch_size)
 }

@@ -358,14 +358,15 @@ impl FastVit {
 
     /// `pixels`: `[B,3,H,W]` in [0,1], sides checked by the caller; `pos`: the position
     /// embedding of the patch grid `[P,D]`.
-    /// Returns the final tokens `[B,T,D]` and, unless `record` is `Nothing`, the tape.
+    /// Returns the final tokens `[B,T,D]`, the same before the final norm, and, unless `record`
+    /// is `Nothing`, the tape.
     pub fn forward(
         &self,
         pixels: &[f32],
         (b, hh, ww): (usize, usize, usize),
         pos: &[f32],
         record: Record,
-    ) -> Result<(Vec<f32>, Option<Tape>)> {
+    ) -> Result<(Vec<f32>, Vec<f32>, Option<Tape>)> {
         let (p, d) = (self.patch, self.d);
         debug_assert!(hh % p == 0 && ww % p == 0, "checked by VisionTransformer::check_images");
         let (gh, gw) = (hh / p, ww / p);
@@ -405,15 +406,20 @@ impl FastVit {
         }
         let out = self.norm.forward(&x);
         let patches = if record == Record::ParamGradients { patches } else { vec![] };
-        Ok((out, (record != Record::Nothing).then_some(Tape { z, grid: (gh, gw), blocks: tapes, last: x, patches })))
+        let tape = (record != Record::Nothing).then(|| Tape { z, grid: (gh, gw), blocks: tapes, last: x.clone(), patches });
+        Ok((out, x, tape))
     }
 
-    /// The pixels' gradient `[B,3,H,W]` given the gradients of the final tokens `[B,T,D]`.
-    pub fn backward(&self, tape: &Tape, d_out: Vec<f32>) -> Vec<f32> {
+    /// The pixels' gradient `[B,3,H,W]` given the gradients of the final tokens `[B,T,D]` and,
+    /// where an objective reads them, of the tokens before the final norm (same shape).
+    pub fn backward(&self, tape: &Tape, d_out: Vec<f32>, d_pre: Option<Vec<f32>>) -> Vec<f32> {
         let (p, d, z) = (self.patch, self.d, tape.z);
         let (gh, gw) = tape.grid;
         let np = gh * gw;
         let mut dx = self.norm.backward(&tape.last, &d_out);
+        if let Some(d_pre) = d_pre {
+            add_assign(&mut dx, &d_pre);
+        }
         for (block, bt) in self.blocks.iter().zip(&tape.blocks).rev() {
             dx = block.backward(bt, dx, z);
         }

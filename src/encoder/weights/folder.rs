@@ -98,7 +98,9 @@ mod tests {
 
     #[test]
     fn tells_timm_from_transformers() {
-        let t = hints(r#"{"architecture": "vit_small_patch14_dinov2", "num_classes": 0, "pretrained_cfg": {}, "model_args": {"num_heads": 4}}"#);
+        let t = hints(
+            r#"{"architecture": "vit_small_patch14_dinov2", "num_classes": 0, "pretrained_cfg": {}, "model_args": {"num_heads": 4}}"#,
+        );
         assert_eq!((t.writer, t.num_heads), (Some(Writer::Timm), Some(4)));
         let h = hints(r#"{"model_type": "dinov2", "num_attention_heads": 6, "layer_norm_eps": 1e-6}"#);
         assert_eq!((h.writer, h.num_heads, h.ln_eps), (Some(Writer::Transformers), Some(6), Some(1e-6)));
