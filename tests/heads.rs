@@ -100,3 +100,56 @@ fn depth_head_matches_dinov2_bnhead() {
         }
     }
 }
+
+/// DINOv2's published linear heads, read in their own layout (mmcv checkpoints: `state_dict`
+/// with `decode_head.conv_depth.*` / `decode_head.bn.*` + `decode_head.conv_seg.*`), against a
+/// torch restatement of DINOv2's head forward (tools/gen_dinov2_head_fixtures.py): outputs at the
+/// image size and the gradients with respect to the tokens the head reads.
+#[test]
+fn dinov2_published_heads_load_and_match_their_restatement() {
+    use robust_ssl::features::Batch;
+    use robust_ssl::heads::head::{Baseline, DepthForm, Task, TrainedHead};
+    use robust_ssl::heads::trainer::forward;
+    let rel64 = |a: &Tensor, b: &Tensor| rel(&a.to_dtype(DType::F64).unwrap(), &b.to_dtype(DType::F64).unwrap());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/heads/dinov2");
+    for (file, task) in [("depth_linear", Task::Depth), ("seg_linear", Task::Seg)] {
+        let head = TrainedHead::load_for(&dir.join(format!("{file}.pth")), task, &Device::Cpu).unwrap();
+        let m = &head.meta;
+        assert_eq!((m.feature_dim, m.baseline), (32, Baseline::Unknown), "{file}");
+        if task == Task::Depth {
+            assert_eq!((m.outputs, m.depth_range, m.depth_form), (256, Some((0.001, 10.0)), Some(DepthForm::Dinov2)));
+            assert_eq!(m.reads(), robust_ssl::encoder::Reads::PreNorm, "DINOv2's depth head reads the tokens before the final norm");
+        } else {
+            assert_eq!((m.outputs, m.reads()), (21, robust_ssl::encoder::Reads::Final));
+        }
+        let f = candle_core::safetensors::load(dir.join(format!("{file}.expected.safetensors")), &Device::Cpu).unwrap();
+        let (b, gh, gw, d) = f["patch_tokens"].dims4().unwrap();
+        let patch = Var::from_tensor(&f["patch_tokens"].reshape((b, gh * gw, d)).unwrap()).unwrap();
+        let cls = Var::from_tensor(&f["cls"]).unwrap();
+        let batch = Batch::from_tokens(cls.as_tensor(), patch.as_tensor(), (gh, gw));
+        let (h, w) = (f["out"].dim(2).unwrap(), f["out"].dim(3).unwrap());
+        let (out, _) = forward(&head.head, &batch, (h, w), false).unwrap();
+        let out = if out.rank() == 3 { out.unsqueeze(1).unwrap() } else { out };
+        let r = rel64(&out, &f["out"]);
+        assert!(r < 1e-5, "{file}: output differs from DINOv2's by {r:e} (relative max-abs)");
+        let grads = (&out * &f["proj"]).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_patch = grads.get(patch.as_tensor()).unwrap().reshape((b, gh, gw, d)).unwrap();
+        let r = rel64(&g_patch, &f["grad_patch"]);
+        assert!(r < 1e-4, "{file}: patch-token gradient differs by {r:e}");
+        if task == Task::Depth {
+            let r = rel64(grads.get(cls.as_tensor()).unwrap(), &f["grad_cls"]);
+            assert!(r < 1e-4, "{file}: CLS gradient differs by {r:e}");
+        }
+        eprintln!("{file}: output and token gradients within 1e-4 of DINOv2's forward");
+    }
+    // The wrong task, and a file of another layout, are named.
+    let err = format!("{:#}", TrainedHead::load_for(&dir.join("depth_linear.pth"), Task::Seg, &Device::Cpu).err().unwrap());
+    assert!(err.contains("depth_linear.pth") && err.contains("depth head"), "{err}");
+    let encoder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
+    let err = format!("{:#}", TrainedHead::load(&encoder, &Device::Cpu).err().unwrap());
+    assert!(err.contains("dinov2_official.pth") && err.contains("not a head file"), "{err}");
+    // A head of another width is refused before any work.
+    let head = TrainedHead::load(&dir.join("seg_linear.pth"), &Device::Cpu).unwrap();
+    let err = robust_ssl::heads::trainer::check_features(&head.meta, 64, "seg_linear.pth").unwrap_err().to_string();
+    assert!(err.contains("32-wide") && err.contains("seg_linear.pth"), "{err}");
+}

@@ -126,6 +126,7 @@ pub fn baseline_name(b: &Baseline) -> String {
     match b {
         Baseline::MajorityClass(c) => format!("always class {c}, the training majority"),
         Baseline::MeanDepth(d) => format!("always {d:.3} m, the training mean"),
+        Baseline::Unknown => "not known: the head file carries no training statistics (a published head)".into(),
     }
 }
 

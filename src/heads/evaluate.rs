@@ -213,14 +213,20 @@ impl<'a> Scorer<'a> {
             Task::Cls | Task::Seg => {
                 let classes = out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
                 acc.update(&classes, &[], targets)?;
-                let Baseline::MajorityClass(c) = self.head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
-                base.update(&vec![c; classes.len()], &[], targets)
+                match self.head.meta.baseline {
+                    Baseline::MajorityClass(c) => base.update(&vec![c; classes.len()], &[], targets),
+                    Baseline::Unknown => Ok(()),
+                    Baseline::MeanDepth(_) => bail!("{file}: baseline of the wrong kind"),
+                }
             }
             Task::Depth => {
                 let depth = out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 acc.update(&[], &depth, targets)?;
-                let Baseline::MeanDepth(m) = self.head.meta.baseline else { bail!("{file}: baseline of the wrong kind") };
-                base.update(&[], &vec![m as f32; depth.len()], targets)
+                match self.head.meta.baseline {
+                    Baseline::MeanDepth(m) => base.update(&[], &vec![m as f32; depth.len()], targets),
+                    Baseline::Unknown => Ok(()),
+                    Baseline::MajorityClass(_) => bail!("{file}: baseline of the wrong kind"),
+                }
             }
         }
     }

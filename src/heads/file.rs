@@ -65,7 +65,11 @@ impl TrainedHead {
         Ok(head)
     }
 
+    /// A head file of ours, or one of DINOv2's published linear heads (a torch checkpoint).
     pub fn load(path: &Path, dev: &Device) -> Result<TrainedHead> {
+        if super::published::is_torch_file(path) {
+            return super::published::load(path, dev);
+        }
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).with_context(|| format!("{shown}: cannot read the head file"))?;
         let st = SafeTensors::deserialize(&bytes)

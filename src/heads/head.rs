@@ -59,6 +59,8 @@ pub enum Baseline {
     MajorityClass(u32),
     /// Always the mean valid depth of the training targets, in metres.
     MeanDepth(f64),
+    /// Not known: the head file carries no training statistics (a published head).
+    Unknown,
 }
 
 /// What a head file says about its head.

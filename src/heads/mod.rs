@@ -8,6 +8,7 @@ pub mod fit;
 pub mod head;
 pub mod layers;
 pub mod losses;
+pub mod published;
 pub mod sliding;
 pub mod train;
 pub mod trainer;
