@@ -104,6 +104,9 @@ fn attacks_hurt_every_task_within_budget() {
                 "--head",
                 head,
                 "--json",
+                // One stated embedding for every task (by default each task attacks its own).
+                "--embed-target",
+                "both",
             ],
             extra,
         ]

@@ -370,8 +370,8 @@ fn bad_experiments_are_refused_at_their_line() {
     fails_with(&["run", "/no/such.toml"], &["/no/such.toml", "cannot read the experiment file"]);
 }
 
-/// The plan shares work: one EmbedAttack item per image set and setting (scored on every task
-/// of those images), one head per encoder and task, and keys that depend on what determines a
+/// The plan shares work: one EmbedAttack item per task and setting (the study's scope), or per
+/// image set when shared (scored on every task of those images), one head per encoder and task, and keys that depend on what determines a
 /// result only (a renamed task keeps its heads' keys; another ε adds items without changing any).
 #[test]
 fn the_plan_shares_work_and_keys_are_stable() {
@@ -382,9 +382,21 @@ fn the_plan_shares_work_and_keys_are_stable() {
     let text = std::fs::read_to_string(&path).unwrap();
     let plan = Plan::new(&Loaded::parse(&path, text.clone()).unwrap()).unwrap();
     assert_eq!(plan.heads.len(), 3);
-    let embed: Vec<_> = plan.items.iter().filter(|i| matches!(&i.work, Work::Attack { source: None, .. })).collect();
+    let embed_items = |p: &Plan| -> Vec<usize> {
+        p.items.iter().filter(|i| matches!(&i.work, Work::Attack { source: None, .. })).map(|i| i.cells.len()).collect()
+    };
+    // The study's scope by default: one EmbedAttack per task on its own embedding.
+    let embed = embed_items(&plan);
+    assert_eq!(embed.len(), 3 * 2 * 2, "3 tasks × 2 ε × 2 seeds");
+    assert!(embed.iter().all(|&cells| cells == 1), "each task's EmbedAttack is scored on that task alone");
+    // The shared scope: one perturbation per image set, on a stated embedding, scored on every task.
+    let shared_text = text.replace("seeds = [0, 1]", "seeds = [0, 1]\nembed_scope = \"shared\"\nembed_target = \"both\"");
+    let shared = Plan::new(&Loaded::parse(&path, shared_text.clone()).unwrap()).unwrap();
+    let embed = embed_items(&shared);
     assert_eq!(embed.len(), 2 * 2 * 2, "2 image sets × 2 ε × 2 seeds");
-    assert!(embed.iter().any(|i| i.cells.len() == 2), "the scenes' EmbedAttack is scored on seg and depth");
+    assert!(embed.contains(&2), "the scenes' EmbedAttack is scored on seg and depth");
+    let err = format!("{:#}", Loaded::parse(&path, shared_text.replace("embed_target = \"both\"", "")).err().unwrap());
+    assert!(err.contains("embed_scope = \"shared\"") && err.contains("embed_target"), "{err}");
     let more = Plan::new(&Loaded::parse(&path, text.replace("\"8/255\"]", "\"8/255\", \"4/255\"]")).unwrap()).unwrap();
     let keys = |p: &Plan| p.items.iter().map(|i| i.key.clone()).collect::<std::collections::BTreeSet<_>>();
     assert!(keys(&plan).is_subset(&keys(&more)) && keys(&more).len() > keys(&plan).len());

@@ -51,6 +51,16 @@ pub enum EmbedScope {
 }
 crate::choices!(EmbedScope { PerTask = "per-task", Shared = "shared" });
 
+impl EmbedScope {
+    pub fn shared() -> Self {
+        Self::Shared
+    }
+
+    pub fn is_shared(&self) -> bool {
+        *self == Self::Shared
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Distance {

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::depthpgd::DepthPgd;
-use super::embed::{Distance, EmbedTarget};
+use super::embed::{Distance, EmbedScope, EmbedTarget};
 use super::objective::Objective;
 use super::pgd_ce::CrossEntropy;
 use super::segpgd::{SegPgd, SegPgdForm};
@@ -194,9 +194,13 @@ pub struct AttackSpec {
     /// Runs from fresh random starts; each sample keeps its best point over all of them.
     pub restarts: usize,
     pub random_start: bool,
-    /// EmbedAttack: which tokens, and which distance.
+    /// EmbedAttack: which tokens (`task`: the embedding of the task scored), which distance,
+    /// and where one perturbation is scored (`per-task`, the study's, or `shared` by every task of
+    /// the images: ours). Results stored before the scope existed were shared.
     pub embed_target: EmbedTarget,
     pub embed_distance: Distance,
+    #[serde(default = "EmbedScope::shared", skip_serializing_if = "EmbedScope::is_shared")]
+    pub embed_scope: EmbedScope,
     /// SegPGD's form (`paper`, the default, or `study`); not part of a setting's identity while
     /// it is the default, so results stored before it existed keep their keys.
     #[serde(default, skip_serializing_if = "SegPgdForm::is_paper")]
@@ -230,7 +234,9 @@ impl AttackSpec {
     pub const DEFAULT_STEPS: usize = 20;
     pub const DEFAULT_SEED: u64 = 0;
     pub const DEFAULT_RESTARTS: usize = 1;
-    pub const DEFAULT_EMBED_TARGET: EmbedTarget = EmbedTarget::Both;
+    /// The study's: each task's own embedding, one EmbedAttack per task.
+    pub const DEFAULT_EMBED_TARGET: EmbedTarget = EmbedTarget::Task;
+    pub const DEFAULT_EMBED_SCOPE: EmbedScope = EmbedScope::PerTask;
     pub const DEFAULT_EMBED_DISTANCE: Distance = Distance::Mse;
     /// Images attacked together (each batch's seed derives from the setting's).
     pub const DEFAULT_BATCH_SIZE: usize = 8;
@@ -251,6 +257,7 @@ impl AttackSpec {
             random_start: true,
             embed_target: Self::DEFAULT_EMBED_TARGET,
             embed_distance: Self::DEFAULT_EMBED_DISTANCE,
+            embed_scope: Self::DEFAULT_EMBED_SCOPE,
             segpgd: SegPgdForm::Paper,
             ce_scaling: false,
             iterate: Iterate::Best,
@@ -281,6 +288,9 @@ impl AttackSpec {
 
     /// Refuses settings the engine cannot run.
     pub fn check(&self) -> Result<()> {
+        if self.kind == AttackKind::Embed && self.embed_scope == EmbedScope::Shared && self.embed_target == EmbedTarget::Task {
+            bail!("a shared EmbedAttack perturbation is scored on every task of its images: it needs one stated embed_target (cls, patch, patch-prenorm or both), not 'task'");
+        }
         if self.iterate == Iterate::Last && self.kind == AttackKind::Apgd {
             bail!("iterate = last does not fit APGD, which restarts from its best point by design; use pgd or task");
         }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::choice;
 use super::cross_task::{AlsoHead, AlsoReport, AlsoSpec, CrossTask};
 use super::features::FeatureArgs;
-use robust_ssl::attacks::embed::{Distance, EmbedTarget};
+use robust_ssl::attacks::embed::{Distance, EmbedScope, EmbedTarget};
 use robust_ssl::attacks::engine::{AttackConfig, Sanity};
 use robust_ssl::attacks::scoring::{attack_batch, Aim, ScoredHead};
 use robust_ssl::attacks::segpgd::SegPgdForm;
@@ -60,7 +60,9 @@ pub struct AttackArgs {
     pub no_random_start: bool,
     #[arg(long, default_value_t = AttackSpec::DEFAULT_SEED)]
     pub seed: u64,
-    /// EmbedAttack: which tokens (cls, patch, both) and which distance (mse, cosine).
+    /// EmbedAttack: which tokens (task: the head's own — CLS for cls, final-norm patch tokens for
+    /// seg, pre-norm patch tokens for depth; or cls, patch, patch-prenorm, both) and which
+    /// distance (mse, cosine).
     #[arg(long, value_parser = choice::<EmbedTarget>(), default_value_t = AttackSpec::DEFAULT_EMBED_TARGET)]
     pub embed_target: EmbedTarget,
     #[arg(long, value_parser = choice::<Distance>(), default_value_t = AttackSpec::DEFAULT_EMBED_DISTANCE)]
@@ -124,8 +126,10 @@ impl AttackArgs {
             seed: self.seed,
             restarts: self.restarts,
             random_start: !self.no_random_start,
-            embed_target: self.embed_target,
+            // `task`: the attacked head's embedding (the `--also` heads score that perturbation).
+            embed_target: self.embed_target.for_task(self.task),
             embed_distance: self.embed_distance,
+            embed_scope: if self.also.is_empty() { EmbedScope::PerTask } else { EmbedScope::Shared },
             segpgd: self.segpgd,
             ce_scaling: self.ce_scaling,
             iterate: self.iterate,

@@ -14,7 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::attacks::embed::{Distance, EmbedTarget};
+use crate::attacks::embed::{Distance, EmbedScope, EmbedTarget};
 use crate::attacks::segpgd::SegPgdForm;
 use crate::attacks::spec::{AttackKind, AttackSpec, Iterate, StepSize};
 use crate::attacks::threat::{parse_amount, Norm};
@@ -193,10 +193,15 @@ pub struct AttackTable {
     pub restarts: usize,
     #[serde(default = "yes")]
     pub random_start: bool,
-    #[serde(default = "both")]
+    /// EmbedAttack's tokens: task (each task's own, the default), cls, patch, patch-prenorm, both.
+    #[serde(default = "embed_target")]
     pub embed_target: EmbedTarget,
     #[serde(default = "mse")]
     pub embed_distance: Distance,
+    /// EmbedAttack's scope: per-task (the study's, the default) or shared (one perturbation per
+    /// image, scored on every task of the image; needs a stated embed_target).
+    #[serde(default = "embed_scope")]
+    pub embed_scope: EmbedScope,
     /// SegPGD's form: paper (default) or study.
     #[serde(default)]
     pub segpgd: SegPgdForm,
@@ -223,8 +228,11 @@ fn one() -> usize {
 fn yes() -> bool {
     true
 }
-fn both() -> EmbedTarget {
+fn embed_target() -> EmbedTarget {
     AttackSpec::DEFAULT_EMBED_TARGET
+}
+fn embed_scope() -> EmbedScope {
+    AttackSpec::DEFAULT_EMBED_SCOPE
 }
 fn mse() -> Distance {
     AttackSpec::DEFAULT_EMBED_DISTANCE
@@ -335,8 +343,8 @@ impl Loaded {
         unique(self, x.tasks.iter().map(|t| &t.name), "task")?;
         for e in &x.encoders {
             let p = self.resolve(e.checkpoint.get_ref());
-            if !p.is_file() {
-                return Err(self.error(&e.checkpoint, format!("{}: no such checkpoint file", p.display())));
+            if !p.exists() {
+                return Err(self.error(&e.checkpoint, format!("{}: no such checkpoint file or model folder", p.display())));
             }
             if let Some(a) = &e.arch {
                 a.get_ref().parse::<crate::encoder::arch::ArchChoice>().map_err(|err| self.error(a, err))?;
@@ -380,6 +388,12 @@ impl Loaded {
             }
             if a.iterate == Iterate::Last && a.kinds.contains(&AttackKind::Apgd) {
                 bail!("{file}: an [[attack]] block with iterate = \"last\" cannot run apgd, which restarts from its best point by design");
+            }
+            if a.kinds.contains(&AttackKind::Embed) && a.embed_scope == EmbedScope::Shared && a.embed_target == EmbedTarget::Task {
+                bail!(
+                    "{file}: an [[attack]] block with embed_scope = \"shared\" scores one perturbation on every task of the images: \
+                     state its embed_target (cls, patch, patch-prenorm or both); \"task\" is one embedding per task"
+                );
             }
         }
         if let Some(c) = &r.cache_dir {

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::config::{HeadTable, Loaded};
+use crate::attacks::embed::EmbedScope;
 use crate::attacks::spec::{AttackKind, AttackSpec};
 use crate::choice::Choice;
 use crate::data::transform::Transform;
@@ -309,6 +310,7 @@ impl Plan {
                                     random_start: a.random_start,
                                     embed_target: a.embed_target,
                                     embed_distance: a.embed_distance,
+                                    embed_scope: a.embed_scope,
                                     segpgd: a.segpgd,
                                     ce_scaling: a.ce_scaling,
                                     iterate: a.iterate,
@@ -334,14 +336,20 @@ impl Plan {
                         (0..self.heads.len()).filter(|&h| self.heads[h].encoder == e && ts.contains(&self.heads[h].task)).collect()
                     };
                     let all = heads_of(members);
-                    let sources: Vec<Option<usize>> = if p.kind.aims_at_head() {
-                        all.iter().filter(|&&h| p.kind.fits(self.tasks[self.heads[h].task].task)).map(|&h| Some(h)).collect()
+                    // (the head attacked, or none for EmbedAttack; the task whose images; the heads scored)
+                    let runs: Vec<(Option<usize>, usize, Vec<usize>)> = if p.kind.aims_at_head() {
+                        all.iter()
+                            .filter(|&&h| p.kind.fits(self.tasks[self.heads[h].task].task))
+                            .map(|&h| (Some(h), self.heads[h].task, all.clone()))
+                            .collect()
+                    } else if p.embed_scope == EmbedScope::PerTask {
+                        // The study's: one EmbedAttack per task, on that task's embedding.
+                        members.iter().map(|&t| (None, t, heads_of(&[t]))).filter(|(_, _, s)| !s.is_empty()).collect()
                     } else {
-                        vec![None]
+                        vec![(None, members[0], all.clone())]
                     };
-                    for source in sources {
-                        let images_task = source.map_or(members[0], |s| self.heads[s].task);
-                        let mut scored = all.clone();
+                    for (source, images_task, scored) in runs {
+                        let mut scored = scored;
                         if let Some(s) = source {
                             scored.retain(|&h| h != s);
                             scored.insert(0, s);

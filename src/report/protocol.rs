@@ -4,6 +4,7 @@
 
 use super::results::{Results, Setting};
 use super::tables::Table;
+use crate::attacks::embed::{EmbedScope, EmbedTarget};
 use crate::attacks::spec::AttackSpec;
 use crate::experiment::config::Experiment;
 use crate::experiment::store::HeadRecord;
@@ -109,10 +110,21 @@ pub fn tables(r: &Results, heads: &[(String, HeadRecord)], experiment: Option<&E
             row(
                 "EmbedAttack",
                 if specs.iter().any(|p| p.kind == crate::attacks::spec::AttackKind::Embed) {
-                    format!(
-                        "shared: one perturbation per image, scored on every task of the image; tokens {}",
-                        distinct(&settings, |s| format!("{} by {}", s.embed_target, s.embed_distance))
-                    )
+                    distinct(&settings, |s| match s.embed_scope {
+                        EmbedScope::PerTask => format!(
+                            "per task: one EmbedAttack per task on {} by {}",
+                            if s.embed_target == EmbedTarget::Task {
+                                "each task's own embedding (as the study)".to_string()
+                            } else {
+                                format!("{} tokens", s.embed_target)
+                            },
+                            s.embed_distance
+                        ),
+                        EmbedScope::Shared => format!(
+                            "shared: one perturbation per image on {} tokens by {}, scored on every task of the image",
+                            s.embed_target, s.embed_distance
+                        ),
+                    })
                 } else {
                     "not run".into()
                 },

@@ -2,7 +2,7 @@
 //! earlier versions of the experiment are left out, cells not computed yet are counted), with
 //! their labels parsed, and lookups by encoder, task, attack and ε.
 
-use crate::attacks::embed::{Distance, EmbedTarget};
+use crate::attacks::embed::{Distance, EmbedScope, EmbedTarget};
 use crate::attacks::segpgd::SegPgdForm;
 use crate::attacks::spec::{AttackKind, AttackSpec, Iterate};
 use crate::attacks::threat::Norm;
@@ -69,6 +69,7 @@ pub struct Setting {
     pub random_start: bool,
     pub embed_target: EmbedTarget,
     pub embed_distance: Distance,
+    pub embed_scope: EmbedScope,
     pub segpgd: SegPgdForm,
     pub ce_scaling: bool,
     pub iterate: Iterate,
@@ -84,6 +85,7 @@ impl Setting {
             random_start: p.random_start,
             embed_target: p.embed_target,
             embed_distance: p.embed_distance,
+            embed_scope: p.embed_scope,
             segpgd: p.segpgd,
             ce_scaling: p.ce_scaling,
             iterate: p.iterate,
@@ -103,8 +105,8 @@ impl Setting {
         if !self.random_start {
             t += ", no random start";
         }
-        if (self.embed_target, self.embed_distance) != (d.embed_target, d.embed_distance) {
-            t += &format!(", EmbedAttack on {} tokens by {}", self.embed_target, self.embed_distance);
+        if (self.embed_target, self.embed_distance, self.embed_scope) != (d.embed_target, d.embed_distance, d.embed_scope) {
+            t += &format!(", EmbedAttack {} on {} tokens by {}", self.embed_scope, self.embed_target, self.embed_distance);
         }
         if self.segpgd != d.segpgd {
             t += &format!(", SegPGD {} form", self.segpgd);
