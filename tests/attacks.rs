@@ -281,6 +281,7 @@ fn probe_meta(classes: usize, pooling: Pooling) -> HeadMeta {
         dataset: "test".into(),
         samples: 0,
         transforms: vec![],
+        augment: vec![],
         train: TrainConfig {
             epochs: 300,
             batch_size: 16,

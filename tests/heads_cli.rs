@@ -380,3 +380,71 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The `study` recipe: the study's settings for each task (unless an option is given), its
+/// augmentations drawn afresh every epoch from the seed (the features are recomputed, the cache
+/// is not used), the same head on a second run, and a different head than the same settings
+/// without augmentation; the head file records the training transforms.
+#[test]
+fn study_recipes_augment_and_recompute_features() {
+    use robust_ssl::heads::fit::HeadOptions;
+    use robust_ssl::heads::head::Task;
+    use robust_ssl::heads::recipes::{Augment, RecipeName};
+    use robust_ssl::optim::OptimizerKind;
+    let study = |task| HeadOptions { recipe: Some(RecipeName::Study), ..Default::default() }.recipe(task);
+    let (c, s, d) = (study(Task::Cls), study(Task::Seg), study(Task::Depth));
+    assert_eq!((c.train.epochs, c.train.batch_size, c.train.lr, c.augment), (5, 128, 0.5, Augment::CropFlip));
+    assert_eq!((s.train.epochs, s.train.batch_size, s.train.lr, s.augment), (50, 16, 1e-3, Augment::CropFlips));
+    assert_eq!(s.train.optimizer, OptimizerKind::AdamW { weight_decay: 1e-4 });
+    assert_eq!((d.train.epochs, d.train.batch_size, d.train.lr, d.augment), (20, 128, 1e-4, Augment::Flip));
+    assert_eq!(d.train.optimizer, OptimizerKind::AdamW { weight_decay: 0.01 });
+    let fast = HeadOptions::default().recipe(Task::Seg);
+    assert_eq!((fast.train.epochs, fast.train.batch_size, fast.augment), (20, 8, Augment::None));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let enc = tiny_encoder();
+    let cache = tmp.path().join("cache");
+    let train = |name: &str, recipe: &str| -> (Value, String) {
+        let head = tmp.path().join(format!("{name}.safetensors")).display().to_string();
+        let cache = cache.display().to_string();
+        let args = [
+            "train-head",
+            "--task",
+            "seg",
+            "--recipe",
+            recipe,
+            "--checkpoint",
+            &enc,
+            "--num-heads",
+            "4",
+            "--dataset",
+            "synthetic-seg:16x56",
+            "--size",
+            "56",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--lr",
+            "1e-2",
+            "--schedule",
+            "constant",
+            "--weight-decay",
+            "1e-4",
+            "--cache-dir",
+            &cache,
+            "--out",
+            &head,
+            "--json",
+        ];
+        (ok_json(&args), head)
+    };
+    let (a, a_file) = train("a", "study");
+    let (_, b_file) = train("b", "study");
+    let (plain, plain_file) = train("plain", "fast");
+    assert_eq!(a["meta"]["augment"], serde_json::json!(["resize-short56", "random-crop56x56", "flips", "pad14"]));
+    assert!(a["cache"].is_null(), "augmented training recomputes features: {}", a["cache"]);
+    assert!(plain["meta"].get("augment").is_none() && !plain["cache"].is_null());
+    assert_eq!(head_tensors(&a_file), head_tensors(&b_file), "the augmentation draws come from the seed");
+    assert_ne!(head_tensors(&a_file), head_tensors(&plain_file), "the augmentation changes what the head learns");
+}

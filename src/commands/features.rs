@@ -88,7 +88,7 @@ impl FeatureArgs {
         if indices.is_empty() {
             anyhow::bail!("{}: the split is empty (no samples)", dataset.describe());
         }
-        let request = Request { layout, transforms, indices, batch_size: self.encoder_batch_size };
+        let request = Request { layout, transforms, indices, batch_size: self.encoder_batch_size, augment: vec![], augment_seed: 0 };
         Ok(Prepared { dataset, split, encoder, request })
     }
 

@@ -154,7 +154,7 @@ impl Runner<'_> {
         }
         let task = &plan.tasks[entry.task];
         let ds = task.train.open()?;
-        let request = plan.request(h, &task.train, ds.len());
+        let request = plan.request(h, &task.train, ds.len(), true);
         let (mut features, _) = batches(Source::Encoder(enc), ds.as_ref(), &request, self.cache())?;
         let fitted = fit(&entry.recipe, Source::Encoder(enc), ds.as_ref(), &request, features.as_mut(), &crate::device::default_device()?)?;
         fitted.head.save(&path)?;
@@ -187,7 +187,7 @@ impl Runner<'_> {
         let entry = &plan.heads[h];
         let task = &plan.tasks[entry.task];
         let ds = task.eval.open()?;
-        let request = plan.request(h, &task.eval, ds.len());
+        let request = plan.request(h, &task.eval, ds.len(), false);
         let file = format!("head {} of {}", plan.head_label(h), plan.encoders[entry.encoder].name);
         let (mut features, _) = batches(Source::Encoder(enc), ds.as_ref(), &request, self.cache())?;
         let evaluation = evaluate(head, features.as_mut(), 64, &crate::device::default_device()?, &file)?;

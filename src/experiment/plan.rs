@@ -133,14 +133,19 @@ impl Plan {
     }
 
     /// The features request for `data` (a split of `len` samples) of head `head`'s task, on its
-    /// encoder.
-    pub fn request(&self, head: usize, data: &DataRef, len: usize) -> crate::features::Request {
+    /// encoder; for `training`, with the head recipe's augmentation.
+    pub fn request(&self, head: usize, data: &DataRef, len: usize, training: bool) -> crate::features::Request {
         let (encoder, task) = (self.heads[head].encoder, self.heads[head].task);
+        let recipe = &self.heads[head].recipe;
+        let transforms = self.transforms(encoder, task);
+        let augment = if training && !recipe.augment.is_none() { recipe.augment.training_transforms(&transforms) } else { vec![] };
         crate::features::Request {
-            layout: self.heads[head].recipe.layout(),
-            transforms: self.transforms(encoder, task),
+            layout: recipe.layout(),
+            transforms,
             indices: data.indices(len),
             batch_size: self.encoder_batch_size,
+            augment,
+            augment_seed: recipe.train.seed,
         }
     }
 

@@ -4,7 +4,8 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
-use super::{Batch, BatchSource, Layout, Source, Targets};
+use super::{Batch, BatchSource, Layout, Request, Source, Targets};
+use crate::data::augment::load_batch_augmented;
 use crate::data::transform::{load_batch, Transform};
 use crate::data::{Dataset, Sample, Target};
 
@@ -17,12 +18,24 @@ pub fn extract(
     transforms: &[Transform],
     batch_size: usize,
 ) -> Result<Batch> {
+    extract_with(source, ds, indices, layout, batch_size, &|chunk| load_batch(ds, chunk, transforms))
+}
+
+/// [`extract`] with the samples decoded and transformed by `load`.
+fn extract_with(
+    source: Source,
+    ds: &dyn Dataset,
+    indices: &[usize],
+    layout: Layout,
+    batch_size: usize,
+    load: &dyn Fn(&[usize]) -> Result<Vec<Sample>>,
+) -> Result<Batch> {
     if batch_size == 0 {
         bail!("the encoder batch size must be at least 1");
     }
     let mut parts = Vec::new();
     for chunk in indices.chunks(batch_size) {
-        let samples = load_batch(ds, chunk, transforms).with_context(|| ds.describe())?;
+        let samples = load(chunk).with_context(|| ds.describe())?;
         parts.push(features_of(source, ds, chunk, samples, layout)?);
     }
     Batch::concat(parts)
@@ -92,7 +105,8 @@ pub fn targets_of(ds: &dyn Dataset, indices: &[usize], samples: Vec<Sample>) -> 
     Targets::concat(parts).with_context(|| ds.describe())
 }
 
-/// Features recomputed for every batch, the reference code's way (no cache).
+/// Features recomputed for every batch, the reference code's way (no cache); with random
+/// augmentation, of images augmented afresh every epoch.
 pub struct Live<'a> {
     pub source: Source<'a>,
     pub dataset: &'a dyn Dataset,
@@ -101,6 +115,37 @@ pub struct Live<'a> {
     pub layout: Layout,
     pub transforms: Vec<Transform>,
     pub batch_size: usize,
+    /// The training transforms with their random steps (empty: none) and the draws' seed.
+    pub augment: Vec<Transform>,
+    pub augment_seed: u64,
+    pub epoch: usize,
+}
+
+/// The generator stream of the augmentations' draws (apart from the shuffle's).
+const AUGMENT_STREAM: u64 = 0xA06;
+
+impl<'a> Live<'a> {
+    pub fn of(source: Source<'a>, dataset: &'a dyn Dataset, r: &Request) -> Live<'a> {
+        Live {
+            source,
+            dataset,
+            indices: r.indices.clone(),
+            layout: r.layout,
+            transforms: r.transforms.clone(),
+            batch_size: r.batch_size,
+            augment: r.augment.clone(),
+            augment_seed: r.augment_seed,
+            epoch: 0,
+        }
+    }
+
+    fn load(&self, ids: &[usize]) -> Result<Vec<Sample>> {
+        if self.augment.is_empty() {
+            return load_batch(self.dataset, ids, &self.transforms);
+        }
+        let seed = crate::rng::stream(crate::rng::epoch(self.augment_seed, self.epoch), AUGMENT_STREAM);
+        load_batch_augmented(self.dataset, ids, &self.augment, seed)
+    }
 }
 
 impl BatchSource for Live<'_> {
@@ -110,12 +155,20 @@ impl BatchSource for Live<'_> {
 
     fn batch(&mut self, indices: &[usize]) -> Result<Batch> {
         let ids: Vec<usize> = indices.iter().map(|&i| self.indices[i]).collect();
-        extract(self.source, self.dataset, &ids, self.layout, &self.transforms, self.batch_size)
+        extract_with(self.source, self.dataset, &ids, self.layout, self.batch_size, &|chunk| self.load(chunk))
     }
 
-    /// Decodes the samples (no encoder).
+    /// Decodes the samples (no encoder); augmented as in the current epoch.
     fn targets(&mut self, indices: &[usize]) -> Result<Targets> {
         let ids: Vec<usize> = indices.iter().map(|&i| self.indices[i]).collect();
-        targets_of(self.dataset, &ids, load_batch(self.dataset, &ids, &self.transforms)?)
+        targets_of(self.dataset, &ids, self.load(&ids)?)
+    }
+
+    fn set_epoch(&mut self, epoch: usize) {
+        self.epoch = epoch;
+    }
+
+    fn augmented(&self) -> bool {
+        !self.augment.is_empty()
     }
 }

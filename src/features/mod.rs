@@ -181,6 +181,12 @@ pub trait BatchSource {
     fn batch(&mut self, indices: &[usize]) -> Result<Batch>;
     /// The targets of the samples at `indices`, without their features where that is cheaper.
     fn targets(&mut self, indices: &[usize]) -> Result<Targets>;
+    /// Training moved on to `epoch` (augmented sources draw new crops and flips).
+    fn set_epoch(&mut self, _epoch: usize) {}
+    /// Whether every epoch recomputes the features of freshly augmented images.
+    fn augmented(&self) -> bool {
+        false
+    }
 }
 
 /// Images per encoder forward pass when features are computed.
@@ -195,6 +201,10 @@ pub struct Request {
     pub indices: Vec<usize>,
     /// Images per encoder forward pass.
     pub batch_size: usize,
+    /// Training with random augmentation: the full transform list (random steps included) and
+    /// the seed of the draws; empty for fixed features.
+    pub augment: Vec<Transform>,
+    pub augment_seed: u64,
 }
 
 impl Request {
@@ -212,21 +222,15 @@ pub fn batches<'a>(
     request: &Request,
     cache: Option<&cache::FeatureCache>,
 ) -> Result<(Box<dyn BatchSource + 'a>, Option<cache::CacheReport>)> {
+    if !request.augment.is_empty() {
+        // Augmented images have features of their own: nothing to cache.
+        return Ok((Box::new(Live::of(source, ds, request)), None));
+    }
     match cache {
         Some(c) => {
             let (features, report) = c.load_or_compute(source, ds, request)?;
             Ok((Box::new(features), Some(report)))
         }
-        None => {
-            let live = Live {
-                source,
-                dataset: ds,
-                indices: request.indices.clone(),
-                layout: request.layout,
-                transforms: request.transforms.clone(),
-                batch_size: request.batch_size,
-            };
-            Ok((Box::new(live), None))
-        }
+        None => Ok((Box::new(Live::of(source, ds, request)), None)),
     }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::head::{layout_of, DepthForm, HeadMeta, Task, TrainedHead};
 use super::layers::Pooling;
+use super::recipes::{defaults, Augment, RecipeName};
 use super::train::{Schedule, TrainConfig};
 use super::trainer::{train, TargetStats};
 use crate::data::Dataset;
@@ -34,6 +35,9 @@ pub struct HeadRecipe {
     /// Depth only: DINOv2's head (the default) or ours with BatchNorm on final-norm tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub depth_form: Option<DepthForm>,
+    /// Random training augmentation (features recomputed every epoch).
+    #[serde(default, skip_serializing_if = "Augment::is_none")]
+    pub augment: Augment,
 }
 
 /// An optimizer by name (command line and experiment files).
@@ -56,12 +60,14 @@ pub enum ScheduleName {
 crate::choices!(ScheduleName { Constant = "constant", Poly = "poly", Cosine = "cosine" });
 
 /// A head's settings as a user gives them (`train-head`'s options, an experiment file's head);
-/// unset ones take robust-ssl's defaults (not the study's recipes): cls AdamW lr 1e-3, cosine, 100 epochs, batch 256;
-/// seg and depth AdamW lr 1e-3, weight decay 1e-4, poly, 20 epochs, batch 8; SGD momentum 0.9;
-/// 256 depth bins over 0.001–10 m.
+/// unset ones come from the named recipe (`super::recipes`): `fast` (the default, robust-ssl's:
+/// cls AdamW lr 1e-3, cosine, 100 epochs, batch 256; seg and depth AdamW lr 1e-3, weight decay
+/// 1e-4, poly, 20 epochs, batch 8; no augmentation, so cached features serve) or `study` (the
+/// study's, with its augmentations); SGD momentum 0.9; 256 depth bins over 0.001–10 m.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadOptions {
+    pub recipe: Option<RecipeName>,
     pub epochs: Option<usize>,
     pub batch_size: Option<usize>,
     pub lr: Option<f64>,
@@ -82,8 +88,7 @@ pub struct HeadOptions {
 
 impl HeadOptions {
     /// The defaults that do not depend on the task.
-    pub const LR: f64 = 1e-3;
-    pub const OPTIMIZER: OptimizerName = OptimizerName::Adamw;
+    pub const RECIPE: RecipeName = RecipeName::Fast;
     pub const MOMENTUM: f64 = 0.9;
     pub const POLY_POWER: f64 = 1.0;
     pub const WARMUP_STEPS: usize = 0;
@@ -96,20 +101,28 @@ impl HeadOptions {
 
     /// The recipe of a `task` head with these settings.
     pub fn recipe(&self, task: Task) -> HeadRecipe {
-        let dense = task != Task::Cls;
-        let weight_decay = self.weight_decay.unwrap_or(if dense { 1e-4 } else { 0.0 });
+        let d = defaults(self.recipe.unwrap_or(Self::RECIPE), task);
+        let weight_decay = self.weight_decay.unwrap_or(match d.optimizer {
+            OptimizerKind::AdamW { weight_decay } | OptimizerKind::Sgd { weight_decay, .. } => weight_decay,
+        });
+        let momentum = self.momentum.unwrap_or(Self::MOMENTUM);
+        let power = self.poly_power.unwrap_or(Self::POLY_POWER);
         let train = TrainConfig {
-            epochs: self.epochs.unwrap_or(if dense { 20 } else { 100 }),
-            batch_size: self.batch_size.unwrap_or(if dense { 8 } else { 256 }),
-            lr: self.lr.unwrap_or(Self::LR),
-            optimizer: match self.optimizer.unwrap_or(Self::OPTIMIZER) {
-                OptimizerName::Adamw => OptimizerKind::AdamW { weight_decay },
-                OptimizerName::Sgd => OptimizerKind::Sgd { momentum: self.momentum.unwrap_or(Self::MOMENTUM), weight_decay },
+            epochs: self.epochs.unwrap_or(d.epochs),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            lr: self.lr.unwrap_or(d.lr),
+            optimizer: match (self.optimizer, d.optimizer) {
+                (Some(OptimizerName::Adamw), _) | (None, OptimizerKind::AdamW { .. }) => OptimizerKind::AdamW { weight_decay },
+                (Some(OptimizerName::Sgd), _) | (None, OptimizerKind::Sgd { .. }) => OptimizerKind::Sgd { momentum, weight_decay },
             },
-            schedule: match self.schedule.unwrap_or(if dense { ScheduleName::Poly } else { ScheduleName::Cosine }) {
-                ScheduleName::Constant => Schedule::Constant,
-                ScheduleName::Poly => Schedule::Poly { power: self.poly_power.unwrap_or(Self::POLY_POWER) },
-                ScheduleName::Cosine => Schedule::Cosine,
+            schedule: match self.schedule {
+                None => match d.schedule {
+                    Schedule::Poly { .. } => Schedule::Poly { power },
+                    s => s,
+                },
+                Some(ScheduleName::Constant) => Schedule::Constant,
+                Some(ScheduleName::Poly) => Schedule::Poly { power },
+                Some(ScheduleName::Cosine) => Schedule::Cosine,
             },
             warmup_steps: self.warmup_steps.unwrap_or(Self::WARMUP_STEPS),
             seed: self.seed.unwrap_or(Self::SEED),
@@ -123,6 +136,7 @@ impl HeadOptions {
             depth_range: (task == Task::Depth)
                 .then(|| (self.min_depth.unwrap_or(Self::MIN_DEPTH), self.max_depth.unwrap_or(Self::MAX_DEPTH))),
             depth_form: (task == Task::Depth).then(|| self.depth_form.unwrap_or(Self::DEPTH_FORM)),
+            augment: d.augment,
         }
     }
 }
@@ -207,6 +221,7 @@ pub fn fit(
         dataset: ds.describe(),
         samples: request.indices.len(),
         transforms: request.transform_names(),
+        augment: request.augment.iter().map(crate::data::transform::Transform::describe).collect(),
         train: recipe.train,
         final_loss: f64::NAN,
         baseline: stats.baseline(task, outputs, range)?,

@@ -87,6 +87,9 @@ pub struct HeadMeta {
     pub dataset: String,
     pub samples: usize,
     pub transforms: Vec<String>,
+    /// The training transforms with their random augmentation, where the recipe had one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub augment: Vec<String>,
     pub train: TrainConfig,
     pub final_loss: f64,
     pub baseline: Baseline,

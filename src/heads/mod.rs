@@ -9,6 +9,7 @@ pub mod head;
 pub mod layers;
 pub mod losses;
 pub mod published;
+pub mod recipes;
 pub mod sliding;
 pub mod train;
 pub mod trainer;

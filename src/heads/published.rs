@@ -78,6 +78,7 @@ pub fn load(path: &Path, dev: &Device) -> Result<TrainedHead> {
         dataset: format!("DINOv2's published head {name}"),
         samples: 0,
         transforms: default_transforms(DEFAULT_SIZE, PATCH).iter().map(Transform::describe).collect(),
+        augment: vec![],
         train: TrainConfig {
             epochs: 0,
             batch_size: 0,

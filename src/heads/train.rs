@@ -66,9 +66,9 @@ impl TrainConfig {
     }
 }
 
-/// Trains `vars` for `cfg.epochs` over `n` samples: `loss_of(indices)` gives the loss of one
-/// mini-batch (sample indices in the seeded order of that epoch). Returns the loss of every step.
-pub fn fit(vars: Vec<Var>, n: usize, cfg: &TrainConfig, mut loss_of: impl FnMut(&[usize]) -> Result<Tensor>) -> Result<Vec<f64>> {
+/// Trains `vars` for `cfg.epochs` over `n` samples: `loss_of(epoch, indices)` gives the loss of
+/// one mini-batch (sample indices in the seeded order of that epoch). Returns the loss of every step.
+pub fn fit(vars: Vec<Var>, n: usize, cfg: &TrainConfig, mut loss_of: impl FnMut(usize, &[usize]) -> Result<Tensor>) -> Result<Vec<f64>> {
     if n == 0 || cfg.batch_size == 0 || cfg.epochs == 0 {
         bail!("nothing to train: {n} samples, batch size {}, {} epochs", cfg.batch_size, cfg.epochs);
     }
@@ -81,7 +81,7 @@ pub fn fit(vars: Vec<Var>, n: usize, cfg: &TrainConfig, mut loss_of: impl FnMut(
         let order = shuffled(n, crate::rng::epoch(cfg.seed, epoch));
         for (b, batch) in order.chunks(cfg.batch_size).enumerate() {
             let lr = cfg.lr_at(epoch * per_epoch + b, total);
-            let loss = loss_of(batch)?;
+            let loss = loss_of(epoch, batch)?;
             let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
             if !value.is_finite() {
                 bail!("the loss became {value} at epoch {epoch}, step {b}");
@@ -137,7 +137,7 @@ mod tests {
         let x = Tensor::from_vec(feats, (n, 8), &dev).unwrap();
         let w = Var::zeros((2, 8), DType::F32, &dev).unwrap();
         let b = Var::zeros(2, DType::F32, &dev).unwrap();
-        let losses = fit(vec![w.clone(), b.clone()], n, &config(optimizer), |idx| {
+        let losses = fit(vec![w.clone(), b.clone()], n, &config(optimizer), |_, idx| {
             let ids = Tensor::from_vec(idx.iter().map(|&i| i as u32).collect::<Vec<_>>(), idx.len(), &dev)?;
             let y = Tensor::from_vec(idx.iter().map(|&i| labels[i]).collect::<Vec<_>>(), idx.len(), &dev)?;
             let probe = LinearProbe { weight: w.as_tensor().clone(), bias: b.as_tensor().clone(), pooling: Pooling::Cls };
@@ -176,7 +176,7 @@ mod tests {
             warmup_steps: 0,
             seed: 0,
         };
-        fit(vec![w.clone()], 1, &cfg, |_| Ok((w.as_tensor().sqr()? * 0.5)?.sum_all()?)).unwrap();
+        fit(vec![w.clone()], 1, &cfg, |_, _| Ok((w.as_tensor().sqr()? * 0.5)?.sum_all()?)).unwrap();
         let got = w.as_tensor().to_vec1::<f64>().unwrap()[0];
         assert!((got - 0.7371).abs() < 1e-12, "{got}");
     }

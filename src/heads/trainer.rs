@@ -144,8 +144,14 @@ pub fn train(meta: &HeadMeta, source: &mut dyn BatchSource, cfg: &TrainConfig, d
         bail!("BatchNorm heads need a batch size of at least 2");
     }
     let steps = source.len().div_ceil(cfg.batch_size.max(1)) * cfg.epochs;
-    let bar = crate::progress::bar(steps as u64, &format!("training the {} head", meta.task));
-    let losses = fit(vars, source.len(), cfg, |indices| {
+    let what = if source.augmented() { " (augmented: features recomputed every epoch)" } else { "" };
+    let bar = crate::progress::bar(steps as u64, &format!("training the {} head{what}", meta.task));
+    let mut current = None;
+    let losses = fit(vars, source.len(), cfg, |epoch, indices| {
+        if current != Some(epoch) {
+            source.set_epoch(epoch);
+            current = Some(epoch);
+        }
         bar.inc(1);
         let b = source.batch(indices)?.to_device(dev)?;
         let (out, stats) = forward(&head, &b, target_size(&b.targets), true)?;

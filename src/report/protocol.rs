@@ -9,6 +9,7 @@ use crate::attacks::spec::AttackSpec;
 use crate::experiment::config::Experiment;
 use crate::experiment::store::HeadRecord;
 use crate::heads::fit::HeadRecipe;
+use crate::heads::recipes::Augment;
 use crate::heads::train::Schedule;
 use crate::optim::OptimizerKind;
 
@@ -41,7 +42,17 @@ fn recipe_text(task: &str, r: &HeadRecipe) -> String {
             format!("per-epoch warm-up from {start_lr} over {warmup_epochs} epochs, cosine")
         }
     };
-    format!("{task}: {optimizer}, {schedule}, {} epochs, batch {}", t.epochs, t.batch_size)
+    let augment = match r.augment {
+        Augment::None => "no augmentation (cached features)",
+        Augment::CropFlip => "random crop (padding 1/8) + flip",
+        Augment::CropFlips => "random crop + flips",
+        Augment::Flip => "horizontal flip",
+    };
+    let depth = match r.depth_form {
+        Some(f) => format!(", {f} depth head"),
+        None => String::new(),
+    };
+    format!("{task}: {optimizer}, {schedule}, {} epochs, batch {}, {augment}{depth}; last epoch kept", t.epochs, t.batch_size)
 }
 
 /// The segmentation class convention of each dataset kind the run used (`voc2012-foreground`
