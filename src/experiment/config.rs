@@ -106,7 +106,7 @@ pub struct TaskTable {
     /// Where they are scored and attacked.
     pub eval: DataTable,
     /// Tasks with the same `images` name are scored on the same images (checked pixel for
-    /// pixel): one EmbedAttack perturbation per image serves all of them.
+    /// pixel): a shared EmbedAttack perturbation (`embed_scope = "shared"`) and cross-task scoring serve all of them.
     pub images: Option<Spanned<String>>,
     /// Transforms (resize-shortN, resizeHxW, cropHxW, padN); default from `run.size`.
     pub transforms: Option<Spanned<String>>,
