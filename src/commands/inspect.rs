@@ -35,14 +35,18 @@ pub fn run(a: &InspectArgs) -> Result<()> {
         "  ffn {:?} hidden {}, registers {}, layer scale {}, qkv bias {}",
         c.ffn, c.ffn_hidden, c.num_registers, c.layer_scale, c.qkv_bias
     );
-    println!(
-        "  position grid {}x{} ({} px at patch {}), LayerNorm eps {:e}",
-        c.pos_grid,
-        c.pos_grid,
-        c.pos_grid * c.patch_size,
-        c.patch_size,
-        c.ln_eps
-    );
+    let grid = match c.fixed_grid {
+        Some((rows, cols)) => {
+            format!(
+                "{rows}x{cols}, fixed ({}x{} px at patch {}: the only size the graph runs at)",
+                rows * c.patch_size,
+                cols * c.patch_size,
+                c.patch_size
+            )
+        }
+        None => format!("{0}x{0} ({1} px at patch {2})", c.pos_grid, c.pos_grid * c.patch_size, c.patch_size),
+    };
+    println!("  position grid {grid}, LayerNorm eps {:e}", c.ln_eps);
     println!("parameters:      {} ({:.1} M)", i.parameters, i.parameters as f64 / 1e6);
     let d = &i.default_pos_resize;
     if i.pos_resize == d.semantics {

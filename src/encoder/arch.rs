@@ -37,8 +37,13 @@ pub struct VitConfig {
     pub num_registers: usize,
     pub layer_scale: bool,
     pub qkv_bias: bool,
-    /// Side of the square grid the position embedding was trained on (37 for DINOv2 at 518 px).
+    /// Side of the square grid the position embedding was trained on (37 for DINOv2 at 518 px);
+    /// 0 where the grid is fixed.
     pub pos_grid: usize,
+    /// The only patch grid (rows, columns) the model runs at: an ONNX graph exported with its
+    /// position embedding computed for one input size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fixed_grid: Option<(usize, usize)>,
     pub ln_eps: f64,
 }
 
@@ -165,7 +170,10 @@ pub struct ShapeFacts {
     pub num_registers: usize,
     pub layer_scale: bool,
     pub qkv_bias: bool,
+    /// Side of the square position grid (0 when `fixed_grid` is set).
     pub pos_grid: usize,
+    /// The one patch grid (rows, columns) a position embedding baked in at export fixes.
+    pub fixed_grid: Option<(usize, usize)>,
 }
 
 /// Overrides the user may give on top of what the checkpoint says.
@@ -216,8 +224,19 @@ pub fn resolve(facts: &ShapeFacts, over: &ArchOverrides, heads_hint: Option<usiz
         layer_scale: facts.layer_scale,
         qkv_bias: facts.qkv_bias,
         pos_grid: facts.pos_grid,
+        fixed_grid: facts.fixed_grid,
         ln_eps: over.ln_eps.unwrap_or(1e-6),
     })
+}
+
+impl VitConfig {
+    /// `4x4`, or `4x3 (fixed)` for a model that runs at one grid only.
+    pub fn pos_grid_text(&self) -> String {
+        match self.fixed_grid {
+            Some((rows, cols)) => format!("{rows}x{cols} (fixed)"),
+            None => format!("{0}x{0}", self.pos_grid),
+        }
+    }
 }
 
 impl fmt::Display for VitConfig {
@@ -226,7 +245,7 @@ impl fmt::Display for VitConfig {
         write!(
             f,
             "{name}: {:?}, patch {}, width {}, depth {}, heads {}, ffn {:?} ({}), registers {}, \
-             layer scale {}, position grid {}x{}, LayerNorm eps {:e}",
+             layer scale {}, position grid {}, LayerNorm eps {:e}",
             self.family,
             self.patch_size,
             self.embed_dim,
@@ -236,8 +255,7 @@ impl fmt::Display for VitConfig {
             self.ffn_hidden,
             self.num_registers,
             self.layer_scale,
-            self.pos_grid,
-            self.pos_grid,
+            self.pos_grid_text(),
             self.ln_eps
         )
     }
@@ -272,6 +290,7 @@ mod tests {
             layer_scale: true,
             qkv_bias: true,
             pos_grid: 37,
+            fixed_grid: None,
         };
         let ok = ArchOverrides { arch: Some(NamedArch::parse("dinov2_vits14").unwrap()), ..Default::default() };
         let cfg = resolve(&facts, &ok, None).unwrap();

@@ -155,6 +155,8 @@ pub struct VisionTransformer {
     pub register_tokens: Option<Tensor>,
     pub blocks: Vec<Block>,
     pub norm: LayerNorm,
+    /// The checkpoint the weights were loaded from (for messages).
+    pub file: String,
     resize_cache: Mutex<HashMap<(usize, usize, DType), Option<Tensor>>>,
 }
 
@@ -187,9 +189,13 @@ impl VisionTransformer {
         let pb = f32(ckpt.take("patch_embed.proj.bias", &[d])?)?;
         let patch_embed = Linear::new(pw, Some(pb))?;
         let cls_token = f32(ckpt.take("cls_token", &[1, 1, d])?)?;
-        let pos = f32(ckpt.take("pos_embed", &[1, 1 + m * m, d])?)?;
+        let positions = match config.fixed_grid {
+            Some((rows, cols)) => rows * cols,
+            None => m * m,
+        };
+        let pos = f32(ckpt.take("pos_embed", &[1, 1 + positions, d])?)?;
         let pos_cls = pos.narrow(1, 0, 1)?.contiguous()?;
-        let pos_patch = pos.narrow(1, 1, m * m)?.squeeze(0)?.contiguous()?;
+        let pos_patch = pos.narrow(1, 1, positions)?.squeeze(0)?.contiguous()?;
         let r = config.num_registers;
         let register_tokens = if r > 0 { Some(f32(ckpt.take("register_tokens", &[1, r, d])?)?) } else { None };
         let hidden = config.ffn_hidden;
@@ -238,6 +244,7 @@ impl VisionTransformer {
             register_tokens,
             blocks,
             norm,
+            file: ckpt.path.display().to_string(),
             resize_cache: Mutex::new(HashMap::new()),
         })
     }
@@ -333,6 +340,7 @@ impl VisionTransformer {
             register_tokens,
             blocks,
             norm,
+            file: self.file.clone(),
             resize_cache: Mutex::new(HashMap::new()),
         })
     }
@@ -389,7 +397,14 @@ impl VisionTransformer {
     }
 
     /// `[h·w, M·M]`: the linear map from the native grid to `h × w` (`None`: the same grid).
+    /// A fixed grid has no other: any other grid is an error.
     fn resize_matrix(&self, h: usize, w: usize) -> candle_core::Result<Option<Tensor>> {
+        if let Some(grid) = self.config.fixed_grid {
+            return match grid == (h, w) {
+                true => Ok(None),
+                false => Err(candle_core::Error::Msg(self.fixed_grid_error(h, w))),
+            };
+        }
         let m = self.config.pos_grid;
         let key = (h, w, self.dtype());
         Ok({
@@ -407,7 +422,24 @@ impl VisionTransformer {
         })
     }
 
-    /// `(B, H, W)` of an image batch `[B, 3, H, W]` whose sides are positive multiples of the patch.
+    /// Why a model fixed to one patch grid cannot run on the `h × w` one.
+    fn fixed_grid_error(&self, h: usize, w: usize) -> String {
+        let p = self.config.patch_size;
+        let (rows, cols) = self.config.fixed_grid.unwrap_or_default();
+        format!(
+            "{}: the graph was exported for {}x{} px images (a {rows}x{cols} patch grid) with its position embedding \
+             computed for that size only; it cannot run on {}x{} px images ({h}x{w} patches). Export the model again at \
+             the size you need, or with dynamic input shapes so that the graph keeps its position-embedding resize",
+            self.file,
+            rows * p,
+            cols * p,
+            h * p,
+            w * p
+        )
+    }
+
+    /// `(B, H, W)` of an image batch `[B, 3, H, W]` whose sides are positive multiples of the patch
+    /// (and give the one grid a fixed-grid model runs at).
     pub fn check_images(&self, dims: &[usize]) -> Result<(usize, usize, usize)> {
         let p = self.config.patch_size;
         let &[b, c, h, w] = dims else { bail!("expected images [N, 3, H, W], got {dims:?}") };
@@ -416,6 +448,9 @@ impl VisionTransformer {
         }
         if h % p != 0 || w % p != 0 || h == 0 || w == 0 {
             bail!("image size {h}x{w} is not a positive multiple of the patch size {p}");
+        }
+        if self.config.fixed_grid.is_some_and(|grid| grid != (h / p, w / p)) {
+            bail!("{}", self.fixed_grid_error(h / p, w / p));
         }
         Ok((b, h, w))
     }

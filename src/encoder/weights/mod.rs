@@ -60,6 +60,10 @@ pub enum SlotOp {
     },
     /// Swap the two dimensions of a matrix (ONNX MatMul weights are stored `[in, out]`).
     Transpose,
+    /// View with another shape (same number of elements).
+    Reshape(Vec<usize>),
+    /// Reorder the dimensions (an ONNX patch grid stored NCHW: `[1, M, M, D]` → `[1, D, M, M]`).
+    Permute(Vec<usize>),
 }
 
 /// How one backbone tensor of the file is made from a canonical tensor: `ops` in order. Writing
@@ -74,9 +78,11 @@ impl Slot {
     pub fn apply(&self, canonical: &Tensor) -> Result<Tensor> {
         let mut t = canonical.clone();
         for op in &self.ops {
-            t = match *op {
-                SlotOp::Narrow { dim, start, len } => t.narrow(dim, start, len)?,
+            t = match op {
+                &SlotOp::Narrow { dim, start, len } => t.narrow(dim, start, len)?,
                 SlotOp::Transpose => t.t()?,
+                SlotOp::Reshape(dims) => t.contiguous()?.reshape(dims.as_slice())?,
+                SlotOp::Permute(order) => t.permute(order.as_slice())?,
             };
         }
         Ok(t.contiguous()?)
@@ -101,6 +107,10 @@ pub struct Checkpoint {
     timm_config: Option<String>,
     /// The resize an ONNX graph performs on its position embedding, if it holds one.
     pub graph_resize: Option<onnx::GraphResize>,
+    /// Why an ONNX graph's position-embedding resize is none of the known semantics, if so.
+    graph_resize_unknown: Option<String>,
+    /// The patch grid (rows, columns) an ONNX graph's baked-in position embedding fixes it to.
+    pub fixed_grid: Option<(usize, usize)>,
     /// From an ONNX graph's attention scaling.
     head_dim_hint: Option<usize>,
     pub eps_hint: Option<f64>,
@@ -146,7 +156,10 @@ impl Checkpoint {
             Source::HuggingFace => ResizeDefault::known(PosResize::Size, "transformers' naming; transformers resizes by size, no antialiasing"),
             Source::Onnx => ResizeDefault {
                 semantics: PosResize::Size,
-                reason: "the graph holds no position-embedding Resize (exported at its trained grid), so its library cannot be told; assuming transformers' size-based resize".into(),
+                reason: match &self.graph_resize_unknown {
+                    Some(why) => format!("{why}, which none of official, size and size-aa reproduces; assuming transformers' size-based resize"),
+                    None => "the graph holds no position-embedding Resize (exported at its trained grid), so its library cannot be told; assuming transformers' size-based resize".into(),
+                },
                 ambiguous: true,
             },
             Source::Official if !self.prefix.is_empty() => ResizeDefault::known(
@@ -170,7 +183,7 @@ impl Checkpoint {
         let path = path.as_path();
         let format = Format::detect(path)?;
         let mut head_dim_hint = None;
-        let mut graph_resize = None;
+        let (mut graph_resize, mut graph_resize_unknown, mut fixed_grid) = (None, None, None);
         let mut renamed = Vec::new();
         let raw = match format {
             Format::Pth => pth::read(path)?,
@@ -179,11 +192,13 @@ impl Checkpoint {
                 let w = onnx::read(path)?;
                 head_dim_hint = w.head_dim;
                 graph_resize = w.resize;
+                graph_resize_unknown = w.resize_unknown;
+                fixed_grid = w.fixed_grid;
                 renamed = w.renamed;
                 w.tensors
             }
         };
-        let mut canon = naming::canonicalize(raw, prefer).with_context(|| format!("{}", path.display()))?;
+        let mut canon = naming::canonicalize(raw, prefer, fixed_grid.is_some()).with_context(|| format!("{}", path.display()))?;
         // ONNX: the names canonicalized were given by us; the file's own names are further back.
         let given: Vec<(String, Slot)> = renamed.iter().filter_map(|(g, _, _)| Some((g.clone(), canon.slots.remove(g)?))).collect();
         for (name, file_name, post) in renamed {
@@ -215,6 +230,8 @@ impl Checkpoint {
             heads_hint: hints.num_heads,
             timm_config,
             graph_resize,
+            graph_resize_unknown,
+            fixed_grid,
             head_dim_hint,
             eps_hint: hints.ln_eps,
         })
@@ -272,8 +289,16 @@ impl Checkpoint {
         };
         let pos = self.dims("pos_embed")?;
         let n = pos.get(1).copied().unwrap_or(0).saturating_sub(1);
-        let pos_grid = (n as f64).sqrt().round() as usize;
-        if pos.len() != 3 || pos_grid * pos_grid != n || pos[2] != embed_dim {
+        if let Some((rows, cols)) = self.fixed_grid {
+            if pos.len() != 3 || rows * cols != n || pos[2] != embed_dim {
+                bail!(
+                    "{file}: tensor '{}' has shape {pos:?}, expected [1, 1 + {rows}*{cols}, {embed_dim}] for the graph's fixed {rows}x{cols} grid",
+                    self.source_name("pos_embed")
+                );
+            }
+        }
+        let pos_grid = if self.fixed_grid.is_some() { 0 } else { (n as f64).sqrt().round() as usize };
+        if self.fixed_grid.is_none() && (pos.len() != 3 || pos_grid * pos_grid != n || pos[2] != embed_dim) {
             bail!(
                 "{file}: tensor '{}' has shape {pos:?}, expected [1, 1 + M*M, {embed_dim}] for a square grid",
                 self.source_name("pos_embed")
@@ -289,6 +314,7 @@ impl Checkpoint {
             layer_scale: self.tensors.contains_key("blocks.0.ls1.gamma"),
             qkv_bias: self.tensors.contains_key("blocks.0.attn.qkv.bias"),
             pos_grid,
+            fixed_grid: self.fixed_grid,
         })
     }
 

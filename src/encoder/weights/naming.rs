@@ -25,8 +25,8 @@ pub enum Source {
     Onnx,
 }
 
-const OFFICIAL_MARKER: &str = "patch_embed.proj.weight";
-const HF_MARKER: &str = "embeddings.patch_embeddings.projection.weight";
+pub(super) const OFFICIAL_MARKER: &str = "patch_embed.proj.weight";
+pub(super) const HF_MARKER: &str = "embeddings.patch_embeddings.projection.weight";
 
 /// The canonical tensors of one backbone.
 pub struct Canonical {
@@ -47,7 +47,10 @@ pub struct Canonical {
 
 /// Finds the backbone in a flat list of named tensors and renames it canonically.
 /// `prefer` picks among several backbones (e.g. `student`); the default prefers `teacher`.
-pub fn canonicalize(raw: Vec<(String, Tensor)>, prefer: Option<&str>) -> Result<Canonical> {
+/// `class_position`: the position embedding is known to hold the class position first (an ONNX
+/// graph's, whose patch grid need not be square); otherwise a `pos_embed` of a square number of
+/// positions is timm's without it.
+pub fn canonicalize(raw: Vec<(String, Tensor)>, prefer: Option<&str>, class_position: bool) -> Result<Canonical> {
     let mut prefixes: Vec<(String, bool)> = Vec::new();
     for (name, _) in &raw {
         for (marker, hf) in [(OFFICIAL_MARKER, false), (HF_MARKER, true)] {
@@ -140,7 +143,7 @@ pub fn canonicalize(raw: Vec<(String, Tensor)>, prefer: Option<&str>) -> Result<
     }
     // timm without class position: `pos_embed` holds only the M×M grid and `cls_token` already
     // includes its position; canonical form carries a zero class position.
-    if let Some(pos) = out.tensors.get("pos_embed") {
+    if let Some(pos) = out.tensors.get("pos_embed").filter(|_| !class_position) {
         let n = pos.dim(1)?;
         let side = (n as f64).sqrt().round() as usize;
         if side * side == n && n > 1 {
