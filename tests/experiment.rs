@@ -354,6 +354,11 @@ fn bad_experiments_are_refused_at_their_line() {
     try_with("twice.toml", good.replace("name = \"depth\"", "name = \"seg\""), &["twice.toml", "a second task named 'seg'"]);
     try_with("ckpt.toml", good.replace("dinov2_official.pth", "missing.pth"), &["ckpt.toml", "missing.pth", "no such checkpoint file"]);
     try_with(
+        "option.toml",
+        good.replacen("heads = [{ epochs = 4 }]", "heads = [{ epochs = 4, depth_form = \"bn\" }]", 1),
+        &["option.toml:", "'depth_form' is a depth head's setting", "seg head"],
+    );
+    try_with(
         "group.toml",
         good.replace("synthetic-depth:8x28", "synthetic-depth:6x28"),
         &["group.toml", "shares images 'scenes'", "6 samples"],

@@ -291,6 +291,8 @@ fn bad_input_fails_cleanly() {
     // Labels beyond the class count, an empty subset, a missing output folder, a bad transform.
     check(a(&train("cls", &cifar, &["--size", "28", "--classes", "2"])), &["out of range for 2 classes"]);
     check(a(&train("cls", &cifar, &["--limit", "0"])), &["cifar-10-batches-bin", "empty"]);
+    // An option that does not fit the task.
+    check(a(&train("cls", &cifar, &["--depth-form", "bn"])), &["--depth-form", "depth head", "--task is cls"]);
     let nowhere = tmp.path().join("no/such/dir/h.safetensors").display().to_string();
     check(
         vec![

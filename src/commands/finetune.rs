@@ -180,6 +180,14 @@ impl CommonArgs {
 }
 
 pub fn run(cmd: &FinetuneCommand) -> Result<()> {
+    let c = match cmd {
+        FinetuneCommand::Deacl(a) => &a.common,
+        FinetuneCommand::Multi(a) => &a.common,
+    };
+    // Refused before the run folder is written, so the same folder serves a corrected run.
+    if !matches!(c.embedding, EmbedTarget::Cls | EmbedTarget::Patch | EmbedTarget::Both) {
+        bail!("--embedding {}: fine-tuning compares the cls, patch or both embeddings", c.embedding);
+    }
     match cmd {
         FinetuneCommand::Deacl(a) => {
             let k = a.k.unwrap_or(a.common.recipe().k);

@@ -74,9 +74,9 @@ pub struct TrainHeadArgs {
     #[arg(long, default_value_t = HeadOptions::MAX_DEPTH)]
     pub max_depth: f64,
     /// Depth head: dinov2 (DINOv2's linear head: the last block's tokens before the final norm,
-    /// no BatchNorm) or bn (final-norm tokens, BatchNorm on the features).
-    #[arg(long, value_parser = super::choice::<DepthForm>(), default_value_t = HeadOptions::DEPTH_FORM)]
-    pub depth_form: DepthForm,
+    /// no BatchNorm; the default) or bn (final-norm tokens, BatchNorm on the features).
+    #[arg(long, value_parser = super::choice::<DepthForm>())]
+    pub depth_form: Option<DepthForm>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -113,7 +113,7 @@ impl TrainHeadArgs {
             bins: Some(self.bins),
             min_depth: Some(self.min_depth),
             max_depth: Some(self.max_depth),
-            depth_form: Some(self.depth_form),
+            depth_form: self.depth_form,
         }
         .recipe(self.task)
     }
@@ -123,6 +123,9 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     let f = &a.features;
     if a.task != Task::Cls && f.pixels {
         bail!("--pixels is the linear-probe baseline: it only works with --task cls");
+    }
+    if a.depth_form.is_some() && a.task != Task::Depth {
+        bail!("--depth-form is a depth head's option; --task is {}", a.task);
     }
     let recipe = a.recipe();
     recipe.check().map_err(|e| anyhow::anyhow!("{e} (--min-depth, --max-depth, --bins, --epochs, --batch-size, --lr)"))?;

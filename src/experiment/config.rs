@@ -374,6 +374,7 @@ impl Loaded {
                     );
                     return Err(self.error(h, what));
                 }
+                h.get_ref().options.check(t.task).map_err(|err| self.error(h, err))?;
                 names.push(h);
             }
         }

@@ -99,6 +99,25 @@ impl HeadOptions {
     pub const MAX_DEPTH: f64 = 10.0;
     pub const DEPTH_FORM: DepthForm = DepthForm::Dinov2;
 
+    /// Refuses settings that do not fit a `task` head (a depth option on a classifier, …).
+    pub fn check(&self, task: Task) -> Result<()> {
+        let depth_only = [
+            ("depth_form", self.depth_form.is_some()),
+            ("bins", self.bins.is_some()),
+            ("min_depth", self.min_depth.is_some()),
+            ("max_depth", self.max_depth.is_some()),
+        ];
+        if task != Task::Depth {
+            if let Some((name, _)) = depth_only.iter().find(|(_, given)| *given) {
+                bail!("'{name}' is a depth head's setting; this is a {task} head");
+            }
+        }
+        if task != Task::Cls && self.pooling.is_some() {
+            bail!("'pooling' is a linear probe's setting; this is a {task} head");
+        }
+        Ok(())
+    }
+
     /// The recipe of a `task` head with these settings.
     pub fn recipe(&self, task: Task) -> HeadRecipe {
         let d = defaults(self.recipe.unwrap_or(Self::RECIPE), task);

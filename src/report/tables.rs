@@ -4,6 +4,7 @@
 
 use super::plots::{Chart, Series};
 use super::results::{format_metric, mean_std, metric_name, values, Results, Setting};
+use crate::attacks::embed::EmbedScope;
 use crate::attacks::spec::AttackKind;
 use crate::attacks::threat::Norm;
 use crate::experiment::plan::Condition;
@@ -84,7 +85,13 @@ pub fn study(r: &Results) -> Vec<Table> {
         }
         out.push(Table {
             title: format!("Robustness at ε = {eps_text}, {}", setting.text()),
-            note: "Clean and attacked figures of each head on its evaluation samples; EmbedAttack's perturbation is computed once per image and scored on every task of that image; the task attack is PGD (classification), SegPGD (segmentation) or DepthPGD (depth) against that head. Baseline: the trivial predictor of the training split (majority class, mean depth).".into(),
+            note: format!(
+                "Clean and attacked figures of each head on its evaluation samples; {}; the task attack is PGD (classification), SegPGD (segmentation) or DepthPGD (depth) against that head. Baseline: the trivial predictor of the training split (majority class, mean depth).",
+                match setting.embed_scope {
+                    EmbedScope::PerTask => "EmbedAttack runs once per task, on the embedding that task's head reads unless a target is stated (the study's way)",
+                    EmbedScope::Shared => "EmbedAttack's perturbation is computed once per image and scored on every task of that image",
+                }
+            ),
             header,
             rows,
         });
