@@ -150,7 +150,7 @@ fn study_schedule_matches_pl_bolts() {
         }
     }
     let study = robust_ssl::defense::recipe::FinetuneRecipe::study(224);
-    assert_eq!((study.epochs, study.batch_size, study.lr, study.momentum, study.weight_decay), (101, 128, 0.5, 0.0, 5e-4));
+    assert_eq!((study.epochs, study.batch_size, study.lr, study.momentum, study.weight_decay), (101, 512, 0.5, 0.0, 5e-4));
     assert_eq!(study.schedule, Schedule::EpochWarmupCosine { warmup_epochs: 10, start_lr: 0.003 });
 }
 

@@ -56,7 +56,7 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 224)]
     pub size: usize,
     /// The settings every option below defaults to: `study` (the study's DeACL: SGD lr 0.5, wd
-    /// 5e-4, no momentum, 101 epochs of 128, per-epoch warm-up from 0.003 over 10 epochs then
+    /// 5e-4, no momentum, 101 epochs of 512 (128 on each of 4 GPUs), per-epoch warm-up from 0.003 over 10 epochs then
     /// cosine, random crop (padding size/8) + flip, k 2) or `fast` (ours: momentum 0.9, 1 epoch
     /// of 8, cosine per step after a warm-up over a tenth of the steps, no augmentation).
     #[arg(long, value_parser = super::choice::<RecipeName>(), default_value = "fast")]

@@ -34,14 +34,15 @@ pub struct FinetuneRecipe {
 
 impl FinetuneRecipe {
     /// The study's DeACL: SGD lr 0.5, weight decay 5e-4, no momentum (`torch.optim.SGD` without
-    /// `momentum`), 101 epochs of batch 128, the learning rate set per epoch by pl_bolts'
+    /// `momentum`), 101 epochs of batch 512 (its 128 per GPU on 4 GPUs: DDP averages their
+    /// gradients, one step of 512 samples), the learning rate set per epoch by pl_bolts'
     /// `LinearWarmupCosineAnnealingLR` (warm-up from 0.003 over 10 epochs, cosine to 0),
     /// torchvision `RandomCrop(size, padding = size/8)` + `RandomHorizontalFlip`, k = 2.
     pub fn study(size: usize) -> Self {
         Self {
             name: RecipeName::Study,
             epochs: 101,
-            batch_size: 128,
+            batch_size: 512,
             lr: 0.5,
             momentum: 0.0,
             weight_decay: 5e-4,
