@@ -190,3 +190,18 @@ fn onnx_weights_written_back_load_again_unchanged() {
         assert!(values(&enc) != values(&back), "{name}: the weights written are the changed ones");
     }
 }
+
+/// A position embedding with the class position only (no patch grid) is refused at load, naming
+/// the file and the tensor (it used to pass as a "0x0 grid" and panic at the first forward).
+#[test]
+fn a_position_embedding_without_a_grid_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join("timm_dinov2_hf/model.safetensors");
+    let mut t = candle_core::safetensors::load(&src, &Device::Cpu).unwrap();
+    let pos = t["pos_embed"].narrow(1, 0, 1).unwrap();
+    t.insert("pos_embed".into(), pos);
+    let bad = tmp.path().join("no_grid.safetensors");
+    candle_core::safetensors::save(&t, &bad).unwrap();
+    let err = format!("{:#}", Encoder::load(&bad, &LoadOptions { heads: Some(4), ..Default::default() }).err().unwrap());
+    assert!(err.contains("no_grid.safetensors") && err.contains("pos_embed"), "{err}");
+}

@@ -360,3 +360,28 @@ fn nyu_labeled_mat() {
     let err = format!("{:#}", open(&format!("nyu:{}", copy.display()), Split::Test).err().unwrap());
     assert!(err.contains("splits.mat") && err.contains('9'), "{err}");
 }
+
+/// IDX headers a file can lie with: dimensions whose product overflows, and 0×0 images — each
+/// an error naming the file, never a panic.
+#[test]
+fn hostile_idx_headers_are_errors_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let idx = |magic: u32, dims: &[u32], payload: usize| -> Vec<u8> {
+        let mut v = magic.to_be_bytes().to_vec();
+        dims.iter().for_each(|d| v.extend(d.to_be_bytes()));
+        v.extend(vec![0u8; payload]);
+        v
+    };
+    let labels = idx(0x0801, &[2], 2);
+    for (name, images, needle) in [
+        ("overflow", idx(0x0803, &[u32::MAX, u32::MAX, u32::MAX], 16), "no file can hold"),
+        ("empty", idx(0x0803, &[2, 0, 0], 0), "images of 0x0 pixels"),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("train-images-idx3-ubyte"), &images).unwrap();
+        std::fs::write(dir.join("train-labels-idx1-ubyte"), &labels).unwrap();
+        let err = format!("{:#}", open(&format!("mnist:{}", dir.display()), Split::Train).err().unwrap());
+        assert!(err.contains("train-images-idx3-ubyte") && err.contains(needle), "{name}: {err}");
+    }
+}

@@ -48,7 +48,9 @@ fn parse<'a>(path: &Path, bytes: &'a [u8], dims: usize) -> Result<(Vec<usize>, &
     }
     let shape: Vec<usize> = (0..dims).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
     let payload = &bytes[header..];
-    let want: usize = shape.iter().product();
+    let Some(want) = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
+        bail!("{}: header says {shape:?}, a size no file can hold", path.display());
+    };
     if payload.len() != want {
         bail!("{}: header says {shape:?} = {want} bytes but {} follow (truncated?)", path.display(), payload.len());
     }
@@ -66,6 +68,9 @@ impl Idx {
         let (lpath, lbytes) = read_maybe_gz(root, &format!("{prefix}-labels-idx1-ubyte"))?;
         let (ishape, pixels) = parse(&ipath, &ibytes, 3)?;
         let (lshape, labels) = parse(&lpath, &lbytes, 1)?;
+        if ishape[1] == 0 || ishape[2] == 0 {
+            bail!("{}: images of {}x{} pixels", ipath.display(), ishape[1], ishape[2]);
+        }
         if ishape[0] != lshape[0] {
             bail!("{}: {} labels for {} images in {}", lpath.display(), lshape[0], ishape[0], ipath.display());
         }

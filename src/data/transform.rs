@@ -107,6 +107,9 @@ impl std::str::FromStr for Transform {
 /// `[3,H,W]` resized with `filter`, antialiased or not, as torch's `F.interpolate` would.
 pub fn resize_image(image: &Tensor, oh: usize, ow: usize, filter: Filter, antialias: bool) -> Result<Tensor> {
     let (c, h, w) = image.dims3()?;
+    if h == 0 || w == 0 || oh == 0 || ow == 0 {
+        bail!("cannot resize a {h}x{w} image to {oh}x{ow}: a side is empty");
+    }
     let (ry, rx) = if antialias {
         (interpolate_antialias(filter, h, oh), interpolate_antialias(filter, w, ow))
     } else {

@@ -298,7 +298,7 @@ impl Checkpoint {
             }
         }
         let pos_grid = if self.fixed_grid.is_some() { 0 } else { (n as f64).sqrt().round() as usize };
-        if self.fixed_grid.is_none() && (pos.len() != 3 || pos_grid * pos_grid != n || pos[2] != embed_dim) {
+        if self.fixed_grid.is_none() && (pos.len() != 3 || pos_grid == 0 || pos_grid * pos_grid != n || pos[2] != embed_dim) {
             bail!(
                 "{file}: tensor '{}' has shape {pos:?}, expected [1, 1 + M*M, {embed_dim}] for a square grid",
                 self.source_name("pos_embed")
