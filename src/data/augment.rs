@@ -12,6 +12,15 @@ use super::transform::{crop, Transform};
 use super::{Dataset, Sample, Target, IGNORE};
 use crate::rng::SplitMix64;
 
+/// The generator stream of the augmentations' draws (apart from the shuffle's).
+const STREAM: u64 = 0xA06;
+
+/// The seed of epoch `epoch`'s augmentation draws in a run seeded with `seed`, for
+/// [`load_batch_augmented`].
+pub fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    crate::rng::stream(crate::rng::epoch(seed, epoch), STREAM)
+}
+
 /// Uniform integer in `0..=max`.
 fn upto(rng: &mut SplitMix64, max: usize) -> usize {
     (rng.next_u64() % (max as u64 + 1)) as usize

@@ -18,7 +18,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::student::Student;
-use crate::data::augment::load_batch_augmented;
+use crate::data::augment::{epoch_seed, load_batch_augmented};
 use crate::data::transform::{load_batch, Transform};
 use crate::data::Dataset;
 use crate::encoder::Encoder;
@@ -26,9 +26,6 @@ use crate::features::{targets_of, Targets};
 use crate::heads::train::TrainConfig;
 use crate::optim::Optimizer;
 use crate::rng::shuffled;
-
-/// The generator stream of the augmentations' draws (apart from the shuffle's).
-const AUGMENT_STREAM: u64 = 0xA06;
 
 /// One mini-batch: images `[B, 3, H, W]` in [0,1] and their labels.
 pub struct MiniBatch {
@@ -242,7 +239,7 @@ pub fn finetune(
             load_batch(ds, &ids, transforms)?
         } else {
             let all: Vec<Transform> = transforms.iter().chain(&cfg.augment).cloned().collect();
-            load_batch_augmented(ds, &ids, &all, crate::rng::stream(crate::rng::epoch(t.seed, epoch), AUGMENT_STREAM))?
+            load_batch_augmented(ds, &ids, &all, epoch_seed(t.seed, epoch))?
         };
         let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0)
             .with_context(|| format!("{}: images of different sizes after the transforms", ds.describe()))?

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
 use super::{Batch, BatchSource, Layout, Request, Source, Targets};
-use crate::data::augment::load_batch_augmented;
+use crate::data::augment::{epoch_seed, load_batch_augmented};
 use crate::data::transform::{load_batch, Transform};
 use crate::data::{Dataset, Sample, Target};
 
@@ -121,9 +121,6 @@ pub struct Live<'a> {
     pub epoch: usize,
 }
 
-/// The generator stream of the augmentations' draws (apart from the shuffle's).
-const AUGMENT_STREAM: u64 = 0xA06;
-
 impl<'a> Live<'a> {
     pub fn of(source: Source<'a>, dataset: &'a dyn Dataset, r: &Request) -> Live<'a> {
         Live {
@@ -143,8 +140,7 @@ impl<'a> Live<'a> {
         if self.augment.is_empty() {
             return load_batch(self.dataset, ids, &self.transforms);
         }
-        let seed = crate::rng::stream(crate::rng::epoch(self.augment_seed, self.epoch), AUGMENT_STREAM);
-        load_batch_augmented(self.dataset, ids, &self.augment, seed)
+        load_batch_augmented(self.dataset, ids, &self.augment, epoch_seed(self.augment_seed, self.epoch))
     }
 }
 
