@@ -162,3 +162,25 @@ fn bad_images_are_refused_with_the_reason() {
         &["/nonexistent/dir", "does not exist"],
     );
 }
+
+/// A checkpoint with a NaN or an infinity in a backbone weight is refused at load, naming the
+/// file and the tensor (before: `embed` wrote NaN features and exited 0).
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = s(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/real/photos/coffee.png"));
+    let out = s(&dir.path().join("o.safetensors"));
+    for (bad, name, shown) in [(f32::NAN, "blocks.1.attn.qkv.weight", "NaN"), (f32::INFINITY, "pos_embed", "inf")] {
+        let mut t = timm_tensors();
+        let v = &t[name];
+        let mut values = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values[7] = bad;
+        t.insert(name.into(), Tensor::from_vec(values, v.dims(), &Device::Cpu).unwrap());
+        let f = save(dir.path(), &format!("{shown}.safetensors"), t);
+        fails_with(
+            &["embed", "--checkpoint", &f, "--num-heads", "4", "--input", &img, "--output", &out],
+            &[&f, name, "1 non-finite value", &format!("first {shown} at flat index 7")],
+        );
+        assert!(!Path::new(&out).exists(), "nothing written");
+    }
+}

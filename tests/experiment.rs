@@ -149,6 +149,30 @@ fn experiment_runs_resume_shard_and_report() {
     assert!(resumed["summary"]["items_done_before"].as_u64().unwrap() > 0, "the killed runs committed nothing: {resumed}");
     assert_same(&content(&b.join("results.sqlite")), &reference, "killed and resumed");
 
+    // Two runs on one run folder at once (a job resubmitted while the first still runs): the
+    // second is refused, naming the holder, and the store is the uninterrupted run's (before:
+    // both exited 0 and cells were committed from half of their batches).
+    let e = tmp.path().join("e");
+    let spawn = || {
+        Command::new(bin)
+            .args(["run", exp.to_str().unwrap(), "--out", e.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (one, two) = (spawn(), spawn());
+    let outcomes = [one.wait_with_output().unwrap(), two.wait_with_output().unwrap()];
+    let refused: Vec<String> =
+        outcomes.iter().filter(|o| !o.status.success()).map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).collect();
+    assert_eq!(refused.len(), 1, "exactly one of two concurrent runs is refused: {refused:?}");
+    let store_e = e.join("results.sqlite").display().to_string();
+    for needle in [store_e.as_str(), "another process is writing", "pid ", "robust-ssl run"] {
+        assert!(refused[0].contains(needle), "the refusal should mention '{needle}': {}", refused[0]);
+    }
+    assert_same(&content(&e.join("results.sqlite")), &reference, "two concurrent runs");
+    check_damaged_stores(&exp, &e, &reference);
+
     // Two shards (the second from the Slurm array variables), merged: the same store.
     run_to_end(&exp, &c, &["--shard", "0/2"]);
     let out = Command::new(bin)
@@ -251,6 +275,39 @@ fn check_against_attack_command(run_dir: &Path) {
         assert_eq!(depth_cell[key]["head"], report["also"][0][key]["head"], "depth {key}");
     }
     assert_eq!(seg_cell["mean_objective"], report["mean_objective"]);
+}
+
+/// A store row that cannot be read back (a result stored as JSON null by an older version) is
+/// named with the way out, and a run computes it again; a garbled page is found at open, naming
+/// the file and the way out (before: `run` passed, `export` failed with no file name).
+fn check_damaged_stores(exp: &Path, run_dir: &Path, reference: &Content) {
+    let store = run_dir.join("results.sqlite");
+    let shown = store.display().to_string();
+    let key: String = {
+        let db = rusqlite::Connection::open(&store).unwrap();
+        let key: String = db.query_row("SELECT key FROM cells WHERE labels LIKE '%\"condition\":\"clean\"%'", [], |r| r.get(0)).unwrap();
+        db.execute("UPDATE cells SET result = 'null' WHERE key = ?1", [&key]).unwrap();
+        key
+    };
+    fails_with(&["export", run_dir.to_str().unwrap()], &[&shown, &format!("cell {key} cannot be read back"), "run the experiment again"]);
+    let (ok, _, err) = run(&["run", exp.to_str().unwrap(), "--out", run_dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("cell {key}")) && err.contains("computing it again"), "{err}");
+    assert_same(&content(&store), reference, "an unreadable cell computed again");
+
+    let saved = std::fs::read(&store).unwrap();
+    let mut bytes = saved.clone();
+    let page = bytes.len() / 4096 / 2 * 4096;
+    bytes[page..page + 4096].fill(0x55);
+    std::fs::write(&store, &bytes).unwrap();
+    for args in [
+        vec!["export", run_dir.to_str().unwrap()],
+        vec!["report", run_dir.to_str().unwrap()],
+        vec!["run", exp.to_str().unwrap(), "--out", run_dir.to_str().unwrap()],
+    ] {
+        fails_with(&args, &[&shown, "the results store is damaged", &format!("mv {shown} {shown}.damaged")]);
+    }
+    std::fs::write(&store, &saved).unwrap();
 }
 
 fn check_exports(run_dir: &Path) {

@@ -366,6 +366,17 @@ fn bad_input_fails_cleanly() {
     let bytes = std::fs::read(&out).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
     check(eval(&cut, "seg", &enc), &["cut.safetensors", "truncated or corrupt"]);
+    // A NaN in a head's weights is refused at load, naming the tensor (before: "accuracy 0%", exit 0).
+    let nan = tmp.path().join("nan.safetensors");
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let at = st.tensor("decode_head.conv_seg.bias").unwrap().data().as_ptr() as usize - bytes.as_ptr() as usize;
+    let mut poisoned = bytes.clone();
+    poisoned[at + 4..at + 8].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&nan, &poisoned).unwrap();
+    check(
+        eval(&nan.display().to_string(), "seg", &enc),
+        &["nan.safetensors", "decode_head.conv_seg.bias", "non-finite", "NaN at flat index 1"],
+    );
     let narrow = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_swiglu_train.pth").display().to_string();
     check(eval(&out, "seg", &narrow), &["h.safetensors", "64-wide features", "gives 48"]);
 }

@@ -34,7 +34,7 @@ pub fn run(a: &MergeArgs) -> Result<()> {
     if shards.is_empty() {
         bail!("{}: no shard stores (results-shard-I-of-N.sqlite) to merge", a.run.display());
     }
-    let mut target = Store::open(&a.run.join("results.sqlite"))?;
+    let mut target = Store::open_exclusive(&a.run.join("results.sqlite"))?;
     for s in &shards {
         let count = target.merge_from(&Store::open_existing(s)?)?;
         println!(

@@ -40,9 +40,10 @@ pub fn prepare(path: &std::path::Path, out: Option<PathBuf>, shard: (usize, usiz
     let plan = Plan::new(&loaded)?;
     let dir = RunDir { root: out.unwrap_or_else(|| execute::default_run_dir(path)) };
     std::fs::create_dir_all(&dir.root).with_context(|| format!("{}: cannot create the run folder", dir.root.display()))?;
+    // The store first: a second writer of it is refused before it touches anything.
+    let store = Store::open_exclusive(&dir.store_path(shard))?;
     robust_ssl::atomic::write(&dir.root.join("experiment.toml"), loaded.text.as_bytes())
         .with_context(|| format!("{}: the run folder is not writable", dir.root.display()))?;
-    let store = Store::open(&dir.store_path(shard))?;
     store.set_meta("name", &plan.name)?;
     store.set_meta("experiment", &loaded.text)?;
     store.set_meta("plan", &serde_json::to_string(&plan.cells())?)?;

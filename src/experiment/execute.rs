@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{key_of, Item, Plan, Work};
-use super::store::{CellResult, CellRow, Example, HeadRecord, Store};
+use super::store::{CellResult, CellRow, CellState, Example, HeadRecord, Store};
 use crate::attacks::engine::Sanity;
 use crate::attacks::scoring::{attack_batch, labels_of_same_images, Aim, ScoredHead};
 use crate::attacks::strips::attack_strip;
@@ -91,7 +91,19 @@ pub fn run(plan: &Plan, dir: &RunDir, store: &mut Store, opts: &Options) -> Resu
     for item in items {
         let mut done = true;
         for c in &item.cells {
-            done &= store.has_cell(&c.key)?;
+            match store.cell_state(&c.key)? {
+                CellState::Done => {}
+                CellState::Missing => done = false,
+                CellState::Unreadable(why) => {
+                    eprintln!(
+                        "warning: {}: cell {} ({}) cannot be read back ({why}); computing it again",
+                        store.path().display(),
+                        c.key,
+                        plan.describe(item)
+                    );
+                    done = false;
+                }
+            }
         }
         if done {
             summary.items_done_before += 1;
@@ -219,7 +231,20 @@ impl Runner<'_> {
             })
             .collect::<Result<Vec<_>>>()?;
         let batches: Vec<&[usize]> = indices.chunks(plan.attack_batch_size).collect();
-        let done: std::collections::BTreeMap<usize, String> = self.store.partials(&exec)?.into_iter().collect();
+        // Finished batches that read back; one that does not is computed again.
+        let mut done = std::collections::BTreeMap::new();
+        for (b, text) in self.store.partials(&exec)? {
+            match serde_json::from_str::<BatchState>(&text) {
+                Ok(_) => {
+                    done.insert(b, ());
+                }
+                Err(e) => self.bars.println(format!(
+                    "warning: {}: batch {b} of {} cannot be read back ({e}); computing it again",
+                    self.store.path().display(),
+                    plan.describe(item)
+                ))?,
+            }
+        }
         self.summary.batches_resumed += done.len();
         let bar = self.bars.add(crate::progress::bar(batches.len() as u64, "  batches"));
         bar.set_position(done.len() as u64);
@@ -269,6 +294,18 @@ impl Runner<'_> {
         self.bars.remove(&bar);
         // Every batch is committed: merge their counts in batch order into the cells.
         let states = self.store.partials(&exec)?;
+        let found: Vec<usize> = states.iter().map(|(b, _)| *b).collect();
+        if found != (0..batches.len()).collect::<Vec<_>>() {
+            // Only another writer could have removed them; the store's lock makes that an error.
+            anyhow::bail!(
+                "{}: {} has {} of its {} batches committed (batches {found:?}); its cells are not committed from part of \
+                 its images. Run again to compute the missing batches.",
+                self.store.path().display(),
+                plan.describe(item),
+                found.len(),
+                batches.len()
+            );
+        }
         let mut sanity = Sanity::default();
         let mut objective_sum = 0.0;
         let mut merged: Vec<(Scorer, Scorer)> =

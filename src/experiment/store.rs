@@ -25,6 +25,17 @@ use crate::heads::head::Baseline;
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The writer's lock ([`Store::open_exclusive`]), held as long as the store is open.
+    _lock: Option<std::fs::File>,
+}
+
+/// Whether a cell is finished, as [`Store::cell_state`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellState {
+    Missing,
+    Done,
+    /// Present but not readable back (why): a run computes it again.
+    Unreadable(String),
 }
 
 /// One finished cell: what it is about and what came out.
@@ -125,15 +136,70 @@ CREATE TABLE IF NOT EXISTS heads (key TEXT PRIMARY KEY, info TEXT NOT NULL);
 ";
 
 impl Store {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `path` for reading, or for writing by a caller that holds
+    /// no lock (tests, reports); a damaged file is refused with the way out.
     pub fn open(path: &Path) -> Result<Store> {
+        Self::open_with(path, None)
+    }
+
+    /// Opens (or creates) the store at `path` for a writer that must be alone: a run, a merge.
+    /// The lock is the file `PATH.lock` (the system drops it when the process ends, however it
+    /// ends); a second writer is refused with the holder's pid, host, start and command.
+    pub fn open_exclusive(path: &Path) -> Result<Store> {
+        let lock_path = PathBuf::from(format!("{}.lock", path.display()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .with_context(|| format!("{}: cannot create the store's lock file", lock_path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                use std::io::Read;
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                bail!(
+                    "{}: another process is writing this results store ({}); wait for it to finish, or give this run another \
+                     --out or --shard. Nothing was changed.",
+                    path.display(),
+                    if holder.is_empty() { "its lock file is empty" } else { holder }
+                );
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("{}: cannot lock the results store", lock_path.display()))
+            }
+        }
+        use std::io::{Seek, Write};
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let command = std::env::args().collect::<Vec<_>>().join(" ");
+        let holder = format!("pid {} on {} since unix time {since}: {command}", std::process::id(), host.trim());
+        // Best effort: the lock itself is what excludes; the text only names the holder.
+        let _ = file.set_len(0).and_then(|_| file.rewind()).and_then(|_| file.write_all(holder.as_bytes()));
+        Self::open_with(path, Some(file))
+    }
+
+    fn open_with(path: &Path, lock: Option<std::fs::File>) -> Result<Store> {
         let shown = path.display().to_string();
         let conn = Connection::open(path).with_context(|| format!("{shown}: cannot open the results store"))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        let damaged = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "{shown}: the results store is damaged ({e}). Move it aside (mv {shown} {shown}.damaged) and run the experiment \
+                 again: the trained heads and cached features in the run folder are kept, only the results are computed again"
+            )
+        };
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| damaged(&e))?;
+        if check != "ok" {
+            return Err(damaged(&format!("SQLite's check: {check}")));
+        }
         conn.execute_batch("PRAGMA journal_mode=DELETE; PRAGMA synchronous=FULL;")
             .with_context(|| format!("{shown}: not a results store (or not writable)"))?;
         conn.execute_batch(SCHEMA).with_context(|| format!("{shown}: not a results store of this tool"))?;
-        Ok(Store { conn, path: path.to_path_buf() })
+        Ok(Store { conn, path: path.to_path_buf(), _lock: lock })
     }
 
     /// Opens an existing store without creating one.
@@ -177,13 +243,35 @@ impl Store {
             .is_some())
     }
 
+    /// Whether cell `key` is finished and reads back whole.
+    pub fn cell_state(&self, key: &str) -> Result<CellState> {
+        let row: Option<(String, String)> = self
+            .conn
+            .query_row("SELECT labels, result FROM cells WHERE key = ?1", [key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .with_context(|| self.context())?;
+        let Some((labels, result)) = row else { return Ok(CellState::Missing) };
+        let read =
+            serde_json::from_str::<Labels>(&labels).map(|_| ()).and_then(|_| serde_json::from_str::<CellResult>(&result).map(|_| ()));
+        Ok(match read {
+            Ok(()) => CellState::Done,
+            Err(e) => CellState::Unreadable(e.to_string()),
+        })
+    }
+
     /// Every finished cell, by key.
     pub fn cells(&self) -> Result<Vec<CellRow>> {
         let mut st = self.conn.prepare("SELECT key, labels, result FROM cells ORDER BY key")?;
         let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
         rows.map(|row| {
             let (key, labels, result) = row?;
-            let unreadable = || format!("{}: cell {key} cannot be read back", self.context());
+            let unreadable = || {
+                format!(
+                    "{}: cell {key} cannot be read back; run the experiment again (robust-ssl run EXP --out RUN_FOLDER): a run \
+                     computes every cell it cannot read",
+                    self.context()
+                )
+            };
             Ok(CellRow {
                 labels: serde_json::from_str(&labels).with_context(unreadable)?,
                 result: serde_json::from_str(&result).with_context(unreadable)?,
@@ -330,6 +418,19 @@ mod tests {
     use super::*;
     use crate::experiment::plan::Condition;
     use crate::heads::head::Task;
+
+    /// One writer at a time: a second is refused naming the holder; the lock goes with the first.
+    #[test]
+    fn a_second_writer_is_refused_until_the_first_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.sqlite");
+        let first = Store::open_exclusive(&path).unwrap();
+        let err = Store::open_exclusive(&path).err().expect("a second writer is refused").to_string();
+        assert!(err.contains(&path.display().to_string()) && err.contains(&format!("pid {}", std::process::id())), "{err}");
+        Store::open(&path).expect("readers are not locked out");
+        drop(first);
+        Store::open_exclusive(&path).expect("the lock goes with its holder");
+    }
 
     /// A NaN figure is refused, naming the store and the cell, and leaves the store as it was.
     #[test]

@@ -237,6 +237,9 @@ impl Head {
             if v.dims() != shape {
                 bail!("{file}: tensor '{name}' has shape {:?}, expected {shape:?}", v.dims());
             }
+            if let Some(what) = crate::encoder::weights::non_finite(&v)? {
+                bail!("{file}: tensor '{name}' {what}: the head would predict NaN");
+            }
             Ok(v.to_dtype(DType::F32)?)
         };
         let mut bn = |dim: usize| -> Result<BatchNorm> {

@@ -325,6 +325,9 @@ impl Checkpoint {
         if t.dims() != shape {
             bail!("{}: tensor '{}' has shape {:?}, expected {:?}", self.path.display(), self.source_name(name), t.dims(), shape);
         }
+        if let Some(what) = non_finite(&t)? {
+            bail!("{}: tensor '{}' {what}: the encoder would compute NaN features", self.path.display(), self.source_name(name));
+        }
         self.tensors.remove(name);
         Ok(t)
     }
@@ -342,4 +345,21 @@ impl Checkpoint {
     pub fn parameter_count(&self) -> usize {
         self.tensors.values().map(|t| t.elem_count()).sum()
     }
+}
+
+/// `None` when every value of a float tensor is finite; else what is wrong, e.g. "holds 3
+/// non-finite values (NaN or infinite), the first NaN at flat index 17". Weights like these are
+/// refused at load: they would turn every feature, and so every figure, into NaN.
+pub fn non_finite(t: &Tensor) -> Result<Option<String>> {
+    if !t.dtype().is_float() {
+        return Ok(None);
+    }
+    let v = t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+    let Some(first) = v.iter().position(|x| !x.is_finite()) else { return Ok(None) };
+    let count = v.iter().filter(|x| !x.is_finite()).count();
+    Ok(Some(format!(
+        "holds {count} non-finite value{} (NaN or infinite), the first {} at flat index {first}",
+        if count == 1 { "" } else { "s" },
+        v[first]
+    )))
 }
