@@ -158,10 +158,13 @@ impl Runner<'_> {
         let entry = &plan.heads[h];
         let path = self.dir.heads().join(format!("{}.safetensors", entry.key));
         if path.is_file() {
-            if let Ok(head) = TrainedHead::load(&path, &Device::Cpu) {
-                self.store.put_head(&entry.key, &head_record(plan, h, &head))?;
-                self.summary.heads_reused += 1;
-                return Ok(head);
+            match TrainedHead::load(&path, &Device::Cpu) {
+                Ok(head) => {
+                    self.store.put_head(&entry.key, &head_record(plan, h, &head))?;
+                    self.summary.heads_reused += 1;
+                    return Ok(head);
+                }
+                Err(e) => self.bars.println(format!("warning: {e:#}; training the head again"))?,
             }
         }
         let task = &plan.tasks[entry.task];
