@@ -153,3 +153,23 @@ fn dinov2_published_heads_load_and_match_their_restatement() {
     let err = robust_ssl::heads::trainer::check_features(&head.meta, 64, "seg_linear.pth").unwrap_err().to_string();
     assert!(err.contains("32-wide") && err.contains("seg_linear.pth"), "{err}");
 }
+
+/// A head output with a NaN is refused by the scorer, naming the head (before: the NaN row's
+/// argmax scored as a wrong class, "accuracy 0%", exit 0).
+#[test]
+fn non_finite_outputs_are_not_scored() {
+    use robust_ssl::features::Targets;
+    use robust_ssl::heads::evaluate::Scorer;
+    use robust_ssl::heads::head::{Task, TrainedHead};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/heads/dinov2");
+    let head = TrainedHead::load_for(&dir.join("seg_linear.pth"), Task::Seg, &Device::Cpu).unwrap();
+    let targets = Targets::Segmentation { labels: vec![1; 4], height: 2, width: 2 };
+    let mut out = vec![0f32; 21 * 4];
+    let finite = Tensor::from_vec(out.clone(), (1, 21, 2, 2), &Device::Cpu).unwrap();
+    let mut scorer = Scorer::new(&head, "seg_linear.pth").unwrap();
+    scorer.add(&finite, &targets, 1).unwrap();
+    out[5] = f32::NAN;
+    let nan = Tensor::from_vec(out, (1, 21, 2, 2), &Device::Cpu).unwrap();
+    let err = scorer.add(&nan, &targets, 1).unwrap_err().to_string();
+    assert!(err.contains("seg_linear.pth") && err.contains("NaN"), "{err}");
+}

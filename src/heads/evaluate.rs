@@ -207,6 +207,10 @@ impl<'a> Scorer<'a> {
     /// at the targets' size.
     pub fn add(&mut self, out: &Tensor, targets: &Targets, n: usize) -> Result<()> {
         let file = self.file;
+        // A NaN output has no argmax worth scoring ("accuracy 0%"): refuse it, naming the head.
+        if !out.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?.is_finite() {
+            bail!("{file}: the head's outputs for a batch of {n} samples hold NaN or infinite values (non-finite features?); nothing was scored");
+        }
         let ScoreState { acc, base, samples } = &mut self.state;
         *samples += n;
         match self.head.meta.task {
