@@ -205,3 +205,67 @@ fn a_position_embedding_without_a_grid_is_refused() {
     let err = format!("{:#}", Encoder::load(&bad, &LoadOptions { heads: Some(4), ..Default::default() }).err().unwrap());
     assert!(err.contains("no_grid.safetensors") && err.contains("pos_embed"), "{err}");
 }
+
+/// A `.pth` archive with `data.pkl` = `pickle` and one storage `data/0` of `storage` bytes.
+fn hand_made_pth(dir: &Path, name: &str, pickle: &[u8], storage: &[u8]) -> PathBuf {
+    use std::io::Write;
+    let path = dir.join(name);
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let stored = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", stored).unwrap();
+    zip.write_all(pickle).unwrap();
+    zip.start_file("archive/data/0", stored).unwrap();
+    zip.write_all(storage).unwrap();
+    zip.finish().unwrap();
+    path
+}
+
+/// `{"w": _rebuild_tensor_v2(storage("0", FloatStorage, len), offset, shape, stride, ...)}`, the
+/// way torch.save writes a state dict entry (sizes as 8-byte LONG1 integers).
+fn state_dict_pickle(len: i64, offset: i64, shape: &[i64], stride: &[i64]) -> Vec<u8> {
+    let int = |v: i64| [vec![0x8a, 8], v.to_le_bytes().to_vec()].concat();
+    let mut p = b"\x80\x02}q\x00(\x8c\x01wctorch._utils\n_rebuild_tensor_v2\n(".to_vec();
+    p.extend(b"(\x8c\x07storagectorch\nFloatStorage\n\x8c\x010\x8c\x03cpu");
+    p.extend(int(len));
+    p.extend(b"tQ");
+    p.extend(int(offset));
+    p.push(b'(');
+    shape.iter().for_each(|&d| p.extend(int(d)));
+    p.extend(b"t(");
+    stride.iter().for_each(|&d| p.extend(int(d)));
+    p.extend(b"t\x89ccollections\nOrderedDict\n)Rt");
+    p.extend(b"Ru.");
+    p
+}
+
+/// Hostile `.pth` files (made by hand, as an adversary would) are errors naming the file: no
+/// panic (before: inside candle's pickle reader) and no allocation of what the file declares.
+#[test]
+fn hostile_pth_files_are_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let floats: Vec<u8> = (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    // A well-formed one first: a transposed view (strides [1, 2]) of 6 floats from offset 0.
+    let good = hand_made_pth(dir.path(), "good.pth", &state_dict_pickle(6, 0, &[2, 3], &[1, 2]), &floats);
+    let t = robust_ssl::encoder::weights::read_all(&good).unwrap();
+    assert_eq!(t[0].0, "w");
+    assert_eq!(t[0].1.to_vec2::<f32>().unwrap(), vec![vec![0.0, 2.0, 4.0], vec![1.0, 3.0, 5.0]]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "few_args.pth",
+            b"\x80\x02}(\x8c\x01wctorch._utils\n_rebuild_tensor_v2\n(K\x01tRu.".to_vec(),
+            "_rebuild_tensor_v2 with 1 arguments",
+        ),
+        ("huge_string.pth", b"\x80\x02X\xff\xff\xff\xff..".to_vec(), "runs past the end"),
+        ("huge_storage.pth", state_dict_pickle(1 << 40, 0, &[1 << 20, 1 << 20], &[1 << 20, 1]), "declared as 1099511627776 elements"),
+        ("overflow.pth", state_dict_pickle(1 << 40, 0, &[1 << 40, 1 << 40, 1 << 40], &[1, 1, 1]), "too large"),
+        ("past_storage.pth", state_dict_pickle(6, 1, &[2, 3], &[3, 1]), "reaches element 7 of a storage of 6"),
+        ("negative.pth", state_dict_pickle(6, 0, &[-2, 3], &[3, 1]), "a dimension is -2"),
+        ("deep.pth", [b"\x80\x02".to_vec(), vec![b']'; 100_000], vec![b'a'; 99_999], b".".to_vec()].concat(), "nested more than"),
+        ("opcode.pth", b"\x80\x02\xfe.".to_vec(), "opcode 0xfe"),
+    ];
+    for (name, pickle, needle) in cases {
+        let path = hand_made_pth(dir.path(), name, &pickle, &floats);
+        let err = format!("{:#}", robust_ssl::encoder::weights::read_all(&path).unwrap_err());
+        assert!(err.contains(&path.display().to_string()) && err.contains(needle), "{name}: {err}");
+    }
+}

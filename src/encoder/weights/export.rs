@@ -103,13 +103,14 @@ fn pth_like(src: &Path, values: &BTreeMap<String, Tensor>) -> Result<Vec<u8>> {
     // storage entry → (byte offset, new bytes)
     let mut patches: BTreeMap<String, Vec<(usize, Vec<u8>)>> = BTreeMap::new();
     for (name, t) in values {
-        let info = infos.iter().find(|i| &i.name == name).ok_or_else(|| anyhow!("tensor '{name}' is not in the file"))?;
-        check_shape(name, info.layout.dims(), t)?;
-        if !info.layout.is_contiguous() {
-            bail!("tensor '{name}' is stored with strides {:?}; only contiguous tensors can be written back", info.layout.stride());
+        let info = infos.iter().find(|i| i.name() == name).ok_or_else(|| anyhow!("tensor '{name}' is not in the file"))?;
+        let v = &info.view;
+        check_shape(name, &v.shape, t)?;
+        if !v.is_contiguous() {
+            bail!("tensor '{name}' is stored with strides {:?}; only contiguous tensors can be written back", v.stride);
         }
-        let offset = info.layout.start_offset() * info.dtype.size_in_bytes();
-        patches.entry(info.path.clone()).or_default().push((offset, le_bytes(t, info.dtype)?));
+        let offset = v.offset * v.dtype.size_in_bytes();
+        patches.entry(info.path.clone()).or_default().push((offset, le_bytes(t, v.dtype)?));
     }
     let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for i in 0..zip.len() {

@@ -5,6 +5,7 @@ pub mod export;
 mod folder;
 mod naming;
 pub(crate) mod onnx;
+pub mod pickle;
 pub(crate) mod pth;
 mod safetensors;
 
@@ -48,6 +49,15 @@ impl Format {
             bail!("{}: unknown checkpoint format (expected .pth/.pt/.bin, .safetensors or .onnx)", path.display())
         }
     }
+}
+
+/// Every tensor of a checkpoint file as the file names it (no backbone search, no renaming).
+pub fn read_all(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    Ok(match Format::detect(path)? {
+        Format::Pth => pth::read(path)?,
+        Format::Safetensors => safetensors::read(path)?,
+        Format::Onnx => onnx::read(path)?.tensors,
+    })
 }
 
 /// One step from a canonical tensor (torch layout) towards a tensor as the file stores it.
