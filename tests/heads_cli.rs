@@ -257,6 +257,29 @@ fn feature_cache_is_reused_resumes_and_matches_recomputing() {
     let (ok, out, err) = run(&strs(&with(&["--cache-dir", &cache, "--out", &head("d.safetensors"), "--json"])));
     assert!(ok && err.contains("chunk-000000.safetensors"), "{err}");
     assert_eq!(cache_report(&serde_json::from_str(&out).unwrap()), (1, 1));
+    // Chunks that are valid safetensors of the wrong ranks or sizes are computed again too
+    // (before: panics, a division by zero, or a class count taken from a label of 2^31).
+    let chunk0 = dir.join("chunk-000000.safetensors");
+    let good = candle_core::safetensors::load(&chunk0, &candle_core::Device::Cpu).unwrap();
+    let seg = &good["segmentation"];
+    let (n, h, w) = seg.dims3().unwrap();
+    let cpu = candle_core::Device::Cpu;
+    let damaged: Vec<(&str, &str, candle_core::Tensor)> = vec![
+        ("rank-2 segmentation", "segmentation", seg.reshape((n, h * w)).unwrap()),
+        ("0-dim patch_mean", "patch_mean", candle_core::Tensor::new(1f32, &cpu).unwrap()),
+        ("segmentation of height 0", "segmentation", candle_core::Tensor::zeros((n, 0, w), candle_core::DType::U8, &cpu).unwrap()),
+        ("a class label of 2^31", "class", candle_core::Tensor::full(1u32 << 31, n, &cpu).unwrap()),
+        ("a 0x5 grid", "grid", candle_core::Tensor::new(&[0u32, 5], &cpu).unwrap()),
+    ];
+    for (what, name, t) in damaged {
+        let mut tensors = good.clone();
+        tensors.insert(name.to_string(), t);
+        candle_core::safetensors::save(&tensors, &chunk0).unwrap();
+        let (ok, out, err) = run(&strs(&with(&["--cache-dir", &cache, "--out", &head("d.safetensors"), "--json"])));
+        assert!(ok && err.contains("chunk-000000.safetensors") && err.contains("computing it again"), "{what}: {err}");
+        assert_eq!(cache_report(&serde_json::from_str(&out).unwrap()), (1, 1), "{what}");
+        assert_eq!(head_tensors(&head("a.safetensors")), head_tensors(&head("d.safetensors")), "{what}");
+    }
 
     // Another transform is another key.
     let other = ok_json(&strs(&with(&["--cache-dir", &cache, "--out", &head("e.safetensors"), "--transforms", "resize28x28", "--json"])));

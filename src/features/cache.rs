@@ -106,11 +106,26 @@ impl FeatureCache {
         let bar = crate::progress::bar(req.indices.len() as u64, &format!("features {}", ds.describe()));
         let (mut computed, mut reused) = (0, 0);
         let mut paths = Vec::new();
+        let mut first = None;
         for (c, ids) in req.indices.chunks(CHUNK).enumerate() {
             let path = dir.join(format!("chunk-{c:06}.safetensors"));
+            // A damaged chunk (unreadable, or of shapes unlike the first chunk's) is computed again.
             let valid = path.is_file()
                 && match CachedFeatures::check(&path, ids.len(), req.layout) {
-                    Ok(()) => true,
+                    Ok(shape) if first.as_ref().is_none_or(|f| *f == shape) => {
+                        first = Some(shape);
+                        true
+                    }
+                    Ok(shape) => {
+                        let f = first.as_ref().expect("a first chunk");
+                        bar.suspend(|| {
+                            eprintln!(
+                                "warning: {}: cached features of shape {shape:?}, unlike the first chunk's {f:?}; computing it again",
+                                path.display()
+                            )
+                        });
+                        false
+                    }
                     Err(e) => {
                         bar.suspend(|| eprintln!("warning: {e:#}; computing it again"));
                         false

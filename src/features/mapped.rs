@@ -38,29 +38,64 @@ impl Chunk {
             })
             .collect::<HashMap<_, _>>();
         let c = Self { path: path.to_path_buf(), map, views };
-        let rows = |name: &str| c.views.get(name).map(|(_, shape, _)| shape[0]);
-        let expect = |name: &str, dtype: Dtype| -> Result<()> {
-            match c.views.get(name) {
-                Some((_, shape, d)) if *d == dtype && shape.first() == Some(&n) => Ok(()),
-                Some((_, shape, d)) => bail!("{}: cached '{name}' is {d:?} {shape:?}, expected {dtype:?} with {n} rows", c.path.display()),
-                None => bail!("{}: cached chunk has no '{name}'", c.path.display()),
-            }
-        };
-        expect("cls", Dtype::F32)?;
-        match layout {
-            Layout::Tokens | Layout::PreNormTokens => expect("patch", Dtype::F32)?,
-            Layout::Pooled if rows("patch_mean").is_some() => expect("patch_mean", Dtype::F32)?,
-            Layout::Pooled => {}
-        }
-        if !matches!(c.views.get("grid"), Some((_, s, Dtype::U32)) if s == &[2]) {
-            bail!("{}: cached chunk has no patch grid", c.path.display());
-        }
-        for (name, dtype) in [("class", Dtype::U32), ("segmentation", Dtype::U8), ("depth", Dtype::F32)] {
-            if c.views.contains_key(name) {
-                expect(name, dtype)?;
-            }
-        }
+        c.shape(n, layout)?;
         Ok(c)
+    }
+
+    /// Checks every tensor's element type, rank and sizes against `n` samples of `layout` (a
+    /// chunk is a file: it may have been damaged or replaced), and returns the per-sample shapes.
+    fn shape(&self, n: usize, layout: Layout) -> Result<ChunkShape> {
+        let file = self.path.display();
+        let get = |name: &str, dtype: Dtype, rank: usize| -> Result<Option<&[usize]>> {
+            let Some((_, shape, d)) = self.views.get(name) else { return Ok(None) };
+            if *d != dtype || shape.len() != rank || shape[0] != n || shape[1..].contains(&0) {
+                bail!("{file}: cached '{name}' is {d:?} {shape:?}, expected {dtype:?} of rank {rank} with {n} rows and no empty side");
+            }
+            Ok(Some(shape))
+        };
+        let need = |name: &str, dtype: Dtype, rank: usize| -> Result<&[usize]> {
+            get(name, dtype, rank)?.ok_or_else(|| anyhow::anyhow!("{file}: cached chunk has no '{name}'"))
+        };
+        let width = need("cls", Dtype::F32, 2)?[1];
+        let grid = match self.views.get("grid") {
+            Some((r, s, Dtype::U32)) if s == &[2] => {
+                let b = &self.map[r.clone()];
+                let side = |i: usize| u32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]) as usize;
+                (side(0), side(1))
+            }
+            _ => bail!("{file}: cached chunk has no patch grid"),
+        };
+        if grid.0 == 0 || grid.1 == 0 || grid.0 * grid.1 > MAX_TOKENS {
+            bail!("{file}: cached patch grid {}x{} is empty or larger than any image's", grid.0, grid.1);
+        }
+        if let Some(m) = get("patch_mean", Dtype::F32, 2)? {
+            if m[1] != width {
+                bail!("{file}: cached 'patch_mean' is {m:?}, expected [{n}, {width}]");
+            }
+        }
+        if matches!(layout, Layout::Tokens | Layout::PreNormTokens) {
+            let p = need("patch", Dtype::F32, 3)?;
+            if p[1] != grid.0 * grid.1 || p[2] != width {
+                bail!("{file}: cached 'patch' is {p:?}, expected [{n}, {}, {width}] for its {}x{} grid", grid.0 * grid.1, grid.0, grid.1);
+            }
+        }
+        let mut target = None;
+        if let Some((r, _, _)) = get("class", Dtype::U32, 1)?.and(self.views.get("class")) {
+            let b = &self.map[r.clone()];
+            if let Some(l) = b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).find(|&l| l as usize >= MAX_CLASSES) {
+                bail!("{file}: cached class label {l} is beyond any class count ({MAX_CLASSES})");
+            }
+            target = Some(vec![]);
+        }
+        for (name, dtype) in [("segmentation", Dtype::U8), ("depth", Dtype::F32)] {
+            if let Some(s) = get(name, dtype, 3)? {
+                if target.is_some() || s[1].saturating_mul(s[2]) > MAX_PIXELS {
+                    bail!("{file}: cached '{name}' {s:?} beside other targets, or larger than any label map");
+                }
+                target = Some(s[1..].to_vec());
+            }
+        }
+        Ok(ChunkShape { width, grid, target })
     }
 
     fn bytes(&self, name: &str) -> Option<(&[u8], &[usize])> {
@@ -86,6 +121,21 @@ fn f32_of(b: &[u8]) -> f32 {
     f32::from_le_bytes(b.try_into().unwrap())
 }
 
+/// Most patch tokens a cached grid may have, and most pixels of a cached label map.
+const MAX_TOKENS: usize = 1 << 20;
+const MAX_PIXELS: usize = 1 << 28;
+/// Labels at or above this are damage, not classes (ImageNet-22k has 21,841).
+pub const MAX_CLASSES: usize = 1 << 20;
+
+/// What one sample of a chunk holds: the feature width, the patch grid, and the target's shape
+/// (`[]` for a class, `[H, W]` for a map, none without targets). Chunks of one key agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkShape {
+    pub width: usize,
+    pub grid: (usize, usize),
+    pub target: Option<Vec<usize>>,
+}
+
 /// The cached features of one key, `chunk` samples per file.
 pub struct CachedFeatures {
     chunks: Vec<Chunk>,
@@ -96,14 +146,24 @@ pub struct CachedFeatures {
 impl CachedFeatures {
     /// Maps the chunk files `paths` (each full but the last) of `len` samples.
     pub fn open(paths: &[PathBuf], chunk: usize, len: usize, layout: Layout) -> Result<Self> {
+        if chunk == 0 || len == 0 || paths.len() != len.div_ceil(chunk) {
+            bail!("{} chunk files for {len} samples of {chunk} per chunk", paths.len());
+        }
         let chunks =
             paths.iter().enumerate().map(|(i, p)| Chunk::open(p, chunk.min(len - i * chunk), layout)).collect::<Result<Vec<_>>>()?;
+        let first = chunks[0].shape(chunk.min(len), layout)?;
+        for (i, c) in chunks.iter().enumerate().skip(1) {
+            let s = c.shape(chunk.min(len - i * chunk), layout)?;
+            if s != first {
+                bail!("{}: cached features of shape {s:?}, unlike the first chunk's {first:?}", c.path.display());
+            }
+        }
         Ok(Self { chunks, chunk, len })
     }
 
-    /// Checks one chunk file without keeping it.
-    pub fn check(path: &Path, n: usize, layout: Layout) -> Result<()> {
-        Chunk::open(path, n, layout).map(|_| ())
+    /// Checks one chunk file without keeping it; returns what its samples hold.
+    pub fn check(path: &Path, n: usize, layout: Layout) -> Result<ChunkShape> {
+        Chunk::open(path, n, layout)?.shape(n, layout)
     }
 
     fn locate(&self, i: usize) -> Result<(&Chunk, usize)> {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::transform::Transform;
 use crate::encoder::Encoder;
 pub use extract::{extract, targets_of, Live};
-pub use mapped::CachedFeatures;
+pub use mapped::{CachedFeatures, ChunkShape, MAX_CLASSES};
 
 /// What is kept per sample.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -63,6 +63,8 @@ pub fn loss(task: Task, out: &Tensor, targets: &Targets, range: Option<DepthRang
     let dev = out.device();
     match (task, targets) {
         (Task::Cls, Targets::Class(l)) => cross_entropy(out, &Tensor::new(l.as_slice(), dev)?, IGNORE),
+        (_, Targets::Segmentation { height: 0, .. } | Targets::Segmentation { width: 0, .. })
+        | (_, Targets::Depth { height: 0, .. } | Targets::Depth { width: 0, .. }) => bail!("targets of an empty size"),
         (Task::Seg, Targets::Segmentation { labels, height, width }) => {
             let n = labels.len() / (height * width);
             cross_entropy(out, &Tensor::from_vec(labels.clone(), (n, *height, *width), dev)?, IGNORE)
@@ -91,15 +93,20 @@ impl TargetStats {
     pub fn update(&mut self, task: Task, targets: &Targets, range: Option<DepthRange>) -> Result<()> {
         let mut count = |labels: &[u32]| {
             for &l in labels.iter().filter(|&&l| l != IGNORE) {
+                // A label this large is damage (the count vector would take gigabytes).
+                if l as usize >= crate::features::MAX_CLASSES {
+                    return Err(anyhow::anyhow!("label {l} is beyond any class count ({})", crate::features::MAX_CLASSES));
+                }
                 if l as usize >= self.counts.len() {
                     self.counts.resize(l as usize + 1, 0);
                 }
                 self.counts[l as usize] += 1;
             }
+            Ok(())
         };
         match (task, targets) {
-            (Task::Cls, Targets::Class(l)) => count(l),
-            (Task::Seg, Targets::Segmentation { labels, .. }) => count(labels),
+            (Task::Cls, Targets::Class(l)) => count(l)?,
+            (Task::Seg, Targets::Segmentation { labels, .. }) => count(labels)?,
             (Task::Depth, Targets::Depth { metres, .. }) => {
                 let range = range.ok_or_else(|| anyhow::anyhow!("no depth range"))?;
                 for &d in metres.iter().filter(|&&d| range.is_valid(d)) {
