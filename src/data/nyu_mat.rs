@@ -56,6 +56,9 @@ impl NyuMat {
         let [n, 3, w, h] = images[..] else {
             bail!("{shown}: 'images' has shape {images:?}, expected (N, 3, W, H)");
         };
+        if w == 0 || h == 0 || w.saturating_mul(h) > 1 << 26 {
+            bail!("{shown}: 'images' has shape {images:?}: frames of {w}x{h} pixels");
+        }
         if depths != [n, w, h] {
             bail!("{shown}: 'depths' has shape {depths:?} but 'images' is {images:?}; expected ({n}, {w}, {h})");
         }

@@ -235,6 +235,9 @@ impl Synthetic {
         if count == 0 || size < 8 {
             bail!("synthetic: need at least 1 scene of at least 8 pixels, got '{args}'");
         }
+        if size > 4096 || count > 10_000_000 {
+            bail!("synthetic: scenes of at most 4096 pixels and at most 10,000,000 of them, got '{args}'");
+        }
         Ok(Self { task, split, count, size })
     }
 

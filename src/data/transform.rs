@@ -76,10 +76,14 @@ impl Transform {
     }
 }
 
+/// Largest side a transform may produce or pad by (16384: 4x a DINOv2 high-resolution input).
+pub const MAX_SIDE: usize = 16384;
+
 impl std::str::FromStr for Transform {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        let num = |v: &str| v.parse::<usize>().ok().filter(|&n| n > 0);
+        // Sides in (0, MAX_SIDE]: a typo of a few zeros must not allocate gigabytes.
+        let num = |v: &str| v.parse::<usize>().ok().filter(|&n| n > 0 && n <= MAX_SIDE);
         let pair = |v: &str| v.split_once('x').and_then(|(h, w)| Some((num(h)?, num(w)?)));
         let parsed = if s == "hflip" {
             Some(Self::HFlip)
@@ -100,7 +104,7 @@ impl std::str::FromStr for Transform {
         } else {
             None
         };
-        parsed.ok_or_else(|| anyhow::anyhow!("unknown transform '{s}'; expected resize-shortN, resizeHxW, cropHxW, padN, or the training augmentations random-cropHxW, pad-random-cropN, hflip, flips (N > 0)"))
+        parsed.ok_or_else(|| anyhow::anyhow!("unknown transform '{s}'; expected resize-shortN, resizeHxW, cropHxW, padN, or the training augmentations random-cropHxW, pad-random-cropN, hflip, flips (0 < N <= {MAX_SIDE})"))
     }
 }
 
