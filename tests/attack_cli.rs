@@ -39,6 +39,22 @@ fn attacks_hurt_every_task_within_budget() {
         }
     }
 
+    // Settings that make the figure meaningless run, but are warned about, in the JSON's sanity
+    // report too (before: accepted without a word).
+    let (ok, out, err) = common::run(
+        &with(
+            &["attack", "--task", "cls", "--attack", "pgd", "--eps", "8", "--steps", "0"],
+            &["--dataset", &cifar, "--head", &probe, "--json"],
+        )
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>(),
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("ε ≥ 1 under L∞") && err.contains("steps = 0"), "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((r["sanity"]["eps_unbounded"].as_bool(), r["sanity"]["no_steps"].as_bool()), (Some(true), Some(true)), "{r}");
+
     for (task, kind, attack) in [("seg", "synthetic-seg", "segpgd"), ("depth", "synthetic-depth", "depthpgd")] {
         let head = tmp.path().join(format!("{task}.safetensors")).display().to_string();
         let train_spec = format!("{kind}:32x28");

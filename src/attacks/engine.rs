@@ -29,6 +29,7 @@ pub fn attack(enc: &Encoder, objective: &dyn Objective, images: &Tensor, cfg: &A
     let p = Problem { enc, objective, x, per, dims: (c, h, w), threat: cfg.threat };
     let mut best = Best::new(b, per);
     let mut sanity = Sanity::default();
+    sanity.settings(&cfg.threat, cfg.steps);
     for restart in 0..cfg.restarts.max(1) {
         let mut rng = SplitMix64::new(crate::rng::stream(cfg.seed, restart as u64));
         let mut delta = vec![vec![0f32; per]; b];

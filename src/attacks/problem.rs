@@ -26,6 +26,20 @@ pub struct Sanity {
     /// true class's probability is 1 to f32 precision, the CE gradient underflows).
     #[serde(default)]
     pub saturated: usize,
+    /// The budget was ε ≥ 1 under L∞: every pixel may take any value.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eps_unbounded: bool,
+    /// The attack had no gradient step (`steps = 0`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_steps: bool,
+    /// Samples whose clean head output was already a probability distribution (each row in
+    /// [0, 1] summing to 1): a softmax at the head's output.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub probability_outputs: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A cross-entropy under this (f32's epsilon, 2⁻²³) means `1 − p_y` is lost to rounding: the
@@ -35,7 +49,18 @@ pub const SATURATED_CE: f64 = 1.1920929e-7;
 impl Default for Sanity {
     /// Nothing seen yet: the pixel range starts empty.
     fn default() -> Self {
-        Self { sample_steps: 0, max_norm_over_eps: 0.0, min_pixel: 1.0, max_pixel: 0.0, zero_gradients: 0, nan_gradients: 0, saturated: 0 }
+        Self {
+            sample_steps: 0,
+            max_norm_over_eps: 0.0,
+            min_pixel: 1.0,
+            max_pixel: 0.0,
+            zero_gradients: 0,
+            nan_gradients: 0,
+            saturated: 0,
+            eps_unbounded: false,
+            no_steps: false,
+            probability_outputs: 0,
+        }
     }
 }
 
@@ -46,6 +71,9 @@ impl Sanity {
         self.zero_gradients += o.zero_gradients;
         self.nan_gradients += o.nan_gradients;
         self.saturated += o.saturated;
+        self.eps_unbounded |= o.eps_unbounded;
+        self.no_steps |= o.no_steps;
+        self.probability_outputs += o.probability_outputs;
         self.max_norm_over_eps = self.max_norm_over_eps.max(o.max_norm_over_eps);
         self.min_pixel = self.min_pixel.min(o.min_pixel);
         self.max_pixel = self.max_pixel.max(o.max_pixel);
@@ -69,8 +97,44 @@ impl Sanity {
                 self.saturated, self.sample_steps
             ));
         }
+        if self.eps_unbounded {
+            out.push(
+                "ε ≥ 1 under L∞: every pixel may take any value, so the attack may replace the image whole (budgets are in \
+                 pixel units of [0, 1]: 8/255, not 8)"
+                    .into(),
+            );
+        }
+        if self.no_steps {
+            out.push("steps = 0: no gradient step was taken; the attacked figures are those of the starting point".into());
+        }
+        if self.probability_outputs > 0 {
+            out.push(format!(
+                "{} samples' clean head outputs were already probabilities (each row in [0, 1], summing to 1): a softmax at \
+                 the head's output? Cross-entropy over probabilities has weak gradients",
+                self.probability_outputs
+            ));
+        }
         out
     }
+
+    /// Records what the attack's settings alone say is wrong (ε ≥ 1 under L∞, no step).
+    pub fn settings(&mut self, threat: &super::threat::ThreatModel, steps: usize) {
+        self.eps_unbounded |= threat.norm == super::threat::Norm::Linf && threat.eps >= 1.0;
+        self.no_steps |= steps == 0;
+    }
+}
+
+/// Samples of class scores `[n, K]` or `[n, K, H, W]` whose every row (over K) is in [0, 1] and
+/// sums to 1 within 10⁻³: outputs that are probabilities already.
+pub fn probability_rows(out: &Tensor) -> Result<usize> {
+    if out.rank() < 2 || out.dim(1)? < 2 {
+        return Ok(0);
+    }
+    let out = out.to_dtype(candle_core::DType::F32)?;
+    let in_range = out.ge(0f32)?.mul(&out.le(1f32)?)?.to_dtype(candle_core::DType::F32)?.min_keepdim(1)?;
+    let sums_to_one = (out.sum_keepdim(1)? - 1.0)?.abs()?.le(1e-3f32)?.to_dtype(candle_core::DType::F32)?;
+    let per_sample = (in_range * sums_to_one)?.flatten_from(1)?.min(1)?.to_vec1::<f32>()?;
+    Ok(per_sample.iter().filter(|&&v| v > 0.5).count())
 }
 
 pub struct Outcome {
@@ -208,4 +272,51 @@ fn check(t: &ThreatModel, x: &[f32], delta: &[f32], s: &mut Sanity) -> Result<()
         s.max_pixel = s.max_pixel.max(p);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attacks::threat::{Norm, ThreatModel};
+
+    #[test]
+    fn settings_and_outputs_that_make_a_figure_meaningless_are_warned_about() {
+        let quiet = |s: &Sanity| s.warnings().is_empty();
+        let mut s = Sanity::default();
+        s.settings(&ThreatModel { norm: Norm::Linf, eps: 8.0 / 255.0 }, 10);
+        s.settings(&ThreatModel { norm: Norm::L2, eps: 3.0 }, 10);
+        assert!(quiet(&s), "{:?}", s.warnings());
+        s.settings(&ThreatModel { norm: Norm::Linf, eps: 8.0 }, 10);
+        assert!(s.warnings().iter().any(|w| w.contains("ε ≥ 1 under L∞")), "{:?}", s.warnings());
+        let mut t = Sanity::default();
+        t.settings(&ThreatModel { norm: Norm::Linf, eps: 0.03 }, 0);
+        assert!(t.warnings().iter().any(|w| w.contains("steps = 0")), "{:?}", t.warnings());
+        // Merged over batches, and kept through the store's JSON; absent fields read as clear.
+        let mut m = Sanity::default();
+        m.merge(&s);
+        m.merge(&t);
+        let back: Sanity = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert!(back.eps_unbounded && back.no_steps);
+        let old = serde_json::json!({"sample_steps": 1, "max_norm_over_eps": 1.0, "min_pixel": 0.0, "max_pixel": 1.0, "zero_gradients": 0, "nan_gradients": 0});
+        assert!(quiet(&serde_json::from_value(old).unwrap()));
+        assert!(!serde_json::to_string(&Sanity::default()).unwrap().contains("eps_unbounded"), "clear flags are not stored");
+    }
+
+    #[test]
+    fn outputs_that_are_probabilities_are_counted() {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(&[[2.0f32, -1.0, 0.5], [0.2, 0.3, 0.1]], &dev).unwrap();
+        assert_eq!(probability_rows(&logits).unwrap(), 0, "rows in [0,1] that do not sum to 1 are logits");
+        let probs = candle_nn::ops::softmax(&logits, 1).unwrap();
+        assert_eq!(probability_rows(&probs).unwrap(), 2);
+        // Dense: [n, K, H, W], a sample counts when every pixel's row is a distribution.
+        let dense = probs.t().unwrap().reshape((1, 3, 1, 2)).unwrap();
+        assert_eq!(probability_rows(&dense).unwrap(), 1);
+        let mixed = Tensor::cat(&[&dense, &Tensor::ones((1, 3, 1, 2), candle_core::DType::F32, &dev).unwrap()], 0).unwrap();
+        assert_eq!(probability_rows(&mixed).unwrap(), 1);
+        let mut s = Sanity { probability_outputs: 2, ..Sanity::default() };
+        assert!(s.warnings().iter().any(|w| w.contains("2 samples' clean head outputs were already probabilities")));
+        s.probability_outputs = 0;
+        assert!(s.warnings().is_empty());
+    }
 }

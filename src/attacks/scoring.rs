@@ -104,7 +104,7 @@ pub fn attack_batch(
             kind.objective(h.head, h.targets, loss)?
         }
     };
-    let outcome = attack(enc, objective.as_ref(), images, cfg)?;
+    let mut outcome = attack(enc, objective.as_ref(), images, cfg)?;
     let Some(clean) = clean.filter(|_| score) else { return Ok(AttackedBatch { outcome, heads: Vec::new() }) };
     let adversarial = enc.forward(&outcome.adversarial.to_device(enc.vit.device())?)?;
     let n = images.dim(0)?;
@@ -119,6 +119,9 @@ pub fn attack_batch(
             Ok((scorer.state().clone(), out))
         };
         let (c, clean_output) = one(&clean)?;
+        if h.head.meta.task != crate::heads::head::Task::Depth {
+            outcome.sanity.probability_outputs += super::problem::probability_rows(&clean_output)?;
+        }
         let (a, adversarial_output) = one(&adversarial)?;
         scored.push(HeadScores { clean: c, adversarial: a, clean_output, adversarial_output });
     }

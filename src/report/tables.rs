@@ -179,13 +179,33 @@ pub fn sanity(r: &Results) -> Table {
             format!("[{:.4}, {:.4}]", s.min_pixel, s.max_pixel),
             format!("{} / {} / {} / {}", s.zero_gradients, s.nan_gradients, s.saturated, s.sample_steps),
             format!("{:.5}", e.row.result.mean_objective.unwrap_or(f64::NAN)),
+            flags(s),
         ]);
     }
     Table {
         title: "Sanity of the attacks".into(),
-        note: "Largest ‖δ‖/ε over every step (at most 1, up to f32 rounding), the pixel range seen, sample-steps with a zero / NaN pixel gradient, evaluations with a saturated softmax (cross-entropy < 2⁻²³: its gradient underflows; the study's logit scaling avoids it), out of all steps.".into(),
-        header: ["encoder", "head", "attack", "setting", "max ‖δ‖/ε", "pixels", "zero / NaN / saturated / steps", "mean objective"].map(String::from).to_vec(),
+        note: "Largest ‖δ‖/ε over every step (at most 1, up to f32 rounding), the pixel range seen, sample-steps with a zero / NaN pixel gradient, evaluations with a saturated softmax (cross-entropy < 2⁻²³: its gradient underflows; the study's logit scaling avoids it), out of all steps; warnings: ε ≥ 1 under L∞ (any pixel value allowed), no gradient step, head outputs that were probabilities already (a softmax at the head's output).".into(),
+        header: ["encoder", "head", "attack", "setting", "max ‖δ‖/ε", "pixels", "zero / NaN / saturated / steps", "mean objective", "warnings"].map(String::from).to_vec(),
         rows,
+    }
+}
+
+/// The settings and outputs an attack's checks warned about, briefly.
+fn flags(s: &crate::attacks::engine::Sanity) -> String {
+    let mut f = Vec::new();
+    if s.eps_unbounded {
+        f.push("ε ≥ 1".to_string());
+    }
+    if s.no_steps {
+        f.push("no steps".to_string());
+    }
+    if s.probability_outputs > 0 {
+        f.push(format!("{} probability outputs", s.probability_outputs));
+    }
+    if f.is_empty() {
+        "–".into()
+    } else {
+        f.join(", ")
     }
 }
 
