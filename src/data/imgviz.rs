@@ -41,6 +41,15 @@ fn npy<T: npyz::Deserialize>(zip: &mut zip::ZipArchive<std::fs::File>, file: &Pa
     if bytes.len() as u64 > limit {
         bail!("{}: '{name}' inflates past the {limit} bytes its entry can hold", file.display());
     }
+    // The header's declared length, checked before the reader allocates it.
+    let header_end = match bytes.get(6) {
+        Some(1) if bytes.len() >= 10 => 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize,
+        Some(2 | 3) if bytes.len() >= 12 => 12 + u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+        _ => usize::MAX,
+    };
+    if !bytes.starts_with(b"\x93NUMPY") || header_end > bytes.len() {
+        bail!("{}: '{name}' is not a .npy array (bad magic, version or header length)", file.display());
+    }
     let npy = npyz::NpyFile::new(bytes.as_slice()).with_context(|| format!("{}: '{name}' is not a .npy array", file.display()))?;
     let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
     let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));

@@ -13,7 +13,9 @@ use super::{item, no_such_split, Dataset, Sample, Split, Target};
 pub struct NyuFolder {
     root: PathBuf,
     split: Split,
-    pairs: Vec<(PathBuf, PathBuf)>,
+    /// The split list, and per sample its image, its depth map and the list's line naming them.
+    list: PathBuf,
+    pairs: Vec<(PathBuf, PathBuf, usize)>,
 }
 
 impl NyuFolder {
@@ -42,12 +44,12 @@ impl NyuFolder {
                     bail!("{}: listed on line {} of {} but missing", f.display(), n + 1, list.display());
                 }
             }
-            pairs.push((rgb, depth));
+            pairs.push((rgb, depth, n + 1));
         }
         if pairs.is_empty() {
             bail!("{}: the split list is empty", list.display());
         }
-        Ok(Self { root: root.to_owned(), split, pairs })
+        Ok(Self { root: root.to_owned(), split, list: list.clone(), pairs })
     }
 }
 
@@ -57,14 +59,18 @@ impl Dataset for NyuFolder {
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        let (rgb, depth) = item(&self.pairs, index)?;
-        let image = crate::input::decode_image(rgb)?;
-        let (metres, h, w) = read_depth_png_mm(depth)?;
-        let (ih, iw) = (image.dim(1)?, image.dim(2)?);
-        if (ih, iw) != (h, w) {
-            bail!("{}: depth map is {h}x{w} but its image {} is {ih}x{iw}", depth.display(), rgb.display());
-        }
-        Ok(Sample { image, target: Target::Depth { metres, height: h, width: w } })
+        let (rgb, depth, line) = item(&self.pairs, index)?;
+        let sample = || -> Result<Sample> {
+            let image = crate::input::decode_image(rgb)?;
+            let (metres, h, w) = read_depth_png_mm(depth)?;
+            let (ih, iw) = (image.dim(1)?, image.dim(2)?);
+            if (ih, iw) != (h, w) {
+                bail!("{}: depth map is {h}x{w} but its image {} is {ih}x{iw}", depth.display(), rgb.display());
+            }
+            Ok(Sample { image, target: Target::Depth { metres, height: h, width: w } })
+        };
+        // A wrong line of the list (an image named as a depth map) is the list's fault too.
+        sample().with_context(|| format!("sample {index}, listed on line {line} of {}", self.list.display()))
     }
 
     fn num_classes(&self) -> Option<usize> {

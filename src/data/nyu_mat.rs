@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
+use hdf5_metno::dataset::Layout;
+use hdf5_metno::types::{IntSize, TypeDescriptor};
 
 use super::{no_such_split, Dataset, Sample, Split, Target};
 
@@ -61,6 +63,40 @@ impl NyuMat {
         }
         if depths != [n, w, h] {
             bail!("{shown}: 'depths' has shape {depths:?} but 'images' is {images:?}; expected ({n}, {w}, {h})");
+        }
+        // libhdf5 trusts a dataset's recorded storage (a damaged one can make it read out of
+        // bounds): check it against the shape and the file before any read.
+        let file_len = std::fs::metadata(file).with_context(|| format!("{shown}: cannot read"))?.len();
+        for name in ["images", "depths"] {
+            let ds = h5.dataset(name).map_err(|e| anyhow::anyhow!("{shown}: no '{name}' array ({e})"))?;
+            let dtype = ds.dtype().map_err(|e| anyhow::anyhow!("{shown}: '{name}' has an unreadable type ({e})"))?;
+            let descriptor = dtype.to_descriptor().map_err(|e| anyhow::anyhow!("{shown}: '{name}' has an unreadable type ({e})"))?;
+            let wanted = match name {
+                "images" => matches!(descriptor, TypeDescriptor::Unsigned(IntSize::U1)),
+                _ => matches!(descriptor, TypeDescriptor::Float(_)),
+            };
+            if !wanted {
+                bail!("{shown}: '{name}' holds {descriptor}, expected {}", if name == "images" { "uint8" } else { "floats" });
+            }
+            let elem = dtype.size() as u64;
+            let expected = (ds.size() as u64).checked_mul(elem);
+            let stored = ds.storage_size();
+            let sound = match ds.layout() {
+                Layout::Contiguous => {
+                    ds.offset().and_then(|o| o.checked_add(stored)).is_some_and(|end| end <= file_len) && Some(stored) == expected
+                }
+                Layout::Compact => Some(stored) == expected,
+                Layout::Chunked => stored <= file_len,
+                #[allow(unreachable_patterns)]
+                _ => false,
+            };
+            if !sound {
+                bail!(
+                    "{shown}: '{name}' ({:?} layout) records {stored} bytes of storage for {:?} values of {elem} bytes in a {file_len}-byte file: damaged",
+                    ds.layout(),
+                    ds.shape()
+                );
+            }
         }
         let name = match split {
             Split::Train => "trainNdxs",

@@ -133,7 +133,7 @@ impl Encoder {
                 if info.pos_resize == PosResize::Official { "size-aa" } else { "official or size-aa" }
             );
         }
-        let vit = VisionTransformer::load(&mut ckpt, info.config.clone(), info.pos_resize)?;
+        let vit = VisionTransformer::load(&mut ckpt, info.config.clone(), info.pos_resize).map_err(|e| name_the_file(e, &info.file))?;
         let vit = if opts.device.is_cpu() { vit } else { vit.to(&opts.device, DType::F32)? };
         Self::from_vit(vit, info)
     }
@@ -152,7 +152,7 @@ impl Encoder {
 
     fn read(path: &Path, opts: &LoadOptions) -> Result<(Checkpoint, EncoderInfo)> {
         let ckpt = Checkpoint::load(path, opts.prefer.as_deref())?;
-        let facts = ckpt.shape_facts()?;
+        let facts = ckpt.shape_facts().map_err(|e| name_the_file(e, &ckpt.path.display().to_string()))?;
         let over = ArchOverrides {
             arch: match opts.arch {
                 ArchChoice::Auto => None,
@@ -163,7 +163,10 @@ impl Encoder {
         };
         let heads_hint = ckpt.heads_hint(facts.embed_dim);
         let heads_assumed = opts.heads.is_none() && over.arch.is_none() && heads_hint.is_none();
-        let config = arch::resolve(&facts, &over, heads_hint).with_context(|| format!("{}", path.display()))?;
+        // What a config.json says is that file's fault, unless the flags overrode it.
+        let heads_from_config = opts.heads.is_none() && over.arch.is_none() && heads_hint.is_some();
+        let blamed = ckpt.config_file.clone().filter(|_| heads_from_config).unwrap_or_else(|| path.display().to_string());
+        let config = arch::resolve(&facts, &over, heads_hint).with_context(|| blamed)?;
         let default_pos_resize = ckpt.default_resize(config.num_registers);
         let pos_resize = opts.pos_resize.unwrap_or(default_pos_resize.semantics);
         let info = EncoderInfo {
@@ -380,5 +383,14 @@ impl Encoder {
     pub fn forward_generic(&self, pixels: &Tensor) -> Result<Tokens> {
         let pixels = if pixels.dtype() == self.vit.dtype() { pixels.clone() } else { pixels.to_dtype(self.vit.dtype())? };
         self.vit.forward(&self.normalize(&pixels)?)
+    }
+}
+
+/// `e`, with `file` in front unless its message names it already.
+fn name_the_file(e: anyhow::Error, file: &str) -> anyhow::Error {
+    if format!("{e:#}").contains(file) {
+        e
+    } else {
+        e.context(file.to_string())
     }
 }

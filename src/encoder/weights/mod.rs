@@ -113,6 +113,8 @@ pub struct Checkpoint {
     pub slots: BTreeMap<String, Slot>,
     /// From a `config.json` beside the weights (transformers, timm).
     heads_hint: Option<usize>,
+    /// The `config.json` beside the weights, when there is one (for messages about what it says).
+    pub config_file: Option<String>,
     /// The `config.json` that says timm wrote the file, if one does.
     timm_config: Option<String>,
     /// The resize an ONNX graph performs on its position embedding, if it holds one.
@@ -238,6 +240,7 @@ impl Checkpoint {
             ignored: canon.ignored,
             slots: canon.slots,
             heads_hint: hints.num_heads,
+            config_file: hints.file.clone(),
             timm_config,
             graph_resize,
             graph_resize_unknown,
