@@ -65,7 +65,9 @@ impl Chunk {
             }
             _ => bail!("{file}: cached chunk has no patch grid"),
         };
-        if grid.0 == 0 || grid.1 == 0 || grid.0 * grid.1 > MAX_TOKENS {
+        // Raw pixels have no patches: their grid is 0x0, and only a pooled layout may use them.
+        let pixels = grid == (0, 0) && !matches!(layout, Layout::Tokens | Layout::PreNormTokens);
+        if !pixels && (grid.0 == 0 || grid.1 == 0 || grid.0 * grid.1 > MAX_TOKENS) {
             bail!("{file}: cached patch grid {}x{} is empty or larger than any image's", grid.0, grid.1);
         }
         if let Some(m) = get("patch_mean", Dtype::F32, 2)? {
