@@ -1,9 +1,14 @@
-//! Sliding-window inference for the dense heads, as mmseg's `slide_inference` that the reference
+//! Sliding windows for the dense heads, as mmseg's `slide_inference` that the reference
 //! evaluations use (DINOv2: 518 crop / 341 stride; DINO: 224 / 100): windows over the whole
 //! image, each through encoder and head, outputs summed where windows overlap and divided by the
 //! overlap count. A window whose sides are not multiples of the patch size is zero-padded at the
 //! bottom and right, and its output cropped back (the reference pads around the centre and
 //! resizes the padded output instead; the two agree whenever the crop is a patch multiple).
+//!
+//! [`Tiling`] is the geometry of one image size, shared by the evaluation ([`predict`]) and by
+//! anything that differentiates through the windows: cutting a batch into windows and stitching
+//! the windows' outputs back are plain tensor ops, so autograd goes through them, and [`Tiling::gather`]
+//! is the cut's adjoint (a window's pixel gradient summed back into its image).
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
@@ -43,20 +48,100 @@ pub fn spans(len: usize, crop: usize, stride: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// The windows over one image size: the crop every window has (mmseg pulls the last window of a
+/// side back inside the image, so all are equal), the size a crop is zero-padded to (a multiple
+/// of the patch), and each window's top-left corner, row by row in mmseg's order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tiling {
+    pub image: (usize, usize),
+    pub crop: (usize, usize),
+    pub padded: (usize, usize),
+    pub origins: Vec<(usize, usize)>,
+    /// How many windows cover each pixel, `H × W` row-major.
+    count: Vec<f32>,
+}
+
+impl Tiling {
+    /// The windows of `window` over an `h × w` image for an encoder of `patch`-pixel patches.
+    pub fn new(h: usize, w: usize, window: Window, patch: usize) -> Result<Self> {
+        if h == 0 || w == 0 || patch == 0 || window.crop == 0 || window.stride == 0 {
+            bail!("no sliding windows over a {h}x{w} image with {}:{} windows and {patch}-pixel patches", window.crop, window.stride);
+        }
+        let (ys, xs) = (spans(h, window.crop, window.stride), spans(w, window.crop, window.stride));
+        let crop = (ys[0].1, xs[0].1);
+        let padded = (crop.0.div_ceil(patch) * patch, crop.1.div_ceil(patch) * patch);
+        let origins: Vec<(usize, usize)> = ys.iter().flat_map(|&(y, _)| xs.iter().map(move |&(x, _)| (y, x))).collect();
+        let mut count = vec![0f32; h * w];
+        for &(y, x) in &origins {
+            for row in count[y * w..(y + crop.0) * w].chunks_mut(w) {
+                row[x..x + crop.1].iter_mut().for_each(|c| *c += 1.0);
+            }
+        }
+        Ok(Self { image: (h, w), crop, padded, origins, count })
+    }
+
+    /// Windows per image.
+    pub fn windows(&self) -> usize {
+        self.origins.len()
+    }
+
+    /// The windows of each image of `images` `[n, C, H, W]`: `[n·m, C, ph, pw]`, image by image,
+    /// each crop zero-padded at the bottom and right.
+    pub fn crops(&self, images: &Tensor) -> Result<Tensor> {
+        let (n, c, h, w) = images.dims4()?;
+        if (h, w) != self.image {
+            bail!("images of {h}x{w} pixels given to windows laid out for {}x{}", self.image.0, self.image.1);
+        }
+        let ((ch, cw), (ph, pw)) = (self.crop, self.padded);
+        let crops = self
+            .origins
+            .iter()
+            .map(|&(y, x)| Ok(images.narrow(2, y, ch)?.narrow(3, x, cw)?.pad_with_zeros(2, 0, ph - ch)?.pad_with_zeros(3, 0, pw - cw)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&crops, 1)?.reshape((n * self.windows(), c, ph, pw))?)
+    }
+
+    /// Each window's value `[n·m, C, ph, pw]` (padding dropped) summed into its place in its
+    /// image: `[n, C, H, W]`. On pixel gradients this is the adjoint of [`Tiling::crops`].
+    pub fn gather(&self, windows: &Tensor) -> Result<Tensor> {
+        let (nm, c, ph, pw) = windows.dims4()?;
+        let m = self.windows();
+        if nm % m != 0 || (ph, pw) != self.padded {
+            bail!("{nm} windows of {ph}x{pw} do not fit {m} windows of {}x{} per image", self.padded.0, self.padded.1);
+        }
+        let ((h, w), (ch, cw)) = (self.image, self.crop);
+        let per_image = windows.reshape((nm / m, m, c, ph, pw))?;
+        let mut sum: Option<Tensor> = None;
+        for (j, &(y, x)) in self.origins.iter().enumerate() {
+            let win = per_image.narrow(1, j, 1)?.squeeze(1)?.narrow(2, 0, ch)?.narrow(3, 0, cw)?;
+            let placed = win.pad_with_zeros(2, y, h - y - ch)?.pad_with_zeros(3, x, w - x - cw)?;
+            sum = Some(match sum {
+                Some(s) => (s + placed)?,
+                None => placed,
+            });
+        }
+        Ok(sum.expect("a tiling has at least one window"))
+    }
+
+    /// The windows' outputs `[n·m, C, ph, pw]` stitched into whole-image outputs `[n, C, H, W]`:
+    /// averaged where windows overlap, as mmseg's `slide_inference`.
+    pub fn stitch(&self, outputs: &Tensor) -> Result<Tensor> {
+        let sum = self.gather(outputs)?;
+        let count = Tensor::from_slice(&self.count, (1, 1, self.image.0, self.image.1), sum.device())?.to_dtype(sum.dtype())?;
+        Ok(sum.broadcast_div(&count)?)
+    }
+}
+
 /// The head's dense output over a whole image `[3, H, W]` (pixels in [0,1]): segmentation logits
 /// `[K, H, W]` or depth `[1, H, W]`, on the CPU. `batch` windows go through the encoder at once;
 /// the head takes the encoder outputs `reads` names.
 pub fn predict(enc: &Encoder, head: &Head, reads: Reads, image: &Tensor, window: Window, batch: usize) -> Result<Tensor> {
     let (_, h, w) = image.dims3()?;
-    let p = enc.config().patch_size;
-    let (ys, xs) = (spans(h, window.crop, window.stride), spans(w, window.crop, window.stride));
-    let (ch, cw) = (ys[0].1, xs[0].1);
-    let (ph, pw) = (ch.div_ceil(p) * p, cw.div_ceil(p) * p);
-    let origins: Vec<(usize, usize)> = ys.iter().flat_map(|&(y, _)| xs.iter().map(move |&(x, _)| (y, x))).collect();
+    let tiling = Tiling::new(h, w, window, enc.config().patch_size)?;
+    let ((ch, cw), (ph, pw)) = (tiling.crop, tiling.padded);
     let mut sum: Vec<f32> = Vec::new();
-    let mut count = vec![0f32; h * w];
     let mut channels = 0;
-    for group in origins.chunks(batch.max(1)) {
+    for group in tiling.origins.chunks(batch.max(1)) {
         let crops = group
             .iter()
             .map(|&(y, x)| Ok(image.narrow(1, y, ch)?.narrow(2, x, cw)?.pad_with_zeros(1, 0, ph - ch)?.pad_with_zeros(2, 0, pw - cw)?))
@@ -80,13 +165,10 @@ pub fn predict(enc: &Encoder, head: &Head, reads: Reads, image: &Tensor, window:
                     dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
                 }
             }
-            for row in count[y * w..(y + ch) * w].chunks_mut(w) {
-                row[x..x + cw].iter_mut().for_each(|c| *c += 1.0);
-            }
         }
     }
     for plane in sum.chunks_mut(h * w) {
-        plane.iter_mut().zip(&count).for_each(|(v, c)| *v /= c);
+        plane.iter_mut().zip(&tiling.count).for_each(|(v, c)| *v /= c);
     }
     Ok(Tensor::from_vec(sum, (channels, h, w), &Device::Cpu)?)
 }
@@ -107,5 +189,99 @@ mod tests {
         assert_eq!(spans(500, 224, 100), vec![(0, 224), (100, 224), (200, 224), (276, 224)]);
         assert!("518:341".parse::<Window>().is_ok());
         assert!("518".parse::<Window>().is_err() && "0:5".parse::<Window>().is_err());
+    }
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let mut r = crate::rng::SplitMix64::new(seed);
+        let n: usize = shape.iter().product();
+        Tensor::from_vec((0..n).map(|_| r.uniform(-1.0, 1.0) as f32).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn dot(a: &Tensor, b: &Tensor) -> f64 {
+        (a.to_dtype(candle_core::DType::F64).unwrap() * b.to_dtype(candle_core::DType::F64).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    }
+
+    /// Uneven sizes: 3 × 4 windows of 9 px (padded to 10 for 5-px patches) over 23 × 31 with
+    /// stride 7; a side shorter than the crop gets one window of its own length.
+    #[test]
+    fn tilings_cover_the_image_as_mmseg() {
+        let t = Tiling::new(23, 31, "9:7".parse().unwrap(), 5).unwrap();
+        assert_eq!((t.crop, t.padded, t.windows()), ((9, 9), (10, 10), 3 * 5));
+        assert!(t.count.iter().all(|&c| c >= 1.0), "every pixel is in a window");
+        let small = Tiling::new(6, 40, "9:7".parse().unwrap(), 5).unwrap();
+        assert_eq!((small.crop, small.padded), ((6, 9), (10, 10)));
+        for bad in [(0, 5, 5), (5, 5, 0)] {
+            assert!(Tiling::new(bad.0, bad.1, Window { crop: 9, stride: 7 }, bad.2).is_err());
+        }
+        assert!(Tiling::new(5, 5, Window { crop: 9, stride: 0 }, 5).is_err());
+        assert!(t.crops(&random(&[1, 3, 22, 31], 1)).is_err(), "images of another size");
+        assert!(t.gather(&random(&[7, 3, 10, 10], 1)).is_err(), "not a whole number of images");
+    }
+
+    /// Cutting an image into windows and stitching them back gives the image; the gathering is
+    /// the cut's adjoint: ⟨crops(x), y⟩ = ⟨x, gather(y)⟩.
+    #[test]
+    fn stitching_the_crops_gives_the_image_and_gather_is_the_adjoint() {
+        let t = Tiling::new(23, 31, "9:7".parse().unwrap(), 5).unwrap();
+        let x = random(&[2, 3, 23, 31], 2);
+        let back = t.stitch(&t.crops(&x).unwrap()).unwrap();
+        let err = (back - &x).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(err < 1e-6, "{err}");
+        let y = random(&[2 * t.windows(), 3, 10, 10], 3);
+        let (lhs, rhs) = (dot(&t.crops(&x).unwrap(), &y), dot(&x, &t.gather(&y).unwrap()));
+        assert!((lhs - rhs).abs() < 1e-6 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+    }
+
+    /// Autograd through cut → a nonlinear per-window map → stitch matches f64 central finite
+    /// differences of the same function computed by hand, pixel by pixel.
+    #[test]
+    fn the_gradient_through_the_windows_matches_finite_differences() {
+        let (h, w) = (11, 13);
+        let t = Tiling::new(h, w, "6:4".parse().unwrap(), 4).unwrap();
+        let (ch, cw) = t.crop;
+        let x = random(&[1, 1, h, w], 4).to_dtype(candle_core::DType::F64).unwrap();
+        let r = random(&[1, 1, h, w], 5).to_dtype(candle_core::DType::F64).unwrap();
+        // Window j's output: (j + 1) · tanh(crop); then averaged and weighted by r.
+        let f = |x: &Tensor| -> Tensor {
+            let crops = t.crops(x).unwrap();
+            let scale: Vec<f64> = (0..t.windows()).map(|j| (j + 1) as f64).collect();
+            let scale = Tensor::from_vec(scale, (t.windows(), 1, 1, 1), &Device::Cpu).unwrap();
+            let out = crops.tanh().unwrap().broadcast_mul(&scale).unwrap();
+            (t.stitch(&out).unwrap() * &r).unwrap().sum_all().unwrap()
+        };
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        let grad = f(var.as_tensor()).backward().unwrap().get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        // By hand, in plain f64: F(x) = Σ_p r_p · mean over windows covering p of (j + 1) tanh(x_p).
+        let (xs, rs) = (x.flatten_all().unwrap().to_vec1::<f64>().unwrap(), r.flatten_all().unwrap().to_vec1::<f64>().unwrap());
+        let by_hand = |xs: &[f64]| -> f64 {
+            (0..h * w)
+                .map(|p| {
+                    let (py, px) = (p / w, p % w);
+                    let covering: Vec<usize> = t
+                        .origins
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, &(y, x))| (y..y + ch).contains(&py) && (x..x + cw).contains(&px))
+                        .map(|(j, _)| j)
+                        .collect();
+                    let mean = covering.iter().map(|&j| (j + 1) as f64 * xs[p].tanh()).sum::<f64>() / covering.len() as f64;
+                    rs[p] * mean
+                })
+                .sum()
+        };
+        assert!((by_hand(&xs) - f(&x).to_scalar::<f64>().unwrap()).abs() < 1e-9, "the tensor ops compute the function by hand");
+        let eps = 1e-6;
+        for p in 0..h * w {
+            let (mut up, mut down) = (xs.clone(), xs.clone());
+            up[p] += eps;
+            down[p] -= eps;
+            let fd = (by_hand(&up) - by_hand(&down)) / (2.0 * eps);
+            assert!((fd - grad[p]).abs() <= 1e-6 * fd.abs().max(1.0), "pixel {p}: finite differences {fd}, autograd {}", grad[p]);
+        }
     }
 }
