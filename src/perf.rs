@@ -90,6 +90,7 @@ fn study_pgd(steps: usize) -> crate::attacks::engine::AttackConfig {
         early_stop: false,
         last_iterate: false,
         evaluate_last: false,
+        window: None,
     }
 }
 

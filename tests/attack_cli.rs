@@ -85,6 +85,92 @@ fn attacks_hurt_every_task_within_budget() {
         assert!(r["sanity"]["max_pixel"].as_f64().unwrap() <= 1.0 && r["sanity"]["min_pixel"].as_f64().unwrap() >= 0.0);
     }
 
+    // Whole images through sliding windows: the attack's clean figures are `eval
+    // --sliding-window`'s (what is attacked is what is scored), the attack hurts them, and one
+    // window as large as the image is the plain attack.
+    for (task, kind, attack, metric) in [("seg", "synthetic-seg", "segpgd", "miou"), ("depth", "synthetic-depth", "depthpgd", "rmse")] {
+        let head = tmp.path().join(format!("{task}.safetensors")).display().to_string();
+        let whole = format!("{kind}:4x56");
+        let slide = |sub: &str, spec: &str, size: &str, window: Option<&str>, extra: &[&str]| {
+            let mut args: Vec<&str> = vec![sub, "--task", task, "--dataset", spec, "--transforms", size, "--head", &head, "--json"];
+            if let Some(w) = window {
+                args.extend(["--sliding-window", w]);
+            }
+            args.extend(extra);
+            call(with(&args, &[]))
+        };
+        let steps = ["--attack", attack, "--eps", "32/255", "--steps", "3"];
+        let attacked = slide("attack", &whole, "resize56x56", Some("28:14"), &steps);
+        let evaluated = slide("eval", &whole, "resize56x56", Some("28:14"), &[]);
+        // (The same windows, batched differently: equal to f32 rounding.)
+        let (a, e) = (attacked["clean"]["head"].as_object().unwrap(), evaluated["head"].as_object().unwrap());
+        assert_eq!(a.keys().collect::<Vec<_>>(), e.keys().collect::<Vec<_>>());
+        for (k, v) in a {
+            match (v.as_f64(), e[k].as_f64()) {
+                (Some(x), Some(y)) => assert!((x - y).abs() <= 1e-6 * y.abs().max(1.0), "{task} {k}: attack's clean {x}, eval's {y}"),
+                _ => assert_eq!(v, &e[k], "{task} {k}"),
+            }
+        }
+        let (clean, adv) = (attacked["clean"]["head"][metric].as_f64().unwrap(), attacked["adversarial"]["head"][metric].as_f64().unwrap());
+        assert!(if task == "seg" { adv < clean } else { adv > clean }, "{task} through windows: clean {clean}, adversarial {adv}");
+        assert!(attacked["sanity"]["max_norm_over_eps"].as_f64().unwrap() <= 1.0 + 1e-5);
+        assert_eq!(attacked["config"]["window"], "28:14");
+        let small = format!("{kind}:4x28");
+        let one = slide("attack", &small, "resize28x28", Some("28:28"), &steps);
+        let plain = slide("attack", &small, "resize28x28", None, &steps);
+        assert_eq!(
+            (&one["clean"], &one["adversarial"]),
+            (&plain["clean"], &plain["adversarial"]),
+            "{task}: one window is the plain attack"
+        );
+    }
+    // Images of different sizes in one batch (VOC's 20×28 and 24×28 photos): attacked by size,
+    // scored at each label's own size, with the evaluation's clean figures.
+    let voc = format!("voc2012:{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/VOCdevkit/VOC2012").display());
+    let voc_head = tmp.path().join("voc.safetensors").display().to_string();
+    call(with(
+        &["train-head", "--task", "seg"],
+        &["--dataset", &voc, "--split", "train", "--size", "28", "--epochs", "5", "--out", &voc_head, "--json"],
+    ));
+    let on_voc = |sub: &str, extra: &[&str]| {
+        let mut args =
+            vec![sub, "--task", "seg", "--dataset", &voc, "--split", "train", "--transforms", "resize-short28", "--head", &voc_head];
+        args.extend(["--sliding-window", "14:7", "--json"]);
+        args.extend(extra);
+        call(with(&args, &[]))
+    };
+    let attacked = on_voc("attack", &["--attack", "segpgd", "--eps", "32/255", "--steps", "2", "--batch-size", "2"]);
+    let evaluated = on_voc("eval", &[]);
+    assert_eq!(attacked["clean"]["samples"], 2, "{attacked}");
+    assert!((attacked["clean"]["head"]["miou"].as_f64().unwrap() - evaluated["head"]["miou"].as_f64().unwrap()).abs() < 1e-6);
+
+    let seg_head = tmp.path().join("seg.safetensors").display().to_string();
+    for (args, expected) in [
+        (
+            vec!["attack", "--task", "cls", "--attack", "pgd", "--dataset", &cifar, "--head", &probe, "--sliding-window", "28:14"],
+            "dense heads",
+        ),
+        (
+            vec![
+                "attack",
+                "--task",
+                "seg",
+                "--attack",
+                "segpgd",
+                "--dataset",
+                "synthetic-seg:4x28",
+                "--head",
+                &seg_head,
+                "--sliding-window",
+                "0:14",
+            ],
+            "CROP:STRIDE",
+        ),
+    ] {
+        let full: Vec<String> = with(&args, &[]);
+        fails_with(&full.iter().map(String::as_str).collect::<Vec<_>>(), &[expected]);
+    }
+
     // `--attack task` is the head's own attack: the very figures of naming it (segpgd here).
     let seg_head = tmp.path().join("seg.safetensors").display().to_string();
     let own = |attack: &str| {

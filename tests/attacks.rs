@@ -18,6 +18,7 @@ use robust_ssl::encoder::{Encoder, LoadOptions, Reads};
 use robust_ssl::features::{extract, BatchSource, Layout, Source};
 use robust_ssl::heads::head::{Baseline, Head, HeadMeta, Task};
 use robust_ssl::heads::layers::{BatchNorm, DepthHead, Pooling, SegHead};
+use robust_ssl::heads::sliding::{tokens_of, Tiling, Window};
 use robust_ssl::heads::train::{Schedule, TrainConfig};
 use robust_ssl::metrics::DepthRange;
 use robust_ssl::optim::OptimizerKind;
@@ -46,6 +47,7 @@ fn config(norm: Norm, eps: f64, steps: usize, seed: u64) -> AttackConfig {
         early_stop: false,
         last_iterate: false,
         evaluate_last: false,
+        window: None,
     }
 }
 
@@ -149,14 +151,18 @@ fn zero_budget_is_the_clean_point_and_seeds_are_reproducible() {
 /// The objective's pixel gradient (objective → tokens → encoder reverse pass) against central
 /// finite differences of its summed loss along a random direction, in f64.
 fn check_gradient(enc: &Encoder, obj: &dyn Objective, x: &Tensor) {
-    check_gradient_at(enc, obj, x, 0, 1)
+    check_gradient_at(enc, obj, x, 0, 1, None)
 }
 
-fn check_gradient_at(enc: &Encoder, obj: &dyn Objective, x: &Tensor, step: usize, steps: usize) {
+/// With `windows`, the pixels go through the windows' cut, the encoder's reverse pass per window
+/// and the cut's adjoint, as the attack engine does.
+fn check_gradient_at(enc: &Encoder, obj: &dyn Objective, x: &Tensor, step: usize, steps: usize, windows: Option<&Tiling>) {
     let active: Vec<usize> = (0..x.dim(0).unwrap()).collect();
-    let (tokens, tape) = enc.forward_with_tape(x).unwrap();
-    let ev = obj.evaluate(&tokens, &active, step, steps).unwrap();
+    let cut = |t: &Tensor| windows.map_or_else(|| t.clone(), |w| w.crops(t).unwrap());
+    let (tokens, tape) = enc.forward_with_tape(&cut(x)).unwrap();
+    let ev = obj.evaluate(&tokens, windows, &active, step, steps).unwrap();
     let g = enc.backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref()).unwrap();
+    let g = windows.map_or_else(|| g.clone(), |w| w.gather(&g).unwrap());
     // A fixed random direction (seeded: the test must not depend on the run).
     let mut rng = robust_ssl::rng::SplitMix64::new(11);
     let v: Vec<f64> = (0..x.elem_count()).map(|_| rng.uniform(-1.0, 1.0)).collect();
@@ -165,7 +171,8 @@ fn check_gradient_at(enc: &Encoder, obj: &dyn Objective, x: &Tensor, step: usize
     let scale = norm(&g) * norm(&v);
     let analytic = (g * &v).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap();
     let h = 1e-5;
-    let loss_at = |t: &Tensor| -> f64 { obj.evaluate(&enc.forward(t).unwrap(), &active, step, steps).unwrap().losses.iter().sum() };
+    let loss_at =
+        |t: &Tensor| -> f64 { obj.evaluate(&enc.forward(&cut(t)).unwrap(), windows, &active, step, steps).unwrap().losses.iter().sum() };
     let plus = loss_at(&(x + (&v * h).unwrap()).unwrap());
     let minus = loss_at(&(x - (&v * h).unwrap()).unwrap());
     let numeric = (plus - minus) / (2.0 * h);
@@ -200,30 +207,16 @@ fn objective_gradients_match_finite_differences() {
     check_gradient(&enc, &CrossEntropy { probe: &probe, labels: vec![3, 7], scale_logits: false }, &x);
 
     // Dense objectives with random f64 heads on the 2×2 patch grid, labels and depths at 28×28.
-    let rng = std::cell::RefCell::new(robust_ssl::rng::SplitMix64::new(21));
-    let t = |dims: &[usize], scale: f64| {
-        let v: Vec<f64> = (0..dims.iter().product::<usize>()).map(|_| rng.borrow_mut().uniform(-scale, scale) * 1.7).collect();
-        Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
-    };
-    let bn = |d: usize| BatchNorm {
-        weight: t(&[d], 0.1).affine(1.0, 1.0).unwrap(),
-        bias: t(&[d], 0.1),
-        running_mean: t(&[d], 0.1),
-        running_var: t(&[d], 0.1).abs().unwrap().affine(1.0, 0.5).unwrap(),
-        eps: 1e-5,
-    };
-    let seg = Head::Seg(SegHead { bn: bn(64), weight: t(&[5, 64], 0.5), bias: t(&[5], 0.1) });
+    let (seg, depth) = random_dense_heads(21, DType::F64);
     let mut rng = robust_ssl::rng::SplitMix64::new(9);
     let mut labels: Vec<u32> = (0..2 * 28 * 28).map(|_| (rng.next_u64() % 5) as u32).collect();
     labels[..40].iter_mut().for_each(|l| *l = 255);
     for step in [0, 3] {
         for form in [SegPgdForm::Paper, SegPgdForm::Study] {
             let obj = SegPgd { head: &seg, labels: labels.clone(), height: 28, width: 28, form };
-            check_gradient_at(&enc, &obj, &x, step, 4);
+            check_gradient_at(&enc, &obj, &x, step, 4, None);
         }
     }
-    let depth =
-        Head::Depth(DepthHead { bn: Some(bn(128)), weight: t(&[16, 128], 0.5), bias: t(&[16], 0.1), min_depth: 1e-3, max_depth: 10.0 });
     let mut metres: Vec<f32> = (0..2 * 28 * 28).map(|_| rng.uniform(0.5, 9.0) as f32).collect();
     metres[..100].iter_mut().for_each(|m| *m = 0.0);
     let range = DepthRange { min: 1e-3, max: 10.0 };
@@ -235,6 +228,83 @@ fn objective_gradients_match_finite_differences() {
         Head::Depth(DepthHead { bn: None, weight: bn_form.weight.clone(), bias: bn_form.bias.clone(), min_depth: 1e-3, max_depth: 10.0 });
     check_gradient(&enc, &DepthPgd { head: &dinov2, reads: Reads::PreNorm, metres, height: 28, width: 28, range }, &x);
     check_gradient(&enc, &EmbedAttack::new(&clean, EmbedTarget::PatchPrenorm, Distance::Mse).unwrap(), &x);
+}
+
+/// Random f64 dense heads on the fixture encoder's 64-dim tokens: segmentation (5 classes) and
+/// depth (16 bins), each with BatchNorm.
+fn random_dense_heads(seed: u64, dtype: DType) -> (Head, Head) {
+    let rng = std::cell::RefCell::new(robust_ssl::rng::SplitMix64::new(seed));
+    let t = |dims: &[usize], scale: f64| {
+        let v: Vec<f64> = (0..dims.iter().product::<usize>()).map(|_| rng.borrow_mut().uniform(-scale, scale) * 1.7).collect();
+        Tensor::from_vec(v, dims, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    };
+    let bn = |d: usize| BatchNorm {
+        weight: t(&[d], 0.1).affine(1.0, 1.0).unwrap(),
+        bias: t(&[d], 0.1),
+        running_mean: t(&[d], 0.1),
+        running_var: t(&[d], 0.1).abs().unwrap().affine(1.0, 0.5).unwrap(),
+        eps: 1e-5,
+    };
+    let seg = Head::Seg(SegHead { bn: bn(64), weight: t(&[5, 64], 0.5), bias: t(&[5], 0.1) });
+    let depth =
+        Head::Depth(DepthHead { bn: Some(bn(128)), weight: t(&[16, 128], 0.5), bias: t(&[16], 0.1), min_depth: 1e-3, max_depth: 10.0 });
+    (seg, depth)
+}
+
+/// Through sliding windows (overlapping, and of a crop that is no patch multiple, so padded):
+/// every dense objective's pixel gradient — cut into windows, per-window reverse pass, the cut's
+/// adjoint — matches f64 finite differences of the stitched, whole-image loss.
+#[test]
+fn gradients_through_sliding_windows_match_finite_differences() {
+    let enc = encoder().to(&Device::Cpu, DType::F64).unwrap();
+    let (h, w) = (28, 42);
+    let mut rng = robust_ssl::rng::SplitMix64::new(17);
+    let x: Vec<f64> = (0..2 * 3 * h * w).map(|_| rng.uniform(0.1, 0.9)).collect();
+    let x = Tensor::from_vec(x, (2, 3, h, w), &Device::Cpu).unwrap();
+    let (seg, depth) = random_dense_heads(23, DType::F64);
+    let mut labels: Vec<u32> = (0..2 * h * w).map(|_| (rng.next_u64() % 5) as u32).collect();
+    labels[..40].iter_mut().for_each(|l| *l = 255);
+    let mut metres: Vec<f32> = (0..2 * h * w).map(|_| rng.uniform(0.5, 9.0) as f32).collect();
+    metres[..100].iter_mut().for_each(|m| *m = 0.0);
+    let range = DepthRange { min: 1e-3, max: 10.0 };
+    for window in ["21:14", "28:14"] {
+        let tiling = Tiling::new(h, w, window.parse::<Window>().unwrap(), 14).unwrap();
+        assert!(tiling.windows() > 1);
+        let windows = Some(&tiling);
+        for form in [SegPgdForm::Paper, SegPgdForm::Study] {
+            let obj = SegPgd { head: &seg, labels: labels.clone(), height: h, width: w, form };
+            check_gradient_at(&enc, &obj, &x, 1, 4, windows);
+        }
+        let obj = DepthPgd { head: &depth, reads: Reads::Final, metres: metres.clone(), height: h, width: w, range };
+        check_gradient_at(&enc, &obj, &x, 0, 1, windows);
+        let clean = tokens_of(&enc, &(&x * 0.9).unwrap(), windows).unwrap();
+        for target in [EmbedTarget::Patch, EmbedTarget::Both] {
+            check_gradient_at(&enc, &EmbedAttack::new(&clean, target, Distance::Mse).unwrap(), &x, 0, 1, windows);
+        }
+    }
+}
+
+/// One window as large as the image is the plain attack, bit for bit; a classification
+/// objective refuses windows.
+#[test]
+fn an_attack_through_one_window_is_the_plain_attack() {
+    let enc = encoder();
+    let x = images(2, 8);
+    let (seg, _) = random_dense_heads(29, DType::F32);
+    let mut rng = robust_ssl::rng::SplitMix64::new(31);
+    let labels: Vec<u32> = (0..2 * 28 * 28).map(|_| (rng.next_u64() % 5) as u32).collect();
+    let obj = SegPgd { head: &seg, labels, height: 28, width: 28, form: SegPgdForm::Paper };
+    let plain = config(Norm::Linf, 8.0 / 255.0, 3, 5);
+    let windowed = AttackConfig { window: Some("28:28".parse().unwrap()), ..plain };
+    let (a, b) = (attack(&enc, &obj, &x, &plain).unwrap(), attack(&enc, &obj, &x, &windowed).unwrap());
+    let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a.adversarial), bits(&b.adversarial));
+    assert_eq!(a.loss, b.loss);
+    let meta = probe_meta(10, Pooling::ClsMeanPatch);
+    let (Head::Linear(probe), _) = Head::init(&meta, 1, &Device::Cpu).unwrap() else { unreachable!() };
+    let ce = CrossEntropy { probe: &probe, labels: vec![3, 7], scale_logits: false };
+    let err = attack(&enc, &ce, &x, &windowed).err().expect("windows refused for classification").to_string();
+    assert!(err.contains("sliding windows are for the dense heads"), "{err}");
 }
 
 /// A probe whose logits for the true class lead by hundreds: the softmax saturates, the sanity
@@ -412,7 +482,7 @@ fn objectives_match_pytorch() {
     let max_abs = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
     for (name, obj, step, steps) in cases {
         let (tokens, tape) = enc.forward_with_tape(x).unwrap();
-        let ev = obj.evaluate(&tokens, &[0, 1], step, steps).unwrap();
+        let ev = obj.evaluate(&tokens, None, &[0, 1], step, steps).unwrap();
         let want = f[&format!("{name}_losses")].to_vec1::<f64>().unwrap();
         for (g, w) in ev.losses.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-6 * w.abs(), "{name}: loss {g} vs PyTorch {w}");
@@ -441,7 +511,7 @@ fn objectives_match_pytorch() {
     ];
     for (name, obj) in cases {
         let (tokens, tape) = fast.forward_with_tape(&x32).unwrap();
-        let ev = obj.evaluate(&tokens, &[0, 1], 0, 1).unwrap();
+        let ev = obj.evaluate(&tokens, None, &[0, 1], 0, 1).unwrap();
         let grad = fast.backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref()).unwrap().to_dtype(DType::F64).unwrap();
         let want = &f[&format!("{name}_grad")];
         let rel = max_abs(&(&grad - want).unwrap()) / max_abs(want);

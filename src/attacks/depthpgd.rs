@@ -10,7 +10,7 @@ use crate::encoder::{Reads, Tokens};
 use crate::features::Batch;
 use crate::heads::head::Head;
 use crate::heads::losses::{depth_loss, valid_mask};
-use crate::heads::trainer::forward;
+use crate::heads::sliding::{dense_forward, Tiling};
 use crate::metrics::DepthRange;
 
 pub struct DepthPgd<'a> {
@@ -29,12 +29,12 @@ impl Objective for DepthPgd<'_> {
         "depthpgd"
     }
 
-    fn evaluate(&self, tokens: &Tokens, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
+    fn evaluate(&self, tokens: &Tokens, windows: Option<&Tiling>, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
         let Head::Depth(_) = self.head else { bail!("DepthPGD needs a depth head") };
         let (h, w) = (self.height, self.width);
         let g = losses_and_grads_of(tokens, self.reads, |cls, patch| {
             let batch = Batch::from_tokens(cls, patch, tokens.grid);
-            let (pred, _) = forward(self.head, &batch, (h, w), false)?; // [n, H, W]
+            let pred = dense_forward(self.head, &batch, (h, w), windows)?; // [n, H, W]
             let per = active
                 .iter()
                 .enumerate()

@@ -9,8 +9,9 @@ use anyhow::Result;
 use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
-use super::objective::{losses_and_grads_of, rows, Evaluated, Objective};
+use super::objective::{losses_and_grads_of, rows, window_rows, Evaluated, Objective};
 use crate::encoder::{Reads, Tokens};
+use crate::heads::sliding::Tiling;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -119,15 +120,22 @@ impl Objective for EmbedAttack {
         "embed"
     }
 
-    fn evaluate(&self, tokens: &Tokens, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
-        let (c0, p0) = (rows(&self.clean_cls, active)?, rows(&self.clean_patch, active)?);
+    fn evaluate(&self, tokens: &Tokens, windows: Option<&Tiling>, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
+        let ids = window_rows(active, windows);
+        if let Some(&last) = ids.last().filter(|&&r| r >= self.clean_cls.dim(0).unwrap_or(0)) {
+            anyhow::bail!("EmbedAttack's clean tokens have {} rows, the attacked windows need row {last}", self.clean_cls.dim(0)?);
+        }
+        let (c0, p0) = (rows(&self.clean_cls, &ids)?, rows(&self.clean_patch, &ids)?);
         let g = losses_and_grads_of(tokens, Self::reads(self.target), |cls, patch| {
-            Ok(match self.target {
+            let per_row = match self.target {
                 EmbedTarget::Cls => distance(cls, &c0, self.distance)?,
                 EmbedTarget::Patch | EmbedTarget::PatchPrenorm => distance(patch, &p0, self.distance)?,
                 EmbedTarget::Both => (distance(cls, &c0, self.distance)? + distance(patch, &p0, self.distance)?)?,
                 EmbedTarget::Task => anyhow::bail!("EmbedAttack target 'task' was not resolved"),
-            })
+            };
+            // Through windows, an image's distance is the mean over its windows.
+            let m = windows.map_or(1, Tiling::windows);
+            Ok(if m == 1 { per_row } else { per_row.reshape((active.len(), m))?.mean(1)? })
         })?;
         Ok(Evaluated {
             losses: g.losses,

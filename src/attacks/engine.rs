@@ -13,6 +13,7 @@ use super::objective::Objective;
 use super::problem::{Best, Problem};
 
 use crate::encoder::Encoder;
+use crate::heads::sliding::Tiling;
 use crate::rng::SplitMix64;
 
 pub use super::problem::{Outcome, Sanity};
@@ -26,7 +27,8 @@ pub fn attack(enc: &Encoder, objective: &dyn Objective, images: &Tensor, cfg: &A
     if x.iter().any(|v| !(0.0..=1.0).contains(v)) {
         bail!("attack input pixels must lie in [0, 1]");
     }
-    let p = Problem { enc, objective, x, per, dims: (c, h, w), threat: cfg.threat };
+    let windows = cfg.window.map(|win| Tiling::new(h, w, win, enc.config().patch_size)).transpose()?;
+    let p = Problem { enc, objective, x, per, dims: (c, h, w), threat: cfg.threat, windows };
     let mut best = Best::new(b, per);
     let mut sanity = Sanity::default();
     sanity.settings(&cfg.threat, cfg.steps);

@@ -7,6 +7,7 @@ use anyhow::Result;
 use candle_core::{Tensor, Var};
 
 use crate::encoder::{PreNorm, Reads, Tokens};
+use crate::heads::sliding::Tiling;
 
 /// An objective's verdict on the current adversarial tokens of the active samples.
 pub struct Evaluated {
@@ -33,8 +34,16 @@ pub trait Objective {
     fn name(&self) -> &'static str;
 
     /// Scores `tokens` of the samples `active` (indices into the batch the objective was built
-    /// for); `step` of `steps` lets schedules such as SegPGD's weight depend on progress.
-    fn evaluate(&self, tokens: &Tokens, active: &[usize], step: usize, steps: usize) -> Result<Evaluated>;
+    /// for); `step` of `steps` lets schedules such as SegPGD's weight depend on progress. With
+    /// `windows`, `tokens` are those of each active image's sliding windows (`m` rows per image,
+    /// image by image) and the losses are still one per image.
+    fn evaluate(&self, tokens: &Tokens, windows: Option<&Tiling>, active: &[usize], step: usize, steps: usize) -> Result<Evaluated>;
+}
+
+/// The token rows of the images `active`: the images themselves, or each one's `m` windows.
+pub fn window_rows(active: &[usize], windows: Option<&Tiling>) -> Vec<usize> {
+    let m = windows.map_or(1, Tiling::windows);
+    active.iter().flat_map(|&i| (0..m).map(move |j| i * m + j)).collect()
 }
 
 /// The rows `active` of a per-sample tensor.

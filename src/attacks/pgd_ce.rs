@@ -10,6 +10,7 @@ use super::objective::{losses_and_grads, Evaluated, Objective};
 use super::problem::SATURATED_CE;
 use crate::encoder::Tokens;
 use crate::heads::layers::LinearProbe;
+use crate::heads::sliding::Tiling;
 
 pub struct CrossEntropy<'a> {
     pub probe: &'a LinearProbe,
@@ -44,7 +45,10 @@ impl Objective for CrossEntropy<'_> {
         "pgd"
     }
 
-    fn evaluate(&self, tokens: &Tokens, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
+    fn evaluate(&self, tokens: &Tokens, windows: Option<&Tiling>, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
+        if windows.is_some() {
+            bail!("a classification attack sees the whole image at once: sliding windows are for the dense heads");
+        }
         let labels: Vec<u32> = active.iter().map(|&i| self.labels[i]).collect();
         let mut predicted = Vec::new();
         let (losses, d_cls, d_patch) = losses_and_grads(tokens, |cls, patch| {

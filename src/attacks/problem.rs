@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::objective::{Evaluated, Objective};
 use super::threat::ThreatModel;
 use crate::encoder::Encoder;
+use crate::heads::sliding::Tiling;
 
 /// What the checks saw over the whole attack.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +188,9 @@ pub(super) struct Problem<'a> {
     pub(super) per: usize,
     pub(super) dims: (usize, usize, usize),
     pub(super) threat: ThreatModel,
+    /// Sliding windows the pipeline cuts each image into (the attack then goes through exactly
+    /// the windows the evaluation averages); `None`: one forward per image.
+    pub(super) windows: Option<Tiling>,
 }
 
 impl Problem<'_> {
@@ -207,20 +211,25 @@ impl Problem<'_> {
     ) -> Result<(Evaluated, Vec<f32>)> {
         let (c, h, w) = self.dims;
         let pixels: Vec<f32> = active.iter().flat_map(|&i| self.clean(i).iter().zip(&delta[i]).map(|(a, d)| a + d)).collect();
-        let input = Tensor::from_vec(pixels, (active.len(), c, h, w), &Device::Cpu)?.to_device(self.enc.vit.device())?;
+        let input = Tensor::from_vec(pixels, (active.len(), c, h, w), &Device::Cpu)?;
+        let windows = self.windows.as_ref();
+        let input = match windows {
+            Some(t) => t.crops(&input)?,
+            None => input,
+        }
+        .to_device(self.enc.vit.device())?;
         if !grad {
             let tokens = self.enc.forward(&input)?;
-            return Ok((self.objective.evaluate(&tokens, active, step, steps)?, Vec::new()));
+            return Ok((self.objective.evaluate(&tokens, windows, active, step, steps)?, Vec::new()));
         }
         let (tokens, tape) = self.enc.forward_with_tape(&input)?;
-        let ev = self.objective.evaluate(&tokens, active, step, steps)?;
-        let g = self
-            .enc
-            .backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref())?
-            .to_device(&Device::Cpu)?
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
+        let ev = self.objective.evaluate(&tokens, windows, active, step, steps)?;
+        let g = self.enc.backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref())?;
+        let g = match windows {
+            Some(t) => t.gather(&g.to_device(&Device::Cpu)?)?,
+            None => g,
+        };
+        let g = g.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
         Ok((ev, g))
     }
 

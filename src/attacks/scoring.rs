@@ -18,7 +18,8 @@ use crate::encoder::{Encoder, Tokens};
 use crate::features::{targets_of, Batch, Targets};
 use crate::heads::evaluate::{ScoreState, Scorer};
 use crate::heads::head::TrainedHead;
-use crate::heads::trainer::{forward, target_size};
+use crate::heads::sliding::{dense_forward, tokens_of, Tiling};
+use crate::heads::trainer::target_size;
 
 /// A head that scores the batch, with its labels of these images and its name for messages.
 pub struct ScoredHead<'a> {
@@ -91,7 +92,11 @@ pub fn attack_batch(
     score: bool,
 ) -> Result<AttackedBatch> {
     let own_reference = matches!(aim, Aim::Embed { reference: None, .. });
-    let clean = if score || own_reference { Some(enc.forward(&images.to_device(enc.vit.device())?)?) } else { None };
+    let (_, _, h, w) = images.dims4()?;
+    // What is attacked is what is scored: the same windows (or the one whole view) for both.
+    let windows = cfg.window.map(|win| Tiling::new(h, w, win, enc.config().patch_size)).transpose()?;
+    let windows = windows.as_ref();
+    let clean = if score || own_reference { Some(tokens_of(enc, images, windows)?) } else { None };
     let objective: Box<dyn Objective> = match aim {
         Aim::Embed { reference, target, distance } => {
             let reference = reference.or(clean.as_ref()).expect("clean tokens computed for EmbedAttack");
@@ -106,14 +111,14 @@ pub fn attack_batch(
     };
     let mut outcome = attack(enc, objective.as_ref(), images, cfg)?;
     let Some(clean) = clean.filter(|_| score) else { return Ok(AttackedBatch { outcome, heads: Vec::new() }) };
-    let adversarial = enc.forward(&outcome.adversarial.to_device(enc.vit.device())?)?;
+    let adversarial = tokens_of(enc, &outcome.adversarial, windows)?;
     let n = images.dim(0)?;
     let mut scored = Vec::with_capacity(heads.len());
     for h in heads {
         let size = target_size(h.targets);
         let one = |tokens: &Tokens| -> Result<(ScoreState, Tensor)> {
             let batch = Batch::read(tokens, h.head.meta.reads())?.to_device(&Device::Cpu)?;
-            let (out, _) = forward(&h.head.head, &batch, size, false)?;
+            let out = dense_forward(&h.head.head, &batch, size, windows)?;
             let mut scorer = Scorer::new(h.head, h.name)?;
             scorer.add(&out, h.targets, n)?;
             Ok((scorer.state().clone(), out))

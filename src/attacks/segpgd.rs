@@ -23,7 +23,7 @@ use crate::data::IGNORE;
 use crate::encoder::Tokens;
 use crate::features::Batch;
 use crate::heads::head::Head;
-use crate::heads::trainer::forward;
+use crate::heads::sliding::{dense_forward, Tiling};
 use crate::metrics::ConfusionMatrix;
 
 /// Which of SegPGD's two published forms.
@@ -66,7 +66,7 @@ impl Objective for SegPgd<'_> {
         "segpgd"
     }
 
-    fn evaluate(&self, tokens: &Tokens, active: &[usize], step: usize, steps: usize) -> Result<Evaluated> {
+    fn evaluate(&self, tokens: &Tokens, windows: Option<&Tiling>, active: &[usize], step: usize, steps: usize) -> Result<Evaluated> {
         let Head::Seg(_) = self.head else { bail!("SegPGD needs a segmentation head") };
         let (h, w) = (self.height, self.width);
         let labels: Vec<u32> = active.iter().flat_map(|&i| self.labels[i * h * w..(i + 1) * h * w].iter().copied()).collect();
@@ -74,7 +74,7 @@ impl Objective for SegPgd<'_> {
         let mut score = Vec::with_capacity(active.len());
         let (losses, d_cls, d_patch) = losses_and_grads(tokens, |cls, patch| {
             let batch = Batch::from_tokens(cls, patch, tokens.grid);
-            let (logits, _) = forward(self.head, &batch, (h, w), false)?; // [n, K, H, W]
+            let logits = dense_forward(self.head, &batch, (h, w), windows)?; // [n, K, H, W]
             let (n, k) = (logits.dim(0)?, logits.dim(1)?);
             let predicted = logits.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
             if let Some(l) = labels.iter().find(|&&l| l != IGNORE && l as usize >= k) {

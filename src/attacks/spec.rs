@@ -278,6 +278,7 @@ impl AttackSpec {
             early_stop,
             last_iterate: self.iterate == Iterate::Last,
             evaluate_last: true,
+            window: None,
         }
     }
 
@@ -326,6 +327,10 @@ pub struct AttackConfig {
     /// With `last_iterate`, the objective at the last iterate is evaluated (one forward pass);
     /// without (DeACL's inner attack, as the reference trains), the outcome's losses are NaN.
     pub evaluate_last: bool,
+    /// Sliding windows the attack goes through (dense heads), as the evaluation's; `None`: one
+    /// forward per image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<crate::heads::sliding::Window>,
 }
 
 #[cfg(test)]

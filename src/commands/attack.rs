@@ -18,11 +18,12 @@ use robust_ssl::attacks::segpgd::SegPgdForm;
 use robust_ssl::attacks::spec::{AttackKind, AttackSpec, Iterate, StepSize};
 use robust_ssl::attacks::strips::attack_strip;
 use robust_ssl::attacks::threat::{parse_amount, Norm};
-use robust_ssl::data::transform::load_batch;
-use robust_ssl::data::Split;
+use robust_ssl::data::transform::{load_batch, load_images_only, resizes_of};
+use robust_ssl::data::{Sample, Split, Target};
 use robust_ssl::features::{targets_of, Targets};
 use robust_ssl::heads::evaluate::{Evaluation, Scorer};
 use robust_ssl::heads::head::{Task, TrainedHead};
+use robust_ssl::heads::sliding::Window;
 use robust_ssl::heads::trainer::check_features;
 
 #[derive(Args, Debug)]
@@ -81,6 +82,12 @@ pub struct AttackArgs {
     /// Images attacked together.
     #[arg(long, default_value_t = AttackSpec::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
+    /// Dense heads: attack and score whole images through sliding windows, CROP:STRIDE in pixels
+    /// (as `eval --sliding-window`: the attack's forward and gradient go through the very windows
+    /// the evaluation averages; scored at each label's own size). Images get the head's resizes
+    /// only (or --transforms); images of one size are attacked together.
+    #[arg(long)]
+    pub sliding_window: Option<Window>,
     /// Write PNG strips (clean | adversarial | perturbation | predictions | ground truth) here.
     #[arg(long)]
     pub save_examples: Option<PathBuf>,
@@ -148,10 +155,24 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         bail!("--attack {} does not fit a {} head (pgd: cls, segpgd: seg, depthpgd: depth; embed, task and apgd: any)", spec.kind, a.task);
     }
     let early_stop = a.task == Task::Cls;
-    let cfg = spec.engine(0, early_stop);
+    let window = a.sliding_window;
+    if window.is_some() {
+        if a.task == Task::Cls {
+            bail!("--sliding-window is for the dense heads (seg, depth): a classifier sees the whole image at once");
+        }
+        if !a.also.is_empty() || a.save_examples.is_some() {
+            bail!("--sliding-window does not combine with --also or --save-examples yet");
+        }
+    }
+    let engine = |b: usize| AttackConfig { window, ..spec.engine(b, early_stop) };
+    let cfg = engine(0);
     let file = a.head.display().to_string();
     let head = TrainedHead::load_for(&a.head, a.task, &Device::Cpu)?;
-    let prep = f.prepare(&[Split::Val, Split::Test], head.meta.layout(), Some(&head.meta.transforms))?;
+    let transforms = match window {
+        Some(_) => resizes_of(&head.meta.transforms).with_context(|| format!("{file}: the head's transforms"))?,
+        None => head.meta.transforms.clone(),
+    };
+    let prep = f.prepare(&[Split::Val, Split::Test], head.meta.layout(), Some(&transforms))?;
     let enc = prep.encoder.as_ref().context("attacks need an encoder")?;
     check_features(&head.meta, enc.config().embed_dim, &file)?;
     let ds = prep.dataset.as_ref();
@@ -167,39 +188,48 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         }
     }
     let bar = robust_ssl::progress::bar(prep.request.indices.len() as u64, &format!("{} attack on {}", a.attack, ds.describe()));
-    for (b, ids) in prep.request.indices.chunks(a.batch_size.max(1)).enumerate() {
-        let samples = load_batch(ds, ids, &prep.request.transforms)?;
-        let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0)
-            .with_context(|| format!("{}: images of different sizes after the transforms", ds.describe()))?;
-        let targets = targets_of(ds, ids, samples)?;
-        let also_targets = also.iter().map(|h| h.labels(&prep, ids, &images)).collect::<Result<Vec<Option<Targets>>>>()?;
-        let mut heads = vec![ScoredHead { head: &head, targets: &targets, name: &file }];
-        heads.extend(also.iter().zip(&also_targets).map(|(h, t)| ScoredHead {
-            head: &h.head,
-            targets: t.as_ref().unwrap_or(&targets),
-            name: &h.file,
-        }));
-        let done = attack_batch(enc, &images, Aim::of(&spec, 0), &heads, &spec.engine(b, early_stop), true)?;
-        clean_scores.merge(&done.heads[0].clean)?;
-        adv_scores.merge(&done.heads[0].adversarial)?;
-        cross.add(&done.heads[1..])?;
-        if let Some(dir) = &a.save_examples {
-            let outs = (&done.heads[0].clean_output, &done.heads[0].adversarial_output);
-            saved += save_examples(
-                dir,
-                a.attack,
-                ids,
-                &images,
-                &done.outcome.adversarial,
-                outs,
-                &targets,
-                spec.eps,
-                a.examples.saturating_sub(saved),
-            )?;
+    let mut b = 0;
+    for chunk in prep.request.indices.chunks(a.batch_size.max(1)) {
+        // Whole images of one size (and labels of one size) are attacked together.
+        let groups = match window {
+            Some(_) => by_size(chunk, load_images_only(ds, chunk, &prep.request.transforms)?),
+            None => vec![(chunk.to_vec(), load_batch(ds, chunk, &prep.request.transforms)?)],
+        };
+        for (ids, samples) in groups {
+            let ids = ids.as_slice();
+            let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0)
+                .with_context(|| format!("{}: images of different sizes after the transforms", ds.describe()))?;
+            let targets = targets_of(ds, ids, samples)?;
+            let also_targets = also.iter().map(|h| h.labels(&prep, ids, &images)).collect::<Result<Vec<Option<Targets>>>>()?;
+            let mut heads = vec![ScoredHead { head: &head, targets: &targets, name: &file }];
+            heads.extend(also.iter().zip(&also_targets).map(|(h, t)| ScoredHead {
+                head: &h.head,
+                targets: t.as_ref().unwrap_or(&targets),
+                name: &h.file,
+            }));
+            let done = attack_batch(enc, &images, Aim::of(&spec, 0), &heads, &engine(b), true)?;
+            b += 1;
+            clean_scores.merge(&done.heads[0].clean)?;
+            adv_scores.merge(&done.heads[0].adversarial)?;
+            cross.add(&done.heads[1..])?;
+            if let Some(dir) = &a.save_examples {
+                let outs = (&done.heads[0].clean_output, &done.heads[0].adversarial_output);
+                saved += save_examples(
+                    dir,
+                    a.attack,
+                    ids,
+                    &images,
+                    &done.outcome.adversarial,
+                    outs,
+                    &targets,
+                    spec.eps,
+                    a.examples.saturating_sub(saved),
+                )?;
+            }
+            objective_sum += done.outcome.loss.iter().sum::<f64>();
+            sanity_all.merge(&done.outcome.sanity);
+            bar.inc(ids.len() as u64);
         }
-        objective_sum += done.outcome.loss.iter().sum::<f64>();
-        sanity_all.merge(&done.outcome.sanity);
-        bar.inc(ids.len() as u64);
     }
     bar.finish_and_clear();
     for w in sanity_all.warnings() {
@@ -248,6 +278,29 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `samples` of dataset indices `ids` grouped by image and target size, in order of first
+/// appearance.
+fn by_size(ids: &[usize], samples: Vec<Sample>) -> Vec<(Vec<usize>, Vec<Sample>)> {
+    let size = |s: &Sample| {
+        let t = match &s.target {
+            Target::Segmentation { height, width, .. } | Target::Depth { height, width, .. } => (*height, *width),
+            _ => (0, 0),
+        };
+        (s.image.dims().to_vec(), t)
+    };
+    let mut groups: Vec<(Vec<usize>, Vec<Sample>)> = Vec::new();
+    for (&i, s) in ids.iter().zip(samples) {
+        match groups.iter_mut().find(|(_, g)| size(&g[0]) == size(&s)) {
+            Some((gi, gs)) => {
+                gi.push(i);
+                gs.push(s);
+            }
+            None => groups.push((vec![i], vec![s])),
+        }
+    }
+    groups
 }
 
 /// Writes up to `budget` strips for this batch; returns how many.

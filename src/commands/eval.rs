@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::features::FeatureArgs;
-use robust_ssl::data::transform::Transform;
+use robust_ssl::data::transform::resizes_of;
 use robust_ssl::data::Split;
 use robust_ssl::features::cache::CacheReport;
 use robust_ssl::features::Source;
@@ -66,12 +66,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         );
     }
     // Sliding windows see whole images: of the head's transforms, only the resizes apply.
-    let resizes: Vec<String> = Transform::parse_list(&meta.transforms.join(","))
-        .with_context(|| format!("{file}: the head's transforms"))?
-        .iter()
-        .filter(|t| matches!(t, Transform::ResizeShort(_) | Transform::Resize(..)))
-        .map(Transform::describe)
-        .collect();
+    let resizes = resizes_of(&meta.transforms).with_context(|| format!("{file}: the head's transforms"))?;
     let transforms = if a.sliding_window.is_some() { &resizes } else { &meta.transforms };
     let prep = f.prepare(&[Split::Val, Split::Test], meta.layout(), Some(transforms))?;
     if let Source::Encoder(enc) = prep.source() {

@@ -175,6 +175,7 @@ impl CommonArgs {
             // Adversarial training uses the final iterate (DeACL's reference, PGD adversarial training).
             last_iterate: true,
             evaluate_last: false,
+            window: None,
         })
     }
 }

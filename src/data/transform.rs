@@ -190,6 +190,29 @@ pub fn default_transforms(size: usize, patch: usize) -> Vec<Transform> {
     vec![Transform::ResizeShort(size), Transform::CenterCrop(size, size), Transform::PadToMultiple(patch)]
 }
 
+/// Of the transforms named in `names`, the resizes only: what whole-image (sliding-window)
+/// evaluation and attacks keep of a head's transforms.
+pub fn resizes_of(names: &[String]) -> Result<Vec<String>> {
+    Ok(Transform::parse_list(&names.join(","))?
+        .iter()
+        .filter(|t| matches!(t, Transform::ResizeShort(_) | Transform::Resize(..)))
+        .map(Transform::describe)
+        .collect())
+}
+
+/// Decodes the samples at `indices` in parallel, in order, and transforms their images only:
+/// targets stay at their own size (whole-image evaluation scores at label resolution).
+pub fn load_images_only(ds: &dyn Dataset, indices: &[usize], transforms: &[Transform]) -> Result<Vec<Sample>> {
+    indices
+        .par_iter()
+        .map(|&i| {
+            let raw = ds.get(i)?;
+            let image = transforms.iter().try_fold(Sample { image: raw.image, target: Target::None }, |s, t| t.apply(s))?.image;
+            Ok(Sample { image, target: raw.target })
+        })
+        .collect()
+}
+
 /// Decodes and transforms the samples at `indices` in parallel, in order. Random transforms are
 /// refused here (evaluation, cached features): see `super::augment::load_batch_augmented`.
 pub fn load_batch(ds: &dyn Dataset, indices: &[usize], transforms: &[Transform]) -> Result<Vec<Sample>> {

@@ -10,8 +10,8 @@ use super::head::{Baseline, HeadMeta, Task, TrainedHead};
 use super::sliding::{predict, Window};
 use super::trainer::{check_features, forward, target_size};
 use super::upsample::bilinear;
-use crate::data::transform::Transform;
-use crate::data::{Dataset, Sample, Target, IGNORE};
+use crate::data::transform::{load_images_only, Transform};
+use crate::data::{Dataset, Target, IGNORE};
 use crate::encoder::Encoder;
 use crate::features::{BatchSource, Targets};
 use crate::metrics::{Accuracy, ConfusionMatrix, DepthErrors, DepthMetrics, DepthRange};
@@ -268,14 +268,13 @@ pub fn evaluate_sliding(
     let mut scorer = Scorer::new(head, file)?;
     let bar = crate::progress::bar(indices.len() as u64, &format!("sliding-window {} {}", meta.task, ds.describe()));
     for &i in indices {
-        let sample = ds.get(i)?;
+        let sample = load_images_only(ds, &[i], transforms)?.pop().expect("one sample");
         let (targets, (h, w)) = match sample.target {
             Target::Segmentation { labels, height, width } => (Targets::Segmentation { labels, height, width }, (height, width)),
             Target::Depth { metres, height, width } => (Targets::Depth { metres, height, width }, (height, width)),
             other => bail!("{}: sample {i} has {other:?} targets, not dense ones", ds.describe()),
         };
-        let image = transforms.iter().try_fold(Sample { image: sample.image, target: Target::None }, |s, t| t.apply(s))?.image;
-        let out = predict(enc, &model, meta.reads(), &image, window, batch)?;
+        let out = predict(enc, &model, meta.reads(), &sample.image, window, batch)?;
         let out = bilinear(&out.unsqueeze(0)?, h, w)?;
         let out = if meta.task == Task::Depth { out.squeeze(1)? } else { out };
         scorer.add(&out, &targets, 1)?;

@@ -15,7 +15,8 @@ use candle_core::{Device, Tensor};
 
 use super::head::Head;
 use super::trainer::forward;
-use crate::encoder::{Encoder, Reads};
+use super::upsample::bilinear;
+use crate::encoder::{Encoder, Reads, Tokens};
 use crate::features::Batch;
 
 /// Window size and stride in pixels.
@@ -23,6 +24,25 @@ use crate::features::Batch;
 pub struct Window {
     pub crop: usize,
     pub stride: usize,
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}:{}", self.crop, self.stride)
+    }
+}
+
+/// Written as it is given: `"CROP:STRIDE"`.
+impl serde::Serialize for Window {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Window {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl std::str::FromStr for Window {
@@ -130,6 +150,31 @@ impl Tiling {
         let count = Tensor::from_slice(&self.count, (1, 1, self.image.0, self.image.1), sum.device())?.to_dtype(sum.dtype())?;
         Ok(sum.broadcast_div(&count)?)
     }
+}
+
+/// A dense head's output for whole images of `size` (`[n, K, H, W]`, depth `[n, H, W]`), from
+/// `batch`'s tokens of the images or, with `windows`, of their windows (`m` rows per image, image
+/// by image) stitched as [`predict`] does, then resized bilinearly to `size` where the images
+/// were resized from their labels. Differentiable: the attacks go through it.
+pub fn dense_forward(head: &Head, batch: &Batch, size: (usize, usize), windows: Option<&Tiling>) -> Result<Tensor> {
+    let Some(t) = windows else { return Ok(forward(head, batch, size, false)?.0) };
+    if matches!(head, Head::Linear(_)) {
+        bail!("a classification head sees the whole image at once: sliding windows are for the dense heads");
+    }
+    let out = forward(head, batch, t.padded, false)?.0;
+    let depth = out.rank() == 3;
+    let out = t.stitch(&if depth { out.unsqueeze(1)? } else { out })?;
+    let out = if t.image == size { out } else { bilinear(&out, size.0, size.1)? };
+    Ok(if depth { out.squeeze(1)? } else { out })
+}
+
+/// The encoder's tokens of `images` `[n, 3, H, W]`, or of their windows (`[n·m, …]`).
+pub fn tokens_of(enc: &Encoder, images: &Tensor, windows: Option<&Tiling>) -> Result<Tokens> {
+    let pixels = match windows {
+        Some(t) => t.crops(images)?,
+        None => images.clone(),
+    };
+    enc.forward(&pixels.to_device(enc.vit.device())?)
 }
 
 /// The head's dense output over a whole image `[3, H, W]` (pixels in [0,1]): segmentation logits
