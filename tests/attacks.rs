@@ -284,6 +284,52 @@ fn gradients_through_sliding_windows_match_finite_differences() {
     }
 }
 
+/// Whole images of uneven sizes through mmseg's sliding windows, against PyTorch
+/// (tools/gen_window_fixtures.py restates mmseg's `slide_inference`): the stitched logits, and
+/// SegPGD's loss on them with its pixel gradient back through the windows, in f64.
+#[test]
+fn windows_match_mmseg_slide_inference_and_its_gradient() {
+    let f = candle_core::safetensors::load(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/attacks/windows.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let enc = encoder().to(&Device::Cpu, DType::F64).unwrap();
+    let bn = BatchNorm {
+        weight: f["seg_bn_w"].clone(),
+        bias: f["seg_bn_b"].clone(),
+        running_mean: f["seg_bn_rm"].clone(),
+        running_var: f["seg_bn_rv"].clone(),
+        eps: 1e-5,
+    };
+    let seg = Head::Seg(SegHead { bn, weight: f["seg_w"].clone(), bias: f["seg_b"].clone() });
+    let max_abs = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+    for i in 0..2 {
+        let x = &f[&format!("x{i}")];
+        let (_, _, h, w) = x.dims4().unwrap();
+        let tiling = Tiling::new(h, w, "56:28".parse().unwrap(), 14).unwrap();
+        assert_eq!(tiling.windows(), 4, "image {i}: 2 × 2 windows");
+        let (tokens, tape) = enc.forward_with_tape(&tiling.crops(x).unwrap()).unwrap();
+        let batch = robust_ssl::features::Batch::read(&tokens, Reads::Final).unwrap();
+        let logits = robust_ssl::heads::sliding::dense_forward(&seg, &batch, (h, w), Some(&tiling)).unwrap();
+        let want = &f[&format!("logits{i}")];
+        let rel = max_abs(&(&logits - want).unwrap()) / max_abs(want);
+        assert!(rel < 1e-9, "image {i} ({h}x{w}): stitched logits differ from slide_inference's by {rel:e}");
+        let labels: Vec<u32> =
+            f[&format!("labels{i}")].flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|&v| v as u32).collect();
+        let obj = SegPgd { head: &seg, labels, height: h, width: w, form: SegPgdForm::Paper };
+        let ev = obj.evaluate(&tokens, Some(&tiling), &[0], 1, 4).unwrap();
+        let want_loss = f[&format!("segpgd_loss{i}")].to_vec1::<f64>().unwrap()[0];
+        assert!((ev.losses[0] - want_loss).abs() <= 1e-9 * want_loss.abs(), "image {i}: loss {} vs PyTorch {want_loss}", ev.losses[0]);
+        let g = enc.backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref()).unwrap();
+        let grad = tiling.gather(&g).unwrap();
+        let want = &f[&format!("segpgd_grad{i}")];
+        let rel = max_abs(&(&grad - want).unwrap()) / max_abs(want);
+        assert!(rel < 1e-9, "image {i}: pixel gradient through the windows differs from PyTorch's by {rel:e}");
+        eprintln!("image {i} ({h}x{w}): gradient within {rel:e} of PyTorch's (relative to its largest entry)");
+    }
+}
+
 /// One window as large as the image is the plain attack, bit for bit; a classification
 /// objective refuses windows.
 #[test]
