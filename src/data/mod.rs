@@ -11,6 +11,7 @@ pub mod idx;
 pub mod image_folder;
 pub mod imgviz;
 mod labels;
+pub mod mat5;
 pub mod nyu;
 pub mod nyu_mat;
 pub mod stl10;

@@ -24,18 +24,12 @@ pub struct NyuMat {
 
 /// The 1-based index column `name` of `splits.mat`, as 0-based indices below `n`.
 fn split_indices(splits: &Path, name: &str, n: usize) -> Result<Vec<usize>> {
-    let file = std::fs::File::open(splits).with_context(|| {
+    let bytes = std::fs::read(splits).with_context(|| {
         format!("{}: cannot open the official split file (it must lie beside nyu_depth_v2_labeled.mat)", splits.display())
     })?;
-    let mat = matfile::MatFile::parse(file).map_err(|e| anyhow::anyhow!("{}: not a readable MATLAB v5 file: {e}", splits.display()))?;
-    let arr = mat.find_by_name(name).with_context(|| format!("{}: no variable '{name}'", splits.display()))?;
-    let values: Vec<f64> = match arr.data() {
-        matfile::NumericData::Double { real, .. } => real.clone(),
-        matfile::NumericData::Single { real, .. } => real.iter().map(|&v| v as f64).collect(),
-        matfile::NumericData::Int32 { real, .. } => real.iter().map(|&v| v as f64).collect(),
-        matfile::NumericData::UInt16 { real, .. } => real.iter().map(|&v| v as f64).collect(),
-        _ => bail!("{}: '{name}' is not a numeric index column", splits.display()),
-    };
+    let values = super::mat5::numeric_matrix(&bytes, name)
+        .map_err(|e| anyhow::anyhow!("{}: not a readable MATLAB v5 file: {e}", splits.display()))?
+        .with_context(|| format!("{}: no numeric variable '{name}'", splits.display()))?;
     values
         .iter()
         .map(|&v| {
@@ -71,9 +65,16 @@ impl NyuMat {
             let ds = h5.dataset(name).map_err(|e| anyhow::anyhow!("{shown}: no '{name}' array ({e})"))?;
             let dtype = ds.dtype().map_err(|e| anyhow::anyhow!("{shown}: '{name}' has an unreadable type ({e})"))?;
             let descriptor = dtype.to_descriptor().map_err(|e| anyhow::anyhow!("{shown}: '{name}' has an unreadable type ({e})"))?;
+            // The exact standard types (H5Tequal: size, order, precision, offset and, for floats,
+            // the bit fields too): a damaged type (a precision of 0, say) passes the descriptor
+            // and makes libhdf5 1.10 convert out of bounds.
+            let same = |t: Result<hdf5_metno::Datatype, _>| t.is_ok_and(|t| t == dtype);
             let wanted = match name {
-                "images" => matches!(descriptor, TypeDescriptor::Unsigned(IntSize::U1)),
-                _ => matches!(descriptor, TypeDescriptor::Float(_)),
+                "images" => matches!(descriptor, TypeDescriptor::Unsigned(IntSize::U1)) && same(hdf5_metno::Datatype::from_type::<u8>()),
+                _ => {
+                    matches!(descriptor, TypeDescriptor::Float(_))
+                        && (same(hdf5_metno::Datatype::from_type::<f32>()) || same(hdf5_metno::Datatype::from_type::<f64>()))
+                }
             };
             if !wanted {
                 bail!("{shown}: '{name}' holds {descriptor}, expected {}", if name == "images" { "uint8" } else { "floats" });
@@ -86,7 +87,7 @@ impl NyuMat {
                     ds.offset().and_then(|o| o.checked_add(stored)).is_some_and(|end| end <= file_len) && Some(stored) == expected
                 }
                 Layout::Compact => Some(stored) == expected,
-                Layout::Chunked => stored <= file_len,
+                Layout::Chunked => stored <= file_len && chunks_sound(&ds, file_len),
                 #[allow(unreachable_patterns)]
                 _ => false,
             };
@@ -120,6 +121,26 @@ impl NyuMat {
         ds.read_slice::<T, _, D>(sel)
             .map_err(|e| anyhow::anyhow!("{}: cannot read frame {} of '{name}': {e}", self.file.display(), frame + 1))
     }
+}
+
+/// Every chunk of a chunked dataset lies on the chunk grid inside the dataset's extent and in
+/// the file (libhdf5 1.10 reads a chunk with a bad coordinate offset out of bounds).
+fn chunks_sound(ds: &hdf5_metno::Dataset, file_len: u64) -> bool {
+    let (Some(chunk), shape) = (ds.chunk(), ds.shape()) else { return false };
+    if chunk.len() != shape.len() || chunk.contains(&0) {
+        return false;
+    }
+    let most: usize = shape.iter().zip(&chunk).map(|(&d, &c)| d.div_ceil(c)).product();
+    let Some(n) = ds.num_chunks() else { return false };
+    n <= most
+        && (0..n).all(|i| {
+            ds.chunk_info(i).is_some_and(|c| {
+                c.offset.len() == shape.len()
+                    && c.offset.iter().zip(&shape).zip(&chunk).all(|((&o, &d), &k)| (o as usize) < d && (o as usize).is_multiple_of(k))
+                    && c.size > 0
+                    && c.addr.checked_add(c.size).is_some_and(|end| end <= file_len)
+            })
+        })
 }
 
 impl Dataset for NyuMat {
