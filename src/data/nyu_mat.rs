@@ -69,15 +69,18 @@ impl NyuMat {
             // the bit fields too): a damaged type (a precision of 0, say) passes the descriptor
             // and makes libhdf5 1.10 convert out of bounds.
             let same = |t: Result<hdf5_metno::Datatype, _>| t.is_ok_and(|t| t == dtype);
-            let wanted = match name {
-                "images" => matches!(descriptor, TypeDescriptor::Unsigned(IntSize::U1)) && same(hdf5_metno::Datatype::from_type::<u8>()),
-                _ => {
-                    matches!(descriptor, TypeDescriptor::Float(_))
-                        && (same(hdf5_metno::Datatype::from_type::<f32>()) || same(hdf5_metno::Datatype::from_type::<f64>()))
-                }
+            let (kind, exact) = match name {
+                "images" => (matches!(descriptor, TypeDescriptor::Unsigned(IntSize::U1)), same(hdf5_metno::Datatype::from_type::<u8>())),
+                _ => (
+                    matches!(descriptor, TypeDescriptor::Float(_)),
+                    same(hdf5_metno::Datatype::from_type::<f32>()) || same(hdf5_metno::Datatype::from_type::<f64>()),
+                ),
             };
-            if !wanted {
+            if !kind {
                 bail!("{shown}: '{name}' holds {descriptor}, expected {}", if name == "images" { "uint8" } else { "floats" });
+            }
+            if !exact {
+                bail!("{shown}: '{name}' holds {descriptor} in a non-standard form (byte order, precision or bit offset): damaged");
             }
             let elem = dtype.size() as u64;
             let expected = (ds.size() as u64).checked_mul(elem);
@@ -124,10 +127,12 @@ impl NyuMat {
 }
 
 /// Every chunk of a chunked dataset lies on the chunk grid inside the dataset's extent and in
-/// the file (libhdf5 1.10 reads a chunk with a bad coordinate offset out of bounds).
+/// the file, and no chunk is larger than the extent (libhdf5 1.10 reads such chunks out of
+/// bounds).
 fn chunks_sound(ds: &hdf5_metno::Dataset, file_len: u64) -> bool {
     let (Some(chunk), shape) = (ds.chunk(), ds.shape()) else { return false };
-    if chunk.len() != shape.len() || chunk.contains(&0) {
+    // A fixed-size dataset's chunks are no larger than its extent (HDF5's own rule).
+    if chunk.len() != shape.len() || chunk.contains(&0) || chunk.iter().zip(&shape).any(|(c, d)| c > d) {
         return false;
     }
     let most: usize = shape.iter().zip(&chunk).map(|(&d, &c)| d.div_ceil(c)).product();

@@ -201,8 +201,22 @@ impl Reader {
         }
     }
 
-    /// The seeds: committed fixtures of the format, and files made here where none is committed.
+    /// The seeds: committed fixtures of the format, and files made here where none is committed;
+    /// then the inputs fuzzing found crashes with, kept as regressions in
+    /// `tests/fixtures/hostile/<reader>/`.
     pub fn seeds(self) -> Vec<Seed> {
+        let mut seeds = self.format_seeds();
+        let found = repo_root().join("tests/fixtures/hostile").join(self.name());
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&found).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        files.sort();
+        for f in files {
+            let name = format!("{REGRESSION}{}", f.file_name().unwrap_or_default().to_string_lossy());
+            seeds.push(Seed { name, bytes: std::fs::read(&f).expect("a committed regression input") });
+        }
+        seeds
+    }
+
+    fn format_seeds(self) -> Vec<Seed> {
         let fx = |names: &[&str]| -> Vec<Seed> { names.iter().map(|n| fixture_seed(n)).collect() };
         match self {
             Self::Pth => fx(&[
@@ -695,6 +709,10 @@ pub fn check(reader: Reader, bytes: &[u8], dir: &Path) -> bool {
         }
     }
 }
+
+/// The name prefix of the seeds that are regression inputs: files fuzzing crashed a reader
+/// with, which must be refused cleanly rather than read.
+pub const REGRESSION: &str = "regression_";
 
 /// What [`check`]'s panic says when an error does not name the file.
 pub const UNNAMED: &str = "the error does not name the file it read";
