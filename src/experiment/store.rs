@@ -157,9 +157,17 @@ impl Store {
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
+                // The holder writes who it is just after taking the lock: give it a moment.
+                use std::io::{Read, Seek};
                 let mut holder = String::new();
-                use std::io::Read;
-                let _ = file.read_to_string(&mut holder);
+                for _ in 0..40 {
+                    holder.clear();
+                    let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
+                    if !holder.trim().is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
                 let holder = holder.trim();
                 bail!(
                     "{}: another process is writing this results store ({}); wait for it to finish, or give this run another \
