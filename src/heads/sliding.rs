@@ -112,13 +112,15 @@ impl Tiling {
         if (h, w) != self.image {
             bail!("images of {h}x{w} pixels given to windows laid out for {}x{}", self.image.0, self.image.1);
         }
+        let crops = self.origins.iter().map(|&o| self.window(images, o)).collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&crops, 1)?.reshape((n * self.windows(), c, self.padded.0, self.padded.1))?)
+    }
+
+    /// The window at `origin` of each image of `images` `[n, C, H, W]`, zero-padded at the bottom
+    /// and right: `[n, C, ph, pw]`.
+    fn window(&self, images: &Tensor, (y, x): (usize, usize)) -> Result<Tensor> {
         let ((ch, cw), (ph, pw)) = (self.crop, self.padded);
-        let crops = self
-            .origins
-            .iter()
-            .map(|&(y, x)| Ok(images.narrow(2, y, ch)?.narrow(3, x, cw)?.pad_with_zeros(2, 0, ph - ch)?.pad_with_zeros(3, 0, pw - cw)?))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&crops, 1)?.reshape((n * self.windows(), c, ph, pw))?)
+        Ok(images.narrow(2, y, ch)?.narrow(3, x, cw)?.pad_with_zeros(2, 0, ph - ch)?.pad_with_zeros(3, 0, pw - cw)?)
     }
 
     /// Each window's value `[n·m, C, ph, pw]` (padding dropped) summed into its place in its
@@ -184,14 +186,12 @@ pub fn predict(enc: &Encoder, head: &Head, reads: Reads, image: &Tensor, window:
     let (_, h, w) = image.dims3()?;
     let tiling = Tiling::new(h, w, window, enc.config().patch_size)?;
     let ((ch, cw), (ph, pw)) = (tiling.crop, tiling.padded);
+    let image = image.unsqueeze(0)?;
     let mut sum: Vec<f32> = Vec::new();
     let mut channels = 0;
     for group in tiling.origins.chunks(batch.max(1)) {
-        let crops = group
-            .iter()
-            .map(|&(y, x)| Ok(image.narrow(1, y, ch)?.narrow(2, x, cw)?.pad_with_zeros(1, 0, ph - ch)?.pad_with_zeros(2, 0, pw - cw)?))
-            .collect::<Result<Vec<_>>>()?;
-        let pixels = Tensor::stack(&crops, 0)?.to_device(enc.vit.device())?;
+        let crops = group.iter().map(|&o| tiling.window(&image, o)).collect::<Result<Vec<_>>>()?;
+        let pixels = Tensor::cat(&crops, 0)?.to_device(enc.vit.device())?;
         let tokens = enc.forward(&pixels)?;
         let feats = Batch::read(&tokens, reads)?;
         let (out, _) = forward(head, &feats, (ph, pw), false)?;
