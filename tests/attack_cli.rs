@@ -86,7 +86,7 @@ fn attacks_hurt_every_task_within_budget() {
     }
 
     // Whole images through sliding windows: the attack's clean figures are `eval
-    // --sliding-window`'s (what is attacked is what is scored), the attack hurts them, and one
+    // --window`'s (what is attacked is what is scored), the attack hurts them, and one
     // window as large as the image is the plain attack.
     for (task, kind, attack, metric) in [("seg", "synthetic-seg", "segpgd", "miou"), ("depth", "synthetic-depth", "depthpgd", "rmse")] {
         let head = tmp.path().join(format!("{task}.safetensors")).display().to_string();
@@ -94,7 +94,7 @@ fn attacks_hurt_every_task_within_budget() {
         let slide = |sub: &str, spec: &str, size: &str, window: Option<&str>, extra: &[&str]| {
             let mut args: Vec<&str> = vec![sub, "--task", task, "--dataset", spec, "--transforms", size, "--head", &head, "--json"];
             if let Some(w) = window {
-                args.extend(["--sliding-window", w]);
+                args.extend(["--window", w]);
             }
             args.extend(extra);
             call(with(&args, &[]))
@@ -115,6 +115,15 @@ fn attacks_hurt_every_task_within_budget() {
         assert!(if task == "seg" { adv < clean } else { adv > clean }, "{task} through windows: clean {clean}, adversarial {adv}");
         assert!(attacked["sanity"]["max_norm_over_eps"].as_f64().unwrap() <= 1.0 + 1e-5);
         assert_eq!(attacked["config"]["window"], "28:14");
+        // The whole frame, centre-padded (50x60 → 56x70 for 14-px patches): attacked as scored.
+        let attacked = slide("attack", &whole, "resize50x60", Some("whole"), &steps);
+        let evaluated = slide("eval", &whole, "resize50x60", Some("whole"), &[]);
+        let (a, e) = (attacked["clean"]["head"][metric].as_f64().unwrap(), evaluated["head"][metric].as_f64().unwrap());
+        assert!((a - e).abs() <= 1e-6 * e.abs().max(1.0), "{task} whole: attack's clean {a}, eval's {e}");
+        let adv = attacked["adversarial"]["head"][metric].as_f64().unwrap();
+        assert!(if task == "seg" { adv < a } else { adv > a }, "{task} whole frame: clean {a}, adversarial {adv}");
+        assert_eq!(attacked["config"]["window"], "whole");
+        assert!(evaluated["protocol"].as_str().unwrap().contains("centre-padded"), "{evaluated}");
         let small = format!("{kind}:4x28");
         let one = slide("attack", &small, "resize28x28", Some("28:28"), &steps);
         let plain = slide("attack", &small, "resize28x28", None, &steps);
@@ -135,7 +144,7 @@ fn attacks_hurt_every_task_within_budget() {
     let on_voc = |sub: &str, extra: &[&str]| {
         let mut args =
             vec![sub, "--task", "seg", "--dataset", &voc, "--split", "train", "--transforms", "resize-short28", "--head", &voc_head];
-        args.extend(["--sliding-window", "14:7", "--json"]);
+        args.extend(["--sliding-window", "14:7", "--json"]); // (the flag's older name)
         args.extend(extra);
         call(with(&args, &[]))
     };
@@ -146,9 +155,22 @@ fn attacks_hurt_every_task_within_budget() {
 
     let seg_head = tmp.path().join("seg.safetensors").display().to_string();
     for (args, expected) in [
+        (vec!["attack", "--task", "cls", "--attack", "pgd", "--dataset", &cifar, "--head", &probe, "--window", "28:14"], "dense heads"),
         (
-            vec!["attack", "--task", "cls", "--attack", "pgd", "--dataset", &cifar, "--head", &probe, "--sliding-window", "28:14"],
-            "dense heads",
+            vec![
+                "attack",
+                "--task",
+                "seg",
+                "--attack",
+                "segpgd",
+                "--dataset",
+                "synthetic-seg:4x28",
+                "--head",
+                &seg_head,
+                "--window",
+                "0:14",
+            ],
+            "CROP:STRIDE",
         ),
         (
             vec![
@@ -161,10 +183,26 @@ fn attacks_hurt_every_task_within_budget() {
                 "synthetic-seg:4x28",
                 "--head",
                 &seg_head,
-                "--sliding-window",
-                "0:14",
+                "--window",
+                "14:0",
             ],
             "CROP:STRIDE",
+        ),
+        (
+            vec![
+                "attack",
+                "--task",
+                "seg",
+                "--attack",
+                "segpgd",
+                "--dataset",
+                "synthetic-seg:4x28",
+                "--head",
+                &seg_head,
+                "--window",
+                "42:14",
+            ],
+            "a 42-pixel sliding window is larger than a 28x28 image",
         ),
     ] {
         let full: Vec<String> = with(&args, &[]);

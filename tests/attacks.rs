@@ -251,13 +251,14 @@ fn random_dense_heads(seed: u64, dtype: DType) -> (Head, Head) {
     (seg, depth)
 }
 
-/// Through sliding windows (overlapping, and of a crop that is no patch multiple, so padded):
+/// Through sliding windows (overlapping, and of a crop that is no patch multiple, so padded), and
+/// through the whole image centre-padded (27 × 40 → 28 × 42):
 /// every dense objective's pixel gradient — cut into windows, per-window reverse pass, the cut's
 /// adjoint — matches f64 finite differences of the stitched, whole-image loss.
 #[test]
 fn gradients_through_sliding_windows_match_finite_differences() {
     let enc = encoder().to(&Device::Cpu, DType::F64).unwrap();
-    let (h, w) = (28, 42);
+    let (h, w) = (27, 40);
     let mut rng = robust_ssl::rng::SplitMix64::new(17);
     let x: Vec<f64> = (0..2 * 3 * h * w).map(|_| rng.uniform(0.1, 0.9)).collect();
     let x = Tensor::from_vec(x, (2, 3, h, w), &Device::Cpu).unwrap();
@@ -267,9 +268,9 @@ fn gradients_through_sliding_windows_match_finite_differences() {
     let mut metres: Vec<f32> = (0..2 * h * w).map(|_| rng.uniform(0.5, 9.0) as f32).collect();
     metres[..100].iter_mut().for_each(|m| *m = 0.0);
     let range = DepthRange { min: 1e-3, max: 10.0 };
-    for window in ["21:14", "28:14"] {
+    for window in ["21:14", "27:13", "whole"] {
         let tiling = Tiling::new(h, w, window.parse::<Window>().unwrap(), 14).unwrap();
-        assert!(tiling.windows() > 1);
+        assert!(tiling.windows() > 1 || tiling.padded != tiling.image, "{window}: windows or padding");
         let windows = Some(&tiling);
         for form in [SegPgdForm::Paper, SegPgdForm::Study] {
             let obj = SegPgd { head: &seg, labels: labels.clone(), height: h, width: w, form };
@@ -327,6 +328,51 @@ fn windows_match_mmseg_slide_inference_and_its_gradient() {
         let rel = max_abs(&(&grad - want).unwrap()) / max_abs(want);
         assert!(rel < 1e-9, "image {i}: pixel gradient through the windows differs from PyTorch's by {rel:e}");
         eprintln!("image {i} ({h}x{w}): gradient within {rel:e} of PyTorch's (relative to its largest entry)");
+    }
+}
+
+/// The whole frame centre-padded to the patch multiple, as DINOv2's depther and the study's depth
+/// code (tools/gen_window_fixtures.py restates `CenterPadding` on the normalised image and
+/// `encode_decode`'s resize to the unpadded size): the depth map, DepthPGD's loss on it and its
+/// pixel gradient back through the padding, in f64, for a frame that needs padding (45 × 62 →
+/// 56 × 70) and one that does not.
+#[test]
+fn the_whole_frame_centre_padded_matches_dinov2s_depther_and_its_gradient() {
+    let f = candle_core::safetensors::load(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/attacks/windows.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let enc = encoder().to(&Device::Cpu, DType::F64).unwrap();
+    let head =
+        Head::Depth(DepthHead { bn: None, weight: f["depth_w"].clone(), bias: f["depth_b"].clone(), min_depth: 1e-3, max_depth: 10.0 });
+    let max_abs = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
+    for (i, padded) in [(0, (56, 70)), (1, (42, 56))] {
+        let x = &f[&format!("whole_x{i}")];
+        let (_, _, h, w) = x.dims4().unwrap();
+        let tiling = Tiling::new(h, w, Window::Whole, 14).unwrap();
+        assert_eq!(tiling.padded, padded);
+        let (tokens, tape) = enc.forward_with_tape(&tiling.crops(x).unwrap()).unwrap();
+        let batch = robust_ssl::features::Batch::read(&tokens, Reads::PreNorm).unwrap();
+        let depth = robust_ssl::heads::sliding::dense_forward(&head, &batch, (h, w), Some(&tiling)).unwrap();
+        let want = &f[&format!("whole_depth{i}")];
+        let rel = max_abs(&(&depth - want).unwrap()) / max_abs(want);
+        // (Not 1e-9 as for the 56-px windows: these grids are not the checkpoint's 4 × 4, and the
+        // position embedding is resized in f32.)
+        assert!(rel < 1e-6, "frame {i} ({h}x{w}): depth differs from DINOv2's depther by {rel:e}");
+        let metres: Vec<f32> =
+            f[&format!("whole_metres{i}")].flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|&v| v as f32).collect();
+        let range = DepthRange { min: 1e-3, max: 10.0 };
+        let obj = DepthPgd { head: &head, reads: Reads::PreNorm, metres, height: h, width: w, range };
+        let ev = obj.evaluate(&tokens, Some(&tiling), &[0], 0, 1).unwrap();
+        let want_loss = f[&format!("depthpgd_loss{i}")].to_vec1::<f64>().unwrap()[0];
+        assert!((ev.losses[0] - want_loss).abs() <= 1e-6 * want_loss.abs(), "frame {i}: loss {} vs PyTorch {want_loss}", ev.losses[0]);
+        let g = enc.backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref()).unwrap();
+        let grad = tiling.gather(&g).unwrap();
+        let want = &f[&format!("depthpgd_grad{i}")];
+        let rel = max_abs(&(&grad - want).unwrap()) / max_abs(want);
+        assert!(rel < 1e-4, "frame {i}: pixel gradient through the padding differs from PyTorch's by {rel:e}");
+        eprintln!("frame {i} ({h}x{w}): gradient within {rel:e} of PyTorch's (relative to its largest entry)");
     }
 }
 

@@ -74,14 +74,14 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
             &cache,
             "--head",
             &head_file,
-            "--sliding-window",
+            "--window",
             window,
             "--json",
         ])
     };
-    for window in ["56:56", "112:50"] {
+    for window in ["56:56", "whole"] {
         let whole = slide(window);
-        assert!(whole["protocol"].as_str().unwrap().starts_with("sliding windows"));
+        assert!(whole["protocol"].as_str().unwrap().contains("whole images"), "{}", whole["protocol"]);
         let d = (whole["head"]["miou"].as_f64().unwrap() - seg["head"]["miou"].as_f64().unwrap()).abs();
         assert!(d < 1e-3, "{window}: one whole-image window gives mIoU {} vs {}", whole["head"]["miou"], seg["head"]["miou"]);
         assert_eq!(whole["baseline"]["miou"], seg["baseline"]["miou"]);
@@ -101,10 +101,28 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
             "synthetic-seg:4x56",
             "--head",
             &head_file,
-            "--sliding-window",
+            "--window",
             "28",
         ],
         &["CROP:STRIDE"],
+    );
+    fails_with(
+        &[
+            "eval",
+            "--task",
+            "seg",
+            "--checkpoint",
+            &enc,
+            "--num-heads",
+            "4",
+            "--dataset",
+            "synthetic-seg:4x56",
+            "--head",
+            &head_file,
+            "--window",
+            "112:50",
+        ],
+        &["a 112-pixel sliding window is larger than a 56x56 image"],
     );
 
     let depth = train_and_eval("depth", "synthetic-depth", tmp.path(), tmp.path(), &["--epochs", "40", "--lr", "1e-2"]);
@@ -127,7 +145,7 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
         &cache,
         "--head",
         &depth_file,
-        "--sliding-window",
+        "--window",
         "56:56",
         "--json",
     ]);

@@ -17,6 +17,17 @@ embedding) with stride 28. The loss is SegPGD's (the SegPGD paper's form: torch'
 cross-entropy with ignore index 255 on the stitched logits, weighted 1 - lambda on correctly and
 lambda on wrongly classified pixels, lambda = t / 2T, over the labelled pixels); its gradient
 with respect to the whole image's pixels by autograd through the windows.
+
+The whole frame, centre-padded (the study's depth, which restates DINOv2's depther): the hub's
+`CenterPadding(patch)` (dinov2/hub/utils.py), registered as a forward pre-hook of the backbone
+(dinov2/hub/depthers.py), pads the *normalised* image with zeros, ceil(size / patch) * patch on
+each axis, pad // 2 before and the rest after (the study's encoder_decoder.py `add_pad` /
+`_get_pad` are the same lines); the head is DINOv2's linear depth head (last block's CLS and patch
+tokens without the final norm, patch channels then CLS, no BatchNorm, bilinear x4, 1x1 conv to
+bins, ReLU + 0.1, normalised, sum of p * bin), `encode_decode` clamps to [min, max] and resizes
+bilinearly to the image size *before* the padding (`img.shape[2:]`: the padded border is squeezed
+in, not cropped). The loss is DepthPGD's (SigLoss + 0.5 GradLoss as DINOv2 defines them,
+gen_loss_fixtures.py) on the valid pixels; its gradient by autograd through the padding.
 """
 import os
 import sys
@@ -27,12 +38,25 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 import reference_vit as ref  # noqa: E402
+from gen_loss_fixtures import grad_loss, sig_loss  # noqa: E402
 
 HERE = os.path.dirname(__file__)
 OUT = os.path.join(HERE, "..", "tests", "fixtures", "attacks", "windows.safetensors")
 CROP, STRIDE, PATCH, K = 56, 28, 14, 5
 SIZES = [(70, 84), (84, 63)]
 T_STEP, T_TOTAL = 1, 4
+WHOLE_SIZES = [(45, 62), (42, 56)]  # padded to 56 x 70 (offsets 5 and 4), and already a multiple
+BINS, MIN, MAX = 16, 1e-3, 10.0
+
+
+def center_padding(x, multiple=PATCH):
+    """dinov2/hub/utils.py CenterPadding.forward, restated."""
+    pads = []
+    for size in x.shape[:1:-1]:
+        new_size = -(-size // multiple) * multiple
+        pad_size = new_size - size
+        pads += [pad_size // 2, pad_size - pad_size // 2]
+    return F.pad(x, pads)
 
 
 def slide_inference(m, head, x):
@@ -98,6 +122,28 @@ def main():
         (grad,) = torch.autograd.grad(loss, x)
         out.update({f"x{i}": x.detach(), f"labels{i}": labels.double(), f"logits{i}": logits.detach(),
                     f"segpgd_loss{i}": loss.detach().reshape(1), f"segpgd_grad{i}": grad})
+    depth_w = torch.randn(BINS, 2 * d, generator=g, dtype=torch.float64) * 0.5
+    depth_b = torch.randn(BINS, generator=g, dtype=torch.float64) * 0.1
+    bins = torch.linspace(MIN, MAX, BINS, dtype=torch.float64)
+    out.update(depth_w=depth_w, depth_b=depth_b)
+    for i, (h, w) in enumerate(WHOLE_SIZES):
+        x = (0.1 + 0.8 * torch.rand(1, 3, h, w, generator=g, dtype=torch.float64)).requires_grad_(True)
+        metres = 0.5 + 8.5 * torch.rand(1, h, w, generator=g, dtype=torch.float64)
+        metres[0, :2, :] = 0.0  # invalid
+        padded = center_padding(ref.normalize(x))
+        cls, patch = m.forward_prenorm(padded)
+        gh, gw = padded.shape[2] // PATCH, padded.shape[3] // PATCH
+        feats = torch.cat([patch.reshape(1, gh, gw, d).permute(0, 3, 1, 2), cls[:, :, None, None].expand(-1, -1, gh, gw)], 1)
+        feats = F.interpolate(feats, size=(4 * gh, 4 * gw), mode="bilinear", align_corners=False)
+        prob = torch.relu(F.conv2d(feats, depth_w[:, :, None, None], depth_b)) + 0.1
+        prob = prob / prob.sum(1, keepdim=True)
+        depth = torch.einsum("ikmn,k->imn", prob, bins).unsqueeze(1).clamp(MIN, MAX)
+        pred = F.interpolate(depth, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        mask = (metres > MIN) & (metres < MAX)
+        loss = sig_loss(pred, metres, mask) + 0.5 * grad_loss(pred, metres, mask)
+        (grad,) = torch.autograd.grad(loss, x)
+        out.update({f"whole_x{i}": x.detach(), f"whole_metres{i}": metres, f"whole_depth{i}": pred.detach(),
+                    f"depthpgd_loss{i}": loss.detach().reshape(1), f"depthpgd_grad{i}": grad})
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     save_file({k: v.contiguous() for k, v in out.items()}, OUT)
     print("wrote", OUT)

@@ -82,12 +82,12 @@ pub struct AttackArgs {
     /// Images attacked together.
     #[arg(long, default_value_t = AttackSpec::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
-    /// Dense heads: attack and score whole images through sliding windows, CROP:STRIDE in pixels
-    /// (as `eval --sliding-window`: the attack's forward and gradient go through the very windows
-    /// the evaluation averages; scored at each label's own size). Images get the head's resizes
-    /// only (or --transforms); images of one size are attacked together.
-    #[arg(long)]
-    pub sliding_window: Option<Window>,
+    /// Dense heads: attack and score whole images through sliding windows CROP:STRIDE in pixels or
+    /// `whole` (centre-padded), as `eval --window`: the attack's forward and gradient go through
+    /// the very windows the evaluation averages; scored at each label's own size. Images get the
+    /// head's resizes only (or --transforms); images of one size are attacked together.
+    #[arg(long = "window", alias = "sliding-window")]
+    pub window: Option<Window>,
     /// Write PNG strips (clean | adversarial | perturbation | predictions | ground truth) here.
     #[arg(long)]
     pub save_examples: Option<PathBuf>,
@@ -155,13 +155,13 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         bail!("--attack {} does not fit a {} head (pgd: cls, segpgd: seg, depthpgd: depth; embed, task and apgd: any)", spec.kind, a.task);
     }
     let early_stop = a.task == Task::Cls;
-    let window = a.sliding_window;
+    let window = a.window;
     if window.is_some() {
         if a.task == Task::Cls {
-            bail!("--sliding-window is for the dense heads (seg, depth): a classifier sees the whole image at once");
+            bail!("--window is for the dense heads (seg, depth): a classifier sees the whole image at once");
         }
         if !a.also.is_empty() || a.save_examples.is_some() {
-            bail!("--sliding-window does not combine with --also or --save-examples yet");
+            bail!("--window does not combine with --also or --save-examples yet");
         }
     }
     let engine = |b: usize| AttackConfig { window, ..spec.engine(b, early_stop) };

@@ -28,11 +28,12 @@ pub struct EvalArgs {
     /// Samples per head forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// Dense heads: sliding-window inference on whole images, CROP:STRIDE in pixels (the reference
-    /// evaluations: 518:341 for DINOv2, 224:100 for DINO), scored at each label's own size. Images
-    /// get the head's resizes only (or --transforms); features are computed, not cached.
-    #[arg(long, conflicts_with = "pixels")]
-    pub sliding_window: Option<Window>,
+    /// Dense heads: whole images, through sliding windows CROP:STRIDE in pixels (the reference
+    /// evaluations: 518:341 for DINOv2, 224:100 for DINO) or `whole` (one window, centre-padded to
+    /// the patch multiple: the study's depth), scored at each label's own size. Images get the
+    /// head's resizes only (or --transforms); features are computed, not cached.
+    #[arg(long = "window", alias = "sliding-window", conflicts_with = "pixels")]
+    pub window: Option<Window>,
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -67,7 +68,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
     }
     // Sliding windows see whole images: of the head's transforms, only the resizes apply.
     let resizes = resizes_of(&meta.transforms).with_context(|| format!("{file}: the head's transforms"))?;
-    let transforms = if a.sliding_window.is_some() { &resizes } else { &meta.transforms };
+    let transforms = if a.window.is_some() { &resizes } else { &meta.transforms };
     let prep = f.prepare(&[Split::Val, Split::Test], meta.layout(), Some(transforms))?;
     if let Source::Encoder(enc) = prep.source() {
         let fp = enc.fingerprint()?;
@@ -79,7 +80,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             );
         }
     }
-    let (evaluation, cache, protocol) = match (a.sliding_window, &prep.encoder) {
+    let (evaluation, cache, protocol) = match (a.window, &prep.encoder) {
         (Some(window), Some(enc)) => {
             let e = evaluate_sliding(
                 &head,
@@ -91,9 +92,9 @@ pub fn run(a: &EvalArgs) -> Result<()> {
                 f.encoder_batch_size,
                 &file,
             )?;
-            (e, None, format!("sliding windows {}:{} over whole images, scored at label resolution", window.crop, window.stride))
+            (e, None, format!("{}, scored at label resolution", window.describe()))
         }
-        (Some(_), None) => bail!("--sliding-window needs an encoder (--checkpoint)"),
+        (Some(_), None) => bail!("--window needs an encoder (--checkpoint)"),
         (None, _) => {
             let (mut source, cache) = prep.batches(f)?;
             let e = evaluate(&head, source.as_mut(), a.batch_size, &dev, &file)?;

@@ -19,20 +19,39 @@ use super::upsample::bilinear;
 use crate::encoder::{Encoder, Reads, Tokens};
 use crate::features::Batch;
 
-/// Window size and stride in pixels.
+/// How a dense task sees a whole image: sliding windows of a size and stride in pixels, or the
+/// whole image as one window centre-padded to the patch multiple.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub crop: usize,
-    pub stride: usize,
+pub enum Window {
+    /// mmseg's sliding windows, `crop` and `stride` in pixels.
+    Slide { crop: usize, stride: usize },
+    /// The whole image at once, padded around the centre up to a multiple of the patch with the
+    /// normalisation mean (zeros after normalisation), and the head's output resized from the
+    /// padded grid to the image: DINOv2's depther (`CenterPadding` as a pre-hook of the backbone,
+    /// `encode_decode` resizing to the unpadded size), which the study's depth code restates.
+    Whole,
 }
 
 impl std::fmt::Display for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "{}:{}", self.crop, self.stride)
+        match self {
+            Self::Slide { crop, stride } => write!(f, "{crop}:{stride}"),
+            Self::Whole => write!(f, "whole"),
+        }
     }
 }
 
-/// Written as it is given: `"CROP:STRIDE"`.
+impl Window {
+    /// What the report says of it.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Slide { crop, stride } => format!("sliding windows {crop}:{stride} over whole images"),
+            Self::Whole => "whole images, centre-padded to the patch multiple".into(),
+        }
+    }
+}
+
+/// Written as it is given: `"CROP:STRIDE"` or `"whole"`.
 impl serde::Serialize for Window {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -48,10 +67,15 @@ impl<'de> serde::Deserialize<'de> for Window {
 impl std::str::FromStr for Window {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
+        if s == "whole" {
+            return Ok(Self::Whole);
+        }
         let parsed = s.split_once(':').and_then(|(c, st)| Some((c.parse::<usize>().ok()?, st.parse::<usize>().ok()?)));
         match parsed {
-            Some((crop, stride)) if crop > 0 && stride > 0 => Ok(Self { crop, stride }),
-            _ => bail!("sliding window '{s}' should be CROP:STRIDE in pixels, both positive (e.g. 518:341)"),
+            Some((crop, stride)) if crop > 0 && stride > 0 => Ok(Self::Slide { crop, stride }),
+            _ => bail!(
+                "window '{s}' should be CROP:STRIDE in pixels, both positive (e.g. 518:341), or 'whole' (the whole image, centre-padded)"
+            ),
         }
     }
 }
@@ -69,27 +93,62 @@ pub fn spans(len: usize, crop: usize, stride: usize) -> Vec<(usize, usize)> {
 }
 
 /// The windows over one image size: the crop every window has (mmseg pulls the last window of a
-/// side back inside the image, so all are equal), the size a crop is zero-padded to (a multiple
-/// of the patch), and each window's top-left corner, row by row in mmseg's order.
+/// side back inside the image, so all are equal), the size a crop is padded to (a multiple of the
+/// patch), where the crop sits in it, and each window's top-left corner, row by row in mmseg's
+/// order. [`Window::Whole`] is one window, the image, padded around the centre.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tiling {
     pub image: (usize, usize),
     pub crop: (usize, usize),
     pub padded: (usize, usize),
+    /// Where the crop's top-left corner sits in the padded window: `(0, 0)` for sliding windows
+    /// (padded at the bottom and right with zeros), centred for [`Window::Whole`].
+    pub offset: (usize, usize),
     pub origins: Vec<(usize, usize)>,
+    /// The head's output is computed at the image's size from the padded grid instead of on the
+    /// padded window and cropped ([`Window::Whole`]).
+    pub whole: bool,
     /// How many windows cover each pixel, `H × W` row-major.
     count: Vec<f32>,
 }
 
 impl Tiling {
-    /// The windows of `window` over an `h × w` image for an encoder of `patch`-pixel patches.
+    /// The windows of `window` over an `h × w` image for an encoder of `patch`-pixel patches. A
+    /// sliding window larger than the image is refused (mmseg would shrink it to the image; the
+    /// study resizes the shorter side to the crop first).
     pub fn new(h: usize, w: usize, window: Window, patch: usize) -> Result<Self> {
-        if h == 0 || w == 0 || patch == 0 || window.crop == 0 || window.stride == 0 {
-            bail!("no sliding windows over a {h}x{w} image with {}:{} windows and {patch}-pixel patches", window.crop, window.stride);
+        if h == 0 || w == 0 || patch == 0 {
+            bail!("no windows over a {h}x{w} image with {patch}-pixel patches");
         }
-        let (ys, xs) = (spans(h, window.crop, window.stride), spans(w, window.crop, window.stride));
+        let round_up = |(a, b): (usize, usize)| (a.div_ceil(patch) * patch, b.div_ceil(patch) * patch);
+        let (crop, stride) = match window {
+            Window::Whole => {
+                let padded = round_up((h, w));
+                let offset = ((padded.0 - h) / 2, (padded.1 - w) / 2);
+                return Ok(Self {
+                    image: (h, w),
+                    crop: (h, w),
+                    padded,
+                    offset,
+                    origins: vec![(0, 0)],
+                    whole: true,
+                    count: vec![1.0; h * w],
+                });
+            }
+            Window::Slide { crop, stride } => (crop, stride),
+        };
+        if crop == 0 || stride == 0 {
+            bail!("no sliding windows of {crop}:{stride}: the crop and the stride must be positive");
+        }
+        if crop > h || crop > w {
+            bail!(
+                "a {crop}-pixel sliding window is larger than a {h}x{w} image: resize the images first (resize-short{crop}, as the study) \
+                 or take a smaller window"
+            );
+        }
+        let (ys, xs) = (spans(h, crop, stride), spans(w, crop, stride));
         let crop = (ys[0].1, xs[0].1);
-        let padded = (crop.0.div_ceil(patch) * patch, crop.1.div_ceil(patch) * patch);
+        let padded = round_up(crop);
         let origins: Vec<(usize, usize)> = ys.iter().flat_map(|&(y, _)| xs.iter().map(move |&(x, _)| (y, x))).collect();
         let mut count = vec![0f32; h * w];
         for &(y, x) in &origins {
@@ -97,7 +156,7 @@ impl Tiling {
                 row[x..x + crop.1].iter_mut().for_each(|c| *c += 1.0);
             }
         }
-        Ok(Self { image: (h, w), crop, padded, origins, count })
+        Ok(Self { image: (h, w), crop, padded, offset: (0, 0), origins, whole: false, count })
     }
 
     /// Windows per image.
@@ -116,11 +175,29 @@ impl Tiling {
         Ok(Tensor::stack(&crops, 1)?.reshape((n * self.windows(), c, self.padded.0, self.padded.1))?)
     }
 
-    /// The window at `origin` of each image of `images` `[n, C, H, W]`, zero-padded at the bottom
-    /// and right: `[n, C, ph, pw]`.
+    /// The window at `origin` of each image of `images` `[n, C, H, W]`, padded: `[n, C, ph, pw]`.
+    /// Sliding windows are padded at the bottom and right with zeros; the whole image around the
+    /// centre with the normalisation mean (zeros once normalised, as DINOv2 pads after `Normalize`).
     fn window(&self, images: &Tensor, (y, x): (usize, usize)) -> Result<Tensor> {
-        let ((ch, cw), (ph, pw)) = (self.crop, self.padded);
-        Ok(images.narrow(2, y, ch)?.narrow(3, x, cw)?.pad_with_zeros(2, 0, ph - ch)?.pad_with_zeros(3, 0, pw - cw)?)
+        let ((ch, cw), (ph, pw), (top, left)) = (self.crop, self.padded, self.offset);
+        let win = images.narrow(2, y, ch)?.narrow(3, x, cw)?;
+        let padded = win.pad_with_zeros(2, top, ph - ch - top)?.pad_with_zeros(3, left, pw - cw - left)?;
+        if !self.whole || (ph, pw) == (ch, cw) {
+            return Ok(padded);
+        }
+        let c = images.dim(1)?;
+        let inside = Tensor::ones((1, 1, ch, cw), images.dtype(), images.device())?.pad_with_zeros(2, top, ph - ch - top)?.pad_with_zeros(
+            3,
+            left,
+            pw - cw - left,
+        )?;
+        let mean = &crate::encoder::IMAGENET_MEAN;
+        if c != mean.len() {
+            bail!("centre padding with the normalisation mean needs 3-channel images, not {c}");
+        }
+        let mean = Tensor::from_slice(mean, (1, c, 1, 1), images.device())?.to_dtype(images.dtype())?;
+        let fill = inside.affine(-1.0, 1.0)?.broadcast_mul(&mean)?;
+        Ok(padded.broadcast_add(&fill)?)
     }
 
     /// Each window's value `[n·m, C, ph, pw]` (padding dropped) summed into its place in its
@@ -131,11 +208,11 @@ impl Tiling {
         if nm % m != 0 || (ph, pw) != self.padded {
             bail!("{nm} windows of {ph}x{pw} do not fit {m} windows of {}x{} per image", self.padded.0, self.padded.1);
         }
-        let ((h, w), (ch, cw)) = (self.image, self.crop);
+        let ((h, w), (ch, cw), (top, left)) = (self.image, self.crop, self.offset);
         let per_image = windows.reshape((nm / m, m, c, ph, pw))?;
         let mut sum: Option<Tensor> = None;
         for (j, &(y, x)) in self.origins.iter().enumerate() {
-            let win = per_image.narrow(1, j, 1)?.squeeze(1)?.narrow(2, 0, ch)?.narrow(3, 0, cw)?;
+            let win = per_image.narrow(1, j, 1)?.squeeze(1)?.narrow(2, top, ch)?.narrow(3, left, cw)?;
             let placed = win.pad_with_zeros(2, y, h - y - ch)?.pad_with_zeros(3, x, w - x - cw)?;
             sum = Some(match sum {
                 Some(s) => (s + placed)?,
@@ -161,11 +238,12 @@ impl Tiling {
 pub fn dense_forward(head: &Head, batch: &Batch, size: (usize, usize), windows: Option<&Tiling>) -> Result<Tensor> {
     let Some(t) = windows else { return Ok(forward(head, batch, size, false)?.0) };
     if matches!(head, Head::Linear(_)) {
-        bail!("a classification head sees the whole image at once: sliding windows are for the dense heads");
+        bail!("a classification head sees the whole image at once: windows are for the dense heads");
     }
-    let out = forward(head, batch, t.padded, false)?.0;
+    let out = forward(head, batch, if t.whole { t.image } else { t.padded }, false)?.0;
     let depth = out.rank() == 3;
-    let out = t.stitch(&if depth { out.unsqueeze(1)? } else { out })?;
+    let out = if depth { out.unsqueeze(1)? } else { out };
+    let out = if t.whole { out } else { t.stitch(&out)? };
     let out = if t.image == size { out } else { bilinear(&out, size.0, size.1)? };
     Ok(if depth { out.squeeze(1)? } else { out })
 }
@@ -187,6 +265,13 @@ pub fn predict(enc: &Encoder, head: &Head, reads: Reads, image: &Tensor, window:
     let tiling = Tiling::new(h, w, window, enc.config().patch_size)?;
     let ((ch, cw), (ph, pw)) = (tiling.crop, tiling.padded);
     let image = image.unsqueeze(0)?;
+    if tiling.whole {
+        let pixels = tiling.crops(&image)?.to_device(enc.vit.device())?;
+        let feats = Batch::read(&enc.forward(&pixels)?, reads)?;
+        let out = forward(head, &feats, (h, w), false)?.0;
+        let out = if out.rank() == 3 { out.unsqueeze(1)? } else { out };
+        return Ok(out.squeeze(0)?.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?);
+    }
     let mut sum: Vec<f32> = Vec::new();
     let mut channels = 0;
     for group in tiling.origins.chunks(batch.max(1)) {
@@ -233,7 +318,9 @@ mod tests {
         assert_eq!(spans(224, 224, 100), vec![(0, 224)]);
         assert_eq!(spans(500, 224, 100), vec![(0, 224), (100, 224), (200, 224), (276, 224)]);
         assert!("518:341".parse::<Window>().is_ok());
-        assert!("518".parse::<Window>().is_err() && "0:5".parse::<Window>().is_err());
+        assert!("518".parse::<Window>().is_err() && "0:5".parse::<Window>().is_err() && "5:0".parse::<Window>().is_err());
+        assert_eq!("whole".parse::<Window>().unwrap(), Window::Whole);
+        assert_eq!(Window::Whole.to_string(), "whole");
     }
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
@@ -258,12 +345,12 @@ mod tests {
         let t = Tiling::new(23, 31, "9:7".parse().unwrap(), 5).unwrap();
         assert_eq!((t.crop, t.padded, t.windows()), ((9, 9), (10, 10), 3 * 5));
         assert!(t.count.iter().all(|&c| c >= 1.0), "every pixel is in a window");
-        let small = Tiling::new(6, 40, "9:7".parse().unwrap(), 5).unwrap();
-        assert_eq!((small.crop, small.padded), ((6, 9), (10, 10)));
+        let err = Tiling::new(6, 40, "9:7".parse().unwrap(), 5).unwrap_err().to_string();
+        assert!(err.contains("a 9-pixel sliding window is larger than a 6x40 image"), "{err}");
         for bad in [(0, 5, 5), (5, 5, 0)] {
-            assert!(Tiling::new(bad.0, bad.1, Window { crop: 9, stride: 7 }, bad.2).is_err());
+            assert!(Tiling::new(bad.0, bad.1, Window::Slide { crop: 9, stride: 7 }, bad.2).is_err());
         }
-        assert!(Tiling::new(5, 5, Window { crop: 9, stride: 0 }, 5).is_err());
+        assert!(Tiling::new(5, 5, Window::Slide { crop: 9, stride: 0 }, 5).is_err());
         assert!(t.crops(&random(&[1, 3, 22, 31], 1)).is_err(), "images of another size");
         assert!(t.gather(&random(&[7, 3, 10, 10], 1)).is_err(), "not a whole number of images");
     }
@@ -280,6 +367,32 @@ mod tests {
         let y = random(&[2 * t.windows(), 3, 10, 10], 3);
         let (lhs, rhs) = (dot(&t.crops(&x).unwrap(), &y), dot(&x, &t.gather(&y).unwrap()));
         assert!((lhs - rhs).abs() < 1e-6 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+    }
+
+    /// The whole image padded around the centre, as DINOv2's `CenterPadding` (left = pad / 2, the
+    /// rest on the right): 30 × 43 with 14-px patches → 42 × 56, offsets 6 and 6; the padding holds
+    /// the normalisation mean, the image sits untouched in the middle, and the gradient's gather
+    /// is the cut's adjoint.
+    #[test]
+    fn the_whole_image_is_padded_around_the_centre_with_the_mean() {
+        let t = Tiling::new(30, 43, Window::Whole, 14).unwrap();
+        assert_eq!((t.crop, t.padded, t.offset, t.windows(), t.whole), ((30, 43), (42, 56), (6, 6), 1, true));
+        let x = random(&[2, 3, 30, 43], 7);
+        let crops = t.crops(&x).unwrap();
+        assert_eq!(crops.dims(), &[2, 3, 42, 56]);
+        let inner = crops.narrow(2, 6, 30).unwrap().narrow(3, 6, 43).unwrap();
+        assert_eq!(inner.flatten_all().unwrap().to_vec1::<f32>().unwrap(), x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        for (c, &m) in crate::encoder::IMAGENET_MEAN.iter().enumerate() {
+            let plane = crops.get(1).unwrap().get(c).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!((plane[0][0], plane[41][55], plane[5][20], plane[36][20], plane[20][5], plane[20][49]), (m, m, m, m, m, m));
+            assert_ne!(plane[6][6], m);
+        }
+        let y = random(&[2, 3, 42, 56], 8);
+        let (lhs, rhs) = (dot(&(crops - t.crops(&x.zeros_like().unwrap()).unwrap()).unwrap(), &y), dot(&x, &t.gather(&y).unwrap()));
+        assert!((lhs - rhs).abs() < 1e-6 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+        let exact = Tiling::new(28, 42, Window::Whole, 14).unwrap();
+        assert_eq!((exact.padded, exact.offset), ((28, 42), (0, 0)));
+        assert_eq!(exact.crops(&random(&[1, 3, 28, 42], 9)).unwrap().dims(), &[1, 3, 28, 42]);
     }
 
     /// Autograd through cut → a nonlinear per-window map → stitch matches f64 central finite
