@@ -318,3 +318,98 @@ fn attacks_hurt_every_task_within_budget() {
     let nowhere = tmp.path().join("no-such-folder").display().to_string();
     bad(&["--attack", "pgd", "--dataset", &cifar, "--head", &probe, "--save-examples", &nowhere], &["no-such-folder", "does not exist"]);
 }
+
+/// `--protocol study` fills what is not given with the study's settings (here at a 56-px side so
+/// the tiny model stays fast, and the full 480x640 NYU frame for depth): heads with its recipes
+/// and sizes, segmentation scored and attacked through windows of the head's side with the
+/// study's overlap, depth on the whole frame centre-padded, attacks with a fixed 2/255 step and
+/// the last iterate; a setting given on top wins; bad protocols and sizes are refused first.
+#[test]
+fn the_study_protocol_fills_what_is_not_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let enc = tiny_encoder();
+    let out = |name: &str| tmp.path().join(name).display().to_string();
+    let run = |args: &[&str]| {
+        let mut full = args.to_vec();
+        full.extend(["--checkpoint", enc.as_str(), "--num-heads", "4", "--protocol", "study", "--json"]);
+        ok_json(&full)
+    };
+    let seg = out("seg.safetensors");
+    let trained = run(&["train-head", "--task", "seg", "--dataset", "synthetic-seg:8x84", "--size", "56", "--epochs", "2", "--out", &seg]);
+    let meta = &trained["meta"];
+    assert_eq!(meta["transforms"], serde_json::json!(["resize-short56", "crop56x56", "pad14"]), "{meta}");
+    assert!(meta["augment"].as_array().unwrap().iter().any(|a| a == "flips"), "the study's crop + flips: {meta}");
+    assert_eq!(meta["train"]["batch_size"], 16, "the study's segmentation batch: {meta}");
+    let evaluated = run(&["eval", "--task", "seg", "--dataset", "synthetic-seg:4x84", "--head", &seg]);
+    let protocol = evaluated["protocol"].as_str().unwrap();
+    assert!(protocol.starts_with("study protocol: sliding windows 56:37"), "{protocol}");
+    let attacked =
+        run(&["attack", "--task", "seg", "--attack", "segpgd", "--steps", "2", "--dataset", "synthetic-seg:4x84", "--head", &seg]);
+    let cfg = &attacked["config"];
+    assert_eq!((cfg["window"].as_str(), cfg["last_iterate"].as_bool()), (Some("56:37"), Some(true)), "{cfg}");
+    assert!((cfg["step_size"].as_f64().unwrap() - 2.0 / 255.0).abs() < 1e-9, "{cfg}");
+    assert_eq!(attacked["protocol"], "study");
+    let (a, e) = (attacked["clean"]["head"]["miou"].as_f64().unwrap(), evaluated["head"]["miou"].as_f64().unwrap());
+    assert!((a - e).abs() < 1e-6, "attacked as scored: {a} vs {e}");
+    // Given on top of the protocol: the best point and ε/4.
+    let over = run(&[
+        "attack",
+        "--task",
+        "seg",
+        "--attack",
+        "segpgd",
+        "--steps",
+        "2",
+        "--eps",
+        "16/255",
+        "--step-size",
+        "eps/4",
+        "--iterate",
+        "best",
+        "--window",
+        "42:21",
+        "--dataset",
+        "synthetic-seg:4x84",
+        "--head",
+        &seg,
+    ]);
+    let cfg = &over["config"];
+    assert_eq!((cfg["window"].as_str(), cfg["last_iterate"].as_bool()), (Some("42:21"), Some(false)), "{cfg}");
+    assert!((cfg["step_size"].as_f64().unwrap() - 4.0 / 255.0).abs() < 1e-9, "{cfg}");
+
+    let depth = out("depth.safetensors");
+    let trained = run(&["train-head", "--task", "depth", "--dataset", "synthetic-depth:4x56", "--epochs", "1", "--out", &depth]);
+    assert_eq!(trained["meta"]["transforms"], serde_json::json!(["resize480x640", "pad14"]), "{}", trained["meta"]);
+    let evaluated = run(&["eval", "--task", "depth", "--dataset", "synthetic-depth:2x56", "--head", &depth]);
+    assert!(evaluated["protocol"].as_str().unwrap().contains("centre-padded"), "{}", evaluated["protocol"]);
+    assert_eq!(evaluated["transforms"], serde_json::json!(["resize480x640"]), "the whole frame: {evaluated}");
+    let attacked =
+        run(&["attack", "--task", "depth", "--attack", "depthpgd", "--steps", "1", "--dataset", "synthetic-depth:2x56", "--head", &depth]);
+    assert_eq!(attacked["config"]["window"], "whole");
+    let (a, e) = (attacked["clean"]["head"]["rmse"].as_f64().unwrap(), evaluated["head"]["rmse"].as_f64().unwrap());
+    assert!((a - e).abs() <= 1e-6 * e, "attacked as scored: {a} vs {e}");
+
+    for (args, expected) in [
+        (vec!["eval", "--task", "seg", "--dataset", "synthetic-seg:4x84", "--head", seg.as_str(), "--protocol", "studdy"], "studdy"),
+        (
+            vec![
+                "train-head",
+                "--task",
+                "seg",
+                "--dataset",
+                "synthetic-seg:4x84",
+                "--size",
+                "50",
+                "--out",
+                depth.as_str(),
+                "--protocol",
+                "study",
+            ],
+            "an image side of 50 px does not fit 14-px patches",
+        ),
+    ] {
+        let mut full = args.clone();
+        full.extend(["--checkpoint", enc.as_str(), "--num-heads", "4"]);
+        fails_with(&full, &[expected]);
+    }
+}

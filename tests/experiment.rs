@@ -469,3 +469,145 @@ fn the_plan_shares_work_and_keys_are_stable() {
         Plan::new(&Loaded::parse(&path, text.replace("heads = [{ epochs = 4 }]", "heads = [{ epochs = 5 }]")).unwrap()).unwrap();
     assert_ne!(heads(&retrained), heads(&plan));
 }
+
+/// `protocol = "study"` in `[run]`: the study's transforms and windows per encoder and task (at a
+/// 28-px side here), its attack settings where the file is silent, and whole images through
+/// windows in the clean figures and inside the attacks, with the very figures of `eval` and
+/// `attack --protocol study` on the run's heads; a window on a classification task, a side that
+/// does not fit the patch and an unknown protocol are refused at planning.
+#[test]
+fn the_study_protocol_in_an_experiment_file() {
+    use robust_ssl::experiment::config::Loaded;
+    use robust_ssl::experiment::plan::{Plan, Work};
+    use robust_ssl::heads::sliding::Window;
+    let tmp = tempfile::tempdir().unwrap();
+    let text = format!(
+        r#"name = "study"
+[run]
+protocol = "study"
+size = 28
+attack_batch_size = 3
+
+[[encoder]]
+name = "tiny"
+checkpoint = "{enc}"
+num_heads = 4
+
+[[task]]
+name = "cifar"
+task = "cls"
+train = {{ dataset = "cifar10:{cifar}" }}
+eval = {{ dataset = "cifar10:{cifar}", split = "test", limit = 4 }}
+heads = [{{ epochs = 1 }}]
+
+[[task]]
+name = "seg"
+task = "seg"
+train = {{ dataset = "synthetic-seg:8x56" }}
+eval = {{ dataset = "synthetic-seg:5x56" }}
+heads = [{{ epochs = 2 }}]
+
+[[task]]
+name = "depth"
+task = "depth"
+train = {{ dataset = "synthetic-depth:8x56" }}
+eval = {{ dataset = "synthetic-depth:5x56" }}
+transforms = "resize40x50,pad14"
+heads = [{{ epochs = 2 }}]
+
+[[attack]]
+kinds = ["embed", "task"]
+eps = ["8/255"]
+steps = 2
+"#,
+        enc = tiny_encoder(),
+        cifar = fixture("data/cifar-10-batches-bin")
+    );
+    let path = tmp.path().join("study.toml");
+    std::fs::write(&path, &text).unwrap();
+    let plan = Plan::new(&Loaded::parse(&path, text.clone()).unwrap()).unwrap();
+    let names = |t: usize| plan.transforms(0, t).iter().map(|t| t.describe()).collect::<Vec<_>>().join(",");
+    assert_eq!(names(0), "resize-short28,crop28x28,pad14");
+    assert_eq!(
+        (plan.window(0, 0), plan.window(0, 1), plan.window(0, 2)),
+        (None, Some(Window::Slide { crop: 28, stride: 18 }), Some(Window::Whole))
+    );
+    for item in &plan.items {
+        if let Work::Attack { params, .. } = &item.work {
+            assert!((params.step_size - 2.0 / 255.0).abs() < 1e-12 && params.step_text == "2/255", "{params:?}");
+            assert_eq!(params.iterate, robust_ssl::attacks::spec::Iterate::Last);
+            assert_eq!(params.segpgd, robust_ssl::attacks::segpgd::SegPgdForm::Study);
+            assert!(params.ce_scaling);
+        }
+    }
+    assert!(plan.heads.iter().all(|h| !h.recipe.augment.is_none()), "the study's head recipes augment");
+
+    let out = tmp.path().join("run");
+    let summary = run_to_end(&path, &out, &[]);
+    assert_eq!(summary["summary"]["items_run"], plan.items.len(), "{summary}");
+    let store = Store::open_existing(&out.join("results.sqlite")).unwrap();
+    let cells: Vec<Value> = store.cells().unwrap().into_iter().map(|c| serde_json::to_value(c).unwrap()).collect();
+    let cell = |task: &str, attack: Option<&str>| -> &Value {
+        cells
+            .iter()
+            .find(|c| c["labels"]["task"] == task && c["labels"]["attack"].as_str() == attack)
+            .unwrap_or_else(|| panic!("no {task} {attack:?} cell"))
+    };
+    // The run's heads, scored by the commands under the same protocol: the same figures.
+    let head_of = |task: &str| -> String {
+        std::fs::read_dir(out.join("heads"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .find(|p| serde_json::from_str::<Value>(&std::fs::read_to_string(p).unwrap()).unwrap()["task"] == task)
+            .map(|p| p.with_extension("safetensors").display().to_string())
+            .unwrap()
+    };
+    let enc = tiny_encoder();
+    for (task, dataset, metric, attack) in
+        [("seg", "synthetic-seg:5x56", "miou", "segpgd"), ("depth", "synthetic-depth:5x56", "rmse", "depthpgd")]
+    {
+        let head = head_of(task);
+        let common = [
+            "--task",
+            task,
+            "--checkpoint",
+            enc.as_str(),
+            "--num-heads",
+            "4",
+            "--protocol",
+            "study",
+            "--dataset",
+            dataset,
+            "--head",
+            head.as_str(),
+            "--json",
+        ];
+        let evaluated = ok_json(&[&["eval"][..], &common[..]].concat());
+        let clean = cell(task, None)["result"]["clean"]["head"][metric].as_f64().unwrap();
+        let e = evaluated["head"][metric].as_f64().unwrap();
+        assert!((clean - e).abs() <= 1e-6 * e.abs().max(1.0), "{task}: the run's clean {clean}, eval's {e}");
+        let attacked = ok_json(&[&["attack", "--attack", attack, "--steps", "2", "--batch-size", "3"][..], &common[..]].concat());
+        let run_cell = &cell(task, Some(attack))["result"];
+        for side in ["clean", "adversarial"] {
+            let (r, c) = (run_cell[side]["head"][metric].as_f64().unwrap(), attacked[side]["head"][metric].as_f64().unwrap());
+            assert!((r - c).abs() <= 1e-5 * c.abs().max(1.0), "{task} {side}: the run's {r}, the attack command's {c}");
+        }
+    }
+
+    for (name, edit, expected) in [
+        (
+            "window.toml",
+            text.replace("heads = [{ epochs = 1 }]", "heads = [{ epochs = 1 }]\nwindow = \"28:14\""),
+            "a window is for the dense tasks",
+        ),
+        ("side.toml", text.replace("size = 28", "size = 30"), "an image side of 30 px does not fit 14-px patches"),
+        ("protocol.toml", text.replace("protocol = \"study\"", "protocol = \"studdy\""), "studdy"),
+        ("stride.toml", text.replace("transforms = \"resize40x50,pad14\"", "window = \"14:0\""), "CROP:STRIDE"),
+    ] {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, edit).unwrap();
+        fails_with(&["run", p.to_str().unwrap(), "--dry-run"], &[name, expected]);
+    }
+}

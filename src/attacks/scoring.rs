@@ -12,7 +12,7 @@ use super::embed::{Distance, EmbedAttack, EmbedTarget};
 use super::engine::{attack, AttackConfig, Outcome};
 use super::objective::Objective;
 use super::spec::{AttackKind, AttackSpec, LossOptions};
-use crate::data::transform::{load_batch, Transform};
+use crate::data::transform::{load_batch, load_images_only, Transform};
 use crate::data::Dataset;
 use crate::encoder::{Encoder, Tokens};
 use crate::features::{targets_of, Batch, Targets};
@@ -133,17 +133,19 @@ pub fn attack_batch(
     Ok(AttackedBatch { outcome, heads: scored })
 }
 
-/// The targets of samples `ids` of `ds` (after `transforms`), after checking that they are the
-/// very `images` attacked (taken from the dataset `attacked`): cross-task scoring needs the same
-/// pixels.
+/// The targets of samples `ids` of `ds` (after `transforms`; with `whole_images`, the images'
+/// only, the labels kept at their own size as windows score them), after checking that they are
+/// the very `images` attacked (taken from the dataset `attacked`): cross-task scoring needs the
+/// same pixels.
 pub fn labels_of_same_images(
     ds: &dyn Dataset,
     ids: &[usize],
     transforms: &[Transform],
     images: &Tensor,
     attacked: &str,
+    whole_images: bool,
 ) -> Result<Targets> {
-    let samples = load_batch(ds, ids, transforms)?;
+    let samples = if whole_images { load_images_only(ds, ids, transforms)? } else { load_batch(ds, ids, transforms)? };
     for (k, s) in samples.iter().enumerate() {
         let image = images.get(k)?;
         let same = s.image.dims() == image.dims() && s.image.flatten_all()?.to_vec1::<f32>()? == image.flatten_all()?.to_vec1::<f32>()?;

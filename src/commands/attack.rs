@@ -18,8 +18,8 @@ use robust_ssl::attacks::segpgd::SegPgdForm;
 use robust_ssl::attacks::spec::{AttackKind, AttackSpec, Iterate, StepSize};
 use robust_ssl::attacks::strips::attack_strip;
 use robust_ssl::attacks::threat::{parse_amount, Norm};
-use robust_ssl::data::transform::{load_batch, load_images_only, resizes_of};
-use robust_ssl::data::{Sample, Split, Target};
+use robust_ssl::data::transform::{by_size, load_batch, load_images_only, resizes};
+use robust_ssl::data::Split;
 use robust_ssl::features::{targets_of, Targets};
 use robust_ssl::heads::evaluate::{Evaluation, Scorer};
 use robust_ssl::heads::head::{Task, TrainedHead};
@@ -47,7 +47,8 @@ pub struct AttackArgs {
     /// Budget, as a fraction (8/255) or a number.
     #[arg(long, default_value = AttackSpec::DEFAULT_EPS)]
     pub eps: String,
-    /// Step size: eps/K or an amount (default: eps/4; APGD starts at 2ε and sets its own).
+    /// Step size: eps/K or an amount (default: the protocol's, eps/4 or the study's 2/255; APGD
+    /// starts at 2ε and sets its own).
     #[arg(long)]
     pub step_size: Option<String>,
     #[arg(long, default_value_t = AttackSpec::DEFAULT_STEPS)]
@@ -70,15 +71,17 @@ pub struct AttackArgs {
     pub embed_distance: Distance,
     /// SegPGD's form: paper (the SegPGD paper's, weighted sum over labelled pixels) or study (the
     /// study's code: weighted means over correct and over wrong pixels).
-    #[arg(long = "segpgd", value_parser = choice::<SegPgdForm>(), default_value_t = SegPgdForm::Paper)]
-    pub segpgd: SegPgdForm,
-    /// PGD's cross-entropy on logits divided by max(1, max logit), as the study's code.
-    #[arg(long)]
-    pub ce_scaling: bool,
-    /// The point returned per image: best (the best seen; default) or last (the last iterate, the
-    /// study's).
-    #[arg(long, value_parser = choice::<Iterate>(), default_value_t = Iterate::Best)]
-    pub iterate: Iterate,
+    /// (Default: the protocol's, paper or study.)
+    #[arg(long = "segpgd", value_parser = choice::<SegPgdForm>())]
+    pub segpgd: Option<SegPgdForm>,
+    /// PGD's cross-entropy on logits divided by max(1, max logit), as the study's code
+    /// (`--ce-scaling` or `--ce-scaling true|false`; default: the protocol's, on for the study).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub ce_scaling: Option<bool>,
+    /// The point returned per image: best (the best seen) or last (the last iterate, the study's);
+    /// default: the protocol's.
+    #[arg(long, value_parser = choice::<Iterate>())]
+    pub iterate: Option<Iterate>,
     /// Images attacked together.
     #[arg(long, default_value_t = AttackSpec::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
@@ -102,6 +105,8 @@ pub struct AttackArgs {
 struct Report {
     head: String,
     dataset: String,
+    /// robust-ssl or study: what filled the settings not given.
+    protocol: robust_ssl::experiment::protocol::Protocol,
     attack: AttackKind,
     config: AttackConfig,
     clean: Evaluation,
@@ -118,9 +123,11 @@ impl AttackArgs {
     /// The attack setting the flags give.
     fn spec(&self) -> Result<AttackSpec> {
         let eps = parse_amount(&self.eps).context("--eps")?;
+        let protocol = self.features.protocol;
+        let defaults = protocol.attack_defaults();
         let step = match &self.step_size {
             Some(s) => StepSize::parse(s).context("--step-size")?,
-            None => StepSize::DEFAULT,
+            None => defaults.step,
         };
         Ok(AttackSpec {
             kind: self.attack,
@@ -128,7 +135,7 @@ impl AttackArgs {
             eps,
             eps_text: self.eps.clone(),
             step_size: step.at(eps),
-            step_text: robust_ssl::attacks::spec::step_text(self.step_size.as_deref()),
+            step_text: robust_ssl::attacks::spec::step_text(self.step_size.as_deref().or(protocol.step_text())),
             steps: self.steps,
             seed: self.seed,
             restarts: self.restarts,
@@ -137,9 +144,9 @@ impl AttackArgs {
             embed_target: self.embed_target.for_task(self.task),
             embed_distance: self.embed_distance,
             embed_scope: if self.also.is_empty() { EmbedScope::PerTask } else { EmbedScope::Shared },
-            segpgd: self.segpgd,
-            ce_scaling: self.ce_scaling,
-            iterate: self.iterate,
+            segpgd: self.segpgd.unwrap_or(defaults.segpgd),
+            ce_scaling: self.ce_scaling.unwrap_or(defaults.ce_scaling),
+            iterate: self.iterate.unwrap_or(protocol.iterate(self.attack)),
         })
     }
 }
@@ -155,7 +162,10 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         bail!("--attack {} does not fit a {} head (pgd: cls, segpgd: seg, depthpgd: depth; embed, task and apgd: any)", spec.kind, a.task);
     }
     let early_stop = a.task == Task::Cls;
-    let window = a.window;
+    let file = a.head.display().to_string();
+    let head = TrainedHead::load_for(&a.head, a.task, &Device::Cpu)?;
+    let mut prep = f.prepare(&[Split::Val, Split::Test], a.task, head.meta.layout(), Some(&head.meta.transforms))?;
+    let window = f.window(a.window, a.task, prep.encoder.as_ref(), &head.meta.transforms);
     if window.is_some() {
         if a.task == Task::Cls {
             bail!("--window is for the dense heads (seg, depth): a classifier sees the whole image at once");
@@ -164,16 +174,14 @@ pub fn run(a: &AttackArgs) -> Result<()> {
             bail!("--window does not combine with --also or --save-examples yet");
         }
     }
+    if window.is_some() && f.transforms.is_none() {
+        // Windows see whole images: of the head's transforms, only the resizes apply.
+        prep.request.transforms = resizes(&prep.request.transforms);
+    }
+    let prep = prep;
+    let enc = prep.encoder.as_ref().context("attacks need an encoder")?;
     let engine = |b: usize| AttackConfig { window, ..spec.engine(b, early_stop) };
     let cfg = engine(0);
-    let file = a.head.display().to_string();
-    let head = TrainedHead::load_for(&a.head, a.task, &Device::Cpu)?;
-    let transforms = match window {
-        Some(_) => resizes_of(&head.meta.transforms).with_context(|| format!("{file}: the head's transforms"))?,
-        None => head.meta.transforms.clone(),
-    };
-    let prep = f.prepare(&[Split::Val, Split::Test], head.meta.layout(), Some(&transforms))?;
-    let enc = prep.encoder.as_ref().context("attacks need an encoder")?;
     check_features(&head.meta, enc.config().embed_dim, &file)?;
     let ds = prep.dataset.as_ref();
     let also = a.also.iter().map(|spec| AlsoHead::open(spec, &prep, enc.config().embed_dim)).collect::<Result<Vec<_>>>()?;
@@ -238,6 +246,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     let report = Report {
         head: file.clone(),
         dataset: ds.describe(),
+        protocol: f.protocol,
         attack: a.attack,
         config: cfg,
         clean: clean_scores.finish()?,
@@ -278,29 +287,6 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `samples` of dataset indices `ids` grouped by image and target size, in order of first
-/// appearance.
-fn by_size(ids: &[usize], samples: Vec<Sample>) -> Vec<(Vec<usize>, Vec<Sample>)> {
-    let size = |s: &Sample| {
-        let t = match &s.target {
-            Target::Segmentation { height, width, .. } | Target::Depth { height, width, .. } => (*height, *width),
-            _ => (0, 0),
-        };
-        (s.image.dims().to_vec(), t)
-    };
-    let mut groups: Vec<(Vec<usize>, Vec<Sample>)> = Vec::new();
-    for (&i, s) in ids.iter().zip(samples) {
-        match groups.iter_mut().find(|(_, g)| size(&g[0]) == size(&s)) {
-            Some((gi, gs)) => {
-                gi.push(i);
-                gs.push(s);
-            }
-            None => groups.push((vec![i], vec![s])),
-        }
-    }
-    groups
 }
 
 /// Writes up to `budget` strips for this batch; returns how many.

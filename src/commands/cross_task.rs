@@ -131,7 +131,7 @@ impl AlsoHead {
     /// that its dataset gives exactly the attacked `images`.
     pub fn labels(&self, prep: &Prepared, ids: &[usize], images: &Tensor) -> Result<Option<Targets>> {
         let Some(ds) = &self.dataset else { return Ok(None) };
-        Ok(Some(labels_of_same_images(ds.as_ref(), ids, &prep.request.transforms, images, &prep.dataset.describe())?))
+        Ok(Some(labels_of_same_images(ds.as_ref(), ids, &prep.request.transforms, images, &prep.dataset.describe(), false)?))
     }
 }
 

@@ -3,12 +3,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 
 use super::features::FeatureArgs;
-use robust_ssl::data::transform::resizes_of;
+use robust_ssl::data::transform::resizes;
 use robust_ssl::data::Split;
 use robust_ssl::features::cache::CacheReport;
 use robust_ssl::features::Source;
@@ -66,10 +66,12 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             if f.pixels { "raw pixels" } else { "encoder features" }
         );
     }
-    // Sliding windows see whole images: of the head's transforms, only the resizes apply.
-    let resizes = resizes_of(&meta.transforms).with_context(|| format!("{file}: the head's transforms"))?;
-    let transforms = if a.window.is_some() { &resizes } else { &meta.transforms };
-    let prep = f.prepare(&[Split::Val, Split::Test], meta.layout(), Some(transforms))?;
+    let mut prep = f.prepare(&[Split::Val, Split::Test], a.task, meta.layout(), Some(&meta.transforms))?;
+    let window = f.window(a.window, a.task, prep.encoder.as_ref(), &meta.transforms);
+    if window.is_some() && f.transforms.is_none() {
+        // Windows see whole images: of the head's transforms, only the resizes apply.
+        prep.request.transforms = resizes(&prep.request.transforms);
+    }
     if let Source::Encoder(enc) = prep.source() {
         let fp = enc.fingerprint()?;
         if fp != meta.source {
@@ -80,7 +82,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
             );
         }
     }
-    let (evaluation, cache, protocol) = match (a.window, &prep.encoder) {
+    let (evaluation, cache, protocol) = match (window, &prep.encoder) {
         (Some(window), Some(enc)) => {
             let e = evaluate_sliding(
                 &head,
@@ -106,7 +108,7 @@ pub fn run(a: &EvalArgs) -> Result<()> {
         task: a.task,
         dataset: prep.dataset.describe(),
         transforms: prep.request.transform_names(),
-        protocol,
+        protocol: format!("{} protocol: {protocol}", f.protocol),
         evaluation,
         cache,
     };

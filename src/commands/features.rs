@@ -11,8 +11,11 @@ use super::ModelOptions;
 use robust_ssl::data::transform::Transform;
 use robust_ssl::data::{self, DataRef, Dataset, Split};
 use robust_ssl::encoder::Encoder;
+use robust_ssl::experiment::protocol::Protocol;
 use robust_ssl::features::cache::{CacheReport, FeatureCache};
 use robust_ssl::features::{self, BatchSource, Layout, Request, Source};
+use robust_ssl::heads::head::Task;
+use robust_ssl::heads::sliding::Window;
 
 #[derive(Args, Debug, Clone)]
 pub struct FeatureArgs {
@@ -38,12 +41,21 @@ pub struct FeatureArgs {
     #[arg(long, default_value_t = 0)]
     pub subset_seed: u64,
     /// Transforms, comma-separated: resize-shortN, resizeHxW, cropHxW, padN.
-    /// Default: resize-shortS,cropSxS,padP for an encoder (S = --size, P = its patch size), none for --pixels.
+    /// Default: the protocol's for an encoder (robust-ssl: resize-shortS,cropSxS,padP with S =
+    /// --size, P its patch size; study: see --protocol), none for --pixels.
     #[arg(long)]
     pub transforms: Option<String>,
-    /// Image side for the default transforms.
-    #[arg(long, default_value_t = robust_ssl::data::transform::DEFAULT_SIZE)]
-    pub size: usize,
+    /// Image side for the default transforms (default: the protocol's: 224; the study's 518 for
+    /// DINOv2, 224 for DINO).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// robust-ssl (ours: 224-px crops, the strongest attack settings) or study (everything the
+    /// study does: DINOv2 classification at 518 px and DINO at 224, segmentation through 518:341 /
+    /// 224:100 windows over whole images, depth on the whole 480x640 frame centre-padded, its head
+    /// recipes, a fixed 2/255 step, the last iterate, its SegPGD form, scaled PGD logits; its
+    /// code's bugs left out). Fills only what is not given; the report shows the result.
+    #[arg(long, value_parser = super::choice::<Protocol>(), default_value_t = Protocol::RobustSsl)]
+    pub protocol: Protocol,
     /// Feature cache folder (default: $ROBUST_SSL_CACHE, $XDG_CACHE_HOME/robust-ssl or ~/.cache/robust-ssl).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
@@ -66,8 +78,9 @@ pub struct Prepared {
 
 impl FeatureArgs {
     /// Opens the dataset (at `--split`, else the first of `splits` it defines) and the encoder;
-    /// `transforms` (from a head file) overrides the default ones unless `--transforms` was given.
-    pub fn prepare(&self, splits: &[Split], layout: Layout, transforms: Option<&[String]>) -> Result<Prepared> {
+    /// `transforms` (from a head file) overrides the protocol's for `task` unless `--transforms`
+    /// was given.
+    pub fn prepare(&self, splits: &[Split], task: Task, layout: Layout, transforms: Option<&[String]>) -> Result<Prepared> {
         let (dataset, split) = data::open_first(&self.dataset, self.split, splits)?;
         let samples = DataRef { dataset: self.dataset.clone(), split, limit: self.limit, subset_seed: self.subset_seed };
         let encoder = match &self.checkpoint {
@@ -80,7 +93,7 @@ impl FeatureArgs {
                 names.iter().map(|n| n.parse()).collect::<Result<Vec<Transform>>>().context("the head file's transforms")?
             }
             (None, None) => match &encoder {
-                Some(enc) => robust_ssl::data::transform::default_transforms(self.size, enc.config().patch_size),
+                Some(enc) => self.protocol.transforms(task, enc.config().family, enc.config().patch_size, self.size)?,
                 None => vec![],
             },
         };
@@ -90,6 +103,15 @@ impl FeatureArgs {
         }
         let request = Request { layout, transforms, indices, batch_size: self.encoder_batch_size, augment: vec![], augment_seed: 0 };
         Ok(Prepared { dataset, split, encoder, request })
+    }
+
+    /// The window of `--window`, else the protocol's for `task` and the encoder (none without
+    /// one), its crop the image side of `--size`, else of the head's `transforms` (its shorter-side
+    /// resize).
+    pub fn window(&self, given: Option<Window>, task: Task, enc: Option<&Encoder>, transforms: &[String]) -> Option<Window> {
+        let parsed: Vec<Transform> = transforms.iter().filter_map(|t| t.parse().ok()).collect();
+        let side = self.size.or_else(|| robust_ssl::data::transform::short_side(&parsed));
+        given.or_else(|| enc.and_then(|e| self.protocol.window(task, e.config().family, side)))
     }
 
     pub fn cache(&self) -> FeatureCache {

@@ -19,7 +19,8 @@ use robust_ssl::defense::multi::{Combine, Multi};
 use robust_ssl::defense::recipe::{FinetuneRecipe, RecipeName};
 use robust_ssl::defense::run::{finetune, Recipe, RunConfig};
 use robust_ssl::encoder::Encoder;
-use robust_ssl::heads::head::TrainedHead;
+use robust_ssl::experiment::protocol::Protocol;
+use robust_ssl::heads::head::{Task, TrainedHead};
 use robust_ssl::heads::train::{Schedule, TrainConfig};
 use robust_ssl::heads::trainer::check_features;
 use robust_ssl::optim::OptimizerKind;
@@ -53,14 +54,21 @@ pub struct CommonArgs {
     /// Transforms (default: resize-shortS,cropSxS,padP with S = --size and P the patch size).
     #[arg(long)]
     pub transforms: Option<String>,
-    #[arg(long, default_value_t = 224)]
-    pub size: usize,
+    /// Image side of the default transforms (default: the protocol's: 224; the study's 518 for
+    /// DINOv2, 224 for DINO).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// robust-ssl or study: fills the recipe and the image side when they are not given (the
+    /// study fine-tunes at its encoder's image size with its DeACL recipe).
+    #[arg(long, value_parser = super::choice::<Protocol>(), default_value_t = Protocol::RobustSsl)]
+    pub protocol: Protocol,
     /// The settings every option below defaults to: `study` (the study's DeACL: SGD lr 0.5, wd
     /// 5e-4, no momentum, 101 epochs of 512 (128 on each of 4 GPUs), per-epoch warm-up from 0.003 over 10 epochs then
     /// cosine, random crop (padding size/8) + flip, k 2) or `fast` (ours: momentum 0.9, 1 epoch
     /// of 8, cosine per step after a warm-up over a tenth of the steps, no augmentation).
-    #[arg(long, value_parser = super::choice::<RecipeName>(), default_value = "fast")]
-    pub recipe: RecipeName,
+    /// Default: the protocol's (fast; study under --protocol study).
+    #[arg(long, value_parser = super::choice::<RecipeName>())]
+    pub recipe: Option<RecipeName>,
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long)]
@@ -153,8 +161,25 @@ fn load_heads(specs: &[String], width: usize) -> Result<Vec<(String, TrainedHead
 }
 
 impl CommonArgs {
-    fn recipe(&self) -> FinetuneRecipe {
-        FinetuneRecipe::named(self.recipe, self.size)
+    fn recipe_name(&self) -> RecipeName {
+        self.recipe.unwrap_or_else(|| self.protocol.deacl_recipe())
+    }
+
+    /// The image side: `--size`, else the protocol's for the teacher.
+    fn side(&self, teacher: &Encoder) -> usize {
+        self.size.unwrap_or_else(|| match self.protocol {
+            Protocol::Study => Protocol::study_side(teacher.config().family),
+            Protocol::RobustSsl => robust_ssl::data::transform::DEFAULT_SIZE,
+        })
+    }
+
+    fn recipe(&self, teacher: &Encoder) -> FinetuneRecipe {
+        FinetuneRecipe::named(self.recipe_name(), self.side(teacher))
+    }
+
+    /// The recipe's k (the same at every image side).
+    fn recipe_k(&self) -> f64 {
+        FinetuneRecipe::named(self.recipe_name(), robust_ssl::data::transform::DEFAULT_SIZE).k
     }
 
     /// The encoder to fine-tune (loaded once; the student is its copy).
@@ -191,7 +216,7 @@ pub fn run(cmd: &FinetuneCommand) -> Result<()> {
     }
     match cmd {
         FinetuneCommand::Deacl(a) => {
-            let k = a.k.unwrap_or(a.common.recipe().k);
+            let k = a.k.unwrap_or(a.common.recipe_k());
             let recipe = Deacl { k, embedding: a.common.embedding, inner: a.common.inner_attack()? };
             let extra = serde_json::json!({ "k": k });
             go(&a.common, &a.common.teacher()?, &recipe, extra)
@@ -202,7 +227,7 @@ pub fn run(cmd: &FinetuneCommand) -> Result<()> {
             let heads = load_heads(&a.task_heads, teacher.config().embed_dim)?;
             let fingerprints: Vec<serde_json::Value> =
                 heads.iter().map(|(p, h)| serde_json::json!({ "head": p, "task": h.meta.task, "trained": h.meta.final_loss })).collect();
-            let k = a.k.unwrap_or(c.recipe().k);
+            let k = a.k.unwrap_or(c.recipe_k());
             let recipe = Multi {
                 heads,
                 k,
@@ -224,10 +249,10 @@ fn go(c: &CommonArgs, teacher: &Encoder, recipe: &dyn Recipe, extra: serde_json:
     let ds = samples.open()?;
     let transforms = match &c.transforms {
         Some(spec) => Transform::parse_list(spec).context("--transforms")?,
-        None => robust_ssl::data::transform::default_transforms(c.size, teacher.config().patch_size),
+        None => c.protocol.transforms(Task::Cls, teacher.config().family, teacher.config().patch_size, Some(c.side(teacher)))?,
     };
     let indices = samples.indices(ds.len());
-    let r = c.recipe();
+    let r = c.recipe(teacher);
     let (epochs, batch_size) = (c.epochs.unwrap_or(r.epochs), c.batch_size.unwrap_or(r.batch_size));
     let weight_decay = c.weight_decay.unwrap_or(r.weight_decay);
     let steps = indices.len().div_ceil(batch_size.max(1)) * epochs;

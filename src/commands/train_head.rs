@@ -32,8 +32,9 @@ pub struct TrainHeadArgs {
     /// 1e-4, poly, 20 epochs of 8) or study (the study's: cls Adam 0.5, 5 epochs of 128, crop +
     /// flip; seg AdamW 1e-3, wd 1e-4, 50 epochs of 16, random crop + flips; depth AdamW 1e-4, wd
     /// 0.01, 20 epochs of 128, flip; features recomputed every epoch). Both keep the last epoch.
-    #[arg(long, value_parser = super::choice::<RecipeName>(), default_value_t = HeadOptions::RECIPE)]
-    pub recipe: RecipeName,
+    /// Default: the protocol's (fast, or study under --protocol study).
+    #[arg(long, value_parser = super::choice::<RecipeName>())]
+    pub recipe: Option<RecipeName>,
     /// Passes over the training samples.
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -95,9 +96,13 @@ struct Summary<'a> {
 }
 
 impl TrainHeadArgs {
+    fn recipe_name(&self) -> RecipeName {
+        self.recipe.unwrap_or_else(|| self.features.protocol.head_recipe())
+    }
+
     fn recipe(&self) -> HeadRecipe {
         HeadOptions {
-            recipe: Some(self.recipe),
+            recipe: Some(self.recipe_name()),
             epochs: self.epochs,
             batch_size: self.batch_size,
             lr: self.lr,
@@ -130,10 +135,10 @@ pub fn run(a: &TrainHeadArgs) -> Result<()> {
     let recipe = a.recipe();
     recipe.check().map_err(|e| anyhow::anyhow!("{e} (--min-depth, --max-depth, --bins, --epochs, --batch-size, --lr)"))?;
     robust_ssl::atomic::check_parent(&a.out)?;
-    let mut prep = f.prepare(&[Split::Train], recipe.layout(), None)?;
+    let mut prep = f.prepare(&[Split::Train], a.task, recipe.layout(), None)?;
     if !recipe.augment.is_none() {
         if prep.encoder.is_none() {
-            bail!("--recipe {}: augmented training needs an encoder (--checkpoint)", a.recipe);
+            bail!("--recipe {}: augmented training needs an encoder (--checkpoint)", a.recipe_name());
         }
         prep.request.augment = recipe.augment.training_transforms(&prep.request.transforms);
         prep.request.augment_seed = recipe.train.seed;

@@ -190,14 +190,19 @@ pub fn default_transforms(size: usize, patch: usize) -> Vec<Transform> {
     vec![Transform::ResizeShort(size), Transform::CenterCrop(size, size), Transform::PadToMultiple(patch)]
 }
 
-/// Of the transforms named in `names`, the resizes only: what whole-image (sliding-window)
-/// evaluation and attacks keep of a head's transforms.
-pub fn resizes_of(names: &[String]) -> Result<Vec<String>> {
-    Ok(Transform::parse_list(&names.join(","))?
-        .iter()
-        .filter(|t| matches!(t, Transform::ResizeShort(_) | Transform::Resize(..)))
-        .map(Transform::describe)
-        .collect())
+/// The side a shorter-side resize of `transforms` gives (the image side of the default and the
+/// study's transforms).
+pub fn short_side(transforms: &[Transform]) -> Option<usize> {
+    transforms.iter().find_map(|t| match t {
+        Transform::ResizeShort(s) => Some(*s),
+        _ => None,
+    })
+}
+
+/// Of `transforms`, the resizes only: what whole-image (windowed) evaluation and attacks keep
+/// of a head's transforms (crops and padding are the windows' business).
+pub fn resizes(transforms: &[Transform]) -> Vec<Transform> {
+    transforms.iter().copied().filter(|t| matches!(t, Transform::ResizeShort(_) | Transform::Resize(..))).collect()
 }
 
 /// Decodes the samples at `indices` in parallel, in order, and transforms their images only:
@@ -211,6 +216,29 @@ pub fn load_images_only(ds: &dyn Dataset, indices: &[usize], transforms: &[Trans
             Ok(Sample { image, target: raw.target })
         })
         .collect()
+}
+
+/// Samples `ids` grouped by image size and label size (in order of first appearance): whole
+/// images of one size are attacked together.
+pub fn by_size(ids: &[usize], samples: Vec<Sample>) -> Vec<(Vec<usize>, Vec<Sample>)> {
+    let size = |s: &Sample| {
+        let t = match &s.target {
+            Target::Segmentation { height, width, .. } | Target::Depth { height, width, .. } => (*height, *width),
+            _ => (0, 0),
+        };
+        (s.image.dims().to_vec(), t)
+    };
+    let mut groups: Vec<(Vec<usize>, Vec<Sample>)> = Vec::new();
+    for (&i, s) in ids.iter().zip(samples) {
+        match groups.iter_mut().find(|(_, g)| size(&g[0]) == size(&s)) {
+            Some((gi, gs)) => {
+                gi.push(i);
+                gs.push(s);
+            }
+            None => groups.push((vec![i], vec![s])),
+        }
+    }
+    groups
 }
 
 /// Decodes and transforms the samples at `indices` in parallel, in order. Random transforms are

@@ -14,12 +14,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::protocol::Protocol;
 use crate::attacks::embed::{Distance, EmbedScope, EmbedTarget};
 use crate::attacks::segpgd::SegPgdForm;
 use crate::attacks::spec::{AttackKind, AttackSpec, Iterate, StepSize};
 use crate::attacks::threat::{parse_amount, Norm};
 use crate::heads::fit::HeadOptions;
 use crate::heads::head::Task;
+use crate::heads::sliding::Window;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -41,8 +43,12 @@ pub struct Experiment {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RunOptions {
-    /// Image side of the default transforms (shorter side resized, centre crop, padded to the patch).
-    pub size: usize,
+    /// robust-ssl (ours, the default) or study: fills every setting the file leaves unset
+    /// (`super::protocol`).
+    pub protocol: Protocol,
+    /// Image side of the default transforms (shorter side resized, centre crop, padded to the
+    /// patch); default: the protocol's (224; the study's 518 for DINOv2, 224 for DINO).
+    pub size: Option<usize>,
     /// Images attacked together (part of every attack cell's identity: it sets the batches' seeds).
     pub attack_batch_size: usize,
     /// Images per encoder forward when features are computed.
@@ -56,7 +62,8 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
-            size: crate::data::transform::DEFAULT_SIZE,
+            protocol: Protocol::default(),
+            size: None,
             attack_batch_size: AttackSpec::DEFAULT_BATCH_SIZE,
             encoder_batch_size: crate::features::DEFAULT_ENCODER_BATCH,
             examples: 4,
@@ -108,8 +115,12 @@ pub struct TaskTable {
     /// Tasks with the same `images` name are scored on the same images (checked pixel for
     /// pixel): a shared EmbedAttack perturbation (`embed_scope = "shared"`) and cross-task scoring serve all of them.
     pub images: Option<Spanned<String>>,
-    /// Transforms (resize-shortN, resizeHxW, cropHxW, padN); default from `run.size`.
+    /// Transforms (resize-shortN, resizeHxW, cropHxW, padN); default: the protocol's, from
+    /// `run.size`.
     pub transforms: Option<Spanned<String>>,
+    /// Dense tasks: whole images through sliding windows "CROP:STRIDE" or "whole" (centre-padded),
+    /// for the clean figures and inside the attacks; default: the protocol's (none for ours).
+    pub window: Option<Spanned<String>>,
     /// The heads to train on this task (default: one with the default settings).
     #[serde(default)]
     pub heads: Vec<Spanned<HeadTable>>,
@@ -185,7 +196,7 @@ pub struct AttackTable {
     pub norm: OneOrMany<Norm>,
     #[serde(default = "default_steps")]
     pub steps: OneOrMany<usize>,
-    /// "eps/K" (default eps/4) or an amount.
+    /// "eps/K" or an amount (default: the protocol's, eps/4 or the study's 2/255).
     pub step_size: Option<Spanned<String>>,
     #[serde(default = "default_seeds")]
     pub seeds: OneOrMany<u64>,
@@ -202,15 +213,12 @@ pub struct AttackTable {
     /// image, scored on every task of the image; needs a stated embed_target).
     #[serde(default = "embed_scope")]
     pub embed_scope: EmbedScope,
-    /// SegPGD's form: paper (default) or study.
-    #[serde(default)]
-    pub segpgd: SegPgdForm,
-    /// PGD's cross-entropy with the study's logit scaling.
-    #[serde(default)]
-    pub ce_scaling: bool,
-    /// The point returned: best (default) or last.
-    #[serde(default)]
-    pub iterate: Iterate,
+    /// SegPGD's form: paper or study (default: the protocol's).
+    pub segpgd: Option<SegPgdForm>,
+    /// PGD's cross-entropy with the study's logit scaling (default: the protocol's).
+    pub ce_scaling: Option<bool>,
+    /// The point returned: best or last (default: the protocol's).
+    pub iterate: Option<Iterate>,
 }
 
 fn default_norm() -> OneOrMany<Norm> {
@@ -309,8 +317,13 @@ impl Loaded {
 
     /// Step size of an attack block.
     pub fn step_size(&self, a: &AttackTable) -> Result<StepSize> {
-        let Some(s) = &a.step_size else { return Ok(StepSize::DEFAULT) };
+        let Some(s) = &a.step_size else { return Ok(self.experiment.run.protocol.attack_defaults().step) };
         StepSize::parse(s.get_ref()).map_err(|err| self.error(s, err))
+    }
+
+    /// The window a task states, checked at its line.
+    pub fn window(&self, t: &TaskTable) -> Result<Option<Window>> {
+        t.window.as_ref().map(|w| w.get_ref().parse().map_err(|err| self.error(w, err))).transpose()
     }
 
     /// The ε values of an attack block.
@@ -336,7 +349,7 @@ impl Loaded {
             bail!("{file}: no [[task]]: name at least one task (cls, seg or depth) with its train and eval data");
         }
         let r = &x.run;
-        if r.size == 0 || r.attack_batch_size == 0 || r.encoder_batch_size == 0 {
+        if r.size == Some(0) || r.attack_batch_size == 0 || r.encoder_batch_size == 0 {
             bail!("{file}: [run] size, attack_batch_size and encoder_batch_size must be at least 1");
         }
         unique(self, x.encoders.iter().map(|e| &e.name), "encoder")?;
@@ -387,7 +400,7 @@ impl Loaded {
             if a.steps.to_vec().contains(&0) || a.seeds.to_vec().is_empty() || a.restarts == 0 {
                 bail!("{file}: an [[attack]] block needs steps >= 1, restarts >= 1 and at least one seed");
             }
-            if a.iterate == Iterate::Last && a.kinds.contains(&AttackKind::Apgd) {
+            if a.iterate == Some(Iterate::Last) && a.kinds.contains(&AttackKind::Apgd) {
                 bail!("{file}: an [[attack]] block with iterate = \"last\" cannot run apgd, which restarts from its best point by design");
             }
             if a.kinds.contains(&AttackKind::Embed) && a.embed_scope == EmbedScope::Shared && a.embed_target == EmbedTarget::Task {

@@ -14,14 +14,15 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{key_of, Item, Plan, Work};
 use super::store::{CellResult, CellRow, CellState, Example, HeadRecord, Store};
+use crate::attacks::engine::AttackConfig;
 use crate::attacks::engine::Sanity;
-use crate::attacks::scoring::{attack_batch, labels_of_same_images, Aim, ScoredHead};
+use crate::attacks::scoring::{attack_batch, labels_of_same_images, Aim, AttackedBatch, ScoredHead};
 use crate::attacks::strips::attack_strip;
-use crate::data::transform::load_batch;
+use crate::data::transform::{by_size, load_batch, load_images_only, resizes};
 use crate::encoder::{Encoder, LoadOptions};
 use crate::features::cache::FeatureCache;
 use crate::features::{batches, targets_of, Source, Targets};
-use crate::heads::evaluate::{evaluate, ScoreState, Scorer};
+use crate::heads::evaluate::{evaluate, evaluate_sliding, ScoreState, Scorer};
 use crate::heads::fit::fit;
 use crate::heads::head::{Task, TrainedHead};
 
@@ -204,8 +205,23 @@ impl Runner<'_> {
         let ds = task.eval.open()?;
         let request = plan.request(h, &task.eval, ds.len(), false);
         let file = format!("head {} of {}", plan.head_label(h), plan.encoders[entry.encoder].name);
-        let (mut features, _) = batches(Source::Encoder(enc), ds.as_ref(), &request, self.cache())?;
-        let evaluation = evaluate(head, features.as_mut(), 64, &crate::device::default_device()?, &file)?;
+        let evaluation = match plan.window(entry.encoder, entry.task) {
+            // Whole images through windows: features per window, computed (the cache holds
+            // features of fixed-size images), scored at each label's own size.
+            Some(window) => {
+                self.bars.println(format!(
+                    "note: {}: {}; the features are computed for each window, not cached",
+                    plan.describe(item),
+                    window.describe()
+                ))?;
+                let resizes = resizes(&request.transforms);
+                evaluate_sliding(head, enc, ds.as_ref(), &request.indices, &resizes, window, plan.encoder_batch_size, &file)?
+            }
+            None => {
+                let (mut features, _) = batches(Source::Encoder(enc), ds.as_ref(), &request, self.cache())?;
+                evaluate(head, features.as_mut(), 64, &crate::device::default_device()?, &file)?
+            }
+        };
         let cell = &item.cells[0];
         let result = CellResult { samples: evaluation.samples, clean: evaluation, adversarial: None, mean_objective: None, sanity: None };
         self.store.put_cells(&item.key, &[CellRow { key: cell.key.clone(), labels: cell.labels.clone(), result }])
@@ -220,7 +236,11 @@ impl Runner<'_> {
         let images_ref = &plan.tasks[*images_task].eval;
         let images_ds = images_ref.open()?;
         let indices = images_ref.indices(images_ds.len());
-        let transforms = plan.transforms(*encoder, *images_task);
+        let window = plan.window(*encoder, *images_task);
+        let transforms = match window {
+            Some(_) => resizes(&plan.transforms(*encoder, *images_task)),
+            None => plan.transforms(*encoder, *images_task),
+        };
         // Each scored head reads labels from its own task's data (checked to be the same images).
         let label_sets = scored
             .iter()
@@ -256,40 +276,49 @@ impl Runner<'_> {
             if done.contains_key(&b) {
                 continue;
             }
-            let samples = load_batch(images_ds.as_ref(), ids, &transforms)?;
-            let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0)
-                .with_context(|| format!("{}: images of different sizes after the transforms", images_ds.describe()))?;
-            let own = targets_of(images_ds.as_ref(), ids, samples)?;
-            let targets = label_sets
-                .iter()
-                .map(|ds| match ds {
-                    None => Ok(own.clone()),
-                    Some(ds) => labels_of_same_images(ds.as_ref(), ids, &transforms, &images, &images_ds.describe()),
-                })
-                .collect::<Result<Vec<Targets>>>()?;
-            let aim = Aim::of(params, attacked_by.map_or(0, |(_, index)| index));
-            let heads: Vec<ScoredHead> =
-                scored.iter().zip(&targets).map(|(&(_, head, cell), targets)| ScoredHead { head, targets, name: cell }).collect();
-            let early_stop = attacked_by.is_some_and(|(s, _)| plan.tasks[plan.heads[s].task].task == Task::Cls);
-            let done = attack_batch(enc, &images, aim, &heads, &params.engine(b, early_stop), true)?;
+            // Whole images (windows) are attacked by size, each at its own size; else one batch.
+            let groups = match window {
+                Some(_) => by_size(ids, load_images_only(images_ds.as_ref(), ids, &transforms)?),
+                None => vec![(ids.to_vec(), load_batch(images_ds.as_ref(), ids, &transforms)?)],
+            };
+            let single = groups.len() == 1;
+            let mut merged: Vec<(Scorer, Scorer)> =
+                scored.iter().map(|&(_, head, cell)| Ok((Scorer::new(head, cell)?, Scorer::new(head, cell)?))).collect::<Result<_>>()?;
+            let (mut sanity, mut objective_sum) = (Sanity::default(), 0.0);
             let mut examples = Vec::new();
-            if b == 0 {
-                for (h, s) in heads.iter().zip(&done.heads) {
-                    for j in 0..plan.examples.min(ids.len()) {
-                        let (suffix, png) = attack_strip(
-                            j,
-                            &images,
-                            &done.outcome.adversarial,
-                            (&s.clean_output, &s.adversarial_output),
-                            h.targets,
-                            params.eps,
-                        )?;
-                        examples.push(Example { cell: h.name.to_string(), name: format!("{:05}{suffix}.png", ids[j]), png });
-                    }
+            for (group_ids, samples) in groups {
+                let group_ids = group_ids.as_slice();
+                let images = Tensor::stack(&samples.iter().map(|s| &s.image).collect::<Vec<_>>(), 0)
+                    .with_context(|| format!("{}: images of different sizes after the transforms", images_ds.describe()))?;
+                let own = targets_of(images_ds.as_ref(), group_ids, samples)?;
+                let targets = label_sets
+                    .iter()
+                    .map(|ds| match ds {
+                        None => Ok(own.clone()),
+                        Some(ds) => {
+                            labels_of_same_images(ds.as_ref(), group_ids, &transforms, &images, &images_ds.describe(), window.is_some())
+                        }
+                    })
+                    .collect::<Result<Vec<Targets>>>()?;
+                let aim = Aim::of(params, attacked_by.map_or(0, |(_, index)| index));
+                let heads: Vec<ScoredHead> =
+                    scored.iter().zip(&targets).map(|(&(_, head, cell), targets)| ScoredHead { head, targets, name: cell }).collect();
+                let early_stop = attacked_by.is_some_and(|(s, _)| plan.tasks[plan.heads[s].task].task == Task::Cls);
+                let cfg = AttackConfig { window, ..params.engine(b, early_stop) };
+                let done = attack_batch(enc, &images, aim, &heads, &cfg, true)?;
+                // Example strips from the first batch when it is one view of one size.
+                if b == 0 && single && window.is_none() {
+                    examples = strips(plan.examples, group_ids, &images, &done, &heads, params.eps)?;
                 }
+                for ((c, a), s) in merged.iter_mut().zip(&done.heads) {
+                    c.merge(&s.clean)?;
+                    a.merge(&s.adversarial)?;
+                }
+                sanity.merge(&done.outcome.sanity);
+                objective_sum += done.outcome.loss.iter().sum::<f64>();
             }
-            let scores = done.heads.into_iter().map(|s| (s.clean, s.adversarial)).collect();
-            let state = BatchState { scores, objective_sum: done.outcome.loss.iter().sum(), sanity: done.outcome.sanity };
+            let scores = merged.iter().map(|(c, a)| (c.state().clone(), a.state().clone())).collect();
+            let state = BatchState { scores, objective_sum, sanity };
             self.store.put_partial(&exec, b, &serde_json::to_string(&state)?, &examples)?;
             bar.inc(1);
         }
@@ -341,6 +370,19 @@ impl Runner<'_> {
         }
         self.store.put_cells(&exec, &rows)
     }
+}
+
+/// The example strips of the first `count` images of an attacked batch, for every scored head.
+fn strips(count: usize, ids: &[usize], images: &Tensor, done: &AttackedBatch, heads: &[ScoredHead], eps: f64) -> Result<Vec<Example>> {
+    let mut examples = Vec::new();
+    for (h, s) in heads.iter().zip(&done.heads) {
+        for (j, id) in ids.iter().take(count).enumerate() {
+            let (suffix, png) =
+                attack_strip(j, images, &done.outcome.adversarial, (&s.clean_output, &s.adversarial_output), h.targets, eps)?;
+            examples.push(Example { cell: h.name.to_string(), name: format!("{id:05}{suffix}.png"), png });
+        }
+    }
+    Ok(examples)
 }
 
 /// The store's record of head `h` of the plan.

@@ -12,14 +12,17 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::config::{HeadTable, Loaded};
+use super::protocol::Protocol;
 use crate::attacks::embed::EmbedScope;
 use crate::attacks::spec::{AttackKind, AttackSpec};
 use crate::choice::Choice;
-use crate::data::transform::Transform;
+use crate::data::transform::{short_side, Transform};
 use crate::data::{DataRef, Split};
+use crate::encoder::arch::Family;
 use crate::encoder::{Encoder, LoadOptions};
-use crate::heads::fit::HeadRecipe;
+use crate::heads::fit::{HeadOptions, HeadRecipe};
 use crate::heads::head::Task;
+use crate::heads::sliding::Window;
 
 pub struct EncoderEntry {
     pub name: String,
@@ -28,6 +31,7 @@ pub struct EncoderEntry {
     pub options: LoadOptions,
     pub fingerprint: serde_json::Value,
     pub patch_size: usize,
+    pub family: Family,
 }
 
 pub struct TaskEntry {
@@ -37,8 +41,10 @@ pub struct TaskEntry {
     pub eval: DataRef,
     /// Tasks of one group are scored on the same images.
     pub group: String,
-    /// Explicit transforms, else the defaults for the encoder's patch size.
+    /// Explicit transforms, else the protocol's for the encoder.
     transforms: Option<Vec<Transform>>,
+    /// An explicit window (dense tasks), else the protocol's.
+    window: Option<Window>,
     /// Evaluated samples.
     pub eval_samples: usize,
 }
@@ -103,7 +109,8 @@ pub struct Item {
 
 pub struct Plan {
     pub name: String,
-    pub size: usize,
+    pub protocol: Protocol,
+    pub size: Option<usize>,
     pub attack_batch_size: usize,
     pub encoder_batch_size: usize,
     pub examples: usize,
@@ -113,6 +120,8 @@ pub struct Plan {
     pub heads: Vec<HeadEntry>,
     /// Sorted by key.
     pub items: Vec<Item>,
+    /// Per (encoder, task): the transforms of its images and its window.
+    inputs: BTreeMap<(usize, usize), (Vec<Transform>, Option<Window>)>,
 }
 
 /// A short stable hash of a JSON value (keys sorted).
@@ -123,8 +132,48 @@ pub fn key_of(v: &serde_json::Value) -> String {
 impl Plan {
     /// The transforms of `task`'s images for `encoder`.
     pub fn transforms(&self, encoder: usize, task: usize) -> Vec<Transform> {
-        let t = &self.tasks[task];
-        t.transforms.clone().unwrap_or_else(|| crate::data::transform::default_transforms(self.size, self.encoders[encoder].patch_size))
+        self.inputs[&(encoder, task)].0.clone()
+    }
+
+    /// The windows `task`'s images are seen through for `encoder` (dense tasks; `None`: the
+    /// transformed image as it is).
+    pub fn window(&self, encoder: usize, task: usize) -> Option<Window> {
+        self.inputs[&(encoder, task)].1
+    }
+
+    /// Every encoder × task's transforms and window: the file's, else the protocol's; an image
+    /// side that does not fit an encoder's patch (under the study), a window on a classification
+    /// task and tasks of one image set seen differently are refused here.
+    fn plan_inputs(&mut self, l: &Loaded) -> Result<()> {
+        for (e, enc) in self.encoders.iter().enumerate() {
+            for (t, task) in self.tasks.iter().enumerate() {
+                let transforms = match &task.transforms {
+                    Some(ts) => ts.clone(),
+                    None => self
+                        .protocol
+                        .transforms(task.task, enc.family, enc.patch_size, self.size)
+                        .with_context(|| format!("{}: encoder '{}', task '{}'", l.path.display(), enc.name, task.name))?,
+                };
+                let window = task.window.or_else(|| self.protocol.window(task.task, enc.family, short_side(&transforms)));
+                self.inputs.insert((e, t), (transforms, window));
+            }
+            for (t, task) in self.tasks.iter().enumerate() {
+                let Some(o) = (0..t).find(|&o| self.tasks[o].group == task.group) else { continue };
+                if self.inputs[&(e, o)].1 != self.inputs[&(e, t)].1 {
+                    bail!(
+                        "{}: tasks '{}' and '{}' share their images but see them through different windows ({} and {}) for \
+                         encoder '{}'; one perturbation per image needs one view of it",
+                        l.path.display(),
+                        self.tasks[o].name,
+                        task.name,
+                        self.inputs[&(e, o)].1.map_or("none".into(), |w| w.to_string()),
+                        self.inputs[&(e, t)].1.map_or("none".into(), |w| w.to_string()),
+                        enc.name
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The transforms' names (as keys and head files record them).
@@ -169,6 +218,7 @@ impl Plan {
                 checkpoint,
                 fingerprint: Encoder::fingerprint_of(&info)?,
                 patch_size: info.config.patch_size,
+                family: info.config.family,
                 options,
             });
         }
@@ -193,6 +243,10 @@ impl Plan {
                 .map(|g| format!("images:{}", g.get_ref()))
                 .unwrap_or_else(|| serde_json::to_string(&eval).expect("plain data"));
             let transforms = t.transforms.as_ref().map(|s| Transform::parse_list(s.get_ref())).transpose()?;
+            let window = l.window(t)?;
+            if let (Some(_), Task::Cls, Some(w)) = (window, t.task, &t.window) {
+                return Err(l.error(w, "a window is for the dense tasks (seg, depth): a classifier sees the whole image at once"));
+            }
             if let Some(other) = tasks.iter().find(|o| o.group == group) {
                 if other.eval_samples != eval_samples || other.transforms != transforms {
                     let g = t.images.as_ref().expect("only named groups can differ");
@@ -202,10 +256,11 @@ impl Plan {
                     )));
                 }
             }
-            tasks.push(TaskEntry { name: t.name.get_ref().clone(), task: t.task, train, eval, group, transforms, eval_samples });
+            tasks.push(TaskEntry { name: t.name.get_ref().clone(), task: t.task, train, eval, group, transforms, window, eval_samples });
         }
         let mut plan = Plan {
             name: x.name.clone().unwrap_or_else(|| l.path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()),
+            protocol: x.run.protocol,
             size: x.run.size,
             attack_batch_size: x.run.attack_batch_size,
             encoder_batch_size: x.run.encoder_batch_size,
@@ -215,7 +270,9 @@ impl Plan {
             tasks,
             heads: Vec::new(),
             items: Vec::new(),
+            inputs: BTreeMap::new(),
         };
+        plan.plan_inputs(l)?;
         plan.plan_heads(l)?;
         plan.plan_items(l)?;
         Ok(plan)
@@ -229,7 +286,8 @@ impl Plan {
                 let specs: Vec<&HeadTable> =
                     if spec.heads.is_empty() { vec![&default] } else { spec.heads.iter().map(|h| h.get_ref()).collect() };
                 for (k, h) in specs.iter().enumerate() {
-                    let recipe = h.options.recipe(task);
+                    let options = HeadOptions { recipe: h.options.recipe.or(Some(self.protocol.head_recipe())), ..h.options.clone() };
+                    let recipe = options.recipe(task);
                     recipe
                         .check()
                         .map_err(|err| anyhow::anyhow!("{}: task '{}', head {}: {err}", l.path.display(), spec.name.get_ref(), k + 1))?;
@@ -284,19 +342,25 @@ impl Plan {
         let mut items = Vec::new();
         for h in 0..self.heads.len() {
             let head = &self.heads[h];
-            let key = key_of(&serde_json::json!({
+            let mut id = serde_json::json!({
                 "what": "clean",
                 "head": head.key,
                 "eval": self.tasks[head.task].eval,
                 "transforms": self.transform_names(head.encoder, head.task),
-            }));
+            });
+            if let Some(w) = self.window(head.encoder, head.task) {
+                id["window"] = w.to_string().into();
+            }
+            let key = key_of(&id);
             let cells = vec![Cell { key: key.clone(), head: h, labels: self.labels(h, Condition::Clean, None) }];
             items.push(Item { key, work: Work::Clean { head: h }, cells });
         }
         let mut settings = Vec::new();
         for a in &l.experiment.attacks {
             let step = l.step_size(a)?;
-            let step_text = crate::attacks::spec::step_text(a.step_size.as_ref().map(|s| s.get_ref().as_str()));
+            let step_text =
+                crate::attacks::spec::step_text(a.step_size.as_ref().map(|s| s.get_ref().as_str()).or(self.protocol.step_text()));
+            let defaults = self.protocol.attack_defaults();
             for &kind in &a.kinds {
                 for norm in a.norm.to_vec() {
                     for (eps, eps_text) in l.eps(a)? {
@@ -316,9 +380,9 @@ impl Plan {
                                     embed_target: a.embed_target,
                                     embed_distance: a.embed_distance,
                                     embed_scope: a.embed_scope,
-                                    segpgd: a.segpgd,
-                                    ce_scaling: a.ce_scaling,
-                                    iterate: a.iterate,
+                                    segpgd: a.segpgd.unwrap_or(defaults.segpgd),
+                                    ce_scaling: a.ce_scaling.unwrap_or(defaults.ce_scaling),
+                                    iterate: a.iterate.unwrap_or(self.protocol.iterate(kind)),
                                 };
                                 if !settings.contains(&p) {
                                     settings.push(p);
@@ -359,7 +423,7 @@ impl Plan {
                             scored.retain(|&h| h != s);
                             scored.insert(0, s);
                         }
-                        let key = key_of(&serde_json::json!({
+                        let mut id = serde_json::json!({
                             "what": "attack",
                             "encoder": self.encoders[e].fingerprint,
                             "images": self.tasks[images_task].eval,
@@ -367,7 +431,11 @@ impl Plan {
                             "params": p,
                             "batch": self.attack_batch_size,
                             "source": source.map(|s| &self.heads[s].key),
-                        }));
+                        });
+                        if let Some(w) = self.window(e, images_task) {
+                            id["window"] = w.to_string().into();
+                        }
+                        let key = key_of(&id);
                         let cells = scored
                             .iter()
                             .map(|&h| Cell {

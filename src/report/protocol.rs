@@ -7,6 +7,7 @@ use super::tables::Table;
 use crate::attacks::embed::{EmbedScope, EmbedTarget};
 use crate::attacks::spec::AttackSpec;
 use crate::experiment::config::Experiment;
+use crate::experiment::protocol::Protocol;
 use crate::experiment::store::HeadRecord;
 use crate::heads::fit::HeadRecipe;
 use crate::heads::recipes::Augment;
@@ -85,9 +86,32 @@ pub fn tables(r: &Results, heads: &[(String, HeadRecord)], experiment: Option<&E
     let specs: Vec<&AttackSpec> = r.entries.iter().filter_map(|e| e.labels.params.as_ref()).collect();
     let input = match experiment {
         Some(x) => {
-            let own: Vec<String> =
-                x.tasks.iter().filter_map(|t| t.transforms.as_ref().map(|tr| format!("{}: {}", t.name.get_ref(), tr.get_ref()))).collect();
-            let default = format!("shorter side {0}, centre crop {0}×{0}, padded to the patch", x.run.size);
+            let own: Vec<String> = x
+                .tasks
+                .iter()
+                .flat_map(|t| {
+                    let name = t.name.get_ref();
+                    let tr = t.transforms.as_ref().map(|tr| format!("{name}: {}", tr.get_ref()));
+                    let win = t.window.as_ref().map(|w| format!("{name}: window {}", w.get_ref()));
+                    tr.into_iter().chain(win)
+                })
+                .collect();
+            let default = match (x.run.protocol, x.run.size) {
+                (Protocol::RobustSsl, size) => {
+                    format!(
+                        "shorter side {0}, centre crop {0}×{0}, padded to the patch",
+                        size.unwrap_or(crate::data::transform::DEFAULT_SIZE)
+                    )
+                }
+                (Protocol::Study, None) => "the study's (protocol = \"study\"): classification at 518 px for DINOv2, 224 for DINO; \
+                     segmentation on whole images resized to that side, through 518:341 / 224:100 windows, attacks included; \
+                     depth on the whole 480×640 frame, centre-padded"
+                    .to_string(),
+                (Protocol::Study, Some(s)) => format!(
+                    "the study's (protocol = \"study\") at a side of {s}: classification crops of {s}; segmentation on whole images \
+                     resized to {s}, through windows of {s} with the study's overlap; depth on the whole 480×640 frame, centre-padded"
+                ),
+            };
             if own.is_empty() {
                 default
             } else {
@@ -105,6 +129,11 @@ pub fn tables(r: &Results, heads: &[(String, HeadRecord)], experiment: Option<&E
             .into(),
         header: ["setting", "this run", "the study"].map(String::from).to_vec(),
         rows: vec![
+            row(
+                "protocol",
+                experiment.map_or("–".into(), |x| x.run.protocol.to_string()),
+                "study (its settings, with its code's departures below left out)",
+            ),
             row(
                 "input",
                 input,
