@@ -611,3 +611,88 @@ steps = 2
         fails_with(&["run", p.to_str().unwrap(), "--dry-run"], &[name, expected]);
     }
 }
+
+/// `examples/study.toml`, the paper's whole table, planned and costed on fixture stand-ins of
+/// every dataset layout (CIFAR-10/100 and STL-10 binaries, ADE20k, Cityscapes, VOC 2012, NYU's
+/// labeled .mat) and of its checkpoints (tiny Hugging Face DINOs and DINOv2s): every encoder gets the study's input sizes
+/// (DINOv2 518 for classification and the segmentation windows, the 480x640 frame padded to
+/// 490x644 for depth; DINO 224 and 480x640), every pass is counted, and the estimate is timed.
+#[test]
+fn the_study_file_plans_and_costs_on_stand_ins() {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/study.toml")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // Twelve encoders need twelve files (a run keys its work by the weights' hash): copies of the
+    // tiny Hugging Face DINO and DINOv2 whose safetensors headers differ by a metadata entry.
+    let mut copies = 0;
+    let mut copy_of = |model: &str| -> String {
+        copies += 1;
+        let (src, dst) = (Path::new(&fixture("encoder")).join(model), tmp.path().join(format!("{model}-{copies}")));
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::copy(src.join("config.json"), dst.join("config.json")).unwrap();
+        let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        header["__metadata__"]["copy"] = copies.to_string().into();
+        let mut json = serde_json::to_vec(&header).unwrap();
+        json.resize(json.len().div_ceil(8) * 8, b' ');
+        let mut out = (json.len() as u64).to_le_bytes().to_vec();
+        out.extend(json);
+        out.extend(&bytes[8 + n..]);
+        std::fs::write(dst.join("model.safetensors"), out).unwrap();
+        dst.join("model.safetensors").display().to_string()
+    };
+    let mut text = text.clone();
+    for (from, to) in [
+        ("data/cifar-10-batches-bin", fixture("data/cifar-10-batches-bin")),
+        ("data/cifar-100-binary", fixture("data/cifar-100-binary")),
+        ("data/stl10_binary", fixture("data/stl10_binary")),
+        ("data/ADEChallengeData2016", fixture("data/ADEChallengeData2016")),
+        ("data/cityscapes", fixture("data/cityscapes")),
+        ("data/VOCdevkit/VOC2012", fixture("data/VOCdevkit/VOC2012")),
+        ("data/nyu/nyu_depth_v2_labeled.mat", fixture("data/nyu_mat/nyu_depth_v2_labeled.mat")),
+    ] {
+        assert!(text.contains(from), "examples/study.toml names {from}");
+        text = text.replace(from, &to);
+    }
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| match l.strip_prefix("checkpoint = \"weights/") {
+            Some(rest) if rest.contains("dinov2_") => format!("checkpoint = \"{}\"", copy_of("hf_dinov2")),
+            Some(_) => format!("checkpoint = \"{}\"", copy_of("hf_vit_dino")),
+            None => l.to_string(),
+        })
+        .collect();
+    let path = tmp.path().join("study.toml");
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    let out = ok_json(&["run", path.to_str().unwrap(), "--dry-run", "--json"]);
+    let cost = &out["cost"];
+    let rows = cost["rows"].as_array().unwrap();
+    let encoders: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["encoder"].as_str().unwrap()).collect();
+    assert_eq!(encoders.len(), 12, "6 backbones and their DeACL counterparts: {encoders:?}");
+    let inputs = |name: &str| -> Vec<String> {
+        rows.iter().filter(|r| r["encoder"] == name).map(|r| format!("{}x{}", r["input"][0], r["input"][1])).collect()
+    };
+    for name in ["DINOv2 ViT-S/14", "DINOv2 ViT-g/14 + DeACL"] {
+        let i = inputs(name);
+        assert!(i.contains(&"518x518".to_string()) && i.contains(&"490x644".to_string()), "{name}: {i:?}");
+    }
+    for name in ["DINO ViT-B/16", "DINO ViT-S/16 + DeACL"] {
+        let i = inputs(name);
+        assert!(i.contains(&"224x224".to_string()) && i.contains(&"480x640".to_string()), "{name}: {i:?}");
+    }
+    // 7 tasks × (a clean cell, EmbedAttack and the task attack) per encoder.
+    assert_eq!(out["cells"], 12 * 7 * 3, "{}", out["cells"]);
+    for r in rows {
+        assert!(r["forward"].as_u64().unwrap() > 0 && r["hours"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // Every attack takes 20 steps (the study's) with one backward each, and scores twice.
+    let (fwd, bwd): (u64, u64) =
+        rows.iter().map(|r| (r["forward"].as_u64().unwrap(), r["backward"].as_u64().unwrap())).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert!(bwd > 0 && fwd > bwd + bwd / 10, "forward {fwd}, backward {bwd}");
+    assert_eq!(cost["calibrations"].as_array().unwrap().len(), 12);
+    assert!(cost["hours"].as_f64().unwrap() > 0.0);
+    // The text form: the table and the estimate.
+    let (ok, text_out, err) = run(&["run", path.to_str().unwrap(), "--dry-run", "--no-calibrate"]);
+    assert!(ok, "{err}");
+    assert!(text_out.contains("cost (the whole plan") && text_out.contains("490x644") && text_out.contains("not timed"), "{text_out}");
+}

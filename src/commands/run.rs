@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use robust_ssl::experiment::config::Loaded;
+use robust_ssl::experiment::cost::{self, Cost};
 use robust_ssl::experiment::execute::{self, Options, RunDir};
 use robust_ssl::experiment::plan::{shard_spec, Plan};
 use robust_ssl::experiment::store::Store;
@@ -27,9 +28,13 @@ pub struct RunArgs {
     /// evaluation, one EmbedAttack per task instead of one per image set. Same results.
     #[arg(long)]
     pub unshared: bool,
-    /// Plan and check only: print the work items and exit.
+    /// Plan and check only: print the work items and their cost (encoder passes per encoder and
+    /// input size, and hours estimated from a short calibration of each encoder) and exit.
     #[arg(long)]
     pub dry_run: bool,
+    /// With --dry-run: count the passes without timing the encoders.
+    #[arg(long, requires = "dry_run")]
+    pub no_calibrate: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -55,6 +60,14 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if a.dry_run {
         let plan = Plan::new(&Loaded::read(&a.experiment)?)?;
         let items = plan.shard(shard.0, shard.1);
+        let cost =
+            if a.no_calibrate { Cost { rows: cost::count(&plan)?, calibrations: Vec::new(), hours: None } } else { cost::estimate(&plan)? };
+        if a.json {
+            let items: Vec<_> = items.iter().map(|i| serde_json::json!({ "key": i.key, "work": plan.describe(i) })).collect();
+            let out = serde_json::json!({ "heads": plan.heads.len(), "items": items, "cells": plan.cells().len(), "cost": cost });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            return Ok(());
+        }
         println!(
             "{}: {} heads, {} work items ({} in shard {}/{}), {} result cells",
             a.experiment.display(),
@@ -68,6 +81,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         for item in items {
             println!("  {} {}", &item.key[..12], plan.describe(item));
         }
+        print_cost(&cost);
         return Ok(());
     }
     let (plan, dir, mut store) = prepare(&a.experiment, a.out.clone(), shard)?;
@@ -98,4 +112,26 @@ pub fn run(a: &RunArgs) -> Result<()> {
         println!("when every shard is done: robust-ssl merge {} && robust-ssl report {}", dir.root.display(), dir.root.display());
     }
     Ok(())
+}
+
+/// The cost table: passes per encoder and input size, the estimate, and what it was timed on.
+fn print_cost(cost: &Cost) {
+    println!("\ncost (the whole plan; encoder passes per input size):");
+    println!("  {:<24} {:>11} {:>14} {:>14} {:>10}", "encoder", "input", "forward", "backward", "hours");
+    for r in &cost.rows {
+        let hours = r.hours.map_or("–".to_string(), |h| format!("{h:.2}"));
+        println!("  {:<24} {:>11} {:>14} {:>14} {:>10}", r.encoder, format!("{}x{}", r.input.0, r.input.1), r.forward, r.backward, hours);
+    }
+    match cost.hours {
+        Some(h) => {
+            println!("  estimate: {h:.2} hours on this machine, one process (heads' own training and data loading not counted)");
+            for c in &cost.calibrations {
+                println!(
+                    "  calibration: {} at {}x{} on {}: {:.4} s forward, {:.4} s forward + backward per image",
+                    c.encoder, c.side, c.side, c.device, c.forward_s, c.forward_backward_s
+                );
+            }
+        }
+        None => println!("  (not timed: --no-calibrate)"),
+    }
 }

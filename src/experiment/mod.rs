@@ -5,6 +5,7 @@
 //! protocol switch (`protocol.rs`: ours or the study's) fills what a file or command leaves unset.
 
 pub mod config;
+pub mod cost;
 pub mod execute;
 pub mod export;
 pub mod plan;
