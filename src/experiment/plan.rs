@@ -154,7 +154,8 @@ impl Plan {
                         .transforms(task.task, enc.family, enc.patch_size, self.size)
                         .with_context(|| format!("{}: encoder '{}', task '{}'", l.path.display(), enc.name, task.name))?,
                 };
-                let window = task.window.or_else(|| self.protocol.window(task.task, enc.family, short_side(&transforms)));
+                let side = short_side(&transforms).or(self.size);
+                let window = task.window.or_else(|| self.protocol.window(task.task, enc.family, side));
                 self.inputs.insert((e, t), (transforms, window));
             }
             for (t, task) in self.tasks.iter().enumerate() {

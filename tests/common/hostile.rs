@@ -535,7 +535,7 @@ embed_scope = "shared"
 embed_target = "cls"
 "#;
     let mut seeds = vec![Seed { name: "small.toml".into(), bytes: small.as_bytes().to_vec() }];
-    for example in ["demo", "bench", "defense-study"] {
+    for example in ["demo", "demo-study", "bench", "defense-study"] {
         let p = repo_root().join("examples").join(format!("{example}.toml"));
         let Ok(text) = std::fs::read_to_string(&p) else { continue };
         let mut out = String::new();
