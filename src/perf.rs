@@ -91,6 +91,7 @@ fn study_pgd(steps: usize) -> crate::attacks::engine::AttackConfig {
         last_iterate: false,
         evaluate_last: false,
         window: None,
+        trace: false,
     }
 }
 

@@ -349,6 +349,25 @@ fn the_study_protocol_fills_what_is_not_given() {
     assert_eq!((cfg["window"].as_str(), cfg["last_iterate"].as_bool()), (Some("56:37"), Some(true)), "{cfg}");
     assert!((cfg["step_size"].as_f64().unwrap() - 2.0 / 255.0).abs() < 1e-9, "{cfg}");
     assert_eq!(attacked["protocol"], "study");
+    // The per-step curve: the starting point, then each step; the last is the attacked figure.
+    let traced = run(&[
+        "attack",
+        "--task",
+        "seg",
+        "--attack",
+        "segpgd",
+        "--steps",
+        "2",
+        "--curve",
+        "--dataset",
+        "synthetic-seg:4x84",
+        "--head",
+        &seg,
+    ]);
+    let curve = traced["curve"].as_array().unwrap();
+    assert_eq!(curve.len(), 3, "{traced}");
+    assert_eq!(curve[2], traced["adversarial"]["head"], "the last iterate's figures");
+    assert_eq!(traced["adversarial"], attacked["adversarial"], "tracing changes nothing");
     let (a, e) = (attacked["clean"]["head"]["miou"].as_f64().unwrap(), evaluated["head"]["miou"].as_f64().unwrap());
     assert!((a - e).abs() < 1e-6, "attacked as scored: {a} vs {e}");
     // Given on top of the protocol: the best point and ε/4.

@@ -48,6 +48,7 @@ fn config(norm: Norm, eps: f64, steps: usize, seed: u64) -> AttackConfig {
         last_iterate: false,
         evaluate_last: false,
         window: None,
+        trace: false,
     }
 }
 
@@ -622,4 +623,50 @@ fn probe_meta_depth() -> HeadMeta {
         pooling: None,
         ..probe_meta(16, Pooling::Cls)
     }
+}
+
+/// A traced attack shows every iterate — the starting point, then one per step — without
+/// changing the attack: the same outcome bit for bit; PGD's last iterate is the last shown, APGD
+/// shows as many; the starting point is within the budget; restarts are refused.
+#[test]
+fn a_traced_attack_shows_every_iterate_and_changes_nothing() {
+    let enc = encoder();
+    let x = images(2, 41);
+    let (seg, _) = random_dense_heads(43, DType::F32);
+    let mut rng = robust_ssl::rng::SplitMix64::new(47);
+    let labels: Vec<u32> = (0..2 * 28 * 28).map(|_| (rng.next_u64() % 5) as u32).collect();
+    let obj = SegPgd { head: &seg, labels, height: 28, width: 28, form: SegPgdForm::Paper };
+    let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for (method, last_iterate) in [(Method::Pgd, true), (Method::Pgd, false), (Method::Apgd, false)] {
+        let plain = AttackConfig { method, last_iterate, evaluate_last: true, ..config(Norm::Linf, 8.0 / 255.0, 4, 5) };
+        let traced = AttackConfig { trace: true, ..plain };
+        let mut seen: Vec<(usize, Tensor)> = Vec::new();
+        let a = attack(&enc, &obj, &x, &plain).unwrap();
+        let b = robust_ssl::attacks::engine::attack_observed(&enc, &obj, &x, &traced, &mut |step, t| {
+            seen.push((step, t.clone()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((bits(&a.adversarial), &a.loss), (bits(&b.adversarial), &b.loss), "{method:?}: tracing changes nothing");
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), (0..=4).collect::<Vec<_>>(), "{method:?}");
+        let start = (&seen[0].1 - &x).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(start > 0.0 && start <= 8.0 / 255.0 + 1e-6, "{method:?}: the random start, within ε: {start}");
+        if last_iterate {
+            assert_eq!(bits(&seen[4].1), bits(&b.adversarial), "the last iterate is the last shown");
+        }
+        let mut untouched = 0;
+        attack_observed_count(&enc, &obj, &x, &plain, &mut untouched);
+        assert_eq!(untouched, 0, "an untraced attack shows nothing");
+    }
+    let restarts = AttackConfig { trace: true, restarts: 2, ..config(Norm::Linf, 8.0 / 255.0, 2, 5) };
+    let err = robust_ssl::attacks::engine::attack_observed(&enc, &obj, &x, &restarts, &mut |_, _| Ok(())).err().unwrap().to_string();
+    assert!(err.contains("restarts = 1"), "{err}");
+}
+
+fn attack_observed_count(enc: &Encoder, obj: &dyn Objective, x: &Tensor, cfg: &AttackConfig, count: &mut usize) {
+    robust_ssl::attacks::engine::attack_observed(enc, obj, x, cfg, &mut |_, _| {
+        *count += 1;
+        Ok(())
+    })
+    .unwrap();
 }

@@ -519,6 +519,7 @@ heads = [{{ epochs = 2 }}]
 kinds = ["embed", "task"]
 eps = ["8/255"]
 steps = 2
+curve = true
 "#,
         enc = tiny_encoder(),
         cifar = fixture("data/cifar-10-batches-bin")
@@ -590,12 +591,22 @@ steps = 2
         assert!((clean - e).abs() <= 1e-6 * e.abs().max(1.0), "{task}: the run's clean {clean}, eval's {e}");
         let attacked = ok_json(&[&["attack", "--attack", attack, "--steps", "2", "--batch-size", "3"][..], &common[..]].concat());
         let run_cell = &cell(task, Some(attack))["result"];
+        // The per-step curve: the starting point and two steps; the last iterate is the attacked one.
+        let curve = run_cell["curve"].as_array().unwrap();
+        assert_eq!((curve.len(), &curve[2]), (3, &run_cell["adversarial"]["head"]), "{task}: {run_cell}");
         for side in ["clean", "adversarial"] {
             let (r, c) = (run_cell[side]["head"][metric].as_f64().unwrap(), attacked[side]["head"][metric].as_f64().unwrap());
             assert!((r - c).abs() <= 1e-5 * c.abs().max(1.0), "{task} {side}: the run's {r}, the attack command's {c}");
         }
     }
 
+    let report = tmp.path().join("report");
+    ok_json(&["report", out.to_str().unwrap(), "--out", report.to_str().unwrap(), "--json"]);
+    let curves: Vec<String> =
+        std::fs::read_dir(report.join("curves")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    assert!(curves.iter().any(|c| c.starts_with("seg-") && c.ends_with("-per-step.svg")), "{curves:?}");
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    assert!(md.contains("mIoU ↑ after each step") && md.contains("| protocol | study |"), "{md}");
     for (name, edit, expected) in [
         (
             "window.toml",

@@ -34,8 +34,10 @@ pub(super) fn apgd(
     active: Vec<usize>,
     best: &mut Best,
     sanity: &mut Sanity,
+    see: &mut super::engine::Seen,
 ) -> Result<()> {
     let n = active.len();
+    see(0, &delta)?;
     let per = p.per;
     let (first, min_span, decrease) = schedule(cfg.steps);
     let (ev, mut grad) = p.evaluate(&delta, &active, 0, cfg.steps, true)?;
@@ -66,6 +68,7 @@ pub(super) fn apgd(
             p.project(i, &mut next, sanity)?;
             delta[i] = next;
         }
+        see(it + 1, &delta)?;
         let (ev, g) = p.evaluate(&delta, &active, it + 1, cfg.steps, true)?;
         grad = g;
         p.offer(best, &delta, &active, &ev, sanity);

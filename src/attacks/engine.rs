@@ -7,7 +7,7 @@
 //! gradient masking.
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 use super::objective::Objective;
 use super::problem::{Best, Problem};
@@ -19,8 +19,26 @@ use crate::rng::SplitMix64;
 pub use super::problem::{Outcome, Sanity};
 pub use super::spec::{AttackConfig, Method};
 
+/// Sees every iterate of a traced attack (`cfg.trace`): the step (0 = the starting point) and
+/// the whole batch's current images `[B, 3, H, W]`.
+pub type Observer<'a> = dyn FnMut(usize, &Tensor) -> Result<()> + 'a;
+
 /// Attacks `images` (`[B, 3, H, W]` in [0,1]) for `objective` through `enc`.
 pub fn attack(enc: &Encoder, objective: &dyn Objective, images: &Tensor, cfg: &AttackConfig) -> Result<Outcome> {
+    attack_observed(enc, objective, images, cfg, &mut |_, _| Ok(()))
+}
+
+/// [`attack`], showing `observe` every iterate when `cfg.trace` (one run: restarts = 1).
+pub fn attack_observed(
+    enc: &Encoder,
+    objective: &dyn Objective,
+    images: &Tensor,
+    cfg: &AttackConfig,
+    observe: &mut Observer,
+) -> Result<Outcome> {
+    if cfg.trace && cfg.restarts > 1 {
+        bail!("a traced attack follows one run: restarts = 1, not {}", cfg.restarts);
+    }
     let (b, c, h, w) = images.dims4()?;
     let per = c * h * w;
     let x: Vec<f32> = images.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
@@ -46,14 +64,22 @@ pub fn attack(enc: &Encoder, objective: &dyn Objective, images: &Tensor, cfg: &A
         if active.is_empty() {
             break;
         }
+        let mut see = |step: usize, delta: &[Vec<f32>]| -> Result<()> {
+            if cfg.trace {
+                observe(step, &p.images(delta)?)?;
+            }
+            Ok(())
+        };
         match cfg.method {
-            Method::Pgd => pgd(&p, cfg, delta, active, &mut best, &mut sanity)?,
-            Method::Apgd => super::apgd::apgd(&p, cfg, delta, active, &mut best, &mut sanity)?,
+            Method::Pgd => pgd(&p, cfg, delta, active, &mut best, &mut sanity, &mut see)?,
+            Method::Apgd => super::apgd::apgd(&p, cfg, delta, active, &mut best, &mut sanity, &mut see)?,
         }
     }
-    let adv: Vec<f32> = (0..b).flat_map(|i| p.clean(i).iter().zip(&best.delta[i]).map(|(a, d)| a + d).collect::<Vec<_>>()).collect();
-    Ok(Outcome { adversarial: Tensor::from_vec(adv, (b, c, h, w), &Device::Cpu)?, loss: best.loss, success: best.success, sanity })
+    Ok(Outcome { adversarial: p.images(&best.delta)?, loss: best.loss, success: best.success, sanity })
 }
+
+/// What the schedules call with each iterate: the step and every sample's δ.
+pub(super) type Seen<'a> = dyn FnMut(usize, &[Vec<f32>]) -> Result<()> + 'a;
 
 /// Fixed-step projected gradient ascent; with early stop, samples leave once they reach the goal.
 fn pgd(
@@ -63,9 +89,15 @@ fn pgd(
     mut active: Vec<usize>,
     best: &mut Best,
     sanity: &mut Sanity,
+    see: &mut Seen,
 ) -> Result<()> {
     for step in 0..=cfg.steps {
+        see(step, &delta)?;
         if active.is_empty() {
+            // Every sample reached the goal: the later iterates are this one.
+            for later in step + 1..=cfg.steps {
+                see(later, &delta)?;
+            }
             break;
         }
         let last = step == cfg.steps;

@@ -198,6 +198,13 @@ impl Problem<'_> {
         &self.x[i * self.per..(i + 1) * self.per]
     }
 
+    /// The whole batch at `delta`: `[B, C, H, W]` on the CPU.
+    pub(super) fn images(&self, delta: &[Vec<f32>]) -> Result<Tensor> {
+        let (c, h, w) = self.dims;
+        let adv: Vec<f32> = delta.iter().enumerate().flat_map(|(i, d)| self.clean(i).iter().zip(d).map(|(a, d)| a + d)).collect();
+        Ok(Tensor::from_vec(adv, (delta.len(), c, h, w), &Device::Cpu)?)
+    }
+
     /// The objective at `x + delta[i]` for the samples `active`, and with `grad` the pixel
     /// gradient of each (`per` values per active sample): the pipeline *pixels → normalize →
     /// encoder → head* forward (the encoder normalizes; the objective holds the head), then back.

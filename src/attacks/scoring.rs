@@ -9,14 +9,14 @@ use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
 
 use super::embed::{Distance, EmbedAttack, EmbedTarget};
-use super::engine::{attack, AttackConfig, Outcome};
+use super::engine::{attack_observed, AttackConfig, Outcome};
 use super::objective::Objective;
 use super::spec::{AttackKind, AttackSpec, LossOptions};
 use crate::data::transform::{load_batch, load_images_only, Transform};
 use crate::data::Dataset;
 use crate::encoder::{Encoder, Tokens};
 use crate::features::{targets_of, Batch, Targets};
-use crate::heads::evaluate::{ScoreState, Scorer};
+use crate::heads::evaluate::{Metrics, ScoreState, Scorer};
 use crate::heads::head::TrainedHead;
 use crate::heads::sliding::{dense_forward, tokens_of, Tiling};
 use crate::heads::trainer::target_size;
@@ -71,8 +71,44 @@ fn resolve_target(target: EmbedTarget, heads: &[ScoredHead]) -> Result<EmbedTarg
 pub struct HeadScores {
     pub clean: ScoreState,
     pub adversarial: ScoreState,
+    /// With a traced attack: the scores of every iterate (step 0 = the starting point).
+    pub curve: Vec<ScoreState>,
     pub clean_output: Tensor,
     pub adversarial_output: Tensor,
+}
+
+/// A per-step curve summed over batches: a scorer per step (step 0 = the starting point).
+pub struct Curve<'a> {
+    head: &'a TrainedHead,
+    name: &'a str,
+    steps: Vec<Scorer<'a>>,
+}
+
+impl<'a> Curve<'a> {
+    pub fn new(head: &'a TrainedHead, name: &'a str) -> Curve<'a> {
+        Curve { head, name, steps: Vec::new() }
+    }
+
+    /// Adds one batch's scores of every step.
+    pub fn add(&mut self, states: &[ScoreState]) -> Result<()> {
+        while self.steps.len() < states.len() {
+            self.steps.push(Scorer::new(self.head, self.name)?);
+        }
+        for (scorer, state) in self.steps.iter_mut().zip(states) {
+            scorer.merge(state)?;
+        }
+        Ok(())
+    }
+
+    /// The summed scores of every step (to store a batch's).
+    pub fn states(&self) -> Vec<ScoreState> {
+        self.steps.iter().map(|s| s.state().clone()).collect()
+    }
+
+    /// The head's metrics after every step; empty when nothing was traced.
+    pub fn finish(self) -> Result<Vec<Metrics>> {
+        self.steps.into_iter().map(|s| Ok(s.finish()?.head)).collect()
+    }
 }
 
 /// The attack's outcome and, when scored, every head's scores in the order given.
@@ -109,26 +145,39 @@ pub fn attack_batch(
             kind.objective(h.head, h.targets, loss)?
         }
     };
-    let mut outcome = attack(enc, objective.as_ref(), images, cfg)?;
+    let n = images.dim(0)?;
+    // How head `h` scores images whose tokens are `tokens`.
+    let score_on = |h: &ScoredHead, tokens: &Tokens| -> Result<(ScoreState, Tensor)> {
+        let batch = Batch::read(tokens, h.head.meta.reads())?.to_device(&Device::Cpu)?;
+        let out = dense_forward(&h.head.head, &batch, target_size(h.targets), windows)?;
+        let mut scorer = Scorer::new(h.head, h.name)?;
+        scorer.add(&out, h.targets, n)?;
+        Ok((scorer.state().clone(), out))
+    };
+    // Per-step curves: every iterate scored on every head (one more forward pass per step).
+    let mut curves: Vec<Vec<ScoreState>> = vec![Vec::new(); heads.len()];
+    let mut observe = |_step: usize, current: &Tensor| -> Result<()> {
+        if !score {
+            return Ok(());
+        }
+        let tokens = tokens_of(enc, current, windows)?;
+        for (h, curve) in heads.iter().zip(curves.iter_mut()) {
+            curve.push(score_on(h, &tokens)?.0);
+        }
+        Ok(())
+    };
+    let mut outcome = attack_observed(enc, objective.as_ref(), images, cfg, &mut observe)?;
     let Some(clean) = clean.filter(|_| score) else { return Ok(AttackedBatch { outcome, heads: Vec::new() }) };
     let adversarial = tokens_of(enc, &outcome.adversarial, windows)?;
-    let n = images.dim(0)?;
     let mut scored = Vec::with_capacity(heads.len());
-    for h in heads {
-        let size = target_size(h.targets);
-        let one = |tokens: &Tokens| -> Result<(ScoreState, Tensor)> {
-            let batch = Batch::read(tokens, h.head.meta.reads())?.to_device(&Device::Cpu)?;
-            let out = dense_forward(&h.head.head, &batch, size, windows)?;
-            let mut scorer = Scorer::new(h.head, h.name)?;
-            scorer.add(&out, h.targets, n)?;
-            Ok((scorer.state().clone(), out))
-        };
+    for (h, curve) in heads.iter().zip(curves) {
+        let one = |tokens: &Tokens| score_on(h, tokens);
         let (c, clean_output) = one(&clean)?;
         if h.head.meta.task != crate::heads::head::Task::Depth {
             outcome.sanity.probability_outputs += super::problem::probability_rows(&clean_output)?;
         }
         let (a, adversarial_output) = one(&adversarial)?;
-        scored.push(HeadScores { clean: c, adversarial: a, clean_output, adversarial_output });
+        scored.push(HeadScores { clean: c, adversarial: a, curve, clean_output, adversarial_output });
     }
     Ok(AttackedBatch { outcome, heads: scored })
 }

@@ -211,6 +211,10 @@ pub struct AttackSpec {
     /// The point returned: `best` (default) or `last`.
     #[serde(default, skip_serializing_if = "Iterate::is_best")]
     pub iterate: Iterate,
+    /// Record the task metric of every scored head after every step (the study's per-step
+    /// evaluation; one more forward pass per step).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub curve: bool,
 }
 
 /// The default step as written: `eps/4`.
@@ -261,6 +265,7 @@ impl AttackSpec {
             segpgd: SegPgdForm::Paper,
             ce_scaling: false,
             iterate: Iterate::Best,
+            curve: false,
         }
     }
 
@@ -279,6 +284,7 @@ impl AttackSpec {
             last_iterate: self.iterate == Iterate::Last,
             evaluate_last: true,
             window: None,
+            trace: self.curve,
         }
     }
 
@@ -291,6 +297,9 @@ impl AttackSpec {
     pub fn check(&self) -> Result<()> {
         if self.kind == AttackKind::Embed && self.embed_scope == EmbedScope::Shared && self.embed_target == EmbedTarget::Task {
             bail!("a shared EmbedAttack perturbation is scored on every task of its images: it needs one stated embed_target (cls, patch, patch-prenorm or both), not 'task'");
+        }
+        if self.curve && self.restarts > 1 {
+            bail!("a per-step curve follows one run of the attack: it needs restarts = 1, not {}", self.restarts);
         }
         if self.iterate == Iterate::Last && self.kind == AttackKind::Apgd {
             bail!("iterate = last does not fit APGD, which restarts from its best point by design; use pgd or task");
@@ -331,6 +340,10 @@ pub struct AttackConfig {
     /// forward per image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<crate::heads::sliding::Window>,
+    /// Show every iterate (the starting point, then after each step) to the caller's observer
+    /// (`engine::attack_observed`): per-step curves.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub trace: bool,
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use super::cross_task::{AlsoHead, AlsoReport, AlsoSpec, CrossTask};
 use super::features::FeatureArgs;
 use robust_ssl::attacks::embed::{Distance, EmbedScope, EmbedTarget};
 use robust_ssl::attacks::engine::{AttackConfig, Sanity};
-use robust_ssl::attacks::scoring::{attack_batch, Aim, ScoredHead};
+use robust_ssl::attacks::scoring::{attack_batch, Aim, Curve, ScoredHead};
 use robust_ssl::attacks::segpgd::SegPgdForm;
 use robust_ssl::attacks::spec::{AttackKind, AttackSpec, Iterate, StepSize};
 use robust_ssl::attacks::strips::attack_strip;
@@ -21,7 +21,7 @@ use robust_ssl::attacks::threat::{parse_amount, Norm};
 use robust_ssl::data::transform::{by_size, load_batch, load_images_only, resizes};
 use robust_ssl::data::Split;
 use robust_ssl::features::{targets_of, Targets};
-use robust_ssl::heads::evaluate::{Evaluation, Scorer};
+use robust_ssl::heads::evaluate::{Evaluation, Metrics, Scorer};
 use robust_ssl::heads::head::{Task, TrainedHead};
 use robust_ssl::heads::sliding::Window;
 use robust_ssl::heads::trainer::check_features;
@@ -82,6 +82,10 @@ pub struct AttackArgs {
     /// default: the protocol's.
     #[arg(long, value_parser = choice::<Iterate>())]
     pub iterate: Option<Iterate>,
+    /// Record the head's metric after every step (the study's per-step evaluation; one more
+    /// forward pass per step), printed as a curve.
+    #[arg(long)]
+    pub curve: bool,
     /// Images attacked together.
     #[arg(long, default_value_t = AttackSpec::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
@@ -114,6 +118,9 @@ struct Report {
     /// Mean over images of the objective at the chosen adversarial points.
     mean_objective: f64,
     sanity: Sanity,
+    /// With --curve: the head's metrics after every step (0 = the starting point).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    curve: Vec<Metrics>,
     /// The same perturbations scored on the `--also` heads.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     also: Vec<AlsoReport>,
@@ -147,6 +154,7 @@ impl AttackArgs {
             segpgd: self.segpgd.unwrap_or(defaults.segpgd),
             ce_scaling: self.ce_scaling.unwrap_or(defaults.ce_scaling),
             iterate: self.iterate.unwrap_or(protocol.iterate(self.attack)),
+            curve: self.curve,
         })
     }
 }
@@ -190,6 +198,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     let mut sanity_all = Sanity::default();
     let mut objective_sum = 0.0;
     let mut saved = 0;
+    let mut curve = Curve::new(&head, &file);
     if let Some(dir) = &a.save_examples {
         if !dir.is_dir() {
             bail!("{}: the --save-examples folder does not exist", dir.display());
@@ -217,6 +226,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
             }));
             let done = attack_batch(enc, &images, Aim::of(&spec, 0), &heads, &engine(b), true)?;
             b += 1;
+            curve.add(&done.heads[0].curve)?;
             clean_scores.merge(&done.heads[0].clean)?;
             adv_scores.merge(&done.heads[0].adversarial)?;
             cross.add(&done.heads[1..])?;
@@ -253,6 +263,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         adversarial: adv_scores.finish()?,
         mean_objective: objective_sum / prep.request.indices.len() as f64,
         sanity: sanity_all,
+        curve: curve.finish()?,
         also: cross.finish(&prep)?,
     };
     if a.json {
@@ -271,6 +282,9 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         );
         println!("  clean:       {}", super::eval::one_line(&report.clean.head));
         println!("  adversarial: {}", super::eval::one_line(&report.adversarial.head));
+        for (step, m) in report.curve.iter().enumerate() {
+            println!("  step {step:>3}:    {}", super::eval::one_line(m));
+        }
         println!(
             "  baseline:    {} ({})",
             super::eval::one_line(&report.clean.baseline),

@@ -201,6 +201,7 @@ impl CommonArgs {
             last_iterate: true,
             evaluate_last: false,
             window: None,
+            trace: false,
         })
     }
 }

@@ -219,6 +219,10 @@ pub struct AttackTable {
     pub ce_scaling: Option<bool>,
     /// The point returned: best or last (default: the protocol's).
     pub iterate: Option<Iterate>,
+    /// Record each scored head's metric after every step (the study's per-step evaluation),
+    /// drawn as metric-vs-step curves in the report.
+    #[serde(default)]
+    pub curve: bool,
 }
 
 fn default_norm() -> OneOrMany<Norm> {
@@ -399,6 +403,9 @@ impl Loaded {
             self.step_size(a)?;
             if a.steps.to_vec().contains(&0) || a.seeds.to_vec().is_empty() || a.restarts == 0 {
                 bail!("{file}: an [[attack]] block needs steps >= 1, restarts >= 1 and at least one seed");
+            }
+            if a.curve && a.restarts > 1 {
+                bail!("{file}: an [[attack]] block with curve = true follows one run of each attack: it needs restarts = 1");
             }
             if a.iterate == Some(Iterate::Last) && a.kinds.contains(&AttackKind::Apgd) {
                 bail!("{file}: an [[attack]] block with iterate = \"last\" cannot run apgd, which restarts from its best point by design");

@@ -16,7 +16,7 @@ use super::plan::{key_of, Item, Plan, Work};
 use super::store::{CellResult, CellRow, CellState, Example, HeadRecord, Store};
 use crate::attacks::engine::AttackConfig;
 use crate::attacks::engine::Sanity;
-use crate::attacks::scoring::{attack_batch, labels_of_same_images, Aim, AttackedBatch, ScoredHead};
+use crate::attacks::scoring::{attack_batch, labels_of_same_images, Aim, AttackedBatch, Curve, ScoredHead};
 use crate::attacks::strips::attack_strip;
 use crate::data::transform::{by_size, load_batch, load_images_only, resizes};
 use crate::encoder::{Encoder, LoadOptions};
@@ -67,6 +67,9 @@ impl RunDir {
 #[derive(Serialize, Deserialize)]
 struct BatchState {
     scores: Vec<(ScoreState, ScoreState)>,
+    /// Per scored head, with a per-step curve: the scores of every iterate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    curves: Vec<Vec<ScoreState>>,
     objective_sum: f64,
     sanity: Sanity,
 }
@@ -223,7 +226,14 @@ impl Runner<'_> {
             }
         };
         let cell = &item.cells[0];
-        let result = CellResult { samples: evaluation.samples, clean: evaluation, adversarial: None, mean_objective: None, sanity: None };
+        let result = CellResult {
+            samples: evaluation.samples,
+            clean: evaluation,
+            adversarial: None,
+            mean_objective: None,
+            sanity: None,
+            curve: None,
+        };
         self.store.put_cells(&item.key, &[CellRow { key: cell.key.clone(), labels: cell.labels.clone(), result }])
     }
 
@@ -285,6 +295,7 @@ impl Runner<'_> {
             let mut merged: Vec<(Scorer, Scorer)> =
                 scored.iter().map(|&(_, head, cell)| Ok((Scorer::new(head, cell)?, Scorer::new(head, cell)?))).collect::<Result<_>>()?;
             let (mut sanity, mut objective_sum) = (Sanity::default(), 0.0);
+            let mut curves: Vec<Curve> = scored.iter().map(|&(_, head, cell)| Curve::new(head, cell)).collect();
             let mut examples = Vec::new();
             for (group_ids, samples) in groups {
                 let group_ids = group_ids.as_slice();
@@ -310,15 +321,17 @@ impl Runner<'_> {
                 if b == 0 && single && window.is_none() {
                     examples = strips(plan.examples, group_ids, &images, &done, &heads, params.eps)?;
                 }
-                for ((c, a), s) in merged.iter_mut().zip(&done.heads) {
+                for (((c, a), curve), s) in merged.iter_mut().zip(curves.iter_mut()).zip(&done.heads) {
                     c.merge(&s.clean)?;
                     a.merge(&s.adversarial)?;
+                    curve.add(&s.curve)?;
                 }
                 sanity.merge(&done.outcome.sanity);
                 objective_sum += done.outcome.loss.iter().sum::<f64>();
             }
             let scores = merged.iter().map(|(c, a)| (c.state().clone(), a.state().clone())).collect();
-            let state = BatchState { scores, objective_sum, sanity };
+            let curves = if params.curve { curves.iter().map(Curve::states).collect() } else { Vec::new() };
+            let state = BatchState { scores, curves, objective_sum, sanity };
             self.store.put_partial(&exec, b, &serde_json::to_string(&state)?, &examples)?;
             bar.inc(1);
         }
@@ -342,6 +355,7 @@ impl Runner<'_> {
         let mut objective_sum = 0.0;
         let mut merged: Vec<(Scorer, Scorer)> =
             scored.iter().map(|&(_, head, cell)| Ok((Scorer::new(head, cell)?, Scorer::new(head, cell)?))).collect::<Result<_>>()?;
+        let mut curves: Vec<Curve> = scored.iter().map(|&(_, head, cell)| Curve::new(head, cell)).collect();
         for (b, text) in &states {
             let s: BatchState =
                 serde_json::from_str(text).with_context(|| format!("{}: batch {b} of item {exec}", self.store.path().display()))?;
@@ -351,10 +365,13 @@ impl Runner<'_> {
                 c.merge(sc)?;
                 a.merge(sa)?;
             }
+            for (curve, states) in curves.iter_mut().zip(&s.curves) {
+                curve.add(states)?;
+            }
         }
         let samples = indices.len();
         let mut rows = Vec::new();
-        for ((c, a), &(_, _, cell)) in merged.into_iter().zip(scored) {
+        for (((c, a), curve), &(_, _, cell)) in merged.into_iter().zip(curves).zip(scored) {
             let labels = &item.cells.iter().find(|x| x.key == cell).expect("a cell of the item").labels;
             let result = CellResult {
                 samples,
@@ -362,6 +379,7 @@ impl Runner<'_> {
                 adversarial: Some(a.finish()?),
                 mean_objective: Some(objective_sum / samples as f64),
                 sanity: Some(sanity.clone()),
+                curve: if params.curve { Some(curve.finish()?) } else { None },
             };
             rows.push(CellRow { key: cell.to_string(), labels: labels.clone(), result });
         }

@@ -384,6 +384,7 @@ impl Plan {
                                     segpgd: a.segpgd.unwrap_or(defaults.segpgd),
                                     ce_scaling: a.ce_scaling.unwrap_or(defaults.ce_scaling),
                                     iterate: a.iterate.unwrap_or(self.protocol.iterate(kind)),
+                                    curve: a.curve,
                                 };
                                 if !settings.contains(&p) {
                                     settings.push(p);

@@ -60,6 +60,9 @@ pub struct CellResult {
     pub mean_objective: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sanity: Option<Sanity>,
+    /// With a per-step curve: the head's metrics after every step (0 = the starting point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curve: Option<Vec<Metrics>>,
 }
 
 impl CellResult {
@@ -95,6 +98,11 @@ impl CellResult {
                 if let Some((name, v)) = m.figures().into_iter().find(|(_, v)| !v.is_finite()) {
                     return Some(format!("{which} {part} {name} = {v}"));
                 }
+            }
+        }
+        for (step, m) in self.curve.iter().flatten().enumerate() {
+            if let Some((name, v)) = m.figures().into_iter().find(|(_, v)| !v.is_finite()) {
+                return Some(format!("step {step} {name} = {v}"));
             }
         }
         let mut others = self.mean_objective.map(|v| ("mean objective", v)).into_iter().collect::<Vec<_>>();
@@ -466,7 +474,7 @@ mod tests {
         let row = |accuracy| CellRow {
             key: "k".into(),
             labels: labels.clone(),
-            result: CellResult { samples: 2, clean: eval(accuracy), adversarial: None, mean_objective: None, sanity: None },
+            result: CellResult { samples: 2, clean: eval(accuracy), adversarial: None, mean_objective: None, sanity: None, curve: None },
         };
         let err = store.put_cells("item", &[row(f64::NAN)]).unwrap_err().to_string();
         assert!(err.contains(&path.display().to_string()) && err.contains("cell k") && err.contains("clean head accuracy = NaN"), "{err}");

@@ -124,7 +124,7 @@ pub fn write(store: &Store, out: &Path) -> Result<ReportFiles> {
     let experiment: Option<Experiment> = store.meta("experiment")?.and_then(|text| toml::from_str(&text).ok());
     let protocol = super::protocol::tables(&r, &store.heads()?, experiment.as_ref());
     let mut charts = Vec::new();
-    for (file, chart) in tables::charts(&r) {
+    for (file, chart) in tables::charts(&r).into_iter().chain(tables::step_charts(&r)) {
         let svg = super::plots::svg(&chart)?;
         let png = super::plots::png(&chart)?;
         crate::atomic::write(&out.join(format!("curves/{file}.png")), &png)?;

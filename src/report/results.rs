@@ -301,8 +301,14 @@ mod tests {
                 attacked: Some("t".into()),
                 params: Some(p),
             };
-            let result =
-                CellResult { samples: 4, clean: accuracy(1.0), adversarial: Some(accuracy(adv)), mean_objective: Some(1.0), sanity: None };
+            let result = CellResult {
+                samples: 4,
+                clean: accuracy(1.0),
+                adversarial: Some(accuracy(adv)),
+                mean_objective: Some(1.0),
+                sanity: None,
+                curve: None,
+            };
             store.put_cells(key, &[CellRow { key: key.into(), labels: labels.clone(), result }]).unwrap();
             plan.push((key.to_string(), labels));
         }

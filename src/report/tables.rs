@@ -244,28 +244,78 @@ pub fn charts(r: &Results) -> Vec<(String, Chart)> {
             if pct {
                 series.iter_mut().for_each(|s| s.points.iter_mut().for_each(|p| p.1 *= 100.0));
             }
-            // The default setting keeps its short name; others add what differs.
-            let text = setting.text();
-            let extra = text
-                .split_once(", ")
-                .map(|(_, rest)| format!("-{}", rest.replace(|c: char| !c.is_ascii_alphanumeric(), "_")))
-                .unwrap_or_default();
-            let file =
-                format!("{}-{}-{}steps{extra}", head.replace(|c: char| !c.is_ascii_alphanumeric(), "_"), setting.norm, setting.steps);
+            let file = chart_file(head, &setting);
             out.push((
                 file,
                 Chart {
                     title: format!("{head}: {} vs ε ({})", metric_name(metric), setting.text()),
                     x_label: if linf { "ε (× 1/255)".into() } else { "ε (L2)".into() },
-                    y_label: match metric {
-                        "accuracy" => "accuracy (%)".into(),
-                        "miou" => "mIoU (%)".into(),
-                        _ => "RMSE (m)".into(),
-                    },
+                    y_label: y_label(metric),
                     series,
                 },
             ));
         }
     }
     out
+}
+
+/// A chart's file name: the head and the setting (the default keeps its short name; others add
+/// what differs).
+fn chart_file(head: &str, setting: &Setting) -> String {
+    let text = setting.text();
+    let extra =
+        text.split_once(", ").map(|(_, rest)| format!("-{}", rest.replace(|c: char| !c.is_ascii_alphanumeric(), "_"))).unwrap_or_default();
+    format!("{}-{}-{}steps{extra}", head.replace(|c: char| !c.is_ascii_alphanumeric(), "_"), setting.norm, setting.steps)
+}
+
+/// A chart's axis for `metric`: percentages for accuracy and mIoU.
+fn y_label(metric: &str) -> String {
+    match metric {
+        "accuracy" => "accuracy (%)".into(),
+        "miou" => "mIoU (%)".into(),
+        _ => "RMSE (m)".into(),
+    }
+}
+
+/// Metric-vs-step curves of the attacks that recorded one (the study's per-step evaluation): a
+/// chart per head and setting, a line per encoder, attack and ε (the first seed's), step 0 being
+/// the starting point.
+pub fn step_charts(r: &Results) -> Vec<(String, Chart)> {
+    let mut groups: Vec<(String, Setting, &'static str, Vec<Series>)> = Vec::new();
+    for e in r.entries.iter().filter(|e| e.labels.condition == Condition::Attack && e.own()) {
+        let (Some(curve), Some(setting), Some(params)) = (&e.row.result.curve, e.setting(), &e.labels.params) else { continue };
+        let metric = e.metric();
+        let scale = if matches!(metric, "accuracy" | "miou") { 100.0 } else { 1.0 };
+        let points: Vec<(f64, f64)> = curve
+            .iter()
+            .enumerate()
+            .filter_map(|(step, m)| m.figures().into_iter().find(|(n, _)| *n == metric).map(|(_, v)| (step as f64, v * scale)))
+            .collect();
+        let head = r.head_label(e);
+        let attack = e.labels.attack.map_or("attack".to_string(), |a| a.display_name().to_string());
+        let name = format!("{} · {attack} · ε {}", e.labels.encoder, params.eps_text);
+        let at = match groups.iter().position(|g| g.0 == head && g.1 == setting) {
+            Some(i) => i,
+            None => {
+                groups.push((head, setting, metric, Vec::new()));
+                groups.len() - 1
+            }
+        };
+        if !groups[at].3.iter().any(|s| s.name == name) {
+            groups[at].3.push(Series { name, points });
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(head, setting, metric, series)| {
+            let file = format!("{}-per-step", chart_file(&head, &setting));
+            let chart = Chart {
+                title: format!("{head}: {} after each step ({})", metric_name(metric), setting.text()),
+                x_label: "step".into(),
+                y_label: y_label(metric),
+                series,
+            };
+            (file, chart)
+        })
+        .collect()
 }
