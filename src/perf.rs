@@ -99,12 +99,26 @@ fn study_pgd(steps: usize) -> crate::attacks::engine::AttackConfig {
 /// 2/255, `steps` steps on a batch of random images; the time covers the whole attack (random
 /// start, every forward and reverse pass, projections and bookkeeping) divided by its steps.
 pub fn attack_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize) -> Result<f64> {
+    window_attack_steps_per_s(enc, batch, (size, size), None, steps)
+}
+
+/// [`attack_steps_per_s`] on whole `h × w` images seen through `window` (every step goes through
+/// every window and back: the cost of a whole image against one crop).
+pub fn window_attack_steps_per_s(
+    enc: &Encoder,
+    batch: usize,
+    (h, w): (usize, usize),
+    window: Option<crate::heads::sliding::Window>,
+    steps: usize,
+) -> Result<f64> {
     use crate::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
     use crate::attacks::engine::attack;
-    let x = Tensor::rand(0f32, 1f32, (batch, 3, size, size), &candle_core::Device::Cpu)?;
-    let clean = enc.forward(&x.to_device(enc.vit.device())?)?;
+    use crate::heads::sliding::{tokens_of, Tiling};
+    let x = Tensor::rand(0f32, 1f32, (batch, 3, h, w), &candle_core::Device::Cpu)?;
+    let tiling = window.map(|win| Tiling::new(h, w, win, enc.config().patch_size)).transpose()?;
+    let clean = tokens_of(enc, &x, tiling.as_ref())?;
     let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse)?;
-    let cfg = study_pgd(steps);
+    let cfg = crate::attacks::engine::AttackConfig { window, ..study_pgd(steps) };
     let t0 = Instant::now();
     let out = attack(enc, &obj, &x, &cfg)?;
     synchronize(enc.vit.device())?;

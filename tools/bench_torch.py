@@ -29,6 +29,10 @@ def main():
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--attack-steps", type=int, default=0,
                    help="also time an EmbedAttack PGD loop (L-inf 8/255, step 2/255) of this many steps")
+    p.add_argument("--window", default=None,
+                   help="with --attack-steps: also time the attack on whole --image images through mmseg's sliding "
+                        "windows CROP:STRIDE (windows batched, outputs per window, autograd through the cut)")
+    p.add_argument("--image", default=None, help="HxW of the whole images for --window (default: --size square)")
     p.add_argument("--finetune-steps", type=int, default=0,
                    help="also time DeACL fine-tuning steps (after one untimed step)")
     a = p.parse_args()
@@ -82,6 +86,43 @@ def main():
             m(ref.normalize(x + delta))
         return a.attack_steps / (time.perf_counter() - t0)
 
+    def window_attack_steps_per_s(xs, crop, stride):
+        """The reference loop through mmseg's sliding windows (slide_inference's positions):
+        per step the windows of every image as one batch, a forward, the loss over every
+        window's tokens, a backward to the whole images through the cut; then a final forward."""
+        _, _, h, w = xs.shape
+
+        def spans(n):
+            grids = max(n - crop + stride - 1, 0) // stride + 1
+            out = []
+            for i in range(grids):
+                end = min(i * stride + crop, n)
+                out.append((max(end - crop, 0), end))
+            return out
+
+        boxes = [(y0, y1, x0, x1) for (y0, y1) in spans(h) for (x0, x1) in spans(w)]
+
+        def cut(img):
+            return torch.cat([img[:, :, y0:y1, x0:x1] for (y0, y1, x0, x1) in boxes])
+
+        with torch.no_grad():
+            c0, p0 = m(ref.normalize(cut(xs)))
+        eps, alpha = 8 / 255, 2 / 255
+        t0 = time.perf_counter()
+        delta = (torch.rand_like(xs) * 2 - 1) * eps
+        delta = (xs + delta).clamp(0, 1) - xs
+        for _ in range(a.attack_steps):
+            d = delta.clone().requires_grad_(True)
+            cls, patch = m(ref.normalize(cut(xs + d)))
+            loss = ((cls - c0) ** 2).mean(-1).sum() + ((patch - p0) ** 2).mean((-1, -2)).sum()
+            (g,) = torch.autograd.grad(loss, d)
+            with torch.no_grad():
+                delta = (delta + alpha * g.sign()).clamp(-eps, eps)
+                delta = (xs + delta).clamp(0, 1) - xs
+        with torch.no_grad():
+            m(ref.normalize(cut(xs + delta)))
+        return a.attack_steps / (time.perf_counter() - t0), len(boxes)
+
     def finetune_steps_per_s():
         """DeACL as the reference trains: frozen teacher, trainable student copy; per step the
         teacher's CLS, a 5-step PGD (8/255, 2/255, random start) maximising 1 - cos(s(x'), t(x))
@@ -127,6 +168,14 @@ def main():
         out["attack_steps_per_s"] = attack_steps_per_s()
     if a.finetune_steps:
         out["finetune_steps_per_s"] = finetune_steps_per_s()
+    if a.window and a.attack_steps:
+        crop, stride = (int(v) for v in a.window.split(":"))
+        h, w = (int(v) for v in a.image.split("x")) if a.image else (a.size, a.size)
+        x_crop = torch.rand(a.batch, 3, crop, crop)
+        one, _ = window_attack_steps_per_s(x_crop, crop, stride)
+        whole, n = window_attack_steps_per_s(torch.rand(a.batch, 3, h, w), crop, stride)
+        out["windows"] = {"window": a.window, "image": [h, w], "windows": n, "one_crop_steps_per_s": one,
+                          "whole_image_steps_per_s": whole, "cost_ratio": one / whole}
     print(json.dumps(out))
 
 

@@ -34,7 +34,7 @@ pub(super) fn apgd(
     active: Vec<usize>,
     best: &mut Best,
     sanity: &mut Sanity,
-    see: &mut super::engine::Seen,
+    see: &mut super::problem::Seen,
 ) -> Result<()> {
     let n = active.len();
     see(0, &delta)?;

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 
 use super::objective::Objective;
-use super::problem::{Best, Problem};
+use super::problem::{Best, Problem, Seen};
 
 use crate::encoder::Encoder;
 use crate::heads::sliding::Tiling;
@@ -77,9 +77,6 @@ pub fn attack_observed(
     }
     Ok(Outcome { adversarial: p.images(&best.delta)?, loss: best.loss, success: best.success, sanity })
 }
-
-/// What the schedules call with each iterate: the step and every sample's δ.
-pub(super) type Seen<'a> = dyn FnMut(usize, &[Vec<f32>]) -> Result<()> + 'a;
 
 /// Fixed-step projected gradient ascent; with early stop, samples leave once they reach the goal.
 fn pgd(

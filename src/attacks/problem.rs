@@ -179,6 +179,9 @@ impl Best {
     }
 }
 
+/// What the schedules call with each iterate: the step and every sample's δ.
+pub(super) type Seen<'a> = dyn FnMut(usize, &[Vec<f32>]) -> Result<()> + 'a;
+
 /// One attack problem: the clean images, the pipeline and the objective.
 pub(super) struct Problem<'a> {
     pub(super) enc: &'a Encoder,

@@ -5,6 +5,15 @@ use anyhow::Result;
 use clap::Args;
 
 use super::EncoderArgs;
+use robust_ssl::heads::sliding::{Tiling, Window};
+
+/// `HxW` in pixels.
+fn parse_hw(s: &str) -> Result<(usize, usize), String> {
+    s.split_once('x')
+        .and_then(|(h, w)| Some((h.parse().ok()?, w.parse().ok()?)))
+        .filter(|&(h, w): &(usize, usize)| h > 0 && w > 0)
+        .ok_or_else(|| format!("'{s}' should be HxW in pixels, e.g. 224x448"))
+}
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -22,6 +31,13 @@ pub struct BenchArgs {
     /// Also time the attack engine over this many PGD steps (0: skip).
     #[arg(long, default_value_t = 0)]
     pub attack_steps: usize,
+    /// With --attack-steps: also time the attack on whole images of --image through these
+    /// windows (CROP:STRIDE, or whole), against the one-crop attack at CROP.
+    #[arg(long)]
+    pub window: Option<Window>,
+    /// Whole-image size for --window, HxW (default: --size square).
+    #[arg(long, value_parser = parse_hw)]
+    pub image: Option<(usize, usize)>,
     /// Also time DeACL fine-tuning over this many steps, after one untimed step (0: skip).
     #[arg(long, default_value_t = 0)]
     pub finetune_steps: usize,
@@ -35,11 +51,27 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.attack_steps > 0 {
         t.attack_steps_per_s = Some(robust_ssl::perf::attack_steps_per_s(&enc, a.batch_size, a.size, a.attack_steps)?);
     }
+    let mut windowed = None;
+    if let (Some(window), true) = (a.window, a.attack_steps > 0) {
+        let image = a.image.unwrap_or((a.size, a.size));
+        let tiling = Tiling::new(image.0, image.1, window, enc.config().patch_size)?;
+        let crop = tiling.padded;
+        let one = robust_ssl::perf::window_attack_steps_per_s(&enc, a.batch_size, crop, None, a.attack_steps)?;
+        let whole = robust_ssl::perf::window_attack_steps_per_s(&enc, a.batch_size, image, Some(window), a.attack_steps)?;
+        windowed = Some(serde_json::json!({
+            "window": window, "image": image, "windows": tiling.windows(), "crop": crop,
+            "one_crop_steps_per_s": one, "whole_image_steps_per_s": whole, "cost_ratio": one / whole,
+        }));
+    }
     if a.finetune_steps > 0 {
         t.finetune_steps_per_s = Some(robust_ssl::perf::finetune_steps_per_s(&enc, a.batch_size, a.size, a.finetune_steps)?);
     }
     if a.json {
-        println!("{}", serde_json::to_string(&t)?);
+        let mut out = serde_json::to_value(&t)?;
+        if let Some(w) = &windowed {
+            out["windows"] = w.clone();
+        }
+        println!("{}", serde_json::to_string(&out)?);
     } else {
         println!(
             "{} batch {} @{}px: forward {:.3} s/batch ({:.1} img/s), forward+backward-to-input {:.3} s/batch ({:.1} img/s)",
@@ -53,6 +85,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
         if let Some(s) = t.attack_steps_per_s {
             println!("attack engine (EmbedAttack, PGD L∞): {s:.3} steps/s ({:.3} s/step)", 1.0 / s);
+        }
+        if let Some(w) = &windowed {
+            println!(
+                "attack through {} windows of {} over {:?}: {:.3} steps/s against {:.3} on one crop: {:.2}x the cost per image",
+                w["windows"], w["window"], w["image"], w["whole_image_steps_per_s"], w["one_crop_steps_per_s"], w["cost_ratio"]
+            );
         }
         if let Some(s) = t.finetune_steps_per_s {
             println!("DeACL fine-tuning (5-step inner PGD, SGD): {s:.3} steps/s ({:.3} s/step)", 1.0 / s);

@@ -206,13 +206,13 @@ pub fn estimate(plan: &Plan) -> Result<Cost> {
 mod tests {
     use super::*;
 
-    /// ViT-S/14 at 224: 257 tokens, 12 layers of 384 wide with a 1536 MLP: 2 × 4.6 G multiply-adds
-    /// (the published 4.6 GFLOPs count multiply-adds).
+    /// ViT-S/16 at 224 (DeiT-S: 197 tokens, 12 layers of 384 wide with a 1536 MLP) is published at
+    /// 4.6 GFLOPs, counted as multiply-adds (patch embedding and head included, ~0.1 G of it).
     #[test]
     fn flops_of_a_vit_small() {
         let c = VitConfig {
             family: crate::encoder::arch::Family::DinoV2,
-            patch_size: 14,
+            patch_size: 16,
             embed_dim: 384,
             depth: 12,
             num_heads: 6,
@@ -226,7 +226,7 @@ mod tests {
             ln_eps: 1e-6,
         };
         let g = flops(&c, (224, 224)) / 2e9;
-        assert!((g - 4.6).abs() < 0.3, "{g} G multiply-adds");
-        assert!(flops(&c, (518, 518)) / flops(&c, (224, 224)) > (1370.0 / 257.0), "attention grows faster than the tokens");
+        assert!((g - 4.5).abs() < 0.1, "{g} G multiply-adds");
+        assert!(flops(&c, (512, 512)) / flops(&c, (224, 224)) > (1025.0 / 197.0), "attention grows faster than the tokens");
     }
 }
