@@ -154,56 +154,26 @@ fn attacks_hurt_every_task_within_budget() {
     assert!((attacked["clean"]["head"]["miou"].as_f64().unwrap() - evaluated["head"]["miou"].as_f64().unwrap()).abs() < 1e-6);
 
     let seg_head = tmp.path().join("seg.safetensors").display().to_string();
+    let seg_with = |window: &'static str| -> Vec<&str> {
+        vec![
+            "attack",
+            "--task",
+            "seg",
+            "--attack",
+            "segpgd",
+            "--dataset",
+            "synthetic-seg:4x28",
+            "--head",
+            seg_head.as_str(),
+            "--window",
+            window,
+        ]
+    };
     for (args, expected) in [
         (vec!["attack", "--task", "cls", "--attack", "pgd", "--dataset", &cifar, "--head", &probe, "--window", "28:14"], "dense heads"),
-        (
-            vec![
-                "attack",
-                "--task",
-                "seg",
-                "--attack",
-                "segpgd",
-                "--dataset",
-                "synthetic-seg:4x28",
-                "--head",
-                &seg_head,
-                "--window",
-                "0:14",
-            ],
-            "CROP:STRIDE",
-        ),
-        (
-            vec![
-                "attack",
-                "--task",
-                "seg",
-                "--attack",
-                "segpgd",
-                "--dataset",
-                "synthetic-seg:4x28",
-                "--head",
-                &seg_head,
-                "--window",
-                "14:0",
-            ],
-            "CROP:STRIDE",
-        ),
-        (
-            vec![
-                "attack",
-                "--task",
-                "seg",
-                "--attack",
-                "segpgd",
-                "--dataset",
-                "synthetic-seg:4x28",
-                "--head",
-                &seg_head,
-                "--window",
-                "42:14",
-            ],
-            "a 42-pixel sliding window is larger than a 28x28 image",
-        ),
+        (seg_with("0:14"), "CROP:STRIDE"),
+        (seg_with("14:0"), "CROP:STRIDE"),
+        (seg_with("42:14"), "a 42-pixel sliding window is larger than a 28x28 image"),
     ] {
         let full: Vec<String> = with(&args, &[]);
         fails_with(&full.iter().map(String::as_str).collect::<Vec<_>>(), &[expected]);

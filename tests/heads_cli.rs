@@ -88,42 +88,11 @@ fn dense_heads_beat_their_baselines_on_held_out_scenes() {
     }
     let tiled = slide("28:14");
     assert!(tiled["head"]["miou"].as_f64().unwrap() > base + 0.1, "tiled windows: {}", tiled["head"]["miou"]);
-    fails_with(
-        &[
-            "eval",
-            "--task",
-            "seg",
-            "--checkpoint",
-            &enc,
-            "--num-heads",
-            "4",
-            "--dataset",
-            "synthetic-seg:4x56",
-            "--head",
-            &head_file,
-            "--window",
-            "28",
-        ],
-        &["CROP:STRIDE"],
-    );
-    fails_with(
-        &[
-            "eval",
-            "--task",
-            "seg",
-            "--checkpoint",
-            &enc,
-            "--num-heads",
-            "4",
-            "--dataset",
-            "synthetic-seg:4x56",
-            "--head",
-            &head_file,
-            "--window",
-            "112:50",
-        ],
-        &["a 112-pixel sliding window is larger than a 56x56 image"],
-    );
+    for (window, expected) in [("28", "CROP:STRIDE"), ("112:50", "a 112-pixel sliding window is larger than a 56x56 image")] {
+        let args =
+            ["eval", "--task", "seg", "--checkpoint", &enc, "--num-heads", "4", "--dataset", "synthetic-seg:4x56", "--head", &head_file];
+        fails_with(&[&args[..], &["--window", window]].concat(), &[expected]);
+    }
 
     let depth = train_and_eval("depth", "synthetic-depth", tmp.path(), tmp.path(), &["--epochs", "40", "--lr", "1e-2"]);
     let (head, base) = (depth["head"]["rmse"].as_f64().unwrap(), depth["baseline"]["rmse"].as_f64().unwrap());
