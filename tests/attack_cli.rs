@@ -402,3 +402,99 @@ fn the_study_protocol_fills_what_is_not_given() {
         fails_with(&full, &[expected]);
     }
 }
+
+/// Transfer attacks (`--source-checkpoint`): crafted on a surrogate encoder, scored on the
+/// target's head. With the target itself as the surrogate they are the plain attack, figure for
+/// figure (EmbedAttack, and PGD through the same probe as --source-head); from another encoder
+/// they keep the budget and name the surrogate; a transferred task attack without the
+/// surrogate's head, or EmbedAttack with one, is refused.
+#[test]
+fn transfer_attacks_are_crafted_on_the_surrogate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let enc = tiny_encoder();
+    let other = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_reg.pth").display().to_string();
+    let cifar = format!("cifar10:{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/cifar-10-batches-bin").display());
+    let (probe, other_probe) = (tmp.path().join("probe.safetensors"), tmp.path().join("other.safetensors"));
+    let (probe, other_probe) = (probe.display().to_string(), other_probe.display().to_string());
+    for (checkpoint, out) in [(&enc, &probe), (&other, &other_probe)] {
+        ok_json(&[
+            "train-head",
+            "--task",
+            "cls",
+            "--checkpoint",
+            checkpoint,
+            "--num-heads",
+            "4",
+            "--dataset",
+            &cifar,
+            "--size",
+            "28",
+            "--epochs",
+            "50",
+            "--lr",
+            "5e-2",
+            "--out",
+            out,
+            "--no-cache",
+            "--json",
+        ]);
+    }
+    let attack = |kind: &str, extra: &[&str]| {
+        let mut args = vec![
+            "attack",
+            "--task",
+            "cls",
+            "--attack",
+            kind,
+            "--checkpoint",
+            &enc,
+            "--num-heads",
+            "4",
+            "--dataset",
+            &cifar,
+            "--split",
+            "train",
+            "--head",
+            &probe,
+            "--eps",
+            "32/255",
+            "--steps",
+            "5",
+            "--json",
+        ];
+        args.extend(extra);
+        ok_json(&args)
+    };
+    for (kind, source) in [("embed", vec![]), ("pgd", vec!["--source-head", probe.as_str()])] {
+        let plain = attack(kind, &[]);
+        let mut same = vec!["--source-checkpoint", enc.as_str(), "--source-num-heads", "4"];
+        same.extend(&source);
+        let through_itself = attack(kind, &same);
+        assert_eq!((&through_itself["clean"], &through_itself["adversarial"]), (&plain["clean"], &plain["adversarial"]), "{kind}");
+        assert!(through_itself["source"]["checkpoint"].as_str().unwrap().ends_with("dinov2_official.pth"));
+    }
+    let transferred = attack("pgd", &["--source-checkpoint", &other, "--source-num-heads", "4", "--source-head", &other_probe]);
+    assert!(transferred["source"]["checkpoint"].as_str().unwrap().ends_with("dinov2_reg.pth"), "{transferred}");
+    assert!(transferred["sanity"]["max_norm_over_eps"].as_f64().unwrap() <= 1.0 + 1e-5);
+    let embed = attack("embed", &["--source-checkpoint", &other, "--source-num-heads", "4"]);
+    assert!(embed["adversarial"]["head"]["accuracy"].as_f64().unwrap() <= embed["clean"]["head"]["accuracy"].as_f64().unwrap());
+    let base = [
+        "attack",
+        "--task",
+        "cls",
+        "--checkpoint",
+        &enc,
+        "--num-heads",
+        "4",
+        "--dataset",
+        &cifar,
+        "--head",
+        &probe,
+        "--source-checkpoint",
+        &other,
+        "--source-num-heads",
+        "4",
+    ];
+    fails_with(&[&base[..], &["--attack", "pgd"]].concat(), &["--source-head"]);
+    fails_with(&[&base[..], &["--attack", "embed", "--source-head", &other_probe]].concat(), &["own embedding"]);
+}

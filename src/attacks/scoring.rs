@@ -117,9 +117,33 @@ pub struct AttackedBatch {
     pub heads: Vec<HeadScores>,
 }
 
+/// Where a perturbation is crafted: an encoder and the heads a task attack's aim indexes — the
+/// scored ones, or, for a transfer attack, a surrogate encoder (a public backbone) with its own
+/// heads of the same images.
+#[derive(Clone, Copy)]
+pub struct Crafter<'a> {
+    pub enc: &'a Encoder,
+    pub heads: &'a [ScoredHead<'a>],
+}
+
 /// Attacks `images` (`[B, 3, H, W]` in [0,1]) through `enc` for `aim` under `cfg`; with `score`,
 /// scores the clean and the adversarial images on every head of `heads`.
 pub fn attack_batch(
+    enc: &Encoder,
+    images: &Tensor,
+    aim: Aim,
+    heads: &[ScoredHead],
+    cfg: &AttackConfig,
+    score: bool,
+) -> Result<AttackedBatch> {
+    attack_batch_from(Crafter { enc, heads }, enc, images, aim, heads, cfg, score)
+}
+
+/// [`attack_batch`] with the perturbation crafted by `crafter` (EmbedAttack on its encoder's own
+/// embedding, or the loss of one of its heads) and scored through `enc` on `heads`: a transfer
+/// attack when the encoders differ.
+pub fn attack_batch_from(
+    crafter: Crafter,
     enc: &Encoder,
     images: &Tensor,
     aim: Aim,
@@ -132,15 +156,18 @@ pub fn attack_batch(
     // What is attacked is what is scored: the same windows (or the one whole view) for both.
     let windows = cfg.window.map(|win| Tiling::new(h, w, win, enc.config().patch_size)).transpose()?;
     let windows = windows.as_ref();
-    let clean = if score || own_reference { Some(tokens_of(enc, images, windows)?) } else { None };
+    let same = std::ptr::eq(crafter.enc, enc);
+    let clean = if score || (own_reference && same) { Some(tokens_of(enc, images, windows)?) } else { None };
+    let crafter_windows = cfg.window.map(|win| Tiling::new(h, w, win, crafter.enc.config().patch_size)).transpose()?;
+    let crafter_clean = if own_reference && !same { Some(tokens_of(crafter.enc, images, crafter_windows.as_ref())?) } else { None };
     let objective: Box<dyn Objective> = match aim {
         Aim::Embed { reference, target, distance } => {
-            let reference = reference.or(clean.as_ref()).expect("clean tokens computed for EmbedAttack");
+            let reference = reference.or(crafter_clean.as_ref()).or(clean.as_ref()).expect("clean tokens computed for EmbedAttack");
             Box::new(EmbedAttack::new(reference, resolve_target(target, heads)?, distance)?)
         }
         Aim::Head { index, kind, loss } => {
-            let Some(h) = heads.get(index) else {
-                bail!("internal error: the attacked head {index} is not among the {} scored", heads.len())
+            let Some(h) = crafter.heads.get(index) else {
+                bail!("internal error: the attacked head {index} is not among the {} given", crafter.heads.len())
             };
             kind.objective(h.head, h.targets, loss)?
         }
@@ -166,7 +193,7 @@ pub fn attack_batch(
         }
         Ok(())
     };
-    let mut outcome = attack_observed(enc, objective.as_ref(), images, cfg, &mut observe)?;
+    let mut outcome = attack_observed(crafter.enc, objective.as_ref(), images, cfg, &mut observe)?;
     let Some(clean) = clean.filter(|_| score) else { return Ok(AttackedBatch { outcome, heads: Vec::new() }) };
     let adversarial = tokens_of(enc, &outcome.adversarial, windows)?;
     let mut scored = Vec::with_capacity(heads.len());

@@ -13,7 +13,7 @@ use super::cross_task::{AlsoHead, AlsoReport, AlsoSpec, CrossTask};
 use super::features::FeatureArgs;
 use robust_ssl::attacks::embed::{Distance, EmbedScope, EmbedTarget};
 use robust_ssl::attacks::engine::{AttackConfig, Sanity};
-use robust_ssl::attacks::scoring::{attack_batch, Aim, Curve, ScoredHead};
+use robust_ssl::attacks::scoring::{attack_batch, attack_batch_from, Aim, Crafter, Curve, ScoredHead};
 use robust_ssl::attacks::segpgd::SegPgdForm;
 use robust_ssl::attacks::spec::{AttackKind, AttackSpec, Iterate, StepSize};
 use robust_ssl::attacks::strips::attack_strip;
@@ -82,6 +82,17 @@ pub struct AttackArgs {
     /// default: the protocol's.
     #[arg(long, value_parser = choice::<Iterate>())]
     pub iterate: Option<Iterate>,
+    /// A transfer attack: craft the perturbation on this encoder instead (a public backbone as a
+    /// surrogate) and score it on --checkpoint's head. EmbedAttack uses the surrogate's own
+    /// embedding; a task attack needs --source-head, a head of the same task on the surrogate.
+    #[arg(long)]
+    pub source_checkpoint: Option<PathBuf>,
+    /// The surrogate's head that a transferred task attack maximises the loss of.
+    #[arg(long, requires = "source_checkpoint")]
+    pub source_head: Option<PathBuf>,
+    /// The surrogate's attention heads, for custom widths (default: 64-dim heads or what the file states).
+    #[arg(long, requires = "source_checkpoint")]
+    pub source_num_heads: Option<usize>,
     /// Record the head's metric after every step (the study's per-step evaluation; one more
     /// forward pass per step), printed as a curve.
     #[arg(long)]
@@ -109,6 +120,9 @@ pub struct AttackArgs {
 struct Report {
     head: String,
     dataset: String,
+    /// A transfer attack's surrogate: its checkpoint and, for a task attack, its head.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<serde_json::Value>,
     /// robust-ssl or study: what filled the settings not given.
     protocol: robust_ssl::experiment::protocol::Protocol,
     attack: AttackKind,
@@ -188,6 +202,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     }
     let prep = prep;
     let enc = prep.encoder.as_ref().context("attacks need an encoder")?;
+    let source = Surrogate::open(a, enc)?;
     let engine = |b: usize| AttackConfig { window, ..spec.engine(b, early_stop) };
     let cfg = engine(0);
     check_features(&head.meta, enc.config().embed_dim, &file)?;
@@ -224,7 +239,15 @@ pub fn run(a: &AttackArgs) -> Result<()> {
                 targets: t.as_ref().unwrap_or(&targets),
                 name: &h.file,
             }));
-            let done = attack_batch(enc, &images, Aim::of(&spec, 0), &heads, &engine(b), true)?;
+            let done = match &source {
+                None => attack_batch(enc, &images, Aim::of(&spec, 0), &heads, &engine(b), true)?,
+                Some(s) => {
+                    let own: Vec<ScoredHead> =
+                        s.head.iter().map(|h| ScoredHead { head: h, targets: &targets, name: &s.head_file }).collect();
+                    let crafter = Crafter { enc: &s.enc, heads: &own };
+                    attack_batch_from(crafter, enc, &images, Aim::of(&spec, 0), &heads, &engine(b), true)?
+                }
+            };
             b += 1;
             curve.add(&done.heads[0].curve)?;
             clean_scores.merge(&done.heads[0].clean)?;
@@ -256,6 +279,9 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     let report = Report {
         head: file.clone(),
         dataset: ds.describe(),
+        source: source
+            .as_ref()
+            .map(|s| serde_json::json!({ "checkpoint": s.enc.info.file, "head": s.head.as_ref().map(|_| &s.head_file) })),
         protocol: f.protocol,
         attack: a.attack,
         config: cfg,
@@ -301,6 +327,45 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A transfer attack's surrogate encoder and, for a task attack, its head.
+struct Surrogate {
+    enc: robust_ssl::encoder::Encoder,
+    head: Option<TrainedHead>,
+    head_file: String,
+}
+
+impl Surrogate {
+    /// The surrogate of `--source-checkpoint` (on `target`'s device), checked against the attack.
+    fn open(a: &AttackArgs, target: &robust_ssl::encoder::Encoder) -> Result<Option<Surrogate>> {
+        let Some(path) = &a.source_checkpoint else { return Ok(None) };
+        let opts =
+            robust_ssl::encoder::LoadOptions { heads: a.source_num_heads, device: target.vit.device().clone(), ..Default::default() };
+        let enc = robust_ssl::encoder::Encoder::load(path, &opts)?;
+        let head_file = a.source_head.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        let head = match &a.source_head {
+            Some(p) => {
+                let head = TrainedHead::load_for(p, a.task, &Device::Cpu)?;
+                check_features(&head.meta, enc.config().embed_dim, &head_file)?;
+                Some(head)
+            }
+            None => None,
+        };
+        match (a.attack, &head) {
+            (AttackKind::Embed, Some(_)) => {
+                bail!("--source-head is for task attacks: a transferred EmbedAttack uses the source encoder's own embedding")
+            }
+            (AttackKind::Embed, None) | (_, Some(_)) => {}
+            (kind, None) => bail!(
+                "--attack {kind} crafted on {} maximises the loss of a head on that encoder: give it with --source-head \
+                 (a {} head trained on --source-checkpoint)",
+                path.display(),
+                a.task
+            ),
+        }
+        Ok(Some(Surrogate { enc, head, head_file }))
+    }
 }
 
 /// Writes up to `budget` strips for this batch; returns how many.
