@@ -192,7 +192,10 @@ fn killed_run_resumes_to_identical_weights() {
     let losses: Vec<f64> = whole["losses"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert!(losses.iter().all(|l| l.is_finite() && *l >= -3.0 - 1e-6 && *l <= 3.0 + 1e-6), "{losses:?}");
 
-    // Another run in the same folder is refused, and nothing is overwritten.
+    // The run names its recipe (as given, else the protocol's); another run in the same folder is
+    // refused, and nothing is overwritten.
+    let run: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(a.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["run"]["recipe"], "study", "{run}");
     let before = file(&a);
     fails_with(
         &finetune_args(&enc, &a_s, &["--k", "1"]),

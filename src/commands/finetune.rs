@@ -290,7 +290,7 @@ fn go(c: &CommonArgs, teacher: &Encoder, recipe: &dyn Recipe, extra: serde_json:
         "samples": indices.len(),
         "subset_seed": c.subset_seed,
         "transforms": transforms.iter().map(Transform::describe).collect::<Vec<_>>(),
-        "recipe": c.recipe,
+        "recipe": c.recipe_name(),
         "augment": augment.iter().map(Transform::describe).collect::<Vec<_>>(),
         "inner_attack": inner,
         "embedding": c.embedding,
