@@ -251,4 +251,12 @@ fn the_study_file_plans_and_costs_on_stand_ins() {
     let (ok, text_out, err) = run(&["run", path.to_str().unwrap(), "--dry-run", "--no-calibrate"]);
     assert!(ok, "{err}");
     assert!(text_out.contains("cost (the whole plan") && text_out.contains("490x644") && text_out.contains("not timed"), "{text_out}");
+    // Its commented transfer block, uncommented: DINOv2 ViT-S/14's perturbations scored on the
+    // 7 other DINOv2 encoders, on every task, EmbedAttack and the task attack.
+    let full = std::fs::read_to_string(&path).unwrap();
+    let start = full.find("# [[attack]]").expect("study.toml has a commented transfer block");
+    let block: Vec<&str> = full[start..].lines().map(|l| l.strip_prefix("# ").unwrap_or(l)).collect();
+    std::fs::write(&path, format!("{}{}", &full[..start], block.join("\n"))).unwrap();
+    let out = ok_json(&["run", path.to_str().unwrap(), "--dry-run", "--no-calibrate", "--json"]);
+    assert_eq!(out["cells"], 12 * 7 * 3 + 7 * 7 * 2, "{}", out["cells"]);
 }

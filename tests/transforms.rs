@@ -162,3 +162,19 @@ fn augmentations_keep_image_and_target_aligned() {
         vec![Transform::PadRandomCrop(4), Transform::HFlip, Transform::Flips, Transform::RandomCrop(8, 9)]
     );
 }
+
+/// Two transform lists give the same pixels when they differ only in paddings that add nothing:
+/// a 224² crop padded to 14 or to 16 px is one image; 28² padded to 8 px is 32², not 28².
+#[test]
+fn same_pixels_up_to_paddings_that_add_nothing() {
+    use robust_ssl::data::transform::Transform::*;
+    use robust_ssl::data::transform::{default_transforms, same_pixels};
+    assert!(same_pixels(&default_transforms(224, 14), &default_transforms(224, 16)));
+    assert!(!same_pixels(&default_transforms(28, 14), &default_transforms(28, 8)));
+    assert!(!same_pixels(&default_transforms(224, 14), &default_transforms(518, 14)));
+    assert!(same_pixels(&[Resize(480, 640), PadToMultiple(16)], &[Resize(480, 640), PadToMultiple(8)]));
+    assert!(!same_pixels(&[Resize(480, 640), PadToMultiple(14)], &[Resize(480, 640), PadToMultiple(16)]));
+    // After a shorter-side resize alone the size is unknown: only identical lists agree.
+    assert!(same_pixels(&[ResizeShort(100), PadToMultiple(14)], &[ResizeShort(100), PadToMultiple(14)]));
+    assert!(!same_pixels(&[ResizeShort(100), PadToMultiple(14)], &[ResizeShort(100), PadToMultiple(16)]));
+}

@@ -10,7 +10,8 @@ use clap::Args;
 use robust_ssl::experiment::config::Loaded;
 use robust_ssl::experiment::cost::{self, Cost};
 use robust_ssl::experiment::execute::{self, Options, RunDir};
-use robust_ssl::experiment::plan::{shard_spec, Plan};
+use robust_ssl::experiment::plan::Plan;
+use robust_ssl::experiment::shard::shard_spec;
 use robust_ssl::experiment::store::Store;
 
 #[derive(Args, Debug)]

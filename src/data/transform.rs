@@ -205,6 +205,31 @@ pub fn resizes(transforms: &[Transform]) -> Vec<Transform> {
     transforms.iter().copied().filter(|t| matches!(t, Transform::ResizeShort(_) | Transform::Resize(..))).collect()
 }
 
+/// Whether two transform lists give every image the same pixels: equal but for paddings to a
+/// patch multiple that add nothing (each after a fixed-size crop or resize that is already a
+/// multiple of it), as two encoders of different patches see one 224² crop.
+pub fn same_pixels(a: &[Transform], b: &[Transform]) -> bool {
+    if a == b {
+        return true;
+    }
+    let unpadded = |ts: &[Transform]| ts.iter().copied().filter(|t| !matches!(t, Transform::PadToMultiple(_))).collect::<Vec<_>>();
+    let pads_add_nothing = |ts: &[Transform]| {
+        let mut size = None;
+        ts.iter().all(|t| match *t {
+            Transform::Resize(h, w) | Transform::CenterCrop(h, w) => {
+                size = Some((h, w));
+                true
+            }
+            Transform::PadToMultiple(p) => size.is_some_and(|(h, w)| p > 0 && h % p == 0 && w % p == 0),
+            _ => {
+                size = None;
+                true
+            }
+        })
+    };
+    unpadded(a) == unpadded(b) && pads_add_nothing(a) && pads_add_nothing(b)
+}
+
 /// Decodes the samples at `indices` in parallel, in order, and transforms their images only:
 /// targets stay at their own size (whole-image evaluation scores at label resolution).
 pub fn load_images_only(ds: &dyn Dataset, indices: &[usize], transforms: &[Transform]) -> Result<Vec<Sample>> {

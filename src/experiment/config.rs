@@ -223,6 +223,12 @@ pub struct AttackTable {
     /// drawn as metric-vs-step curves in the report.
     #[serde(default)]
     pub curve: bool,
+    /// Transfer: craft the perturbations on this encoder (or each of these), a surrogate such as
+    /// a public backbone, and score them on the heads of every other encoder of the file
+    /// (EmbedAttack on the surrogate's own embedding; a task attack on its head of the same task).
+    pub source_encoder: Option<Spanned<OneOrMany<String>>>,
+    /// With `source_encoder`: the encoders scored (default: every other one of the file).
+    pub target_encoder: Option<Spanned<OneOrMany<String>>>,
 }
 
 fn default_norm() -> OneOrMany<Norm> {
@@ -342,6 +348,21 @@ impl Loaded {
             .collect()
     }
 
+    /// The encoder names of an attack block's `key` (source_encoder, target_encoder), checked
+    /// to be the file's.
+    pub fn encoder_names(&self, names: Option<&Spanned<OneOrMany<String>>>, key: &str) -> Result<Vec<String>> {
+        let Some(spanned) = names else { return Ok(Vec::new()) };
+        let list = spanned.get_ref().to_vec();
+        if list.is_empty() {
+            return Err(self.error(spanned, format!("{key} names no encoder: give one name or a list of them")));
+        }
+        let known: Vec<&str> = self.experiment.encoders.iter().map(|e| e.name.get_ref().as_str()).collect();
+        if let Some(name) = list.iter().find(|n| !known.contains(&n.as_str())) {
+            return Err(self.error(spanned, format!("{key} '{name}' is no [[encoder]] of this file (they are: {})", known.join(", "))));
+        }
+        Ok(list)
+    }
+
     /// What can be judged from the file alone: names, lists, amounts, paths.
     fn check(&self) -> Result<()> {
         let x = &self.experiment;
@@ -409,6 +430,22 @@ impl Loaded {
             }
             if a.iterate == Some(Iterate::Last) && a.kinds.contains(&AttackKind::Apgd) {
                 bail!("{file}: an [[attack]] block with iterate = \"last\" cannot run apgd, which restarts from its best point by design");
+            }
+            let sources = self.encoder_names(a.source_encoder.as_ref(), "source_encoder")?;
+            let targets = self.encoder_names(a.target_encoder.as_ref(), "target_encoder")?;
+            if let (Some(t), [only]) = (&a.target_encoder, sources.as_slice()) {
+                if targets.iter().all(|n| n == only) {
+                    return Err(
+                        self.error(t, format!("target_encoder names only the source, '{only}': a transfer is scored on another encoder"))
+                    );
+                }
+            }
+            match (&a.source_encoder, &a.target_encoder) {
+                (None, Some(t)) => return Err(self.error(t, "target_encoder is for transfer attacks: state their source_encoder too")),
+                (Some(s), _) if x.encoders.len() < 2 => {
+                    return Err(self.error(s, "a transfer attack needs another encoder to score on: this file has one [[encoder]]"))
+                }
+                _ => {}
             }
             if a.kinds.contains(&AttackKind::Embed) && a.embed_scope == EmbedScope::Shared && a.embed_target == EmbedTarget::Task {
                 bail!(

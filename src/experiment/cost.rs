@@ -144,12 +144,19 @@ pub fn count(plan: &Plan) -> Result<Vec<Row>> {
                     add(e, input, n as f64 * per, 0.0);
                 }
             }
-            Work::Attack { encoder, task, params, .. } => {
+            Work::Attack { encoder, task, params, crafter, .. } => {
                 let data = &plan.tasks[*task].eval;
                 let (input, per, n) = view_of(*encoder, *task, data, plan.window(*encoder, *task))?;
                 let steps = (params.steps * params.restarts) as f64;
-                // Every step: a forward and a backward; then the clean and adversarial scoring.
-                add(*encoder, input, n as f64 * per * (steps + 2.0), n as f64 * per * steps);
+                // Every step: a forward and a backward (on the surrogate for a transfer attack,
+                // which also sees the clean images once); then the clean and adversarial scoring.
+                match crafter {
+                    None => add(*encoder, input, n as f64 * per * (steps + 2.0), n as f64 * per * steps),
+                    Some(c) => {
+                        add(*c, input, n as f64 * per * (steps + 1.0), n as f64 * per * steps);
+                        add(*encoder, input, n as f64 * per * 2.0, 0.0);
+                    }
+                }
             }
         }
     }

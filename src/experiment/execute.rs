@@ -16,7 +16,7 @@ use super::plan::{key_of, Item, Plan, Work};
 use super::store::{CellResult, CellRow, CellState, Example, HeadRecord, Store};
 use crate::attacks::engine::AttackConfig;
 use crate::attacks::engine::Sanity;
-use crate::attacks::scoring::{attack_batch, labels_of_same_images, Aim, AttackedBatch, Curve, ScoredHead};
+use crate::attacks::scoring::{attack_batch_from, labels_of_same_images, Aim, AttackedBatch, Crafter, Curve, ScoredHead};
 use crate::attacks::strips::attack_strip;
 use crate::data::transform::{by_size, load_batch, load_images_only, resizes};
 use crate::encoder::{Encoder, LoadOptions};
@@ -124,16 +124,25 @@ pub fn run(plan: &Plan, dir: &RunDir, store: &mut Store, opts: &Options) -> Resu
             continue;
         }
         let entry = &plan.encoders[e];
-        let enc = Encoder::load(&entry.checkpoint, &LoadOptions { device: crate::device::default_device()?, ..entry.options.clone() })?
-            .with_fingerprint(entry.fingerprint.clone());
+        let enc = load(plan, e)?;
         let mut heads = std::collections::BTreeMap::new();
         for h in plan.heads_of(&mine) {
             overall.set_message(format!("{} · training the {} head", entry.name, plan.head_label(h)));
             heads.insert(h, r.head(h, &enc)?);
         }
+        // The surrogates of transfer attacks scored here, with the heads of them attacked.
+        let mut surrogates = std::collections::BTreeMap::new();
+        for (c, source_heads) in plan.crafters_of(&mine) {
+            let surrogate = load(plan, c)?;
+            for h in source_heads {
+                overall.set_message(format!("{} · training the {} head", plan.encoders[c].name, plan.head_label(h)));
+                heads.insert(h, r.head(h, &surrogate)?);
+            }
+            surrogates.insert(c, surrogate);
+        }
         for item in mine {
             overall.set_message(plan.describe(item));
-            r.item(item, &enc, &heads)?;
+            r.item(item, &enc, &heads, &surrogates)?;
             r.summary.items_run += 1;
             overall.inc(1);
         }
@@ -141,6 +150,13 @@ pub fn run(plan: &Plan, dir: &RunDir, store: &mut Store, opts: &Options) -> Resu
     overall.finish_and_clear();
     r.summary.seconds = t0.elapsed().as_secs_f64();
     Ok(r.summary)
+}
+
+/// Encoder `e` of the plan, on the run's device.
+fn load(plan: &Plan, e: usize) -> Result<Encoder> {
+    let entry = &plan.encoders[e];
+    Ok(Encoder::load(&entry.checkpoint, &LoadOptions { device: crate::device::default_device()?, ..entry.options.clone() })?
+        .with_fingerprint(entry.fingerprint.clone()))
 }
 
 fn item_encoder(plan: &Plan, item: &Item) -> usize {
@@ -182,20 +198,27 @@ impl Runner<'_> {
         Ok(fitted.head)
     }
 
-    fn item(&mut self, item: &Item, enc: &Encoder, heads: &std::collections::BTreeMap<usize, TrainedHead>) -> Result<()> {
+    fn item(
+        &mut self,
+        item: &Item,
+        enc: &Encoder,
+        heads: &std::collections::BTreeMap<usize, TrainedHead>,
+        surrogates: &std::collections::BTreeMap<usize, Encoder>,
+    ) -> Result<()> {
         match &item.work {
             Work::Clean { head } => self.clean(item, enc, &heads[head]),
-            Work::Attack { scored, source: None, .. } if self.unshared && scored.len() > 1 => {
+            Work::Attack { scored, source: None, crafter: None, .. } if self.unshared && scored.len() > 1 => {
                 // The reference code's way: EmbedAttack once per task.
                 for (k, &h) in scored.iter().enumerate() {
-                    self.attack(item, enc, &[(h, &heads[&h], item.cells[k].key.as_str())])?;
+                    self.attack(item, enc, &[(h, &heads[&h], item.cells[k].key.as_str())], None)?;
                 }
                 Ok(())
             }
-            Work::Attack { scored, .. } => {
+            Work::Attack { scored, source, crafter, .. } => {
                 let list: Vec<(usize, &TrainedHead, &str)> =
                     scored.iter().zip(&item.cells).map(|(&h, c)| (h, &heads[&h], c.key.as_str())).collect();
-                self.attack(item, enc, &list)
+                let surrogate = crafter.map(|c| (&surrogates[&c], source.map(|s| &heads[&s])));
+                self.attack(item, enc, &list, surrogate)
             }
         }
     }
@@ -238,8 +261,15 @@ impl Runner<'_> {
     }
 
     /// Attacks the item's images batch by batch and scores the perturbations on `scored`
-    /// (head index, head, cell key): resumes after the last committed batch.
-    fn attack(&mut self, item: &Item, enc: &Encoder, scored: &[(usize, &TrainedHead, &str)]) -> Result<()> {
+    /// (head index, head, cell key): resumes after the last committed batch. A transfer attack
+    /// crafts on its `surrogate` (the encoder, and the head of it a task attack maximises).
+    fn attack(
+        &mut self,
+        item: &Item,
+        enc: &Encoder,
+        scored: &[(usize, &TrainedHead, &str)],
+        surrogate: Option<(&Encoder, Option<&TrainedHead>)>,
+    ) -> Result<()> {
         let plan = self.plan;
         let Work::Attack { encoder, task: images_task, params, source, .. } = &item.work else { unreachable!() };
         let exec = key_of(&serde_json::json!({ "item": item.key, "cells": scored.iter().map(|s| s.2).collect::<Vec<_>>() }));
@@ -281,7 +311,11 @@ impl Runner<'_> {
         self.summary.batches_resumed += done.len();
         let bar = self.bars.add(crate::progress::bar(batches.len() as u64, "  batches"));
         bar.set_position(done.len() as u64);
-        let attacked_by = source.map(|s| (s, scored.iter().position(|x| x.0 == s).expect("the source is scored")));
+        // The attacked head's place among the crafter's heads: the scored ones, or the surrogate's one.
+        let attacked_at = match surrogate {
+            Some(_) => 0,
+            None => source.map_or(0, |s| scored.iter().position(|x| x.0 == s).expect("the source is scored")),
+        };
         for (b, ids) in batches.iter().enumerate() {
             if done.contains_key(&b) {
                 continue;
@@ -311,12 +345,19 @@ impl Runner<'_> {
                         }
                     })
                     .collect::<Result<Vec<Targets>>>()?;
-                let aim = Aim::of(params, attacked_by.map_or(0, |(_, index)| index));
+                let aim = Aim::of(params, attacked_at);
                 let heads: Vec<ScoredHead> =
                     scored.iter().zip(&targets).map(|(&(_, head, cell), targets)| ScoredHead { head, targets, name: cell }).collect();
-                let early_stop = attacked_by.is_some_and(|(s, _)| plan.tasks[plan.heads[s].task].task == Task::Cls);
+                let early_stop = source.is_some_and(|s| plan.tasks[plan.heads[s].task].task == Task::Cls);
                 let cfg = AttackConfig { window, ..params.engine(b, early_stop) };
-                let done = attack_batch(enc, &images, aim, &heads, &cfg, true)?;
+                // The surrogate's head reads the labels of its task: the images' own.
+                let own_heads: Vec<ScoredHead> =
+                    surrogate.and_then(|(_, h)| h).map(|head| ScoredHead { head, targets: &own, name: "surrogate" }).into_iter().collect();
+                let crafter = match surrogate {
+                    Some((s, _)) => Crafter { enc: s, heads: &own_heads },
+                    None => Crafter { enc, heads: &heads },
+                };
+                let done = attack_batch_from(crafter, enc, &images, aim, &heads, &cfg, true)?;
                 // Example strips from the first batch when it is one view of one size.
                 if b == 0 && single && window.is_none() {
                     examples = strips(plan.examples, group_ids, &images, &done, &heads, params.eps)?;

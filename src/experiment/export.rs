@@ -80,6 +80,7 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
         "segpgd",
         "ce_scaling",
         "iterate",
+        "source_encoder",
     ])?;
     for c in cells {
         let l = &c.labels;
@@ -116,6 +117,7 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
                 param(&|p| p.segpgd.to_string()),
                 param(&|p| p.ce_scaling.to_string()),
                 param(&|p| p.iterate.to_string()),
+                l.source_encoder.clone().unwrap_or_default(),
             ])?;
         }
     }

@@ -64,8 +64,11 @@ pub enum Work {
     /// A head's metrics on its evaluation samples.
     Clean { head: usize },
     /// Perturbations of one image set under `params`: EmbedAttack's (no `source`), or the task
-    /// attack of the `source` head; scored on every head of `scored`.
-    Attack { encoder: usize, task: usize, params: AttackParams, source: Option<usize>, scored: Vec<usize> },
+    /// attack of the `source` head; scored on every head of `scored` (of `encoder`). A transfer
+    /// attack is crafted on encoder `crafter` (EmbedAttack on its embedding, the task attack on
+    /// its `source` head) and scored on `encoder`'s heads; else `crafter` is `None` and the
+    /// source head is the first scored.
+    Attack { encoder: usize, task: usize, params: AttackParams, source: Option<usize>, crafter: Option<usize>, scored: Vec<usize> },
 }
 
 /// Whether a cell scores clean images or attacked ones.
@@ -93,6 +96,10 @@ pub struct Labels {
     pub attacked: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<AttackParams>,
+    /// A transfer attack's surrogate: the encoder the perturbation was crafted on (`attacked`
+    /// names a head of that encoder); none when crafted on `encoder` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_encoder: Option<String>,
 }
 
 pub struct Cell {
@@ -308,6 +315,15 @@ impl Plan {
         Ok(())
     }
 
+    /// Head `h`'s counterpart on encoder `encoder`: the head of the same task at the same place
+    /// in the task's list (heads are planned alike for every encoder).
+    fn counterpart(&self, h: usize, encoder: usize) -> usize {
+        let task = self.heads[h].task;
+        let of = |e: usize| (0..self.heads.len()).filter(move |&o| self.heads[o].encoder == e && self.heads[o].task == task);
+        let place = of(self.heads[h].encoder).position(|o| o == h).expect("a head is among its encoder's");
+        of(encoder).nth(place).expect("every encoder has the same heads")
+    }
+
     /// `task/head` (or the task alone when it has one head), for tables.
     pub fn head_label(&self, h: usize) -> String {
         let head = &self.heads[h];
@@ -320,7 +336,7 @@ impl Plan {
         }
     }
 
-    fn labels(&self, h: usize, condition: Condition, attack: Option<(&AttackParams, Option<usize>)>) -> Labels {
+    fn labels(&self, h: usize, condition: Condition, attack: Option<(&AttackParams, Option<usize>)>, crafter: Option<usize>) -> Labels {
         let head = &self.heads[h];
         let t = &self.tasks[head.task];
         Labels {
@@ -336,6 +352,7 @@ impl Plan {
             }),
             attacked: attack.and_then(|(_, s)| s).map(|s| self.head_label(s)),
             params: attack.map(|(p, _)| p.clone()),
+            source_encoder: crafter.map(|c| self.encoders[c].name.clone()),
         }
     }
 
@@ -353,11 +370,22 @@ impl Plan {
                 id["window"] = w.to_string().into();
             }
             let key = key_of(&id);
-            let cells = vec![Cell { key: key.clone(), head: h, labels: self.labels(h, Condition::Clean, None) }];
+            let cells = vec![Cell { key: key.clone(), head: h, labels: self.labels(h, Condition::Clean, None, None) }];
             items.push(Item { key, work: Work::Clean { head: h }, cells });
         }
-        let mut settings = Vec::new();
+        // (setting, for a transfer attack: the encoder it is crafted on and those it is scored on)
+        let mut settings: Vec<(AttackParams, Option<usize>, Vec<usize>)> = Vec::new();
+        let index =
+            |names: Vec<String>| -> Vec<usize> { names.iter().filter_map(|n| self.encoders.iter().position(|e| &e.name == n)).collect() };
         for a in &l.experiment.attacks {
+            let crafters: Vec<Option<usize>> = match &a.source_encoder {
+                None => vec![None],
+                Some(_) => index(l.encoder_names(a.source_encoder.as_ref(), "source_encoder")?).into_iter().map(Some).collect(),
+            };
+            let targets: Vec<usize> = match &a.target_encoder {
+                None => (0..self.encoders.len()).collect(),
+                Some(_) => index(l.encoder_names(a.target_encoder.as_ref(), "target_encoder")?),
+            };
             let step = l.step_size(a)?;
             let step_text =
                 crate::attacks::spec::step_text(a.step_size.as_ref().map(|s| s.get_ref().as_str()).or(self.protocol.step_text()));
@@ -386,8 +414,14 @@ impl Plan {
                                     iterate: a.iterate.unwrap_or(self.protocol.iterate(kind)),
                                     curve: a.curve,
                                 };
-                                if !settings.contains(&p) {
-                                    settings.push(p);
+                                for &crafter in &crafters {
+                                    match settings.iter_mut().find(|(q, c, _)| q == &p && *c == crafter) {
+                                        Some((_, _, scored_on)) => {
+                                            let more: Vec<usize> = targets.iter().copied().filter(|t| !scored_on.contains(t)).collect();
+                                            scored_on.extend(more);
+                                        }
+                                        None => settings.push((p.clone(), crafter, targets.clone())),
+                                    }
                                 }
                             }
                         }
@@ -401,8 +435,23 @@ impl Plan {
             for (t, task) in self.tasks.iter().enumerate() {
                 groups.entry(task.group.as_str()).or_default().push(t);
             }
-            for p in &settings {
+            for (p, crafter, scored_on) in &settings {
+                // A transfer attack is scored on its targets but its surrogate.
+                if *crafter == Some(e) || (crafter.is_some() && !scored_on.contains(&e)) {
+                    continue;
+                }
                 for members in groups.values() {
+                    if let Some(c) = *crafter {
+                        for &t in members {
+                            let view = |e: usize| super::transfer::View {
+                                encoder: &self.encoders[e].name,
+                                transforms: self.transforms(e, t),
+                                window: self.window(e, t),
+                            };
+                            super::transfer::check_views(&self.tasks[t].name, &view(c), &view(e))
+                                .with_context(|| l.path.display().to_string())?;
+                        }
+                    }
                     let heads_of = |ts: &[usize]| -> Vec<usize> {
                         (0..self.heads.len()).filter(|&h| self.heads[h].encoder == e && ts.contains(&self.heads[h].task)).collect()
                     };
@@ -419,12 +468,17 @@ impl Plan {
                     } else {
                         vec![(None, members[0], all.clone())]
                     };
-                    for (source, images_task, scored) in runs {
+                    for (attacked, images_task, scored) in runs {
                         let mut scored = scored;
-                        if let Some(s) = source {
+                        if let Some(s) = attacked {
                             scored.retain(|&h| h != s);
                             scored.insert(0, s);
                         }
+                        // The head whose loss is maximised: the attacked one, or its counterpart on the surrogate.
+                        let source = match *crafter {
+                            Some(c) => attacked.map(|h| self.counterpart(h, c)),
+                            None => attacked,
+                        };
                         let mut id = serde_json::json!({
                             "what": "attack",
                             "encoder": self.encoders[e].fingerprint,
@@ -437,18 +491,21 @@ impl Plan {
                         if let Some(w) = self.window(e, images_task) {
                             id["window"] = w.to_string().into();
                         }
+                        if let Some(c) = *crafter {
+                            id["crafted_on"] = self.encoders[c].fingerprint.clone();
+                        }
                         let key = key_of(&id);
                         let cells = scored
                             .iter()
                             .map(|&h| Cell {
                                 key: key_of(&serde_json::json!({ "item": key, "head": self.heads[h].key, "labels": self.tasks[self.heads[h].task].eval })),
                                 head: h,
-                                labels: self.labels(h, Condition::Attack, Some((p, source))),
+                                labels: self.labels(h, Condition::Attack, Some((p, source)), *crafter),
                             })
                             .collect();
                         items.push(Item {
                             key,
-                            work: Work::Attack { encoder: e, task: images_task, params: p.clone(), source, scored },
+                            work: Work::Attack { encoder: e, task: images_task, params: p.clone(), source, crafter: *crafter, scored },
                             cells,
                         });
                     }
@@ -490,17 +547,33 @@ impl Plan {
         heads
     }
 
+    /// The surrogates the items craft transfer attacks on, each with its heads that their task
+    /// attacks maximise.
+    pub fn crafters_of(&self, items: &[&Item]) -> BTreeMap<usize, Vec<usize>> {
+        let mut out: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for item in items {
+            if let Work::Attack { crafter: Some(c), source, .. } = &item.work {
+                let heads = out.entry(*c).or_default();
+                if let Some(s) = source.filter(|s| !heads.contains(s)) {
+                    heads.push(s);
+                }
+            }
+        }
+        out
+    }
+
     pub fn describe(&self, item: &Item) -> String {
         match &item.work {
             Work::Clean { head } => format!("{} · {} · clean", self.encoders[self.heads[*head].encoder].name, self.head_label(*head)),
-            Work::Attack { encoder, params, source, scored, .. } => {
+            Work::Attack { encoder, params, source, crafter, scored, .. } => {
                 let c = &item.cells[0].labels;
                 let on = match source {
                     Some(s) => self.head_label(*s),
                     None => scored.iter().map(|&h| self.head_label(h)).collect::<Vec<_>>().join("+"),
                 };
+                let from = crafter.map(|c| format!(" crafted on {}", self.encoders[c].name)).unwrap_or_default();
                 format!(
-                    "{} · {on} · {} ε {} ({} steps, seed {})",
+                    "{} · {on} · {}{from} ε {} ({} steps, seed {})",
                     self.encoders[*encoder].name,
                     c.attack.map_or("?", |k| k.name()),
                     params.eps_text,
@@ -509,35 +582,5 @@ impl Plan {
                 )
             }
         }
-    }
-}
-
-/// `i/N` (0 <= i < N), or the Slurm array variables when no spec is given.
-pub fn shard_spec(spec: Option<&str>) -> Result<(usize, usize)> {
-    let parse = |s: &str| -> Result<(usize, usize)> {
-        let (i, n) = s.split_once('/').with_context(|| format!("--shard '{s}': expected I/N, e.g. 0/4"))?;
-        let (i, n): (usize, usize) = (
-            i.trim().parse().with_context(|| format!("--shard '{s}': '{i}' is not a number"))?,
-            n.trim().parse().with_context(|| format!("--shard '{s}': '{n}' is not a number"))?,
-        );
-        if n == 0 || i >= n {
-            bail!("--shard '{s}': out of range (shards are 0/N to {}/N, N >= 1)", n.saturating_sub(1));
-        }
-        Ok((i, n))
-    };
-    if let Some(s) = spec {
-        return parse(s);
-    }
-    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT")) {
-        (Some(id), Some(count)) => {
-            let min = var("SLURM_ARRAY_TASK_MIN").unwrap_or_else(|| "0".into());
-            let num = |k: &str, v: &str| v.parse::<usize>().with_context(|| format!("{k}='{v}' is not a number"));
-            let (id, count, min) =
-                (num("SLURM_ARRAY_TASK_ID", &id)?, num("SLURM_ARRAY_TASK_COUNT", &count)?, num("SLURM_ARRAY_TASK_MIN", &min)?);
-            let index = id.checked_sub(min).with_context(|| format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"))?;
-            parse(&format!("{index}/{count}")).context("from the Slurm array variables")
-        }
-        _ => Ok((0, 1)),
     }
 }

@@ -470,6 +470,7 @@ mod tests {
             attack: None,
             attacked: None,
             params: None,
+            source_encoder: None,
         };
         let row = |accuracy| CellRow {
             key: "k".into(),

@@ -4,6 +4,8 @@
 //! overlap count. A window whose sides are not multiples of the patch size is zero-padded at the
 //! bottom and right, and its output cropped back (the reference pads around the centre and
 //! resizes the padded output instead; the two agree whenever the crop is a patch multiple).
+//! [`Window::Whole`] is DINOv2's depther instead: the whole image as one view, padded around the
+//! centre to the patch multiple, the head's output resized from the padded grid to the image.
 //!
 //! [`Tiling`] is the geometry of one image size, shared by the evaluation ([`predict`]) and by
 //! anything that differentiates through the windows: cutting a batch into windows and stitching

@@ -28,13 +28,25 @@ impl Entry {
         }
     }
 
-    /// Whether the attack was aimed at this head (its own task attack) or at no head
-    /// (EmbedAttack); false for a task attack of another head scored here.
+    /// Whether the attack was aimed at this head (its own task attack, on this encoder) or at no
+    /// head (EmbedAttack); false for a task attack of another head scored here, and for a
+    /// transfer attack crafted on another encoder.
     pub fn own(&self) -> bool {
+        self.aimed_here() && !self.transferred()
+    }
+
+    /// Whether the attack was aimed at this head's task and head (on whichever encoder crafted
+    /// it) or at no head.
+    pub fn aimed_here(&self) -> bool {
         match &self.labels.attacked {
             None => true,
             Some(a) => *a == self.labels.task || *a == format!("{}/{}", self.labels.task, self.labels.head),
         }
+    }
+
+    /// Whether the perturbation was crafted on another encoder (a transfer attack).
+    pub fn transferred(&self) -> bool {
+        self.labels.source_encoder.is_some()
     }
 
     pub fn metric(&self) -> &'static str {
@@ -176,10 +188,10 @@ impl Results {
             .collect()
     }
 
-    /// Every attack setting present, in order of appearance.
+    /// Every attack setting present (transfer attacks aside), in order of appearance.
     pub fn settings(&self) -> Vec<Setting> {
         let mut out = Vec::new();
-        for s in self.entries.iter().filter_map(Entry::setting) {
+        for s in self.entries.iter().filter(|e| !e.transferred()).filter_map(Entry::setting) {
             if !out.contains(&s) {
                 out.push(s);
             }
@@ -187,23 +199,14 @@ impl Results {
         out
     }
 
-    /// The ε values of a setting, ascending, with their text.
+    /// The ε values of a setting (transfer attacks aside), ascending, with their text.
     pub fn eps_values(&self, setting: &Setting) -> Vec<(f64, String)> {
-        let mut v: Vec<(f64, String)> = Vec::new();
-        for e in self.entries.iter().filter(|e| e.setting().as_ref() == Some(setting)) {
-            let p = e.labels.params.as_ref().expect("attack cells have params");
-            if !v.iter().any(|(x, _)| *x == p.eps) {
-                v.push((p.eps, p.eps_text.clone()));
-            }
-        }
-        v.sort_by(|a, b| a.0.total_cmp(&b.0));
-        v
+        eps_of(self.entries.iter().filter(|e| !e.transferred() && e.setting().as_ref() == Some(setting)))
     }
 
     /// The study's ε: 8/255 under L∞ when present, else the largest.
     pub fn reference_eps(&self, setting: &Setting) -> Option<(f64, String)> {
-        let all = self.eps_values(setting);
-        all.iter().find(|(e, _)| setting.norm == Norm::Linf && (e - 8.0 / 255.0).abs() < 1e-12).cloned().or_else(|| all.last().cloned())
+        reference_of(setting, self.eps_values(setting))
     }
 
     /// The attacked cells of one row, setting, attack and ε (one per seed), own attacks only.
@@ -215,12 +218,35 @@ impl Results {
             .collect()
     }
 
-    /// The attacks present in a setting, in a fixed order (embed, the task attacks, apgd).
+    /// The attacks present in a setting (transfer attacks aside), in a fixed order (embed, the
+    /// task attacks, apgd).
     pub fn attacks(&self, setting: &Setting) -> Vec<AttackKind> {
-        let present: Vec<AttackKind> =
-            self.entries.iter().filter(|e| e.setting().as_ref() == Some(setting)).filter_map(|e| e.labels.attack).collect();
+        let present: Vec<AttackKind> = self
+            .entries
+            .iter()
+            .filter(|e| !e.transferred() && e.setting().as_ref() == Some(setting))
+            .filter_map(|e| e.labels.attack)
+            .collect();
         AttackKind::ALL.iter().copied().filter(|a| present.contains(a)).collect()
     }
+}
+
+/// The ε values of `entries`, ascending, with their text.
+pub fn eps_of<'a>(entries: impl Iterator<Item = &'a Entry>) -> Vec<(f64, String)> {
+    let mut v: Vec<(f64, String)> = Vec::new();
+    for e in entries {
+        let p = e.labels.params.as_ref().expect("attack cells have params");
+        if !v.iter().any(|(x, _)| *x == p.eps) {
+            v.push((p.eps, p.eps_text.clone()));
+        }
+    }
+    v.sort_by(|a, b| a.0.total_cmp(&b.0));
+    v
+}
+
+/// The study's ε among `all` (ascending): 8/255 under L∞ when present, else the largest.
+pub fn reference_of(setting: &Setting, all: Vec<(f64, String)>) -> Option<(f64, String)> {
+    all.iter().find(|(e, _)| setting.norm == Norm::Linf && (e - 8.0 / 255.0).abs() < 1e-12).cloned().or_else(|| all.last().cloned())
 }
 
 /// Mean and (sample) standard deviation; `None` for no values.
@@ -300,6 +326,7 @@ mod tests {
                 attack: Some(AttackKind::Pgd),
                 attacked: Some("t".into()),
                 params: Some(p),
+                source_encoder: None,
             };
             let result = CellResult {
                 samples: 4,

@@ -1,6 +1,7 @@
 //! The report's tables, as plain rows of text: the study's table (clean / EmbedAttack / task
 //! attack per encoder × task at the study's ε), robustness at every ε, cross-task transfer of the
-//! task attacks, the attacks' sanity checks, and the curves' data.
+//! task attacks, the attacks' sanity checks, and the curves' data. Transfer across encoders has
+//! its own matrices (`super::transfer`).
 
 use super::plots::{Chart, Series};
 use super::results::{format_metric, mean_std, metric_name, values, Results, Setting};
@@ -137,12 +138,17 @@ pub fn per_eps(r: &Results) -> Vec<Table> {
     out
 }
 
-/// Task attacks aimed at one head and scored on the other tasks of the same images.
-pub fn transfer(r: &Results) -> Option<Table> {
+/// Task attacks aimed at one head and scored on the other tasks of the same images (on the
+/// encoder that crafted them; across encoders see `super::transfer`).
+pub fn cross_task(r: &Results) -> Option<Table> {
     let mut rows = Vec::new();
     for setting in r.settings() {
         let Some((eps, eps_text)) = r.reference_eps(&setting) else { continue };
-        for e in r.entries.iter().filter(|e| !e.own() && e.eps() == Some(eps) && e.setting().as_ref() == Some(&setting)) {
+        for e in r
+            .entries
+            .iter()
+            .filter(|e| !e.aimed_here() && !e.transferred() && e.eps() == Some(eps) && e.setting().as_ref() == Some(&setting))
+        {
             let metric = e.metric();
             rows.push(vec![
                 e.labels.encoder.clone(),
@@ -167,11 +173,14 @@ pub fn transfer(r: &Results) -> Option<Table> {
 /// zero or NaN gradient (a sign of gradient masking).
 pub fn sanity(r: &Results) -> Table {
     let mut rows = Vec::new();
-    for e in r.entries.iter().filter(|e| e.labels.condition == Condition::Attack && e.own()) {
+    for e in r.entries.iter().filter(|e| e.labels.condition == Condition::Attack && e.aimed_here()) {
         let Some(s) = &e.row.result.sanity else { continue };
         let p = e.labels.params.as_ref().expect("attack cells have params");
         rows.push(vec![
-            e.labels.encoder.clone(),
+            match &e.labels.source_encoder {
+                Some(source) => format!("{} (crafted on {source})", e.labels.encoder),
+                None => e.labels.encoder.clone(),
+            },
             r.head_label(e),
             e.labels.attack.map_or("?", AttackKind::display_name).into(),
             format!("{} ε {} seed {}", Setting::of(p).text(), p.eps_text, p.seed),
