@@ -92,6 +92,7 @@ fn study_pgd(steps: usize) -> crate::attacks::engine::AttackConfig {
         evaluate_last: false,
         window: None,
         trace: false,
+        queries: crate::attacks::spec::AttackSpec::DEFAULT_QUERIES,
     }
 }
 

@@ -9,9 +9,10 @@ mod attacking;
 
 use std::path::Path;
 
-use attacking::{check_gradient, check_gradient_at, config, encoder, images, random_dense_heads};
+use attacking::{check_gradient, check_gradient_at, config, encoder, images, probe_meta, random_dense_heads};
 use candle_core::{DType, Device, Tensor};
 use robust_ssl::attacks::depthpgd::DepthPgd;
+use robust_ssl::attacks::dlr::Dlr;
 use robust_ssl::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
 use robust_ssl::attacks::engine::{attack, AttackConfig, Method};
 use robust_ssl::attacks::objective::Objective;
@@ -21,11 +22,9 @@ use robust_ssl::attacks::threat::{Norm, ThreatModel};
 use robust_ssl::data::transform::Transform;
 use robust_ssl::encoder::Reads;
 use robust_ssl::features::{extract, BatchSource, Layout, Source};
-use robust_ssl::heads::head::{Baseline, Head, HeadMeta, Task};
+use robust_ssl::heads::head::{Head, HeadMeta, Task};
 use robust_ssl::heads::layers::{BatchNorm, DepthHead, Pooling, SegHead};
-use robust_ssl::heads::train::{Schedule, TrainConfig};
 use robust_ssl::metrics::DepthRange;
-use robust_ssl::optim::OptimizerKind;
 
 fn per_sample_norms(adv: &Tensor, x: &Tensor, t: &ThreatModel) -> Vec<f64> {
     let n = x.dim(0).unwrap();
@@ -142,6 +141,8 @@ fn objective_gradients_match_finite_differences() {
     // (With scaled logits the divisor is held constant, as in the study's code: that gradient is
     // not the derivative of the loss, so finite differences do not apply; the PyTorch fixture does.)
     check_gradient(&enc, &CrossEntropy { probe: &probe, labels: vec![3, 7], scale_logits: false }, &x);
+    check_gradient(&enc, &Dlr { probe: &probe, labels: vec![3, 7], targets: None }, &x);
+    check_gradient(&enc, &Dlr { probe: &probe, labels: vec![3, 7], targets: Some(vec![1, 2]) }, &x);
 
     // Dense objectives with random f64 heads on the 2×2 patch grid, labels and depths at 28×28.
     let (seg, depth) = random_dense_heads(21, DType::F64);
@@ -218,36 +219,6 @@ fn saturated_cross_entropy_is_reported() {
     assert!(lines.iter().any(|l| l.contains("saturated softmax") && l.contains("ce_scaling")), "{lines:?}");
     let scaled = attack(&enc, &CrossEntropy { probe: &probe, labels: logits, scale_logits: true }, &x, &cfg).unwrap();
     assert_eq!(scaled.sanity.saturated, 0, "{:?}", scaled.sanity);
-}
-
-fn probe_meta(classes: usize, pooling: Pooling) -> HeadMeta {
-    HeadMeta {
-        task: Task::Cls,
-        outputs: classes,
-        feature_dim: 64,
-        pooling: Some(pooling),
-        depth_range: None,
-        depth_form: None,
-        source: serde_json::json!("test"),
-        encoder_file: None,
-        encoder_arch: None,
-        dataset: "test".into(),
-        samples: 0,
-        transforms: vec![],
-        augment: vec![],
-        train: TrainConfig {
-            epochs: 300,
-            batch_size: 16,
-            lr: 0.05,
-            optimizer: OptimizerKind::AdamW { weight_decay: 0.0 },
-            schedule: Schedule::Constant,
-            warmup_steps: 0,
-            seed: 0,
-        },
-        final_loss: 0.0,
-        baseline: Baseline::MajorityClass(0),
-        created_by: "test".into(),
-    }
 }
 
 /// A probe trained on 10 CIFAR-format images: clean accuracy 100%; PGD accuracy falls as ε grows
@@ -361,6 +332,9 @@ fn objectives_match_pytorch() {
         ("depthpgd", Box::new(DepthPgd { head: &depth, reads: Reads::Final, metres: metres.clone(), height: 56, width: 56, range }), 0, 1),
         ("depthpgd_dinov2", Box::new(DepthPgd { head: &dinov2, reads: Reads::PreNorm, metres, height: 56, width: 56, range }), 0, 1),
         ("embed_patch_prenorm_mse", Box::new(EmbedAttack::new(&clean, EmbedTarget::PatchPrenorm, Distance::Mse).unwrap()), 0, 1),
+        ("dlr", Box::new(Dlr { probe: &probe, labels: u32s(&f["probe_labels"]), targets: None }), 0, 1),
+        ("dlr_top", Box::new(Dlr { probe: &probe, labels: u32s(&f["dlr_top_labels"]), targets: None }), 0, 1),
+        ("dlr_targeted", Box::new(Dlr { probe: &probe, labels: u32s(&f["dlr_top_labels"]), targets: Some(u32s(&f["dlr_targets"])) }), 0, 1),
     ];
     let max_abs = |t: &Tensor| t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f64>().unwrap();
     for (name, obj, step, steps) in cases {
@@ -413,4 +387,37 @@ fn probe_meta_depth() -> HeadMeta {
         pooling: None,
         ..probe_meta(16, Pooling::Cls)
     }
+}
+
+/// Robust accuracy as AutoAttack and RobustBench define it, by hand: labels 0 1 2 3, clean
+/// predictions 0 1 0 3 (the third wrong), adversarial 1 1 2 0. Only the second sample is right on
+/// the clean input and under the attack: 25%, where counting the adversarial predictions alone
+/// gives 50% (the third sample "recovered" by the attack is no robust sample).
+#[test]
+fn robust_accuracy_needs_the_clean_prediction_right_too() {
+    use robust_ssl::features::Targets;
+    use robust_ssl::heads::evaluate::{Metrics, Scorer};
+    let meta = probe_meta(4, Pooling::Cls);
+    let (head, _) = Head::init(&meta, 1, &Device::Cpu).unwrap();
+    let trained = robust_ssl::heads::head::TrainedHead { head, meta };
+    let onehot = |preds: &[u32]| {
+        let v: Vec<f32> = preds.iter().flat_map(|&c| (0..4).map(move |j| if j == c { 1.0 } else { 0.0 })).collect();
+        Tensor::from_vec(v, (preds.len(), 4), &Device::Cpu).unwrap()
+    };
+    let targets = Targets::Class(vec![0, 1, 2, 3]);
+    let (clean, adversarial) = (onehot(&[0, 1, 0, 3]), onehot(&[1, 1, 2, 0]));
+    let accuracy = |robust: bool| {
+        let mut s = Scorer::new(&trained, "probe").unwrap();
+        if robust {
+            s.add_robust(&adversarial, &clean, &targets, 4).unwrap();
+        } else {
+            s.add(&adversarial, &targets, 4).unwrap();
+        }
+        match s.finish().unwrap().head {
+            Metrics::Cls { accuracy, .. } => accuracy,
+            m => panic!("{m:?}"),
+        }
+    };
+    assert_eq!(accuracy(false), 0.5);
+    assert_eq!(accuracy(true), 0.25);
 }

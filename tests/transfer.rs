@@ -83,6 +83,11 @@ fn experiments_transfer_across_encoders() {
     let transfer: Vec<&Value> = cells.iter().filter(|c| c["labels"]["source_encoder"] == "reg").collect();
     assert_eq!(transfer.len(), 4, "EmbedAttack and the task attack on each task, crafted on reg");
     assert!(transfer.iter().all(|c| c["labels"]["encoder"] == "v2"), "scored on v2 only: the surrogate is no target of itself");
+    // Robust accuracy counts a sample right on the clean input and under the attack: never above clean.
+    for c in cells.iter().filter(|c| c["labels"]["task_kind"] == "cls" && c["labels"]["condition"] == "attack") {
+        let acc = |k: &str| c["result"][k]["head"]["accuracy"].as_f64().unwrap();
+        assert!(acc("adversarial") <= acc("clean"), "{}", c["labels"]);
+    }
     // Crafted on reg, a transferred perturbation is reg's white-box one: the same objective.
     for t in &transfer {
         let white_box = cells

@@ -10,7 +10,9 @@ to the clean tokens of another image), per-sample cross-entropy of a linear prob
 patch, SegPGD in both forms (the paper's: torch's per-pixel cross-entropy with ignore index 255, weighted 1 - lambda on
 correctly and lambda on wrongly classified pixels, lambda = t / 2T, over the labelled pixels of
 each image; the study's: the study code's means over correct and over wrong pixels) and DepthPGD (DINOv2's BNHead readout, SigLoss + 0.5 GradLoss per image on valid
-pixels). Gradients with respect to the pixels by autograd.
+pixels), and AutoAttack's DLR losses (untargeted, and targeted at the second most likely class:
+APGD-T's first target) copied from its autopgd_base.py. Gradients with respect to the pixels by
+autograd.
 """
 import os
 import sys
@@ -191,6 +193,32 @@ def main():
     with torch.no_grad():
         _, p0_pre = m.forward_prenorm(ref.normalize(x0))
     record_prenorm("embed_patch_prenorm_mse", lambda c, p: ((p - p0_pre) ** 2).mean(-1).mean(-1))
+
+    # AutoAttack's DLR losses, as autopgd_base.py writes them (APGDAttack.dlr_loss and
+    # APGDAttack_targeted.dlr_loss_targeted, its y_target an argument here; `.float()` → f64).
+    def dlr_loss(x, y):
+        x_sorted, ind_sorted = x.sort(dim=1)
+        ind = (ind_sorted[:, -1] == y).double()
+        u = torch.arange(x.shape[0])
+        return -(x[u, y] - x_sorted[:, -2] * ind - x_sorted[:, -1] * (1. - ind)) / (x_sorted[:, -1] - x_sorted[:, -3] + 1e-12)
+
+    def dlr_loss_targeted(x, y, y_target):
+        x_sorted, ind_sorted = x.sort(dim=1)
+        u = torch.arange(x.shape[0])
+        return -(x[u, y] - x[u, y_target]) / (x_sorted[:, -1] - .5 * (x_sorted[:, -3] + x_sorted[:, -4]) + 1e-12)
+
+    def probe_logits(c, p):
+        return torch.cat([c, p.mean(1)], 1) @ probe_w.T + probe_b
+
+    with torch.no_grad():
+        z = probe_logits(*m(ref.normalize(x)))
+    top = z.argmax(1)  # labels the probe gets right: the true class leads
+    # APGD-T's first target (APGDAttack_targeted.perturb, target_class = 2): the second most likely class.
+    y_target = z.sort(dim=1)[1][:, -2]
+    out.update(dlr_top_labels=top.double(), dlr_targets=y_target.double())
+    record("dlr", lambda c, p: dlr_loss(probe_logits(c, p), labels))
+    record("dlr_top", lambda c, p: dlr_loss(probe_logits(c, p), top))
+    record("dlr_targeted", lambda c, p: dlr_loss_targeted(probe_logits(c, p), top, y_target))
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     save_file({k: v.contiguous() for k, v in out.items()}, OUT)
     print("wrote", OUT, {k: tuple(v.shape) for k, v in out.items() if k.endswith("losses")})

@@ -37,6 +37,13 @@ pub struct Sanity {
     /// [0, 1] summing to 1): a softmax at the head's output.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub probability_outputs: usize,
+    /// Forward passes (per sample) of a gradient-free search (Square).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queries: usize,
+    /// Samples that Square broke after the gradient attacks of an ensemble left them robust
+    /// (AutoAttack's check: a sign of gradient masking).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub square_successes: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -61,6 +68,8 @@ impl Default for Sanity {
             eps_unbounded: false,
             no_steps: false,
             probability_outputs: 0,
+            queries: 0,
+            square_successes: 0,
         }
     }
 }
@@ -75,6 +84,8 @@ impl Sanity {
         self.eps_unbounded |= o.eps_unbounded;
         self.no_steps |= o.no_steps;
         self.probability_outputs += o.probability_outputs;
+        self.queries += o.queries;
+        self.square_successes += o.square_successes;
         self.max_norm_over_eps = self.max_norm_over_eps.max(o.max_norm_over_eps);
         self.min_pixel = self.min_pixel.min(o.min_pixel);
         self.max_pixel = self.max_pixel.max(o.max_pixel);
@@ -107,6 +118,13 @@ impl Sanity {
         }
         if self.no_steps {
             out.push("steps = 0: no gradient step was taken; the attacked figures are those of the starting point".into());
+        }
+        if self.square_successes > 0 {
+            out.push(format!(
+                "possible gradient masking: the gradient-free Square broke {} samples that the gradient attacks before it left \
+                 robust (AutoAttack's check: a model whose gradients are sound rarely lets that happen)",
+                self.square_successes
+            ));
         }
         if self.probability_outputs > 0 {
             out.push(format!(

@@ -160,26 +160,40 @@ pub fn attack_batch_from(
     let clean = if score || (own_reference && same) { Some(tokens_of(enc, images, windows)?) } else { None };
     let crafter_windows = cfg.window.map(|win| Tiling::new(h, w, win, crafter.enc.config().patch_size)).transpose()?;
     let crafter_clean = if own_reference && !same { Some(tokens_of(crafter.enc, images, crafter_windows.as_ref())?) } else { None };
-    let objective: Box<dyn Objective> = match aim {
+    // One objective for the engine, or an ensemble run on the points still robust (AutoAttack's way).
+    let objective: Result<Box<dyn Objective>, (AttackKind, &ScoredHead)> = match aim {
         Aim::Embed { reference, target, distance } => {
             let reference = reference.or(crafter_clean.as_ref()).or(clean.as_ref()).expect("clean tokens computed for EmbedAttack");
-            Box::new(EmbedAttack::new(reference, resolve_target(target, heads)?, distance)?)
+            Ok(Box::new(EmbedAttack::new(reference, resolve_target(target, heads)?, distance)?))
         }
         Aim::Head { index, kind, loss } => {
             let Some(h) = crafter.heads.get(index) else {
                 bail!("internal error: the attacked head {index} is not among the {} given", crafter.heads.len())
             };
-            kind.objective(h.head, h.targets, loss)?
+            if kind.is_ensemble() {
+                Err((kind, h))
+            } else {
+                Ok(kind.objective(h.head, h.targets, loss)?)
+            }
         }
     };
     let n = images.dim(0)?;
-    // How head `h` scores images whose tokens are `tokens`.
-    let score_on = |h: &ScoredHead, tokens: &Tokens| -> Result<(ScoreState, Tensor)> {
+    // How head `h` scores images whose tokens are `tokens`: clean, or attacked (a classifier's
+    // robust accuracy counts a sample only where its clean output was right too).
+    let score_on = |h: &ScoredHead, tokens: &Tokens, clean_output: Option<&Tensor>| -> Result<(ScoreState, Tensor)> {
         let batch = Batch::read(tokens, h.head.meta.reads())?.to_device(&Device::Cpu)?;
         let out = dense_forward(&h.head.head, &batch, target_size(h.targets), windows)?;
         let mut scorer = Scorer::new(h.head, h.name)?;
-        scorer.add(&out, h.targets, n)?;
+        match clean_output {
+            Some(c) => scorer.add_robust(&out, c, h.targets, n)?,
+            None => scorer.add(&out, h.targets, n)?,
+        }
         Ok((scorer.state().clone(), out))
+    };
+    // The clean scores first: the attacked ones (and every step of a curve) are counted against them.
+    let clean_scores = match clean.as_ref().filter(|_| score) {
+        Some(tokens) => heads.iter().map(|h| score_on(h, tokens, None)).collect::<Result<Vec<_>>>()?,
+        None => Vec::new(),
     };
     // Per-step curves: every iterate scored on every head (one more forward pass per step).
     let mut curves: Vec<Vec<ScoreState>> = vec![Vec::new(); heads.len()];
@@ -188,22 +202,28 @@ pub fn attack_batch_from(
             return Ok(());
         }
         let tokens = tokens_of(enc, current, windows)?;
-        for (h, curve) in heads.iter().zip(curves.iter_mut()) {
-            curve.push(score_on(h, &tokens)?.0);
+        for ((h, curve), (_, clean_output)) in heads.iter().zip(curves.iter_mut()).zip(&clean_scores) {
+            curve.push(score_on(h, &tokens, Some(clean_output))?.0);
         }
         Ok(())
     };
-    let mut outcome = attack_observed(crafter.enc, objective.as_ref(), images, cfg, &mut observe)?;
-    let Some(clean) = clean.filter(|_| score) else { return Ok(AttackedBatch { outcome, heads: Vec::new() }) };
+    let mut outcome = match &objective {
+        Ok(objective) => attack_observed(crafter.enc, objective.as_ref(), images, cfg, &mut observe)?,
+        Err((kind, h)) => {
+            let Targets::Class(labels) = h.targets else { bail!("{} attacks a classifier", kind.display_name()) };
+            super::ensemble::run(*kind, crafter.enc, h.head, labels, images, cfg)?
+        }
+    };
+    if !score {
+        return Ok(AttackedBatch { outcome, heads: Vec::new() });
+    }
     let adversarial = tokens_of(enc, &outcome.adversarial, windows)?;
     let mut scored = Vec::with_capacity(heads.len());
-    for (h, curve) in heads.iter().zip(curves) {
-        let one = |tokens: &Tokens| score_on(h, tokens);
-        let (c, clean_output) = one(&clean)?;
+    for ((h, curve), (c, clean_output)) in heads.iter().zip(curves).zip(clean_scores) {
         if h.head.meta.task != crate::heads::head::Task::Depth {
             outcome.sanity.probability_outputs += super::problem::probability_rows(&clean_output)?;
         }
-        let (a, adversarial_output) = one(&adversarial)?;
+        let (a, adversarial_output) = score_on(h, &adversarial, Some(&clean_output))?;
         scored.push(HeadScores { clean: c, adversarial: a, curve, clean_output, adversarial_output });
     }
     Ok(AttackedBatch { outcome, heads: scored })

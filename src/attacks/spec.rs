@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::depthpgd::DepthPgd;
+use super::dlr::Dlr;
 use super::embed::{Distance, EmbedScope, EmbedTarget};
 use super::objective::Objective;
 use super::pgd_ce::CrossEntropy;
@@ -31,10 +32,34 @@ pub enum AttackKind {
     Segpgd,
     /// SigLoss + 0.5·GradLoss on a depth head.
     Depthpgd,
-    /// The head's own loss with AutoAttack's APGD schedule.
+    /// The head's own loss with AutoAttack's APGD schedule (APGD-CE on a classifier).
     Apgd,
+    /// APGD on AutoAttack's DLR loss (classification).
+    #[serde(rename = "apgd-dlr")]
+    ApgdDlr,
+    /// APGD-T: APGD on the targeted DLR loss, at each of the 9 classes the clean logits rank
+    /// after the top one, each on the points still robust (classification).
+    #[serde(rename = "apgd-t")]
+    ApgdT,
+    /// Square: AutoAttack's gradient-free random search on the logit margin (classification).
+    Square,
+    /// AutoAttack's standard ensemble: APGD-CE, APGD-T, Square, each on the points the ones
+    /// before left robust (FAB-T is not part of it yet: `super::ensemble`).
+    #[serde(rename = "autoattack")]
+    AutoAttack,
 }
-crate::choices!(AttackKind { Embed = "embed", Task = "task", Pgd = "pgd", Segpgd = "segpgd", Depthpgd = "depthpgd", Apgd = "apgd" });
+crate::choices!(AttackKind {
+    Embed = "embed",
+    Task = "task",
+    Pgd = "pgd",
+    Segpgd = "segpgd",
+    Depthpgd = "depthpgd",
+    Apgd = "apgd",
+    ApgdDlr = "apgd-dlr",
+    ApgdT = "apgd-t",
+    Square = "square",
+    AutoAttack = "autoattack",
+});
 
 impl AttackKind {
     /// The task attack of a head of `task`.
@@ -63,7 +88,24 @@ impl AttackKind {
             AttackKind::Segpgd => "SegPGD",
             AttackKind::Depthpgd => "DepthPGD",
             AttackKind::Apgd => "APGD",
+            AttackKind::ApgdDlr => "APGD-DLR",
+            AttackKind::ApgdT => "APGD-T",
+            AttackKind::Square => "Square",
+            // Said in every table: the standard version's FAB-T is not part of it yet.
+            AttackKind::AutoAttack => "AutoAttack w/o FAB-T",
         }
+    }
+
+    /// Whether it runs as several attacks on the points still robust (`super::ensemble`), not
+    /// as one run of the engine.
+    pub fn is_ensemble(self) -> bool {
+        matches!(self, AttackKind::ApgdT | AttackKind::Square | AttackKind::AutoAttack)
+    }
+
+    /// Whether it keeps the best point by design (APGD's restarts from it; an ensemble keeps
+    /// each sample's first success): `iterate = last` does not fit.
+    pub fn keeps_best(self) -> bool {
+        matches!(self, AttackKind::Apgd | AttackKind::ApgdDlr) || self.is_ensemble()
     }
 
     /// Whether it is one task's own attack (PGD, SegPGD, DepthPGD).
@@ -80,6 +122,7 @@ impl AttackKind {
     pub fn fits(self, task: Task) -> bool {
         match self {
             AttackKind::Embed | AttackKind::Task | AttackKind::Apgd => true,
+            AttackKind::ApgdDlr | AttackKind::ApgdT | AttackKind::Square | AttackKind::AutoAttack => task == Task::Cls,
             k => k == AttackKind::of_task(task),
         }
     }
@@ -92,7 +135,13 @@ impl AttackKind {
         if self == AttackKind::Embed || !self.fits(task) {
             bail!("the {self} attack does not fit a {task} head");
         }
+        if self.is_ensemble() {
+            bail!("internal error: {self} runs as an ensemble (attacks::ensemble), not as one objective");
+        }
         Ok(match (head, targets) {
+            (Head::Linear(probe), Targets::Class(l)) if self == AttackKind::ApgdDlr => {
+                Box::new(Dlr { probe, labels: l.clone(), targets: None })
+            }
             (Head::Linear(probe), Targets::Class(l)) => Box::new(CrossEntropy { probe, labels: l.clone(), scale_logits: loss.ce_scaling }),
             (Head::Seg(_), Targets::Segmentation { labels, height, width }) => {
                 Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width, form: loss.segpgd })
@@ -107,10 +156,20 @@ impl AttackKind {
 
     /// How its step evolves.
     pub fn method(self) -> Method {
-        if self == AttackKind::Apgd {
+        if matches!(self, AttackKind::Apgd | AttackKind::ApgdDlr | AttackKind::ApgdT | AttackKind::AutoAttack) {
             Method::Apgd
         } else {
             Method::Pgd
+        }
+    }
+
+    /// Its iterations when a user gives none: AutoAttack's 100 for the APGD family and the
+    /// ensembles, the study's 20 otherwise (Square counts queries instead: `AttackSpec::queries`).
+    pub fn default_steps(self) -> usize {
+        if self.method() == Method::Apgd {
+            AttackSpec::AUTOATTACK_STEPS
+        } else {
+            AttackSpec::DEFAULT_STEPS
         }
     }
 }
@@ -215,6 +274,18 @@ pub struct AttackSpec {
     /// evaluation; one more forward pass per step).
     #[serde(default, skip_serializing_if = "is_false")]
     pub curve: bool,
+    /// Square's budget of queries per sample (AutoAttack's 5,000), alone or in AutoAttack; not
+    /// part of a setting's identity while it is the default.
+    #[serde(default = "default_queries", skip_serializing_if = "is_default_queries")]
+    pub queries: usize,
+}
+
+fn default_queries() -> usize {
+    AttackSpec::DEFAULT_QUERIES
+}
+
+fn is_default_queries(q: &usize) -> bool {
+    *q == AttackSpec::DEFAULT_QUERIES
 }
 
 /// The default step as written: `eps/4`.
@@ -236,6 +307,10 @@ impl AttackSpec {
     pub const DEFAULT_EPS: &'static str = "8/255";
     pub const DEFAULT_NORM: Norm = Norm::Linf;
     pub const DEFAULT_STEPS: usize = 20;
+    /// AutoAttack's iterations for APGD (its `n_iter`).
+    pub const AUTOATTACK_STEPS: usize = 100;
+    /// AutoAttack's queries for Square in its standard version.
+    pub const DEFAULT_QUERIES: usize = 5000;
     pub const DEFAULT_SEED: u64 = 0;
     pub const DEFAULT_RESTARTS: usize = 1;
     /// The study's: each task's own embedding, one EmbedAttack per task.
@@ -255,7 +330,7 @@ impl AttackSpec {
             eps_text: Self::DEFAULT_EPS.into(),
             step_size: StepSize::DEFAULT.at(eps),
             step_text: default_step_text(),
-            steps: Self::DEFAULT_STEPS,
+            steps: kind.default_steps(),
             seed: Self::DEFAULT_SEED,
             restarts: Self::DEFAULT_RESTARTS,
             random_start: true,
@@ -266,6 +341,7 @@ impl AttackSpec {
             ce_scaling: false,
             iterate: Iterate::Best,
             curve: false,
+            queries: Self::DEFAULT_QUERIES,
         }
     }
 
@@ -285,6 +361,7 @@ impl AttackSpec {
             evaluate_last: true,
             window: None,
             trace: self.curve,
+            queries: self.queries,
         }
     }
 
@@ -301,8 +378,14 @@ impl AttackSpec {
         if self.curve && self.restarts > 1 {
             bail!("a per-step curve follows one run of the attack: it needs restarts = 1, not {}", self.restarts);
         }
-        if self.iterate == Iterate::Last && self.kind == AttackKind::Apgd {
-            bail!("iterate = last does not fit APGD, which restarts from its best point by design; use pgd or task");
+        if self.iterate == Iterate::Last && self.kind.keeps_best() {
+            bail!("iterate = last does not fit {}, which keeps its best point by design; use pgd or task", self.kind.display_name());
+        }
+        if self.kind.is_ensemble() && self.curve {
+            bail!("{} runs several attacks on the points still robust: it records no per-step curve", self.kind.display_name());
+        }
+        if self.queries == 0 && matches!(self.kind, AttackKind::Square | AttackKind::AutoAttack) {
+            bail!("Square needs at least one query (queries = 0)");
         }
         Ok(())
     }
@@ -344,6 +427,8 @@ pub struct AttackConfig {
     /// (`engine::attack_observed`): per-step curves.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub trace: bool,
+    /// Square's queries per sample.
+    pub queries: usize,
 }
 
 #[cfg(test)]

@@ -51,8 +51,12 @@ pub struct AttackArgs {
     /// starts at 2ε and sets its own).
     #[arg(long)]
     pub step_size: Option<String>,
-    #[arg(long, default_value_t = AttackSpec::DEFAULT_STEPS)]
-    pub steps: usize,
+    /// Iterations (default: 20; AutoAttack's 100 for apgd, apgd-dlr, apgd-t and autoattack).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Square's queries per sample, alone or in autoattack.
+    #[arg(long, default_value_t = AttackSpec::DEFAULT_QUERIES)]
+    pub queries: usize,
     #[arg(long, value_parser = choice::<Norm>(), default_value_t = AttackSpec::DEFAULT_NORM)]
     pub norm: Norm,
     #[arg(long, default_value_t = AttackSpec::DEFAULT_RESTARTS)]
@@ -157,7 +161,7 @@ impl AttackArgs {
             eps_text: self.eps.clone(),
             step_size: step.at(eps),
             step_text: robust_ssl::attacks::spec::step_text(self.step_size.as_deref().or(protocol.step_text())),
-            steps: self.steps,
+            steps: self.steps.unwrap_or(self.attack.default_steps()),
             seed: self.seed,
             restarts: self.restarts,
             random_start: !self.no_random_start,
@@ -169,6 +173,7 @@ impl AttackArgs {
             ce_scaling: self.ce_scaling.unwrap_or(defaults.ce_scaling),
             iterate: self.iterate.unwrap_or(protocol.iterate(self.attack)),
             curve: self.curve,
+            queries: self.queries,
         })
     }
 }
@@ -295,13 +300,17 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let step = if a.attack == AttackKind::Apgd { "from 2ε, adaptive".to_string() } else { format!("{:.5}", spec.step_size) };
+        let step = if a.attack.method() == robust_ssl::attacks::spec::Method::Apgd {
+            "from 2ε, adaptive".to_string()
+        } else {
+            format!("{:.5}", spec.step_size)
+        };
         println!(
             "{} attack ({}, ε {:.5}, step {step}, {} steps, {} restart(s)) on {} with {}",
             a.attack,
             a.norm,
             spec.eps,
-            a.steps,
+            spec.steps,
             a.restarts.max(1),
             report.dataset,
             report.head

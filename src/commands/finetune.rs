@@ -202,6 +202,7 @@ impl CommonArgs {
             evaluate_last: false,
             window: None,
             trace: false,
+            queries: robust_ssl::attacks::spec::AttackSpec::DEFAULT_QUERIES,
         })
     }
 }

@@ -194,8 +194,10 @@ pub struct AttackTable {
     pub eps: Vec<Spanned<Amount>>,
     #[serde(default = "default_norm")]
     pub norm: OneOrMany<Norm>,
-    #[serde(default = "default_steps")]
-    pub steps: OneOrMany<usize>,
+    /// Iterations (default: the kind's, 20 or AutoAttack's 100 for the APGD family).
+    pub steps: Option<OneOrMany<usize>>,
+    /// Square's queries per sample, alone or in AutoAttack (default AutoAttack's 5,000).
+    pub queries: Option<usize>,
     /// "eps/K" or an amount (default: the protocol's, eps/4 or the study's 2/255).
     pub step_size: Option<Spanned<String>>,
     #[serde(default = "default_seeds")]
@@ -233,9 +235,6 @@ pub struct AttackTable {
 
 fn default_norm() -> OneOrMany<Norm> {
     OneOrMany::One(AttackSpec::DEFAULT_NORM)
-}
-fn default_steps() -> OneOrMany<usize> {
-    OneOrMany::One(AttackSpec::DEFAULT_STEPS)
 }
 fn default_seeds() -> OneOrMany<u64> {
     OneOrMany::One(AttackSpec::DEFAULT_SEED)
@@ -422,14 +421,20 @@ impl Loaded {
             }
             self.eps(a)?;
             self.step_size(a)?;
-            if a.steps.to_vec().contains(&0) || a.seeds.to_vec().is_empty() || a.restarts == 0 {
+            if a.steps.as_ref().is_some_and(|s| s.to_vec().contains(&0)) || a.seeds.to_vec().is_empty() || a.restarts == 0 {
                 bail!("{file}: an [[attack]] block needs steps >= 1, restarts >= 1 and at least one seed");
+            }
+            if a.queries == Some(0) {
+                bail!("{file}: an [[attack]] block needs queries >= 1 (Square's budget)");
             }
             if a.curve && a.restarts > 1 {
                 bail!("{file}: an [[attack]] block with curve = true follows one run of each attack: it needs restarts = 1");
             }
-            if a.iterate == Some(Iterate::Last) && a.kinds.contains(&AttackKind::Apgd) {
-                bail!("{file}: an [[attack]] block with iterate = \"last\" cannot run apgd, which restarts from its best point by design");
+            if let Some(k) = a.kinds.iter().find(|k| a.iterate == Some(Iterate::Last) && k.keeps_best()) {
+                bail!("{file}: an [[attack]] block with iterate = \"last\" cannot run {k}, which keeps its best point by design");
+            }
+            if let Some(k) = a.kinds.iter().find(|k| a.curve && k.is_ensemble()) {
+                bail!("{file}: an [[attack]] block with curve = true cannot run {k}: an ensemble records no per-step curve");
             }
             let sources = self.encoder_names(a.source_encoder.as_ref(), "source_encoder")?;
             let targets = self.encoder_names(a.target_encoder.as_ref(), "target_encoder")?;

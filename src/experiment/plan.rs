@@ -393,7 +393,7 @@ impl Plan {
             for &kind in &a.kinds {
                 for norm in a.norm.to_vec() {
                     for (eps, eps_text) in l.eps(a)? {
-                        for steps in a.steps.to_vec() {
+                        for steps in a.steps.as_ref().map_or_else(|| vec![kind.default_steps()], |s| s.to_vec()) {
                             for seed in a.seeds.to_vec() {
                                 let p = AttackParams {
                                     kind,
@@ -413,6 +413,7 @@ impl Plan {
                                     ce_scaling: a.ce_scaling.unwrap_or(defaults.ce_scaling),
                                     iterate: a.iterate.unwrap_or(self.protocol.iterate(kind)),
                                     curve: a.curve,
+                                    queries: a.queries.unwrap_or(AttackSpec::DEFAULT_QUERIES),
                                 };
                                 for &crafter in &crafters {
                                     match settings.iter_mut().find(|(q, c, _)| q == &p && *c == crafter) {

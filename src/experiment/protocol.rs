@@ -135,7 +135,7 @@ impl Protocol {
     /// The point an attack of `kind` returns: the protocol's, except APGD, which restarts from
     /// its best point by design and always returns it.
     pub fn iterate(self, kind: crate::attacks::spec::AttackKind) -> Iterate {
-        if kind == crate::attacks::spec::AttackKind::Apgd {
+        if kind.keeps_best() {
             Iterate::Best
         } else {
             self.attack_defaults().iterate

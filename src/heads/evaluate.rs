@@ -235,6 +235,26 @@ impl<'a> Scorer<'a> {
         }
     }
 
+    /// One attacked batch of a classifier as robust accuracy is defined (AutoAttack's and
+    /// RobustBench's): a sample counts as correct only if it is classified correctly on the clean
+    /// input *and* under the attack — a clean mistake stays a mistake, whatever the attack did.
+    /// Dense heads are scored on `adversarial` as it is.
+    pub fn add_robust(&mut self, adversarial: &Tensor, clean: &Tensor, targets: &Targets, n: usize) -> Result<()> {
+        let Targets::Class(labels) = targets else { return self.add(adversarial, targets, n) };
+        if self.head.meta.task != Task::Cls {
+            return self.add(adversarial, targets, n);
+        }
+        let (adv, cln) = (adversarial.argmax(1)?.to_vec1::<u32>()?, clean.argmax(1)?.to_vec1::<u32>()?);
+        if adv.len() != labels.len() || cln.len() != labels.len() {
+            bail!("{}: {} adversarial and {} clean predictions for {} labels", self.file, adv.len(), cln.len(), labels.len());
+        }
+        // Where the clean prediction is wrong, it is the prediction scored.
+        let robust: Vec<u32> = adv.iter().zip(&cln).zip(labels).map(|((&a, &c), &l)| if c == l { a } else { c }).collect();
+        let k = adversarial.dim(1)?;
+        let onehot: Vec<f32> = robust.iter().flat_map(|&c| (0..k).map(move |j| if j == c as usize { 1.0 } else { 0.0 })).collect();
+        self.add(&Tensor::from_vec(onehot, (robust.len(), k), &Device::Cpu)?, targets, n)
+    }
+
     pub fn finish(self) -> Result<Evaluation> {
         let ScoreState { acc, base, samples } = self.state;
         Ok(Evaluation { samples, head: acc.finish()?, baseline: base.finish()?, baseline_kind: self.head.meta.baseline })

@@ -87,7 +87,7 @@ pub fn study(r: &Results) -> Vec<Table> {
         out.push(Table {
             title: format!("Robustness at ε = {eps_text}, {}", setting.text()),
             note: format!(
-                "Clean and attacked figures of each head on its evaluation samples; {}; the task attack is PGD (classification), SegPGD (segmentation) or DepthPGD (depth) against that head. Baseline: the trivial predictor of the training split (majority class, mean depth).",
+                "Clean and attacked figures of each head on its evaluation samples (robust accuracy counts a sample classified correctly on the clean input and under the attack, as AutoAttack and RobustBench do); {}; the task attack is PGD (classification), SegPGD (segmentation) or DepthPGD (depth) against that head. Baseline: the trivial predictor of the training split (majority class, mean depth).",
                 match setting.embed_scope {
                     EmbedScope::PerTask => "EmbedAttack runs once per task, on the embedding that task's head reads unless a target is stated (the study's way)",
                     EmbedScope::Shared => "EmbedAttack's perturbation is computed once per image and scored on every task of that image",

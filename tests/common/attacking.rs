@@ -9,9 +9,11 @@ use robust_ssl::attacks::engine::{AttackConfig, Method};
 use robust_ssl::attacks::objective::Objective;
 use robust_ssl::attacks::threat::{Norm, ThreatModel};
 use robust_ssl::encoder::{Encoder, LoadOptions};
-use robust_ssl::heads::head::Head;
-use robust_ssl::heads::layers::{BatchNorm, DepthHead, SegHead};
+use robust_ssl::heads::head::{Baseline, Head, HeadMeta, Task};
+use robust_ssl::heads::layers::{BatchNorm, DepthHead, Pooling, SegHead};
 use robust_ssl::heads::sliding::Tiling;
+use robust_ssl::heads::train::{Schedule, TrainConfig};
+use robust_ssl::optim::OptimizerKind;
 
 pub fn encoder() -> Encoder {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
@@ -39,6 +41,7 @@ pub fn config(norm: Norm, eps: f64, steps: usize, seed: u64) -> AttackConfig {
         evaluate_last: false,
         window: None,
         trace: false,
+        queries: robust_ssl::attacks::spec::AttackSpec::DEFAULT_QUERIES,
     }
 }
 
@@ -100,4 +103,35 @@ pub fn random_dense_heads(seed: u64, dtype: DType) -> (Head, Head) {
     let depth =
         Head::Depth(DepthHead { bn: Some(bn(128)), weight: t(&[16, 128], 0.5), bias: t(&[16], 0.1), min_depth: 1e-3, max_depth: 10.0 });
     (seg, depth)
+}
+
+/// The metadata of a linear probe on the 64-wide test encoder.
+pub fn probe_meta(classes: usize, pooling: Pooling) -> HeadMeta {
+    HeadMeta {
+        task: Task::Cls,
+        outputs: classes,
+        feature_dim: 64,
+        pooling: Some(pooling),
+        depth_range: None,
+        depth_form: None,
+        source: serde_json::json!("test"),
+        encoder_file: None,
+        encoder_arch: None,
+        dataset: "test".into(),
+        samples: 0,
+        transforms: vec![],
+        augment: vec![],
+        train: TrainConfig {
+            epochs: 300,
+            batch_size: 16,
+            lr: 0.05,
+            optimizer: OptimizerKind::AdamW { weight_decay: 0.0 },
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            seed: 0,
+        },
+        final_loss: 0.0,
+        baseline: Baseline::MajorityClass(0),
+        created_by: "test".into(),
+    }
 }
