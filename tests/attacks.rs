@@ -217,8 +217,12 @@ fn saturated_cross_entropy_is_reported() {
     assert!(plain.sanity.saturated > 0, "{:?}", plain.sanity);
     let lines = plain.sanity.warnings();
     assert!(lines.iter().any(|l| l.contains("saturated softmax") && l.contains("ce_scaling")), "{lines:?}");
+    // Its gradient underflowed to zero at the start: AutoAttack's zero-gradient check says so.
+    assert_eq!(plain.sanity.zero_start_gradients, 2, "{:?}", plain.sanity);
+    assert!(lines.iter().any(|l| l.contains("2 samples had a zero pixel gradient at the attack's starting point")), "{lines:?}");
     let scaled = attack(&enc, &CrossEntropy { probe: &probe, labels: logits, scale_logits: true }, &x, &cfg).unwrap();
     assert_eq!(scaled.sanity.saturated, 0, "{:?}", scaled.sanity);
+    assert_eq!(scaled.sanity.zero_start_gradients, 0, "{:?}", scaled.sanity);
 }
 
 /// A probe trained on 10 CIFAR-format images: clean accuracy 100%; PGD accuracy falls as ε grows

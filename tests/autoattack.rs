@@ -1,4 +1,4 @@
-//! AutoAttack's attacks as a user runs them (`attack --attack apgd-dlr | apgd-t | square |
+//! AutoAttack's attacks as a user runs them (`attack --attack apgd-dlr | apgd-t | fab-t | square |
 //! autoattack`, `kinds = [...]` in experiment files) on a probe of the tiny DINOv2 trained on ten
 //! CIFAR-format images: an ensemble is never weaker than its parts (each runs on the points the
 //! ones before left robust), Square takes no gradient and holds the budget, robust accuracy never
@@ -66,11 +66,11 @@ fn accuracy(r: &Value, which: &str) -> f64 {
 fn ensembles_are_never_weaker_than_their_parts() {
     let tmp = tempfile::tempdir().unwrap();
     let attack = setup(tmp.path());
-    let short = ["--steps", "10", "--queries", "200"];
     let mut broken_somewhere = false;
-    for eps in ["1/255", "2/255", "4/255"] {
+    for (norm, eps) in [("linf", "1/255"), ("linf", "2/255"), ("linf", "4/255"), ("l2", "0.1"), ("l2", "0.3")] {
+        let short = ["--steps", "10", "--queries", "200", "--norm", norm];
         let auto = attack("autoattack", eps, &short);
-        let parts: Vec<(&str, Value)> = ["apgd", "apgd-t", "square"].iter().map(|k| (*k, attack(k, eps, &short))).collect();
+        let parts: Vec<(&str, Value)> = ["apgd", "apgd-t", "fab-t", "square"].iter().map(|k| (*k, attack(k, eps, &short))).collect();
         assert_eq!(accuracy(&auto, "clean"), 1.0, "the probe fits its training images");
         for (kind, r) in &parts {
             // Each part runs first on every clean-correct sample in its own run; in the ensemble
@@ -85,11 +85,16 @@ fn ensembles_are_never_weaker_than_their_parts() {
         // AutoAttack's own first part is APGD-CE (`--attack apgd` with the same seed and steps).
         assert!(accuracy(&auto, "adversarial") <= accuracy(apgd, "adversarial"));
         // Square is gradient-free: no gradient step, its forward passes counted.
-        let square = &parts[2].1;
+        let square = &parts[3].1;
         assert_eq!(square["sanity"]["sample_steps"], 0, "{square}");
         assert!(square["sanity"]["queries"].as_u64().unwrap() >= 10, "{square}");
     }
     assert!(broken_somewhere, "at 4/255 the tiny probe is broken");
+    // FAB-T searches for the nearest misclassified point: at a large budget it finds one for
+    // (nearly) every sample, and what it returns stays within the budget.
+    let fab = attack("fab-t", "64/255", &["--steps", "10"]);
+    assert!(accuracy(&fab, "adversarial") < 0.5, "{fab}");
+    assert!(fab["sanity"]["max_norm_over_eps"].as_f64().unwrap() <= 1.0 + 1e-5, "{fab}");
     // At a budget as large as the image's range Square breaks samples too: it searches, it is no no-op.
     let square = attack("square", "64/255", &["--queries", "300"]);
     assert!(accuracy(&square, "adversarial") < 1.0, "{square}");
@@ -128,7 +133,6 @@ fn ensemble_settings_that_do_not_fit_are_refused() {
     };
     fails(&["--attack", "autoattack", "--iterate", "last"], &["iterate = last", "AutoAttack"]);
     fails(&["--attack", "apgd-t", "--curve"], &["APGD-T", "per-step curve"]);
-    fails(&["--attack", "square", "--norm", "l2"], &["Square", "L∞ only"]);
     fails(&["--attack", "square", "--queries", "0"], &["at least one query"]);
 
     // APGD-T targets the 9 classes after the top one: a 5-class probe cannot have them.
@@ -138,7 +142,7 @@ fn ensemble_settings_that_do_not_fit_are_refused() {
     let enc = attacking::encoder();
     let x = attacking::images(2, 1);
     let cfg = AttackSpec::new(AttackKind::ApgdT).engine(0, true);
-    for kind in [AttackKind::ApgdT, AttackKind::AutoAttack] {
+    for kind in [AttackKind::ApgdT, AttackKind::FabT, AttackKind::AutoAttack] {
         let err = robust_ssl::attacks::ensemble::run(kind, &enc, &trained, &[0, 1], &x, &cfg).err().unwrap().to_string();
         assert!(err.contains("at least 10 classes") && err.contains("has 5") && err.contains("apgd-dlr"), "{err}");
     }
@@ -177,7 +181,7 @@ task = "seg"
 train = {{ dataset = "synthetic-seg:4x28" }}
 eval = {{ dataset = "synthetic-seg:4x28" }}
 [[attack]]
-kinds = ["autoattack", "apgd-t", "apgd-dlr", "square", "task"]
+kinds = ["autoattack", "apgd-t", "fab-t", "apgd-dlr", "square", "task"]
 eps = ["8/255"]
 "#,
         enc = common::tiny_encoder(),
@@ -192,7 +196,7 @@ eps = ["8/255"]
             _ => None,
         })
         .collect();
-    for kind in [AttackKind::AutoAttack, AttackKind::ApgdT, AttackKind::ApgdDlr, AttackKind::Square] {
+    for kind in [AttackKind::AutoAttack, AttackKind::ApgdT, AttackKind::FabT, AttackKind::ApgdDlr, AttackKind::Square] {
         let on: Vec<_> = attacks.iter().filter(|a| a.0 == kind).collect();
         assert_eq!(on.len(), 1, "{kind}: on the classifier only: {attacks:?}");
         assert_eq!(on[0].1, 0);

@@ -42,6 +42,7 @@ pub(super) fn apgd(
     let (first, min_span, decrease) = schedule(cfg.steps);
     let (ev, mut grad) = p.evaluate(&delta, &active, 0, cfg.steps, true)?;
     p.offer(best, &delta, &active, &ev, sanity);
+    sanity.zero_start_gradients += grad.chunks(per).filter(|g| g.iter().all(|&v| v == 0.0)).count();
     let mut step = vec![2.0 * p.threat.eps; n];
     let mut previous: Vec<Vec<f32>> = active.iter().map(|&i| delta[i].clone()).collect();
     let mut run_best_loss = ev.losses.clone();

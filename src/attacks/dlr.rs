@@ -33,7 +33,7 @@ pub(super) fn ranked(z: &[f32]) -> Vec<usize> {
 }
 
 /// `Σ_k z[i, k] · [k = picks[i]]`: the logit of one class per row, differentiable.
-fn pick(logits: &Tensor, picks: &[usize]) -> Result<Tensor> {
+pub(super) fn pick(logits: &Tensor, picks: &[usize]) -> Result<Tensor> {
     let (n, k) = logits.dims2()?;
     let mut m = vec![0f32; n * k];
     for (i, &c) in picks.iter().enumerate() {

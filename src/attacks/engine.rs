@@ -109,6 +109,9 @@ fn pgd(
         }
         let (ev, grad) = p.evaluate(&delta, &active, step, cfg.steps, !last)?;
         p.offer(best, &delta, &active, &ev, sanity);
+        if step == 0 {
+            sanity.zero_start_gradients += grad.chunks(p.per).filter(|g| g.iter().all(|&v| v == 0.0)).count();
+        }
         let reached: Vec<bool> = match &ev.success {
             Some(s) if cfg.early_stop => s.clone(),
             _ => vec![false; active.len()],

@@ -4,7 +4,7 @@
 //! [`embed`], [`pgd_ce`], [`dlr`], [`segpgd`], [`depthpgd`]) says what to maximise; [`engine`] runs the
 //! projected ascent (PGD, or APGD's schedule in `apgd.rs`) over one [`problem`] with restarts,
 //! per-sample best points and sanity checks; [`ensemble`] runs several attacks on the points
-//! still robust (AutoAttack's way), [`square`] the gradient-free search. [`spec`] names an attack, holds its defaults and
+//! still robust (AutoAttack's way), [`fab`] the minimum-norm FAB-T, [`square`] the gradient-free search. [`spec`] names an attack, holds its defaults and
 //! picks its objective; [`scoring`] attacks a batch and scores it on every head of its images;
 //! [`strips`] draws what an attacked batch looks like.
 
@@ -14,6 +14,8 @@ pub mod dlr;
 pub mod embed;
 pub mod engine;
 pub mod ensemble;
+pub mod fab;
+pub mod fab_projection;
 pub mod objective;
 pub mod pgd_ce;
 pub mod problem;

@@ -44,6 +44,14 @@ pub struct Sanity {
     /// (AutoAttack's check: a sign of gradient masking).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub square_successes: usize,
+    /// Samples whose pixel gradient was all zero at the attack's starting point (AutoAttack's
+    /// `check_zero_gradients`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub zero_start_gradients: usize,
+    /// Batches whose two forward passes of the same clean images differed (AutoAttack's
+    /// `check_randomized`): a randomised model, for which gradients of one pass mislead.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub randomized: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -70,6 +78,8 @@ impl Default for Sanity {
             probability_outputs: 0,
             queries: 0,
             square_successes: 0,
+            zero_start_gradients: 0,
+            randomized: 0,
         }
     }
 }
@@ -86,6 +96,8 @@ impl Sanity {
         self.probability_outputs += o.probability_outputs;
         self.queries += o.queries;
         self.square_successes += o.square_successes;
+        self.zero_start_gradients += o.zero_start_gradients;
+        self.randomized += o.randomized;
         self.max_norm_over_eps = self.max_norm_over_eps.max(o.max_norm_over_eps);
         self.min_pixel = self.min_pixel.min(o.min_pixel);
         self.max_pixel = self.max_pixel.max(o.max_pixel);
@@ -126,6 +138,20 @@ impl Sanity {
                 self.square_successes
             ));
         }
+        if self.zero_start_gradients > 0 {
+            out.push(format!(
+                "{} samples had a zero pixel gradient at the attack's starting point (AutoAttack's check): gradient attacks \
+                 cannot move them, and their robustness may be gradient masking",
+                self.zero_start_gradients
+            ));
+        }
+        if self.randomized > 0 {
+            out.push(format!(
+                "in {} batches two forward passes of the same clean images differed (AutoAttack's check): a randomised model, \
+                 whose single-pass gradients mislead the attack (average over draws, EOT, before trusting the figure)",
+                self.randomized
+            ));
+        }
         if self.probability_outputs > 0 {
             out.push(format!(
                 "{} samples' clean head outputs were already probabilities (each row in [0, 1], summing to 1): a softmax at \
@@ -141,6 +167,20 @@ impl Sanity {
         self.eps_unbounded |= threat.norm == super::threat::Norm::Linf && threat.eps >= 1.0;
         self.no_steps |= steps == 0;
     }
+}
+
+/// Whether two forward passes of the same images gave different tokens: some sample's
+/// ‖a − b‖ > 10⁻⁴·‖a‖ (AutoAttack compares L2-normalised outputs at 10⁻⁴).
+pub fn passes_differ(a: &crate::encoder::Tokens, b: &crate::encoder::Tokens) -> Result<bool> {
+    for (x, y) in [(&a.cls, &b.cls), (&a.patch, &b.patch)] {
+        let (x, y) = (x.flatten_from(1)?.to_dtype(candle_core::DType::F64)?, y.flatten_from(1)?.to_dtype(candle_core::DType::F64)?);
+        let gap = (&x - &y)?.sqr()?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
+        let size = x.sqr()?.sum(1)?.sqrt()?.to_vec1::<f64>()?;
+        if gap.iter().zip(&size).any(|(g, s)| matches!(g.partial_cmp(&(1e-4 * s)), Some(std::cmp::Ordering::Greater) | None)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Samples of class scores `[n, K]` or `[n, K, H, W]` whose every row (over K) is in [0, 1] and
@@ -337,6 +377,26 @@ mod tests {
         let old = serde_json::json!({"sample_steps": 1, "max_norm_over_eps": 1.0, "min_pixel": 0.0, "max_pixel": 1.0, "zero_gradients": 0, "nan_gradients": 0});
         assert!(quiet(&serde_json::from_value(old).unwrap()));
         assert!(!serde_json::to_string(&Sanity::default()).unwrap().contains("eps_unbounded"), "clear flags are not stored");
+    }
+
+    /// AutoAttack's randomised-model check on tokens: equal passes are not flagged, a change
+    /// above 10⁻⁴ of a sample's norm is, rounding below it is not.
+    #[test]
+    fn passes_that_differ_are_a_randomised_model() {
+        let dev = Device::Cpu;
+        let tokens = |cls: &[f32], p: f32| crate::encoder::Tokens {
+            cls: Tensor::from_slice(cls, (1, cls.len()), &dev).unwrap(),
+            patch: Tensor::full(p, (1, 2, cls.len()), &dev).unwrap(),
+            prenorm: None,
+            grid: (1, 2),
+        };
+        let a = tokens(&[3.0, 4.0], 1.0);
+        assert!(!passes_differ(&a, &tokens(&[3.0, 4.0], 1.0)).unwrap());
+        assert!(!passes_differ(&a, &tokens(&[3.0, 4.0001], 1.0)).unwrap(), "2e-5 of the norm is rounding");
+        assert!(passes_differ(&a, &tokens(&[3.0, 4.01], 1.0)).unwrap());
+        assert!(passes_differ(&a, &tokens(&[3.0, 4.0], 1.1)).unwrap(), "patch tokens count too");
+        let s = Sanity { randomized: 1, ..Sanity::default() };
+        assert!(s.warnings().iter().any(|w| w.contains("randomised model")), "{:?}", s.warnings());
     }
 
     #[test]

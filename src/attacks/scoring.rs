@@ -177,6 +177,11 @@ pub fn attack_batch_from(
             }
         }
     };
+    // AutoAttack's check for a randomised model: a second pass of the same clean images.
+    let randomized = match clean.as_ref().filter(|_| score) {
+        Some(tokens) => super::problem::passes_differ(tokens, &tokens_of(enc, images, windows)?)?,
+        None => false,
+    };
     let n = images.dim(0)?;
     // How head `h` scores images whose tokens are `tokens`: clean, or attacked (a classifier's
     // robust accuracy counts a sample only where its clean output was right too).
@@ -214,6 +219,7 @@ pub fn attack_batch_from(
             super::ensemble::run(*kind, crafter.enc, h.head, labels, images, cfg)?
         }
     };
+    outcome.sanity.randomized += usize::from(randomized);
     if !score {
         return Ok(AttackedBatch { outcome, heads: Vec::new() });
     }

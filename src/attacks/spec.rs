@@ -41,10 +41,14 @@ pub enum AttackKind {
     /// after the top one, each on the points still robust (classification).
     #[serde(rename = "apgd-t")]
     ApgdT,
+    /// FAB-T: AutoAttack's targeted minimum-norm attack at each of the same 9 classes, each on
+    /// the points still robust; a point counts where it lies within ε (classification).
+    #[serde(rename = "fab-t")]
+    FabT,
     /// Square: AutoAttack's gradient-free random search on the logit margin (classification).
     Square,
-    /// AutoAttack's standard ensemble: APGD-CE, APGD-T, Square, each on the points the ones
-    /// before left robust (FAB-T is not part of it yet: `super::ensemble`).
+    /// AutoAttack's standard ensemble: APGD-CE, APGD-T, FAB-T, Square, each on the points the
+    /// ones before left robust (`super::ensemble`).
     #[serde(rename = "autoattack")]
     AutoAttack,
 }
@@ -57,6 +61,7 @@ crate::choices!(AttackKind {
     Apgd = "apgd",
     ApgdDlr = "apgd-dlr",
     ApgdT = "apgd-t",
+    FabT = "fab-t",
     Square = "square",
     AutoAttack = "autoattack",
 });
@@ -90,16 +95,16 @@ impl AttackKind {
             AttackKind::Apgd => "APGD",
             AttackKind::ApgdDlr => "APGD-DLR",
             AttackKind::ApgdT => "APGD-T",
+            AttackKind::FabT => "FAB-T",
             AttackKind::Square => "Square",
-            // Said in every table: the standard version's FAB-T is not part of it yet.
-            AttackKind::AutoAttack => "AutoAttack w/o FAB-T",
+            AttackKind::AutoAttack => "AutoAttack",
         }
     }
 
     /// Whether it runs as several attacks on the points still robust (`super::ensemble`), not
     /// as one run of the engine.
     pub fn is_ensemble(self) -> bool {
-        matches!(self, AttackKind::ApgdT | AttackKind::Square | AttackKind::AutoAttack)
+        matches!(self, AttackKind::ApgdT | AttackKind::FabT | AttackKind::Square | AttackKind::AutoAttack)
     }
 
     /// Whether it keeps the best point by design (APGD's restarts from it; an ensemble keeps
@@ -122,7 +127,7 @@ impl AttackKind {
     pub fn fits(self, task: Task) -> bool {
         match self {
             AttackKind::Embed | AttackKind::Task | AttackKind::Apgd => true,
-            AttackKind::ApgdDlr | AttackKind::ApgdT | AttackKind::Square | AttackKind::AutoAttack => task == Task::Cls,
+            AttackKind::ApgdDlr | AttackKind::ApgdT | AttackKind::FabT | AttackKind::Square | AttackKind::AutoAttack => task == Task::Cls,
             k => k == AttackKind::of_task(task),
         }
     }
@@ -156,7 +161,7 @@ impl AttackKind {
 
     /// How its step evolves.
     pub fn method(self) -> Method {
-        if matches!(self, AttackKind::Apgd | AttackKind::ApgdDlr | AttackKind::ApgdT | AttackKind::AutoAttack) {
+        if matches!(self, AttackKind::Apgd | AttackKind::ApgdDlr | AttackKind::ApgdT | AttackKind::FabT | AttackKind::AutoAttack) {
             Method::Apgd
         } else {
             Method::Pgd

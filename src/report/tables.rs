@@ -193,7 +193,7 @@ pub fn sanity(r: &Results) -> Table {
     }
     Table {
         title: "Sanity of the attacks".into(),
-        note: "Largest ‖δ‖/ε over every step (at most 1, up to f32 rounding), the pixel range seen, sample-steps with a zero / NaN pixel gradient, evaluations with a saturated softmax (cross-entropy < 2⁻²³: its gradient underflows; the study's logit scaling avoids it), out of all steps; warnings: ε ≥ 1 under L∞ (any pixel value allowed), no gradient step, head outputs that were probabilities already (a softmax at the head's output).".into(),
+        note: "Largest ‖δ‖/ε over every step (at most 1, up to f32 rounding), the pixel range seen, sample-steps with a zero / NaN pixel gradient, evaluations with a saturated softmax (cross-entropy < 2⁻²³: its gradient underflows; the study's logit scaling avoids it), out of all steps; warnings: ε ≥ 1 under L∞ (any pixel value allowed), no gradient step, head outputs that were probabilities already (a softmax at the head's output), samples with a zero gradient at the start, a randomised model (two passes differ), samples only the gradient-free Square broke (possible gradient masking) — AutoAttack's checks.".into(),
         header: ["encoder", "head", "attack", "setting", "max ‖δ‖/ε", "pixels", "zero / NaN / saturated / steps", "mean objective", "warnings"].map(String::from).to_vec(),
         rows,
     }
@@ -210,6 +210,15 @@ fn flags(s: &crate::attacks::engine::Sanity) -> String {
     }
     if s.probability_outputs > 0 {
         f.push(format!("{} probability outputs", s.probability_outputs));
+    }
+    if s.zero_start_gradients > 0 {
+        f.push(format!("{} zero gradients at the start", s.zero_start_gradients));
+    }
+    if s.randomized > 0 {
+        f.push(format!("randomised model ({} batches)", s.randomized));
+    }
+    if s.square_successes > 0 {
+        f.push(format!("possible gradient masking: Square broke {} more", s.square_successes));
     }
     if f.is_empty() {
         "–".into()
