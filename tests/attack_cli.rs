@@ -24,9 +24,17 @@ fn attacks_hurt_every_task_within_budget() {
         &["--dataset", &cifar, "--size", "28", "--pooling", "cls+mean", "--epochs", "200", "--lr", "5e-2", "--out", &probe, "--json"],
     )));
     // Attack the training split, which the probe fits: clean accuracy is 100%.
-    for (attack, eps) in [("pgd", "64/255"), ("apgd", "64/255"), ("embed", "64/255"), ("pgd", "0"), ("apgd", "0")] {
+    for (attack, eps, distance) in [
+        ("pgd", "64/255", "mse"),
+        ("apgd", "64/255", "mse"),
+        ("embed", "64/255", "mse"),
+        ("embed-apgd", "64/255", "mse"),
+        ("embed-apgd", "64/255", "cosine"),
+        ("pgd", "0", "mse"),
+        ("apgd", "0", "mse"),
+    ] {
         let r = call(with(
-            &["attack", "--task", "cls", "--attack", attack, "--eps", eps, "--steps", "10"],
+            &["attack", "--task", "cls", "--attack", attack, "--eps", eps, "--steps", "10", "--embed-distance", distance],
             &["--dataset", &cifar, "--split", "train", "--head", &probe, "--json"],
         ));
         assert_eq!(r["clean"]["head"]["accuracy"], 1.0);

@@ -47,7 +47,8 @@ fn gradients_through_sliding_windows_match_finite_differences() {
             let obj = SegPgd { head: &seg, labels: labels.clone(), height: h, width: w, form };
             check_gradient_at(&enc, &obj, &x, 1, 4, windows);
         }
-        let obj = DepthPgd { head: &depth, reads: Reads::Final, metres: metres.clone(), height: h, width: w, range };
+        let obj =
+            DepthPgd { head: &depth, reads: Reads::Final, metres: metres.clone(), height: h, width: w, range, loss: Default::default() };
         check_gradient_at(&enc, &obj, &x, 0, 1, windows);
         let clean = tokens_of(&enc, &(&x * 0.9).unwrap(), windows).unwrap();
         for target in [EmbedTarget::Patch, EmbedTarget::Both] {
@@ -134,7 +135,7 @@ fn the_whole_frame_centre_padded_matches_dinov2s_depther_and_its_gradient() {
         let metres: Vec<f32> =
             f[&format!("whole_metres{i}")].flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|&v| v as f32).collect();
         let range = DepthRange { min: 1e-3, max: 10.0 };
-        let obj = DepthPgd { head: &head, reads: Reads::PreNorm, metres, height: h, width: w, range };
+        let obj = DepthPgd { head: &head, reads: Reads::PreNorm, metres, height: h, width: w, range, loss: Default::default() };
         let ev = obj.evaluate(&tokens, Some(&tiling), &[0], 0, 1).unwrap();
         let want_loss = f[&format!("depthpgd_loss{i}")].to_vec1::<f64>().unwrap()[0];
         assert!((ev.losses[0] - want_loss).abs() <= 1e-6 * want_loss.abs(), "frame {i}: loss {} vs PyTorch {want_loss}", ev.losses[0]);

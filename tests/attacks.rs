@@ -158,13 +158,18 @@ fn objective_gradients_match_finite_differences() {
     let mut metres: Vec<f32> = (0..2 * 28 * 28).map(|_| rng.uniform(0.5, 9.0) as f32).collect();
     metres[..100].iter_mut().for_each(|m| *m = 0.0);
     let range = DepthRange { min: 1e-3, max: 10.0 };
-    let obj = DepthPgd { head: &depth, reads: Reads::Final, metres: metres.clone(), height: 28, width: 28, range };
+    let obj =
+        DepthPgd { head: &depth, reads: Reads::Final, metres: metres.clone(), height: 28, width: 28, range, loss: Default::default() };
     check_gradient(&enc, &obj, &x);
     // DINOv2's form: no BatchNorm, the tokens before the final norm (their own reverse path).
     let Head::Depth(bn_form) = &depth else { unreachable!() };
     let dinov2 =
         Head::Depth(DepthHead { bn: None, weight: bn_form.weight.clone(), bias: bn_form.bias.clone(), min_depth: 1e-3, max_depth: 10.0 });
-    check_gradient(&enc, &DepthPgd { head: &dinov2, reads: Reads::PreNorm, metres, height: 28, width: 28, range }, &x);
+    check_gradient(
+        &enc,
+        &DepthPgd { head: &dinov2, reads: Reads::PreNorm, metres, height: 28, width: 28, range, loss: Default::default() },
+        &x,
+    );
     check_gradient(&enc, &EmbedAttack::new(&clean, EmbedTarget::PatchPrenorm, Distance::Mse).unwrap(), &x);
 }
 
@@ -333,8 +338,26 @@ fn objectives_match_pytorch() {
             3,
             4,
         ),
-        ("depthpgd", Box::new(DepthPgd { head: &depth, reads: Reads::Final, metres: metres.clone(), height: 56, width: 56, range }), 0, 1),
-        ("depthpgd_dinov2", Box::new(DepthPgd { head: &dinov2, reads: Reads::PreNorm, metres, height: 56, width: 56, range }), 0, 1),
+        (
+            "depthpgd",
+            Box::new(DepthPgd {
+                head: &depth,
+                reads: Reads::Final,
+                metres: metres.clone(),
+                height: 56,
+                width: 56,
+                range,
+                loss: Default::default(),
+            }),
+            0,
+            1,
+        ),
+        (
+            "depthpgd_dinov2",
+            Box::new(DepthPgd { head: &dinov2, reads: Reads::PreNorm, metres, height: 56, width: 56, range, loss: Default::default() }),
+            0,
+            1,
+        ),
         ("embed_patch_prenorm_mse", Box::new(EmbedAttack::new(&clean, EmbedTarget::PatchPrenorm, Distance::Mse).unwrap()), 0, 1),
         ("dlr", Box::new(Dlr { probe: &probe, labels: u32s(&f["probe_labels"]), targets: None }), 0, 1),
         ("dlr_top", Box::new(Dlr { probe: &probe, labels: u32s(&f["dlr_top_labels"]), targets: None }), 0, 1),
@@ -367,7 +390,10 @@ fn objectives_match_pytorch() {
     let head32 = dinov2.to_device(&probe_meta_depth(), &Device::Cpu).unwrap();
     let metres: Vec<f32> = f["depth_metres"].flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|&v| v as f32).collect();
     let cases: Vec<(&str, Box<dyn Objective>)> = vec![
-        ("depthpgd_dinov2", Box::new(DepthPgd { head: &head32, reads: Reads::PreNorm, metres, height: 56, width: 56, range })),
+        (
+            "depthpgd_dinov2",
+            Box::new(DepthPgd { head: &head32, reads: Reads::PreNorm, metres, height: 56, width: 56, range, loss: Default::default() }),
+        ),
         ("embed_patch_prenorm_mse", Box::new(EmbedAttack::new(&clean32, EmbedTarget::PatchPrenorm, Distance::Mse).unwrap())),
     ];
     for (name, obj) in cases {

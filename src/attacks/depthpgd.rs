@@ -1,6 +1,12 @@
 //! DepthPGD: the depth head's training objective turned against it — SigLoss + 0.5·GradLoss of
 //! the prediction against the ground truth, on valid pixels only (the same mask as the metrics),
 //! per image. An image with fewer than two valid pixels has no loss and no gradient.
+//!
+//! The depth ensemble (`super::dense_ensemble`) maximises two more losses over the same pixels:
+//! - `AbsRel`: the mean absolute relative error |p − g| / g, the metric itself;
+//! - `Scaled`: CosPGD's idea carried to a scalar output — each pixel's log-depth error |log p −
+//!   log g| weighted by how right the pixel still is, 1 − tanh|log p − log g| (held constant), so
+//!   the pixels not yet fooled weigh most; averaged over the valid pixels.
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -9,9 +15,43 @@ use super::objective::{losses_and_grads_of, Evaluated, Objective};
 use crate::encoder::{Reads, Tokens};
 use crate::features::Batch;
 use crate::heads::head::Head;
-use crate::heads::losses::{depth_loss, valid_mask};
+use crate::heads::losses::{depth_loss, valid_mask, LOG_EPS};
 use crate::heads::sliding::{dense_forward, Tiling};
 use crate::metrics::DepthRange;
+
+/// Which loss of the prediction against the ground truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DepthLoss {
+    /// SigLoss + 0.5·GradLoss (DepthPGD's).
+    #[default]
+    Sig,
+    /// Mean |p − g| / g.
+    AbsRel,
+    /// Mean (1 − tanh|log p − log g|)·|log p − log g|, the weight held constant.
+    Scaled,
+}
+
+/// One image's `loss` of prediction `p` against `gt` on the valid pixels `mask` (all `[1, H, W]`).
+pub fn depth_objective(loss: DepthLoss, p: &Tensor, gt: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    match loss {
+        DepthLoss::Sig => depth_loss(p, gt, mask),
+        DepthLoss::AbsRel | DepthLoss::Scaled => {
+            let n = mask.sum_all()?;
+            // Invalid pixels read 1 m so nothing divides by zero; the mask drops them.
+            let safe_gt = ((gt * mask)? + (1.0 - mask)?)?;
+            let safe_p = ((p * mask)? + (1.0 - mask)?)?.maximum(LOG_EPS)?;
+            let per_pixel = match loss {
+                DepthLoss::AbsRel => (safe_p - &safe_gt)?.abs()?.div(&safe_gt)?,
+                _ => {
+                    let err = (safe_p.log()? - safe_gt.log()?)?.abs()?;
+                    let weight = (1.0 - err.tanh()?.detach())?;
+                    (err * weight)?
+                }
+            };
+            Ok((per_pixel * mask)?.sum_all()?.div(&n)?)
+        }
+    }
+}
 
 pub struct DepthPgd<'a> {
     pub head: &'a Head,
@@ -22,11 +62,16 @@ pub struct DepthPgd<'a> {
     pub height: usize,
     pub width: usize,
     pub range: DepthRange,
+    pub loss: DepthLoss,
 }
 
 impl Objective for DepthPgd<'_> {
     fn name(&self) -> &'static str {
-        "depthpgd"
+        match self.loss {
+            DepthLoss::Sig => "depthpgd",
+            DepthLoss::AbsRel => "depth-absrel",
+            DepthLoss::Scaled => "depth-scaled",
+        }
     }
 
     fn evaluate(&self, tokens: &Tokens, windows: Option<&Tiling>, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
@@ -47,7 +92,7 @@ impl Objective for DepthPgd<'_> {
                     if valid < 2.0 {
                         return Ok((p.sum_all()? * 0.0)?);
                     }
-                    depth_loss(&p, &gt, &mask)
+                    depth_objective(self.loss, &p, &gt, &mask)
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Tensor::stack(&per, 0)?)

@@ -9,6 +9,7 @@
 //! [`strips`] draws what an attacked batch looks like.
 
 mod apgd;
+pub mod dense_ensemble;
 pub mod depthpgd;
 pub mod dlr;
 pub mod embed;
@@ -20,6 +21,7 @@ pub mod objective;
 pub mod pgd_ce;
 pub mod problem;
 pub mod scoring;
+pub mod seg_losses;
 pub mod segpgd;
 pub mod spec;
 pub mod square;

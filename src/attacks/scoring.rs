@@ -44,7 +44,7 @@ impl Aim<'_> {
     /// tokens, or the loss of scored head `head`.
     pub fn of(spec: &AttackSpec, head: usize) -> Aim<'static> {
         match spec.kind {
-            AttackKind::Embed => Aim::Embed { reference: None, target: spec.embed_target, distance: spec.embed_distance },
+            k if k.is_embed() => Aim::Embed { reference: None, target: spec.embed_target, distance: spec.embed_distance },
             kind => Aim::Head { index: head, kind, loss: spec.loss() },
         }
     }
@@ -170,7 +170,7 @@ pub fn attack_batch_from(
             let Some(h) = crafter.heads.get(index) else {
                 bail!("internal error: the attacked head {index} is not among the {} given", crafter.heads.len())
             };
-            if kind.is_ensemble() {
+            if kind.is_ensemble() || kind.is_dense_ensemble() {
                 Err((kind, h))
             } else {
                 Ok(kind.objective(h.head, h.targets, loss)?)
@@ -214,6 +214,7 @@ pub fn attack_batch_from(
     };
     let mut outcome = match &objective {
         Ok(objective) => attack_observed(crafter.enc, objective.as_ref(), images, cfg, &mut observe)?,
+        Err((kind, h)) if kind.is_dense_ensemble() => super::dense_ensemble::run(*kind, crafter.enc, h.head, h.targets, images, cfg)?,
         Err((kind, h)) => {
             let Targets::Class(labels) = h.targets else { bail!("{} attacks a classifier", kind.display_name()) };
             super::ensemble::run(*kind, crafter.enc, h.head, labels, images, cfg)?

@@ -12,6 +12,7 @@ use super::dlr::Dlr;
 use super::embed::{Distance, EmbedScope, EmbedTarget};
 use super::objective::Objective;
 use super::pgd_ce::CrossEntropy;
+use super::seg_losses::{SegLoss, SegObjective};
 use super::segpgd::{SegPgd, SegPgdForm};
 use super::threat::{parse_amount, Norm, ThreatModel};
 use crate::features::Targets;
@@ -24,6 +25,10 @@ pub enum AttackKind {
     /// EmbedAttack: the distance of the tokens to the clean ones (task-agnostic; one
     /// perturbation per image serves every task of the image).
     Embed,
+    /// EmbedAttack's distance maximised with AutoAttack's APGD schedule instead of PGD's fixed
+    /// step (MSE or cosine, as `embed_distance` says).
+    #[serde(rename = "embed-apgd")]
+    EmbedApgd,
     /// Each head's own attack: PGD (cls), SegPGD (seg), DepthPGD (depth).
     Task,
     /// Cross-entropy PGD on a linear probe.
@@ -51,9 +56,20 @@ pub enum AttackKind {
     /// ones before left robust (`super::ensemble`).
     #[serde(rename = "autoattack")]
     AutoAttack,
+    /// SEA's ensemble for segmentation: APGD on each of its four losses, the worst case per
+    /// image (`super::dense_ensemble`).
+    Sea,
+    /// CosPGD: per-pixel cross-entropy weighted by the cosine similarity of the softmax to the
+    /// one-hot label (segmentation).
+    Cospgd,
+    /// The depth ensemble: APGD on DepthPGD's loss, the absolute relative error and a
+    /// CosPGD-style scaled log error, the worst case per image by RMSE.
+    #[serde(rename = "depth-ensemble")]
+    DepthEnsemble,
 }
 crate::choices!(AttackKind {
     Embed = "embed",
+    EmbedApgd = "embed-apgd",
     Task = "task",
     Pgd = "pgd",
     Segpgd = "segpgd",
@@ -64,6 +80,9 @@ crate::choices!(AttackKind {
     FabT = "fab-t",
     Square = "square",
     AutoAttack = "autoattack",
+    Sea = "sea",
+    Cospgd = "cospgd",
+    DepthEnsemble = "depth-ensemble",
 });
 
 impl AttackKind {
@@ -88,6 +107,7 @@ impl AttackKind {
     pub fn display_name(self) -> &'static str {
         match self {
             AttackKind::Embed => "EmbedAttack",
+            AttackKind::EmbedApgd => "EmbedAttack (APGD)",
             AttackKind::Task => "task attack",
             AttackKind::Pgd => "PGD",
             AttackKind::Segpgd => "SegPGD",
@@ -98,6 +118,9 @@ impl AttackKind {
             AttackKind::FabT => "FAB-T",
             AttackKind::Square => "Square",
             AttackKind::AutoAttack => "AutoAttack",
+            AttackKind::Sea => "SEA",
+            AttackKind::Cospgd => "CosPGD",
+            AttackKind::DepthEnsemble => "depth ensemble",
         }
     }
 
@@ -107,10 +130,16 @@ impl AttackKind {
         matches!(self, AttackKind::ApgdT | AttackKind::FabT | AttackKind::Square | AttackKind::AutoAttack)
     }
 
+    /// Whether it runs as several APGD attacks on a dense head, the worst case kept per image
+    /// (`super::dense_ensemble`).
+    pub fn is_dense_ensemble(self) -> bool {
+        matches!(self, AttackKind::Sea | AttackKind::DepthEnsemble)
+    }
+
     /// Whether it keeps the best point by design (APGD's restarts from it; an ensemble keeps
     /// each sample's first success): `iterate = last` does not fit.
     pub fn keeps_best(self) -> bool {
-        matches!(self, AttackKind::Apgd | AttackKind::ApgdDlr) || self.is_ensemble()
+        matches!(self, AttackKind::Apgd | AttackKind::ApgdDlr | AttackKind::EmbedApgd) || self.is_ensemble() || self.is_dense_ensemble()
     }
 
     /// Whether it is one task's own attack (PGD, SegPGD, DepthPGD).
@@ -120,14 +149,21 @@ impl AttackKind {
 
     /// Whether the attack maximises a head's loss (all but EmbedAttack).
     pub fn aims_at_head(self) -> bool {
-        self != AttackKind::Embed
+        !self.is_embed()
+    }
+
+    /// Whether it is EmbedAttack (PGD or APGD): task-agnostic, on the tokens.
+    pub fn is_embed(self) -> bool {
+        matches!(self, AttackKind::Embed | AttackKind::EmbedApgd)
     }
 
     /// Whether it can attack a head of `task` (EmbedAttack needs no head).
     pub fn fits(self, task: Task) -> bool {
         match self {
-            AttackKind::Embed | AttackKind::Task | AttackKind::Apgd => true,
+            AttackKind::Embed | AttackKind::EmbedApgd | AttackKind::Task | AttackKind::Apgd => true,
             AttackKind::ApgdDlr | AttackKind::ApgdT | AttackKind::FabT | AttackKind::Square | AttackKind::AutoAttack => task == Task::Cls,
+            AttackKind::Sea | AttackKind::Cospgd => task == Task::Seg,
+            AttackKind::DepthEnsemble => task == Task::Depth,
             k => k == AttackKind::of_task(task),
         }
     }
@@ -137,23 +173,34 @@ impl AttackKind {
     /// (DepthPGD). EmbedAttack aims at no head (see `scoring::Aim::Embed`).
     pub fn objective<'a>(self, trained: &'a TrainedHead, targets: &Targets, loss: LossOptions) -> Result<Box<dyn Objective + 'a>> {
         let (head, task) = (&trained.head, trained.meta.task);
-        if self == AttackKind::Embed || !self.fits(task) {
+        if self.is_embed() || !self.fits(task) {
             bail!("the {self} attack does not fit a {task} head");
         }
-        if self.is_ensemble() {
-            bail!("internal error: {self} runs as an ensemble (attacks::ensemble), not as one objective");
+        if self.is_ensemble() || self.is_dense_ensemble() {
+            bail!("internal error: {self} runs as an ensemble (attacks::ensemble, attacks::dense_ensemble), not as one objective");
         }
         Ok(match (head, targets) {
             (Head::Linear(probe), Targets::Class(l)) if self == AttackKind::ApgdDlr => {
                 Box::new(Dlr { probe, labels: l.clone(), targets: None })
             }
             (Head::Linear(probe), Targets::Class(l)) => Box::new(CrossEntropy { probe, labels: l.clone(), scale_logits: loss.ce_scaling }),
+            (Head::Seg(_), Targets::Segmentation { labels, height, width }) if self == AttackKind::Cospgd => {
+                Box::new(SegObjective { head, labels: labels.clone(), height: *height, width: *width, loss: SegLoss::CosPgd })
+            }
             (Head::Seg(_), Targets::Segmentation { labels, height, width }) => {
                 Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width, form: loss.segpgd })
             }
             (Head::Depth(_), Targets::Depth { metres, height, width }) => {
                 let range = trained.meta.range().context("a depth head without a depth range")?;
-                Box::new(DepthPgd { head, reads: trained.meta.reads(), metres: metres.clone(), height: *height, width: *width, range })
+                Box::new(DepthPgd {
+                    head,
+                    reads: trained.meta.reads(),
+                    metres: metres.clone(),
+                    height: *height,
+                    width: *width,
+                    range,
+                    loss: Default::default(),
+                })
             }
             (_, t) => bail!("the head's task does not fit {}", t.kind()),
         })
@@ -161,7 +208,17 @@ impl AttackKind {
 
     /// How its step evolves.
     pub fn method(self) -> Method {
-        if matches!(self, AttackKind::Apgd | AttackKind::ApgdDlr | AttackKind::ApgdT | AttackKind::FabT | AttackKind::AutoAttack) {
+        if matches!(
+            self,
+            AttackKind::Apgd
+                | AttackKind::ApgdDlr
+                | AttackKind::ApgdT
+                | AttackKind::FabT
+                | AttackKind::AutoAttack
+                | AttackKind::EmbedApgd
+                | AttackKind::Sea
+                | AttackKind::DepthEnsemble
+        ) {
             Method::Apgd
         } else {
             Method::Pgd
@@ -377,7 +434,7 @@ impl AttackSpec {
 
     /// Refuses settings the engine cannot run.
     pub fn check(&self) -> Result<()> {
-        if self.kind == AttackKind::Embed && self.embed_scope == EmbedScope::Shared && self.embed_target == EmbedTarget::Task {
+        if self.kind.is_embed() && self.embed_scope == EmbedScope::Shared && self.embed_target == EmbedTarget::Task {
             bail!("a shared EmbedAttack perturbation is scored on every task of its images: it needs one stated embed_target (cls, patch, patch-prenorm or both), not 'task'");
         }
         if self.curve && self.restarts > 1 {
@@ -386,7 +443,7 @@ impl AttackSpec {
         if self.iterate == Iterate::Last && self.kind.keeps_best() {
             bail!("iterate = last does not fit {}, which keeps its best point by design; use pgd or task", self.kind.display_name());
         }
-        if self.kind.is_ensemble() && self.curve {
+        if (self.kind.is_ensemble() || self.kind.is_dense_ensemble()) && self.curve {
             bail!("{} runs several attacks on the points still robust: it records no per-step curve", self.kind.display_name());
         }
         if self.queries == 0 && matches!(self.kind, AttackKind::Square | AttackKind::AutoAttack) {

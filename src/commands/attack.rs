@@ -362,10 +362,11 @@ impl Surrogate {
             None => None,
         };
         match (a.attack, &head) {
-            (AttackKind::Embed, Some(_)) => {
+            (kind, Some(_)) if kind.is_embed() => {
                 bail!("--source-head is for task attacks: a transferred EmbedAttack uses the source encoder's own embedding")
             }
-            (AttackKind::Embed, None) | (_, Some(_)) => {}
+            (kind, None) if kind.is_embed() => {}
+            (_, Some(_)) => {}
             (kind, None) => bail!(
                 "--attack {kind} crafted on {} maximises the loss of a head on that encoder: give it with --source-head \
                  (a {} head trained on --source-checkpoint)",

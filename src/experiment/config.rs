@@ -452,7 +452,7 @@ impl Loaded {
                 }
                 _ => {}
             }
-            if a.kinds.contains(&AttackKind::Embed) && a.embed_scope == EmbedScope::Shared && a.embed_target == EmbedTarget::Task {
+            if a.kinds.iter().any(|k| k.is_embed()) && a.embed_scope == EmbedScope::Shared && a.embed_target == EmbedTarget::Task {
                 bail!(
                     "{file}: an [[attack]] block with embed_scope = \"shared\" scores one perturbation on every task of the images: \
                      state its embed_target (cls, patch, patch-prenorm or both); \"task\" is one embedding per task"

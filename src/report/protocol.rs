@@ -149,7 +149,7 @@ pub fn tables(r: &Results, heads: &[(String, HeadRecord)], experiment: Option<&E
             row("model selection", "the last epoch".into(), "the best epoch on the test split"),
             row(
                 "EmbedAttack",
-                if specs.iter().any(|p| p.kind == crate::attacks::spec::AttackKind::Embed) {
+                if specs.iter().any(|p| p.kind.is_embed()) {
                     distinct(&settings, |s| match s.embed_scope {
                         EmbedScope::PerTask => format!(
                             "per task: one EmbedAttack per task on {} by {}",

@@ -88,7 +88,7 @@ pub fn matrices(r: &Results) -> Vec<Table> {
                  on the row's encoder — {} — and scored on the column's; the first row is the clean figure, the diagonal the \
                  white-box attack of an encoder on itself where the experiment runs it (– where it does not).",
                 metric_name(metric),
-                if attack == AttackKind::Embed {
+                if attack.is_embed() {
                     "EmbedAttack on the surrogate's own embedding"
                 } else {
                     "the attack against the surrogate's own head of this task"

@@ -1,0 +1,131 @@
+//! Ensembles for the dense heads: several APGD runs on one head, each maximising its own loss
+//! from the clean images, and per image the worst case by the task's own measure — the SEA way
+//! of evaluating segmentation (`sea`), and its counterpart for depth (`depth-ensemble`):
+//!
+//! - `sea`: APGD on SEA's four losses (`super::seg_losses`), per image the point with the lowest pixel
+//!   accuracy;
+//! - `depth-ensemble`: APGD on DepthPGD's loss, on the absolute relative error and on the
+//!   CosPGD-style scaled log error (`super::depthpgd`), per image the point with the largest
+//!   RMSE.
+//!
+//! Every component keeps its own best point per image (APGD's bookkeeping); the ensemble then
+//! scores each component's points once and keeps the worst per image, so it is never weaker, image
+//! by image, than any of its parts.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+use super::depthpgd::{DepthLoss, DepthPgd};
+use super::engine::attack;
+use super::objective::Objective;
+use super::problem::{Outcome, Sanity};
+use super::seg_losses::{SegLoss, SegObjective};
+use super::spec::{AttackConfig, AttackKind, Method};
+use crate::encoder::Encoder;
+use crate::features::{Batch, Targets};
+use crate::heads::head::{Head, TrainedHead};
+use crate::heads::sliding::{dense_forward, tokens_of, Tiling};
+use crate::metrics::{depth_errors, ConfusionMatrix};
+
+/// The objectives of ensemble `kind` against `trained` and its `targets`, named.
+fn components<'a>(kind: AttackKind, trained: &'a TrainedHead, targets: &Targets) -> Result<Vec<Box<dyn Objective + 'a>>> {
+    let head = &trained.head;
+    Ok(match (kind, head, targets) {
+        (AttackKind::Sea, Head::Seg(_), Targets::Segmentation { labels, height, width }) => SegLoss::SEA
+            .iter()
+            .map(|&loss| {
+                Box::new(SegObjective { head, labels: labels.clone(), height: *height, width: *width, loss }) as Box<dyn Objective>
+            })
+            .collect(),
+        (AttackKind::DepthEnsemble, Head::Depth(_), Targets::Depth { metres, height, width }) => {
+            let range = trained.meta.range().context("a depth head without a depth range")?;
+            [DepthLoss::Sig, DepthLoss::AbsRel, DepthLoss::Scaled]
+                .iter()
+                .map(|&loss| {
+                    Box::new(DepthPgd {
+                        head,
+                        reads: trained.meta.reads(),
+                        metres: metres.clone(),
+                        height: *height,
+                        width: *width,
+                        range,
+                        loss,
+                    }) as Box<dyn Objective>
+                })
+                .collect()
+        }
+        (k, _, t) => bail!("{} does not fit a {} head ({} targets)", k.display_name(), trained.meta.task, t.kind()),
+    })
+}
+
+/// Per image, how badly the head does on `images` (higher: worse): 1 − pixel accuracy for
+/// segmentation, RMSE for depth (0 where an image has no labelled pixel).
+fn badness(enc: &Encoder, trained: &TrainedHead, targets: &Targets, images: &Tensor, windows: Option<&Tiling>) -> Result<Vec<f64>> {
+    let tokens = tokens_of(enc, images, windows)?;
+    let batch = Batch::read(&tokens, trained.meta.reads())?.to_device(&Device::Cpu)?;
+    match targets {
+        Targets::Segmentation { labels, height, width } => {
+            let out = dense_forward(&trained.head, &batch, (*height, *width), windows)?;
+            let (k, predicted) = (out.dim(1)?, out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?);
+            let px = height * width;
+            (0..images.dim(0)?)
+                .map(|i| {
+                    let mut m = ConfusionMatrix::new(k, crate::data::IGNORE);
+                    m.update(&predicted[i * px..(i + 1) * px], &labels[i * px..(i + 1) * px])?;
+                    Ok(m.pixel_accuracy().map_or(0.0, |v| 1.0 - v))
+                })
+                .collect()
+        }
+        Targets::Depth { metres, height, width } => {
+            let range = trained.meta.range().context("a depth head without a depth range")?;
+            let out = dense_forward(&trained.head, &batch, (*height, *width), windows)?;
+            let pred = out.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+            let px = height * width;
+            (0..images.dim(0)?)
+                .map(|i| Ok(depth_errors(&pred[i * px..(i + 1) * px], &metres[i * px..(i + 1) * px], range)?.map_or(0.0, |e| e.rmse)))
+                .collect()
+        }
+        t => bail!("internal error: a dense ensemble on {} targets", t.kind()),
+    }
+}
+
+/// Runs dense ensemble `kind` against `trained` on `images` with `targets`, through `enc`, each
+/// component with APGD for `cfg.steps` iterations (its own seed stream) from the clean images.
+/// The outcome's loss is each image's badness at the returned point.
+pub fn run(
+    kind: AttackKind,
+    enc: &Encoder,
+    trained: &TrainedHead,
+    targets: &Targets,
+    images: &Tensor,
+    cfg: &AttackConfig,
+) -> Result<Outcome> {
+    if cfg.trace {
+        bail!("{} runs several attacks and keeps the worst per image: it records no per-step curve", kind.display_name());
+    }
+    let parts = components(kind, trained, targets)?;
+    let (n, _, h, w) = images.dims4()?;
+    let windows = cfg.window.map(|win| Tiling::new(h, w, win, enc.config().patch_size)).transpose()?;
+    let mut worst: Vec<f64> = vec![f64::NEG_INFINITY; n];
+    let mut chosen: Vec<Tensor> = (0..n).map(|i| images.get(i)).collect::<candle_core::Result<_>>()?;
+    let mut sanity = Sanity::default();
+    for (c, objective) in parts.iter().enumerate() {
+        let run = AttackConfig {
+            method: Method::Apgd,
+            early_stop: false,
+            last_iterate: false,
+            seed: crate::rng::stream(cfg.seed, c as u64),
+            ..*cfg
+        };
+        let out = attack(enc, objective.as_ref(), images, &run)?;
+        sanity.merge(&out.sanity);
+        let bad = badness(enc, trained, targets, &out.adversarial, windows.as_ref())?;
+        for i in 0..n {
+            if bad[i] > worst[i] {
+                worst[i] = bad[i];
+                chosen[i] = out.adversarial.get(i)?;
+            }
+        }
+    }
+    Ok(Outcome { adversarial: Tensor::stack(&chosen, 0)?, loss: worst, success: vec![false; n], sanity })
+}
