@@ -16,7 +16,7 @@
 //! best point is chosen by the image's pixel accuracy.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 
 use super::objective::{losses_and_grads, Evaluated, Objective};
 use crate::data::IGNORE;
@@ -176,7 +176,7 @@ impl Objective for SegObjective<'_> {
             let batch = Batch::from_tokens(cls, patch, tokens.grid);
             let logits = dense_forward(self.head, &batch, (h, w), windows)?;
             score = pixel_errors(&logits, &labels)?;
-            seg_losses(self.loss, &logits.to_dtype(DType::F32)?, &labels)
+            seg_losses(self.loss, &logits, &labels)
         })?;
         Ok(Evaluated { losses, d_cls, d_patch, d_prenorm: None, success: None, score: Some(score), saturated: None })
     }

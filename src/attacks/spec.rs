@@ -168,6 +168,12 @@ impl AttackKind {
         }
     }
 
+    /// The kinds that fit a head of `task`, by name, comma-separated (for messages).
+    pub fn fitting(task: Task) -> String {
+        use crate::choice::Choice;
+        AttackKind::ALL.iter().filter(|k| k.fits(task)).map(|k| k.name()).collect::<Vec<_>>().join(", ")
+    }
+
     /// The objective it maximises against `head` and its `targets`: the head's own loss — cross-entropy for a linear probe (PGD), SegPGD's
     /// weighted cross-entropy for a segmentation head, SigLoss + GradLoss for a depth head
     /// (DepthPGD). EmbedAttack aims at no head (see `scoring::Aim::Embed`).

@@ -186,7 +186,7 @@ pub fn run(a: &AttackArgs) -> Result<()> {
     let spec = a.spec()?;
     spec.check()?;
     if !spec.kind.fits(a.task) {
-        bail!("--attack {} does not fit a {} head (pgd: cls, segpgd: seg, depthpgd: depth; embed, task and apgd: any)", spec.kind, a.task);
+        bail!("--attack {} does not fit a {} head; these do: {}", spec.kind, a.task, AttackKind::fitting(a.task));
     }
     let early_stop = a.task == Task::Cls;
     let file = a.head.display().to_string();
