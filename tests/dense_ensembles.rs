@@ -30,12 +30,66 @@ fn new_losses_have_true_gradients() {
     let mut rng = robust_ssl::rng::SplitMix64::new(5);
     let labels: Vec<u32> = (0..2 * 28 * 28).map(|i| if i % 17 == 0 { 255 } else { (rng.uniform(0.0, 5.0) as u32).min(4) }).collect();
     for loss in SegLoss::SEA {
-        check_gradient(&enc, &SegObjective { head: &seg, labels: labels.clone(), height: 28, width: 28, loss }, &x);
+        check_gradient(&enc, &SegObjective { head: &seg, labels: labels.clone(), height: 28, width: 28, loss, steer_by_ce: false }, &x);
     }
     let metres: Vec<f32> = (0..2 * 28 * 28).map(|i| if i % 13 == 0 { 0.0 } else { 0.5 + rng.uniform(0.0, 4.0) as f32 }).collect();
     let range = DepthRange { min: 1e-3, max: 10.0 };
     let obj = DepthPgd { head: &depth, reads: Reads::Final, metres, height: 28, width: 28, range, loss: DepthLoss::AbsRel };
     check_gradient(&enc, &obj, &x);
+}
+
+/// SEA's later radii start where the earlier stopped: `attack_from` begins at the given points,
+/// projected into the new ball (no step: exactly those points, clipped to ε).
+#[test]
+fn a_stage_starts_from_the_points_given() {
+    let enc = encoder();
+    let x = images(2, 3);
+    let (seg, _) = random_dense_heads(4, DType::F32);
+    let labels: Vec<u32> = (0..2 * 28 * 28).map(|i| (i % 5) as u32).collect();
+    let obj = SegObjective { head: &seg, labels, height: 28, width: 28, loss: SegLoss::MaskedCe, steer_by_ce: true };
+    let start = (&x + 0.05).unwrap().clamp(0f32, 1f32).unwrap();
+    let mut cfg = attacking::config(robust_ssl::attacks::threat::Norm::Linf, 0.02, 0, 0);
+    cfg.method = robust_ssl::attacks::engine::Method::Apgd;
+    let out = robust_ssl::attacks::engine::attack_from(&enc, &obj, &x, &start, &cfg).unwrap();
+    let want = (&x + 0.02).unwrap().clamp(0f32, 1f32).unwrap();
+    let gap = (out.adversarial - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    assert!(gap < 1e-6, "{gap}");
+}
+
+/// SEA's four losses and CosPGD's, value and logit gradient, against their sources' definitions
+/// restated in PyTorch (tools/gen_sea_fixtures.py; checked there against the sources' own
+/// functions): per image, the mean over all its pixels; masks and CosPGD's weight held.
+#[test]
+fn losses_match_sea_and_cospgd() {
+    let f = candle_core::safetensors::load(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/attacks/sea_losses.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let logits = candle_core::Var::from_tensor(&f["logits"]).unwrap();
+    let labels: Vec<u32> = f["labels"].flatten_all().unwrap().to_vec1::<f64>().unwrap().iter().map(|&v| v as u32).collect();
+    let weights: Vec<f64> = f["class_weights"].to_vec1().unwrap();
+    assert!(labels.contains(&255), "the fixture has ignored pixels");
+    for (name, loss) in [
+        ("masked_ce", SegLoss::MaskedCe),
+        ("masked_balanced_ce", SegLoss::MaskedBalancedCe),
+        ("js", SegLoss::Js),
+        ("masked_spherical", SegLoss::MaskedSpherical),
+        ("cospgd", SegLoss::CosPgd),
+    ] {
+        let per_image = robust_ssl::attacks::seg_losses::seg_losses(loss, logits.as_tensor(), &labels, &weights).unwrap();
+        let got: Vec<f64> = per_image.to_vec1().unwrap();
+        let want: Vec<f64> = f[&format!("{name}_losses")].to_vec1().unwrap();
+        for (a, b) in got.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-12 + 1e-9 * b.abs(), "{name}: {got:?} vs {want:?}");
+        }
+        let grads = per_image.sum_all().unwrap().backward().unwrap();
+        let g: Vec<f64> = grads.get(logits.as_tensor()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let want: Vec<f64> = f[&format!("{name}_grad")].flatten_all().unwrap().to_vec1().unwrap();
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let worst = g.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst <= 1e-9 * scale.max(1.0), "{name}: gradient off by {worst} (largest {scale})");
+    }
 }
 
 /// As a user runs them on trained heads of synthetic scenes: the ensembles leave figures no

@@ -28,11 +28,28 @@ pub fn attack(enc: &Encoder, objective: &dyn Objective, images: &Tensor, cfg: &A
     attack_observed(enc, objective, images, cfg, &mut |_, _| Ok(()))
 }
 
+/// [`attack`] whose first run starts at `start` (`[B, 3, H, W]`, projected into the budget around
+/// `images`) instead of a random point: a schedule that continues from an earlier attack's points.
+pub fn attack_from(enc: &Encoder, objective: &dyn Objective, images: &Tensor, start: &Tensor, cfg: &AttackConfig) -> Result<Outcome> {
+    run(enc, objective, images, Some(start), cfg, &mut |_, _| Ok(()))
+}
+
 /// [`attack`], showing `observe` every iterate when `cfg.trace` (one run: restarts = 1).
 pub fn attack_observed(
     enc: &Encoder,
     objective: &dyn Objective,
     images: &Tensor,
+    cfg: &AttackConfig,
+    observe: &mut Observer,
+) -> Result<Outcome> {
+    run(enc, objective, images, None, cfg, observe)
+}
+
+fn run(
+    enc: &Encoder,
+    objective: &dyn Objective,
+    images: &Tensor,
+    start: Option<&Tensor>,
     cfg: &AttackConfig,
     observe: &mut Observer,
 ) -> Result<Outcome> {
@@ -50,12 +67,18 @@ pub fn attack_observed(
     let mut best = Best::new(b, per);
     let mut sanity = Sanity::default();
     sanity.settings(&cfg.threat, cfg.steps);
+    let start: Option<Vec<f32>> = start.map(|s| s.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()).transpose()?;
+    if start.as_ref().is_some_and(|s| s.len() != p.x.len()) {
+        bail!("internal error: the starting points do not match the images");
+    }
     for restart in 0..cfg.restarts.max(1) {
         let mut rng = SplitMix64::new(crate::rng::stream(cfg.seed, restart as u64));
         let mut delta = vec![vec![0f32; per]; b];
         for (i, d) in delta.iter_mut().enumerate() {
-            if cfg.random_start && p.threat.eps > 0.0 {
-                p.threat.random_start(d, &mut rng);
+            match start.as_ref().filter(|_| restart == 0) {
+                Some(s) => d.iter_mut().zip(&s[i * per..(i + 1) * per]).zip(p.clean(i)).for_each(|((d, s), x)| *d = s - x),
+                None if cfg.random_start && p.threat.eps > 0.0 => p.threat.random_start(d, &mut rng),
+                None => {}
             }
             p.project(i, d, &mut sanity)?;
         }

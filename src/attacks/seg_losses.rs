@@ -1,19 +1,25 @@
 //! The segmentation losses of SEA's ensemble and of CosPGD, per image, on the head's logits
-//! `[n, K, H, W]` against labels (255 ignored): with p the softmax, y the label, "correct" the
-//! pixels whose argmax is still y (held constant within a step), and the sums over an image's
-//! labelled pixels divided by their number:
+//! `[n, K, H, W]` against labels (255 ignored), as their sources compute them (restated in
+//! `tools/gen_sea_fixtures.py`, whose fixture the tests match): with p the softmax, y the label,
+//! "correct" the labelled pixels whose argmax is still y (rebuilt at every evaluation, held
+//! constant within it), each image's per-pixel terms summed and divided by all its H·W pixels
+//! (SEA's `pixel_to_img_loss`; CosPGD's mean):
 //!
-//! - `masked-ce`: cross-entropy on the correct pixels only (SEA);
-//! - `masked-balanced-ce`: the same, each pixel weighted by the inverse frequency of its class in
-//!   the image (SEA);
-//! - `js`: the Jensen–Shannon divergence between p and the one-hot label, on every labelled pixel
-//!   (SEA);
-//! - `masked-spherical`: −p_y / ‖p‖₂ on the correct pixels (SEA);
-//! - `cospgd`: cross-entropy weighted by the cosine similarity of p to the one-hot label,
-//!   p_y / ‖p‖₂, held constant (CosPGD).
+//! - `masked-ce`: cross-entropy on the correct pixels (SEA's `mask-ce-avg`);
+//! - `masked-balanced-ce`: the same, weighted w_y by class (SEA's `mask-ce-bal`; SEA ships fixed
+//!   per-dataset weights, here the inverse class frequencies over the labels attacked, summing
+//!   to 1 — a stated deviation);
+//! - `js`: the Jensen–Shannon divergence between p and the one-hot label, ½[KL(p‖m) + KL(e_y‖m)],
+//!   m = (p + e_y)/2, on every labelled pixel (SEA's `js-avg`);
+//! - `masked-spherical`: −z_y / ‖z‖₂ on the raw logits, on the correct pixels (SEA's pre-release
+//!   `mask-norm-corrlog-avg`; its released ensemble keeps the other three);
+//! - `cospgd`: cross-entropy weighted by cos(p, e_y) = p_y / ‖p‖₂, held constant (CosPGD's
+//!   `cospgd_scale`).
 //!
 //! The masks change as pixels are fooled, so losses of different steps are not comparable: the
-//! best point is chosen by the image's pixel accuracy.
+//! best point is chosen by the image's pixel accuracy, and SEA's APGD decides its step sizes on the
+//! plain cross-entropy averaged over the image (`track_loss = "ce-avg"`), which these objectives
+//! report as their loss while their gradient is that of the SEA loss.
 
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
@@ -56,13 +62,21 @@ struct Masks {
     valid: Tensor,
     /// Labelled pixels still classified right.
     correct: Tensor,
-    /// Per pixel, the inverse frequency of its class among the image's labelled pixels.
+    /// Per pixel, its class's weight (0 where unlabelled).
     balance: Tensor,
-    /// Per image, 1 / its number of labelled pixels (0 where none).
-    per_image: Tensor,
 }
 
-fn masks(logits: &Tensor, labels: &[u32]) -> Result<Masks> {
+/// Inverse class frequencies over the labelled pixels of `labels`, normalised to sum 1 (0 for
+/// classes absent): the balanced cross-entropy's weights.
+pub fn class_weights(labels: &[u32], classes: usize) -> Vec<f64> {
+    let mut counts = vec![0usize; classes];
+    labels.iter().filter(|&&l| l != IGNORE && (l as usize) < classes).for_each(|&l| counts[l as usize] += 1);
+    let inverse: Vec<f64> = counts.iter().map(|&c| if c > 0 { 1.0 / c as f64 } else { 0.0 }).collect();
+    let total: f64 = inverse.iter().sum();
+    inverse.iter().map(|v| if total > 0.0 { v / total } else { 0.0 }).collect()
+}
+
+fn masks(logits: &Tensor, labels: &[u32], weights: &[f64]) -> Result<Masks> {
     let (n, k, h, w) = logits.dims4()?;
     let px = h * w;
     if labels.len() != n * px {
@@ -73,14 +87,12 @@ fn masks(logits: &Tensor, labels: &[u32]) -> Result<Masks> {
     }
     let predicted = logits.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
     let (mut onehot, mut valid, mut correct, mut balance) =
-        (vec![0f32; n * k * px], vec![0f32; n * px], vec![0f32; n * px], vec![0f32; n * px]);
-    let mut per_image = vec![0f32; n];
+        (vec![0f64; n * k * px], vec![0f64; n * px], vec![0f64; n * px], vec![0f64; n * px]);
+    if weights.len() != k {
+        bail!("{} class weights for {k} classes", weights.len());
+    }
     for img in 0..n {
         let ls = &labels[img * px..(img + 1) * px];
-        let mut counts = vec![0usize; k];
-        ls.iter().filter(|&&l| l != IGNORE).for_each(|&l| counts[l as usize] += 1);
-        let labelled: usize = counts.iter().sum();
-        per_image[img] = if labelled > 0 { 1.0 / labelled as f32 } else { 0.0 };
         for (j, &l) in ls.iter().enumerate() {
             if l == IGNORE {
                 continue;
@@ -88,33 +100,33 @@ fn masks(logits: &Tensor, labels: &[u32]) -> Result<Masks> {
             let at = img * px + j;
             onehot[(img * k + l as usize) * px + j] = 1.0;
             valid[at] = 1.0;
-            correct[at] = f32::from(u8::from(predicted[at] == l));
-            balance[at] = labelled as f32 / (counts[l as usize] as f32 * counts.iter().filter(|&&c| c > 0).count() as f32);
+            correct[at] = f64::from(u8::from(predicted[at] == l));
+            balance[at] = weights[l as usize];
         }
     }
     let dev = logits.device();
     let dt = logits.dtype();
-    let t = |v: Vec<f32>, shape: &[usize]| -> Result<Tensor> { Ok(Tensor::from_vec(v, shape, dev)?.to_dtype(dt)?) };
+    let t = |v: Vec<f64>, shape: &[usize]| -> Result<Tensor> { Ok(Tensor::from_vec(v, shape, dev)?.to_dtype(dt)?) };
     Ok(Masks {
         onehot: t(onehot, &[n, k, h, w])?,
         valid: t(valid, &[n, 1, h, w])?,
         correct: t(correct, &[n, 1, h, w])?,
         balance: t(balance, &[n, 1, h, w])?,
-        per_image: t(per_image, &[n])?,
     })
 }
 
-/// Per-image `loss` `[n]` of `logits` `[n, K, H, W]` against `labels` (`n·H·W`, 255 ignored).
-pub fn seg_losses(loss: SegLoss, logits: &Tensor, labels: &[u32]) -> Result<Tensor> {
-    let m = masks(logits, labels)?;
+/// Per-image `loss` `[n]` of `logits` `[n, K, H, W]` against `labels` (`n·H·W`, 255 ignored),
+/// with the balanced cross-entropy's class `weights` (`K`; see [`class_weights`]).
+pub fn seg_losses(loss: SegLoss, logits: &Tensor, labels: &[u32], weights: &[f64]) -> Result<Tensor> {
+    let m = masks(logits, labels, weights)?;
     let max = logits.max_keepdim(1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let log_z = shifted.exp()?.sum_keepdim(1)?.log()?;
     let log_p = shifted.broadcast_sub(&log_z)?;
     let p = log_p.exp()?;
     let ce = (&log_p * &m.onehot)?.sum_keepdim(1)?.neg()?; // [n, 1, H, W]
-    let p_y = (&p * &m.onehot)?.sum_keepdim(1)?;
-    let p_norm = p.sqr()?.sum_keepdim(1)?.sqrt()?;
+    let pick = |t: &Tensor| -> Result<Tensor> { Ok((t * &m.onehot)?.sum_keepdim(1)?) };
+    let norm = |t: &Tensor| -> Result<Tensor> { Ok(t.sqr()?.sum_keepdim(1)?.sqrt()?) };
     let per_pixel = match loss {
         SegLoss::MaskedCe => (ce * &m.correct)?,
         SegLoss::MaskedBalancedCe => ((ce * &m.correct)? * &m.balance)?,
@@ -126,11 +138,24 @@ pub fn seg_losses(loss: SegLoss, logits: &Tensor, labels: &[u32]) -> Result<Tens
             let kl_y = (&m.onehot * log_mid.neg()?)?.sum_keepdim(1)?;
             (((kl_p + kl_y)? * 0.5)? * &m.valid)?
         }
-        SegLoss::MaskedSpherical => ((p_y / p_norm)?.neg()? * &m.correct)?,
-        SegLoss::CosPgd => ((p_y / p_norm)?.detach() * ce)?.mul(&m.valid)?,
+        SegLoss::MaskedSpherical => ((pick(logits)? / norm(logits)?)?.neg()? * &m.correct)?,
+        SegLoss::CosPgd => ((pick(&p)? / norm(&p)?)?.detach() * ce)?.mul(&m.valid)?,
     };
-    let (n, _, _, _) = logits.dims4()?;
-    Ok((per_pixel.reshape((n, ()))?.sum(D::Minus1)? * &m.per_image)?)
+    let (n, _, h, w) = logits.dims4()?;
+    Ok((per_pixel.reshape((n, ()))?.sum(D::Minus1)? / (h * w) as f64)?)
+}
+
+/// SEA's tracking loss: the plain cross-entropy over the labelled pixels, per image, divided by
+/// all its H·W pixels (`ce-avg`).
+fn ce_avg(logits: &Tensor, labels: &[u32]) -> Result<Vec<f64>> {
+    let k = logits.dim(1)?;
+    let (n, _, h, w) = logits.dims4()?;
+    let m = masks(logits, labels, &vec![0.0; k])?;
+    let max = logits.max_keepdim(1)?;
+    let shifted = logits.broadcast_sub(&max)?;
+    let log_p = shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(1)?.log()?)?;
+    let ce = (log_p * &m.onehot)?.sum_keepdim(1)?.neg()?;
+    Ok((ce.reshape((n, ()))?.sum(D::Minus1)? / (h * w) as f64)?.to_dtype(candle_core::DType::F64)?.to_vec1()?)
 }
 
 /// 1 − each image's pixel accuracy (0 where it has no labelled pixel).
@@ -160,6 +185,9 @@ pub struct SegObjective<'a> {
     pub height: usize,
     pub width: usize,
     pub loss: SegLoss,
+    /// Report SEA's tracking loss (plain CE over the image) instead of the loss itself, as SEA's
+    /// APGD steers its step size (the gradient stays the loss's).
+    pub steer_by_ce: bool,
 }
 
 impl Objective for SegObjective<'_> {
@@ -171,13 +199,17 @@ impl Objective for SegObjective<'_> {
         let Head::Seg(_) = self.head else { bail!("the {} loss needs a segmentation head", self.loss.name()) };
         let (h, w) = (self.height, self.width);
         let labels: Vec<u32> = active.iter().flat_map(|&i| self.labels[i * h * w..(i + 1) * h * w].iter().copied()).collect();
-        let mut score = Vec::new();
+        let (mut score, mut track) = (Vec::new(), Vec::new());
         let (losses, d_cls, d_patch) = losses_and_grads(tokens, |cls, patch| {
             let batch = Batch::from_tokens(cls, patch, tokens.grid);
             let logits = dense_forward(self.head, &batch, (h, w), windows)?;
             score = pixel_errors(&logits, &labels)?;
-            seg_losses(self.loss, &logits, &labels)
+            track = ce_avg(&logits, &labels)?;
+            // The balanced weights from every label of the batch: the same at every step.
+            let weights = class_weights(&self.labels, logits.dim(1)?);
+            seg_losses(self.loss, &logits, &labels, &weights)
         })?;
+        let losses = if self.steer_by_ce { track } else { losses };
         Ok(Evaluated { losses, d_cls, d_patch, d_prenorm: None, success: None, score: Some(score), saturated: None })
     }
 }

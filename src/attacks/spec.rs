@@ -190,9 +190,14 @@ impl AttackKind {
                 Box::new(Dlr { probe, labels: l.clone(), targets: None })
             }
             (Head::Linear(probe), Targets::Class(l)) => Box::new(CrossEntropy { probe, labels: l.clone(), scale_logits: loss.ce_scaling }),
-            (Head::Seg(_), Targets::Segmentation { labels, height, width }) if self == AttackKind::Cospgd => {
-                Box::new(SegObjective { head, labels: labels.clone(), height: *height, width: *width, loss: SegLoss::CosPgd })
-            }
+            (Head::Seg(_), Targets::Segmentation { labels, height, width }) if self == AttackKind::Cospgd => Box::new(SegObjective {
+                head,
+                labels: labels.clone(),
+                height: *height,
+                width: *width,
+                loss: SegLoss::CosPgd,
+                steer_by_ce: false,
+            }),
             (Head::Seg(_), Targets::Segmentation { labels, height, width }) => {
                 Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width, form: loss.segpgd })
             }
@@ -234,7 +239,9 @@ impl AttackKind {
     /// Its iterations when a user gives none: AutoAttack's 100 for the APGD family and the
     /// ensembles, the study's 20 otherwise (Square counts queries instead: `AttackSpec::queries`).
     pub fn default_steps(self) -> usize {
-        if self.method() == Method::Apgd {
+        if self == AttackKind::Sea {
+            AttackSpec::SEA_STEPS
+        } else if self.method() == Method::Apgd {
             AttackSpec::AUTOATTACK_STEPS
         } else {
             AttackSpec::DEFAULT_STEPS
@@ -377,6 +384,8 @@ impl AttackSpec {
     pub const DEFAULT_STEPS: usize = 20;
     /// AutoAttack's iterations for APGD (its `n_iter`).
     pub const AUTOATTACK_STEPS: usize = 100;
+    /// SEA's iterations per loss (its three radii together: 90 + 90 + 120).
+    pub const SEA_STEPS: usize = 300;
     /// AutoAttack's queries for Square in its standard version.
     pub const DEFAULT_QUERIES: usize = 5000;
     pub const DEFAULT_SEED: u64 = 0;
