@@ -92,6 +92,15 @@ fn losses_match_sea_and_cospgd() {
     }
 }
 
+/// `attack` on the tiny DINOv2 with a head of `task` and `--attack kind`, as JSON.
+fn args(task: &str, head: &str, data: &str, kind: &str, extra: &[&str]) -> Vec<String> {
+    let enc = common::tiny_encoder();
+    let mut v = vec!["attack", "--task", task, "--checkpoint", &enc, "--num-heads", "4", "--dataset", data, "--size", "28", "--head", head];
+    v.extend(["--attack", kind, "--json"]);
+    v.extend(extra);
+    v.iter().map(|s| s.to_string()).collect()
+}
+
 /// As a user runs them on trained heads of synthetic scenes: the ensembles leave figures no
 /// better than the task's own attack at the same iterations, and no better than clean.
 #[test]
@@ -129,28 +138,7 @@ fn ensembles_are_at_least_as_strong_as_the_task_attack() {
         }
         let data = format!("{kind}:8x28");
         let attack = |name: &str| {
-            ok_json(&[
-                "attack",
-                "--task",
-                task,
-                "--checkpoint",
-                &enc,
-                "--num-heads",
-                "4",
-                "--dataset",
-                &data,
-                "--size",
-                "28",
-                "--head",
-                &head,
-                "--attack",
-                name,
-                "--eps",
-                "8/255",
-                "--steps",
-                "10",
-                "--json",
-            ])
+            ok_json(&args(task, &head, &data, name, &["--eps", "8/255", "--steps", "10"]).iter().map(String::as_str).collect::<Vec<_>>())
         };
         let (mine, theirs) = (attack(ensemble), attack(own));
         let get = |r: &serde_json::Value, which: &str| r[which]["head"][metric].as_f64().unwrap_or_else(|| panic!("{metric} in {r}"));
@@ -171,24 +159,7 @@ fn ensembles_are_at_least_as_strong_as_the_task_attack() {
     let data = "synthetic-seg:2x28".to_string();
     for name in ["depth-ensemble", "autoattack", "fab-t"] {
         fails_with(
-            &[
-                "attack",
-                "--task",
-                "seg",
-                "--checkpoint",
-                &enc,
-                "--num-heads",
-                "4",
-                "--dataset",
-                &data,
-                "--size",
-                "28",
-                "--head",
-                &head,
-                "--attack",
-                name,
-                "--json",
-            ],
+            &args("seg", &head, &data, name, &[]).iter().map(String::as_str).collect::<Vec<_>>(),
             &[name, "does not fit a seg head", "sea, cospgd"],
         );
     }

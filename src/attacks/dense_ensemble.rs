@@ -42,21 +42,10 @@ fn components<'a>(kind: AttackKind, trained: &'a TrainedHead, targets: &Targets)
             })
             .collect(),
         (AttackKind::DepthEnsemble, Head::Depth(_), Targets::Depth { metres, height, width }) => {
-            let range = trained.meta.range().context("a depth head without a depth range")?;
             [DepthLoss::Sig, DepthLoss::AbsRel, DepthLoss::Scaled]
                 .iter()
-                .map(|&loss| {
-                    Box::new(DepthPgd {
-                        head,
-                        reads: trained.meta.reads(),
-                        metres: metres.clone(),
-                        height: *height,
-                        width: *width,
-                        range,
-                        loss,
-                    }) as Box<dyn Objective>
-                })
-                .collect()
+                .map(|&loss| Ok(Box::new(DepthPgd::of(trained, metres, (*height, *width), loss)?) as Box<dyn Objective>))
+                .collect::<Result<_>>()?
         }
         (k, _, t) => bail!("{} does not fit a {} head ({} targets)", k.display_name(), trained.meta.task, t.kind()),
     })

@@ -8,13 +8,13 @@
 //!   log g| weighted by how right the pixel still is, 1 − tanh|log p − log g| (held constant), so
 //!   the pixels not yet fooled weigh most; averaged over the valid pixels.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 
 use super::objective::{losses_and_grads_of, Evaluated, Objective};
 use crate::encoder::{Reads, Tokens};
 use crate::features::Batch;
-use crate::heads::head::Head;
+use crate::heads::head::{Head, TrainedHead};
 use crate::heads::losses::{depth_loss, valid_mask, LOG_EPS};
 use crate::heads::sliding::{dense_forward, Tiling};
 use crate::metrics::DepthRange;
@@ -63,6 +63,14 @@ pub struct DepthPgd<'a> {
     pub width: usize,
     pub range: DepthRange,
     pub loss: DepthLoss,
+}
+
+impl<'a> DepthPgd<'a> {
+    /// `loss` against the depth head of `trained` (its readout and range) on ground truth `metres`.
+    pub fn of(trained: &'a TrainedHead, metres: &[f32], (height, width): (usize, usize), loss: DepthLoss) -> Result<DepthPgd<'a>> {
+        let range = trained.meta.range().context("a depth head without a depth range")?;
+        Ok(DepthPgd { head: &trained.head, reads: trained.meta.reads(), metres: metres.to_vec(), height, width, range, loss })
+    }
 }
 
 impl Objective for DepthPgd<'_> {

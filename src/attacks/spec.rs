@@ -4,7 +4,7 @@
 //! files alike), and the engine settings one run of it takes ([`AttackConfig`]). A new attack
 //! kind is a variant here and, with a new loss, one objective file.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 use super::depthpgd::DepthPgd;
@@ -202,16 +202,7 @@ impl AttackKind {
                 Box::new(SegPgd { head, labels: labels.clone(), height: *height, width: *width, form: loss.segpgd })
             }
             (Head::Depth(_), Targets::Depth { metres, height, width }) => {
-                let range = trained.meta.range().context("a depth head without a depth range")?;
-                Box::new(DepthPgd {
-                    head,
-                    reads: trained.meta.reads(),
-                    metres: metres.clone(),
-                    height: *height,
-                    width: *width,
-                    range,
-                    loss: Default::default(),
-                })
+                Box::new(DepthPgd::of(trained, metres, (*height, *width), Default::default())?)
             }
             (_, t) => bail!("the head's task does not fit {}", t.kind()),
         })
