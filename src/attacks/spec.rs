@@ -433,6 +433,25 @@ impl AttackSpec {
         }
     }
 
+    /// Encoder passes per image of one run of the attack, (forward, backward), at most: every
+    /// step a forward and a backward; the classification ensembles count every component and
+    /// target as if no sample broke early (FAB-T adds a forward per step, Square a forward per
+    /// query), the dense ensembles every loss and one scoring pass each.
+    pub fn passes_per_image(&self) -> (f64, f64) {
+        let (t, r) = (self.steps as f64, self.restarts.max(1) as f64);
+        let targets = super::ensemble::TARGET_CLASSES as f64;
+        let (forward, backward) = match self.kind {
+            AttackKind::ApgdT => (targets * t, targets * t),
+            AttackKind::FabT => (targets * 2.0 * t, targets * t),
+            AttackKind::Square => (self.queries as f64, 0.0),
+            AttackKind::AutoAttack => (t + targets * t + targets * 2.0 * t + self.queries as f64, t + targets * t + targets * t),
+            AttackKind::Sea => (4.0 * (t + 1.0), 4.0 * t),
+            AttackKind::DepthEnsemble => (3.0 * (t + 1.0), 3.0 * t),
+            _ => (t * r, t * r),
+        };
+        (forward, backward)
+    }
+
     /// How its head loss is computed.
     pub fn loss(&self) -> LossOptions {
         LossOptions { segpgd: self.segpgd, ce_scaling: self.ce_scaling }
@@ -516,6 +535,17 @@ mod tests {
         assert!(AttackKind::Embed.fits(Task::Depth) && !AttackKind::Embed.aims_at_head());
         assert_eq!(AttackKind::Apgd.method(), Method::Apgd);
         assert_eq!(AttackKind::Depthpgd.method(), Method::Pgd);
+    }
+
+    /// Passes per image by hand: AutoAttack at 100 iterations and 5,000 queries runs APGD-CE
+    /// (100 forward + backward), APGD-T over 9 targets (900 + 900), FAB-T over 9 targets (1,800
+    /// forward: two per step, 900 backward) and Square (5,000 forward); SEA at 300: four losses.
+    #[test]
+    fn passes_per_image_by_hand() {
+        assert_eq!(AttackSpec::new(AttackKind::AutoAttack).passes_per_image(), (7800.0, 1900.0));
+        assert_eq!(AttackSpec::new(AttackKind::Sea).passes_per_image(), (1204.0, 1200.0));
+        assert_eq!(AttackSpec::new(AttackKind::Pgd).passes_per_image(), (20.0, 20.0));
+        assert_eq!(AttackSpec::new(AttackKind::Square).passes_per_image(), (5000.0, 0.0));
     }
 
     /// The study's threat model by default: L∞, 8/255, step ε/4 = 2/255, 20 steps; a batch's seed

@@ -147,13 +147,14 @@ pub fn count(plan: &Plan) -> Result<Vec<Row>> {
             Work::Attack { encoder, task, params, crafter, .. } => {
                 let data = &plan.tasks[*task].eval;
                 let (input, per, n) = view_of(*encoder, *task, data, plan.window(*encoder, *task))?;
-                let steps = (params.steps * params.restarts) as f64;
-                // Every step: a forward and a backward (on the surrogate for a transfer attack,
-                // which also sees the clean images once); then the clean and adversarial scoring.
+                let (fwd, bwd) = params.passes_per_image();
+                // The attack's passes (`AttackSpec::passes_per_image`; on the surrogate for a
+                // transfer attack, which also sees the clean images once); then the clean and
+                // adversarial scoring.
                 match crafter {
-                    None => add(*encoder, input, n as f64 * per * (steps + 2.0), n as f64 * per * steps),
+                    None => add(*encoder, input, n as f64 * per * (fwd + 2.0), n as f64 * per * bwd),
                     Some(c) => {
-                        add(*c, input, n as f64 * per * (steps + 1.0), n as f64 * per * steps);
+                        add(*c, input, n as f64 * per * (fwd + 1.0), n as f64 * per * bwd);
                         add(*encoder, input, n as f64 * per * 2.0, 0.0);
                     }
                 }
