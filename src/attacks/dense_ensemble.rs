@@ -102,7 +102,13 @@ fn large_radii(enc: &Encoder, objective: &dyn Objective, images: &Tensor, cfg: &
         };
         let out = match &current {
             None => attack(enc, objective, images, &stage)?,
-            Some(previous) => attack_from(enc, objective, images, &previous.adversarial, &stage)?,
+            Some(previous) => {
+                let mut out = attack_from(enc, objective, images, &previous.adversarial, &stage)?;
+                // A later radius starts where every pixel may already be fooled: a masked loss's
+                // gradient is rightly zero there, no sign of masking.
+                out.sanity.zero_start_gradients = 0;
+                out
+            }
         };
         if let Some(previous) = current.take() {
             sanity.merge(&previous.sanity);
