@@ -26,8 +26,7 @@ use crate::encoder::Encoder;
 use crate::heads::head::{Head, TrainedHead};
 use crate::heads::layers::LinearProbe;
 
-/// AutoAttack's number of target classes for APGD-T (its standard version).
-pub const TARGET_CLASSES: usize = 9;
+pub use super::spec::TARGET_CLASSES;
 
 /// One attack of an ensemble.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -18,6 +18,9 @@ use super::threat::{parse_amount, Norm, ThreatModel};
 use crate::features::Targets;
 use crate::heads::head::{Head, Task, TrainedHead};
 
+/// AutoAttack's number of target classes for APGD-T and FAB-T (its standard version).
+pub const TARGET_CLASSES: usize = 9;
+
 /// Which attack: EmbedAttack, or a head's task loss maximised with PGD or APGD.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -439,7 +442,7 @@ impl AttackSpec {
     /// query), the dense ensembles every loss and one scoring pass each.
     pub fn passes_per_image(&self) -> (f64, f64) {
         let (t, r) = (self.steps as f64, self.restarts.max(1) as f64);
-        let targets = super::ensemble::TARGET_CLASSES as f64;
+        let targets = TARGET_CLASSES as f64;
         let (forward, backward) = match self.kind {
             AttackKind::ApgdT => (targets * t, targets * t),
             AttackKind::FabT => (targets * 2.0 * t, targets * t),
