@@ -21,14 +21,14 @@ use super::depthpgd::{DepthLoss, DepthPgd};
 use super::engine::{attack, attack_from};
 use super::objective::Objective;
 use super::problem::{Outcome, Sanity};
-use super::seg_losses::{SegLoss, SegObjective};
+use super::seg_losses::{pixel_errors, SegLoss, SegObjective};
 use super::spec::{AttackConfig, AttackKind, Method};
 use super::threat::ThreatModel;
 use crate::encoder::Encoder;
 use crate::features::{Batch, Targets};
 use crate::heads::head::{Head, TrainedHead};
 use crate::heads::sliding::{dense_forward, tokens_of, Tiling};
-use crate::metrics::{depth_errors, ConfusionMatrix};
+use crate::metrics::depth_errors;
 
 /// The objectives of ensemble `kind` against `trained` and its `targets`, named.
 fn components<'a>(kind: AttackKind, trained: &'a TrainedHead, targets: &Targets) -> Result<Vec<Box<dyn Objective + 'a>>> {
@@ -58,16 +58,7 @@ fn badness(enc: &Encoder, trained: &TrainedHead, targets: &Targets, images: &Ten
     let batch = Batch::read(&tokens, trained.meta.reads())?.to_device(&Device::Cpu)?;
     match targets {
         Targets::Segmentation { labels, height, width } => {
-            let out = dense_forward(&trained.head, &batch, (*height, *width), windows)?;
-            let (k, predicted) = (out.dim(1)?, out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?);
-            let px = height * width;
-            (0..images.dim(0)?)
-                .map(|i| {
-                    let mut m = ConfusionMatrix::new(k, crate::data::IGNORE);
-                    m.update(&predicted[i * px..(i + 1) * px], &labels[i * px..(i + 1) * px])?;
-                    Ok(m.pixel_accuracy().map_or(0.0, |v| 1.0 - v))
-                })
-                .collect()
+            pixel_errors(&dense_forward(&trained.head, &batch, (*height, *width), windows)?, labels)
         }
         Targets::Depth { metres, height, width } => {
             let range = trained.meta.range().context("a depth head without a depth range")?;

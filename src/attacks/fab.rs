@@ -102,8 +102,8 @@ pub fn search(
             let b = -gaps[i] + wv.iter().zip(&here).map(|(w, x)| w * x).sum::<f64>();
             let d1 = project(&here, &wv, b);
             let d2 = project(&origin[i], &wv, b);
-            let a1 = norm_of(&geometry, &d1).max(1e-8);
-            let a2 = norm_of(&geometry, &d2).max(1e-8);
+            let a1 = geometry.norm_of(&d1).max(1e-8);
+            let a2 = geometry.norm_of(&d2).max(1e-8);
             let alpha = (a1 / (a1 + a2)).clamp(0.0, ALPHA_MAX);
             for k in 0..here.len() {
                 let v = (here[k] + ETA * d1[k]) * (1.0 - alpha) + (origin[i][k] + d2[k] * ETA) * alpha;
@@ -126,13 +126,6 @@ pub fn search(
         }
     }
     Ok(found)
-}
-
-fn norm_of(geometry: &ThreatModel, v: &[f64]) -> f64 {
-    match geometry.norm {
-        Norm::Linf => v.iter().fold(0.0, |m: f64, x| m.max(x.abs())),
-        Norm::L2 => v.iter().map(|x| x * x).sum::<f64>().sqrt(),
-    }
 }
 
 /// The pipeline as FAB sees it: pixels → normalize → encoder → probe, gaps towards `targets`.

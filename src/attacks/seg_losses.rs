@@ -118,13 +118,22 @@ fn masks(logits: &Tensor, labels: &[u32], weights: &[f64]) -> Result<Masks> {
 /// Per-image `loss` `[n]` of `logits` `[n, K, H, W]` against `labels` (`n·H·W`, 255 ignored),
 /// with the balanced cross-entropy's class `weights` (`K`; see [`class_weights`]).
 pub fn seg_losses(loss: SegLoss, logits: &Tensor, labels: &[u32], weights: &[f64]) -> Result<Tensor> {
+    Ok(losses_and_ce(loss, logits, labels, weights)?.0)
+}
+
+/// [`seg_losses`] and, from the same pass, SEA's tracking loss: the plain cross-entropy over the
+/// labelled pixels, per image, divided by all its H·W pixels (`ce-avg`).
+fn losses_and_ce(loss: SegLoss, logits: &Tensor, labels: &[u32], weights: &[f64]) -> Result<(Tensor, Vec<f64>)> {
     let m = masks(logits, labels, weights)?;
+    let (n, _, h, w) = logits.dims4()?;
+    let per_image = |t: Tensor| -> Result<Tensor> { Ok((t.reshape((n, ()))?.sum(D::Minus1)? / (h * w) as f64)?) };
     let max = logits.max_keepdim(1)?.detach();
     let shifted = logits.broadcast_sub(&max)?;
     let log_z = shifted.exp()?.sum_keepdim(1)?.log()?;
     let log_p = shifted.broadcast_sub(&log_z)?;
     let p = log_p.exp()?;
     let ce = (&log_p * &m.onehot)?.sum_keepdim(1)?.neg()?; // [n, 1, H, W]
+    let ce_avg = per_image(ce.detach())?.to_dtype(candle_core::DType::F64)?.to_vec1()?;
     let pick = |t: &Tensor| -> Result<Tensor> { Ok((t * &m.onehot)?.sum_keepdim(1)?) };
     let norm = |t: &Tensor| -> Result<Tensor> { Ok(t.sqr()?.sum_keepdim(1)?.sqrt()?) };
     let per_pixel = match loss {
@@ -141,25 +150,11 @@ pub fn seg_losses(loss: SegLoss, logits: &Tensor, labels: &[u32], weights: &[f64
         SegLoss::MaskedSpherical => ((pick(logits)? / norm(logits)?)?.neg()? * &m.correct)?,
         SegLoss::CosPgd => ((pick(&p)? / norm(&p)?)?.detach() * ce)?.mul(&m.valid)?,
     };
-    let (n, _, h, w) = logits.dims4()?;
-    Ok((per_pixel.reshape((n, ()))?.sum(D::Minus1)? / (h * w) as f64)?)
-}
-
-/// SEA's tracking loss: the plain cross-entropy over the labelled pixels, per image, divided by
-/// all its H·W pixels (`ce-avg`).
-fn ce_avg(logits: &Tensor, labels: &[u32]) -> Result<Vec<f64>> {
-    let k = logits.dim(1)?;
-    let (n, _, h, w) = logits.dims4()?;
-    let m = masks(logits, labels, &vec![0.0; k])?;
-    let max = logits.max_keepdim(1)?;
-    let shifted = logits.broadcast_sub(&max)?;
-    let log_p = shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(1)?.log()?)?;
-    let ce = (log_p * &m.onehot)?.sum_keepdim(1)?.neg()?;
-    Ok((ce.reshape((n, ()))?.sum(D::Minus1)? / (h * w) as f64)?.to_dtype(candle_core::DType::F64)?.to_vec1()?)
+    Ok((per_image(per_pixel)?, ce_avg))
 }
 
 /// 1 − each image's pixel accuracy (0 where it has no labelled pixel).
-fn pixel_errors(logits: &Tensor, labels: &[u32]) -> Result<Vec<f64>> {
+pub(super) fn pixel_errors(logits: &Tensor, labels: &[u32]) -> Result<Vec<f64>> {
     let (n, _, h, w) = logits.dims4()?;
     let predicted = logits.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
     Ok((0..n)
@@ -204,10 +199,11 @@ impl Objective for SegObjective<'_> {
             let batch = Batch::from_tokens(cls, patch, tokens.grid);
             let logits = dense_forward(self.head, &batch, (h, w), windows)?;
             score = pixel_errors(&logits, &labels)?;
-            track = ce_avg(&logits, &labels)?;
             // The balanced weights from every label of the batch: the same at every step.
             let weights = class_weights(&self.labels, logits.dim(1)?);
-            seg_losses(self.loss, &logits, &labels, &weights)
+            let (per_image, ce) = losses_and_ce(self.loss, &logits, &labels, &weights)?;
+            track = ce;
+            Ok(per_image)
         })?;
         let losses = if self.steer_by_ce { track } else { losses };
         Ok(Evaluated { losses, d_cls, d_patch, d_prenorm: None, success: None, score: Some(score), saturated: None })

@@ -36,10 +36,10 @@ pub fn parse_amount(s: &str) -> Result<f64> {
 
 impl ThreatModel {
     /// The norm of one image's perturbation in this geometry.
-    pub fn norm_of(&self, delta: &[f32]) -> f64 {
+    pub fn norm_of<T: Copy + Into<f64>>(&self, delta: &[T]) -> f64 {
         match self.norm {
-            Norm::Linf => delta.iter().fold(0f64, |m, &d| m.max((d as f64).abs())),
-            Norm::L2 => delta.iter().map(|&d| (d as f64) * (d as f64)).sum::<f64>().sqrt(),
+            Norm::Linf => delta.iter().fold(0f64, |m, &d| m.max(d.into().abs())),
+            Norm::L2 => delta.iter().map(|&d| d.into() * d.into()).sum::<f64>().sqrt(),
         }
     }
 
