@@ -19,3 +19,12 @@ pub fn synchronize(device: &Device) -> Result<()> {
     device.synchronize()?;
     Ok(())
 }
+
+/// The device as reports name it: `cpu (N threads)`, `cuda:0`.
+pub fn describe(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}

@@ -203,14 +203,19 @@ pub struct DepthMetrics {
 
 impl DepthMetrics {
     pub fn update(&mut self, pred: &[f32], gt: &[f32], range: DepthRange) -> Result<()> {
-        match depth_errors(pred, gt, range)? {
+        self.add_image(depth_errors(pred, gt, range)?);
+        Ok(())
+    }
+
+    /// One image's errors (`None`: it has no valid pixel).
+    pub fn add_image(&mut self, errors: Option<DepthErrors>) {
+        match errors {
             Some(e) => {
                 self.sum.add(&e);
                 self.images += 1;
             }
             None => self.images_without_valid_pixels += 1,
         }
-        Ok(())
     }
 
     pub fn merge(&mut self, other: &Self) {

@@ -196,11 +196,14 @@ eps = ["8/255"]
             _ => None,
         })
         .collect();
-    for kind in [AttackKind::AutoAttack, AttackKind::ApgdT, AttackKind::FabT, AttackKind::ApgdDlr, AttackKind::Square] {
+    for kind in [AttackKind::AutoAttack, AttackKind::ApgdT, AttackKind::FabT, AttackKind::ApgdDlr] {
         let on: Vec<_> = attacks.iter().filter(|a| a.0 == kind).collect();
         assert_eq!(on.len(), 1, "{kind}: on the classifier only: {attacks:?}");
         assert_eq!(on[0].1, 0);
     }
+    // Square, the gradient-free check, runs on every task.
+    let square: Vec<usize> = attacks.iter().filter(|a| a.0 == AttackKind::Square).map(|a| a.1).collect();
+    assert_eq!(square, [0, 1], "Square on both tasks: {attacks:?}");
     assert!(attacks.iter().any(|a| a.0 == AttackKind::AutoAttack && a.2 == 100), "AutoAttack's 100 iterations: {attacks:?}");
     assert!(attacks.iter().any(|a| a.0 == AttackKind::Segpgd && a.2 == 20), "the study's 20 for SegPGD: {attacks:?}");
     let err = format!("{:#}", Loaded::parse(&path, text.replace("eps = [\"8/255\"]", "eps = [\"8/255\"]\ncurve = true")).err().unwrap());

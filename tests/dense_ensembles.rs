@@ -2,7 +2,8 @@
 //! new loss's pixel gradient against finite differences through the whole pipeline; the ensemble
 //! keeps per image the worst of its parts (never weaker than any of them, image by image); as a
 //! user runs them, they are at least as strong as the task's own attack (SegPGD, DepthPGD) at the
-//! same iterations; and they are refused on a head they do not fit.
+//! same iterations; Square searches on both dense heads without a gradient; and the ensembles are
+//! refused on a head they do not fit.
 
 mod common;
 
@@ -153,6 +154,21 @@ fn ensembles_are_at_least_as_strong_as_the_task_attack() {
             );
         }
         assert!(mine["sanity"]["max_norm_over_eps"].as_f64().unwrap() <= 1.0 + 1e-5);
+    }
+    // Square, the gradient-free check, on both dense heads: it searches (the figure worsens),
+    // takes no gradient step and holds the budget.
+    for (task, kind, metric) in [("seg", "synthetic-seg", "pixel_accuracy"), ("depth", "synthetic-depth", "rmse")] {
+        let head = tmp.path().join(format!("{task}.safetensors")).display().to_string();
+        let data = format!("{kind}:8x28");
+        let r = ok_json(
+            &args(task, &head, &data, "square", &["--eps", "8/255", "--queries", "200"]).iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let get = |which: &str| r[which]["head"][metric].as_f64().unwrap_or_else(|| panic!("{metric} in {r}"));
+        let sign = if metric == "rmse" { -1.0 } else { 1.0 };
+        assert!(sign * get("adversarial") < sign * get("clean"), "Square on {task}: {r}");
+        assert_eq!(r["sanity"]["sample_steps"], 0, "{r}");
+        assert!(r["sanity"]["queries"].as_u64().unwrap() >= 8 * 200, "every query spent on {task}: {r}");
+        assert!(r["sanity"]["max_norm_over_eps"].as_f64().unwrap() <= 1.0 + 1e-5);
     }
     // Ensembles that do not fit the head are refused before any work.
     let head = tmp.path().join("seg.safetensors").display().to_string();

@@ -25,5 +25,6 @@ pub mod seg_losses;
 pub mod segpgd;
 pub mod spec;
 pub mod square;
+pub mod square_dense;
 pub mod strips;
 pub mod threat;

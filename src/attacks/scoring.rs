@@ -18,6 +18,7 @@ use crate::encoder::{Encoder, Tokens};
 use crate::features::{targets_of, Batch, Targets};
 use crate::heads::evaluate::{Metrics, ScoreState, Scorer};
 use crate::heads::head::TrainedHead;
+use crate::heads::sample_score::SampleScore;
 use crate::heads::sliding::{dense_forward, tokens_of, Tiling};
 use crate::heads::trainer::target_size;
 
@@ -75,6 +76,8 @@ pub struct HeadScores {
     pub curve: Vec<ScoreState>,
     pub clean_output: Tensor,
     pub adversarial_output: Tensor,
+    /// Each image's own score under the attack, in batch order (for the worst case over attacks).
+    pub samples: Vec<SampleScore>,
 }
 
 /// A per-step curve summed over batches: a scorer per step (step 0 = the starting point).
@@ -215,6 +218,9 @@ pub fn attack_batch_from(
     let mut outcome = match &objective {
         Ok(objective) => attack_observed(crafter.enc, objective.as_ref(), images, cfg, &mut observe)?,
         Err((kind, h)) if kind.is_dense_ensemble() => super::dense_ensemble::run(*kind, crafter.enc, h.head, h.targets, images, cfg)?,
+        Err((AttackKind::Square, h)) if !matches!(h.targets, Targets::Class(_)) => {
+            super::square_dense::run(crafter.enc, h.head, h.targets, images, cfg)?
+        }
         Err((kind, h)) => {
             let Targets::Class(labels) = h.targets else { bail!("{} attacks a classifier", kind.display_name()) };
             super::ensemble::run(*kind, crafter.enc, h.head, labels, images, cfg)?
@@ -231,7 +237,8 @@ pub fn attack_batch_from(
             outcome.sanity.probability_outputs += super::problem::probability_rows(&clean_output)?;
         }
         let (a, adversarial_output) = score_on(h, &adversarial, Some(&clean_output))?;
-        scored.push(HeadScores { clean: c, adversarial: a, curve, clean_output, adversarial_output });
+        let samples = SampleScore::of_batch(h.head, &adversarial_output, Some(&clean_output), h.targets, h.name)?;
+        scored.push(HeadScores { clean: c, adversarial: a, curve, clean_output, adversarial_output, samples });
     }
     Ok(AttackedBatch { outcome, heads: scored })
 }

@@ -163,8 +163,8 @@ impl AttackKind {
     /// Whether it can attack a head of `task` (EmbedAttack needs no head).
     pub fn fits(self, task: Task) -> bool {
         match self {
-            AttackKind::Embed | AttackKind::EmbedApgd | AttackKind::Task | AttackKind::Apgd => true,
-            AttackKind::ApgdDlr | AttackKind::ApgdT | AttackKind::FabT | AttackKind::Square | AttackKind::AutoAttack => task == Task::Cls,
+            AttackKind::Embed | AttackKind::EmbedApgd | AttackKind::Task | AttackKind::Apgd | AttackKind::Square => true,
+            AttackKind::ApgdDlr | AttackKind::ApgdT | AttackKind::FabT | AttackKind::AutoAttack => task == Task::Cls,
             AttackKind::Sea | AttackKind::Cospgd => task == Task::Seg,
             AttackKind::DepthEnsemble => task == Task::Depth,
             k => k == AttackKind::of_task(task),

@@ -269,6 +269,35 @@ pub fn attack(
     queries: usize,
     seed: u64,
 ) -> Result<Outcome> {
+    let mut margin_of = |t: &Tensor, ids: &[usize]| -> Result<Vec<f64>> {
+        let ys: Vec<u32> = ids.iter().map(|&i| labels[i]).collect();
+        margins(&logits(enc, probe, t)?, &ys)
+    };
+    let found = search(images, threat, queries, seed, Some(0.0), &mut margin_of)?;
+    Ok(Outcome {
+        adversarial: found.adversarial,
+        success: found.score.iter().map(|&m| m <= 0.0).collect(),
+        loss: found.score.iter().map(|m| -m).collect(),
+        sanity: found.sanity,
+    })
+}
+
+/// The scores of candidate images (`[m, 3, H, W]`) standing for samples `ids`, one per row.
+pub type Scores<'a> = dyn FnMut(&Tensor, &[usize]) -> Result<Vec<f64>> + 'a;
+
+/// What the search found: each sample's best point and its score, and the checks.
+pub struct Found {
+    pub adversarial: Tensor,
+    pub score: Vec<f64>,
+    pub sanity: Sanity,
+}
+
+/// Square's random search on `images` (`[n, 3, H, W]` in [0,1]) under `threat`, `queries`
+/// queries per sample at most, minimising `score` (the scores of a batch of candidate images, the
+/// samples they stand for given by index). A sample whose score reached `done_at` (≤) is left
+/// alone (the margin ≤ 0 of a misclassified sample); `None`: every query is spent. A proposal is
+/// kept where the score fell or reached `done_at`.
+pub fn search(images: &Tensor, threat: &ThreatModel, queries: usize, seed: u64, done_at: Option<f64>, score: &mut Scores) -> Result<Found> {
     let (n, c, h, w) = images.dims4()?;
     if threat.norm == Norm::L2 && h.min(w) < 5 {
         bail!("Square's L2 form tiles the image in squares of a fifth of its height: it needs images of at least 5×5 pixels, not {h}×{w}");
@@ -276,45 +305,44 @@ pub fn attack(
     let dims = (c, h, w);
     let x: Vec<Vec<f32>> = images.to_dtype(DType::F32)?.flatten_from(1)?.to_vec2()?;
     let mut rng = SplitMix64::new(seed);
-    let margin_of = |rows: &[&Vec<f32>], ids: &[usize]| -> Result<Vec<f64>> {
+    let mut score_of = |rows: &[&Vec<f32>], ids: &[usize]| -> Result<Vec<f64>> {
         let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
         let t = Tensor::from_vec(flat, (rows.len(), c, h, w), images.device())?;
-        let ys: Vec<u32> = ids.iter().map(|&i| labels[i]).collect();
-        margins(&logits(enc, probe, &t)?, &ys)
+        let s = score(&t, ids)?;
+        if s.len() != ids.len() {
+            bail!("internal error: {} scores for {} candidates", s.len(), ids.len());
+        }
+        Ok(s)
     };
+    let done = |m: f64| done_at.is_some_and(|d| m <= d);
     let mut best = match threat.norm {
         Norm::Linf => linf_start(&x, dims, threat.eps as f32, &mut rng),
         Norm::L2 => l2_start(&x, dims, threat.eps, &mut rng),
     };
     let all: Vec<usize> = (0..n).collect();
-    let mut margin_min = margin_of(&best.iter().collect::<Vec<_>>(), &all)?;
+    let mut margin_min = score_of(&best.iter().collect::<Vec<_>>(), &all)?;
     let mut loss_min = margin_min.clone();
     let mut queried = n;
-    if !margin_min.iter().all(|&m| m < 0.0) {
-        for it in 0..queries {
-            let fool: Vec<usize> = (0..n).filter(|&i| margin_min[i] > 0.0).collect();
-            if fool.is_empty() {
-                break;
+    for it in 0..queries {
+        let fool: Vec<usize> = (0..n).filter(|&i| !done(margin_min[i])).collect();
+        if fool.is_empty() {
+            break;
+        }
+        let p = p_selection(it);
+        let candidates = match threat.norm {
+            Norm::Linf => linf_candidates(&x, &best, &fool, dims, p, threat.eps as f32, &mut rng),
+            Norm::L2 => l2_candidates(&x, &best, &fool, dims, p, threat.eps, &mut rng),
+        };
+        let margin = score_of(&candidates.iter().collect::<Vec<_>>(), &fool)?;
+        queried += fool.len();
+        for ((&i, m), v) in fool.iter().zip(margin).zip(candidates) {
+            let improved = m < loss_min[i];
+            if improved {
+                loss_min[i] = m;
             }
-            let p = p_selection(it);
-            let candidates = match threat.norm {
-                Norm::Linf => linf_candidates(&x, &best, &fool, dims, p, threat.eps as f32, &mut rng),
-                Norm::L2 => l2_candidates(&x, &best, &fool, dims, p, threat.eps, &mut rng),
-            };
-            let margin = margin_of(&candidates.iter().collect::<Vec<_>>(), &fool)?;
-            queried += fool.len();
-            for ((&i, m), v) in fool.iter().zip(margin).zip(candidates) {
-                let improved = m < loss_min[i];
-                if improved {
-                    loss_min[i] = m;
-                }
-                if improved || m <= 0.0 {
-                    margin_min[i] = m;
-                    best[i] = v;
-                }
-            }
-            if margin_min.iter().all(|&m| m <= 0.0) {
-                break;
+            if improved || done(m) {
+                margin_min[i] = m;
+                best[i] = v;
             }
         }
     }
@@ -334,12 +362,7 @@ pub fn attack(
     }
     sanity.queries = queried;
     let flat: Vec<f32> = best.into_iter().flatten().collect();
-    Ok(Outcome {
-        adversarial: Tensor::from_vec(flat, (n, c, h, w), images.device())?,
-        loss: margin_min.iter().map(|m| -m).collect(),
-        success: margin_min.iter().map(|&m| m <= 0.0).collect(),
-        sanity,
-    })
+    Ok(Found { adversarial: Tensor::from_vec(flat, (n, c, h, w), images.device())?, score: margin_min, sanity })
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::plan::{key_of, Item, Plan, Work};
-use super::store::{CellResult, CellRow, CellState, Example, HeadRecord, Store};
+use super::store::{CellResult, CellRow, CellState, Example, HeadRecord, Store, Timing};
 use crate::attacks::engine::AttackConfig;
 use crate::attacks::engine::Sanity;
 use crate::attacks::scoring::{attack_batch_from, labels_of_same_images, Aim, AttackedBatch, Crafter, Curve, ScoredHead};
@@ -25,6 +25,7 @@ use crate::features::{batches, targets_of, Source, Targets};
 use crate::heads::evaluate::{evaluate, evaluate_sliding, ScoreState, Scorer};
 use crate::heads::fit::fit;
 use crate::heads::head::{Task, TrainedHead};
+use crate::heads::sample_score::SampleScore;
 
 pub struct Options {
     /// This shard of how many (0/1: everything).
@@ -72,6 +73,12 @@ struct BatchState {
     curves: Vec<Vec<ScoreState>>,
     objective_sum: f64,
     sanity: Sanity,
+    /// Per scored head: each image's score (index in the split, score).
+    #[serde(default)]
+    samples: Vec<Vec<(usize, SampleScore)>>,
+    /// Seconds spent crafting and scoring the batch.
+    #[serde(default)]
+    seconds: f64,
 }
 
 struct Runner<'a> {
@@ -256,6 +263,7 @@ impl Runner<'_> {
             mean_objective: None,
             sanity: None,
             curve: None,
+            per_sample: None,
         };
         self.store.put_cells(&item.key, &[CellRow { key: cell.key.clone(), labels: cell.labels.clone(), result }])
     }
@@ -325,7 +333,9 @@ impl Runner<'_> {
                 Some(_) => by_size(ids, load_images_only(images_ds.as_ref(), ids, &transforms)?),
                 None => vec![(ids.to_vec(), load_batch(images_ds.as_ref(), ids, &transforms)?)],
             };
+            let started = Instant::now();
             let single = groups.len() == 1;
+            let mut per_image: Vec<Vec<(usize, SampleScore)>> = vec![Vec::new(); scored.len()];
             let mut merged: Vec<(Scorer, Scorer)> =
                 scored.iter().map(|&(_, head, cell)| Ok((Scorer::new(head, cell)?, Scorer::new(head, cell)?))).collect::<Result<_>>()?;
             let (mut sanity, mut objective_sum) = (Sanity::default(), 0.0);
@@ -362,17 +372,18 @@ impl Runner<'_> {
                 if b == 0 && single && window.is_none() {
                     examples = strips(plan.examples, group_ids, &images, &done, &heads, params.eps)?;
                 }
-                for (((c, a), curve), s) in merged.iter_mut().zip(curves.iter_mut()).zip(&done.heads) {
+                for ((((c, a), curve), s), per) in merged.iter_mut().zip(curves.iter_mut()).zip(&done.heads).zip(per_image.iter_mut()) {
                     c.merge(&s.clean)?;
                     a.merge(&s.adversarial)?;
                     curve.add(&s.curve)?;
+                    per.extend(group_ids.iter().copied().zip(s.samples.iter().cloned()));
                 }
                 sanity.merge(&done.outcome.sanity);
                 objective_sum += done.outcome.loss.iter().sum::<f64>();
             }
             let scores = merged.iter().map(|(c, a)| (c.state().clone(), a.state().clone())).collect();
             let curves = if params.curve { curves.iter().map(Curve::states).collect() } else { Vec::new() };
-            let state = BatchState { scores, curves, objective_sum, sanity };
+            let state = BatchState { scores, curves, objective_sum, sanity, samples: per_image, seconds: started.elapsed().as_secs_f64() };
             self.store.put_partial(&exec, b, &serde_json::to_string(&state)?, &examples)?;
             bar.inc(1);
         }
@@ -397,6 +408,8 @@ impl Runner<'_> {
         let mut merged: Vec<(Scorer, Scorer)> =
             scored.iter().map(|&(_, head, cell)| Ok((Scorer::new(head, cell)?, Scorer::new(head, cell)?))).collect::<Result<_>>()?;
         let mut curves: Vec<Curve> = scored.iter().map(|&(_, head, cell)| Curve::new(head, cell)).collect();
+        let mut per_sample: Vec<Vec<(usize, SampleScore)>> = vec![Vec::new(); scored.len()];
+        let mut seconds = 0.0;
         for (b, text) in &states {
             let s: BatchState =
                 serde_json::from_str(text).with_context(|| format!("{}: batch {b} of item {exec}", self.store.path().display()))?;
@@ -409,10 +422,18 @@ impl Runner<'_> {
             for (curve, states) in curves.iter_mut().zip(&s.curves) {
                 curve.add(states)?;
             }
+            for (per, batch) in per_sample.iter_mut().zip(s.samples) {
+                per.extend(batch);
+            }
+            seconds += s.seconds;
         }
         let samples = indices.len();
         let mut rows = Vec::new();
-        for (((c, a), curve), &(_, _, cell)) in merged.into_iter().zip(curves).zip(scored) {
+        let timing = Timing { seconds, images: samples, device: crate::device::describe(enc.vit.device()) };
+        for ((((c, a), curve), &(_, _, cell)), mut per) in merged.into_iter().zip(curves).zip(scored).zip(per_sample) {
+            per.sort_by_key(|p| p.0);
+            // Batches of an older version carry no per-image scores: then the cell has none.
+            let complete = per.len() == samples && per.windows(2).all(|w| w[0].0 < w[1].0);
             let labels = &item.cells.iter().find(|x| x.key == cell).expect("a cell of the item").labels;
             let result = CellResult {
                 samples,
@@ -421,7 +442,9 @@ impl Runner<'_> {
                 mean_objective: Some(objective_sum / samples as f64),
                 sanity: Some(sanity.clone()),
                 curve: if params.curve { Some(curve.finish()?) } else { None },
+                per_sample: complete.then_some(per),
             };
+            self.store.put_timing(cell, &timing)?;
             rows.push(CellRow { key: cell.to_string(), labels: labels.clone(), result });
         }
         for w in sanity.warnings() {

@@ -6,6 +6,8 @@
 //!   at its next batch; removed in the transaction that commits the item's cells.
 //! - `examples`: PNG strips of attacks, committed with the batch that made them.
 //! - `heads`: what each trained head reported (the head itself is a file in `heads/`).
+//! - `timings`: how long each attack cell's work took, kept apart from the cells (a rerun or
+//!   another shard computes the same cell in another time).
 //! - `meta`: the plan (every cell's key and labels) and the experiment's text.
 //!
 //! SQLite's journal with `synchronous=FULL` makes every commit survive a kill at any moment.
@@ -21,6 +23,7 @@ use crate::attacks::engine::Sanity;
 use crate::heads::evaluate::{Evaluation, Metrics};
 use crate::heads::fit::HeadRecipe;
 use crate::heads::head::Baseline;
+use crate::heads::sample_score::SampleScore;
 
 pub struct Store {
     conn: Connection,
@@ -63,6 +66,26 @@ pub struct CellResult {
     /// With a per-step curve: the head's metrics after every step (0 = the starting point).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curve: Option<Vec<Metrics>>,
+    /// An attack cell's score of each image (by its index in the evaluation split), for the
+    /// worst case over attacks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_sample: Option<Vec<(usize, SampleScore)>>,
+}
+
+/// How long an attack cell's work item took: crafting and scoring its images (every cell of one
+/// item, e.g. one EmbedAttack scored on three heads, shares the item's time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timing {
+    pub seconds: f64,
+    pub images: usize,
+    /// `cpu`, `cuda:0`, ...
+    pub device: String,
+}
+
+impl Timing {
+    pub fn per_image(&self) -> f64 {
+        self.seconds / self.images.max(1) as f64
+    }
 }
 
 impl CellResult {
@@ -141,6 +164,7 @@ CREATE TABLE IF NOT EXISTS cells (key TEXT PRIMARY KEY, labels TEXT NOT NULL, re
 CREATE TABLE IF NOT EXISTS partials (item TEXT NOT NULL, batch INTEGER NOT NULL, state TEXT NOT NULL, PRIMARY KEY (item, batch));
 CREATE TABLE IF NOT EXISTS examples (cell TEXT NOT NULL, name TEXT NOT NULL, png BLOB NOT NULL, PRIMARY KEY (cell, name));
 CREATE TABLE IF NOT EXISTS heads (key TEXT PRIMARY KEY, info TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS timings (cell TEXT PRIMARY KEY, info TEXT NOT NULL);
 ";
 
 impl Store {
@@ -341,6 +365,28 @@ impl Store {
         Ok(())
     }
 
+    /// Records how long cell `cell`'s work took (replacing an earlier run's).
+    pub fn put_timing(&self, cell: &str, timing: &Timing) -> Result<()> {
+        self.conn
+            .execute("INSERT OR REPLACE INTO timings (cell, info) VALUES (?1, ?2)", params![cell, stored(timing)?])
+            .with_context(|| self.context())?;
+        Ok(())
+    }
+
+    /// Every recorded timing, by cell key (one that does not read back is left out).
+    pub fn timings(&self) -> Result<std::collections::HashMap<String, Timing>> {
+        let mut st = self.conn.prepare("SELECT cell, info FROM timings")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (cell, info) = row?;
+            if let Ok(t) = serde_json::from_str(&info) {
+                out.insert(cell, t);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn examples(&self) -> Result<Vec<Example>> {
         let mut st = self.conn.prepare("SELECT cell, name, png FROM examples ORDER BY cell, name")?;
         let rows = st.query_map([], |r| Ok(Example { cell: r.get(0)?, name: r.get(1)?, png: r.get(2)? }))?;
@@ -409,6 +455,9 @@ impl Store {
                 }
             }
         }
+        for (k, t) in other.timings()? {
+            tx.execute("INSERT OR IGNORE INTO timings (cell, info) VALUES (?1, ?2)", params![k, stored(&t)?])?;
+        }
         for (k, record) in other.heads()? {
             tx.execute("INSERT OR IGNORE INTO heads (key, info) VALUES (?1, ?2)", params![k, stored(&record)?])?;
         }
@@ -475,7 +524,15 @@ mod tests {
         let row = |accuracy| CellRow {
             key: "k".into(),
             labels: labels.clone(),
-            result: CellResult { samples: 2, clean: eval(accuracy), adversarial: None, mean_objective: None, sanity: None, curve: None },
+            result: CellResult {
+                samples: 2,
+                clean: eval(accuracy),
+                adversarial: None,
+                mean_objective: None,
+                sanity: None,
+                curve: None,
+                per_sample: None,
+            },
         };
         let err = store.put_cells("item", &[row(f64::NAN)]).unwrap_err().to_string();
         assert!(err.contains(&path.display().to_string()) && err.contains("cell k") && err.contains("clean head accuracy = NaN"), "{err}");

@@ -10,6 +10,7 @@ pub mod layers;
 pub mod losses;
 pub mod published;
 pub mod recipes;
+pub mod sample_score;
 pub mod sliding;
 pub mod train;
 pub mod trainer;

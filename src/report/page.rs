@@ -118,8 +118,10 @@ pub fn write(store: &Store, out: &Path) -> Result<ReportFiles> {
     }
     let mut tables = tables::study(&r);
     tables.extend(tables::per_eps(&r));
+    tables.extend(super::worst_case::table(&r)?);
     tables.extend(tables::cross_task(&r));
     tables.extend(super::transfer::matrices(&r));
+    tables.extend(super::cost::table(&r));
     let sanity = tables::sanity(&r);
     // The experiment as the run recorded it (a store without one still gets its report).
     let experiment: Option<Experiment> = store.meta("experiment")?.and_then(|text| toml::from_str(&text).ok());

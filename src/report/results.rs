@@ -10,7 +10,7 @@ use crate::choice::Choice;
 use crate::experiment::export::{primary_metric, value};
 use crate::experiment::plan::Condition;
 use crate::experiment::plan::Labels;
-use crate::experiment::store::{CellRow, Example, Predictor, Store};
+use crate::experiment::store::{CellRow, Example, Predictor, Store, Timing};
 use anyhow::{Context, Result};
 
 pub struct Entry {
@@ -139,6 +139,8 @@ pub struct Results {
     /// Cells of the plan not in the store.
     pub missing: usize,
     pub examples: Vec<Example>,
+    /// How long each attack cell's work took, by cell key.
+    pub timings: std::collections::HashMap<String, Timing>,
     /// (encoder, task) pairs with more than one head.
     multi: Vec<(String, String)>,
 }
@@ -172,7 +174,7 @@ impl Results {
                 multi.push(pair);
             }
         }
-        Ok(Results { title, entries, missing, examples: store.examples()?, multi })
+        Ok(Results { title, entries, missing, examples: store.examples()?, timings: store.timings()?, multi })
     }
 
     pub fn head_label(&self, e: &Entry) -> String {
@@ -335,6 +337,7 @@ mod tests {
                 mean_objective: Some(1.0),
                 sanity: None,
                 curve: None,
+                per_sample: None,
             };
             store.put_cells(key, &[CellRow { key: key.into(), labels: labels.clone(), result }]).unwrap();
             plan.push((key.to_string(), labels));

@@ -3,6 +3,7 @@
 //! task attacks, the attacks' sanity checks, and the curves' data. Transfer across encoders has
 //! its own matrices (`super::transfer`).
 
+use super::per_sample::{figure, worst_case};
 use super::plots::{Chart, Series};
 use super::results::{format_metric, mean_std, metric_name, values, Results, Setting};
 use crate::attacks::embed::EmbedScope;
@@ -56,6 +57,7 @@ pub fn study(r: &Results) -> Vec<Table> {
                 v
             });
         header.extend(collapsed.iter().map(|a| a.display_name().to_string()));
+        header.push("worst case".into());
         let mut rows = Vec::new();
         for (enc, head, clean) in r.rows() {
             let metric = clean.metric();
@@ -82,12 +84,13 @@ pub fn study(r: &Results) -> Vec<Table> {
                 let v = format_metric(metric, mean_std(&values(&cells, Predictor::Adversarial)));
                 row.push(if v == "–" { v } else { v + &name });
             }
+            row.push(worst_figure(r, &enc, &head, setting.norm, eps, metric));
             rows.push(row);
         }
         out.push(Table {
             title: format!("Robustness at ε = {eps_text}, {}", setting.text()),
             note: format!(
-                "Clean and attacked figures of each head on its evaluation samples (robust accuracy counts a sample classified correctly on the clean input and under the attack, as AutoAttack and RobustBench do); {}; the task attack is PGD (classification), SegPGD (segmentation) or DepthPGD (depth) against that head. Baseline: the trivial predictor of the training split (majority class, mean depth).",
+                "Clean and attacked figures of each head on its evaluation samples (worst case: per image, the attack that did worst on it, over every attack on the head at this norm and ε in any setting — see the worst-case table; robust accuracy counts a sample classified correctly on the clean input and under the attack, as AutoAttack and RobustBench do); {}; the task attack is PGD (classification), SegPGD (segmentation) or DepthPGD (depth) against that head. Baseline: the trivial predictor of the training split (majority class, mean depth).",
                 match setting.embed_scope {
                     EmbedScope::PerTask => "EmbedAttack runs once per task, on the embedding that task's head reads unless a target is stated (the study's way)",
                     EmbedScope::Shared => "EmbedAttack's perturbation is computed once per image and scored on every task of that image",
@@ -127,10 +130,20 @@ pub fn per_eps(r: &Results) -> Vec<Table> {
                     rows.push(row);
                 }
             }
+            let mut row = vec![
+                enc.clone(),
+                head.clone(),
+                "worst case (every attack)".into(),
+                format_metric(metric, clean.value(Predictor::Clean).map(|v| (v, None))),
+            ];
+            row.extend(eps.iter().map(|(e, _)| worst_figure(r, &enc, &head, setting.norm, *e, metric)));
+            if row[4..].iter().any(|v| v != "–") {
+                rows.push(row);
+            }
         }
         out.push(Table {
             title: format!("Robustness vs ε, {}", setting.text()),
-            note: "The head's primary metric under each attack (mean ± std over seeds).".into(),
+            note: "The head's primary metric under each attack (mean ± std over seeds), and the worst case per image over every attack on the head at that norm and ε (any setting).".into(),
             header,
             rows,
         });
@@ -336,4 +349,11 @@ pub fn step_charts(r: &Results) -> Vec<(String, Chart)> {
             (file, chart)
         })
         .collect()
+}
+
+/// The worst case per image over every attack on one head at (norm, ε), formatted; "–" where no
+/// cell has per-image scores.
+fn worst_figure(r: &Results, encoder: &str, head: &str, norm: Norm, eps: f64, metric: &str) -> String {
+    let worst = worst_case(&r.on_head(encoder, head, norm, eps)).ok().flatten();
+    format_metric(metric, worst.and_then(|w| figure(&w, metric)).map(|v| (v, None)))
 }

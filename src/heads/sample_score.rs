@@ -1,0 +1,203 @@
+//! One sample's result under an attack, kept per sample so results can be combined across attacks:
+//! the worst case over every attack run on an image (AutoAttack's per-sample worst case, SEA's
+//! per-image one) and the gradient-masking check (a gradient-free attack beating every gradient
+//! attack on a sample). Scores of many samples sum back into the task's metrics exactly as one
+//! pass over them would.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::evaluate::Metrics;
+use super::head::{Task, TrainedHead};
+use crate::data::IGNORE;
+use crate::features::Targets;
+use crate::metrics::{depth_errors, Accuracy, ConfusionMatrix, DepthErrors, DepthMetrics, DepthRange};
+
+/// One sample's figures: its classification outcome (robust accuracy's: correct on the clean
+/// input and under the attack), its segmentation's (label, prediction) pixel counts, or its depth
+/// errors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "lowercase")]
+pub enum SampleScore {
+    Cls {
+        correct: bool,
+    },
+    Seg {
+        classes: usize,
+        /// (label, prediction, pixels) for every pair that occurs; ignored pixels left out.
+        pairs: Vec<(u32, u32, u64)>,
+    },
+    Depth {
+        /// `None` for an image without a valid depth pixel.
+        errors: Option<DepthErrors>,
+    },
+}
+
+impl SampleScore {
+    /// How badly the sample is predicted, for the worst case: 1 for a misclassified sample, the
+    /// fraction of wrong pixels (SEA's per-image choice), the image's RMSE. Higher is worse.
+    pub fn badness(&self) -> f64 {
+        match self {
+            SampleScore::Cls { correct } => f64::from(u8::from(!correct)),
+            SampleScore::Seg { pairs, .. } => {
+                let total: u64 = pairs.iter().map(|p| p.2).sum();
+                let wrong: u64 = pairs.iter().filter(|p| p.0 != p.1).map(|p| p.2).sum();
+                if total == 0 {
+                    0.0
+                } else {
+                    wrong as f64 / total as f64
+                }
+            }
+            SampleScore::Depth { errors } => errors.map_or(f64::NEG_INFINITY, |e| e.rmse),
+        }
+    }
+
+    /// The scores of a batch of `n` samples from a head's outputs (logits `[n, K]` /
+    /// `[n, K, H, W]`, depth `[n, H, W]`) against their targets; for a classifier, `clean` (its
+    /// clean logits) makes a clean mistake count as a mistake, as robust accuracy is defined.
+    pub fn of_batch(head: &TrainedHead, out: &Tensor, clean: Option<&Tensor>, targets: &Targets, file: &str) -> Result<Vec<SampleScore>> {
+        let meta = &head.meta;
+        match (meta.task, targets) {
+            (Task::Cls, Targets::Class(labels)) => {
+                let adv = out.argmax(1)?.to_vec1::<u32>()?;
+                let cln = match clean {
+                    Some(c) => c.argmax(1)?.to_vec1::<u32>()?,
+                    None => labels.clone(),
+                };
+                if adv.len() != labels.len() || cln.len() != labels.len() {
+                    bail!("{file}: {} predictions for {} labels", adv.len(), labels.len());
+                }
+                Ok(adv.iter().zip(&cln).zip(labels).map(|((a, c), l)| SampleScore::Cls { correct: a == l && c == l }).collect())
+            }
+            (Task::Seg, Targets::Segmentation { labels, height, width }) => {
+                let classes = out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
+                let per = height * width;
+                if classes.len() != labels.len() || per == 0 {
+                    bail!("{file}: {} predicted pixels for {} labelled pixels", classes.len(), labels.len());
+                }
+                classes
+                    .chunks(per)
+                    .zip(labels.chunks(per))
+                    .map(|(p, l)| {
+                        let mut m = ConfusionMatrix::new(meta.outputs, IGNORE);
+                        m.update(p, l).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+                        let k = meta.outputs;
+                        let pairs =
+                            (0..k * k).filter(|&i| m.counts[i] > 0).map(|i| ((i / k) as u32, (i % k) as u32, m.counts[i])).collect();
+                        Ok(SampleScore::Seg { classes: k, pairs })
+                    })
+                    .collect()
+            }
+            (Task::Depth, Targets::Depth { metres, height, width }) => {
+                let Some((min, max)) = meta.depth_range else { bail!("{file}: a depth head without a depth range") };
+                let depth = out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let per = height * width;
+                if depth.len() != metres.len() || per == 0 {
+                    bail!("{file}: {} predicted depths for {} measured pixels", depth.len(), metres.len());
+                }
+                depth
+                    .chunks(per)
+                    .zip(metres.chunks(per))
+                    .map(|(p, g)| Ok(SampleScore::Depth { errors: depth_errors(p, g, DepthRange { min, max })? }))
+                    .collect()
+            }
+            (task, t) => bail!("{file}: a {task} head cannot be scored on {}", t.kind()),
+        }
+    }
+}
+
+/// The task's metrics over `samples`, as one pass over them scores them.
+pub fn combine<'a>(samples: impl IntoIterator<Item = &'a SampleScore>) -> Result<Metrics> {
+    let mut samples = samples.into_iter().peekable();
+    let Some(first) = samples.peek() else { bail!("no sample to combine") };
+    Ok(match first {
+        SampleScore::Cls { .. } => {
+            let mut a = Accuracy::default();
+            for s in samples {
+                let SampleScore::Cls { correct } = s else { bail!("samples of different tasks") };
+                a.correct += u64::from(*correct);
+                a.total += 1;
+            }
+            Metrics::Cls { accuracy: a.value().unwrap_or(f64::NAN), correct: a.correct, total: a.total }
+        }
+        SampleScore::Seg { classes, .. } => {
+            let mut m = ConfusionMatrix::new(*classes, IGNORE);
+            for s in samples {
+                let SampleScore::Seg { classes: k, pairs } = s else { bail!("samples of different tasks") };
+                if *k != m.num_classes {
+                    bail!("samples scored on {k} and {} classes", m.num_classes);
+                }
+                for &(l, p, c) in pairs {
+                    if l as usize >= *k || p as usize >= *k {
+                        bail!("a pixel count of class {l} predicted as {p} is out of range for {k} classes");
+                    }
+                    m.counts[l as usize * k + p as usize] += c;
+                }
+            }
+            Metrics::Seg {
+                miou: m.miou().ok_or_else(|| anyhow::anyhow!("no labelled pixel: mIoU is undefined"))?,
+                pixel_accuracy: m.pixel_accuracy().unwrap_or(f64::NAN),
+                iou_per_class: m.iou_per_class(),
+            }
+        }
+        SampleScore::Depth { .. } => {
+            let mut m = DepthMetrics::default();
+            for s in samples {
+                let SampleScore::Depth { errors } = s else { bail!("samples of different tasks") };
+                m.add_image(*errors);
+            }
+            Metrics::Depth {
+                errors: m.mean().ok_or_else(|| anyhow::anyhow!("no image with a valid depth pixel"))?,
+                images: m.images,
+                images_without_valid_pixels: m.images_without_valid_pixels,
+                averaging: "per image, then mean over images".into(),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(pairs: &[(u32, u32, u64)]) -> SampleScore {
+        SampleScore::Seg { classes: 3, pairs: pairs.to_vec() }
+    }
+
+    /// Two images of three classes by hand. A: labels (0, 0, 1, ignored), predictions (0, 1, 1, 2);
+    /// B: labels (2, 2, 1, 0), predictions (2, 0, 1, 0). Confusion (truth × prediction): row 0 = (2,
+    /// 1, 0), row 1 = (0, 2, 0), row 2 = (1, 0, 1). IoU: 2/(3+3−2) = ½, 2/(2+3−2) = ⅔, 1/(2+1−1) =
+    /// ½; mIoU 5/9; pixel accuracy 5/7. Wrong fractions: ⅓ and ¼.
+    #[test]
+    fn segmentation_scores_sum_to_the_confusion_by_hand() {
+        let a = seg(&[(0, 0, 1), (0, 1, 1), (1, 1, 1)]);
+        let b = seg(&[(0, 0, 1), (1, 1, 1), (2, 0, 1), (2, 2, 1)]);
+        assert!((a.badness() - 1.0 / 3.0).abs() < 1e-15 && (b.badness() - 0.25).abs() < 1e-15);
+        let Metrics::Seg { miou, pixel_accuracy, iou_per_class } = combine([&a, &b]).unwrap() else { panic!() };
+        assert!((miou - 5.0 / 9.0).abs() < 1e-15, "{miou}");
+        assert!((pixel_accuracy - 5.0 / 7.0).abs() < 1e-15);
+        assert_eq!(iou_per_class, vec![Some(0.5), Some(2.0 / 3.0), Some(0.5)]);
+        // A count outside the classes, or scores of two tasks, is an error, not a number.
+        assert!(combine([&seg(&[(3, 0, 1)])]).is_err());
+        assert!(combine([&a, &SampleScore::Cls { correct: true }]).is_err());
+        assert!(combine(std::iter::empty::<&SampleScore>()).is_err());
+    }
+
+    /// Robust accuracy counts the correct samples: 2 of 3. Depth averages per image and counts
+    /// an image without a valid pixel apart: RMSE 1 and 3 → 2.
+    #[test]
+    fn classification_and_depth_scores_by_hand() {
+        let c = [true, false, true].map(|correct| SampleScore::Cls { correct });
+        assert_eq!(c[1].badness(), 1.0);
+        let Metrics::Cls { accuracy, correct, total } = combine(&c).unwrap() else { panic!() };
+        assert_eq!((correct, total), (2, 3));
+        assert!((accuracy - 2.0 / 3.0).abs() < 1e-15);
+        let e = |rmse: f64| Some(DepthErrors { rmse, ..DepthErrors::default() });
+        let d = [SampleScore::Depth { errors: e(1.0) }, SampleScore::Depth { errors: None }, SampleScore::Depth { errors: e(3.0) }];
+        assert_eq!(d[2].badness(), 3.0);
+        assert_eq!(d[1].badness(), f64::NEG_INFINITY);
+        let Metrics::Depth { errors, images, images_without_valid_pixels, .. } = combine(&d).unwrap() else { panic!() };
+        assert_eq!((errors.rmse, images, images_without_valid_pixels), (2.0, 2, 1));
+    }
+}
