@@ -144,11 +144,16 @@ fn per_image_scores_sum_to_each_cell_and_the_worst_case_pools_them() {
                     assert!(*accuracy <= c.value(robust_ssl::experiment::store::Predictor::Adversarial).unwrap());
                 }
             }
-            Metrics::Seg { pixel_accuracy, .. } => {
+            // Pixel accuracy per image; mIoU, a dataset-level figure, by SEA's greedy re-pick, which
+            // starts from each attack alone: no higher than any of them.
+            Metrics::Seg { pixel_accuracy, miou, .. } => {
                 assert_eq!(task, "seg");
                 for c in &cells {
-                    let Metrics::Seg { pixel_accuracy: own, .. } = &c.row.result.adversarial.as_ref().unwrap().head else { panic!() };
+                    let Metrics::Seg { pixel_accuracy: own, miou: own_miou, .. } = &c.row.result.adversarial.as_ref().unwrap().head else {
+                        panic!()
+                    };
                     assert!(pixel_accuracy <= own, "{pixel_accuracy} > {own}");
+                    assert!(miou <= own_miou, "{miou} > {own_miou}");
                 }
             }
             Metrics::Depth { errors, .. } => {

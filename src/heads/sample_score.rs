@@ -157,6 +157,99 @@ pub fn combine<'a>(samples: impl IntoIterator<Item = &'a SampleScore>) -> Result
     })
 }
 
+/// Per-class pixel counts of a selection of segmentation scores: true positives, labelled and
+/// predicted pixels, for mIoU in O(classes) as one image's choice changes.
+struct ClassCounts {
+    tp: Vec<i64>,
+    truth: Vec<i64>,
+    predicted: Vec<i64>,
+}
+
+impl ClassCounts {
+    fn apply(&mut self, s: &SampleScore, sign: i64) {
+        let SampleScore::Seg { pairs, .. } = s else { return };
+        for &(l, p, c) in pairs {
+            let c = sign * c as i64;
+            if l == p {
+                self.tp[l as usize] += c;
+            }
+            self.truth[l as usize] += c;
+            self.predicted[p as usize] += c;
+        }
+    }
+
+    /// Mean IoU over the classes with a non-empty union (as [`ConfusionMatrix::miou`]).
+    fn miou(&self) -> f64 {
+        let ious: Vec<f64> = (0..self.tp.len())
+            .filter_map(|c| {
+                let union = self.truth[c] + self.predicted[c] - self.tp[c];
+                (union > 0).then(|| self.tp[c] as f64 / union as f64)
+            })
+            .collect();
+        if ious.is_empty() {
+            f64::NAN
+        } else {
+            ious.iter().sum::<f64>() / ious.len() as f64
+        }
+    }
+}
+
+/// The lowest mIoU a choice of one score per image reaches: SEA's way of taking the worst case of
+/// a dataset-level figure over attacks (`worse_only.py`, `worst_case_miou`: passes over the
+/// images, each image switched to another attack's prediction wherever that lowers the whole
+/// selection's mIoU, until a pass gains nothing). SEA starts from its first loss on every image
+/// and passes in shuffled order; here the start is the lowest of `starts` (each a choice per
+/// image, an index into that image's `candidates`), the passes go in image order (at most 20),
+/// and a switch must lower the mIoU reached so far. Returns the choice; its mIoU is never above
+/// any start's.
+pub fn lowest_miou_choice(candidates: &[Vec<&SampleScore>], starts: &[Vec<usize>]) -> Result<Vec<usize>> {
+    let Some(SampleScore::Seg { classes, .. }) = candidates.iter().flatten().next() else {
+        bail!("the lowest mIoU needs segmentation scores")
+    };
+    if starts.is_empty() || starts.iter().any(|s| s.len() != candidates.len() || s.iter().zip(candidates).any(|(&k, c)| k >= c.len())) {
+        bail!("internal error: a start choice does not fit the candidates");
+    }
+    let k = *classes;
+    if candidates.iter().flatten().any(|s| !matches!(s, SampleScore::Seg { classes, pairs } if *classes == k && pairs.iter().all(|p| (p.0 as usize) < k && (p.1 as usize) < k))) {
+        bail!("segmentation scores of different class counts, or of another task");
+    }
+    let counts_of = |choice: &[usize]| {
+        let mut c = ClassCounts { tp: vec![0; k], truth: vec![0; k], predicted: vec![0; k] };
+        for (i, &j) in choice.iter().enumerate() {
+            c.apply(candidates[i][j], 1);
+        }
+        c
+    };
+    let mut choice = starts.iter().min_by(|a, b| counts_of(a).miou().total_cmp(&counts_of(b).miou())).expect("at least one start").clone();
+    let mut counts = counts_of(&choice);
+    let mut current = counts.miou();
+    for _ in 0..20 {
+        let mut changed = false;
+        for (i, options) in candidates.iter().enumerate() {
+            for (j, option) in options.iter().enumerate() {
+                if j == choice[i] {
+                    continue;
+                }
+                counts.apply(options[choice[i]], -1);
+                counts.apply(option, 1);
+                let m = counts.miou();
+                if m < current {
+                    current = m;
+                    choice[i] = j;
+                    changed = true;
+                } else {
+                    counts.apply(option, -1);
+                    counts.apply(options[choice[i]], 1);
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    Ok(choice)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +292,33 @@ mod tests {
         assert_eq!(d[1].badness(), f64::NEG_INFINITY);
         let Metrics::Depth { errors, images, images_without_valid_pixels, .. } = combine(&d).unwrap() else { panic!() };
         assert_eq!((errors.rmse, images, images_without_valid_pixels), (2.0, 2, 1));
+    }
+
+    /// Two images, two attacks. Image 0: attack A fools 1 of its 2 class-0 pixels (as class 1),
+    /// attack B none but turns its class-1 pixel into class 0. Image 1: A leaves everything,
+    /// B fools one class-1 pixel. Picking per image by pixel accuracy takes A on image 0 (½
+    /// wrong vs ⅓) and B on image 1; the greedy re-pick starts from the lowest of that and each
+    /// attack alone, and ends no higher than any of them.
+    #[test]
+    fn the_greedy_lowest_miou_is_never_above_its_starts() {
+        let s = |pairs: &[(u32, u32, u64)]| SampleScore::Seg { classes: 2, pairs: pairs.to_vec() };
+        let a0 = s(&[(0, 0, 1), (0, 1, 1)]);
+        let b0 = s(&[(0, 0, 2), (1, 0, 1)]);
+        let a1 = s(&[(1, 1, 2), (0, 0, 2)]);
+        let b1 = s(&[(1, 1, 1), (1, 0, 1), (0, 0, 2)]);
+        let candidates = vec![vec![&a0, &b0], vec![&a1, &b1]];
+        let miou = |choice: &[usize]| {
+            let Metrics::Seg { miou, .. } = combine(choice.iter().enumerate().map(|(i, &j)| candidates[i][j])).unwrap() else { panic!() };
+            miou
+        };
+        let starts = vec![vec![0, 1], vec![0, 0], vec![1, 1]];
+        let choice = lowest_miou_choice(&candidates, &starts).unwrap();
+        let best_start = starts.iter().map(|c| miou(c)).fold(f64::INFINITY, f64::min);
+        assert!(miou(&choice) <= best_start, "{} > {best_start}", miou(&choice));
+        // Exhaustively, the lowest of the four choices is found here.
+        let all = [[0, 0], [0, 1], [1, 0], [1, 1]].map(|c| miou(&c));
+        assert_eq!(miou(&choice), all.iter().copied().fold(f64::INFINITY, f64::min), "{all:?}");
+        assert!(lowest_miou_choice(&candidates, &[vec![0]]).is_err());
+        assert!(lowest_miou_choice(&[vec![&SampleScore::Cls { correct: true }]], &[vec![0]]).is_err());
     }
 }

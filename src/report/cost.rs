@@ -7,12 +7,12 @@ use crate::attacks::spec::AttackKind;
 use crate::choice::Choice;
 
 pub fn table(r: &Results) -> Option<Table> {
-    // (attack, setting text, ε text, device) → (seconds, images), one entry per cell key.
-    type Group = (String, String, String, String);
+    // (attack, task, setting text, ε text, device) → (seconds, images), one entry per cell key.
+    type Group = (String, String, String, String, String);
     let mut groups: Vec<(Group, (f64, usize))> = Vec::new();
     for e in &r.entries {
         let (Some(t), Some(p), Some(kind)) = (r.timings.get(&e.row.key), e.labels.params.as_ref(), e.labels.attack) else { continue };
-        // Cells of one work item share its time: count each item once per head task scored.
+        // A task attack scored on another task's head is the same work: count it where it was aimed.
         if !e.aimed_here() {
             continue;
         }
@@ -20,7 +20,7 @@ pub fn table(r: &Results) -> Option<Table> {
             Some(s) => format!("{} (crafted on {s})", kind.display_name()),
             None => kind.display_name().to_string(),
         };
-        let key = (name, Setting::of(p).text(), p.eps_text.clone(), t.device.clone());
+        let key = (name, r.head_label(e), Setting::of(p).text(), p.eps_text.clone(), t.device.clone());
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, (s, n))) => {
                 *s += t.seconds;
@@ -29,18 +29,21 @@ pub fn table(r: &Results) -> Option<Table> {
             None => groups.push((key, (t.seconds, t.images))),
         }
     }
-    let order = |name: &str| AttackKind::ALL.iter().position(|k| name.starts_with(k.display_name())).unwrap_or(usize::MAX);
+    let order = |name: &str| {
+        let kind = name.split(" (crafted on").next().unwrap_or(name);
+        AttackKind::ALL.iter().position(|k| k.display_name() == kind).unwrap_or(usize::MAX)
+    };
     groups.sort_by(|a, b| order(&a.0 .0).cmp(&order(&b.0 .0)).then(a.0 .1.cmp(&b.0 .1)));
     let rows: Vec<Vec<String>> = groups
         .into_iter()
-        .map(|((name, setting, eps, device), (s, n))| {
-            vec![name, setting, eps, n.to_string(), format!("{:.3}", s / n.max(1) as f64), device]
+        .map(|((name, task, setting, eps, device), (s, n))| {
+            vec![name, task, setting, eps, n.to_string(), format!("{:.3}", s / n.max(1) as f64), device]
         })
         .collect();
     (!rows.is_empty()).then(|| Table {
         title: "Cost of the attacks".into(),
-        note: "Wall-clock seconds per image of each attack: crafting the perturbation and scoring it on every head that reads it (summed over the attack's work items and their batches, divided by the images attacked). An ensemble stops working on a classification sample once a component broke it, so its cost falls with robustness.".into(),
-        header: ["attack", "setting", "ε", "images", "s / image", "device"].map(String::from).to_vec(),
+        note: "Wall-clock seconds per image of each attack on each task's head: crafting the perturbation and scoring it on every head that reads it (summed over the attack's work items and their batches, divided by the images attacked; one perturbation scored on two tasks, as EmbedAttack on shared images, shows its time on both). An ensemble stops working on a classification sample once a component broke it, so its cost falls with robustness.".into(),
+        header: ["attack", "task", "setting", "ε", "images", "s / image", "device"].map(String::from).to_vec(),
         rows,
     })
 }

@@ -1,5 +1,6 @@
 //! Results pooled per sample over attacks: the worst case (for each image, the attack that did
-//! worst on it — AutoAttack's per-sample worst case, SEA's per-image one), the strongest of a
+//! worst on it — AutoAttack's per-sample worst case, SEA's per-image one; for mIoU, a
+//! dataset-level figure, SEA's greedy re-pick of images), the strongest of a
 //! family of attacks (every EmbedAttack), and the gradient-free check (images a gradient-free
 //! attack broke further than every gradient attack: possible gradient masking).
 
@@ -12,7 +13,7 @@ use crate::attacks::spec::AttackKind;
 use crate::attacks::threat::Norm;
 use crate::experiment::plan::Condition;
 use crate::heads::evaluate::Metrics;
-use crate::heads::sample_score::{combine, SampleScore};
+use crate::heads::sample_score::{combine, lowest_miou_choice, SampleScore};
 
 /// The worst case over some attack cells of one head.
 #[derive(Debug, Clone)]
@@ -73,12 +74,29 @@ pub fn worst_case(cells: &[&Entry]) -> Result<Option<WorstCase>> {
     if worst.is_empty() {
         return Ok(None);
     }
-    Ok(Some(WorstCase {
-        metrics: combine(worst.values().map(|(_, s)| *s))?,
-        pooled,
-        without_scores: cells.len() - pooled,
-        samples: worst.len(),
-    }))
+    let mut metrics = combine(worst.values().map(|(_, s)| *s))?;
+    if let Metrics::Seg { miou, iou_per_class, .. } = &mut metrics {
+        // mIoU is a dataset-level figure: SEA takes its worst case by re-picking images greedily,
+        // from the per-image choice and from each attack alone.
+        let ids: Vec<usize> = worst.keys().copied().collect();
+        let scored: Vec<BTreeMap<usize, &SampleScore>> =
+            cells.iter().map(|e| e.row.result.per_sample.iter().flatten().map(|(id, s)| (*id, s)).collect()).collect();
+        let candidates: Vec<Vec<(usize, &SampleScore)>> =
+            ids.iter().map(|id| scored.iter().enumerate().filter_map(|(k, m)| m.get(id).map(|s| (k, *s))).collect()).collect();
+        let place = |i: usize, k: usize| candidates[i].iter().position(|c| c.0 == k);
+        let mut starts = vec![ids.iter().enumerate().map(|(i, id)| place(i, worst[id].0).expect("the chosen cell")).collect::<Vec<_>>()];
+        for k in 0..cells.len() {
+            if let Some(all) = (0..ids.len()).map(|i| place(i, k)).collect::<Option<Vec<_>>>() {
+                starts.push(all);
+            }
+        }
+        let options: Vec<Vec<&SampleScore>> = candidates.iter().map(|c| c.iter().map(|x| x.1).collect()).collect();
+        let choice = lowest_miou_choice(&options, &starts)?;
+        if let Metrics::Seg { miou: m, iou_per_class: per, .. } = combine(choice.iter().enumerate().map(|(i, &j)| options[i][j]))? {
+            (*miou, *iou_per_class) = (m, per);
+        }
+    }
+    Ok(Some(WorstCase { metrics, pooled, without_scores: cells.len() - pooled, samples: worst.len() }))
 }
 
 /// The gradient-free check over the cells of one head and threat model: the images on which a
