@@ -126,10 +126,7 @@ pub fn figure(w: &WorstCase, metric: &str) -> Option<f64> {
 mod tests {
     use super::*;
     use crate::attacks::spec::AttackSpec;
-    use crate::experiment::plan::Labels;
-    use crate::experiment::store::{CellResult, CellRow, Store};
-    use crate::heads::evaluate::Evaluation;
-    use crate::heads::head::{Baseline, Task};
+    use crate::report::results::fixture::{results, Cell};
 
     /// Four images under PGD, APGD, Square and AutoAttack (robust: ✓). PGD breaks image 1, APGD
     /// image 0, Square image 2, AutoAttack image 0: by AutoAttack's per-sample worst case only
@@ -138,48 +135,14 @@ mod tests {
     #[test]
     fn worst_case_and_gradient_free_check_by_hand() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("results.sqlite")).unwrap();
-        let eval = |correct: u64| Evaluation {
-            samples: 4,
-            head: Metrics::Cls { accuracy: correct as f64 / 4.0, correct, total: 4 },
-            baseline: Metrics::Cls { accuracy: 0.25, correct: 1, total: 4 },
-            baseline_kind: Baseline::MajorityClass(0),
-        };
-        let mut plan = Vec::new();
-        let cases = [
+        let cells = [
             ("pgd", AttackKind::Pgd, [true, false, true, true]),
             ("apgd", AttackKind::Apgd, [false, true, true, true]),
             ("square", AttackKind::Square, [true, true, false, true]),
             ("aa", AttackKind::AutoAttack, [false, true, true, true]),
-        ];
-        for (key, kind, robust) in cases {
-            let labels = Labels {
-                encoder: "e".into(),
-                task: "t".into(),
-                task_kind: Task::Cls,
-                head: "head".into(),
-                dataset: "d".into(),
-                condition: Condition::Attack,
-                attack: Some(kind),
-                attacked: Some("t".into()),
-                params: Some(AttackSpec::new(kind)),
-                source_encoder: None,
-            };
-            let per: Vec<(usize, SampleScore)> = robust.iter().enumerate().map(|(i, &correct)| (i, SampleScore::Cls { correct })).collect();
-            let result = CellResult {
-                samples: 4,
-                clean: eval(4),
-                adversarial: Some(eval(3)),
-                mean_objective: Some(0.0),
-                sanity: None,
-                curve: None,
-                per_sample: Some(per),
-            };
-            store.put_cells(key, &[CellRow { key: key.into(), labels: labels.clone(), result }]).unwrap();
-            plan.push((key.to_string(), labels));
-        }
-        store.set_meta("plan", &serde_json::to_string(&plan).unwrap()).unwrap();
-        let r = Results::load(&store).unwrap();
+        ]
+        .map(|(key, kind, robust)| Cell { key, spec: AttackSpec::new(kind), accuracy: 0.75, robust: Some(robust) });
+        let r = results(dir.path(), cells.into());
         let eps = AttackSpec::new(AttackKind::Pgd).eps;
         let cells = r.on_head("e", "t", Norm::Linf, eps);
         assert_eq!(cells.len(), 4);

@@ -294,30 +294,36 @@ pub fn values(cells: &[&Entry], which: Predictor) -> Vec<f64> {
     cells.iter().filter_map(|e| e.value(which)).collect()
 }
 
+/// Hand-built results for the report's tests: classification attack cells of one head in a store.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixture {
     use super::*;
     use crate::experiment::plan::{Condition, Labels};
     use crate::experiment::store::{CellResult, CellRow};
     use crate::heads::evaluate::{Evaluation, Metrics};
     use crate::heads::head::{Baseline, Task};
+    use crate::heads::sample_score::SampleScore;
 
-    /// Two attack cells that differ only in their step are two settings, never one mean ± std;
-    /// the same setting at two seeds is one.
-    #[test]
-    fn settings_that_differ_are_never_pooled() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("results.sqlite")).unwrap();
-        let accuracy = |a: f64| Evaluation {
+    /// One attack cell of head `head` of task `t` on encoder `e`: its key, spec, and robust
+    /// accuracy as a figure or as per-image outcomes (4 images, all clean-correct).
+    pub struct Cell {
+        pub key: &'static str,
+        pub spec: AttackSpec,
+        pub accuracy: f64,
+        pub robust: Option<[bool; 4]>,
+    }
+
+    /// The results of `cells`, with the store (kept open in `dir`) they were read from.
+    pub fn results(dir: &std::path::Path, cells: Vec<Cell>) -> Results {
+        let mut store = Store::open(&dir.join("results.sqlite")).unwrap();
+        let eval = |a: f64| Evaluation {
             samples: 4,
             head: Metrics::Cls { accuracy: a, correct: (a * 4.0) as u64, total: 4 },
             baseline: Metrics::Cls { accuracy: 0.25, correct: 1, total: 4 },
             baseline_kind: Baseline::MajorityClass(0),
         };
         let mut plan = Vec::new();
-        for (key, step, seed, adv) in [("a", "eps/4", 0, 0.5), ("b", "eps/4", 1, 0.25), ("c", "2/255", 0, 0.0)] {
-            let mut p = AttackSpec::new(AttackKind::Pgd);
-            (p.step_text, p.seed) = (step.to_string(), seed);
+        for c in cells {
             let labels = Labels {
                 encoder: "e".into(),
                 task: "t".into(),
@@ -325,25 +331,45 @@ mod tests {
                 head: "head".into(),
                 dataset: "d".into(),
                 condition: Condition::Attack,
-                attack: Some(AttackKind::Pgd),
+                attack: Some(c.spec.kind),
                 attacked: Some("t".into()),
-                params: Some(p),
+                params: Some(c.spec),
                 source_encoder: None,
             };
+            let per_sample = c.robust.map(|r| r.iter().enumerate().map(|(i, &correct)| (i, SampleScore::Cls { correct })).collect());
             let result = CellResult {
                 samples: 4,
-                clean: accuracy(1.0),
-                adversarial: Some(accuracy(adv)),
+                clean: eval(1.0),
+                adversarial: Some(eval(c.accuracy)),
                 mean_objective: Some(1.0),
                 sanity: None,
                 curve: None,
-                per_sample: None,
+                per_sample,
             };
-            store.put_cells(key, &[CellRow { key: key.into(), labels: labels.clone(), result }]).unwrap();
-            plan.push((key.to_string(), labels));
+            store.put_cells(c.key, &[CellRow { key: c.key.into(), labels: labels.clone(), result }]).unwrap();
+            plan.push((c.key.to_string(), labels));
         }
         store.set_meta("plan", &serde_json::to_string(&plan).unwrap()).unwrap();
-        let r = Results::load(&store).unwrap();
+        Results::load(&store).unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::{results, Cell};
+    use super::*;
+
+    /// Two attack cells that differ only in their step are two settings, never one mean ± std;
+    /// the same setting at two seeds is one.
+    #[test]
+    fn settings_that_differ_are_never_pooled() {
+        let dir = tempfile::tempdir().unwrap();
+        let cells = [("a", "eps/4", 0, 0.5), ("b", "eps/4", 1, 0.25), ("c", "2/255", 0, 0.0)].map(|(key, step, seed, accuracy)| {
+            let mut spec = AttackSpec::new(AttackKind::Pgd);
+            (spec.step_text, spec.seed) = (step.to_string(), seed);
+            Cell { key, spec, accuracy, robust: None }
+        });
+        let r = results(dir.path(), cells.into());
         let settings = r.settings();
         assert_eq!(settings.len(), 2, "{settings:?}");
         assert_eq!(settings[0].text(), "L∞ 20 steps");
