@@ -202,7 +202,8 @@ eps = ["8/255"]
         assert_eq!(on[0].1, 0);
     }
     // Square, the gradient-free check, runs on every task.
-    let square: Vec<usize> = attacks.iter().filter(|a| a.0 == AttackKind::Square).map(|a| a.1).collect();
+    let mut square: Vec<usize> = attacks.iter().filter(|a| a.0 == AttackKind::Square).map(|a| a.1).collect();
+    square.sort();
     assert_eq!(square, [0, 1], "Square on both tasks: {attacks:?}");
     assert!(attacks.iter().any(|a| a.0 == AttackKind::AutoAttack && a.2 == 100), "AutoAttack's 100 iterations: {attacks:?}");
     assert!(attacks.iter().any(|a| a.0 == AttackKind::Segpgd && a.2 == 20), "the study's 20 for SegPGD: {attacks:?}");

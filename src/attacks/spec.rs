@@ -145,6 +145,16 @@ impl AttackKind {
         matches!(self, AttackKind::Apgd | AttackKind::ApgdDlr | AttackKind::EmbedApgd) || self.is_ensemble() || self.is_dense_ensemble()
     }
 
+    /// The revision of the kind's definition, part of a cell's key past the first: cells a store
+    /// holds from an earlier definition are computed again, never reused (AutoAttack before FAB-T
+    /// joined it and Square's schedule became AutoAttack's own, not rescaled).
+    pub fn revision(self) -> u32 {
+        match self {
+            AttackKind::AutoAttack | AttackKind::Square => 2,
+            _ => 1,
+        }
+    }
+
     /// Whether it is one task's own attack (PGD, SegPGD, DepthPGD).
     pub fn is_task_attack(self) -> bool {
         matches!(self, AttackKind::Pgd | AttackKind::Segpgd | AttackKind::Depthpgd)

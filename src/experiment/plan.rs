@@ -492,6 +492,9 @@ impl Plan {
                         if let Some(w) = self.window(e, images_task) {
                             id["window"] = w.to_string().into();
                         }
+                        if p.kind.revision() > 1 {
+                            id["revision"] = p.kind.revision().into();
+                        }
                         if let Some(c) = *crafter {
                             id["crafted_on"] = self.encoders[c].fingerprint.clone();
                         }
