@@ -207,23 +207,12 @@ impl<'a> Scorer<'a> {
     /// at the targets' size.
     pub fn add(&mut self, out: &Tensor, targets: &Targets, n: usize) -> Result<()> {
         let file = self.file;
-        // A NaN output has no argmax worth scoring ("accuracy 0%"): refuse it, naming the head.
-        if !out.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?.is_finite() {
-            bail!("{file}: the head's outputs for a batch of {n} samples hold NaN or infinite values (non-finite features?); nothing was scored");
-        }
-        let ScoreState { acc, base, samples } = &mut self.state;
-        *samples += n;
+        self.check_finite(out, n)?;
         match self.head.meta.task {
-            Task::Cls | Task::Seg => {
-                let classes = out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?;
-                acc.update(&classes, &[], targets)?;
-                match self.head.meta.baseline {
-                    Baseline::MajorityClass(c) => base.update(&vec![c; classes.len()], &[], targets),
-                    Baseline::Unknown => Ok(()),
-                    Baseline::MeanDepth(_) => bail!("{file}: baseline of the wrong kind"),
-                }
-            }
+            Task::Cls | Task::Seg => self.add_classes(&out.argmax(1)?.flatten_all()?.to_vec1::<u32>()?, targets, n),
             Task::Depth => {
+                let ScoreState { acc, base, samples } = &mut self.state;
+                *samples += n;
                 let depth = out.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 acc.update(&[], &depth, targets)?;
                 match self.head.meta.baseline {
@@ -232,6 +221,29 @@ impl<'a> Scorer<'a> {
                     Baseline::MajorityClass(_) => bail!("{file}: baseline of the wrong kind"),
                 }
             }
+        }
+    }
+
+    /// A NaN output has no argmax worth scoring ("accuracy 0%"): refused, naming the head.
+    fn check_finite(&self, out: &Tensor, n: usize) -> Result<()> {
+        if !out.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?.is_finite() {
+            bail!(
+                "{}: the head's outputs for a batch of {n} samples hold NaN or infinite values (non-finite features?); nothing was scored",
+                self.file
+            );
+        }
+        Ok(())
+    }
+
+    /// One batch of `n` samples' predicted classes (per sample or pixel).
+    fn add_classes(&mut self, classes: &[u32], targets: &Targets, n: usize) -> Result<()> {
+        let ScoreState { acc, base, samples } = &mut self.state;
+        *samples += n;
+        acc.update(classes, &[], targets)?;
+        match self.head.meta.baseline {
+            Baseline::MajorityClass(c) => base.update(&vec![c; classes.len()], &[], targets),
+            Baseline::Unknown => Ok(()),
+            Baseline::MeanDepth(_) => bail!("{}: baseline of the wrong kind", self.file),
         }
     }
 
@@ -248,11 +260,10 @@ impl<'a> Scorer<'a> {
         if adv.len() != labels.len() || cln.len() != labels.len() {
             bail!("{}: {} adversarial and {} clean predictions for {} labels", self.file, adv.len(), cln.len(), labels.len());
         }
+        self.check_finite(adversarial, n)?;
         // Where the clean prediction is wrong, it is the prediction scored.
         let robust: Vec<u32> = adv.iter().zip(&cln).zip(labels).map(|((&a, &c), &l)| if c == l { a } else { c }).collect();
-        let k = adversarial.dim(1)?;
-        let onehot: Vec<f32> = robust.iter().flat_map(|&c| (0..k).map(move |j| if j == c as usize { 1.0 } else { 0.0 })).collect();
-        self.add(&Tensor::from_vec(onehot, (robust.len(), k), &Device::Cpu)?, targets, n)
+        self.add_classes(&robust, targets, n)
     }
 
     pub fn finish(self) -> Result<Evaluation> {
