@@ -53,7 +53,13 @@ fn components<'a>(kind: AttackKind, trained: &'a TrainedHead, targets: &Targets)
 
 /// Per image, how badly the head does on `images` (higher: worse): 1 − pixel accuracy for
 /// segmentation, RMSE for depth (0 where an image has no labelled pixel).
-fn badness(enc: &Encoder, trained: &TrainedHead, targets: &Targets, images: &Tensor, windows: Option<&Tiling>) -> Result<Vec<f64>> {
+pub(super) fn badness(
+    enc: &Encoder,
+    trained: &TrainedHead,
+    targets: &Targets,
+    images: &Tensor,
+    windows: Option<&Tiling>,
+) -> Result<Vec<f64>> {
     let tokens = tokens_of(enc, images, windows)?;
     let batch = Batch::read(&tokens, trained.meta.reads())?.to_device(&Device::Cpu)?;
     match targets {

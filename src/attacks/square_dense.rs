@@ -8,9 +8,10 @@
 //! - depth: minus the image's RMSE against its measured depth (the figure scored); every query is
 //!   spent.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
+use super::dense_ensemble::badness;
 use super::problem::Outcome;
 use super::spec::AttackConfig;
 use crate::data::IGNORE;
@@ -18,7 +19,6 @@ use crate::encoder::Encoder;
 use crate::features::{Batch, Targets};
 use crate::heads::head::TrainedHead;
 use crate::heads::sliding::{dense_forward, tokens_of, Tiling};
-use crate::metrics::depth_errors;
 
 /// Per image of `logits` (`[n, K, H, W]`): the mean over labelled pixels of the positive part of
 /// z_y − max_{i≠y} z_i (0 for an image without labelled pixels).
@@ -63,22 +63,15 @@ pub fn run(enc: &Encoder, trained: &TrainedHead, targets: &Targets, images: &Ten
     let windows = windows.as_ref();
     let seg = matches!(targets, Targets::Segmentation { .. });
     let mut score = |candidates: &Tensor, ids: &[usize]| -> Result<Vec<f64>> {
-        let tokens = tokens_of(enc, candidates, windows)?;
-        let batch = Batch::read(&tokens, trained.meta.reads())?.to_device(&Device::Cpu)?;
         let rows = Targets::concat(ids.iter().map(|&i| targets.row(i)).collect())?;
-        match rows {
+        match &rows {
             Targets::Segmentation { labels, height, width } => {
-                positive_margins(&dense_forward(&trained.head, &batch, (height, width), windows)?, &labels)
+                let tokens = tokens_of(enc, candidates, windows)?;
+                let batch = Batch::read(&tokens, trained.meta.reads())?.to_device(&Device::Cpu)?;
+                positive_margins(&dense_forward(&trained.head, &batch, (*height, *width), windows)?, labels)
             }
-            Targets::Depth { metres, height, width } => {
-                let range = trained.meta.range().context("a depth head without a depth range")?;
-                let out = dense_forward(&trained.head, &batch, (height, width), windows)?;
-                let pred = out.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-                let px = height * width;
-                (0..ids.len())
-                    .map(|i| Ok(-depth_errors(&pred[i * px..(i + 1) * px], &metres[i * px..(i + 1) * px], range)?.map_or(0.0, |e| e.rmse)))
-                    .collect()
-            }
+            // The image's RMSE, as the dense ensembles rank their points.
+            Targets::Depth { .. } => Ok(badness(enc, trained, &rows, candidates, windows)?.into_iter().map(|rmse| -rmse).collect()),
             t => bail!("Square on a dense head needs segmentation or depth targets, not {}", t.kind()),
         }
     };
