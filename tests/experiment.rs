@@ -469,3 +469,38 @@ fn the_plan_shares_work_and_keys_are_stable() {
         Plan::new(&Loaded::parse(&path, text.replace("heads = [{ epochs = 4 }]", "heads = [{ epochs = 5 }]")).unwrap()).unwrap();
     assert_ne!(heads(&retrained), heads(&plan));
 }
+
+/// A cell's key carries the revision of its attack's definition past the first, so a store's
+/// cells from an earlier definition are computed again: Square's keys (revision 2) are not those
+/// the same experiment had before revisions existed (pinned below, from that code), while
+/// SegPGD's (revision 1) still are. The scenes' keys do not depend on where the repository is.
+#[test]
+fn an_attack_of_a_new_revision_gets_new_keys() {
+    use robust_ssl::attacks::spec::AttackKind;
+    use robust_ssl::experiment::config::Loaded;
+    use robust_ssl::experiment::plan::{Plan, Work};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = experiment(tmp.path());
+    let text =
+        std::fs::read_to_string(&path).unwrap().replace("kinds = [\"embed\", \"task\"]", "kinds = [\"task\", \"square\"]\nqueries = 20");
+    let plan = Plan::new(&Loaded::parse(&path, text).unwrap()).unwrap();
+    let key = |kind: AttackKind, eps: &str| -> Vec<String> {
+        let mut keys: Vec<String> = plan
+            .items
+            .iter()
+            .filter(|i| matches!(&i.work, Work::Attack { params, task, .. } if params.kind == kind && plan.tasks[*task].name == "seg" && params.eps_text == eps))
+            .map(|i| i.key.clone())
+            .collect();
+        keys.sort();
+        keys
+    };
+    // Pinned from this experiment's plan with every revision at 1 (the keys before revisions).
+    let before_square = ["4739d0ac4df8ebb24b21767068758a26", "f5a403ea07841db8e2e304e9569506e9"];
+    let segpgd = ["0afccdc9dcc905a106617630bea685e5", "3ed5ce77ad27674179220477ddb068fc"];
+    assert_eq!(AttackKind::Square.revision(), 2);
+    let square = key(AttackKind::Square, "8/255");
+    assert_eq!(square.len(), 2, "two seeds");
+    assert!(square.iter().all(|k| !before_square.contains(&k.as_str())), "Square's cells of revision 1 would be reused: {square:?}");
+    assert_eq!(AttackKind::Segpgd.revision(), 1);
+    assert_eq!(key(AttackKind::Task, "8/255"), segpgd, "the keys of an unrevised attack changed: stores would recompute them");
+}
