@@ -9,6 +9,7 @@
 //! tested against (`tests/encoder_parity.rs`, `tests/defense.rs`).
 
 mod params;
+mod shared;
 
 use anyhow::Result;
 use candle_core::Tensor;
@@ -33,8 +34,8 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 struct Lin {
-    /// `[in, out]`
-    w_t: Vec<f32>,
+    /// `[in, out]`: the candle model's own tensor, read in place.
+    w_t: shared::SharedF32,
     b: Option<Vec<f32>>,
     inp: usize,
     out: usize,
@@ -43,7 +44,7 @@ struct Lin {
 impl Lin {
     fn new(l: &Linear) -> Result<Self> {
         let (inp, out) = l.w_t.dims2()?;
-        Ok(Self { w_t: floats(&l.w_t)?, b: l.b.as_ref().map(floats).transpose()?, inp, out })
+        Ok(Self { w_t: shared::SharedF32::new(&l.w_t)?, b: l.b.as_ref().map(floats).transpose()?, inp, out })
     }
 
     /// `x · Wᵀ + b` for `rows` rows.
@@ -191,49 +192,74 @@ struct Dims {
 }
 
 impl Block {
-    fn attention(&self, qkv: &[f32], z: Dims) -> (Vec<f32>, Vec<f32>) {
+    /// `softmax(q·kᵀ·scale)` of one (image, head) into `pbh` (`t×t`): the attention weights.
+    ///
+    /// # Safety
+    /// `base` must address that (image, head)'s q inside `qkv`, of `t` rows of stride `3d`.
+    unsafe fn probabilities(&self, qkv: &[f32], base: usize, z: Dims, pbh: &mut [f32]) {
+        let (t, d) = (z.t, z.d);
+        let hd = d / self.heads;
+        let scale = (hd as f32).powf(-0.5);
+        let q = (qkv.as_ptr().add(base), 3 * d, 1);
+        let k_t = (qkv.as_ptr().add(base + d), 1, 3 * d);
+        gemm_f32((t, t, hd), pbh.as_mut_ptr(), t, false, q, k_t, false);
+        pbh.chunks_exact_mut(t).for_each(|r| fused::softmax_in_place(r, scale));
+    }
+
+    /// The attention output `[B·T, D]`, and the attention weights of every (image, head) where
+    /// `keep` (else empty: the reverse pass computes them again).
+    fn attention(&self, qkv: &[f32], z: Dims, keep: bool) -> (Vec<f32>, Vec<f32>) {
         let (h, t, d) = (self.heads, z.t, z.d);
         let hd = d / h;
-        let scale = (hd as f32).powf(-0.5);
         let mut o = vec![0.0; z.b * t * d];
-        let mut p = vec![0.0; z.b * h * t * t];
-        let op = SendPtr(o.as_mut_ptr());
-        p.par_chunks_mut(t * t).enumerate().for_each(|(bh, pbh)| {
-            #[allow(clippy::redundant_locals)] // moves the whole SendPtr in: a capture of its field would not be Send
-            let op = op;
-            let (bi, hi) = (bh / h, bh % h);
-            let base = bi * t * 3 * d + hi * hd;
-            // SAFETY: q, k, v are t×hd views of qkv (row stride 3d); each task writes its own
-            // t×hd block of o (columns hi·hd.., rows of image bi) and its own pbh.
-            unsafe {
-                let q = (qkv.as_ptr().add(base), 3 * d, 1);
-                let k_t = (qkv.as_ptr().add(base + d), 1, 3 * d);
-                gemm_f32((t, t, hd), pbh.as_mut_ptr(), t, false, q, k_t, false);
-                pbh.chunks_exact_mut(t).for_each(|r| fused::softmax_in_place(r, scale));
-                let v = (qkv.as_ptr().add(base + 2 * d), 3 * d, 1);
-                gemm_f32((t, hd, t), op.0.add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
-            }
-        });
+        let mut p = if keep { vec![0.0; z.b * h * t * t] } else { vec![] };
+        let (op, pp) = (SendPtr(o.as_mut_ptr()), SendPtr(p.as_mut_ptr()));
+        (0..z.b * h).into_par_iter().for_each_init(
+            || if keep { vec![] } else { vec![0f32; t * t] },
+            |scratch, bh| {
+                #[allow(clippy::redundant_locals)] // moves the whole SendPtr in: a capture of its field would not be Send
+                let (op, pp) = (op, pp);
+                let (bi, hi) = (bh / h, bh % h);
+                let base = bi * t * 3 * d + hi * hd;
+                // SAFETY: q, k, v are t×hd views of qkv (row stride 3d); each task writes its own
+                // t×hd block of o (columns hi·hd.., rows of image bi) and its own t×t block of p
+                // (or its own scratch).
+                unsafe {
+                    let pbh = if keep { std::slice::from_raw_parts_mut(pp.0.add(bh * t * t), t * t) } else { &mut scratch[..] };
+                    self.probabilities(qkv, base, z, pbh);
+                    let v = (qkv.as_ptr().add(base + 2 * d), 3 * d, 1);
+                    gemm_f32((t, hd, t), op.0.add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
+                }
+            },
+        );
         (o, p)
     }
 
+    /// `p`: the forward's attention weights, or empty (computed again here, one (image, head) at
+    /// a time).
     fn attention_backward(&self, qkv: &[f32], p: &[f32], d_o: &[f32], z: Dims) -> Vec<f32> {
         let (h, t, d) = (self.heads, z.t, z.d);
         let hd = d / h;
         let scale = (hd as f32).powf(-0.5);
+        let kept = !p.is_empty();
         let mut dqkv = vec![0.0; z.b * t * 3 * d];
         let dp = SendPtr(dqkv.as_mut_ptr());
         (0..z.b * h).into_par_iter().for_each_init(
-            || vec![0f32; t * t],
-            |ds, bh| {
+            || (vec![0f32; t * t], if kept { vec![] } else { vec![0f32; t * t] }),
+            |(ds, again), bh| {
                 #[allow(clippy::redundant_locals)] // as in attention
                 let dp = dp;
                 let (bi, hi) = (bh / h, bh % h);
                 let base = bi * t * 3 * d + hi * hd;
-                let pbh = &p[bh * t * t..(bh + 1) * t * t];
                 // SAFETY: read-only views of qkv, p and d_o; each task writes only the t×hd
-                // blocks of dqkv at its own (image, head) and its own scratch ds.
+                // blocks of dqkv at its own (image, head) and its own scratch.
                 unsafe {
+                    let pbh = if kept {
+                        &p[bh * t * t..(bh + 1) * t * t]
+                    } else {
+                        self.probabilities(qkv, base, z, again);
+                        &again[..]
+                    };
                     let dob = (d_o.as_ptr().add(bi * t * d + hi * hd), d, 1);
                     let v_t = (qkv.as_ptr().add(base + 2 * d), 1, 3 * d);
                     gemm_f32((t, t, hd), ds.as_mut_ptr(), t, false, dob, v_t, false);
@@ -260,10 +286,11 @@ impl Block {
         }
     }
 
-    fn forward(&self, x: Vec<f32>, z: Dims, record: Record) -> (Vec<f32>, Option<BlockTape>) {
+    /// `keep_p`: record the attention weights (else the reverse pass computes them again).
+    fn forward(&self, x: Vec<f32>, z: Dims, record: Record, keep_p: bool) -> (Vec<f32>, Option<BlockTape>) {
         let rows = z.b * z.t;
         let qkv = self.qkv.forward(&self.ln1.forward(&x), rows);
-        let (o, p) = self.attention(&qkv, z);
+        let (o, p) = self.attention(&qkv, z, keep_p && record != Record::Nothing);
         let y1 = self.proj.forward(&o, rows);
         let x1 = residual(&x, &y1, &self.ls1);
         let f = self.fc1.forward(&self.ln2.forward(&x1), rows);
@@ -301,7 +328,14 @@ pub struct FastVit {
     regs: Vec<f32>,
     blocks: Vec<Block>,
     norm: Ln,
+    /// The most the tape may spend on attention weights (every block's `B·heads·T²` floats);
+    /// above, the reverse pass computes them again, one (image, head) at a time.
+    attention_tape_bytes: usize,
 }
+
+/// [`FastVit`]'s default bound on the attention weights a tape keeps: a ViT-S/14 at 224 px and
+/// batch 8 keeps them (152 MB); a ViT-L/14 at 518 px, even at batch 1 (2.9 GB), does not.
+pub const ATTENTION_TAPE_BYTES: usize = 1 << 30;
 
 /// What the reverse pass needs from a forward.
 pub struct Tape {
@@ -353,6 +387,7 @@ impl FastVit {
             regs,
             blocks,
             norm: Ln::new(&vit.norm)?,
+            attention_tape_bytes: ATTENTION_TAPE_BYTES,
         })
     }
 
@@ -398,9 +433,11 @@ impl FastVit {
             }
         });
         let z = Dims { b, t, d };
+        let weights: usize = self.blocks.iter().map(|k| b * k.heads * t * t * std::mem::size_of::<f32>()).sum();
+        let keep_p = weights <= self.attention_tape_bytes;
         let mut tapes = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
-            let (next, tape) = block.forward(x, z, record);
+            let (next, tape) = block.forward(x, z, record, keep_p);
             tapes.extend(tape);
             x = next;
         }
@@ -443,5 +480,46 @@ impl FastVit {
             }
         });
         d_pixels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::{Encoder, LoadOptions};
+
+    /// Above the tape's bound on attention weights the reverse pass computes them again: the
+    /// pixels' and the weights' gradients are bit for bit those of a tape that kept them.
+    #[test]
+    fn attention_weights_computed_again_give_the_same_gradients() {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
+        let enc = Encoder::load(&file, &LoadOptions { heads: Some(4), ..Default::default() }).unwrap();
+        let (b, side) = (2, 2 * enc.config().patch_size);
+        let pos = enc.vit.patch_positions(2, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let pixels: Vec<f32> = (0..b * 3 * side * side).map(|i| ((i * 37 % 101) as f32) / 100.0).collect();
+        let mut fast = FastVit::new(&enc.vit).unwrap();
+        let run = |fast: &FastVit, record| {
+            let (out, _, tape) = fast.forward(&pixels, (b, side, side), &pos, record).unwrap();
+            let tape = tape.unwrap();
+            let kept = tape.blocks.iter().all(|k| !k.p.is_empty());
+            let d_out: Vec<f32> = (0..out.len()).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
+            let dx = fast.backward(&tape, d_out.clone(), None);
+            let named = if record == Record::ParamGradients { fast.param_gradients(&tape, d_out).named } else { vec![] };
+            (kept, dx, named)
+        };
+        for record in [Record::InputGradient, Record::ParamGradients] {
+            fast.attention_tape_bytes = ATTENTION_TAPE_BYTES;
+            let (kept, dx, named) = run(&fast, record);
+            assert!(kept);
+            fast.attention_tape_bytes = 0;
+            let (again, dx_again, named_again) = run(&fast, record);
+            assert!(!again, "a zero bound keeps no attention weights");
+            assert!(dx.iter().any(|&g| g != 0.0));
+            assert_eq!(dx, dx_again, "{record:?}");
+            assert_eq!(named.len(), named_again.len());
+            for ((n, g), (_, h)) in named.iter().zip(&named_again) {
+                assert_eq!(g, h, "{n}");
+            }
+        }
     }
 }
