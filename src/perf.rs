@@ -21,6 +21,54 @@ pub struct Timing {
     pub attack_steps_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finetune_steps_per_s: Option<f64>,
+    /// What the figures were measured on.
+    pub machine: Machine,
+}
+
+/// The machine a benchmark ran on: ratios against PyTorch move with the CPU, so every figure
+/// says which.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Machine {
+    /// `model name` of /proc/cpuinfo (empty where there is none).
+    pub cpu: String,
+    pub threads: usize,
+    /// The SIMD extensions of the CPU that matter to the kernels, as /proc/cpuinfo names them.
+    pub features: Vec<String>,
+    /// The kernels our matrix products run (the gemm crate dispatches at run time).
+    pub gemm_kernels: &'static str,
+    pub device: String,
+}
+
+impl Machine {
+    pub fn of(device: &candle_core::Device) -> Self {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |name: &str| {
+            info.lines()
+                .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        };
+        let flags = field("flags").unwrap_or_default();
+        let wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"];
+        let features: Vec<String> = wanted.iter().filter(|w| flags.split_whitespace().any(|f| f == **w)).map(|w| w.to_string()).collect();
+        #[cfg(target_arch = "x86_64")]
+        let gemm_kernels = if std::arch::is_x86_feature_detected!("avx512f") {
+            "AVX-512 (x86-64-v4)"
+        } else if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            "AVX2 + FMA (x86-64-v3)"
+        } else {
+            "SSE2 (baseline)"
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let gemm_kernels = "the target's baseline";
+        Self {
+            cpu: field("model name").unwrap_or_default(),
+            threads: rayon::current_num_threads(),
+            features,
+            gemm_kernels,
+            device: crate::device::describe(device),
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -72,6 +120,7 @@ pub fn measure(enc: &Encoder, batch: usize, size: usize, warmup: usize, iters: u
         forward_backward_s: median(bwd),
         attack_steps_per_s: None,
         finetune_steps_per_s: None,
+        machine: Machine::of(dev),
     })
 }
 

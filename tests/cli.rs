@@ -184,3 +184,28 @@ fn non_finite_weights_are_refused_naming_the_tensor() {
         assert!(!Path::new(&out).exists(), "nothing written");
     }
 }
+
+/// `bench` says what it measured on: the CPU model and the SIMD extensions /proc/cpuinfo lists,
+/// and which kernels our matrix products ran, in JSON and in text.
+#[test]
+fn bench_names_the_machine_and_its_kernels() {
+    let ckpt = s(&fixtures().join("dinov2_official.pth"));
+    let args = ["bench", "--checkpoint", &ckpt, "--num-heads", "4", "--batch-size", "1", "--size", "28", "--iters", "1", "--warmup", "0"];
+    let out = common::ok_json(&[&args[..], &["--json"]].concat());
+    let m = &out["machine"];
+    assert!(out["forward_s"].as_f64().unwrap() > 0.0 && m["threads"].as_u64().unwrap() >= 1, "{out}");
+    let features: Vec<&str> = m["features"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> = cpuinfo.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
+    for f in &features {
+        assert!(flags.contains(f), "{f} reported but not in /proc/cpuinfo");
+    }
+    assert_eq!(features.contains(&"avx512f"), flags.contains(&"avx512f"));
+    let kernels = m["gemm_kernels"].as_str().unwrap();
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(kernels.starts_with("AVX-512"), flags.contains(&"avx512f"), "{kernels}");
+    }
+    let (ok, text, err) = common::run(&args);
+    assert!(ok, "{err}");
+    assert!(text.lines().any(|l| l.starts_with("machine: ") && l.contains(kernels)), "{text}");
+}

@@ -95,6 +95,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         if let Some(s) = t.finetune_steps_per_s {
             println!("DeACL fine-tuning (5-step inner PGD, SGD): {s:.3} steps/s ({:.3} s/step)", 1.0 / s);
         }
+        let m = &t.machine;
+        println!(
+            "machine: {}, {}; CPU features: {}; matrix products: {} kernels",
+            if m.cpu.is_empty() { "unknown CPU" } else { &m.cpu },
+            m.device,
+            if m.features.is_empty() { "none of AVX2/AVX-512/AMX".to_string() } else { m.features.join(" ") },
+            m.gemm_kernels
+        );
     }
     Ok(())
 }
