@@ -2,7 +2,7 @@
 
     python3 tools/bench_torch.py --batch 8 --size 224 --threads 2
 
-The model is the official DINOv2 ViT-S/14 architecture restated in reference_vit.py (random
+The model is the official DINOv2 ViT-S/14 (or --arch b / l: ViT-B/14, ViT-L/14) architecture restated in reference_vit.py (random
 weights: speed does not depend on them), f32, eager. Forward runs under no_grad; forward+backward
 computes the gradient of a random projection of CLS and patch tokens with respect to the pixels
 only (weights frozen, as in an attack: the fastest PyTorch setting). Median of --iters after
@@ -33,16 +33,19 @@ def main():
                    help="with --attack-steps: also time the attack on whole --image images through mmseg's sliding "
                         "windows CROP:STRIDE (windows batched, outputs per window, autograd through the cut)")
     p.add_argument("--image", default=None, help="HxW of the whole images for --window (default: --size square)")
+    p.add_argument("--arch", choices=["s", "b", "l"], default="s",
+                   help="DINOv2 ViT-S/14, ViT-B/14 or ViT-L/14 (width, depth, heads as Meta's)")
     p.add_argument("--finetune-steps", type=int, default=0,
                    help="also time DeACL fine-tuning steps (after one untimed step)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    m = ref.randomize(ref.VisionTransformer(14, 384, 12, 6, pos_grid=37), 0).eval()
+    dim, depth, heads = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16)}[a.arch]
+    m = ref.randomize(ref.VisionTransformer(14, dim, depth, heads, pos_grid=37), 0).eval()
     for q in m.parameters():
         q.requires_grad_(False)
     x = torch.rand(a.batch, 3, a.size, a.size)
     n = (a.size // 14) ** 2
-    pc, pp = torch.randn(a.batch, 384), torch.randn(a.batch, n, 384)
+    pc, pp = torch.randn(a.batch, dim), torch.randn(a.batch, n, dim)
 
     def fwd():
         with torch.no_grad():
