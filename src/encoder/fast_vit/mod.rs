@@ -286,11 +286,12 @@ impl Block {
         }
     }
 
-    /// `keep_p`: record the attention weights (else the reverse pass computes them again).
+    /// `keep_p`: record the attention weights in the tape (else a reverse pass computes them
+    /// again); only with a tape.
     fn forward(&self, x: Vec<f32>, z: Dims, record: Record, keep_p: bool) -> (Vec<f32>, Option<BlockTape>) {
         let rows = z.b * z.t;
         let qkv = self.qkv.forward(&self.ln1.forward(&x), rows);
-        let (o, p) = self.attention(&qkv, z, keep_p && record != Record::Nothing);
+        let (o, p) = self.attention(&qkv, z, keep_p);
         let y1 = self.proj.forward(&o, rows);
         let x1 = residual(&x, &y1, &self.ls1);
         let f = self.fc1.forward(&self.ln2.forward(&x1), rows);
@@ -434,7 +435,7 @@ impl FastVit {
         });
         let z = Dims { b, t, d };
         let weights: usize = self.blocks.iter().map(|k| b * k.heads * t * t * std::mem::size_of::<f32>()).sum();
-        let keep_p = weights <= self.attention_tape_bytes;
+        let keep_p = record != Record::Nothing && weights <= self.attention_tape_bytes;
         let mut tapes = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
             let (next, tape) = block.forward(x, z, record, keep_p);
