@@ -209,3 +209,39 @@ fn bench_names_the_machine_and_its_kernels() {
     assert!(ok, "{err}");
     assert!(text.lines().any(|l| l.starts_with("machine: ") && l.contains(kernels)), "{text}");
 }
+
+/// `--precision bf16` runs where the CPU has AVX512-BF16 (and says so in the bench) and is refused,
+/// naming the file and the reason, where it has not or the kernel is disabled.
+#[test]
+fn precision_bf16_runs_where_the_cpu_can_and_is_refused_elsewhere() {
+    let ckpt = s(&fixtures().join("dinov2_official.pth"));
+    let args = [
+        "bench",
+        "--checkpoint",
+        &ckpt,
+        "--num-heads",
+        "4",
+        "--batch-size",
+        "1",
+        "--size",
+        "28",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--precision",
+        "bf16",
+    ];
+    if robust_ssl::encoder::bf16_gemm::supported() {
+        let out = common::ok_json(&[&args[..], &["--json"]].concat());
+        assert_eq!(out["precision"], "bf16", "{out}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_robust-ssl"))
+        .args(args)
+        .env(robust_ssl::encoder::bf16_gemm::DISABLE_ENV, "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("dinov2_official.pth") && err.contains("AVX512-BF16") && err.contains("use precision f32"), "{err}");
+}

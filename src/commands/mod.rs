@@ -26,7 +26,7 @@ pub use choice::choice;
 
 use robust_ssl::encoder::arch::ArchChoice;
 use robust_ssl::encoder::pos_embed::PosResize;
-use robust_ssl::encoder::{Encoder, LoadOptions};
+use robust_ssl::encoder::{Encoder, LoadOptions, Precision};
 
 #[derive(Parser)]
 #[command(name = "robust-ssl", version, about = "Adversarial robustness of self-supervised ViT encoders across downstream tasks")]
@@ -80,12 +80,23 @@ pub struct ModelOptions {
     /// Which backbone of a training checkpoint to use (teacher or student; default teacher).
     #[arg(long)]
     pub backbone: Option<String>,
+    /// Arithmetic of the encoder's matrix products: f32, or bf16 operands with f32 sums (CPUs
+    /// with AVX512-BF16 only; refused elsewhere).
+    #[arg(long, value_parser = choice::<Precision>(), default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 impl ModelOptions {
     /// The library's load options these flags give.
     pub fn options(&self, device: candle_core::Device) -> LoadOptions {
-        LoadOptions { arch: self.arch, heads: self.heads, pos_resize: self.pos_resize, prefer: self.backbone.clone(), device }
+        LoadOptions {
+            arch: self.arch,
+            heads: self.heads,
+            pos_resize: self.pos_resize,
+            prefer: self.backbone.clone(),
+            device,
+            precision: self.precision,
+        }
     }
 
     pub fn load(&self, checkpoint: &std::path::Path, device: candle_core::Device) -> Result<Encoder> {

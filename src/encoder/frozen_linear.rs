@@ -36,7 +36,7 @@ fn bias_slice<'a, T: candle_core::WithDType>(b: &'a Option<(StorageRef<'_>, &Lay
 /// Every pointer must address the whole matrix its strides describe, and `dst` must not alias
 /// `lhs` or `rhs` nor be written concurrently where the views overlap.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn gemm_f32(
+pub unsafe fn gemm_f32(
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
@@ -72,7 +72,7 @@ pub(super) unsafe fn gemm_f32(
 
 /// `dst[m,n] = x[m,k] · w[k,n] (+ b[n])`, row-major.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_bias<T: Copy + 'static>(x: &[T], w: &[T], b: Option<&[T]>, m: usize, n: usize, k: usize, zero: T, one: T) -> Vec<T> {
+pub fn gemm_bias<T: Copy + 'static>(x: &[T], w: &[T], b: Option<&[T]>, m: usize, n: usize, k: usize, zero: T, one: T) -> Vec<T> {
     let mut dst = vec![zero; m * n];
     if let Some(b) = b {
         for row in dst.chunks_exact_mut(n) {

@@ -18,14 +18,39 @@ fn last_dim(l: &Layout) -> Result<usize> {
     l.dims().last().copied().filter(|&n| n > 0).ok_or_else(|| Error::Msg("fused op: empty last dimension".into()))
 }
 
+/// Rows `first..` of `a` (and `b`) through `f` into `out`: the loop of [`rows`].
+#[inline(always)]
+fn rows_loop<T, F: Fn(&[T], Option<&[T]>, &mut [T])>(n: usize, first: usize, a: &[T], b: Option<&[T]>, out: &mut [T], f: &F) {
+    for (r, o) in out.chunks_exact_mut(n).enumerate() {
+        let start = (first + r) * n;
+        f(&a[start..start + n], b.map(|b| &b[start..start + n]), o);
+    }
+}
+fastmath::multiversion!(rows_simd [T, F: Fn(&[T], Option<&[T]>, &mut [T])] (n: usize, first: usize, a: &[T], b: Option<&[T]>, out: &mut [T], f: &F) => rows_loop);
+
+/// `out = f(a, b)` element by element: the loop of [`map`].
+#[inline(always)]
+fn map_loop<T: Fast, F: Fn(T, T) -> T>(a: &[T], b: Option<&[T]>, out: &mut [T], f: &F) {
+    match b {
+        Some(b) => {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        }
+        None => {
+            for (o, &a) in out.iter_mut().zip(a) {
+                *o = f(a, T::zero());
+            }
+        }
+    }
+}
+fastmath::multiversion!(map_simd [T: Fast, F: Fn(T, T) -> T] (a: &[T], b: Option<&[T]>, out: &mut [T], f: &F) => map_loop);
+
 /// Applies `f` to matching rows of the inputs, writing one output row each, in parallel.
 fn rows<T: Float + Send + Sync>(n: usize, a: &[T], b: Option<&[T]>, f: impl Fn(&[T], Option<&[T]>, &mut [T]) + Sync) -> Vec<T> {
     let mut out = vec![T::zero(); a.len()];
     out.par_chunks_mut(n * 16).enumerate().for_each(|(c, chunk)| {
-        for (r, o) in chunk.chunks_exact_mut(n).enumerate() {
-            let start = (c * 16 + r) * n;
-            f(&a[start..start + n], b.map(|b| &b[start..start + n]), o);
-        }
+        rows_simd(n, c * 16, a, b, chunk, &f);
     });
     out
 }
@@ -71,12 +96,28 @@ macro_rules! dispatch2 {
 pub struct Softmax;
 
 /// Softmax of `scale · row`, in place (scale > 0).
+#[inline(always)]
 pub(super) fn softmax_in_place<T: Fast>(row: &mut [T], scale: T) {
     let max = fastmath::max(row);
     row.iter_mut().for_each(|v| *v = ((*v - max) * scale).fast_exp());
     let inv = T::one() / fastmath::sum(row);
     row.iter_mut().for_each(|v| *v = *v * inv);
 }
+
+/// Softmax of `scale · row` in place for every row of `n` in `rows`; with `y`, the gradient
+/// instead: `rows` holds the output gradients and `y` the outputs.
+#[inline(always)]
+fn softmax_rows_loop(rows: &mut [f32], y: Option<&[f32]>, n: usize, scale: f32) {
+    match y {
+        None => rows.chunks_exact_mut(n).for_each(|r| softmax_in_place(r, scale)),
+        Some(y) => {
+            for (g, y) in rows.chunks_exact_mut(n).zip(y.chunks_exact(n)) {
+                softmax_grad_in_place(g, y, scale);
+            }
+        }
+    }
+}
+fastmath::multiversion!(pub(super) softmax_rows [] (rows: &mut [f32], y: Option<&[f32]>, n: usize, scale: f32) => softmax_rows_loop);
 
 fn softmax<T: Fast>(n: usize, x: &[T]) -> Vec<T> {
     rows(n, x, None, |x, _, o| {
@@ -117,6 +158,7 @@ impl CustomOp2 for SoftmaxGrad {
 }
 
 /// The gradient of softmax(scale · x) in place: `g ← scale · y ⊙ (g − Σ g ⊙ y)`, `y` the output.
+#[inline(always)]
 pub(super) fn softmax_grad_in_place<T: Float>(g: &mut [T], y: &[T], scale: T) {
     let dot = y.iter().zip(g.iter()).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
     for (g, &y) in g.iter_mut().zip(y) {
@@ -143,6 +185,7 @@ fn vec_of<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
 }
 
 /// Mean and 1/σ of one row.
+#[inline(always)]
 pub(super) fn moments<T: Float>(x: &[T], eps: T) -> (T, T) {
     let n = T::from(x.len()).unwrap();
     let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
@@ -225,20 +268,8 @@ fn map<T: Fast>(a: &[T], b: Option<&[T]>, f: impl Fn(T, T) -> T + Sync) -> Vec<T
     const CHUNK: usize = 1 << 14;
     let mut out = vec![T::zero(); a.len()];
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
-        let a = &a[c * CHUNK..c * CHUNK + o.len()];
-        match b {
-            Some(b) => {
-                let b = &b[c * CHUNK..c * CHUNK + o.len()];
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = f(a, b);
-                }
-            }
-            None => {
-                for (o, &a) in o.iter_mut().zip(a) {
-                    *o = f(a, T::zero());
-                }
-            }
-        }
+        let range = c * CHUNK..c * CHUNK + o.len();
+        map_simd(&a[range.clone()], b.map(|b| &b[range]), o, &f);
     });
     out
 }

@@ -2,12 +2,14 @@
 //! differentiable front of the pipeline *pixels in [0,1] → normalize → encoder → head*.
 
 pub mod arch;
+pub mod bf16_gemm;
 mod fast_vit;
 mod fastmath;
-mod frozen_linear;
+pub mod frozen_linear;
 mod fused;
 pub mod layers;
 pub mod pos_embed;
+pub mod precision;
 pub mod vit;
 pub mod weights;
 
@@ -20,6 +22,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use arch::{ArchChoice, ArchOverrides, VitConfig};
 use fast_vit::Record;
 use pos_embed::PosResize;
+pub use precision::Precision;
 pub use vit::{PreNorm, Reads, Tokens, VisionTransformer};
 use weights::{Checkpoint, Format, Source};
 
@@ -38,11 +41,13 @@ pub struct LoadOptions {
     /// Which backbone of a training checkpoint (`teacher`, `student`); default `teacher`.
     pub prefer: Option<String>,
     pub device: Device,
+    /// The arithmetic of the matrix products (bf16: CPU with AVX512-BF16 only, checked on load).
+    pub precision: Precision,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { arch: ArchChoice::Auto, heads: None, pos_resize: None, prefer: None, device: Device::Cpu }
+        Self { arch: ArchChoice::Auto, heads: None, pos_resize: None, prefer: None, device: Device::Cpu, precision: Precision::F32 }
     }
 }
 
@@ -78,22 +83,28 @@ pub struct Encoder {
     fast: OnceLock<Option<fast_vit::FastVit>>,
     /// [`Encoder::fingerprint`], computed once.
     fingerprint: OnceLock<serde_json::Value>,
+    precision: Precision,
 }
 
 /// The blake3 of the checkpoint file (not its name or place) and how it was loaded.
-fn fingerprint(info: &EncoderInfo, dtype: DType) -> Result<serde_json::Value> {
+fn fingerprint(info: &EncoderInfo, dtype: DType, precision: Precision) -> Result<serde_json::Value> {
     let file = Path::new(&info.file);
     let hash = blake3::Hasher::new()
         .update_mmap_rayon(file)
         .with_context(|| format!("{}: cannot read the encoder file to fingerprint it", file.display()))?
         .finalize();
-    Ok(serde_json::json!({
+    let mut f = serde_json::json!({
         "blake3": hash.to_hex().to_string(),
         "prefix": info.prefix,
         "pos_resize": info.pos_resize,
         "config": info.config,
         "dtype": format!("{dtype:?}"),
-    }))
+    });
+    // Only where it is not the default, so that f32 keys stay those of earlier stores.
+    if precision != Precision::F32 {
+        f["precision"] = serde_json::json!(precision);
+    }
+    Ok(f)
 }
 
 /// What the fast path's forward gives: `[B,T,D]` after and before the final norm.
@@ -135,7 +146,20 @@ impl Encoder {
         }
         let vit = VisionTransformer::load(&mut ckpt, info.config.clone(), info.pos_resize).map_err(|e| name_the_file(e, &info.file))?;
         let vit = if opts.device.is_cpu() { vit } else { vit.to(&opts.device, DType::F32)? };
-        Self::from_vit(vit, info)
+        Self::from_vit(vit, info)?.with_precision(opts.precision)
+    }
+
+    /// This encoder with its matrix products in `precision`, where it runs ([`Precision::check`]).
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        precision.check(self.vit.device(), self.vit.dtype()).map_err(|e| anyhow!("{}: {e}", self.info.file))?;
+        self.precision = precision;
+        self.fast = OnceLock::new();
+        self.fingerprint = OnceLock::new();
+        Ok(self)
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// What loading `path` would give, without building the model: the architecture, the
@@ -146,8 +170,8 @@ impl Encoder {
 
     /// The identity of the weights `info` describes, as [`Encoder::fingerprint`] gives it for
     /// the model built from them (whose parameters are always f32).
-    pub fn fingerprint_of(info: &EncoderInfo) -> Result<serde_json::Value> {
-        fingerprint(info, DType::F32)
+    pub fn fingerprint_of(info: &EncoderInfo, precision: Precision) -> Result<serde_json::Value> {
+        fingerprint(info, DType::F32, precision)
     }
 
     fn read(path: &Path, opts: &LoadOptions) -> Result<(Checkpoint, EncoderInfo)> {
@@ -193,7 +217,7 @@ impl Encoder {
         let dtype = vit.dtype();
         let mean = Tensor::from_slice(&IMAGENET_MEAN, (1, 3, 1, 1), &dev)?.to_dtype(dtype)?;
         let std = Tensor::from_slice(&IMAGENET_STD, (1, 3, 1, 1), &dev)?.to_dtype(dtype)?;
-        Ok(Self { vit, info, mean, std, fast: OnceLock::new(), fingerprint: OnceLock::new() })
+        Ok(Self { vit, info, mean, std, fast: OnceLock::new(), fingerprint: OnceLock::new(), precision: Precision::F32 })
     }
 
     /// A copy in another float type / on another device.
@@ -209,7 +233,7 @@ impl Encoder {
         if let Some(f) = self.fingerprint.get() {
             return Ok(f.clone());
         }
-        let f = fingerprint(&self.info, self.vit.dtype())?;
+        let f = fingerprint(&self.info, self.vit.dtype(), self.precision)?;
         Ok(self.fingerprint.get_or_init(|| f).clone())
     }
 
@@ -241,7 +265,7 @@ impl Encoder {
             return Ok(f.as_ref());
         }
         let usable = self.vit.device().is_cpu() && self.vit.dtype() == DType::F32;
-        let built = if usable { Some(fast_vit::FastVit::new(&self.vit)?) } else { None };
+        let built = if usable { Some(fast_vit::FastVit::new(&self.vit, self.precision)?) } else { None };
         Ok(self.fast.get_or_init(|| built).as_ref())
     }
 

@@ -19,6 +19,7 @@ use crate::attacks::embed::{Distance, EmbedScope, EmbedTarget};
 use crate::attacks::segpgd::SegPgdForm;
 use crate::attacks::spec::{AttackKind, AttackSpec, Iterate, StepSize};
 use crate::attacks::threat::{parse_amount, Norm};
+use crate::encoder::Precision;
 use crate::heads::fit::HeadOptions;
 use crate::heads::head::Task;
 use crate::heads::sliding::Window;
@@ -57,6 +58,9 @@ pub struct RunOptions {
     pub examples: usize,
     /// Feature cache folder (default: `cache/` in the run folder).
     pub cache_dir: Option<Spanned<String>>,
+    /// Arithmetic of the encoders' matrix products: f32 (default) or bf16 (bf16 operands, f32
+    /// sums; CPUs with AVX512-BF16 only). An `[[encoder]]` may set its own.
+    pub precision: Precision,
 }
 
 impl Default for RunOptions {
@@ -68,6 +72,7 @@ impl Default for RunOptions {
             encoder_batch_size: crate::features::DEFAULT_ENCODER_BATCH,
             examples: 4,
             cache_dir: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -86,6 +91,9 @@ pub struct EncoderTable {
     pub num_heads: Option<usize>,
     /// teacher or student, for training checkpoints.
     pub backbone: Option<String>,
+    /// f32 or bf16 (default: `[run]`'s): the same checkpoint twice, once in each, puts the two
+    /// side by side in the report.
+    pub precision: Option<Spanned<Precision>>,
 }
 
 /// Which samples of a dataset (a `DataRef` once its path is resolved and its split chosen).

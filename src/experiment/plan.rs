@@ -218,13 +218,20 @@ impl Plan {
                 heads: e.num_heads,
                 prefer: e.backbone.clone(),
                 device: candle_core::Device::Cpu,
+                precision: e.precision.as_ref().map_or(x.run.precision, |p| *p.get_ref()),
             };
+            if let Err(err) = options.precision.check(&candle_core::Device::Cpu, candle_core::DType::F32) {
+                return Err(match &e.precision {
+                    Some(p) => l.error(p, format!("{err:#}")),
+                    None => l.error(&e.checkpoint, format!("{err:#} (precision from [run])")),
+                });
+            }
             // Read, not built: the runner builds each encoder once, when its work starts.
             let info = Encoder::describe(&checkpoint, &options).map_err(|err| l.error(&e.checkpoint, format!("{err:#}")))?;
             encoders.push(EncoderEntry {
                 name: e.name.get_ref().clone(),
                 checkpoint,
-                fingerprint: Encoder::fingerprint_of(&info)?,
+                fingerprint: Encoder::fingerprint_of(&info, options.precision)?,
                 patch_size: info.config.patch_size,
                 family: info.config.family,
                 options,

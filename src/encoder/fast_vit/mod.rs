@@ -16,10 +16,12 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::arch::FfnKind;
+use super::bf16_gemm::gemm_bf16;
 use super::fastmath::exp_f32;
 use super::frozen_linear::{gemm_bias, gemm_f32};
 use super::fused;
 use super::layers::{LayerNorm, Linear};
+use super::precision::Precision;
 use super::vit::VisionTransformer;
 use super::{IMAGENET_MEAN, IMAGENET_STD};
 
@@ -33,23 +35,58 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// `dst[m,n] (+)= lhs[m,k] · rhs[k,n]` in `precision`: [`gemm_f32`], or [`gemm_bf16`] (bf16
+/// operands, f32 sums) — every matrix product of this path goes through here.
+///
+/// # Safety
+/// As [`gemm_f32`]; bf16 only where [`Precision::check`] passed (the kernel asserts it).
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    precision: Precision,
+    dims: (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    parallel: bool,
+) {
+    match precision {
+        Precision::F32 => gemm_f32(dims, dst, dst_rs, accumulate, lhs, rhs, parallel),
+        Precision::Bf16 => gemm_bf16(dims, dst, dst_rs, accumulate, lhs, rhs, parallel),
+    }
+}
+
 struct Lin {
     /// `[in, out]`: the candle model's own tensor, read in place.
     w_t: shared::SharedF32,
     b: Option<Vec<f32>>,
     inp: usize,
     out: usize,
+    precision: Precision,
 }
 
 impl Lin {
-    fn new(l: &Linear) -> Result<Self> {
+    fn new(l: &Linear, precision: Precision) -> Result<Self> {
         let (inp, out) = l.w_t.dims2()?;
-        Ok(Self { w_t: shared::SharedF32::new(&l.w_t)?, b: l.b.as_ref().map(floats).transpose()?, inp, out })
+        Ok(Self { w_t: shared::SharedF32::new(&l.w_t)?, b: l.b.as_ref().map(floats).transpose()?, inp, out, precision })
     }
 
     /// `x · Wᵀ + b` for `rows` rows.
     fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        gemm_bias(x, &self.w_t, self.b.as_deref(), rows, self.out, self.inp, 0.0, 1.0)
+        if self.precision == Precision::F32 {
+            return gemm_bias(x, &self.w_t, self.b.as_deref(), rows, self.out, self.inp, 0.0, 1.0);
+        }
+        let mut y = vec![0.0; rows * self.out];
+        if let Some(b) = &self.b {
+            y.par_chunks_mut(self.out).for_each(|r| r.copy_from_slice(b));
+        }
+        // SAFETY: x is rows×inp, w_t inp×out, y rows×out, all row-major.
+        unsafe {
+            let (x, w) = ((x.as_ptr(), self.inp, 1), (self.w_t.as_ptr(), self.out, 1));
+            matmul(self.precision, (rows, self.out, self.inp), y.as_mut_ptr(), self.out, self.b.is_some(), x, w, true);
+        }
+        y
     }
 
     /// `dy · W`: the input gradient only.
@@ -58,7 +95,7 @@ impl Lin {
         // SAFETY: dy is rows×out; W = w_tᵀ read through strides (1, out); dx rows×inp.
         unsafe {
             let (g, w) = ((dy.as_ptr(), self.out, 1), (self.w_t.as_ptr(), 1, self.out));
-            gemm_f32((rows, self.inp, self.out), dx.as_mut_ptr(), self.inp, false, g, w, true);
+            matmul(self.precision, (rows, self.inp, self.out), dx.as_mut_ptr(), self.inp, false, g, w, true);
         }
         dx
     }
@@ -157,6 +194,7 @@ struct Block {
     ls2: Option<Vec<f32>>,
     swiglu: bool,
     heads: usize,
+    precision: Precision,
 }
 
 /// What a block's reverse pass needs from its forward.
@@ -202,8 +240,8 @@ impl Block {
         let scale = (hd as f32).powf(-0.5);
         let q = (qkv.as_ptr().add(base), 3 * d, 1);
         let k_t = (qkv.as_ptr().add(base + d), 1, 3 * d);
-        gemm_f32((t, t, hd), pbh.as_mut_ptr(), t, false, q, k_t, false);
-        pbh.chunks_exact_mut(t).for_each(|r| fused::softmax_in_place(r, scale));
+        matmul(self.precision, (t, t, hd), pbh.as_mut_ptr(), t, false, q, k_t, false);
+        fused::softmax_rows(pbh, None, t, scale);
     }
 
     /// The attention output `[B·T, D]`, and the attention weights of every (image, head) where
@@ -228,7 +266,7 @@ impl Block {
                     let pbh = if keep { std::slice::from_raw_parts_mut(pp.0.add(bh * t * t), t * t) } else { &mut scratch[..] };
                     self.probabilities(qkv, base, z, pbh);
                     let v = (qkv.as_ptr().add(base + 2 * d), 3 * d, 1);
-                    gemm_f32((t, hd, t), op.0.add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
+                    matmul(self.precision, (t, hd, t), op.0.add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
                 }
             },
         );
@@ -262,16 +300,14 @@ impl Block {
                     };
                     let dob = (d_o.as_ptr().add(bi * t * d + hi * hd), d, 1);
                     let v_t = (qkv.as_ptr().add(base + 2 * d), 1, 3 * d);
-                    gemm_f32((t, t, hd), ds.as_mut_ptr(), t, false, dob, v_t, false);
-                    for (dr, pr) in ds.chunks_exact_mut(t).zip(pbh.chunks_exact(t)) {
-                        fused::softmax_grad_in_place(dr, pr, scale);
-                    }
+                    matmul(self.precision, (t, t, hd), ds.as_mut_ptr(), t, false, dob, v_t, false);
+                    fused::softmax_rows(ds, Some(pbh), t, scale);
                     let p_t = (pbh.as_ptr(), 1, t);
-                    gemm_f32((t, hd, t), dp.0.add(base + 2 * d), 3 * d, false, p_t, dob, false);
+                    matmul(self.precision, (t, hd, t), dp.0.add(base + 2 * d), 3 * d, false, p_t, dob, false);
                     let k = (qkv.as_ptr().add(base + d), 3 * d, 1);
-                    gemm_f32((t, hd, t), dp.0.add(base), 3 * d, false, (ds.as_ptr(), t, 1), k, false);
+                    matmul(self.precision, (t, hd, t), dp.0.add(base), 3 * d, false, (ds.as_ptr(), t, 1), k, false);
                     let q = (qkv.as_ptr().add(base), 3 * d, 1);
-                    gemm_f32((t, hd, t), dp.0.add(base + d), 3 * d, false, (ds.as_ptr(), 1, t), q, false);
+                    matmul(self.precision, (t, hd, t), dp.0.add(base + d), 3 * d, false, (ds.as_ptr(), 1, t), q, false);
                 }
             },
         );
@@ -356,7 +392,8 @@ impl Tape {
 }
 
 impl FastVit {
-    pub fn new(vit: &VisionTransformer) -> Result<Self> {
+    /// `precision`: checked by the caller ([`Precision::check`]).
+    pub fn new(vit: &VisionTransformer, precision: Precision) -> Result<Self> {
         let c = &vit.config;
         let cls = floats(&(&vit.cls_token + &vit.pos_cls)?)?;
         let regs = vit.register_tokens.as_ref().map(floats).transpose()?.unwrap_or_default();
@@ -367,15 +404,16 @@ impl FastVit {
             .map(|b| {
                 Ok(Block {
                     ln1: Ln::new(&b.norm1)?,
-                    qkv: Lin::new(&b.attn.qkv)?,
-                    proj: Lin::new(&b.attn.proj)?,
+                    qkv: Lin::new(&b.attn.qkv, precision)?,
+                    proj: Lin::new(&b.attn.proj, precision)?,
                     ls1: opt(&b.ls1)?,
                     ln2: Ln::new(&b.norm2)?,
-                    fc1: Lin::new(&b.ffn.fc1)?,
-                    fc2: Lin::new(&b.ffn.fc2)?,
+                    fc1: Lin::new(&b.ffn.fc1, precision)?,
+                    fc2: Lin::new(&b.ffn.fc2, precision)?,
                     ls2: opt(&b.ls2)?,
                     swiglu: b.ffn.kind == FfnKind::SwiGlu,
                     heads: b.attn.num_heads,
+                    precision,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -383,7 +421,7 @@ impl FastVit {
             patch: c.patch_size,
             d: c.embed_dim,
             registers: c.num_registers,
-            pe: Lin::new(&vit.patch_embed)?,
+            pe: Lin::new(&vit.patch_embed, precision)?,
             cls,
             regs,
             blocks,
@@ -498,7 +536,7 @@ mod tests {
         let (b, side) = (2, 2 * enc.config().patch_size);
         let pos = enc.vit.patch_positions(2, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let pixels: Vec<f32> = (0..b * 3 * side * side).map(|i| ((i * 37 % 101) as f32) / 100.0).collect();
-        let mut fast = FastVit::new(&enc.vit).unwrap();
+        let mut fast = FastVit::new(&enc.vit, Precision::F32).unwrap();
         let run = |fast: &FastVit, record| {
             let (out, _, tape) = fast.forward(&pixels, (b, side, side), &pos, record).unwrap();
             let tape = tape.unwrap();

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::{add_assign, fused, gemm_f32, scaled, Block, BlockTape, Dims, FastVit, Lin, Ln, Tape};
+use super::{add_assign, fused, matmul, scaled, Block, BlockTape, Dims, FastVit, Lin, Ln, Tape};
 
 /// Rows per partial sum.
 const CHUNK: usize = 64;
@@ -43,7 +43,7 @@ impl Lin {
         // SAFETY: x is rows×inp read transposed (strides 1, inp); dy rows×out; dw inp×out.
         unsafe {
             let (xt, g) = ((x.as_ptr(), 1, self.inp), (dy.as_ptr(), self.out, 1));
-            gemm_f32((self.inp, self.out, rows), dw.as_mut_ptr(), self.out, false, xt, g, true);
+            matmul(self.precision, (self.inp, self.out, rows), dw.as_mut_ptr(), self.out, false, xt, g, true);
         }
         (dw, self.b.as_ref().map(|_| col_sums(dy, None, self.out)))
     }

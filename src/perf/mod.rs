@@ -6,6 +6,8 @@ use std::time::Instant;
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
+pub mod linear;
+
 use crate::device::synchronize;
 use crate::encoder::Encoder;
 
@@ -14,6 +16,8 @@ pub struct Timing {
     pub batch: usize,
     pub size: usize,
     pub iters: usize,
+    /// The arithmetic of the encoder's matrix products.
+    pub precision: crate::encoder::Precision,
     /// Median seconds per batch.
     pub forward_s: f64,
     pub forward_backward_s: f64,
@@ -41,13 +45,7 @@ pub struct Machine {
 
 impl Machine {
     pub fn of(device: &candle_core::Device) -> Self {
-        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let field = |name: &str| {
-            info.lines()
-                .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        };
+        let field = crate::device::cpuinfo;
         let flags = field("flags").unwrap_or_default();
         let wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"];
         let features: Vec<String> = wanted.iter().filter(|w| flags.split_whitespace().any(|f| f == **w)).map(|w| w.to_string()).collect();
@@ -116,6 +114,7 @@ pub fn measure(enc: &Encoder, batch: usize, size: usize, warmup: usize, iters: u
         batch,
         size,
         iters,
+        precision: enc.precision(),
         forward_s: median(fwd),
         forward_backward_s: median(bwd),
         attack_steps_per_s: None,

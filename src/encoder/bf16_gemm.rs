@@ -1,0 +1,413 @@
+//! Matrix products with bf16 operands and f32 sums on AVX512-BF16 (`vdpbf16ps`): the kernel of
+//! `--precision bf16`. Both operands are rounded to bf16 (to nearest, ties to even, as PyTorch's
+//! autocast rounds), each pair of products is summed in f32, and so is the result.
+//!
+//! Why our own kernel: no maintained Rust crate has one (the `gemm` crate candle uses widens
+//! f16/bf16 to f32 and runs its f32 kernels), and oneDNN or OpenBLAS's `sbgemm` would bring back
+//! a system library to build against. A register-blocked `vdpbf16ps` loop is small; its speed
+//! against oneDNN's (through PyTorch) is measured by `robust-ssl bench --gemm` (BENCHMARKS.md).
+//!
+//! Layout: the left operand is rounded into rows of bf16 pairs (`k` padded to even); the right
+//! one into panels of 32 columns where each 32-bit lane holds the pair `(b[2p][j], b[2p+1][j])`.
+//! A 12×32 tile of the result lives in 24 registers while 256 of `k` stream through; tiles are
+//! shared out to the threads in 96×128 blocks.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+/// Rows of a register tile.
+const MR: usize = 6;
+/// Columns of a register tile: two 16-lane vectors.
+const NR: usize = 16 * V;
+/// 16-lane vectors per tile row.
+const V: usize = 4;
+/// Pairs of `k` per block: a 32-column panel of the right operand is 16 KiB, so it stays in L1.
+const KP: usize = 128;
+/// Rows and columns of one thread's block.
+const MC: usize = 96;
+const NC: usize = 192;
+
+/// Set (to anything), the kernel is treated as unsupported: to compare with a CPU without
+/// AVX512-BF16, or to see the refusal.
+pub const DISABLE_ENV: &str = "ROBUST_SSL_DISABLE_BF16";
+
+/// Whether this CPU runs the kernel (AVX-512 F and BF16), and [`DISABLE_ENV`] is unset.
+pub fn supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        let cpu = is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16");
+        #[cfg(not(target_arch = "x86_64"))]
+        let cpu = false;
+        cpu && std::env::var_os(DISABLE_ENV).is_none()
+    })
+}
+
+/// `x` rounded to bf16 (to nearest, ties to even; NaN stays NaN).
+pub fn round_bf16(x: f32) -> u16 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return ((b >> 16) | 0x40) as u16;
+    }
+    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
+}
+
+fn pair(lo: f32, hi: f32) -> u32 {
+    round_bf16(lo) as u32 | (round_bf16(hi) as u32) << 16
+}
+
+/// 16 lanes `(lo[i], hi[i])` rounded to bf16 pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn interleave16(lo: *const f32, hi: *const f32) -> __m512i {
+    let l = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo))));
+    let h = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(hi))));
+    _mm512_or_si512(l, _mm512_slli_epi32(h, 16))
+}
+
+/// 32 adjacent floats as 16 bf16 pairs `(x[2i], x[2i+1])`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn adjacent16(x: *const f32) -> __m512i {
+    std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x.add(16)), _mm512_loadu_ps(x)))
+}
+
+/// Rows `i0..` of `lhs` (m×k through strides) into `out`, rows of `pairs` bf16 pairs.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_row_group(i0: usize, out: &mut [u32], k: usize, pairs: usize, (p, rs, cs): (*const f32, usize, usize)) {
+    let rows = out.len() / pairs;
+    let at = |i: usize, j: usize| if j < k { *p.add((i0 + i) * rs + j * cs) } else { 0.0 };
+    let mut done = 0; // pairs already written in every row
+    if cs == 1 {
+        done = k / 32 * 16;
+        for i in 0..rows {
+            for g in 0..k / 32 {
+                _mm512_storeu_si512(out.as_mut_ptr().add(i * pairs + 16 * g) as *mut _, adjacent16(p.add((i0 + i) * rs + 32 * g)));
+            }
+        }
+    } else if rs == 1 && rows == 16 {
+        done = k / 2;
+        let mut lanes = [0u32; 16];
+        for q in 0..k / 2 {
+            let v = interleave16(p.add(2 * q * cs + i0), p.add((2 * q + 1) * cs + i0));
+            _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, v);
+            for (i, l) in lanes.iter().enumerate() {
+                out[i * pairs + q] = *l;
+            }
+        }
+    }
+    for i in 0..rows {
+        for q in done..pairs {
+            out[i * pairs + q] = pair(at(i, 2 * q), at(i, 2 * q + 1));
+        }
+    }
+}
+
+/// Panel `j` (32 columns) of `rhs` (k×n through strides) into `out`, `[pair][32]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_panel(j: usize, out: &mut [u32], n: usize, k: usize, (p, rs, cs): (*const f32, usize, usize)) {
+    let pairs = out.len() / NR;
+    let cols = NR.min(n - j * NR);
+    let at = |r: usize, c: usize| if r < k { *p.add(r * rs + (j * NR + c) * cs) } else { 0.0 };
+    let mut done = 0; // pairs already written in every column
+    if cs == 1 && cols == NR {
+        done = k / 2;
+        for q in 0..k / 2 {
+            for h in 0..V {
+                let v = interleave16(p.add(2 * q * rs + j * NR + 16 * h), p.add((2 * q + 1) * rs + j * NR + 16 * h));
+                _mm512_storeu_si512(out.as_mut_ptr().add(q * NR + 16 * h) as *mut _, v);
+            }
+        }
+    } else if rs == 1 {
+        done = k / 32 * 16;
+        let mut lanes = [0u32; 16];
+        for c in 0..cols {
+            for g in 0..k / 32 {
+                _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, adjacent16(p.add((j * NR + c) * cs + 32 * g)));
+                for (t, l) in lanes.iter().enumerate() {
+                    out[(16 * g + t) * NR + c] = *l;
+                }
+            }
+        }
+    }
+    for q in done..pairs {
+        for c in 0..cols {
+            out[q * NR + c] = pair(at(2 * q, c), at(2 * q + 1, c));
+        }
+    }
+}
+
+/// `lhs` (m×k through strides) as rows of `pairs` bf16 pairs.
+#[cfg(target_arch = "x86_64")]
+unsafe fn pack_rows(m: usize, k: usize, pairs: usize, lhs: (*const f32, usize, usize), parallel: bool) -> Vec<u32> {
+    let mut out = vec![0u32; m * pairs];
+    let src = SendConst(lhs.0);
+    // SAFETY: group g holds rows 16g.. of the caller's matrix; the CPU was checked by the caller.
+    let group = |(g, o): (usize, &mut [u32])| unsafe { pack_row_group(16 * g, o, k, pairs, (src.get(), lhs.1, lhs.2)) };
+    if parallel {
+        out.par_chunks_mut(16 * pairs).enumerate().for_each(group);
+    } else {
+        out.chunks_mut(16 * pairs).enumerate().for_each(group);
+    }
+    out
+}
+
+/// `rhs` (k×n through strides) as 32-column panels of bf16 pairs, `[panel][pair][32]`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn pack_panels(n: usize, k: usize, pairs: usize, rhs: (*const f32, usize, usize), parallel: bool) -> Vec<u32> {
+    let mut out = vec![0u32; n.div_ceil(NR) * pairs * NR];
+    let src = SendConst(rhs.0);
+    // SAFETY: panel j holds columns 32j.. of the caller's matrix; the CPU was checked by the caller.
+    let panel = |(j, o): (usize, &mut [u32])| unsafe { pack_panel(j, o, n, k, (src.get(), rhs.1, rhs.2)) };
+    if parallel {
+        out.par_chunks_mut(pairs * NR).enumerate().for_each(panel);
+    } else {
+        out.chunks_mut(pairs * NR).enumerate().for_each(panel);
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+struct SendConst(*const f32);
+unsafe impl Send for SendConst {}
+unsafe impl Sync for SendConst {}
+
+impl SendConst {
+    /// Through a method, so closures capture the whole wrapper (Send), not its field.
+    fn get(self) -> *const f32 {
+        self.0
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendMut(*mut f32);
+unsafe impl Send for SendMut {}
+unsafe impl Sync for SendMut {}
+
+/// One `R`×32 tile: `c (+)= a · b` over `pairs` pairs of `k`. `a` holds R rows `a_rs` pairs
+/// apart, `b` one panel block, `c` rows `c_rs` apart of which the first `cols` columns are written.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const R: usize>(pairs: usize, a: *const u32, a_rs: usize, b: *const u32, c: *mut f32, c_rs: usize, cols: usize, add: bool) {
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    for p in 0..pairs {
+        let mut bv = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); V];
+        for (v, b_v) in bv.iter_mut().enumerate() {
+            *b_v = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b.add(p * NR + 16 * v) as *const _));
+        }
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(i * a_rs + p) as i32));
+            for v in 0..V {
+                acc[v] = _mm512_dpbf16_ps(acc[v], av, bv[v]);
+            }
+        }
+    }
+    let mask = |v: usize| -> __mmask16 {
+        let left = cols.saturating_sub(16 * v).min(16);
+        ((1u32 << left) - 1) as __mmask16
+    };
+    let masks: [__mmask16; V] = std::array::from_fn(mask);
+    for (i, acc) in acc.iter().enumerate() {
+        let row = c.add(i * c_rs);
+        for v in 0..V {
+            let (m, out) = (masks[v], row.add(16 * v));
+            if m == 0 {
+                continue;
+            }
+            let mut r = acc[v];
+            if add {
+                r = _mm512_add_ps(r, _mm512_maskz_loadu_ps(m, out));
+            }
+            _mm512_mask_storeu_ps(out, m, r);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_rows(
+    rows: usize,
+    pairs: usize,
+    a: *const u32,
+    a_rs: usize,
+    b: *const u32,
+    c: *mut f32,
+    c_rs: usize,
+    cols: usize,
+    add: bool,
+) {
+    macro_rules! by_rows {
+        ($($r:literal)*) => {
+            match rows {
+                $($r => tile::<$r>(pairs, a, a_rs, b, c, c_rs, cols, add),)*
+                _ => unreachable!("a tile has 1 to {MR} rows"),
+            }
+        };
+    }
+    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// `dst[m,n] (+)= lhs[m,k] · rhs[k,n]` with both operands rounded to bf16 and the sums in f32;
+/// strides in elements, as [`super::frozen_linear::gemm_f32`] takes them. `accumulate` adds to
+/// `dst`.
+///
+/// # Safety
+/// As `gemm_f32`: every pointer addresses the whole matrix its strides describe, `dst` aliases
+/// neither operand. The CPU must pass [`supported`] (checked: a panic otherwise, never a wrong
+/// instruction).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_bf16(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    parallel: bool,
+) {
+    assert!(supported(), "internal error: the bf16 kernel on a CPU without AVX512-BF16");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                std::ptr::write_bytes(dst.add(i * dst_rs), 0, n);
+            }
+        }
+        return;
+    }
+    let parallel = parallel && candle_core::utils::get_num_threads() > 1;
+    #[cfg(target_arch = "x86_64")]
+    products((m, n, k), SendMut(dst), dst_rs, accumulate, lhs, rhs, parallel);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn products(
+    (m, n, k): (usize, usize, usize),
+    out: SendMut,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    parallel: bool,
+) {
+    let pairs = k.div_ceil(2);
+    let a = pack_rows(m, k, pairs, lhs, parallel);
+    let b = pack_panels(n, k, pairs, rhs, parallel);
+    let panels = n.div_ceil(NR);
+    let groups = panels.div_ceil(NC / NR);
+    let blocks = m.div_ceil(MC);
+    let block = |t: usize| {
+        #[allow(clippy::redundant_locals)] // moves the whole SendMut in: a capture of its field would not be Send
+        let out = out;
+        let (ib, jg) = (t / groups, t % groups);
+        let rows_end = ((ib + 1) * MC).min(m);
+        for p0 in (0..pairs).step_by(KP) {
+            let pc = KP.min(pairs - p0);
+            for j in jg * (NC / NR)..((jg + 1) * (NC / NR)).min(panels) {
+                for i0 in (ib * MC..rows_end).step_by(MR) {
+                    // SAFETY: tiles of one block are disjoint from every other block's; the
+                    // packed buffers hold m×pairs and panels×pairs×32 lanes.
+                    unsafe {
+                        tile_rows(
+                            MR.min(rows_end - i0),
+                            pc,
+                            a.as_ptr().add(i0 * pairs + p0),
+                            pairs,
+                            b.as_ptr().add((j * pairs + p0) * NR),
+                            out.0.add(i0 * dst_rs + j * NR),
+                            dst_rs,
+                            NR.min(n - j * NR),
+                            accumulate || p0 > 0,
+                        )
+                    }
+                }
+            }
+        }
+    };
+    if parallel {
+        (0..blocks * groups).into_par_iter().for_each(block);
+    } else {
+        (0..blocks * groups).for_each(block);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn widen(h: u16) -> f64 {
+        f32::from_bits((h as u32) << 16) as f64
+    }
+
+    /// Rounding agrees with the `half` crate's (an independent implementation of IEEE rounding
+    /// to nearest, ties to even) on edge cases and a sweep of bit patterns.
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        let mut xs = vec![0.0f32, -0.0, 1.0, -1.0, f32::MAX, f32::MIN_POSITIVE, 1e-40, f32::INFINITY, f32::NEG_INFINITY];
+        xs.extend((0..200_000u32).map(|i| f32::from_bits(i.wrapping_mul(2_654_435_761))));
+        // Exact ties: 1 + 2^-8 (rounds down to even) and 1 + 3·2^-8 (rounds up to even).
+        xs.extend([1.0 + 2f32.powi(-8), 1.0 + 3.0 * 2f32.powi(-8)]);
+        for x in xs {
+            let ours = round_bf16(x);
+            if x.is_nan() {
+                assert!(f32::from_bits((ours as u32) << 16).is_nan());
+            } else {
+                assert_eq!(ours, half::bf16::from_f32(x).to_bits(), "{x:e}");
+            }
+        }
+    }
+
+    /// Every shape class (edges of tiles, blocks, panels; odd k; strided and transposed operands;
+    /// accumulation) against the exact product of the rounded operands, in f64.
+    #[test]
+    fn products_equal_the_exact_sums_of_the_rounded_operands() {
+        if !supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for &(m, n, k) in &[(1, 1, 1), (13, 33, 3), (97, 129, 257), (200, 70, 300), (64, 64, 96), (12, 32, 256), (5, 400, 64)] {
+            for &(lhs_t, rhs_t, acc, par) in
+                &[(false, false, false, true), (true, false, true, false), (false, true, false, true), (true, true, true, true)]
+            {
+                let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+                let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+                let init: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+                // Stored transposed where asked, read through strides.
+                let (lhs_rs, lhs_cs) = if lhs_t { (1, m) } else { (k, 1) };
+                let (rhs_rs, rhs_cs) = if rhs_t { (1, k) } else { (n, 1) };
+                let av = |i: usize, j: usize| a[i * lhs_rs + j * lhs_cs];
+                let bv = |i: usize, j: usize| b[i * rhs_rs + j * rhs_cs];
+                let mut c = init.clone();
+                unsafe { gemm_bf16((m, n, k), c.as_mut_ptr(), n, acc, (a.as_ptr(), lhs_rs, lhs_cs), (b.as_ptr(), rhs_rs, rhs_cs), par) };
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut s = if acc { init[i * n + j] as f64 } else { 0.0 };
+                        let mut mag = s.abs();
+                        for l in 0..k {
+                            let p = widen(round_bf16(av(i, l))) * widen(round_bf16(bv(l, j)));
+                            s += p;
+                            mag += p.abs();
+                        }
+                        // f32 summation of exact products (bf16×bf16 fits in f32): error ≤ k·2⁻²⁴·Σ|p|.
+                        let bound = (k as f64 + 2.0) * 6e-8 * mag + 1e-30;
+                        let got = c[i * n + j] as f64;
+                        assert!((got - s).abs() <= bound, "({m},{n},{k}) t=({lhs_t},{rhs_t}) acc={acc} at ({i},{j}): {got} vs {s}");
+                    }
+                }
+            }
+        }
+    }
+}
