@@ -144,7 +144,7 @@ unsafe fn pack_panel(j: usize, out: &mut [u32], n: usize, k: usize, (p, rs, cs):
 /// `lhs` (m×k through strides) as rows of `pairs` bf16 pairs.
 #[cfg(target_arch = "x86_64")]
 unsafe fn pack_rows(m: usize, k: usize, pairs: usize, lhs: (*const f32, usize, usize), parallel: bool) -> Vec<u32> {
-    let mut out = vec![0u32; m * pairs];
+    let mut out = super::fastmath::zeros(m * pairs);
     let src = SendConst(lhs.0);
     // SAFETY: group g holds rows 16g.. of the caller's matrix; the CPU was checked by the caller.
     let group = |(g, o): (usize, &mut [u32])| unsafe { pack_row_group(16 * g, o, k, pairs, (src.get(), lhs.1, lhs.2)) };
@@ -159,7 +159,7 @@ unsafe fn pack_rows(m: usize, k: usize, pairs: usize, lhs: (*const f32, usize, u
 /// `rhs` (k×n through strides) as 32-column panels of bf16 pairs, `[panel][pair][32]`.
 #[cfg(target_arch = "x86_64")]
 unsafe fn pack_panels(n: usize, k: usize, pairs: usize, rhs: (*const f32, usize, usize), parallel: bool) -> Vec<u32> {
-    let mut out = vec![0u32; n.div_ceil(NR) * pairs * NR];
+    let mut out = super::fastmath::zeros(n.div_ceil(NR) * pairs * NR);
     let src = SendConst(rhs.0);
     // SAFETY: panel j holds columns 32j.. of the caller's matrix; the CPU was checked by the caller.
     let panel = |(j, o): (usize, &mut [u32])| unsafe { pack_panel(j, o, n, k, (src.get(), rhs.1, rhs.2)) };

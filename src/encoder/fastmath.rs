@@ -58,6 +58,43 @@ pub fn sum<T: num_traits::Float>(x: &[T]) -> T {
     s
 }
 
+/// `Σ f(x)` with 8 independent accumulators, as [`sum`].
+#[inline(always)]
+pub fn sum_of<T: num_traits::Float>(x: &[T], f: impl Fn(T) -> T) -> T {
+    let mut acc = [T::zero(); 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..8 {
+            acc[i] = acc[i] + f(c[i]);
+        }
+    }
+    let mut s = tail.iter().fold(T::zero(), |a, &v| a + f(v));
+    for a in acc {
+        s = s + a;
+    }
+    s
+}
+
+/// `Σ a·b` with 8 independent accumulators, as [`sum`].
+#[inline(always)]
+pub fn dot<T: num_traits::Float>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); 8];
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    for (ca, cb) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] = acc[i] + ca[i] * cb[i];
+        }
+    }
+    let tail = n - n % 8;
+    let mut s = a[tail..].iter().zip(&b[tail..]).fold(T::zero(), |s, (&x, &y)| s + x * y);
+    for v in acc {
+        s = s + v;
+    }
+    s
+}
+
 /// Maximum of a slice (8 lanes; NaN-free input assumed, as after the input check).
 #[inline(always)]
 pub fn max<T: num_traits::Float>(x: &[T]) -> T {
@@ -127,6 +164,17 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// `n` zeros, written by every thread (a plain `vec![0; n]` zeroes on one thread while the
+/// others wait: several percent of an attack step).
+pub fn zeros<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut v = Vec::with_capacity(n);
+    v.spare_capacity_mut().par_chunks_mut(1 << 16).for_each(|c| c.fill(std::mem::MaybeUninit::new(T::default())));
+    // SAFETY: the n elements of the spare capacity were all written just above.
+    unsafe { v.set_len(n) };
+    v
+}
 
 /// Float types the fused kernels run on.
 pub trait Fast: num_traits::Float + Send + Sync + 'static {

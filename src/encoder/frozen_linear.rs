@@ -72,12 +72,19 @@ pub unsafe fn gemm_f32(
 
 /// `dst[m,n] = x[m,k] · w[k,n] (+ b[n])`, row-major.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_bias<T: Copy + 'static>(x: &[T], w: &[T], b: Option<&[T]>, m: usize, n: usize, k: usize, zero: T, one: T) -> Vec<T> {
-    let mut dst = vec![zero; m * n];
+pub fn gemm_bias<T: Copy + Default + Send + Sync + 'static>(
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    m: usize,
+    n: usize,
+    k: usize,
+    one: T,
+) -> Vec<T> {
+    use rayon::prelude::*;
+    let mut dst = super::fastmath::zeros(m * n);
     if let Some(b) = b {
-        for row in dst.chunks_exact_mut(n) {
-            row.copy_from_slice(b);
-        }
+        dst.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
     }
     let threads = candle_core::utils::get_num_threads();
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
@@ -126,10 +133,10 @@ impl CustomOp1 for FrozenLinear {
         let bg = self.b.as_ref().map(|b| b.storage_and_layout());
         let out = match s {
             CpuStorage::F32(_) => {
-                CpuStorage::F32(gemm_bias(cpu_slice::<f32>(s, l)?, cpu_slice::<f32>(ws, wl)?, bias_slice::<f32>(&bg)?, m, n, k, 0.0, 1.0))
+                CpuStorage::F32(gemm_bias(cpu_slice::<f32>(s, l)?, cpu_slice::<f32>(ws, wl)?, bias_slice::<f32>(&bg)?, m, n, k, 1.0))
             }
             CpuStorage::F64(_) => {
-                CpuStorage::F64(gemm_bias(cpu_slice::<f64>(s, l)?, cpu_slice::<f64>(ws, wl)?, bias_slice::<f64>(&bg)?, m, n, k, 0.0, 1.0))
+                CpuStorage::F64(gemm_bias(cpu_slice::<f64>(s, l)?, cpu_slice::<f64>(ws, wl)?, bias_slice::<f64>(&bg)?, m, n, k, 1.0))
             }
             _ => return Err(Error::Msg("frozen linear: only f32 and f64".into())),
         };

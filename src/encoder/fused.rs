@@ -160,7 +160,7 @@ impl CustomOp2 for SoftmaxGrad {
 /// The gradient of softmax(scale · x) in place: `g ← scale · y ⊙ (g − Σ g ⊙ y)`, `y` the output.
 #[inline(always)]
 pub(super) fn softmax_grad_in_place<T: Float>(g: &mut [T], y: &[T], scale: T) {
-    let dot = y.iter().zip(g.iter()).fold(T::zero(), |acc, (&a, &b)| acc + a * b);
+    let dot = fastmath::dot(y, g);
     for (g, &y) in g.iter_mut().zip(y) {
         *g = scale * y * (*g - dot);
     }
@@ -188,8 +188,8 @@ fn vec_of<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
 #[inline(always)]
 pub(super) fn moments<T: Float>(x: &[T], eps: T) -> (T, T) {
     let n = T::from(x.len()).unwrap();
-    let mean = x.iter().fold(T::zero(), |a, &v| a + v) / n;
-    let var = x.iter().fold(T::zero(), |a, &v| a + (v - mean) * (v - mean)) / n;
+    let mean = fastmath::sum(x) / n;
+    let var = fastmath::sum_of(x, |v| (v - mean) * (v - mean)) / n;
     (mean, T::one() / (var + eps).sqrt())
 }
 
@@ -233,12 +233,14 @@ pub(super) fn layer_norm_grad<T: Float + Send + Sync>(n: usize, x: &[T], g: &[T]
     rows(n, x, Some(g), |x, g, o| {
         let g = g.unwrap();
         let (mean, rstd) = moments(x, eps);
-        let (mut s1, mut s2) = (T::zero(), T::zero());
-        for ((&v, &g), &w) in x.iter().zip(g).zip(w) {
+        // Eight partial sums each (they vectorize; one running sum stays scalar).
+        let (mut s1, mut s2) = ([T::zero(); 8], [T::zero(); 8]);
+        for (i, ((&v, &g), &w)) in x.iter().zip(g).zip(w).enumerate() {
             let gw = g * w;
-            s1 = s1 + gw;
-            s2 = s2 + gw * (v - mean) * rstd;
+            s1[i % 8] = s1[i % 8] + gw;
+            s2[i % 8] = s2[i % 8] + gw * (v - mean) * rstd;
         }
+        let (s1, s2) = (s1.iter().fold(T::zero(), |a, &v| a + v), s2.iter().fold(T::zero(), |a, &v| a + v));
         let (m1, m2) = (s1 / nf, s2 / nf);
         for (((o, &v), &g), &w) in o.iter_mut().zip(x).zip(g).zip(w) {
             *o = rstd * (g * w - m1 - (v - mean) * rstd * m2);

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::arch::FfnKind;
 use super::bf16_gemm::gemm_bf16;
-use super::fastmath::exp_f32;
+use super::fastmath::{exp_f32, zeros};
 use super::frozen_linear::{gemm_bias, gemm_f32};
 use super::fused;
 use super::layers::{LayerNorm, Linear};
@@ -75,9 +75,9 @@ impl Lin {
     /// `x · Wᵀ + b` for `rows` rows.
     fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         if self.precision == Precision::F32 {
-            return gemm_bias(x, &self.w_t, self.b.as_deref(), rows, self.out, self.inp, 0.0, 1.0);
+            return gemm_bias(x, &self.w_t, self.b.as_deref(), rows, self.out, self.inp, 1.0);
         }
-        let mut y = vec![0.0; rows * self.out];
+        let mut y = zeros(rows * self.out);
         if let Some(b) = &self.b {
             y.par_chunks_mut(self.out).for_each(|r| r.copy_from_slice(b));
         }
@@ -91,7 +91,7 @@ impl Lin {
 
     /// `dy · W`: the input gradient only.
     fn backward(&self, dy: &[f32], rows: usize) -> Vec<f32> {
-        let mut dx = vec![0.0; rows * self.inp];
+        let mut dx = zeros(rows * self.inp);
         // SAFETY: dy is rows×out; W = w_tᵀ read through strides (1, out); dx rows×inp.
         unsafe {
             let (g, w) = ((dy.as_ptr(), self.out, 1), (self.w_t.as_ptr(), 1, self.out));
@@ -249,8 +249,8 @@ impl Block {
     fn attention(&self, qkv: &[f32], z: Dims, keep: bool) -> (Vec<f32>, Vec<f32>) {
         let (h, t, d) = (self.heads, z.t, z.d);
         let hd = d / h;
-        let mut o = vec![0.0; z.b * t * d];
-        let mut p = if keep { vec![0.0; z.b * h * t * t] } else { vec![] };
+        let mut o = zeros(z.b * t * d);
+        let mut p = if keep { zeros(z.b * h * t * t) } else { vec![] };
         let (op, pp) = (SendPtr(o.as_mut_ptr()), SendPtr(p.as_mut_ptr()));
         (0..z.b * h).into_par_iter().for_each_init(
             || if keep { vec![] } else { vec![0f32; t * t] },
@@ -280,7 +280,7 @@ impl Block {
         let hd = d / h;
         let scale = (hd as f32).powf(-0.5);
         let kept = !p.is_empty();
-        let mut dqkv = vec![0.0; z.b * t * 3 * d];
+        let mut dqkv = zeros(z.b * t * 3 * d);
         let dp = SendPtr(dqkv.as_mut_ptr());
         (0..z.b * h).into_par_iter().for_each_init(
             || (vec![0f32; t * t], if kept { vec![] } else { vec![0f32; t * t] }),
