@@ -300,3 +300,31 @@ fn multi_perturbation_training_runs_and_reduces_to_deacl() {
     v.extend(common);
     fails_with(&v, &["TASK:HEAD"]);
 }
+
+/// A bf16 teacher gives a bf16 student (and snapshots): fine-tuning runs in the precision asked
+/// for, and its weight gradients stay near f32's (bf16 products: within 16·2⁻⁹ relative L2).
+#[test]
+fn a_bf16_teacher_fine_tunes_in_bf16() {
+    use robust_ssl::encoder::Precision;
+    if !robust_ssl::encoder::bf16_gemm::supported() {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    }
+    let path = fixture("encoder/dinov2_official.pth");
+    let opts = LoadOptions { heads: Some(4), ..Default::default() };
+    let x = Tensor::rand(0f32, 1f32, (2, 3, 28, 28), &Device::Cpu).unwrap();
+    let grads = |precision: Precision| {
+        let teacher = Encoder::load(&path, &LoadOptions { precision, ..opts.clone() }).unwrap();
+        let student = Student::new(&teacher).unwrap();
+        assert_eq!(student.snapshot().unwrap().precision(), precision);
+        let loss = student.forward(&x).unwrap().cls.sqr().unwrap().sum_all().unwrap();
+        let g = student.gradients(&loss).unwrap();
+        let (_, v) = &student.params[student.params.iter().position(|(n, _)| n.ends_with("mlp.fc1.weight")).unwrap()];
+        g.get(v.as_tensor()).unwrap().clone()
+    };
+    let (g32, g16) = (grads(Precision::F32), grads(Precision::Bf16));
+    let rel = ((&g16 - &g32).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap()
+        / g32.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+    .sqrt();
+    assert!(rel > 0.0 && rel < 16.0 * 2f32.powi(-9), "bf16 weight gradient relative L2 {rel:e}");
+}

@@ -39,7 +39,8 @@ impl Student {
             params.push((name.to_string(), v.clone()));
             Ok(v.as_tensor().clone())
         })?;
-        Ok(Self { encoder: Encoder::from_vit(vit, teacher.info.clone())?, params, recorded: Mutex::new(Vec::new()) })
+        let encoder = Encoder::from_vit(vit, teacher.info.clone())?.with_precision(teacher.precision())?;
+        Ok(Self { encoder, params, recorded: Mutex::new(Vec::new()) })
     }
 
     /// Tokens of `pixels` in [0,1], differentiable with respect to the parameters (through
@@ -78,7 +79,7 @@ impl Student {
     /// The current weights as a frozen encoder (attacks on the student use it).
     pub fn snapshot(&self) -> Result<Encoder> {
         let vit = self.encoder.vit.map_parameters(|_, t| Ok(t.detach()))?;
-        Encoder::from_vit(vit, self.encoder.info.clone())
+        Encoder::from_vit(vit, self.encoder.info.clone())?.with_precision(self.encoder.precision())
     }
 
     /// The parameters by name (the ViT's own layout), for a resumable checkpoint.
