@@ -339,6 +339,7 @@ fn check_report_in_chromium(run_dir: &Path) {
     let protocol = &md[md.find("## Protocol").expect("a Protocol section")..];
     assert!(protocol.contains("| SegPGD form | paper |") && protocol.contains("| point returned | best | last |"), "{protocol}");
     assert!(protocol.contains("| model selection | the last epoch |") && protocol.contains("without ImageNet normalisation"), "{protocol}");
+    assert!(protocol.contains("| encoder arithmetic | f32 | f32 (its code runs PyTorch without autocast) |"), "{protocol}");
     let probe = "<script>window.addEventListener('load', () => { const all = [...document.images]; \
         document.body.setAttribute('data-images', all.length); \
         document.body.setAttribute('data-broken', all.filter(i => !i.complete || i.naturalWidth === 0).length); });</script>";

@@ -148,6 +148,18 @@ pub fn tables(r: &Results, heads: &[(String, HeadRecord)], experiment: Option<&E
             ),
             row("model selection", "the last epoch".into(), "the best epoch on the test split"),
             row(
+                "encoder arithmetic",
+                experiment.map_or("–".into(), |x| {
+                    let of = |e: &crate::experiment::config::EncoderTable| e.precision.as_ref().map_or(x.run.precision, |p| *p.get_ref());
+                    if x.encoders.iter().all(|e| of(e) == x.run.precision) {
+                        x.run.precision.to_string()
+                    } else {
+                        x.encoders.iter().map(|e| format!("{}: {}", e.name.get_ref(), of(e))).collect::<Vec<_>>().join("; ")
+                    }
+                }),
+                "f32 (its code runs PyTorch without autocast)",
+            ),
+            row(
                 "EmbedAttack",
                 if specs.iter().any(|p| p.kind.is_embed()) {
                     distinct(&settings, |s| match s.embed_scope {
