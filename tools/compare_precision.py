@@ -2,10 +2,11 @@
 
     robust-ssl export runs/demo --out /tmp/f32.csv
     robust-ssl export runs/demo-bf16 --out /tmp/bf16.csv
-    python3 tools/compare_precision.py /tmp/f32.csv /tmp/bf16.csv
+    python3 tools/compare_precision.py /tmp/f32.csv /tmp/bf16.csv [--ignore seed]
 
 Cells are matched on every column of the long-format export but the key (which names the
-precision) and the value. The bound checked is issue 17's: scores in [0, 1] (accuracy, mIoU,
+precision), the value and any column given to --ignore (e.g. `--ignore seed`: the same run with
+another attack seed, the spread a precision's difference is to be read against). The bound checked is issue 17's: scores in [0, 1] (accuracy, mIoU,
 pixel accuracy, delta1-3) within 1 point, error metrics (RMSE and the other depth errors) within 2 %
 relative. Prints a Markdown table of the primary metrics (accuracy, mIoU, RMSE) and a count of every
 metric within and beyond the bound; exits 1 when any is beyond.
@@ -17,19 +18,25 @@ SCORES = {"accuracy", "miou", "pixel_accuracy", "delta1", "delta2", "delta3"}
 PRIMARY = {"accuracy", "miou", "rmse"}
 
 
-def read(path):
+def read(path, ignore):
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     out = {}
     for r in rows:
-        ident = tuple((k, v) for k, v in r.items() if k not in ("key", "value"))
+        ident = tuple((k, v) for k, v in r.items() if k not in ("key", "value", *ignore))
         out[ident] = float(r["value"])
     return out
 
 
 def main():
-    a_path, b_path = sys.argv[1], sys.argv[2]
-    a, b = read(a_path), read(b_path)
+    import argparse
+    p = argparse.ArgumentParser()
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--ignore", action="append", default=[], help="a column not to match cells on (repeatable)")
+    args = p.parse_args()
+    a_path, b_path = args.a, args.b
+    a, b = read(a_path, args.ignore), read(b_path, args.ignore)
     missing = set(a) ^ set(b)
     if missing:
         sys.exit(f"the runs do not hold the same cells: {len(missing)} differ (same experiment in both?)")
