@@ -5,25 +5,29 @@
 //! Why our own kernel: no maintained Rust crate has one (the `gemm` crate candle uses widens
 //! f16/bf16 to f32 and runs its f32 kernels), and oneDNN or OpenBLAS's `sbgemm` would bring back
 //! a system library to build against. A register-blocked `vdpbf16ps` loop is small; its speed
-//! against oneDNN's (through PyTorch) is measured by `robust-ssl bench --gemm` (BENCHMARKS.md).
+//! against oneDNN's (through PyTorch) is measured by `robust-ssl bench --linear`
+//! (`tools/bench_linear.sh`, BENCHMARKS.md).
 //!
 //! Layout: the left operand is rounded into rows of bf16 pairs (`k` padded to even); the right
-//! one into panels of 32 columns where each 32-bit lane holds the pair `(b[2p][j], b[2p+1][j])`.
-//! A 12×32 tile of the result lives in 24 registers while 256 of `k` stream through; tiles are
-//! shared out to the threads in 96×128 blocks.
+//! one into panels of 64 columns where each 32-bit lane holds the pair `(b[2p][j], b[2p+1][j])`.
+//! A 6×64 tile of the result lives in 24 registers while 256 of `k` stream through; tiles are
+//! shared out to the threads in 96×192 blocks.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::fastmath::SendPtr;
+
 /// Rows of a register tile.
 const MR: usize = 6;
-/// Columns of a register tile: two 16-lane vectors.
+/// Columns of a register tile: `V` 16-lane vectors.
 const NR: usize = 16 * V;
 /// 16-lane vectors per tile row.
 const V: usize = 4;
-/// Pairs of `k` per block: a 32-column panel of the right operand is 16 KiB, so it stays in L1.
+/// Pairs of `k` per block: a block of one panel of the right operand is 32 KiB (L1-sized; 64
+/// pairs measured slower).
 const KP: usize = 128;
 /// Rows and columns of one thread's block.
 const MC: usize = 96;
@@ -106,7 +110,7 @@ unsafe fn pack_row_group(i0: usize, out: &mut [u32], k: usize, pairs: usize, (p,
     }
 }
 
-/// Panel `j` (32 columns) of `rhs` (k×n through strides) into `out`, `[pair][32]`.
+/// Panel `j` (`NR` columns) of `rhs` (k×n through strides) into `out`, `[pair][NR]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn pack_panel(j: usize, out: &mut [u32], n: usize, k: usize, (p, rs, cs): (*const f32, usize, usize)) {
@@ -145,7 +149,7 @@ unsafe fn pack_panel(j: usize, out: &mut [u32], n: usize, k: usize, (p, rs, cs):
 #[cfg(target_arch = "x86_64")]
 unsafe fn pack_rows(m: usize, k: usize, pairs: usize, lhs: (*const f32, usize, usize), parallel: bool) -> Vec<u32> {
     let mut out = super::fastmath::zeros(m * pairs);
-    let src = SendConst(lhs.0);
+    let src = SendPtr(lhs.0);
     // SAFETY: group g holds rows 16g.. of the caller's matrix; the CPU was checked by the caller.
     let group = |(g, o): (usize, &mut [u32])| unsafe { pack_row_group(16 * g, o, k, pairs, (src.get(), lhs.1, lhs.2)) };
     if parallel {
@@ -156,12 +160,12 @@ unsafe fn pack_rows(m: usize, k: usize, pairs: usize, lhs: (*const f32, usize, u
     out
 }
 
-/// `rhs` (k×n through strides) as 32-column panels of bf16 pairs, `[panel][pair][32]`.
+/// `rhs` (k×n through strides) as `NR`-column panels of bf16 pairs, `[panel][pair][NR]`.
 #[cfg(target_arch = "x86_64")]
 unsafe fn pack_panels(n: usize, k: usize, pairs: usize, rhs: (*const f32, usize, usize), parallel: bool) -> Vec<u32> {
     let mut out = super::fastmath::zeros(n.div_ceil(NR) * pairs * NR);
-    let src = SendConst(rhs.0);
-    // SAFETY: panel j holds columns 32j.. of the caller's matrix; the CPU was checked by the caller.
+    let src = SendPtr(rhs.0);
+    // SAFETY: panel j holds columns NR·j.. of the caller's matrix; the CPU was checked by the caller.
     let panel = |(j, o): (usize, &mut [u32])| unsafe { pack_panel(j, o, n, k, (src.get(), rhs.1, rhs.2)) };
     if parallel {
         out.par_chunks_mut(pairs * NR).enumerate().for_each(panel);
@@ -171,24 +175,7 @@ unsafe fn pack_panels(n: usize, k: usize, pairs: usize, rhs: (*const f32, usize,
     out
 }
 
-#[derive(Clone, Copy)]
-struct SendConst(*const f32);
-unsafe impl Send for SendConst {}
-unsafe impl Sync for SendConst {}
-
-impl SendConst {
-    /// Through a method, so closures capture the whole wrapper (Send), not its field.
-    fn get(self) -> *const f32 {
-        self.0
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendMut(*mut f32);
-unsafe impl Send for SendMut {}
-unsafe impl Sync for SendMut {}
-
-/// One `R`×32 tile: `c (+)= a · b` over `pairs` pairs of `k`. `a` holds R rows `a_rs` pairs
+/// One `R`×`NR` tile: `c (+)= a · b` over `pairs` pairs of `k`. `a` holds R rows `a_rs` pairs
 /// apart, `b` one panel block, `c` rows `c_rs` apart of which the first `cols` columns are written.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
@@ -249,7 +236,8 @@ unsafe fn tile_rows(
             }
         };
     }
-    by_rows!(1 2 3 4 5 6 7 8 9 10 11 12)
+    const _: () = assert!(MR == 6, "by_rows lists every tile height up to MR");
+    by_rows!(1 2 3 4 5 6)
 }
 
 /// `dst[m,n] (+)= lhs[m,k] · rhs[k,n]` with both operands rounded to bf16 and the sums in f32;
@@ -284,14 +272,14 @@ pub unsafe fn gemm_bf16(
     }
     let parallel = parallel && candle_core::utils::get_num_threads() > 1;
     #[cfg(target_arch = "x86_64")]
-    products((m, n, k), SendMut(dst), dst_rs, accumulate, lhs, rhs, parallel);
+    products((m, n, k), SendPtr(dst), dst_rs, accumulate, lhs, rhs, parallel);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn products(
     (m, n, k): (usize, usize, usize),
-    out: SendMut,
+    out: SendPtr<*mut f32>,
     dst_rs: usize,
     accumulate: bool,
     lhs: (*const f32, usize, usize),
@@ -305,8 +293,6 @@ unsafe fn products(
     let groups = panels.div_ceil(NC / NR);
     let blocks = m.div_ceil(MC);
     let block = |t: usize| {
-        #[allow(clippy::redundant_locals)] // moves the whole SendMut in: a capture of its field would not be Send
-        let out = out;
         let (ib, jg) = (t / groups, t % groups);
         let rows_end = ((ib + 1) * MC).min(m);
         for p0 in (0..pairs).step_by(KP) {
@@ -314,7 +300,7 @@ unsafe fn products(
             for j in jg * (NC / NR)..((jg + 1) * (NC / NR)).min(panels) {
                 for i0 in (ib * MC..rows_end).step_by(MR) {
                     // SAFETY: tiles of one block are disjoint from every other block's; the
-                    // packed buffers hold m×pairs and panels×pairs×32 lanes.
+                    // packed buffers hold m×pairs and panels×pairs×NR lanes.
                     unsafe {
                         tile_rows(
                             MR.min(rows_end - i0),
@@ -322,7 +308,7 @@ unsafe fn products(
                             a.as_ptr().add(i0 * pairs + p0),
                             pairs,
                             b.as_ptr().add((j * pairs + p0) * NR),
-                            out.0.add(i0 * dst_rs + j * NR),
+                            out.get().add(i0 * dst_rs + j * NR),
                             dst_rs,
                             NR.min(n - j * NR),
                             accumulate || p0 > 0,

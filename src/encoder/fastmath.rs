@@ -1,5 +1,7 @@
-//! Branch-free f32 `exp` and `erf` that the compiler vectorizes (libm's are scalar calls), for the
-//! fused softmax and GELU. f64 callers use the exact std/libm functions (finite-difference tests).
+//! What the CPU kernels share: branch-free f32 `exp` and `erf` that the compiler vectorizes (libm's
+//! are scalar calls), for the fused softmax and GELU (f64 callers use the exact std/libm functions:
+//! finite-difference tests); sums in 8 lanes; loops compiled per CPU ([`multiversion!`]); and the
+//! plumbing of parallel loops over one buffer ([`zeros`], [`SendPtr`]).
 
 /// `exp(x)` for f32: range reduction `x = n·ln2 + r`, |r| ≤ ln2/2, a degree-6 polynomial for
 /// `exp(r)`, and `2ⁿ` through the exponent bits. Relative error below 3e-7 on [-87, 88].
@@ -43,19 +45,7 @@ pub fn erf_f32(x: f32) -> f32 {
 /// float addition is not reassociated).
 #[inline(always)]
 pub fn sum<T: num_traits::Float>(x: &[T]) -> T {
-    let mut acc = [T::zero(); 8];
-    let chunks = x.chunks_exact(8);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for i in 0..8 {
-            acc[i] = acc[i] + c[i];
-        }
-    }
-    let mut s = tail.iter().fold(T::zero(), |a, &v| a + v);
-    for a in acc {
-        s = s + a;
-    }
-    s
+    sum_of(x, |v| v)
 }
 
 /// `Σ f(x)` with 8 independent accumulators, as [`sum`].
@@ -174,6 +164,21 @@ pub fn zeros<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {
     // SAFETY: the n elements of the spare capacity were all written just above.
     unsafe { v.set_len(n) };
     v
+}
+
+/// A raw pointer (`*const T` or `*mut T`) that may cross into rayon tasks working on disjoint parts
+/// of one buffer. Read it through [`SendPtr::get`]: a closure naming the field itself would
+/// capture only the field, which is not `Send`.
+#[derive(Clone, Copy)]
+pub struct SendPtr<P>(pub P);
+// SAFETY: only a pointer; whoever dereferences it guarantees the tasks touch disjoint elements.
+unsafe impl<P> Send for SendPtr<P> {}
+unsafe impl<P> Sync for SendPtr<P> {}
+
+impl<P: Copy> SendPtr<P> {
+    pub fn get(self) -> P {
+        self.0
+    }
 }
 
 /// Float types the fused kernels run on.

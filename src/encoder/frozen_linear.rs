@@ -72,15 +72,7 @@ pub unsafe fn gemm_f32(
 
 /// `dst[m,n] = x[m,k] · w[k,n] (+ b[n])`, row-major.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_bias<T: Copy + Default + Send + Sync + 'static>(
-    x: &[T],
-    w: &[T],
-    b: Option<&[T]>,
-    m: usize,
-    n: usize,
-    k: usize,
-    one: T,
-) -> Vec<T> {
+fn gemm_bias<T: Copy + Default + Send + Sync + 'static>(x: &[T], w: &[T], b: Option<&[T]>, m: usize, n: usize, k: usize, one: T) -> Vec<T> {
     use rayon::prelude::*;
     let mut dst = super::fastmath::zeros(m * n);
     if let Some(b) = b {

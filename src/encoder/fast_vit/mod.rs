@@ -17,8 +17,8 @@ use rayon::prelude::*;
 
 use super::arch::FfnKind;
 use super::bf16_gemm::gemm_bf16;
-use super::fastmath::{exp_f32, zeros};
-use super::frozen_linear::{gemm_bias, gemm_f32};
+use super::fastmath::{exp_f32, zeros, SendPtr};
+use super::frozen_linear::gemm_f32;
 use super::fused;
 use super::layers::{LayerNorm, Linear};
 use super::precision::Precision;
@@ -28,12 +28,6 @@ use super::{IMAGENET_MEAN, IMAGENET_STD};
 fn floats(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
 }
-
-/// A raw pointer that may cross into rayon tasks writing disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
 
 /// `dst[m,n] (+)= lhs[m,k] · rhs[k,n]` in `precision`: [`gemm_f32`], or [`gemm_bf16`] (bf16
 /// operands, f32 sums) — every matrix product of this path goes through here.
@@ -74,14 +68,12 @@ impl Lin {
 
     /// `x · Wᵀ + b` for `rows` rows.
     fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        if self.precision == Precision::F32 {
-            return gemm_bias(x, &self.w_t, self.b.as_deref(), rows, self.out, self.inp, 1.0);
-        }
         let mut y = zeros(rows * self.out);
         if let Some(b) = &self.b {
             y.par_chunks_mut(self.out).for_each(|r| r.copy_from_slice(b));
         }
-        // SAFETY: x is rows×inp, w_t inp×out, y rows×out, all row-major.
+        // SAFETY: x is rows×inp, w_t inp×out, y rows×out, all row-major; the bias, where there is
+        // one, is in y already and accumulated onto.
         unsafe {
             let (x, w) = ((x.as_ptr(), self.inp, 1), (self.w_t.as_ptr(), self.out, 1));
             matmul(self.precision, (rows, self.out, self.inp), y.as_mut_ptr(), self.out, self.b.is_some(), x, w, true);
@@ -249,24 +241,22 @@ impl Block {
     fn attention(&self, qkv: &[f32], z: Dims, keep: bool) -> (Vec<f32>, Vec<f32>) {
         let (h, t, d) = (self.heads, z.t, z.d);
         let hd = d / h;
-        let mut o = zeros(z.b * t * d);
-        let mut p = if keep { zeros(z.b * h * t * t) } else { vec![] };
+        let mut o: Vec<f32> = zeros(z.b * t * d);
+        let mut p: Vec<f32> = if keep { zeros(z.b * h * t * t) } else { vec![] };
         let (op, pp) = (SendPtr(o.as_mut_ptr()), SendPtr(p.as_mut_ptr()));
         (0..z.b * h).into_par_iter().for_each_init(
             || if keep { vec![] } else { vec![0f32; t * t] },
             |scratch, bh| {
-                #[allow(clippy::redundant_locals)] // moves the whole SendPtr in: a capture of its field would not be Send
-                let (op, pp) = (op, pp);
                 let (bi, hi) = (bh / h, bh % h);
                 let base = bi * t * 3 * d + hi * hd;
                 // SAFETY: q, k, v are t×hd views of qkv (row stride 3d); each task writes its own
                 // t×hd block of o (columns hi·hd.., rows of image bi) and its own t×t block of p
                 // (or its own scratch).
                 unsafe {
-                    let pbh = if keep { std::slice::from_raw_parts_mut(pp.0.add(bh * t * t), t * t) } else { &mut scratch[..] };
+                    let pbh = if keep { std::slice::from_raw_parts_mut(pp.get().add(bh * t * t), t * t) } else { &mut scratch[..] };
                     self.probabilities(qkv, base, z, pbh);
                     let v = (qkv.as_ptr().add(base + 2 * d), 3 * d, 1);
-                    matmul(self.precision, (t, hd, t), op.0.add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
+                    matmul(self.precision, (t, hd, t), op.get().add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
                 }
             },
         );
@@ -280,13 +270,11 @@ impl Block {
         let hd = d / h;
         let scale = (hd as f32).powf(-0.5);
         let kept = !p.is_empty();
-        let mut dqkv = zeros(z.b * t * 3 * d);
+        let mut dqkv: Vec<f32> = zeros(z.b * t * 3 * d);
         let dp = SendPtr(dqkv.as_mut_ptr());
         (0..z.b * h).into_par_iter().for_each_init(
             || (vec![0f32; t * t], if kept { vec![] } else { vec![0f32; t * t] }),
             |(ds, again), bh| {
-                #[allow(clippy::redundant_locals)] // as in attention
-                let dp = dp;
                 let (bi, hi) = (bh / h, bh % h);
                 let base = bi * t * 3 * d + hi * hd;
                 // SAFETY: read-only views of qkv, p and d_o; each task writes only the t×hd
@@ -303,11 +291,11 @@ impl Block {
                     matmul(self.precision, (t, t, hd), ds.as_mut_ptr(), t, false, dob, v_t, false);
                     fused::softmax_rows(ds, Some(pbh), t, scale);
                     let p_t = (pbh.as_ptr(), 1, t);
-                    matmul(self.precision, (t, hd, t), dp.0.add(base + 2 * d), 3 * d, false, p_t, dob, false);
+                    matmul(self.precision, (t, hd, t), dp.get().add(base + 2 * d), 3 * d, false, p_t, dob, false);
                     let k = (qkv.as_ptr().add(base + d), 3 * d, 1);
-                    matmul(self.precision, (t, hd, t), dp.0.add(base), 3 * d, false, (ds.as_ptr(), t, 1), k, false);
+                    matmul(self.precision, (t, hd, t), dp.get().add(base), 3 * d, false, (ds.as_ptr(), t, 1), k, false);
                     let q = (qkv.as_ptr().add(base), 3 * d, 1);
-                    matmul(self.precision, (t, hd, t), dp.0.add(base + d), 3 * d, false, (ds.as_ptr(), 1, t), q, false);
+                    matmul(self.precision, (t, hd, t), dp.get().add(base + d), 3 * d, false, (ds.as_ptr(), 1, t), q, false);
                 }
             },
         );
