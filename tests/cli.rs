@@ -245,3 +245,62 @@ fn precision_bf16_runs_where_the_cpu_can_and_is_refused_elsewhere() {
     assert!(!out.status.success());
     assert!(err.contains("dinov2_official.pth") && err.contains("AVX512-BF16") && err.contains("use precision f32"), "{err}");
 }
+
+/// `--device` takes auto, cpu, cuda or cuda:N in any case; `cuda` on a binary built without CUDA
+/// is refused with how to build one, and `cpu` runs.
+#[test]
+fn the_device_is_chosen_by_name_and_cuda_without_it_says_how_to_get_it() {
+    let ckpt = s(&fixtures().join("dinov2_official.pth"));
+    let args = ["bench", "--checkpoint", &ckpt, "--num-heads", "4", "--batch-size", "1", "--size", "28", "--iters", "1", "--warmup", "0"];
+    let out = common::ok_json(&[&["--device", "CPU"][..], &args[..], &["--json"]].concat());
+    assert!(out["machine"]["device"].as_str().unwrap().starts_with("cpu"), "{out}");
+    fails_with(&[&args[..], &["--device", "tpu"]].concat(), &["'tpu' is not a device", "cuda:N"]);
+    if !cfg!(feature = "cuda") {
+        fails_with(&[&args[..], &["--device", "cuda:1"]].concat(), &["--device cuda:1", "built without CUDA", "scripts/build-cuda.sh"]);
+    }
+}
+
+/// `convert` writes the backbone in Meta's layout: in f32 the tokens are those of the original
+/// file bit for bit; in f16 within f16's rounding of the weights.
+#[test]
+fn convert_writes_a_backbone_that_embeds_as_the_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = candle_core::safetensors::load(fixtures().join("dinov2_official.expected.safetensors"), &Device::Cpu).unwrap();
+    let input = save(dir.path(), "in.safetensors", HashMap::from([("images".into(), exp["images"].clone())]));
+    let embed = |ckpt: &str, name: &str| {
+        let out = dir.path().join(name);
+        let (ok, _, err) = run(&["embed", "--checkpoint", ckpt, "--num-heads", "4", "--input", &input, "--output", &s(&out)]);
+        assert!(ok, "{err}");
+        candle_core::safetensors::load(&out, &Device::Cpu).unwrap()
+    };
+    let original = s(&fixtures().join("dinov2_official.pth"));
+    let want = embed(&original, "original.safetensors");
+    for (dtype, bound) in [("f32", 0.0), ("f16", 2e-2)] {
+        let converted = dir.path().join(format!("{dtype}.safetensors"));
+        let (ok, text, err) =
+            run(&["convert", "--checkpoint", &original, "--num-heads", "4", "--output", &s(&converted), "--dtype", dtype]);
+        assert!(ok && text.contains(dtype), "{text}{err}");
+        let stored = candle_core::safetensors::load(&converted, &Device::Cpu).unwrap();
+        assert!(stored.contains_key("blocks.0.attn.qkv.weight") && stored.contains_key("pos_embed"), "{:?}", stored.keys());
+        assert_eq!(format!("{:?}", stored["blocks.0.attn.qkv.weight"].dtype()), dtype.to_uppercase());
+        let got = embed(&s(&converted), &format!("tokens-{dtype}.safetensors"));
+        for key in ["cls", "patch"] {
+            let d = (&got[key] - &want[key]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+            assert!(d <= bound, "{dtype} {key} differs by {d}");
+        }
+    }
+}
+
+/// `bench --parity` prints the figures two devices must agree on, from seeded inputs: the same
+/// on every run, finite, one attack loss per sample.
+#[test]
+fn parity_figures_are_seeded() {
+    let ckpt = s(&fixtures().join("dinov2_official.pth"));
+    let args = ["bench", "--checkpoint", &ckpt, "--num-heads", "4", "--batch-size", "2", "--size", "28", "--attack-steps", "2", "--parity"];
+    let (a, b) = (common::ok_json(&args), common::ok_json(&args));
+    assert_eq!(a, b);
+    assert_eq!(a["attack_losses"].as_array().unwrap().len(), 2, "{a}");
+    for key in ["projection", "gradient_norm", "gradient_projection"] {
+        assert!(a[key].as_f64().is_some_and(|v| v.is_finite() && v != 0.0), "{key}: {a}");
+    }
+}

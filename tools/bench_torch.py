@@ -40,6 +40,8 @@ def main():
     p.add_argument("--linear", action="store_true",
                    help="also time the linear layers alone (x @ W and dy @ W^T at batch x tokens rows, f32 and "
                         "bf16: PyTorch's matmul, oneDNN on x86), GFLOP/s")
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda: where the model and the inputs live (timings wait for the GPU's queue)")
     p.add_argument("--finetune-steps", type=int, default=0,
                    help="also time DeACL fine-tuning steps (after one untimed step)")
     a = p.parse_args()
@@ -47,15 +49,20 @@ def main():
     if a.precision == "bf16":
         # Every forward below runs under autocast (matrix products in bf16 through oneDNN); the
         # backward passes follow the dtypes autocast chose, as they do in a user's loop.
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        autocast = torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16)
         autocast.__enter__()
     dim, depth, heads = {"s": (384, 12, 6), "b": (768, 12, 12), "l": (1024, 24, 16)}[a.arch]
-    m = ref.randomize(ref.VisionTransformer(14, dim, depth, heads, pos_grid=37), 0).eval()
+    dev = torch.device(a.device)
+    m = ref.randomize(ref.VisionTransformer(14, dim, depth, heads, pos_grid=37), 0).eval().to(dev)
     for q in m.parameters():
         q.requires_grad_(False)
-    x = torch.rand(a.batch, 3, a.size, a.size)
+    x = torch.rand(a.batch, 3, a.size, a.size, device=dev)
     n = (a.size // 14) ** 2
-    pc, pp = torch.randn(a.batch, dim), torch.randn(a.batch, n, dim)
+    pc, pp = torch.randn(a.batch, dim, device=dev), torch.randn(a.batch, n, dim, device=dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     def fwd():
         with torch.no_grad():
@@ -72,8 +79,10 @@ def main():
     def timed(f):
         ts = []
         for i in range(a.warmup + a.iters):
+            sync()
             t0 = time.perf_counter()
             f()
+            sync()
             if i >= a.warmup:
                 ts.append(time.perf_counter() - t0)
         return sorted(ts)[len(ts) // 2]
@@ -102,6 +111,7 @@ def main():
         with torch.no_grad():
             c0, p0 = m(ref.normalize(cut(xs)))
         eps, alpha = 8 / 255, 2 / 255
+        sync()
         t0 = time.perf_counter()
         delta = (torch.rand_like(xs) * 2 - 1) * eps
         delta = (xs + delta).clamp(0, 1) - xs
@@ -115,6 +125,7 @@ def main():
                 delta = (xs + delta).clamp(0, 1) - xs
         with torch.no_grad():
             m(ref.normalize(cut(xs + delta)))
+        sync()
         return a.attack_steps / (time.perf_counter() - t0), len(boxes)
 
     def finetune_steps_per_s():
@@ -151,13 +162,15 @@ def main():
             opt.step()
 
         step()
+        sync()
         t0 = time.perf_counter()
         for _ in range(a.finetune_steps):
             step()
+        sync()
         return a.finetune_steps / (time.perf_counter() - t0)
 
     out = {"batch": a.batch, "size": a.size, "iters": a.iters, "threads": a.threads,
-           "torch": torch.__version__, "precision": a.precision, "forward_s": timed(fwd), "forward_backward_s": timed(fwd_bwd)}
+           "torch": torch.__version__, "precision": a.precision, "device": a.device, "forward_s": timed(fwd), "forward_backward_s": timed(fwd_bwd)}
     if a.attack_steps:
         # One window as large as the image: the plain reference loop.
         out["attack_steps_per_s"] = window_attack_steps_per_s(x, a.size, a.size)[0]
@@ -179,9 +192,9 @@ def main():
     if a.window and a.attack_steps:
         crop, stride = (int(v) for v in a.window.split(":"))
         h, w = (int(v) for v in a.image.split("x")) if a.image else (a.size, a.size)
-        x_crop = torch.rand(a.batch, 3, crop, crop)
+        x_crop = torch.rand(a.batch, 3, crop, crop, device=dev)
         one, _ = window_attack_steps_per_s(x_crop, crop, stride)
-        whole, n = window_attack_steps_per_s(torch.rand(a.batch, 3, h, w), crop, stride)
+        whole, n = window_attack_steps_per_s(torch.rand(a.batch, 3, h, w, device=dev), crop, stride)
         out["windows"] = {"window": a.window, "image": [h, w], "windows": n, "one_crop_steps_per_s": one,
                           "whole_image_steps_per_s": whole, "cost_ratio": one / whole}
     print(json.dumps(out))

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 
-use super::problem::{Best, Problem, Sanity};
+use super::problem::{gather, scatter, select_rows, Best, GradFlags, Problem, Rows, Sanity};
 use super::spec::AttackConfig;
 
 /// The checkpoint spacing: first `0.22·T`, decreasing by `0.03·T` per checkpoint, at least `0.06·T`.
@@ -30,7 +30,7 @@ pub(super) fn oscillates(history: &[f64], j: usize, k: usize) -> bool {
 pub(super) fn apgd(
     p: &Problem,
     cfg: &AttackConfig,
-    mut delta: Vec<Vec<f32>>,
+    mut delta: Rows,
     active: Vec<usize>,
     best: &mut Best,
     sanity: &mut Sanity,
@@ -38,62 +38,63 @@ pub(super) fn apgd(
 ) -> Result<()> {
     let n = active.len();
     see(0, &delta)?;
-    let per = p.per;
     let (first, min_span, decrease) = schedule(cfg.steps);
-    let (ev, mut grad) = p.evaluate(&delta, &active, 0, cfg.steps, true)?;
-    p.offer(best, &delta, &active, &ev, sanity);
-    sanity.zero_start_gradients += grad.chunks(per).filter(|g| g.iter().all(|&v| v == 0.0)).count();
+    let mut cur = gather(&delta, &active)?;
+    let (ev, grad) = p.evaluate(&cur, &active, 0, cfg.steps, true)?;
+    let mut grad = grad.expect("evaluate with gradients");
+    p.offer(best, &cur, &active, &ev, sanity)?;
+    sanity.zero_start_gradients += GradFlags::of_rows(&grad)?.iter().filter(|f| f.zero).count();
     let mut step = vec![2.0 * p.threat.eps; n];
-    let mut previous: Vec<Vec<f32>> = active.iter().map(|&i| delta[i].clone()).collect();
+    let mut previous = cur.clone();
     let mut run_best_loss = ev.losses.clone();
-    let mut run_best: Vec<Vec<f32>> = previous.clone();
+    let mut run_best = cur.clone();
     let mut run_best_grad = grad.clone();
     let mut history = vec![vec![0f64; cfg.steps]; n];
     let mut last_check_loss = run_best_loss.clone();
     let mut reduced_last_check = vec![true; n];
     let (mut span, mut since_check) = (first, 0);
     for it in 0..cfg.steps {
-        let alpha = if it > 0 { 0.75f32 } else { 1.0 };
-        for (k, &i) in active.iter().enumerate() {
-            let g = &grad[k * per..(k + 1) * per];
-            if !Problem::usable(g, sanity) {
-                continue;
-            }
-            let momentum: Vec<f32> = delta[i].iter().zip(&previous[k]).map(|(d, o)| d - o).collect();
-            previous[k].copy_from_slice(&delta[i]);
-            let mut z = delta[i].clone();
-            p.threat.step(&mut z, g, step[k]);
-            p.project(i, &mut z, sanity)?;
-            let mut next: Vec<f32> =
-                delta[i].iter().zip(&z).zip(&momentum).map(|((d, z), m)| d + (z - d) * alpha + m * (1.0 - alpha)).collect();
-            p.project(i, &mut next, sanity)?;
-            delta[i] = next;
-        }
+        let alpha = if it > 0 { 0.75 } else { 1.0 };
+        let usable: Vec<bool> = GradFlags::of_rows(&grad)?.into_iter().map(|f| f.count(sanity)).collect();
+        let momentum = (&cur - &previous)?;
+        let z = p.project(&p.threat.step_rows(&cur, &grad, &step)?, &active)?;
+        let z = select_rows(&usable, &z, &cur)?;
+        p.check(&z, &active, sanity)?;
+        let next = ((&cur + ((&z - &cur)? * alpha)?)? + (momentum * (1.0 - alpha))?)?;
+        let next = select_rows(&usable, &p.project(&next, &active)?, &cur)?;
+        p.check(&next, &active, sanity)?;
+        previous = select_rows(&usable, &cur, &previous)?;
+        cur = next;
+        scatter(&mut delta, &active, &cur)?;
         see(it + 1, &delta)?;
-        let (ev, g) = p.evaluate(&delta, &active, it + 1, cfg.steps, true)?;
-        grad = g;
-        p.offer(best, &delta, &active, &ev, sanity);
-        for (k, &i) in active.iter().enumerate() {
+        let (ev, g) = p.evaluate(&cur, &active, it + 1, cfg.steps, true)?;
+        grad = g.expect("evaluate with gradients");
+        p.offer(best, &cur, &active, &ev, sanity)?;
+        let mut improved = vec![false; n];
+        for k in 0..n {
             history[k][it] = ev.losses[k];
             if ev.losses[k] > run_best_loss[k] {
                 run_best_loss[k] = ev.losses[k];
-                run_best[k].copy_from_slice(&delta[i]);
-                run_best_grad[k * per..(k + 1) * per].copy_from_slice(&grad[k * per..(k + 1) * per]);
+                improved[k] = true;
             }
         }
+        run_best = select_rows(&improved, &cur, &run_best)?;
+        run_best_grad = select_rows(&improved, &grad, &run_best_grad)?;
         since_check += 1;
         if since_check == span {
-            for (k, &i) in active.iter().enumerate() {
+            let mut cut = vec![false; n];
+            for k in 0..n {
                 let no_improvement = !reduced_last_check[k] && last_check_loss[k] >= run_best_loss[k];
-                let cut = oscillates(&history[k], it, span) || no_improvement;
-                reduced_last_check[k] = cut;
+                cut[k] = oscillates(&history[k], it, span) || no_improvement;
+                reduced_last_check[k] = cut[k];
                 last_check_loss[k] = run_best_loss[k];
-                if cut {
+                if cut[k] {
                     step[k] /= 2.0;
-                    delta[i].copy_from_slice(&run_best[k]);
-                    grad[k * per..(k + 1) * per].copy_from_slice(&run_best_grad[k * per..(k + 1) * per]);
                 }
             }
+            cur = select_rows(&cut, &run_best, &cur)?;
+            grad = select_rows(&cut, &run_best_grad, &grad)?;
+            scatter(&mut delta, &active, &cur)?;
             span = span.saturating_sub(decrease).max(min_span);
             since_check = 0;
         }

@@ -7,10 +7,10 @@
 //! gradient masking.
 
 use anyhow::{bail, Result};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::objective::Objective;
-use super::problem::{Best, Problem, Seen};
+use super::problem::{gather, scatter, select_rows, Best, GradFlags, Problem, Rows, Seen};
 
 use crate::encoder::Encoder;
 use crate::heads::sliding::Tiling;
@@ -58,36 +58,46 @@ fn run(
     }
     let (b, c, h, w) = images.dims4()?;
     let per = c * h * w;
-    let x: Vec<f32> = images.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-    if x.iter().any(|v| !(0.0..=1.0).contains(v)) {
+    let dev = enc.vit.device();
+    let x = images.to_dtype(DType::F32)?.reshape((b, per))?.to_device(dev)?;
+    let range = Tensor::stack(&[x.min_keepdim(1)?.min(0)?, x.max_keepdim(1)?.max(0)?], 0)?.to_vec2::<f32>()?;
+    if !(0.0..=1.0).contains(&range[0][0]) || !(0.0..=1.0).contains(&range[1][0]) {
         bail!("attack input pixels must lie in [0, 1]");
     }
     let windows = cfg.window.map(|win| Tiling::new(h, w, win, enc.config().patch_size)).transpose()?;
     let p = Problem { enc, objective, x, per, dims: (c, h, w), threat: cfg.threat, windows };
-    let mut best = Best::new(b, per);
+    let mut best = Best::new(b, per, dev)?;
     let mut sanity = Sanity::default();
     sanity.settings(&cfg.threat, cfg.steps);
-    let start: Option<Vec<f32>> = start.map(|s| s.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()).transpose()?;
-    if start.as_ref().is_some_and(|s| s.len() != p.x.len()) {
-        bail!("internal error: the starting points do not match the images");
-    }
+    let start = match start {
+        Some(s) if s.dims() != images.dims() => bail!("internal error: the starting points do not match the images"),
+        Some(s) => Some((s.to_dtype(DType::F32)?.reshape((b, per))?.to_device(dev)? - &p.x)?),
+        None => None,
+    };
+    let all: Vec<usize> = (0..b).collect();
     for restart in 0..cfg.restarts.max(1) {
+        // The random start is drawn on the host (the same numbers on every device), once a run.
         let mut rng = SplitMix64::new(crate::rng::stream(cfg.seed, restart as u64));
-        let mut delta = vec![vec![0f32; per]; b];
-        for (i, d) in delta.iter_mut().enumerate() {
-            match start.as_ref().filter(|_| restart == 0) {
-                Some(s) => d.iter_mut().zip(&s[i * per..(i + 1) * per]).zip(p.clean(i)).for_each(|((d, s), x)| *d = s - x),
-                None if cfg.random_start && p.threat.eps > 0.0 => p.threat.random_start(d, &mut rng),
-                None => {}
+        let first = match start.as_ref().filter(|_| restart == 0) {
+            Some(s) => s.clone(),
+            None => {
+                let mut init = vec![0f32; b * per];
+                if cfg.random_start && p.threat.eps > 0.0 {
+                    init.chunks_mut(per).for_each(|d| p.threat.random_start(d, &mut rng));
+                }
+                Tensor::from_vec(init, (b, per), dev)?
             }
-            p.project(i, d, &mut sanity)?;
-        }
+        };
+        let first = p.project(&first, &all)?;
+        p.check(&first, &all, &mut sanity)?;
+        let mut delta: Rows = Vec::with_capacity(b);
+        scatter_all(&mut delta, &first)?;
         // Samples that reached the goal in an earlier restart are not attacked again.
         let active: Vec<usize> = (0..b).filter(|&i| !(cfg.early_stop && best.success[i])).collect();
         if active.is_empty() {
             break;
         }
-        let mut see = |step: usize, delta: &[Vec<f32>]| -> Result<()> {
+        let mut see = |step: usize, delta: &Rows| -> Result<()> {
             if cfg.trace {
                 observe(step, &p.images(delta)?)?;
             }
@@ -101,11 +111,21 @@ fn run(
     Ok(Outcome { adversarial: p.images(&best.delta)?, loss: best.loss, success: best.success, sanity })
 }
 
+/// Every row of `batch` `[B, per]` as the samples' rows.
+fn scatter_all(rows: &mut Rows, batch: &Tensor) -> Result<()> {
+    let b = batch.dim(0)?;
+    rows.clear();
+    for i in 0..b {
+        rows.push(batch.narrow(0, i, 1)?);
+    }
+    Ok(())
+}
+
 /// Fixed-step projected gradient ascent; with early stop, samples leave once they reach the goal.
 fn pgd(
     p: &Problem,
     cfg: &AttackConfig,
-    mut delta: Vec<Vec<f32>>,
+    mut delta: Rows,
     mut active: Vec<usize>,
     best: &mut Best,
     sanity: &mut Sanity,
@@ -121,35 +141,32 @@ fn pgd(
             break;
         }
         let last = step == cfg.steps;
+        let d = gather(&delta, &active)?;
         if last && cfg.last_iterate {
-            let ev = if cfg.evaluate_last { Some(p.evaluate(&delta, &active, step, cfg.steps, false)?.0) } else { None };
+            let ev = if cfg.evaluate_last { Some(p.evaluate(&d, &active, step, cfg.steps, false)?.0) } else { None };
             for (k, &i) in active.iter().enumerate() {
-                best.delta[i].copy_from_slice(&delta[i]);
+                best.delta[i] = d.narrow(0, k, 1)?.copy()?;
                 best.loss[i] = ev.as_ref().map_or(f64::NAN, |e| e.losses[k]);
                 best.success[i] = ev.as_ref().and_then(|e| e.success.as_ref()).is_some_and(|s| s[k]);
             }
             break;
         }
-        let (ev, grad) = p.evaluate(&delta, &active, step, cfg.steps, !last)?;
-        p.offer(best, &delta, &active, &ev, sanity);
-        if step == 0 {
-            sanity.zero_start_gradients += grad.chunks(p.per).filter(|g| g.iter().all(|&v| v == 0.0)).count();
-        }
+        let (ev, grad) = p.evaluate(&d, &active, step, cfg.steps, !last)?;
+        p.offer(best, &d, &active, &ev, sanity)?;
         let reached: Vec<bool> = match &ev.success {
             Some(s) if cfg.early_stop => s.clone(),
             _ => vec![false; active.len()],
         };
-        if last {
-            break;
+        let Some(grad) = grad.filter(|_| !last) else { break };
+        let flags = GradFlags::of_rows(&grad)?;
+        if step == 0 {
+            sanity.zero_start_gradients += flags.iter().filter(|f| f.zero).count();
         }
-        for (k, &i) in active.iter().enumerate() {
-            let g = &grad[k * p.per..(k + 1) * p.per];
-            if reached[k] || !Problem::usable(g, sanity) {
-                continue;
-            }
-            p.threat.step(&mut delta[i], g, cfg.step_size);
-            p.project(i, &mut delta[i], sanity)?;
-        }
+        let moves: Vec<bool> = flags.iter().zip(&reached).map(|(f, &r)| !r && f.count(sanity)).collect();
+        let stepped = p.threat.step_rows(&d, &grad, &vec![cfg.step_size; active.len()])?;
+        let next = select_rows(&moves, &p.project(&stepped, &active)?, &d)?;
+        p.check(&next, &active, sanity)?;
+        scatter(&mut delta, &active, &next)?;
         active = active.iter().zip(&reached).filter(|(_, &r)| !r).map(|(&i, _)| i).collect();
     }
     Ok(())

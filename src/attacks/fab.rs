@@ -18,7 +18,7 @@ use candle_core::{Tensor, D};
 use super::dlr::pick;
 use super::fab_projection;
 use super::objective::{losses_and_grads, Evaluated, Objective};
-use super::problem::{Outcome, Problem, Sanity};
+use super::problem::{GradFlags, Outcome, Problem, Sanity};
 use super::threat::{Norm, ThreatModel};
 use crate::encoder::{Encoder, Tokens};
 use crate::heads::layers::LinearProbe;
@@ -93,7 +93,7 @@ pub fn search(
     for _ in 0..steps {
         let (gaps, grads) = model.gaps(&x1)?;
         for i in 0..n {
-            if !Problem::usable(&grads[i], sanity) {
+            if !GradFlags::of(&grads[i]).count(sanity) {
                 continue;
             }
             let wv: Vec<f64> = grads[i].iter().map(|&v| v as f64).collect();
@@ -144,10 +144,10 @@ impl Pipeline<'_> {
 impl Gaps for Pipeline<'_> {
     fn gaps(&mut self, points: &[Vec<f32>]) -> Result<(Vec<f64>, Vec<Vec<f32>>)> {
         let p = &self.problem;
-        let delta: Vec<Vec<f32>> = points.iter().enumerate().map(|(i, v)| v.iter().zip(p.clean(i)).map(|(a, b)| a - b).collect()).collect();
+        let at = Tensor::from_vec(points.concat(), (points.len(), p.per), p.x.device())?;
         let all: Vec<usize> = (0..points.len()).collect();
-        let (ev, grad) = p.evaluate(&delta, &all, 0, 1, true)?;
-        Ok((ev.losses, grad.chunks(p.per).map(<[f32]>::to_vec).collect()))
+        let (ev, grad) = p.evaluate(&(at - &p.x)?, &all, 0, 1, true)?;
+        Ok((ev.losses, grad.expect("evaluate with gradients").to_vec2()?))
     }
 
     fn predict(&mut self, points: &[Vec<f32>]) -> Result<Vec<u32>> {
@@ -172,7 +172,8 @@ pub fn run(
     let (n, c, h, w) = images.dims4()?;
     let x: Vec<Vec<f32>> = images.to_dtype(candle_core::DType::F32)?.flatten_from(1)?.to_vec2()?;
     let objective = LogitGap { probe, labels: labels.to_vec(), targets: targets.to_vec() };
-    let problem = Problem { enc, objective: &objective, x: x.concat(), per: c * h * w, dims: (c, h, w), threat: *threat, windows: None };
+    let clean = Tensor::from_vec(x.concat(), (n, c * h * w), enc.vit.device())?;
+    let problem = Problem { enc, objective: &objective, x: clean, per: c * h * w, dims: (c, h, w), threat: *threat, windows: None };
     let mut sanity = Sanity::default();
     let found = search(&mut Pipeline { problem, probe }, &x, labels, threat.norm, steps, &mut sanity)?;
     sanity.settings(threat, steps);

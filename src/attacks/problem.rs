@@ -3,7 +3,7 @@
 //! (‖δ‖ ≤ ε and x + δ ∈ [0,1] hold; zero or NaN gradients are counted as possible masking).
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::objective::{Evaluated, Objective};
@@ -205,9 +205,9 @@ pub struct Outcome {
     pub sanity: Sanity,
 }
 
-/// Per-sample best point so far.
+/// Per-sample best point so far; each sample's δ a `[1, per]` row on the encoder's device.
 pub(super) struct Best {
-    pub(super) delta: Vec<Vec<f32>>,
+    pub(super) delta: Vec<Tensor>,
     pub(super) loss: Vec<f64>,
     /// What points are compared by: the loss, or the objective's score.
     pub(super) score: Vec<f64>,
@@ -215,37 +215,105 @@ pub(super) struct Best {
 }
 
 impl Best {
-    /// No point yet, for `b` samples of `per` values.
-    pub(super) fn new(b: usize, per: usize) -> Best {
-        Best {
-            delta: vec![vec![0f32; per]; b],
-            loss: vec![f64::NEG_INFINITY; b],
-            score: vec![f64::NEG_INFINITY; b],
-            success: vec![false; b],
-        }
+    /// No point yet (δ = 0), for `b` samples of `per` values on `device`.
+    pub(super) fn new(b: usize, per: usize, device: &Device) -> Result<Best> {
+        let zero = Tensor::zeros((1, per), DType::F32, device)?;
+        Ok(Best { delta: vec![zero; b], loss: vec![f64::NEG_INFINITY; b], score: vec![f64::NEG_INFINITY; b], success: vec![false; b] })
     }
 
-    pub(super) fn offer(&mut self, i: usize, delta: &[f32], loss: f64, score: f64, success: bool) {
+    /// Offers sample `i`'s point `delta` (`[1, per]`).
+    pub(super) fn offer(&mut self, i: usize, delta: &Tensor, loss: f64, score: f64, success: bool) -> Result<()> {
         // A point that reaches the goal beats any that does not; among equals, the higher score.
         let better = (success && !self.success[i]) || (success == self.success[i] && score > self.score[i]);
         if better {
-            self.delta[i].copy_from_slice(delta);
+            // Its own storage: a row of the step's batch would keep the whole batch alive.
+            self.delta[i] = delta.copy()?;
             self.loss[i] = loss;
             self.score[i] = score;
             self.success[i] = success;
         }
+        Ok(())
     }
 }
 
-/// What the schedules call with each iterate: the step and every sample's δ.
-pub(super) type Seen<'a> = dyn FnMut(usize, &[Vec<f32>]) -> Result<()> + 'a;
+/// Every sample's δ, one `[1, per]` row each, on the encoder's device: the schedules work on the
+/// active ones as one `[n, per]` tensor ([`gather`]) and put the result back ([`scatter`]).
+pub(super) type Rows = Vec<Tensor>;
 
-/// One attack problem: the clean images, the pipeline and the objective.
+/// The rows `active` as one `[n, per]` tensor.
+pub(super) fn gather(rows: &Rows, active: &[usize]) -> Result<Tensor> {
+    let picked: Vec<&Tensor> = active.iter().map(|&i| &rows[i]).collect();
+    Ok(Tensor::cat(&picked, 0)?)
+}
+
+/// Row `k` of `batch` `[n, per]` becomes sample `active[k]`'s row.
+pub(super) fn scatter(rows: &mut Rows, active: &[usize], batch: &Tensor) -> Result<()> {
+    for (k, &i) in active.iter().enumerate() {
+        rows[i] = batch.narrow(0, k, 1)?;
+    }
+    Ok(())
+}
+
+/// Rows of `on_true` where `mask[k]`, else of `on_false` (both `[n, per]`).
+pub(super) fn select_rows(mask: &[bool], on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+    if mask.iter().all(|&m| m) {
+        return Ok(on_true.clone());
+    }
+    if !mask.iter().any(|&m| m) {
+        return Ok(on_false.clone());
+    }
+    let m: Vec<u8> = mask.iter().map(|&m| m as u8).collect();
+    let m = Tensor::from_vec(m, (mask.len(), 1), on_true.device())?.broadcast_as(on_true.shape())?;
+    Ok(m.where_cond(on_true, on_false)?)
+}
+
+/// What the schedules call with each iterate: the step and every sample's δ.
+pub(super) type Seen<'a> = dyn FnMut(usize, &Rows) -> Result<()> + 'a;
+
+/// A gradient row's state: NaN somewhere (unusable), or all zero.
+#[derive(Clone, Copy)]
+pub(super) struct GradFlags {
+    pub(super) nan: bool,
+    pub(super) zero: bool,
+}
+
+impl GradFlags {
+    /// The flags of every row of `grad` `[n, per]` (one transfer of `2n` values).
+    pub(super) fn of_rows(grad: &Tensor) -> Result<Vec<GradFlags>> {
+        let nan = grad.ne(grad)?.to_dtype(DType::F32)?.max(1)?;
+        let zero = grad.abs()?.max(1)?.eq(0f32)?.to_dtype(DType::F32)?;
+        let both = Tensor::stack(&[nan, zero], 1)?.to_vec2::<f32>()?;
+        Ok(both.iter().map(|r| GradFlags { nan: r[0] > 0.0, zero: r[1] > 0.0 && r[0] == 0.0 }).collect())
+    }
+
+    /// The flags of one gradient on the host.
+    pub(super) fn of(g: &[f32]) -> GradFlags {
+        let nan = g.iter().any(|v| v.is_nan());
+        GradFlags { nan, zero: !nan && g.iter().all(|&v| v == 0.0) }
+    }
+
+    /// Counts a gradient step with this gradient (zero or NaN); `false` when it is unusable (NaN).
+    pub(super) fn count(self, sanity: &mut Sanity) -> bool {
+        sanity.sample_steps += 1;
+        if self.nan {
+            sanity.nan_gradients += 1;
+            return false;
+        }
+        if self.zero {
+            sanity.zero_gradients += 1;
+        }
+        true
+    }
+}
+
+/// One attack problem: the clean images, the pipeline and the objective. The schedules keep every
+/// per-sample δ, gradient and best point on the encoder's device; only per-sample scalars (losses,
+/// flags, norms) come back to the host at each step.
 pub(super) struct Problem<'a> {
     pub(super) enc: &'a Encoder,
     pub(super) objective: &'a dyn Objective,
-    /// Clean pixels, `B × per` row-major.
-    pub(super) x: Vec<f32>,
+    /// Clean pixels `[B, per]` on the encoder's device.
+    pub(super) x: Tensor,
     pub(super) per: usize,
     pub(super) dims: (usize, usize, usize),
     pub(super) threat: ThreatModel,
@@ -255,100 +323,94 @@ pub(super) struct Problem<'a> {
 }
 
 impl Problem<'_> {
-    pub(super) fn clean(&self, i: usize) -> &[f32] {
-        &self.x[i * self.per..(i + 1) * self.per]
+    /// The clean rows `active`, `[n, per]`.
+    pub(super) fn clean(&self, active: &[usize]) -> Result<Tensor> {
+        if active.len() == self.x.dim(0)? && active.iter().enumerate().all(|(k, &i)| k == i) {
+            return Ok(self.x.clone());
+        }
+        super::objective::rows(&self.x, active)
     }
 
-    /// The whole batch at `delta`: `[B, C, H, W]` on the CPU.
-    pub(super) fn images(&self, delta: &[Vec<f32>]) -> Result<Tensor> {
+    /// The whole batch at `delta`: `[B, C, H, W]` on the encoder's device.
+    pub(super) fn images(&self, delta: &Rows) -> Result<Tensor> {
         let (c, h, w) = self.dims;
-        let adv: Vec<f32> = delta.iter().enumerate().flat_map(|(i, d)| self.clean(i).iter().zip(d).map(|(a, d)| a + d)).collect();
-        Ok(Tensor::from_vec(adv, (delta.len(), c, h, w), &Device::Cpu)?)
+        let all: Vec<usize> = (0..delta.len()).collect();
+        Ok((&self.x + gather(delta, &all)?)?.reshape((delta.len(), c, h, w))?)
     }
 
-    /// The objective at `x + delta[i]` for the samples `active`, and with `grad` the pixel
-    /// gradient of each (`per` values per active sample): the pipeline *pixels → normalize →
-    /// encoder → head* forward (the encoder normalizes; the objective holds the head), then back.
+    /// The objective at `x + delta` for the samples `active` (`delta` `[n, per]`, their rows), and
+    /// with `grad` the pixel gradient of each (`[n, per]`, on the device): the pipeline *pixels →
+    /// normalize → encoder → head* forward (the encoder normalizes; the objective holds the head),
+    /// then back.
     pub(super) fn evaluate(
         &self,
-        delta: &[Vec<f32>],
+        delta: &Tensor,
         active: &[usize],
         step: usize,
         steps: usize,
         grad: bool,
-    ) -> Result<(Evaluated, Vec<f32>)> {
+    ) -> Result<(Evaluated, Option<Tensor>)> {
         let (c, h, w) = self.dims;
-        let pixels: Vec<f32> = active.iter().flat_map(|&i| self.clean(i).iter().zip(&delta[i]).map(|(a, d)| a + d)).collect();
-        let input = Tensor::from_vec(pixels, (active.len(), c, h, w), &Device::Cpu)?;
+        let input = (self.clean(active)? + delta)?.reshape((active.len(), c, h, w))?;
         let windows = self.windows.as_ref();
         let input = match windows {
             Some(t) => t.crops(&input)?,
             None => input,
-        }
-        .to_device(self.enc.vit.device())?;
+        };
         if !grad {
             let tokens = self.enc.forward(&input)?;
-            return Ok((self.objective.evaluate(&tokens, windows, active, step, steps)?, Vec::new()));
+            return Ok((self.objective.evaluate(&tokens, windows, active, step, steps)?, None));
         }
         let (tokens, tape) = self.enc.forward_with_tape(&input)?;
         let ev = self.objective.evaluate(&tokens, windows, active, step, steps)?;
         let g = self.enc.backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref())?;
         let g = match windows {
-            Some(t) => t.gather(&g.to_device(&Device::Cpu)?)?,
+            Some(t) => t.gather(&g)?,
             None => g,
         };
-        let g = g.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-        Ok((ev, g))
+        let g = g.to_dtype(DType::F32)?.reshape((active.len(), self.per))?;
+        Ok((ev, Some(g)))
     }
 
-    /// Records what the objective said of the active samples' current points, and counts the
-    /// saturated ones.
-    pub(super) fn offer(&self, best: &mut Best, delta: &[Vec<f32>], active: &[usize], ev: &Evaluated, sanity: &mut Sanity) {
+    /// Records what the objective said of the active samples' current points `delta` (`[n, per]`),
+    /// and counts the saturated ones.
+    pub(super) fn offer(&self, best: &mut Best, delta: &Tensor, active: &[usize], ev: &Evaluated, sanity: &mut Sanity) -> Result<()> {
         sanity.saturated += ev.saturated.as_ref().map_or(0, |s| s.iter().filter(|&&s| s).count());
         for (k, &i) in active.iter().enumerate() {
             let score = ev.score.as_ref().map_or(ev.losses[k], |s| s[k]);
-            best.offer(i, &delta[i], ev.losses[k], score, ev.success.as_ref().is_some_and(|s| s[k]));
+            best.offer(i, &delta.narrow(0, k, 1)?, ev.losses[k], score, ev.success.as_ref().is_some_and(|s| s[k]))?;
         }
+        Ok(())
     }
 
-    /// Counts a zero or NaN gradient; `false` when it is unusable (NaN).
-    pub(super) fn usable(g: &[f32], sanity: &mut Sanity) -> bool {
-        sanity.sample_steps += 1;
-        if g.iter().any(|v| v.is_nan()) {
-            sanity.nan_gradients += 1;
-            return false;
-        }
-        if g.iter().all(|&v| v == 0.0) {
-            sanity.zero_gradients += 1;
-        }
-        true
+    /// Projects the rows `delta` (`[n, per]`) of the samples `active` onto the ball and the pixel box.
+    pub(super) fn project(&self, delta: &Tensor, active: &[usize]) -> Result<Tensor> {
+        self.threat.project_rows(&self.clean(active)?, delta)
     }
 
-    /// Projects sample `i`'s δ onto the ball and the pixel box, and checks both hold.
-    pub(super) fn project(&self, i: usize, delta: &mut [f32], sanity: &mut Sanity) -> Result<()> {
-        self.threat.project(self.clean(i), delta);
-        check(&self.threat, self.clean(i), delta, sanity)
-    }
-}
-
-/// The budget and the pixel range hold after a step; a violation is a bug, never a result.
-fn check(t: &ThreatModel, x: &[f32], delta: &[f32], s: &mut Sanity) -> Result<()> {
-    let n = t.norm_of(delta);
-    if n > t.eps * (1.0 + 1e-5) + 1e-7 {
-        bail!("internal error: ‖δ‖ = {n} exceeds ε = {}", t.eps);
-    }
-    if t.eps > 0.0 {
-        s.max_norm_over_eps = s.max_norm_over_eps.max(n / t.eps);
-    }
-    for (&a, &d) in x.iter().zip(delta) {
-        let p = (a + d) as f64;
-        if !(0.0..=1.0).contains(&p) {
-            bail!("internal error: an adversarial pixel left [0, 1]: {p}");
+    /// The budget and the pixel range hold for the rows `delta` of the samples `active`; a
+    /// violation is a bug, never a result.
+    pub(super) fn check(&self, delta: &Tensor, active: &[usize], s: &mut Sanity) -> Result<()> {
+        let t = &self.threat;
+        for n in t.norm_rows(delta)? {
+            if n > t.eps * (1.0 + 1e-5) + 1e-7 {
+                bail!("internal error: ‖δ‖ = {n} exceeds ε = {}", t.eps);
+            }
+            if t.eps > 0.0 {
+                s.max_norm_over_eps = s.max_norm_over_eps.max(n / t.eps);
+            }
         }
-        s.min_pixel = s.min_pixel.min(p);
-        s.max_pixel = s.max_pixel.max(p);
+        let pixels = (self.clean(active)? + delta)?.flatten_all()?;
+        let range = Tensor::stack(&[pixels.min(0)?, pixels.max(0)?], 0)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        for p in &range {
+            if !(0.0..=1.0).contains(p) {
+                bail!("internal error: an adversarial pixel left [0, 1]: {p}");
+            }
+        }
+        s.min_pixel = s.min_pixel.min(range[0]);
+        s.max_pixel = s.max_pixel.max(range[1]);
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]

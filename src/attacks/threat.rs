@@ -3,6 +3,7 @@
 //! projection back, and the uniform random start.
 
 use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::rng::SplitMix64;
@@ -43,47 +44,54 @@ impl ThreatModel {
         }
     }
 
-    /// Projects one image's δ onto the ε-ball, then x + δ onto [0,1] (which only shrinks each
-    /// coordinate toward 0, so δ stays in the ball).
-    pub fn project(&self, x: &[f32], delta: &mut [f32]) {
-        match self.norm {
+    /// Projects every row of `delta` (`[n, per]`, one image's δ each, around the clean rows `x`)
+    /// onto the ε-ball, then x + δ onto [0,1] (which only shrinks each coordinate toward 0, so δ
+    /// stays in the ball), on their device. L2 norms are summed in f64.
+    pub fn project_rows(&self, x: &Tensor, delta: &Tensor) -> Result<Tensor> {
+        let d = match self.norm {
             Norm::Linf => {
                 let e = self.eps as f32;
-                delta.iter_mut().for_each(|d| *d = d.clamp(-e, e));
+                delta.clamp(-e, e)?
             }
             Norm::L2 => {
-                let n = self.norm_of(delta);
-                if n > self.eps {
-                    let k = (self.eps / n) as f32;
-                    delta.iter_mut().for_each(|d| *d *= k);
-                }
+                let n = l2_rows(delta)?;
+                let shrink = n.gt(self.eps)?;
+                let k = (Tensor::full(self.eps, n.dims(), n.device())? / &n)?;
+                let k = shrink.where_cond(&k, &n.ones_like()?)?.to_dtype(DType::F32)?;
+                delta.broadcast_mul(&k.unsqueeze(1)?)?
             }
-        }
-        for (d, &xi) in delta.iter_mut().zip(x) {
-            *d = (xi + *d).clamp(0.0, 1.0) - xi;
-        }
+        };
+        Ok(((x + d)?.clamp(0f32, 1f32)? - x)?)
     }
 
-    /// One ascent step of size `alpha` along `grad` (sign for L∞, unit L2 direction for L2); a
-    /// zero gradient leaves δ as it is.
-    pub fn step(&self, delta: &mut [f32], grad: &[f32], alpha: f64) {
-        match self.norm {
+    /// One ascent step of every row of `delta` along the same row of `grad`, row `k` of size
+    /// `alpha[k]` (sign for L∞, unit L2 direction for L2), on their device; a zero gradient leaves
+    /// the row as it is.
+    pub fn step_rows(&self, delta: &Tensor, grad: &Tensor, alpha: &[f64]) -> Result<Tensor> {
+        let dev = delta.device();
+        let by_row = |k: Tensor| -> Result<Tensor> { Ok(k.to_dtype(DType::F32)?.unsqueeze(1)?) };
+        let moved = match self.norm {
             Norm::Linf => {
-                let a = alpha as f32;
-                for (d, &g) in delta.iter_mut().zip(grad) {
-                    if g != 0.0 {
-                        *d += a * g.signum();
-                    }
-                }
+                let a = by_row(Tensor::new(alpha, dev)?)?;
+                grad.sign()?.broadcast_mul(&a)?
             }
             Norm::L2 => {
-                let n = grad.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt();
-                if n > 0.0 {
-                    let k = (alpha / n) as f32;
-                    delta.iter_mut().zip(grad).for_each(|(d, &g)| *d += k * g);
-                }
+                let n = l2_rows(grad)?;
+                let k = (Tensor::new(alpha, dev)? / &n)?;
+                let k = by_row(n.gt(0f64)?.where_cond(&k, &n.zeros_like()?)?)?;
+                grad.broadcast_mul(&k)?
             }
-        }
+        };
+        Ok((delta + moved)?)
+    }
+
+    /// The norm of every row of `delta` `[n, per]`, in this geometry.
+    pub fn norm_rows(&self, delta: &Tensor) -> Result<Vec<f64>> {
+        let n = match self.norm {
+            Norm::Linf => delta.abs()?.max(1)?.to_dtype(DType::F64)?,
+            Norm::L2 => l2_rows(delta)?,
+        };
+        Ok(n.to_vec1::<f64>()?)
     }
 
     /// A uniform random start in the ε-ball: per coordinate in [−ε, ε] for L∞; for L2 a
@@ -107,6 +115,11 @@ impl ThreatModel {
     }
 }
 
+/// The L2 norm of every row of `t` `[n, per]`, summed in f64: `[n]`, f64.
+fn l2_rows(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F64)?.sqr()?.sum(1)?.sqrt()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,24 +135,30 @@ mod tests {
         assert!(parse_amount("8/255x").unwrap_err().to_string().contains("8/255"));
     }
 
-    /// Steps and projections by hand, in both geometries, with the pixel box.
+    /// Steps and projections by hand, in both geometries, with the pixel box; rows move by their
+    /// own step size and a zero gradient leaves its row alone.
     #[test]
     fn steps_and_projections_by_hand() {
+        let dev = candle_core::Device::Cpu;
+        let t = |rows: &[[f32; 4]]| Tensor::from_vec(rows.concat(), (rows.len(), 4), &dev).unwrap();
+        let v = |t: Tensor| t.to_vec2::<f32>().unwrap();
+        let close = |a: Vec<Vec<f32>>, b: &[[f32; 4]]| {
+            a.iter().flatten().zip(b.iter().flatten()).for_each(|(a, b)| assert!((a - b).abs() < 1e-6, "{a:?} against {b:?}"))
+        };
         let linf = ThreatModel { norm: Norm::Linf, eps: 0.1 };
-        let x = [0.5f32, 0.95, 0.02, 0.5];
-        let mut d = [0.0f32; 4];
-        linf.step(&mut d, &[1.0, 2.0, -3.0, 0.0], 0.25);
-        assert_eq!(d, [0.25, 0.25, -0.25, 0.0]);
-        linf.project(&x, &mut d);
-        let want = [0.1f32, 0.05, -0.02, 0.0];
-        d.iter().zip(want).for_each(|(a, b)| assert!((a - b).abs() < 1e-6, "{d:?}"));
+        let x = t(&[[0.5, 0.95, 0.02, 0.5], [0.5; 4]]);
+        let d = linf.step_rows(&t(&[[0.0; 4], [0.0; 4]]), &t(&[[1.0, 2.0, -3.0, 0.0], [0.0; 4]]), &[0.25, 0.5]).unwrap();
+        assert_eq!(v(d.clone()), [[0.25, 0.25, -0.25, 0.0], [0.0; 4]]);
+        close(v(linf.project_rows(&x, &d).unwrap()), &[[0.1, 0.05, -0.02, 0.0], [0.0; 4]]);
+        assert_eq!(linf.norm_rows(&t(&[[0.05, -0.1, 0.0, 0.0], [0.0; 4]])).unwrap(), [0.10000000149011612, 0.0]);
 
         let l2 = ThreatModel { norm: Norm::L2, eps: 0.5 };
-        let mut d = [0.0f32; 4];
-        l2.step(&mut d, &[3.0, 0.0, 4.0, 0.0], 1.0);
-        assert_eq!(d, [0.6, 0.0, 0.8, 0.0]);
-        l2.project(&[0.5; 4], &mut d);
-        assert!((l2.norm_of(&d) - 0.5).abs() < 1e-6 && (d[0] - 0.3).abs() < 1e-6 && (d[2] - 0.4).abs() < 1e-6);
+        let d = l2.step_rows(&t(&[[0.0; 4], [0.1; 4]]), &t(&[[3.0, 0.0, 4.0, 0.0], [0.0; 4]]), &[1.0, 2.0]).unwrap();
+        assert_eq!(v(d.clone()), [[0.6, 0.0, 0.8, 0.0], [0.1; 4]]);
+        let p = l2.project_rows(&t(&[[0.5; 4], [0.5; 4]]), &d).unwrap();
+        close(v(p.clone()), &[[0.3, 0.0, 0.4, 0.0], [0.1; 4]]);
+        let n = l2.norm_rows(&p).unwrap();
+        assert!((n[0] - 0.5).abs() < 1e-6 && (n[1] - 0.2).abs() < 1e-6, "{n:?}");
 
         let mut rng = SplitMix64::new(1);
         for t in [linf, l2] {

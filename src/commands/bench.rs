@@ -47,10 +47,19 @@ pub struct BenchArgs {
     pub linear: bool,
     #[arg(long)]
     pub json: bool,
+    /// Print only the figures two devices must agree on (seeded inputs: a random projection of the
+    /// tokens, its pixel gradient, the per-sample losses of --attack-steps PGD steps) as JSON.
+    #[arg(long)]
+    pub parity: bool,
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     let enc = a.encoder.load()?;
+    if a.parity {
+        let p = robust_ssl::perf::parity::parity(&enc, a.batch_size, a.size, a.attack_steps)?;
+        println!("{}", serde_json::to_string(&p)?);
+        return Ok(());
+    }
     let mut t = robust_ssl::perf::measure(&enc, a.batch_size, a.size, a.warmup, a.iters.max(1))?;
     if a.attack_steps > 0 {
         t.attack_steps_per_s = Some(robust_ssl::perf::attack_steps_per_s(&enc, a.batch_size, a.size, a.attack_steps)?);

@@ -4,6 +4,7 @@
 pub mod attack;
 pub mod bench;
 mod choice;
+pub mod convert;
 pub mod cross_task;
 pub mod demo;
 pub mod embed;
@@ -24,6 +25,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use choice::choice;
 
+use robust_ssl::device::DeviceChoice;
 use robust_ssl::encoder::arch::ArchChoice;
 use robust_ssl::encoder::pos_embed::PosResize;
 use robust_ssl::encoder::{Encoder, LoadOptions, Precision};
@@ -31,6 +33,10 @@ use robust_ssl::encoder::{Encoder, LoadOptions, Precision};
 #[derive(Parser)]
 #[command(name = "robust-ssl", version, about = "Adversarial robustness of self-supervised ViT encoders across downstream tasks")]
 pub struct Cli {
+    /// Where tensors live: auto (a CUDA GPU where this binary has CUDA and the machine can run it,
+    /// else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, global = true, default_value = "auto", value_name = "DEVICE")]
+    pub device: DeviceChoice,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -39,6 +45,8 @@ pub struct Cli {
 pub enum Command {
     /// Embed images: CLS and patch tokens after the final norm, written to a .safetensors file.
     Embed(embed::EmbedArgs),
+    /// Write a checkpoint's backbone as .safetensors in Meta's DINOv2 layout (f32, f16 or bf16).
+    Convert(convert::ConvertArgs),
     /// Show what a checkpoint holds: architecture, naming, parameter count, resize semantics.
     Inspect(inspect::InspectArgs),
     /// Measure throughput (forward, forward+backward to the input).
@@ -121,8 +129,10 @@ impl EncoderArgs {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    robust_ssl::device::choose(cli.device)?;
     match cli.command {
         Command::Embed(a) => embed::run(&a),
+        Command::Convert(a) => convert::run(&a),
         Command::Inspect(a) => inspect::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::TrainHead(a) => train_head::run(&a),

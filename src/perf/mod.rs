@@ -7,6 +7,7 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 
 pub mod linear;
+pub mod parity;
 
 use crate::device::synchronize;
 use crate::encoder::Encoder;
