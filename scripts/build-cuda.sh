@@ -51,14 +51,18 @@ import json, sys
 meta = json.load(sys.stdin)
 print(next(p["manifest_path"] for p in meta["packages"] if p["name"] == "candle-core"))')
 patched=$work/candle-core
-rm -rf "$patched"
-cp -r "$(dirname "$manifest")" "$patched"
-chmod -R u+w "$patched"
-if [ "$(grep -c '"dynamic-linking",' "$patched/Cargo.toml")" != 1 ]; then
-    echo "build-cuda.sh: $manifest: expected cudarc's \"dynamic-linking\" feature exactly once; candle-core changed, update this script" >&2
-    exit 1
+# Made once per candle-core release: a fresh copy would rebuild candle on every run.
+if [ "$(cat "$patched/.copied-from" 2>/dev/null)" != "$manifest" ]; then
+    rm -rf "$patched"
+    cp -r "$(dirname "$manifest")" "$patched"
+    chmod -R u+w "$patched"
+    if [ "$(grep -c '"dynamic-linking",' "$patched/Cargo.toml")" != 1 ]; then
+        echo "build-cuda.sh: $manifest: expected cudarc's \"dynamic-linking\" feature exactly once; candle-core changed, update this script" >&2
+        exit 1
+    fi
+    sed -i 's/"dynamic-linking",/"dynamic-loading",/' "$patched/Cargo.toml"
+    echo "$manifest" >"$patched/.copied-from"
 fi
-sed -i 's/"dynamic-linking",/"dynamic-loading",/' "$patched/Cargo.toml"
 
 echo "== cargo build --features cuda (kernels for compute capability $CUDA_COMPUTE_CAP)"
 # The patch rewrites Cargo.lock's candle-core entry: build a copy of the sources (mtimes kept, so

@@ -70,7 +70,7 @@ pub fn default_device() -> Result<Device> {
 fn open(choice: DeviceChoice) -> Result<Device> {
     match choice {
         DeviceChoice::Cpu => Ok(Device::Cpu),
-        DeviceChoice::Cuda(n) => cuda::open(n).map_err(|why| anyhow::anyhow!("--device {choice}: {why}")),
+        DeviceChoice::Cuda(n) => cuda::open(n).map_err(|why| anyhow::anyhow!("--device {choice}: {why}; or run with --device cpu")),
         DeviceChoice::Auto => Ok(match cuda::open(0) {
             Ok(device) => device,
             Err(why) => {
@@ -103,12 +103,12 @@ mod cuda {
             // SAFETY: loading a library runs its initialisers; these are NVIDIA's own CUDA
             // libraries, loaded the same way candle loads them.
             .filter(|(_, names)| !names.iter().any(|n| unsafe { libloading::Library::new(n) }.is_ok()))
-            .map(|(what, names)| format!("{what} ({})", names.join(" or ")))
+            .map(|(what, names)| format!("{what} ({})", names[0]))
             .collect();
         if !missing.is_empty() {
             return Err(format!(
-                "this machine has no {} on the library path; on a GPU machine put the folders holding them on \
-                 LD_LIBRARY_PATH (PyTorch's CUDA wheels carry them: site-packages/nvidia/*/lib), or run with --device cpu",
+                "cannot load {}; on a GPU machine put the folders holding them on LD_LIBRARY_PATH (PyTorch's \
+                 CUDA wheels carry them: site-packages/nvidia/*/lib)",
                 missing.join(", ")
             ));
         }
@@ -122,7 +122,7 @@ mod cuda {
 
     pub fn open(_: usize) -> Result<Device, String> {
         Err("this binary was built without CUDA; build the CUDA one with `bash scripts/build-cuda.sh` \
-             (target/cuda/release/robust-ssl), or run with --device cpu"
+             (target/cuda/release/robust-ssl)"
             .into())
     }
 }
