@@ -123,6 +123,21 @@ fn zero_budget_is_the_clean_point_and_seeds_are_reproducible() {
     }
 }
 
+/// Pixels outside [0, 1], or NaN, are refused before any step.
+#[test]
+fn images_outside_the_pixel_range_are_refused() {
+    let enc = encoder();
+    let x = images(2, 2);
+    let obj = EmbedAttack::new(&enc.forward(&x).unwrap(), EmbedTarget::Cls, Distance::Cosine).unwrap();
+    let mut v = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    for bad in [1.5f32, -0.1, f32::NAN] {
+        v[7] = bad;
+        let y = Tensor::from_vec(v.clone(), x.shape(), &Device::Cpu).unwrap();
+        let err = attack(&enc, &obj, &y, &config(Norm::Linf, 4.0 / 255.0, 1, 1)).err().expect("refused");
+        assert!(err.to_string().contains("must lie in [0, 1]"), "{bad}: {err}");
+    }
+}
+
 #[test]
 fn objective_gradients_match_finite_differences() {
     let enc = encoder().to(&Device::Cpu, DType::F64).unwrap();

@@ -180,13 +180,16 @@ def main():
         rows = a.batch * (n + 1)
         layers = []
         for name, k_in, k_out in [("qkv", dim, 3 * dim), ("proj", dim, dim), ("fc1", dim, 4 * dim), ("fc2", 4 * dim, dim)]:
-            for suffix, k, nn in [("", k_in, k_out), (" (dx)", k_out, k_in)]:
-                row = {"layer": name + suffix, "m": rows, "k": k, "n": nn}
+            # The forward x @ W, the input gradient dy @ W^T, the weight gradient x^T @ dy.
+            for suffix, mm, k, nn, t in [("", rows, k_in, k_out, False), (" (dx)", rows, k_out, k_in, False),
+                                         (" (dw)", k_in, rows, k_out, True)]:
+                row = {"layer": name + suffix, "m": mm, "k": k, "n": nn}
                 for dt, key in [(torch.float32, "f32_gflops"), (torch.bfloat16, "bf16_gflops")]:
-                    xa, wb = torch.rand(rows, k).to(dt), torch.rand(k, nn).to(dt)
+                    xa = torch.rand(k, mm).to(dt).t() if t else torch.rand(mm, k).to(dt)
+                    wb = torch.rand(k, nn).to(dt)
                     with torch.autocast("cpu", enabled=False):
                         secs = timed(lambda: xa @ wb)
-                    row[key] = 2 * rows * k * nn / secs / 1e9
+                    row[key] = 2 * mm * k * nn / secs / 1e9
                 layers.append(row)
         out["linear"] = layers
     if a.window and a.attack_steps:

@@ -60,8 +60,10 @@ fn run(
     let per = c * h * w;
     let dev = enc.vit.device();
     let x = images.to_dtype(DType::F32)?.reshape((b, per))?.to_device(dev)?;
-    let range = Tensor::stack(&[x.min_keepdim(1)?.min(0)?, x.max_keepdim(1)?.max(0)?], 0)?.to_vec2::<f32>()?;
-    if !(0.0..=1.0).contains(&range[0][0]) || !(0.0..=1.0).contains(&range[1][0]) {
+    // Smallest, largest, and how many are NaN: one transfer.
+    let nan = x.ne(&x)?.to_dtype(DType::F32)?.sum_all()?;
+    let seen = Tensor::stack(&[x.flatten_all()?.min(0)?, x.flatten_all()?.max(0)?, nan], 0)?.to_vec1::<f32>()?;
+    if seen[2] > 0.0 || !(0.0..=1.0).contains(&seen[0]) || !(0.0..=1.0).contains(&seen[1]) {
         bail!("attack input pixels must lie in [0, 1]");
     }
     let windows = cfg.window.map(|win| Tiling::new(h, w, win, enc.config().patch_size)).transpose()?;

@@ -141,8 +141,9 @@ fn seconds(mut f: impl FnMut()) -> f64 {
     ts[2]
 }
 
-/// The encoder's linear layers at `rows` rows (batch × tokens), forward (`x·W`) and input
-/// gradient (`dy·Wᵀ`, what an attack's reverse pass runs), through the attack path's kernels.
+/// The encoder's linear layers at `rows` rows (batch × tokens), forward (`x·W`), input gradient
+/// (`dy·Wᵀ`, what an attack's reverse pass runs) and weight gradient (`xᵀ·dy`, fine-tuning), through
+/// the fast path's kernels.
 pub fn measure(config: &VitConfig, rows: usize) -> Result<LinearSpeed> {
     let (peak_f32, peak_bf16) = peaks();
     let d = config.embed_dim;
@@ -154,23 +155,24 @@ pub fn measure(config: &VitConfig, rows: usize) -> Result<LinearSpeed> {
     let shapes = [("qkv", d, 3 * d), ("proj", d, d), ("fc1", d, fc1_out), ("fc2", hidden, d)];
     let mut layers = Vec::new();
     for (name, inp, out) in shapes {
-        for (pass, k, n) in [("", inp, out), (" (dx)", out, inp)] {
-            let x: Vec<f32> = (0..rows * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        // (pass, m, k, n, lhs transposed): the forward x·W, the input gradient dy·Wᵀ (attacks),
+        // and the weight gradient xᵀ·dy (fine-tuning: x read transposed, k = the rows).
+        for (pass, m, k, n, transposed) in [("", rows, inp, out, false), (" (dx)", rows, out, inp, false), (" (dw)", inp, rows, out, true)]
+        {
+            let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
             let w: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 1000) as f32 * 1e-3 - 0.5).collect();
-            let mut y = vec![0f32; rows * n];
-            let flops = 2.0 * (rows * k * n) as f64;
-            // SAFETY: x is rows×k, w k×n, y rows×n, all row-major and separate.
-            let f32_s =
-                seconds(|| unsafe { gemm_f32((rows, n, k), y.as_mut_ptr(), n, false, (x.as_ptr(), k, 1), (w.as_ptr(), n, 1), true) });
-            let bf16_s = bf16_gemm::supported().then(|| {
-                seconds(|| unsafe {
-                    bf16_gemm::gemm_bf16((rows, n, k), y.as_mut_ptr(), n, false, (x.as_ptr(), k, 1), (w.as_ptr(), n, 1), true)
-                })
-            });
+            let mut y = vec![0f32; m * n];
+            let flops = 2.0 * (m * k * n) as f64;
+            // The lhs as the kernels read it: m×k row-major, or (dw) a row-major k×m read transposed.
+            let lhs = if transposed { (x.as_ptr(), 1, m) } else { (x.as_ptr(), k, 1) };
+            // SAFETY: x holds m×k values, w k×n, y m×n, all separate; the strides stay inside them.
+            let f32_s = seconds(|| unsafe { gemm_f32((m, n, k), y.as_mut_ptr(), n, false, lhs, (w.as_ptr(), n, 1), true) });
+            let bf16_s = bf16_gemm::supported()
+                .then(|| seconds(|| unsafe { bf16_gemm::gemm_bf16((m, n, k), y.as_mut_ptr(), n, false, lhs, (w.as_ptr(), n, 1), true) }));
             let (f32_gflops, bf16_gflops) = (flops / f32_s / 1e9, bf16_s.map(|s| flops / s / 1e9));
             layers.push(LayerSpeed {
                 layer: format!("{name}{pass}"),
-                m: rows,
+                m,
                 k,
                 n,
                 f32_gflops,
