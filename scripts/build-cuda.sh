@@ -14,6 +14,9 @@
 # change is that word, `dynamic-linking` -> `dynamic-loading`, through a `--config` patch: the
 # project's Cargo.toml and Cargo.lock, and the CPU build, are left as they are (it builds a copy).
 #
+# It leaves out the `hdf5` feature (NYU's labeled .mat), so that it needs no system library beyond
+# glibc and libstdc++: it then runs on the GPU machines' own images. NYU's folder layout still works.
+#
 # Settings (environment):
 #   CUDA_SERIES        the CUDA toolkit wheels to build with (default 13.0; 13.x only: the 12.x
 #                      wheels on PyPI carry no nvcc). The GPU machine's driver must be at least this.
@@ -75,7 +78,7 @@ tar -c --exclude=./target --exclude=./.git --exclude=./runs --exclude=./assets -
     cd "$src"
     PATH=$cuda_home/bin:$PATH CUDA_HOME=$cuda_home NVCC=$cuda_home/bin/nvcc \
         RUSTFLAGS="-L $cuda_home/lib -C link-arg=-Wl,-rpath,\$ORIGIN" \
-        cargo build --release --features cuda --target-dir "$OLDPWD/target/cuda" \
+        cargo build --release --no-default-features --features cuda --target-dir "$OLDPWD/target/cuda" \
         --config "patch.crates-io.candle-core.path=\"$patched\"" "$@"
 )
 

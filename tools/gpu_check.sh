@@ -19,7 +19,7 @@
 #
 # GPU_CHECK_DEVICE=cpu runs every step with the CPU in place of the GPU: a check of this script on
 # any machine (ARCHS=s SIZE=56 BATCH=2 keep it short there).
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 
 out=${OUT:-runs/gpu-check}
@@ -33,6 +33,7 @@ batch=${BATCH:-8}
 mkdir -p "$out"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+trap 'echo "gpu_check.sh: a step failed; the end of $out/log.txt:" >&2; tail -n 20 "$out/log.txt" >&2' ERR
 tar -xJf .gpu/robust-ssl-cuda.tar.xz -C "$work"
 bin=$work/bin/robust-ssl
 
@@ -48,7 +49,10 @@ except ImportError:
     print("")
 PY
 )
-export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# The driver's own folder where the image mounts it there; set for our binary only (PyTorch keeps
+# its own loader path).
+for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do [ -d "$d" ] && libs=$libs:$d; done
+ours() { LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$bin" "$@"; }
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no GPU (nvidia-smi)"
     lscpu | grep "Model name" || true
@@ -59,9 +63,9 @@ vits=$work/vits14.safetensors
 "$py" tools/carry_weights.py unpack .gpu/vits14.npz "$vits"
 echo "== parity on the real ViT-S/14: cpu against $dev"
 for d in cpu "$dev"; do
-    "$bin" --device "$d" embed --checkpoint "$vits" --input tests/fixtures/real/photos \
+    ours --device "$d" embed --checkpoint "$vits" --input tests/fixtures/real/photos \
         --output "$work/embed-$d.safetensors" --batch-size 4 2>>"$out/log.txt"
-    "$bin" --device "$d" bench --checkpoint "$vits" --batch-size 4 --size 224 --attack-steps "$steps" --parity \
+    ours --device "$d" bench --checkpoint "$vits" --batch-size 4 --size 224 --attack-steps "$steps" --parity \
         >"$work/parity-$d.json" 2>>"$out/log.txt"
 done
 
@@ -69,7 +73,7 @@ echo "== speed: robust-ssl on $dev against PyTorch eager on $dev"
 for a in $archs; do
     ckpt=$work/vit${a}14.safetensors
     "$py" tools/gen_random_vit.py "dinov2_vit${a}14" "$ckpt" >/dev/null
-    "$bin" --device "$dev" bench --checkpoint "$ckpt" --batch-size "$batch" --size "$size" --iters 5 \
+    ours --device "$dev" bench --checkpoint "$ckpt" --batch-size "$batch" --size "$size" --iters 5 \
         --attack-steps "$steps" --finetune-steps 3 --json >"$work/ours-$a.json" 2>>"$out/log.txt"
     "$py" tools/bench_torch.py --device "$dev" --arch "$a" --batch "$batch" --size "$size" --iters 5 \
         --attack-steps "$steps" --finetune-steps 3 >"$work/torch-$a.json" 2>>"$out/log.txt"
