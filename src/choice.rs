@@ -10,9 +10,9 @@ pub trait Choice: Sized + Copy + PartialEq + 'static {
     /// The value's name, as typed by a user and written in results.
     fn name(self) -> &'static str;
 
-    /// The value of a name, or an error listing the names.
+    /// The value of a name, in any case (`Linf` is `linf`), or an error listing the names.
     fn parse(s: &str) -> anyhow::Result<Self> {
-        Self::ALL.iter().copied().find(|v| v.name() == s).ok_or_else(|| {
+        Self::ALL.iter().copied().find(|v| v.name().eq_ignore_ascii_case(s.trim())).ok_or_else(|| {
             let names: Vec<&str> = Self::ALL.iter().map(|v| v.name()).collect();
             anyhow::anyhow!("'{s}' is not one of {}", names.join(", "))
         })
@@ -65,6 +65,8 @@ mod tests {
     #[test]
     fn names_parse_and_display() {
         assert_eq!("pear".parse::<Fruit>().unwrap(), Fruit::Pear);
+        assert_eq!("PEAR".parse::<Fruit>().unwrap(), Fruit::Pear, "any case");
+        assert_eq!(" Apple ".parse::<Fruit>().unwrap(), Fruit::Apple);
         assert_eq!(Fruit::Apple.to_string(), "apple");
         let err = "plum".parse::<Fruit>().unwrap_err().to_string();
         assert!(err.contains("'plum'") && err.contains("apple, pear"), "{err}");

@@ -255,6 +255,10 @@ fn the_device_is_chosen_by_name_and_cuda_without_it_says_how_to_get_it() {
     let out = common::ok_json(&[&["--device", "CPU"][..], &args[..], &["--json"]].concat());
     assert!(out["machine"]["device"].as_str().unwrap().starts_with("cpu"), "{out}");
     fails_with(&[&args[..], &["--device", "tpu"]].concat(), &["'tpu' is not a device", "cuda:N"]);
+    // Named choices in any case; a wrong one lists the names.
+    let out = common::ok_json(&[&args[..], &["--precision", "F32", "--json"]].concat());
+    assert_eq!(out["precision"], "f32");
+    fails_with(&[&args[..], &["--precision", "f16"]].concat(), &["'f16'", "--precision", "f32", "bf16"]);
     if !cfg!(feature = "cuda") {
         fails_with(&[&args[..], &["--device", "cuda:1"]].concat(), &["--device cuda:1", "built without CUDA", "scripts/build-cuda.sh"]);
     }
