@@ -92,8 +92,8 @@ fn run(
         };
         let first = p.project(&first, &all)?;
         p.check(&first, &all, &mut sanity)?;
-        let mut delta: Rows = Vec::with_capacity(b);
-        scatter_all(&mut delta, &first)?;
+        let mut delta: Rows = vec![first.clone(); b];
+        scatter(&mut delta, &all, &first)?;
         // Samples that reached the goal in an earlier restart are not attacked again.
         let active: Vec<usize> = (0..b).filter(|&i| !(cfg.early_stop && best.success[i])).collect();
         if active.is_empty() {
@@ -111,16 +111,6 @@ fn run(
         }
     }
     Ok(Outcome { adversarial: p.images(&best.delta)?, loss: best.loss, success: best.success, sanity })
-}
-
-/// Every row of `batch` `[B, per]` as the samples' rows.
-fn scatter_all(rows: &mut Rows, batch: &Tensor) -> Result<()> {
-    let b = batch.dim(0)?;
-    rows.clear();
-    for i in 0..b {
-        rows.push(batch.narrow(0, i, 1)?);
-    }
-    Ok(())
 }
 
 /// Fixed-step projected gradient ascent; with early stop, samples leave once they reach the goal.

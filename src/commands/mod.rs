@@ -35,7 +35,7 @@ use robust_ssl::encoder::{Encoder, LoadOptions, Precision};
 pub struct Cli {
     /// Where tensors live: auto (a CUDA GPU where this binary has CUDA and the machine can run it,
     /// else the CPU), cpu, cuda or cuda:N.
-    #[arg(long, global = true, default_value = "auto", value_name = "DEVICE")]
+    #[arg(long, global = true, default_value_t = DeviceChoice::default(), value_name = "DEVICE")]
     pub device: DeviceChoice,
     #[command(subcommand)]
     pub command: Command,
