@@ -1,7 +1,7 @@
 //! Named choices: an enum whose values a user picks by name (on the command line, in an
 //! experiment file, in results). Each lists its values and their names once, with
-//! [`choices!`](crate::choices); parsing, display and the command line's list of possible values
-//! all come from that list.
+//! [`choices!`](crate::choices); parsing (in any case), display, serde (experiment files, results)
+//! and the command line's list of possible values all come from that list.
 
 /// An enum of named values.
 pub trait Choice: Sized + Copy + PartialEq + 'static {
@@ -48,6 +48,17 @@ macro_rules! choices {
                 <$t as $crate::choice::Choice>::parse(s)
             }
         }
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str($crate::choice::Choice::name(*self))
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let name = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+                <$t as $crate::choice::Choice>::parse(&name).map_err(serde::de::Error::custom)
+            }
+        }
     };
 }
 
@@ -71,5 +82,17 @@ mod tests {
         let err = "plum".parse::<Fruit>().unwrap_err().to_string();
         assert!(err.contains("'plum'") && err.contains("apple, pear"), "{err}");
         assert_eq!(Fruit::names(), ["apple", "pear"]);
+    }
+
+    #[test]
+    fn serde_uses_the_names_in_any_case() {
+        #[derive(serde::Deserialize)]
+        struct Basket {
+            fruit: Fruit,
+        }
+        assert_eq!(serde_json::to_string(&Fruit::Pear).unwrap(), "\"pear\"");
+        assert_eq!(toml::from_str::<Basket>("fruit = \"Apple\"").unwrap().fruit, Fruit::Apple);
+        let err = toml::from_str::<Basket>("\n\nfruit = \"plum\"").err().unwrap().to_string();
+        assert!(err.contains("line 3") && err.contains("'plum' is not one of apple, pear"), "{err}");
     }
 }

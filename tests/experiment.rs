@@ -433,6 +433,49 @@ fn bad_experiments_are_refused_at_their_line() {
     fails_with(&["run", "/no/such.toml"], &["/no/such.toml", "cannot read the experiment file"]);
 }
 
+/// `--set` edits the file before it is checked: the plan equals that of the file edited by hand
+/// (same work-item keys), names match in any case in the file as on the command line, and a bad
+/// path, value or key is refused naming the override, before the run folder is made.
+#[test]
+fn set_overrides_plan_as_the_edited_file_would() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = experiment(tmp.path());
+    let good = std::fs::read_to_string(&exp).unwrap();
+    let keys = |path: &Path, sets: &[&str]| -> Vec<String> {
+        let mut args = vec!["run", path.to_str().unwrap(), "--dry-run", "--no-calibrate", "--json"];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let out = ok_json(&args);
+        out["items"].as_array().unwrap().iter().map(|i| i["key"].as_str().unwrap().to_string()).collect()
+    };
+    let by_hand = tmp.path().join("by_hand.toml");
+    std::fs::write(
+        &by_hand,
+        good.replace("size = 28", "size = 56")
+            .replace("eps = [\"2/255\", \"8/255\"]", "eps = [\"4/255\"]")
+            .replace("kinds = [\"embed\", \"task\"]", "kinds = [\"EMBED\", \"Task\"]\nnorm = \"L2\""),
+    )
+    .unwrap();
+    let set = keys(&exp, &["run.size=56", "attack.0.eps=[\"4/255\"]", "attack.0.kinds=[\"Embed\", \"TASK\"]", "attack.0.norm=L2"]);
+    assert_eq!(set, keys(&by_hand, &[]), "--set and the same edit by hand plan the same work");
+    assert_ne!(set, keys(&exp, &[]), "the overrides change the plan");
+
+    let out = tmp.path().join("never");
+    let refused = |sets: &[&str], needles: &[&str]| {
+        let mut args = vec!["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        fails_with(&args, needles);
+        assert!(!out.exists(), "{sets:?}: the run folder was made before the error");
+    };
+    refused(&["run.sise=5"], &["tiny.toml", "sise", "--set"]);
+    refused(&["attack.3.eps=1"], &["--set attack.3.eps=1", "'attack' has 1 entries"]);
+    refused(&["attack.0.norm=l3"], &["'l3' is not one of linf, l2", "--set"]);
+    refused(&["run.size=[1,"], &["not a TOML value"]);
+}
+
 /// The plan shares work: one EmbedAttack item per task and setting (the study's scope), or per
 /// image set when shared (scored on every task of those images), one head per encoder and task, and keys that depend on what determines a
 /// result only (a renamed task keeps its heads' keys; another ε adds items without changing any).

@@ -7,21 +7,18 @@
 
 use anyhow::Result;
 use candle_core::{Tensor, D};
-use serde::{Deserialize, Serialize};
 
 use super::objective::{losses_and_grads_of, rows, window_rows, Evaluated, Objective};
 use crate::encoder::{Reads, Tokens};
 use crate::heads::sliding::Tiling;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmbedTarget {
     /// The embedding the attacked task's head consumes (resolved by [`EmbedTarget::for_task`]).
     Task,
     Cls,
     Patch,
     /// Patch tokens before the encoder's final norm.
-    #[serde(rename = "patch-prenorm")]
     PatchPrenorm,
     Both,
 }
@@ -42,8 +39,7 @@ impl EmbedTarget {
 }
 
 /// Where one EmbedAttack perturbation is scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmbedScope {
     /// The study's: one EmbedAttack per task, on that task's embedding, scored on that task.
     PerTask,
@@ -62,8 +58,7 @@ impl EmbedScope {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Distance {
     /// Mean over features of the squared difference (the squared L2 distance / D).
     Mse,

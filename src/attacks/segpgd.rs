@@ -16,7 +16,6 @@
 
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
-use serde::{Deserialize, Serialize};
 
 use super::objective::{losses_and_grads, Evaluated, Objective};
 use crate::data::IGNORE;
@@ -27,8 +26,7 @@ use crate::heads::sliding::{dense_forward, Tiling};
 use crate::metrics::ConfusionMatrix;
 
 /// Which of SegPGD's two published forms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SegPgdForm {
     /// The SegPGD paper's: weighted sum over the labelled pixels, divided by their number.
     #[default]

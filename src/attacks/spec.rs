@@ -22,15 +22,13 @@ use crate::heads::head::{Head, Task, TrainedHead};
 pub const TARGET_CLASSES: usize = 9;
 
 /// Which attack: EmbedAttack, or a head's task loss maximised with PGD or APGD.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttackKind {
     /// EmbedAttack: the distance of the tokens to the clean ones (task-agnostic; one
     /// perturbation per image serves every task of the image).
     Embed,
     /// EmbedAttack's distance maximised with AutoAttack's APGD schedule instead of PGD's fixed
     /// step (MSE or cosine, as `embed_distance` says).
-    #[serde(rename = "embed-apgd")]
     EmbedApgd,
     /// Each head's own attack: PGD (cls), SegPGD (seg), DepthPGD (depth).
     Task,
@@ -43,21 +41,17 @@ pub enum AttackKind {
     /// The head's own loss with AutoAttack's APGD schedule (APGD-CE on a classifier).
     Apgd,
     /// APGD on AutoAttack's DLR loss (classification).
-    #[serde(rename = "apgd-dlr")]
     ApgdDlr,
     /// APGD-T: APGD on the targeted DLR loss, at each of the 9 classes the clean logits rank
     /// after the top one, each on the points still robust (classification).
-    #[serde(rename = "apgd-t")]
     ApgdT,
     /// FAB-T: AutoAttack's targeted minimum-norm attack at each of the same 9 classes, each on
     /// the points still robust; a point counts where it lies within ε (classification).
-    #[serde(rename = "fab-t")]
     FabT,
     /// Square: AutoAttack's gradient-free random search on the logit margin (classification).
     Square,
     /// AutoAttack's standard ensemble: APGD-CE, APGD-T, FAB-T, Square, each on the points the
     /// ones before left robust (`super::ensemble`).
-    #[serde(rename = "autoattack")]
     AutoAttack,
     /// SEA's ensemble for segmentation: APGD on each of its four losses, the worst case per
     /// image (`super::dense_ensemble`).
@@ -67,7 +61,6 @@ pub enum AttackKind {
     Cospgd,
     /// The depth ensemble: APGD on DepthPGD's loss, the absolute relative error and a
     /// CosPGD-style scaled log error, the worst case per image by RMSE.
-    #[serde(rename = "depth-ensemble")]
     DepthEnsemble,
 }
 crate::choices!(AttackKind {
@@ -263,8 +256,7 @@ pub struct LossOptions {
 }
 
 /// Which point an attack returns per sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Iterate {
     /// The best point seen (ours): the highest loss, or for SegPGD the lowest mIoU.
     #[default]

@@ -8,8 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rng::SplitMix64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Norm {
     Linf,
     L2,

@@ -87,7 +87,7 @@ pub fn run(a: &DemoArgs) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create the run folder", out.display()))?;
     let path = out.join("demo.toml");
     robust_ssl::atomic::write(&path, text.as_bytes())?;
-    let (plan, dir, mut store) = super::run::prepare(&path, Some(out.clone()), (0, 1))?;
+    let (plan, dir, mut store) = super::run::prepare(&path, &[], Some(out.clone()), (0, 1))?;
     let summary = execute::run(&plan, &dir, &mut store, &Options { shard: (0, 1), unshared: false })?;
     let files = robust_ssl::report::page::write(&store, &dir.root.join("report"))?;
     println!("{}", robust_ssl::report::page::summary(&store)?);

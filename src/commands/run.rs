@@ -38,11 +38,17 @@ pub struct RunArgs {
     pub no_calibrate: bool,
     #[arg(long)]
     pub json: bool,
+    /// Override a value of the file: a dotted path (an index picks an `[[attack]]`, `[[task]]`,
+    /// ... or an array entry) and a TOML value, a bare word being a string; repeatable, later
+    /// wins. The edited file is checked like the file and recorded in the run folder.
+    /// E.g. --set run.size=518 --set 'attack.0.eps=["4/255"]'
+    #[arg(long = "set", value_name = "PATH=VALUE")]
+    pub set: Vec<String>,
 }
 
-/// Plans `path` and opens the run folder's store for `shard`, recording the plan in it.
-pub fn prepare(path: &std::path::Path, out: Option<PathBuf>, shard: (usize, usize)) -> Result<(Plan, RunDir, Store)> {
-    let loaded = Loaded::read(path)?;
+/// Plans `path` (with its `--set` overrides) and opens the run folder's store for `shard`, recording the plan in it.
+pub fn prepare(path: &std::path::Path, sets: &[String], out: Option<PathBuf>, shard: (usize, usize)) -> Result<(Plan, RunDir, Store)> {
+    let loaded = Loaded::read_with(path, sets)?;
     let plan = Plan::new(&loaded)?;
     let dir = RunDir { root: out.unwrap_or_else(|| execute::default_run_dir(path)) };
     std::fs::create_dir_all(&dir.root).with_context(|| format!("{}: cannot create the run folder", dir.root.display()))?;
@@ -59,7 +65,7 @@ pub fn prepare(path: &std::path::Path, out: Option<PathBuf>, shard: (usize, usiz
 pub fn run(a: &RunArgs) -> Result<()> {
     let shard = shard_spec(a.shard.as_deref())?;
     if a.dry_run {
-        let plan = Plan::new(&Loaded::read(&a.experiment)?)?;
+        let plan = Plan::new(&Loaded::read_with(&a.experiment, &a.set)?)?;
         let items = plan.shard(shard.0, shard.1);
         let cost =
             if a.no_calibrate { Cost { rows: cost::count(&plan)?, calibrations: Vec::new(), hours: None } } else { cost::estimate(&plan)? };
@@ -85,7 +91,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         print_cost(&cost);
         return Ok(());
     }
-    let (plan, dir, mut store) = prepare(&a.experiment, a.out.clone(), shard)?;
+    let (plan, dir, mut store) = prepare(&a.experiment, &a.set, a.out.clone(), shard)?;
     let summary = execute::run(&plan, &dir, &mut store, &Options { shard, unshared: a.unshared })?;
     if a.json {
         println!(

@@ -8,7 +8,6 @@
 
 use anyhow::{bail, Result};
 use candle_core::{Tensor, D};
-use serde::Serialize;
 
 use super::deacl::similarity;
 use super::run::{MiniBatch, Recipe};
@@ -22,8 +21,7 @@ use crate::features::{Batch, Targets};
 use crate::heads::head::TrainedHead;
 use crate::heads::trainer::{forward, loss as task_loss, target_size};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Combine {
     /// Σ_a w_a·ℓ_a / Σ_a w_a per sample.
     Average,

@@ -6,8 +6,7 @@ use crate::data::transform::Transform;
 use crate::heads::train::Schedule;
 
 /// A fine-tuning recipe by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecipeName {
     Fast,
     Study,

@@ -156,15 +156,22 @@ impl<'de> Deserialize<'de> for HeadTable {
     }
 }
 
-/// One value or a list of them.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "one value of the right type (see the README) or a list of them, e.g. 20 or [10, 20] for steps, \"linf\" for norm"
-)]
+/// One value or a list of them. A wrong value is reported as its own type's error (`'l3' is not
+/// one of linf, l2`), at the key's line.
+#[derive(Debug, Clone)]
 pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = toml::Value::deserialize(d)?;
+        let many = value.is_array();
+        let why = |e: toml::de::Error| D::Error::custom(e.message().trim_end().to_string());
+        Ok(if many { Self::Many(Vec::<T>::deserialize(value).map_err(why)?) } else { Self::One(T::deserialize(value).map_err(why)?) })
+    }
 }
 
 impl<T: Clone> OneOrMany<T> {
@@ -273,8 +280,19 @@ pub struct Loaded {
 impl Loaded {
     /// Reads and parses `path`; syntax, unknown keys and wrong types are reported at their line.
     pub fn read(path: &Path) -> Result<Self> {
+        Self::read_with(path, &[])
+    }
+
+    /// Reads `path` with `--set PATH=VALUE` overrides applied ([`super::overrides`]), then checks
+    /// the edited text exactly as a file.
+    pub fn read_with(path: &Path, sets: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read the experiment file", path.display()))?;
-        Self::parse(path, text)
+        let text = super::overrides::apply(&text, path, sets)?;
+        let loaded = Self::parse(path, text);
+        match sets.is_empty() {
+            true => loaded,
+            false => loaded.context("the file with its --set values (each edited line ends in '# --set')"),
+        }
     }
 
     pub fn parse(path: &Path, text: String) -> Result<Self> {

@@ -72,8 +72,7 @@ pub enum Work {
 }
 
 /// Whether a cell scores clean images or attacked ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Condition {
     Clean,
     Attack,

@@ -7,7 +7,6 @@
 //! only fills what a user leaves unset: any setting can be overridden on top of either.
 
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 
 use crate::attacks::segpgd::SegPgdForm;
 use crate::attacks::spec::{Iterate, StepSize};
@@ -17,8 +16,7 @@ use crate::heads::head::Task;
 use crate::heads::recipes::RecipeName;
 use crate::heads::sliding::Window;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
     #[default]
     RobustSsl,

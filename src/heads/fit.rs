@@ -41,8 +41,7 @@ pub struct HeadRecipe {
 }
 
 /// An optimizer by name (command line and experiment files).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptimizerName {
     Adamw,
     Sgd,
@@ -50,8 +49,7 @@ pub enum OptimizerName {
 crate::choices!(OptimizerName { Adamw = "adamw", Sgd = "sgd" });
 
 /// A learning-rate schedule by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScheduleName {
     Constant,
     Poly,

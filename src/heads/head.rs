@@ -16,8 +16,7 @@ use crate::encoder::Reads;
 use crate::metrics::DepthRange;
 use crate::rng::SplitMix64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
     /// Classification: a linear probe.
     Cls,
@@ -43,8 +42,7 @@ crate::choices!(Task { Cls = "cls", Seg = "seg", Depth = "depth" });
 /// The depth head's form: DINOv2's linear head (the last block's tokens before the final norm,
 /// no BatchNorm: what DINOv2 and the study train, and DINOv2's published heads) or `bn` (final-norm
 /// tokens and a BatchNorm on the 2D features: robust-ssl's depth head before it followed DINOv2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DepthForm {
     Dinov2,
     Bn,

@@ -49,12 +49,10 @@ impl BatchNorm {
 }
 
 /// What the linear probe reads from the encoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
-    #[serde(rename = "cls")]
     Cls,
     /// CLS ⊕ mean of the patch tokens (DINOv2's linear evaluation option).
-    #[serde(rename = "cls+mean")]
     ClsMeanPatch,
 }
 

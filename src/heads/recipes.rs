@@ -13,8 +13,7 @@ use crate::data::transform::Transform;
 use crate::optim::OptimizerKind;
 
 /// A head recipe by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecipeName {
     Fast,
     Study,
