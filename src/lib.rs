@@ -5,6 +5,7 @@
 //! pixels in [0,1] → normalize → encoder → head.* This crate holds that pipeline and everything
 //! that feeds it.
 
+pub mod arrays_out;
 pub mod atomic;
 pub mod attacks;
 pub mod choice;

@@ -506,3 +506,123 @@ fn transfer_attacks_are_crafted_on_the_surrogate() {
     fails_with(&[&base[..], &["--attack", "pgd"]].concat(), &["--source-head"]);
     fails_with(&[&base[..], &["--attack", "embed", "--source-head", &other_probe]].concat(), &["own embedding"]);
 }
+
+/// `--save-adversarial` writes every attacked image, its perturbation, label and index, as one
+/// safetensors file, an npz archive or npy files, the same arrays in each; the JSON gives each
+/// image's outcome before and after, which sum to the reported accuracies; and with stderr not a
+/// terminal, progress comes as plain lines.
+#[test]
+fn adversarial_images_and_per_sample_outcomes_come_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (enc, cache) = (tiny_encoder(), tmp.path().display().to_string());
+    let cifar = format!("cifar10:{}", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/data/cifar-10-batches-bin").display());
+    let probe = tmp.path().join("probe.safetensors").display().to_string();
+    let common = ["--checkpoint", enc.as_str(), "--num-heads", "4", "--cache-dir", cache.as_str(), "--dataset", cifar.as_str()];
+    let train: Vec<&str> = ["train-head", "--task", "cls", "--size", "28", "--epochs", "50", "--lr", "5e-2", "--out", &probe, "--json"]
+        .into_iter()
+        .chain(common)
+        .collect();
+    ok_json(&train);
+    let attack = |out: &Path| -> (serde_json::Value, String) {
+        let args: Vec<&str> = ["attack", "--task", "cls", "--attack", "pgd", "--eps", "8/255", "--steps", "3", "--head", &probe]
+            .into_iter()
+            .chain(common)
+            .chain(["--batch-size", "2", "--json", "--save-adversarial", out.to_str().unwrap()])
+            .collect();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_robust-ssl"))
+            .args(&args)
+            .env("ROBUST_SSL_PROGRESS_SECONDS", "0")
+            .env_remove("ROBUST_SSL_PROGRESS")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        (serde_json::from_slice(&o.stdout).unwrap(), err)
+    };
+    let st = tmp.path().join("adv.safetensors");
+    let (report, stderr) = attack(&st);
+    // Plain progress lines: one per batch (period 0) and a last one.
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("progress: pgd attack on cifar10")).collect();
+    assert!(lines.len() >= 3 && lines.last().unwrap().contains("(100%)") && lines.last().unwrap().contains("done"), "{stderr}");
+    assert!(!stderr.contains('\r') && !stderr.contains('\u{1b}'), "no terminal control codes: {stderr:?}");
+
+    let arrays = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
+    let n = report["clean"]["samples"].as_u64().unwrap() as usize;
+    assert_eq!(arrays["images"].dims(), [n, 3, 28, 28]);
+    assert_eq!(arrays["delta"].dims(), [n, 3, 28, 28]);
+    let (images, delta) = (
+        arrays["images"].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        arrays["delta"].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    assert!(images.iter().all(|v| (0.0..=1.0).contains(v)));
+    assert!(delta.iter().all(|d| d.abs() <= 8.0 / 255.0 + 1e-6) && delta.iter().any(|d| *d != 0.0));
+    assert!(images.iter().zip(&delta).all(|(x, d)| (-1e-6..=1.0 + 1e-6).contains(&(x - d))), "images − delta are the clean images");
+    let labels = arrays["labels"].to_vec1::<i64>().unwrap();
+    let indices = arrays["indices"].to_vec1::<i64>().unwrap();
+    assert_eq!(indices, (0..n as i64).collect::<Vec<_>>());
+    assert!(labels.iter().all(|&l| (0..10).contains(&l)));
+
+    // Per-sample outcomes sum to the accuracies (robust accuracy: right before and after).
+    let per = report["per_sample"].as_array().unwrap();
+    assert_eq!(per.len(), n);
+    let count = |f: &dyn Fn(&serde_json::Value) -> bool| per.iter().filter(|p| f(p)).count() as f64 / n as f64;
+    assert_eq!(count(&|p| p["clean"]["correct"] == true), report["clean"]["head"]["accuracy"].as_f64().unwrap());
+    assert_eq!(
+        count(&|p| p["clean"]["correct"] == true && p["adversarial"]["correct"] == true),
+        report["adversarial"]["head"]["accuracy"].as_f64().unwrap()
+    );
+    assert_eq!(report["saved"][0], st.to_str().unwrap());
+
+    // The same arrays as .npz and as .npy files (numpy's format 1.0, read back with npyz).
+    let npy = |bytes: Vec<u8>| -> (Vec<u64>, Vec<u8>) { (npyz::NpyFile::new(bytes.as_slice()).unwrap().shape().to_vec(), bytes) };
+    let raw = |name: &str| -> Vec<u8> {
+        let t = &arrays[name];
+        match t.dtype() {
+            candle_core::DType::F32 => t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+            _ => t.flatten_all().unwrap().to_vec1::<i64>().unwrap().iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    };
+    let same = |name: &str, bytes: Vec<u8>| {
+        let (shape, bytes) = npy(bytes);
+        assert_eq!(shape, arrays[name].dims().iter().map(|&d| d as u64).collect::<Vec<_>>(), "{name}");
+        assert!(bytes.ends_with(&raw(name)), "{name}: the same values");
+        assert_eq!((bytes.len() - raw(name).len()) % 64, 0, "{name}: the header is padded to 64 bytes");
+    };
+    let z = tmp.path().join("adv.npz");
+    attack(&z);
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&z).unwrap()).unwrap();
+    for name in ["images", "delta", "labels", "indices"] {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut zip.by_name(&format!("{name}.npy")).unwrap(), &mut bytes).unwrap();
+        same(name, bytes);
+    }
+    let y = tmp.path().join("adv.npy");
+    attack(&y);
+    same("images", std::fs::read(&y).unwrap());
+    for name in ["delta", "labels", "indices"] {
+        same(name, std::fs::read(tmp.path().join(format!("adv_{name}.npy"))).unwrap());
+    }
+    let leftovers: Vec<_> =
+        std::fs::read_dir(tmp.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().to_string_lossy().ends_with(".part")).collect();
+    assert!(leftovers.is_empty(), "part files left: {leftovers:?}");
+    fails_with(
+        &[
+            "attack",
+            "--task",
+            "cls",
+            "--attack",
+            "pgd",
+            "--head",
+            &probe,
+            "--checkpoint",
+            &enc,
+            "--num-heads",
+            "4",
+            "--dataset",
+            &cifar,
+            "--save-adversarial",
+            "x.png",
+        ],
+        &["x.png", ".safetensors, .npz or .npy"],
+    );
+}

@@ -120,6 +120,7 @@ fn experiment_runs_resume_shard_and_report() {
     // its images (seg ↔ depth).
     assert_eq!(reference.0.len(), 3 + 4 * (1 + 2) + 4 * (1 + 2 + 2), "cells");
     assert!(!reference.1.is_empty(), "example strips stored");
+    check_event_log(&a.join("events.jsonl"), &a.join("results.sqlite"));
     // A second run finds everything done.
     let again = run_to_end(&exp, &a, &[]);
     assert_eq!(again["summary"]["items_run"], 0, "{again}");
@@ -203,6 +204,37 @@ fn experiment_runs_resume_shard_and_report() {
 /// A SegPGD cell (all 8 scenes in one batch at seed 0, so the batch seed is the setting's)
 /// equals `robust-ssl attack` with the head the run trained, including the depth head scored on
 /// the same perturbations.
+/// The run's event log: one JSON object per line, schema 1, a start and an end, a head event per
+/// head, a batch event per attack batch, and a cell event per stored cell whose figures are the
+/// store's.
+fn check_event_log(log: &Path, store: &Path) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    assert!(events.iter().all(|e| e["schema"] == 1 && e["run"] == "tiny" && e["shard"] == "0/1" && e["time"].as_f64().unwrap() > 1.6e9));
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!((kinds[0], *kinds.last().unwrap()), ("start", "end"), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|&&k| k == "head").count(), 3);
+    assert!(kinds.contains(&"batch"));
+    let cells = Store::open_existing(store).unwrap().cells().unwrap();
+    let logged: Vec<&Value> = events.iter().filter(|e| e["event"] == "cell").collect();
+    assert_eq!(logged.len(), cells.len(), "a cell event per cell");
+    for cell in &cells {
+        let e = logged.iter().find(|e| e["key"] == cell.key.as_str()).unwrap_or_else(|| panic!("no event for cell {}", cell.key));
+        assert_eq!(e["labels"], serde_json::to_value(&cell.labels).unwrap());
+        assert_eq!(e["samples"], cell.result.samples);
+        for (name, v) in cell.result.clean.head.scalars() {
+            assert_eq!(e["clean"][name].as_f64(), Some(v), "cell {}: clean {name}", cell.key);
+        }
+        if let Some(adv) = &cell.result.adversarial {
+            for (name, v) in adv.head.scalars() {
+                assert_eq!(e["adversarial"][name].as_f64(), Some(v), "cell {}: adversarial {name}", cell.key);
+            }
+        }
+    }
+    let batch = events.iter().find(|e| e["event"] == "batch").unwrap();
+    assert!(batch["cells"][0]["adversarial"].is_object() && batch["seconds"].as_f64().unwrap() > 0.0, "{batch}");
+}
+
 fn check_against_attack_command(run_dir: &Path) {
     let head_of = |task: &str| -> String {
         std::fs::read_dir(run_dir.join("heads"))

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// Each top-level module of the library and its layer (higher uses lower).
 const LAYERS: &[(&str, usize)] = &[
+    ("arrays_out", 0),
     ("atomic", 0),
     ("choice", 0),
     ("device", 0),

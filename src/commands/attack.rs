@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::choice;
 use super::cross_task::{AlsoHead, AlsoReport, AlsoSpec, CrossTask};
 use super::features::FeatureArgs;
+use robust_ssl::arrays_out::ArrayWriter;
 use robust_ssl::attacks::embed::{Distance, EmbedScope, EmbedTarget};
 use robust_ssl::attacks::engine::{AttackConfig, Sanity};
 use robust_ssl::attacks::scoring::{attack_batch, attack_batch_from, Aim, Crafter, Curve, ScoredHead};
@@ -23,6 +24,7 @@ use robust_ssl::data::Split;
 use robust_ssl::features::{targets_of, Targets};
 use robust_ssl::heads::evaluate::{Evaluation, Metrics, Scorer};
 use robust_ssl::heads::head::{Task, TrainedHead};
+use robust_ssl::heads::sample_score::SampleScore;
 use robust_ssl::heads::sliding::Window;
 use robust_ssl::heads::trainer::check_features;
 
@@ -113,6 +115,12 @@ pub struct AttackArgs {
     /// Write PNG strips (clean | adversarial | perturbation | predictions | ground truth) here.
     #[arg(long)]
     pub save_examples: Option<PathBuf>,
+    /// Write every attacked image here: `images` (adversarial, `[N,3,H,W]` in [0,1]), `delta`
+    /// (adversarial − clean), `labels` (class ids, label maps, or depth in metres) and `indices`
+    /// (in the split). FILE.safetensors, FILE.npz (numpy's np.load), or FILE.npy (images; the
+    /// others beside it as FILE_delta.npy, FILE_labels.npy, FILE_indices.npy).
+    #[arg(long, value_name = "FILE")]
+    pub save_adversarial: Option<PathBuf>,
     /// How many images get a strip.
     #[arg(long, default_value_t = 8)]
     pub examples: usize,
@@ -142,6 +150,11 @@ struct Report {
     /// The same perturbations scored on the `--also` heads.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     also: Vec<AlsoReport>,
+    /// Each image (its index in the split): its own figures on the clean and the attacked input.
+    per_sample: Vec<serde_json::Value>,
+    /// With --save-adversarial: the files written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    saved: Vec<PathBuf>,
 }
 
 impl AttackArgs {
@@ -197,8 +210,8 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         if a.task == Task::Cls {
             bail!("--window is for the dense heads (seg, depth): a classifier sees the whole image at once");
         }
-        if !a.also.is_empty() || a.save_examples.is_some() {
-            bail!("--window does not combine with --also or --save-examples yet");
+        if !a.also.is_empty() || a.save_examples.is_some() || a.save_adversarial.is_some() {
+            bail!("--window does not combine with --also, --save-examples or --save-adversarial yet");
         }
     }
     if window.is_some() && f.transforms.is_none() {
@@ -224,6 +237,11 @@ pub fn run(a: &AttackArgs) -> Result<()> {
             bail!("{}: the --save-examples folder does not exist", dir.display());
         }
     }
+    let mut arrays = match &a.save_adversarial {
+        Some(p) => Some(ArrayWriter::create(p, &["images", "delta", "labels", "indices"])?),
+        None => None,
+    };
+    let mut per_sample = Vec::new();
     let bar = robust_ssl::progress::bar(prep.request.indices.len() as u64, &format!("{} attack on {}", a.attack, ds.describe()));
     let mut b = 0;
     for chunk in prep.request.indices.chunks(a.batch_size.max(1)) {
@@ -272,12 +290,25 @@ pub fn run(a: &AttackArgs) -> Result<()> {
                     a.examples.saturating_sub(saved),
                 )?;
             }
+            let scored = &done.heads[0];
+            let clean_scores_of = SampleScore::of_batch(&head, &scored.clean_output, None, &targets, &file)?;
+            let adv_scores_of = SampleScore::of_batch(&head, &scored.adversarial_output, None, &targets, &file)?;
+            for ((id, c), adv) in ids.iter().zip(&clean_scores_of).zip(&adv_scores_of) {
+                per_sample.push(serde_json::json!({ "index": id, "clean": c.figures()?, "adversarial": adv.figures()? }));
+            }
+            if let Some(w) = arrays.as_mut() {
+                save_arrays(w, ids, &images, &done.outcome.adversarial, &targets)?;
+            }
             objective_sum += done.outcome.loss.iter().sum::<f64>();
             sanity_all.merge(&done.outcome.sanity);
             bar.inc(ids.len() as u64);
         }
     }
     bar.finish_and_clear();
+    let saved = match arrays {
+        Some(w) => w.finish()?,
+        None => Vec::new(),
+    };
     for w in sanity_all.warnings() {
         eprintln!("warning: {w}");
     }
@@ -296,6 +327,8 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         sanity: sanity_all,
         curve: curve.finish()?,
         also: cross.finish(&prep)?,
+        per_sample,
+        saved,
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -334,6 +367,9 @@ pub fn run(a: &AttackArgs) -> Result<()> {
             "  objective {:.5} on average; largest ‖δ‖/ε {:.4}; pixels in [{:.4}, {:.4}]",
             report.mean_objective, report.sanity.max_norm_over_eps, report.sanity.min_pixel, report.sanity.max_pixel
         );
+        for p in &report.saved {
+            println!("  adversarial images: {}", p.display());
+        }
     }
     Ok(())
 }
@@ -376,6 +412,24 @@ impl Surrogate {
         }
         Ok(Some(Surrogate { enc, head, head_file }))
     }
+}
+
+/// Appends a batch to the --save-adversarial arrays.
+fn save_arrays(w: &mut ArrayWriter, ids: &[usize], clean: &Tensor, adv: &Tensor, targets: &Targets) -> Result<()> {
+    let adv = adv.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?;
+    let clean = clean.to_device(&Device::Cpu)?.to_dtype(candle_core::DType::F32)?;
+    let row = adv.dims()[1..].to_vec();
+    w.append_f32("images", &row, &adv.flatten_all()?.to_vec1::<f32>()?)?;
+    w.append_f32("delta", &row, &(&adv - &clean)?.flatten_all()?.to_vec1::<f32>()?)?;
+    match targets {
+        Targets::Class(l) => w.append_i64("labels", &[], &l.iter().map(|&v| i64::from(v)).collect::<Vec<_>>())?,
+        Targets::Segmentation { labels, height, width } => {
+            w.append_i64("labels", &[*height, *width], &labels.iter().map(|&v| i64::from(v)).collect::<Vec<_>>())?
+        }
+        Targets::Depth { metres, height, width } => w.append_f32("labels", &[*height, *width], metres)?,
+        Targets::None => bail!("--save-adversarial: the dataset has no labels to save"),
+    }
+    w.append_i64("indices", &[], &ids.iter().map(|&i| i as i64).collect::<Vec<_>>())
 }
 
 /// Writes up to `budget` strips for this batch; returns how many.

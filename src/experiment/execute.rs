@@ -11,7 +11,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
+use super::events::{figures, EventLog};
 use super::plan::{key_of, Item, Plan, Work};
 use super::store::{CellResult, CellRow, CellState, Example, HeadRecord, Store, Timing};
 use crate::attacks::engine::AttackConfig;
@@ -62,6 +64,14 @@ impl RunDir {
             (i, n) => self.root.join(format!("results-shard-{i}-of-{n}.sqlite")),
         }
     }
+
+    /// The event log of a shard (`super::events`).
+    pub fn events_path(&self, shard: (usize, usize)) -> PathBuf {
+        match shard {
+            (_, 1) => self.root.join("events.jsonl"),
+            (i, n) => self.root.join(format!("events-shard-{i}-of-{n}.jsonl")),
+        }
+    }
 }
 
 /// One batch's counts: per scored head, clean and adversarial.
@@ -88,7 +98,8 @@ struct Runner<'a> {
     unshared: bool,
     cache: FeatureCache,
     summary: Summary,
-    bars: indicatif::MultiProgress,
+    bars: crate::progress::Bars,
+    events: EventLog,
 }
 
 /// Runs shard `opts.shard` of `plan` in `dir`, recording into `store`.
@@ -122,8 +133,10 @@ pub fn run(plan: &Plan, dir: &RunDir, store: &mut Store, opts: &Options) -> Resu
             pending.push(item);
         }
     }
-    let bars = indicatif::MultiProgress::new();
-    let mut r = Runner { plan, dir, store, unshared: opts.unshared, cache, summary, bars };
+    let bars = crate::progress::Bars::new();
+    let events = EventLog::open(&dir.events_path(opts.shard), &plan.name, opts.shard)?;
+    events.write("start", json!({ "items": pending.len(), "items_done_before": summary.items_done_before }))?;
+    let mut r = Runner { plan, dir, store, unshared: opts.unshared, cache, summary, bars, events };
     let overall = r.bars.add(crate::progress::bar(pending.len() as u64, "experiment"));
     for e in 0..plan.encoders.len() {
         let mine: Vec<&Item> = pending.iter().copied().filter(|i| item_encoder(plan, i) == e).collect();
@@ -156,6 +169,12 @@ pub fn run(plan: &Plan, dir: &RunDir, store: &mut Store, opts: &Options) -> Resu
     }
     overall.finish_and_clear();
     r.summary.seconds = t0.elapsed().as_secs_f64();
+    let s = &r.summary;
+    r.events.write(
+        "end",
+        json!({ "items_run": s.items_run, "heads_trained": s.heads_trained, "heads_reused": s.heads_reused,
+                "batches_resumed": s.batches_resumed, "seconds": s.seconds }),
+    )?;
     Ok(r.summary)
 }
 
@@ -189,6 +208,7 @@ impl Runner<'_> {
                 Ok(head) => {
                     self.store.put_head(&entry.key, &head_record(plan, h, &head))?;
                     self.summary.heads_reused += 1;
+                    self.events.write("head", json!({ "key": entry.key, "head": plan.head_label(h), "trained": false }))?;
                     return Ok(head);
                 }
                 Err(e) => self.bars.println(format!("warning: {e:#}; training the head again"))?,
@@ -202,6 +222,7 @@ impl Runner<'_> {
         fitted.head.save(&path)?;
         self.store.put_head(&entry.key, &head_record(plan, h, &fitted.head))?;
         self.summary.heads_trained += 1;
+        self.events.write("head", json!({ "key": entry.key, "head": plan.head_label(h), "trained": true }))?;
         Ok(fitted.head)
     }
 
@@ -265,7 +286,9 @@ impl Runner<'_> {
             curve: None,
             per_sample: None,
         };
-        self.store.put_cells(&item.key, &[CellRow { key: cell.key.clone(), labels: cell.labels.clone(), result }])
+        let row = CellRow { key: cell.key.clone(), labels: cell.labels.clone(), result };
+        self.store.put_cells(&item.key, std::slice::from_ref(&row))?;
+        self.events.cell(&row)
     }
 
     /// Attacks the item's images batch by batch and scores the perturbations on `scored`
@@ -385,6 +408,18 @@ impl Runner<'_> {
             let curves = if params.curve { curves.iter().map(Curve::states).collect() } else { Vec::new() };
             let state = BatchState { scores, curves, objective_sum, sanity, samples: per_image, seconds: started.elapsed().as_secs_f64() };
             self.store.put_partial(&exec, b, &serde_json::to_string(&state)?, &examples)?;
+            let cells: Vec<Value> = merged
+                .into_iter()
+                .zip(scored)
+                .map(|((c, a), &(_, _, cell))| {
+                    Ok(json!({ "key": cell, "clean": figures(&c.finish()?.head), "adversarial": figures(&a.finish()?.head) }))
+                })
+                .collect::<Result<_>>()?;
+            self.events.write(
+                "batch",
+                json!({ "item": exec, "work": plan.describe(item), "batch": b, "batches": batches.len(), "samples": ids.len(),
+                        "seconds": state.seconds, "objective_mean": state.objective_sum / ids.len().max(1) as f64, "cells": cells }),
+            )?;
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -450,7 +485,8 @@ impl Runner<'_> {
         for w in sanity.warnings() {
             self.bars.println(format!("warning: {}: {w}", plan.describe(item)))?;
         }
-        self.store.put_cells(&exec, &rows)
+        self.store.put_cells(&exec, &rows)?;
+        rows.iter().try_for_each(|row| self.events.cell(row))
     }
 }
 

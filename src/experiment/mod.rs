@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod cost;
+pub mod events;
 pub mod execute;
 pub mod export;
 pub mod overrides;

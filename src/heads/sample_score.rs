@@ -35,6 +35,18 @@ pub enum SampleScore {
 }
 
 impl SampleScore {
+    /// The image's own figures, for per-sample outputs: `correct` for a classifier; the task's
+    /// metrics on this image alone for the dense tasks (mIoU over the classes it shows).
+    pub fn figures(&self) -> Result<serde_json::Value> {
+        Ok(match self {
+            SampleScore::Cls { correct } => serde_json::json!({ "correct": correct }),
+            other => {
+                let m = combine(std::iter::once(other))?;
+                serde_json::Value::Object(m.scalars().into_iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect())
+            }
+        })
+    }
+
     /// How badly the sample is predicted, for the worst case: 1 for a misclassified sample, the
     /// fraction of wrong pixels (SEA's per-image choice), the image's RMSE. Higher is worse.
     pub fn badness(&self) -> f64 {
