@@ -164,12 +164,3 @@ impl Bars {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn clock_reads_hours_minutes_seconds() {
-        assert_eq!(super::clock(std::time::Duration::from_secs(3 * 3600 + 7 * 60 + 5)), "3:07:05");
-        assert_eq!(super::clock(std::time::Duration::from_millis(999)), "0:00:00");
-    }
-}
