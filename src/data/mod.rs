@@ -3,6 +3,7 @@
 //! `KIND:PATH` specs (`cifar10:/data/cifar-10-batches-bin`) open them.
 
 pub mod ade20k;
+pub mod arrays;
 pub mod augment;
 pub mod cifar;
 pub mod cityscapes;
@@ -165,6 +166,7 @@ pub fn subset(n: usize, limit: Option<usize>, seed: u64) -> Vec<usize> {
 
 /// The dataset kinds `KIND:PATH` accepts so far.
 pub const KINDS: &[&str] = &[
+    "arrays",
     "cifar10",
     "cifar100",
     "stl10",
@@ -210,6 +212,7 @@ pub fn open(spec: &str, split: Split) -> Result<Box<dyn Dataset>> {
     let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let path = absolute.as_path();
     Ok(match kind {
+        "arrays" => Box::new(arrays::Arrays::open(path, split)?),
         "cifar10" => Box::new(cifar::Cifar::open(path, cifar::Variant::Cifar10, split)?),
         "cifar100" => Box::new(cifar::Cifar::open(path, cifar::Variant::Cifar100, split)?),
         "stl10" => Box::new(stl10::Stl10::open(path, split)?),
