@@ -129,7 +129,7 @@ pub struct AttackArgs {
 }
 
 #[derive(Serialize)]
-struct Report {
+pub struct Report {
     head: String,
     dataset: String,
     /// A transfer attack's surrogate: its checkpoint and, for a task attack, its head.
@@ -192,6 +192,12 @@ impl AttackArgs {
 }
 
 pub fn run(a: &AttackArgs) -> Result<()> {
+    let (report, spec) = execute(a)?;
+    print(a, &report, &spec)
+}
+
+/// Runs the attack the flags describe (warnings printed on stderr); the report and the setting.
+pub fn execute(a: &AttackArgs) -> Result<(Report, AttackSpec)> {
     let f = &a.features;
     if f.pixels {
         bail!("attacks need an encoder (--checkpoint), not --pixels");
@@ -330,6 +336,10 @@ pub fn run(a: &AttackArgs) -> Result<()> {
         per_sample,
         saved,
     };
+    Ok((report, spec))
+}
+
+fn print(a: &AttackArgs, report: &Report, spec: &AttackSpec) -> Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

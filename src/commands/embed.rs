@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use clap::Args;
 
@@ -25,29 +25,38 @@ pub struct EmbedArgs {
     pub batch_size: usize,
 }
 
+/// CLS `[N, D]` and patch tokens `[N, P, D]` (after the final norm) of `images` `[N, 3, H, W]`
+/// in [0, 1], `batch_size` images per forward pass.
+pub fn embed(enc: &robust_ssl::encoder::Encoder, images: &Tensor, batch_size: usize) -> Result<(Tensor, Tensor)> {
+    let (n, _, h, w) = images.dims4()?;
+    let p = enc.config().patch_size;
+    if h % p != 0 || w % p != 0 {
+        bail!("images are {h}x{w}, but both sides must be multiples of the patch size {p}");
+    }
+    if batch_size == 0 {
+        bail!("the batch size must be at least 1");
+    }
+    let (mut cls, mut patch) = (Vec::new(), Vec::new());
+    let mut start = 0;
+    while start < n {
+        let len = batch_size.min(n - start);
+        let x = images.narrow(0, start, len)?.to_device(enc.vit.device())?;
+        let t = enc.forward(&x)?;
+        cls.push(t.cls.to_device(&candle_core::Device::Cpu)?);
+        patch.push(t.patch.to_device(&candle_core::Device::Cpu)?);
+        start += len;
+    }
+    Ok((Tensor::cat(&cls, 0)?, Tensor::cat(&patch, 0)?))
+}
+
 pub fn run(a: &EmbedArgs) -> Result<()> {
     robust_ssl::atomic::check_parent(&a.output)?;
     let enc = a.encoder.load()?;
     let batch = load_images(&a.input)?;
     let (n, _, h, w) = batch.images.dims4()?;
     let p = enc.config().patch_size;
-    if h % p != 0 || w % p != 0 {
-        bail!("{}: images are {h}x{w}, but both sides must be multiples of the patch size {p}", a.input.display());
-    }
-    if a.batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let (mut cls, mut patch) = (Vec::new(), Vec::new());
-    let mut start = 0;
-    while start < n {
-        let len = a.batch_size.min(n - start);
-        let x = batch.images.narrow(0, start, len)?.to_device(enc.vit.device())?;
-        let t = enc.forward(&x)?;
-        cls.push(t.cls.to_device(&candle_core::Device::Cpu)?);
-        patch.push(t.patch.to_device(&candle_core::Device::Cpu)?);
-        start += len;
-    }
-    let out = HashMap::from([("cls".to_string(), Tensor::cat(&cls, 0)?), ("patch".to_string(), Tensor::cat(&patch, 0)?)]);
+    let (cls, patch) = embed(&enc, &batch.images, a.batch_size).with_context(|| a.input.display().to_string())?;
+    let out = HashMap::from([("cls".to_string(), cls), ("patch".to_string(), patch)]);
     robust_ssl::atomic::save_safetensors(&out, &a.output)?;
     eprintln!(
         "embedded {n} image(s) of {h}x{w} with {}: cls [{n}, {d}], patch [{n}, {}, {d}] -> {}",

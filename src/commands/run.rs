@@ -91,8 +91,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         print_cost(&cost);
         return Ok(());
     }
-    let (plan, dir, mut store) = prepare(&a.experiment, &a.set, a.out.clone(), shard)?;
-    let summary = execute::run(&plan, &dir, &mut store, &Options { shard, unshared: a.unshared })?;
+    let (plan, dir, store, summary) = execute(a, shard)?;
     if a.json {
         println!(
             "{}",
@@ -119,6 +118,13 @@ pub fn run(a: &RunArgs) -> Result<()> {
         println!("when every shard is done: robust-ssl merge {} && robust-ssl report {}", dir.root.display(), dir.root.display());
     }
     Ok(())
+}
+
+/// Plans and runs shard `shard` of the experiment (not a dry run).
+pub fn execute(a: &RunArgs, shard: (usize, usize)) -> Result<(Plan, RunDir, Store, execute::Summary)> {
+    let (plan, dir, mut store) = prepare(&a.experiment, &a.set, a.out.clone(), shard)?;
+    let summary = execute::run(&plan, &dir, &mut store, &Options { shard, unshared: a.unshared })?;
+    Ok((plan, dir, store, summary))
 }
 
 /// The cost table: passes per encoder and input size, the estimate, and what it was timed on.

@@ -30,7 +30,8 @@ impl Arrays {
         let mut tensors = candle_core::safetensors::load(file, &Device::Cpu)
             .with_context(|| format!("{shown}: not a readable .safetensors file of arrays"))?;
         let images = tensors.remove("images").with_context(|| format!("{shown}: no tensor 'images' ([N, 3, H, W] in [0, 1])"))?;
-        let (n, c, h, w) = images.dims4().map_err(|_| anyhow::anyhow!("{shown}: 'images' is {:?}, expected [N, 3, H, W]", images.dims()))?;
+        let (n, c, h, w) =
+            images.dims4().map_err(|_| anyhow::anyhow!("{shown}: 'images' is {:?}, expected [N, 3, H, W]", images.dims()))?;
         if c != 3 || n == 0 || h == 0 || w == 0 {
             bail!("{shown}: 'images' is {:?}, expected [N, 3, H, W] with N, H, W at least 1", images.dims());
         }
@@ -66,7 +67,11 @@ impl Arrays {
                 }
                 Labels::Depth(v, l.dim(1)?, l.dim(2)?)
             }
-            _ => bail!("{:?} of {:?}: expected integers [N] (classes), integers [N, H, W] (segmentation) or floats [N, H, W] (depth)", l.dims(), l.dtype()),
+            _ => bail!(
+                "{:?} of {:?}: expected integers [N] (classes), integers [N, H, W] (segmentation) or floats [N, H, W] (depth)",
+                l.dims(),
+                l.dtype()
+            ),
         })
     }
 }
