@@ -381,6 +381,29 @@ fn check_exports(run_dir: &Path) {
     assert!(ok, "{err}");
     let cells: Vec<Value> = serde_json::from_str(&json).unwrap();
     assert_eq!(cells.len(), 3 + 12 + 20);
+    // Per image: the clean and robust outcomes of each attack cell sum to its accuracies.
+    let (ok, per, err) = run(&["export", run_dir.to_str().unwrap(), "--format", "per-sample"]);
+    assert!(ok, "{err}");
+    let mut reader = csv::Reader::from_reader(per.as_bytes());
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    let header = reader.headers().unwrap().clone();
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (key, predictor, metric, value) = (col("key"), col("predictor"), col("metric"), col("value"));
+    let cls: Vec<&Value> = cells.iter().filter(|c| c["labels"]["task"] == "cifar" && c["result"]["adversarial"].is_object()).collect();
+    assert_eq!(cls.len(), 8);
+    for c in cls {
+        let samples = c["result"]["samples"].as_u64().unwrap() as f64;
+        for (which, figure) in [("clean", &c["result"]["clean"]), ("adversarial", &c["result"]["adversarial"])] {
+            let mine: Vec<&csv::StringRecord> = rows
+                .iter()
+                .filter(|r| r[key] == *c["key"].as_str().unwrap() && &r[predictor] == which && &r[metric] == "correct")
+                .collect();
+            assert_eq!(mine.len() as f64, samples, "{which} rows of cell {}", c["key"]);
+            let right = mine.iter().filter(|r| &r[value] == "1").count() as f64;
+            assert_eq!(right / samples, figure["head"]["accuracy"].as_f64().unwrap(), "{which} of cell {}", c["key"]);
+        }
+    }
+    assert!(rows.iter().any(|r| &r[metric] == "miou") && rows.iter().any(|r| &r[metric] == "rmse"), "dense figures per image");
     fails_with(&["export", "/nonexistent/run"], &["/nonexistent/run", "no results store"]);
 }
 

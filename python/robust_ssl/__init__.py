@@ -185,12 +185,14 @@ def run(experiment, out=None, shard=None, set=None, unshared=False):
     return json.loads(_native.run(argv))
 
 
-def results(run_dir):
+def results(run_dir, per_sample=False):
     """A run's results as a pandas DataFrame in the long format of ``robust-ssl export``: one
-    row per cell x predictor (clean, adversarial, baseline) x metric, every setting a column."""
+    row per cell x predictor (clean, adversarial, baseline) x metric, every setting a column.
+    ``per_sample=True``: one row per attack cell x image x predictor x figure
+    (``export --format per-sample``)."""
     import pandas as pd
 
-    return pd.read_csv(io.StringIO(_native.export_csv(str(run_dir))))
+    return pd.read_csv(io.StringIO(_native.export_csv(str(run_dir), bool(per_sample))))
 
 
 def _main():

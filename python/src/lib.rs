@@ -208,13 +208,19 @@ fn run(py: Python<'_>, argv: Vec<String>) -> PyResult<String> {
     Ok(serde_json::json!({ "run_dir": dir.root, "store": store.path(), "summary": summary }).to_string())
 }
 
-/// A run's results in the long format of `robust-ssl export` (CSV text).
+/// A run's results in the long format of `robust-ssl export` (CSV text), or per image
+/// (`--format per-sample`).
 #[pyfunction]
-fn export_csv(run_dir: PathBuf) -> PyResult<String> {
+#[pyo3(signature = (run_dir, per_sample = false))]
+fn export_csv(run_dir: PathBuf, per_sample: bool) -> PyResult<String> {
     let store = commands::export::store_of(&run_dir).map_err(failed)?;
     let cells = store.cells().map_err(failed)?;
     let mut out = Vec::new();
-    robust_ssl::experiment::export::write_csv(&cells, &mut out).map_err(failed)?;
+    match per_sample {
+        true => robust_ssl::experiment::export::write_per_sample_csv(&cells, &mut out),
+        false => robust_ssl::experiment::export::write_csv(&cells, &mut out),
+    }
+    .map_err(failed)?;
     String::from_utf8(out).map_err(|e| PyRuntimeError::new_err(e.to_string()))
 }
 

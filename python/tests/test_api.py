@@ -154,5 +154,8 @@ steps = 2
     for (_, got), want in zip(df.iterrows(), rows):
         assert got["key"] == want["key"] and got["predictor"] == want["predictor"] and got["metric"] == want["metric"]
         assert float(got["value"]) == float(want["value"])
+    per = robust_ssl.results(tmp_path / "run", per_sample=True)
+    want = list(csv.DictReader(io.StringIO(cli("export", tmp_path / "run", "--format", "per-sample"))))
+    assert len(per) == len(want) > 0 and set(per["predictor"]) == {"clean", "adversarial"}
     events = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     assert events[0]["event"] == "start" and events[-1]["event"] == "end"

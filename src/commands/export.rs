@@ -1,18 +1,21 @@
 //! `robust-ssl export RUN_DIR`: the results store as CSV (long format: one line per cell,
-//! predictor and metric) or JSON (every cell with its labels and full result).
+//! predictor and metric), JSON (every cell with its labels and full result), or per-sample CSV
+//! (one line per attack cell, image, predictor and figure).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 
-use robust_ssl::experiment::export::{write_csv, write_json};
+use robust_ssl::experiment::export::{write_csv, write_json, write_per_sample_csv};
 use robust_ssl::experiment::store::Store;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Format {
     Csv,
     Json,
+    /// Each attack cell's images: clean and attacked figures per image.
+    PerSample,
 }
 
 #[derive(Args, Debug)]
@@ -38,6 +41,7 @@ pub fn run(a: &ExportArgs) -> Result<()> {
     match a.format {
         Format::Csv => write_csv(&cells, &mut buf)?,
         Format::Json => write_json(&cells, &mut buf)?,
+        Format::PerSample => write_per_sample_csv(&cells, &mut buf)?,
     }
     match &a.out {
         Some(p) => robust_ssl::atomic::write(p, &buf).with_context(|| format!("{}: cannot write the export", p.display()))?,

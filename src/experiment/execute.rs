@@ -86,6 +86,9 @@ struct BatchState {
     /// Per scored head: each image's score (index in the split, score).
     #[serde(default)]
     samples: Vec<Vec<(usize, SampleScore)>>,
+    /// Per scored head: each image's score on its clean input.
+    #[serde(default)]
+    clean_samples: Vec<Vec<(usize, SampleScore)>>,
     /// Seconds spent crafting and scoring the batch.
     #[serde(default)]
     seconds: f64,
@@ -285,6 +288,7 @@ impl Runner<'_> {
             sanity: None,
             curve: None,
             per_sample: None,
+            per_sample_clean: None,
         };
         let row = CellRow { key: cell.key.clone(), labels: cell.labels.clone(), result };
         self.store.put_cells(&item.key, std::slice::from_ref(&row))?;
@@ -359,6 +363,7 @@ impl Runner<'_> {
             let started = Instant::now();
             let single = groups.len() == 1;
             let mut per_image: Vec<Vec<(usize, SampleScore)>> = vec![Vec::new(); scored.len()];
+            let mut per_image_clean: Vec<Vec<(usize, SampleScore)>> = vec![Vec::new(); scored.len()];
             let mut merged: Vec<(Scorer, Scorer)> =
                 scored.iter().map(|&(_, head, cell)| Ok((Scorer::new(head, cell)?, Scorer::new(head, cell)?))).collect::<Result<_>>()?;
             let (mut sanity, mut objective_sum) = (Sanity::default(), 0.0);
@@ -401,12 +406,23 @@ impl Runner<'_> {
                     curve.add(&s.curve)?;
                     per.extend(group_ids.iter().copied().zip(s.samples.iter().cloned()));
                 }
+                for ((h, s), per) in heads.iter().zip(&done.heads).zip(per_image_clean.iter_mut()) {
+                    per.extend(group_ids.iter().copied().zip(SampleScore::of_batch(h.head, &s.clean_output, None, h.targets, h.name)?));
+                }
                 sanity.merge(&done.outcome.sanity);
                 objective_sum += done.outcome.loss.iter().sum::<f64>();
             }
             let scores = merged.iter().map(|(c, a)| (c.state().clone(), a.state().clone())).collect();
             let curves = if params.curve { curves.iter().map(Curve::states).collect() } else { Vec::new() };
-            let state = BatchState { scores, curves, objective_sum, sanity, samples: per_image, seconds: started.elapsed().as_secs_f64() };
+            let state = BatchState {
+                scores,
+                curves,
+                objective_sum,
+                sanity,
+                samples: per_image,
+                clean_samples: per_image_clean,
+                seconds: started.elapsed().as_secs_f64(),
+            };
             self.store.put_partial(&exec, b, &serde_json::to_string(&state)?, &examples)?;
             let cells: Vec<Value> = merged
                 .into_iter()
@@ -444,6 +460,7 @@ impl Runner<'_> {
             scored.iter().map(|&(_, head, cell)| Ok((Scorer::new(head, cell)?, Scorer::new(head, cell)?))).collect::<Result<_>>()?;
         let mut curves: Vec<Curve> = scored.iter().map(|&(_, head, cell)| Curve::new(head, cell)).collect();
         let mut per_sample: Vec<Vec<(usize, SampleScore)>> = vec![Vec::new(); scored.len()];
+        let mut per_sample_clean: Vec<Vec<(usize, SampleScore)>> = vec![Vec::new(); scored.len()];
         let mut seconds = 0.0;
         for (b, text) in &states {
             let s: BatchState =
@@ -460,15 +477,23 @@ impl Runner<'_> {
             for (per, batch) in per_sample.iter_mut().zip(s.samples) {
                 per.extend(batch);
             }
+            for (per, batch) in per_sample_clean.iter_mut().zip(s.clean_samples) {
+                per.extend(batch);
+            }
             seconds += s.seconds;
         }
         let samples = indices.len();
         let mut rows = Vec::new();
         let timing = Timing { seconds, images: samples, device: crate::device::describe(enc.vit.device()) };
-        for ((((c, a), curve), &(_, _, cell)), mut per) in merged.into_iter().zip(curves).zip(scored).zip(per_sample) {
+        let complete = |per: &mut Vec<(usize, SampleScore)>| {
             per.sort_by_key(|p| p.0);
+            per.len() == samples && per.windows(2).all(|w| w[0].0 < w[1].0)
+        };
+        for (((((c, a), curve), &(_, _, cell)), mut per), mut per_clean) in
+            merged.into_iter().zip(curves).zip(scored).zip(per_sample).zip(per_sample_clean)
+        {
             // Batches of an older version carry no per-image scores: then the cell has none.
-            let complete = per.len() == samples && per.windows(2).all(|w| w[0].0 < w[1].0);
+            let (whole, whole_clean) = (complete(&mut per), complete(&mut per_clean));
             let labels = &item.cells.iter().find(|x| x.key == cell).expect("a cell of the item").labels;
             let result = CellResult {
                 samples,
@@ -477,7 +502,8 @@ impl Runner<'_> {
                 mean_objective: Some(objective_sum / samples as f64),
                 sanity: Some(sanity.clone()),
                 curve: if params.curve { Some(curve.finish()?) } else { None },
-                per_sample: complete.then_some(per),
+                per_sample: whole.then_some(per),
+                per_sample_clean: whole_clean.then_some(per_clean),
             };
             self.store.put_timing(cell, &timing)?;
             rows.push(CellRow { key: cell.to_string(), labels: labels.clone(), result });

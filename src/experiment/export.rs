@@ -1,6 +1,7 @@
-//! Results out of a store: JSON (every cell with its labels and full result) and CSV (one line
-//! per cell, predictor and metric: the long format that spreadsheets and data frames pivot, with
-//! every attack setting a column, so that no two settings look alike).
+//! Results out of a store: JSON (every cell with its labels and full result), CSV (one line per
+//! cell, predictor and metric: the long format that spreadsheets and data frames pivot, with
+//! every attack setting a column, so that no two settings look alike), and per-sample CSV (one
+//! line per attack cell, image, predictor and figure).
 
 use std::io::Write;
 
@@ -119,6 +120,71 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
                 param(&|p| p.iterate.to_string()),
                 l.source_encoder.clone().unwrap_or_default(),
             ])?;
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
+
+/// Every attack cell's per-image outcomes: one line per cell, image (its index in the evaluation
+/// split), predictor and figure. `clean` is the image's own figure on its clean input; for a
+/// classifier `adversarial` `correct` is robust accuracy's (right before and after the attack),
+/// for the dense tasks the task's metrics on that image alone. Cells of an older version without
+/// per-image scores have no lines.
+pub fn write_per_sample_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
+    let mut w = csv::Writer::from_writer(out);
+    w.write_record([
+        "key",
+        "encoder",
+        "task",
+        "task_kind",
+        "head",
+        "dataset",
+        "attack",
+        "attacked",
+        "norm",
+        "eps",
+        "eps_text",
+        "steps",
+        "seed",
+        "index",
+        "predictor",
+        "metric",
+        "value",
+    ])?;
+    for c in cells {
+        let l = &c.labels;
+        let Some(p) = l.params.as_ref() else { continue };
+        let sets = [(Predictor::Clean, c.result.per_sample_clean.as_ref()), (Predictor::Adversarial, c.result.per_sample.as_ref())];
+        for (which, per) in sets {
+            for (index, score) in per.into_iter().flatten() {
+                let serde_json::Value::Object(figures) = score.figures()? else { continue };
+                for (metric, v) in figures {
+                    let value = match v {
+                        serde_json::Value::Bool(b) => u8::from(b).to_string(),
+                        other => other.to_string(),
+                    };
+                    w.write_record([
+                        c.key.clone(),
+                        l.encoder.clone(),
+                        l.task.clone(),
+                        l.task_kind.to_string(),
+                        l.head.clone(),
+                        l.dataset.clone(),
+                        l.attack.map(|a| a.to_string()).unwrap_or_default(),
+                        l.attacked.clone().unwrap_or_default(),
+                        p.norm.to_string(),
+                        number(p.eps),
+                        p.eps_text.clone(),
+                        p.steps.to_string(),
+                        p.seed.to_string(),
+                        index.to_string(),
+                        which.to_string(),
+                        metric,
+                        value,
+                    ])?;
+                }
+            }
         }
     }
     w.flush()?;

@@ -70,6 +70,10 @@ pub struct CellResult {
     /// worst case over attacks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_sample: Option<Vec<(usize, SampleScore)>>,
+    /// An attack cell's score of each image on its clean input (a classifier: `correct` on the
+    /// clean image; `per_sample`'s is robust accuracy's, correct before and after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_sample_clean: Option<Vec<(usize, SampleScore)>>,
 }
 
 /// How long an attack cell's work item took: crafting and scoring its images (every cell of one
@@ -532,6 +536,7 @@ mod tests {
                 sanity: None,
                 curve: None,
                 per_sample: None,
+                per_sample_clean: None,
             },
         };
         let err = store.put_cells("item", &[row(f64::NAN)]).unwrap_err().to_string();

@@ -345,6 +345,7 @@ pub(crate) mod fixture {
                 sanity: None,
                 curve: None,
                 per_sample,
+                per_sample_clean: None,
             };
             store.put_cells(c.key, &[CellRow { key: c.key.into(), labels: labels.clone(), result }]).unwrap();
             plan.push((c.key.to_string(), labels));
