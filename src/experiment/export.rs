@@ -50,15 +50,17 @@ pub fn write_json(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
+/// The columns that name a cell, first in both CSV exports.
+const IDENTITY: [&str; 6] = ["key", "encoder", "task", "task_kind", "head", "dataset"];
+
+fn identity(c: &CellRow) -> [String; 6] {
+    let l = &c.labels;
+    [c.key.clone(), l.encoder.clone(), l.task.clone(), l.task_kind.to_string(), l.head.clone(), l.dataset.clone()]
+}
+
 pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
     let mut w = csv::Writer::from_writer(out);
-    w.write_record([
-        "key",
-        "encoder",
-        "task",
-        "task_kind",
-        "head",
-        "dataset",
+    w.write_record(IDENTITY.iter().chain(&[
         "condition",
         "attack",
         "attacked",
@@ -82,20 +84,14 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
         "ce_scaling",
         "iterate",
         "source_encoder",
-    ])?;
+    ]))?;
     for c in cells {
         let l = &c.labels;
         let p = l.params.as_ref();
         let param = |f: &dyn Fn(&AttackSpec) -> String| p.map(f).unwrap_or_default();
         let samples = c.result.samples.to_string();
         for (which, metric, v) in metrics(c) {
-            w.write_record([
-                c.key.clone(),
-                l.encoder.clone(),
-                l.task.clone(),
-                l.task_kind.to_string(),
-                l.head.clone(),
-                l.dataset.clone(),
+            w.write_record(identity(c).into_iter().chain([
                 l.condition.to_string(),
                 l.attack.map(|a| a.to_string()).unwrap_or_default(),
                 l.attacked.clone().unwrap_or_default(),
@@ -119,7 +115,7 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
                 param(&|p| p.ce_scaling.to_string()),
                 param(&|p| p.iterate.to_string()),
                 l.source_encoder.clone().unwrap_or_default(),
-            ])?;
+            ]))?;
         }
     }
     w.flush()?;
@@ -133,13 +129,7 @@ pub fn write_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
 /// per-image scores have no lines.
 pub fn write_per_sample_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()> {
     let mut w = csv::Writer::from_writer(out);
-    w.write_record([
-        "key",
-        "encoder",
-        "task",
-        "task_kind",
-        "head",
-        "dataset",
+    w.write_record(IDENTITY.iter().chain(&[
         "attack",
         "attacked",
         "norm",
@@ -151,7 +141,7 @@ pub fn write_per_sample_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()
         "predictor",
         "metric",
         "value",
-    ])?;
+    ]))?;
     for c in cells {
         let l = &c.labels;
         let Some(p) = l.params.as_ref() else { continue };
@@ -164,13 +154,7 @@ pub fn write_per_sample_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()
                         serde_json::Value::Bool(b) => u8::from(b).to_string(),
                         other => other.to_string(),
                     };
-                    w.write_record([
-                        c.key.clone(),
-                        l.encoder.clone(),
-                        l.task.clone(),
-                        l.task_kind.to_string(),
-                        l.head.clone(),
-                        l.dataset.clone(),
+                    w.write_record(identity(c).into_iter().chain([
                         l.attack.map(|a| a.to_string()).unwrap_or_default(),
                         l.attacked.clone().unwrap_or_default(),
                         p.norm.to_string(),
@@ -182,7 +166,7 @@ pub fn write_per_sample_csv(cells: &[CellRow], out: &mut dyn Write) -> Result<()
                         which.to_string(),
                         metric,
                         value,
-                    ])?;
+                    ]))?;
                 }
             }
         }
