@@ -33,3 +33,59 @@ pub fn fails_with(args: &[&str], needles: &[&str]) {
         assert!(err.contains(n), "{args:?}: the error should mention '{n}': {err}");
     }
 }
+
+/// A path under tests/fixtures.
+pub fn fixture(p: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p).display().to_string()
+}
+
+/// A tiny experiment in `dir`: three tasks (seg and depth on the same scenes), two ε, two seeds, EmbedAttack and task attacks.
+pub fn tiny_experiment(dir: &Path) -> std::path::PathBuf {
+    let text = format!(
+        r#"name = "tiny"
+[run]
+size = 28
+attack_batch_size = 4
+examples = 2
+
+[[encoder]]
+name = "tiny"
+checkpoint = "{enc}"
+num_heads = 4
+
+[[task]]
+name = "cifar"
+task = "cls"
+train = {{ dataset = "cifar10:{cifar}" }}
+eval = {{ dataset = "cifar10:{cifar}", split = "test" }}
+heads = [{{ epochs = 20, batch_size = 4 }}]
+
+[[task]]
+name = "seg"
+task = "seg"
+train = {{ dataset = "synthetic-seg:12x28" }}
+eval = {{ dataset = "synthetic-seg:8x28" }}
+images = "scenes"
+heads = [{{ epochs = 4 }}]
+
+[[task]]
+name = "depth"
+task = "depth"
+train = {{ dataset = "synthetic-depth:12x28" }}
+eval = {{ dataset = "synthetic-depth:8x28" }}
+images = "scenes"
+heads = [{{ epochs = 4 }}]
+
+[[attack]]
+kinds = ["embed", "task"]
+eps = ["2/255", "8/255"]
+steps = 4
+seeds = [0, 1]
+"#,
+        enc = tiny_encoder(),
+        cifar = fixture("data/cifar-10-batches-bin")
+    );
+    let path = dir.join("tiny.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
