@@ -87,6 +87,9 @@ def test_attack_equals_the_command(encoder, images, head, tmp_path):
     assert out["per_sample"] == report["per_sample"]
     assert out["clean"] == report["clean"] and out["adversarial_metrics"] == report["adversarial"]
     assert out["sanity"] == report["sanity"] and out["config"] == report["config"]
+    # eps as the float 8/255 (passed as its shortest decimal) is the very same budget.
+    again = robust_ssl.attack(encoder, head, images, labels, attack="pgd", eps=8 / 255, steps=3, batch_size=2, seed=7)
+    assert np.array_equal(again["adversarial"], out["adversarial"]) and again["config"] == out["config"]
 
 
 def test_non_contiguous_arrays_are_read_as_their_values(encoder, images):
