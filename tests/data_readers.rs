@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use robust_ssl::data::{open, Dataset, Split, Target};
 
 fn fixtures() -> PathBuf {
@@ -458,4 +458,66 @@ fn declared_sizes_are_checked_before_allocating() {
     assert!(err.contains("unknown transform 'resize100000x100000'") && err.contains("16384"), "{err}");
     let err = format!("{:#}", open("synthetic-seg:4x100000", Split::Train).err().unwrap());
     assert!(err.contains("4x100000") && err.contains("at most 4096"), "{err}");
+}
+
+/// `arrays:FILE.safetensors`: f32 images as they are, u8 images divided by 255, class labels,
+/// label maps and depths per sample; pixels outside [0, 1], NaN, labels of another length and
+/// negative classes refused, naming the file.
+#[test]
+fn arrays_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, tensors: Vec<(&str, Tensor)>| -> String {
+        let path = tmp.path().join(name);
+        let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        candle_core::safetensors::save(&map, &path).unwrap();
+        format!("arrays:{}", path.display())
+    };
+    let pixels: Vec<f32> = (0..2 * 3 * 4 * 5).map(|i| (i % 7) as f32 / 6.0).collect();
+    let images = Tensor::from_vec(pixels.clone(), (2, 3, 4, 5), &Device::Cpu).unwrap();
+    let spec = write("cls.safetensors", vec![("images", images.clone()), ("labels", Tensor::new(&[3i64, 7], &Device::Cpu).unwrap())]);
+    let ds = open(&spec, Split::Test).unwrap();
+    assert_eq!((ds.len(), ds.num_classes()), (2, Some(8)));
+    let s = ds.get(1).unwrap();
+    assert_eq!(s.image.flatten_all().unwrap().to_vec1::<f32>().unwrap(), pixels[60..]);
+    assert!(matches!(s.target, Target::Class(7)));
+
+    let bytes: Vec<u8> = (0..2 * 3 * 4 * 5).map(|i| (i * 11 % 256) as u8).collect();
+    let maps: Vec<i64> = (0..2 * 4 * 5).map(|i| i % 4).collect();
+    let spec = write(
+        "seg.safetensors",
+        vec![
+            ("images", Tensor::from_vec(bytes.clone(), (2, 3, 4, 5), &Device::Cpu).unwrap()),
+            ("labels", Tensor::from_vec(maps.clone(), (2, 4, 5), &Device::Cpu).unwrap()),
+        ],
+    );
+    let s = open(&spec, Split::Val).unwrap().get(0).unwrap();
+    let want: Vec<f32> = bytes[..60].iter().map(|&b| b as f32 / 255.0).collect();
+    assert_eq!(s.image.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+    let Target::Segmentation { labels, height, width } = s.target else { panic!("not a label map") };
+    assert_eq!((labels, height, width), (maps[..20].iter().map(|&v| v as u32).collect(), 4, 5));
+
+    let depths: Vec<f32> = (0..2 * 4 * 5).map(|i| i as f32 * 0.25).collect();
+    let spec = write(
+        "depth.safetensors",
+        vec![("images", images.clone()), ("labels", Tensor::from_vec(depths.clone(), (2, 4, 5), &Device::Cpu).unwrap())],
+    );
+    let Target::Depth { metres, .. } = open(&spec, Split::Test).unwrap().get(1).unwrap().target else { panic!("not a depth map") };
+    assert_eq!(metres, depths[20..]);
+
+    let refused = |name: &str, tensors: Vec<(&str, Tensor)>, needle: &str| {
+        let spec = write(name, tensors);
+        let err = format!("{:#}", open(&spec, Split::Test).err().unwrap());
+        assert!(err.contains(name) && err.contains(needle), "{err}");
+    };
+    let mut nan = pixels.clone();
+    nan[5] = f32::NAN;
+    refused("nan.safetensors", vec![("images", Tensor::from_vec(nan, (2, 3, 4, 5), &Device::Cpu).unwrap())], "[0, 1]");
+    refused("scaled.safetensors", vec![("images", (images.clone() * 255.0).unwrap())], "[0, 1]");
+    refused("short.safetensors", vec![("images", images.clone()), ("labels", Tensor::new(&[1i64], &Device::Cpu).unwrap())], "for 2 images");
+    refused(
+        "negative.safetensors",
+        vec![("images", images.clone()), ("labels", Tensor::new(&[1i64, -2], &Device::Cpu).unwrap())],
+        "not a class",
+    );
+    refused("none.safetensors", vec![("pixels", images)], "no tensor 'images'");
 }

@@ -2,7 +2,8 @@
 //! `attack --save-adversarial` wrote or `safetensors.numpy.save_file` writes. `images`: f32
 //! `[N, 3, H, W]` in [0, 1] (or u8 `[N, 3, H, W]`, divided by 255); `labels` (optional): integers
 //! `[N]` (classes), integers `[N, H, W]` (segmentation; 255 ignored) or floats `[N, H, W]`
-//! (depth in metres, 0 unmeasured). The file is every split.
+//! (depth in metres, 0 unmeasured). The file is every split. Pixels outside [0, 1] (NaN
+//! included), labels of another length and negative classes are refused, naming the file.
 
 use std::path::{Path, PathBuf};
 
@@ -36,11 +37,20 @@ impl Arrays {
             bail!("{shown}: 'images' is {:?}, expected [N, 3, H, W] with N, H, W at least 1", images.dims());
         }
         let images = match images.dtype() {
-            DType::U8 => (images.to_dtype(DType::F32)? / 255.0)?,
+            // Divided by 255 as the other readers (and torchvision's ToTensor) do; candle's scalar
+            // division multiplies by the reciprocal, which rounds differently.
+            DType::U8 => {
+                let bytes = images.flatten_all()?.to_vec1::<u8>()?;
+                let each = bytes.chunks(c * h * w).map(|b| super::planar_u8_to_tensor(b, c, h, w)).collect::<Result<Vec<_>>>()?;
+                Tensor::stack(&each, 0)?
+            }
             DType::F32 => images,
             DType::F16 | DType::BF16 | DType::F64 => images.to_dtype(DType::F32)?,
             other => bail!("{shown}: 'images' holds {other:?}; expected f32 in [0, 1] or u8"),
         };
+        if let Some(bad) = images.flatten_all()?.to_vec1::<f32>()?.into_iter().find(|v| !(0.0..=1.0).contains(v)) {
+            bail!("{shown}: 'images' holds {bad}: pixels must be finite and lie in [0, 1] (not normalized)");
+        }
         let labels = match tensors.remove("labels") {
             None => None,
             Some(l) => Some(Self::labels(&l, n).map_err(|e| anyhow::anyhow!("{shown}: 'labels': {e}"))?),
