@@ -5,7 +5,7 @@
 //! so a killed run leaves no half-written output.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -107,15 +107,16 @@ impl ArrayWriter {
 
     /// Appends rows of shape `row_shape` to array `name`.
     pub fn append_f32(&mut self, name: &str, row_shape: &[usize], values: &[f32]) -> Result<()> {
-        let s = self.stream(name, Elem::F32, row_shape, values.len())?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        s.bytes += bytes.len() as u64;
-        s.out.write_all(&bytes).with_context(|| format!("{}: cannot write", s.part.display()))
+        self.append(name, Elem::F32, row_shape, values.len(), values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     pub fn append_i64(&mut self, name: &str, row_shape: &[usize], values: &[i64]) -> Result<()> {
-        let s = self.stream(name, Elem::I64, row_shape, values.len())?;
-        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.append(name, Elem::I64, row_shape, values.len(), values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+
+    /// Appends `count` values of `elem`, as their little-endian `bytes`.
+    fn append(&mut self, name: &str, elem: Elem, row_shape: &[usize], count: usize, bytes: Vec<u8>) -> Result<()> {
+        let s = self.stream(name, elem, row_shape, count)?;
         s.bytes += bytes.len() as u64;
         s.out.write_all(&bytes).with_context(|| format!("{}: cannot write", s.part.display()))
     }
@@ -154,16 +155,16 @@ impl ArrayWriter {
         Ok(())
     }
 
-    /// Writes `path` through a part file renamed into place.
+    /// Writes `path` through a temporary file beside it, synced, then renamed into place.
     fn atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<PathBuf> {
-        let tmp = part_path(path, ".part");
+        let tmp = crate::atomic::tmp_beside(path);
         let mut out = BufWriter::new(File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?);
         write(&mut out)?;
         out.into_inner()
             .map_err(|e| e.into_error())
             .and_then(|f| f.sync_all())
             .with_context(|| format!("{}: cannot write", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+        crate::atomic::commit(&tmp, path)?;
         Ok(path.to_path_buf())
     }
 
@@ -227,15 +228,7 @@ impl ArrayWriter {
             for s in &self.streams {
                 zip.start_file(format!("{}.npy", s.name), options)?;
                 zip.write_all(&Self::npy_header(s))?;
-                let mut f = File::open(&s.part).with_context(|| format!("{}: cannot read back", s.part.display()))?;
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = f.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    zip.write_all(&buf[..n])?;
-                }
+                Self::copy_part(s, &mut zip)?;
             }
             zip.finish()?;
             Ok(())

@@ -4,6 +4,7 @@
 //! from Python equals the command's on the same inputs. Arrays cross as contiguous numpy arrays,
 //! checked on the Python side first; every error is a Python exception with the message.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -29,17 +30,20 @@ fn choose(cli: &commands::Cli) -> PyResult<()> {
     robust_ssl::device::choose(cli.device).map_err(failed)
 }
 
-/// A contiguous numpy array's shape and values.
-fn contiguous<'py, T: numpy::Element + Copy>(a: &PyReadonlyArrayDyn<'py, T>, what: &str) -> PyResult<(Vec<usize>, Vec<T>)> {
+/// A C-contiguous numpy array as a CPU tensor of its shape.
+fn tensor<T: numpy::Element + candle_core::WithDType>(a: &PyReadonlyArrayDyn<'_, T>, what: &str) -> PyResult<candle_core::Tensor> {
     let values = a.as_slice().map_err(|_| PyValueError::new_err(format!("{what} must be a C-contiguous array")))?;
-    Ok((a.shape().to_vec(), values.to_vec()))
+    candle_core::Tensor::from_vec(values.to_vec(), a.shape(), &candle_core::Device::Cpu).map_err(|e| failed(e.into()))
 }
 
 /// A float32 numpy array owned by Python.
 type Array<'py> = Bound<'py, PyArrayDyn<f32>>;
 
-fn to_numpy<'py, T: numpy::Element>(py: Python<'py>, shape: &[usize], values: Vec<T>) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
-    numpy::PyArray1::from_vec(py, values).reshape(shape.to_vec())
+/// A tensor as a float32 numpy array of its shape.
+fn to_numpy<'py>(py: Python<'py>, t: &candle_core::Tensor) -> PyResult<Array<'py>> {
+    let values =
+        t.to_dtype(candle_core::DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1::<f32>()).map_err(|e| failed(e.into()))?;
+    numpy::PyArray1::from_vec(py, values).reshape(t.dims().to_vec())
 }
 
 /// The `robust-ssl` command: `argv` without the program name; returns the exit status.
@@ -92,21 +96,12 @@ impl Encoder {
     /// `[N, 3, H, W]` in [0, 1], as `robust-ssl embed` computes them.
     #[pyo3(signature = (images, batch_size = 8))]
     fn embed<'py>(&self, py: Python<'py>, images: PyReadonlyArrayDyn<'py, f32>, batch_size: usize) -> PyResult<(Array<'py>, Array<'py>)> {
-        let (shape, values) = contiguous(&images, "images")?;
-        if shape.len() != 4 || shape[1] != 3 {
-            return Err(PyValueError::new_err(format!("images must be [N, 3, H, W]; got {shape:?}")));
+        let x = tensor(&images, "images")?;
+        if x.rank() != 4 || x.dims()[1] != 3 {
+            return Err(PyValueError::new_err(format!("images must be [N, 3, H, W]; got {:?}", x.dims())));
         }
-        let (cls, patch) = py
-            .detach(|| -> anyhow::Result<_> {
-                let x = candle_core::Tensor::from_vec(values, shape.as_slice(), &candle_core::Device::Cpu)?;
-                let (cls, patch) = commands::embed::embed(&self.enc, &x, batch_size)?;
-                let out = |t: candle_core::Tensor| -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
-                    Ok((t.dims().to_vec(), t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?))
-                };
-                Ok((out(cls)?, out(patch)?))
-            })
-            .map_err(failed)?;
-        Ok((to_numpy(py, &cls.0, cls.1)?, to_numpy(py, &patch.0, patch.1)?))
+        let (cls, patch) = py.detach(|| commands::embed::embed(&self.enc, &x, batch_size)).map_err(failed)?;
+        Ok((to_numpy(py, &cls)?, to_numpy(py, &patch)?))
     }
 
     /// What the checkpoint holds and how it was read, as `robust-ssl inspect --json` (JSON).
@@ -127,22 +122,17 @@ fn attack<'py>(
     labels: &Bound<'py, PyAny>,
 ) -> PyResult<(String, Array<'py>, Array<'py>)> {
     let dir = tempfile::tempdir().map_err(|e| PyRuntimeError::new_err(format!("cannot make a temporary folder: {e}")))?;
-    let (shape, values) = contiguous(&images, "images")?;
-    let mut tensors =
-        vec![("images".to_string(), raw(safetensors::Dtype::F32, &shape, values.iter().flat_map(|v| v.to_le_bytes()).collect()))];
-    if let Ok(l) = labels.extract::<PyReadonlyArrayDyn<'py, i64>>() {
-        let (s, v) = contiguous(&l, "labels")?;
-        tensors.push(("labels".to_string(), raw(safetensors::Dtype::I64, &s, v.iter().flat_map(|x| x.to_le_bytes()).collect())));
+    let labels = if let Ok(l) = labels.extract::<PyReadonlyArrayDyn<'py, i64>>() {
+        tensor(&l, "labels")?
     } else if let Ok(l) = labels.extract::<PyReadonlyArrayDyn<'py, f32>>() {
-        let (s, v) = contiguous(&l, "labels")?;
-        tensors.push(("labels".to_string(), raw(safetensors::Dtype::F32, &s, v.iter().flat_map(|x| x.to_le_bytes()).collect())));
+        tensor(&l, "labels")?
     } else {
         return Err(PyValueError::new_err("labels must be an int64 array (classes [N], label maps [N, H, W]) or float32 depths [N, H, W]"));
-    }
+    };
+    let tensors = HashMap::from([("images".to_string(), tensor(&images, "images")?), ("labels".to_string(), labels)]);
     let input = dir.path().join("input.safetensors");
     let output = dir.path().join("adversarial.safetensors");
-    safetensors::serialize_to_file(tensors.iter().map(|(n, t)| (n.as_str(), t)), None, &input)
-        .map_err(|e| PyRuntimeError::new_err(format!("{}: {e}", input.display())))?;
+    robust_ssl::atomic::save_safetensors(&tensors, &input).map_err(failed)?;
     let mut argv = vec!["attack".to_string()];
     argv.extend(flags);
     argv.extend([
@@ -159,38 +149,7 @@ fn attack<'py>(
     let report = py.detach(|| commands::attack::execute(&args)).map_err(failed)?.0;
     let text = serde_json::to_string(&report).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
     let saved = candle_core::safetensors::load(&output, &candle_core::Device::Cpu).map_err(|e| failed(e.into()))?;
-    let array = |name: &str| -> PyResult<Array<'py>> {
-        let t = &saved[name];
-        let v = t.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(|e| failed(e.into()))?;
-        to_numpy(py, t.dims(), v)
-    };
-    Ok((text, array("images")?, array("delta")?))
-}
-
-/// A tensor for `safetensors::serialize_to_file`.
-fn raw(dtype: safetensors::Dtype, shape: &[usize], data: Vec<u8>) -> RawTensor {
-    RawTensor { dtype, shape: shape.to_vec(), data }
-}
-
-struct RawTensor {
-    dtype: safetensors::Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl safetensors::View for &RawTensor {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
+    Ok((text, to_numpy(py, &saved["images"])?, to_numpy(py, &saved["delta"])?))
 }
 
 /// `robust-ssl run EXP.toml FLAGS...` (not a dry run): runs the experiment (or a shard) and

@@ -76,8 +76,11 @@ pub struct HeadScores {
     pub curve: Vec<ScoreState>,
     pub clean_output: Tensor,
     pub adversarial_output: Tensor,
-    /// Each image's own score under the attack, in batch order (for the worst case over attacks).
+    /// Each image's own score under the attack, in batch order (for the worst case over attacks;
+    /// a classifier's is robust accuracy's: right on the clean image and under the attack).
     pub samples: Vec<SampleScore>,
+    /// Each image's own score on its clean input, in batch order.
+    pub clean_samples: Vec<SampleScore>,
 }
 
 /// A per-step curve summed over batches: a scorer per step (step 0 = the starting point).
@@ -238,7 +241,8 @@ pub fn attack_batch_from(
         }
         let (a, adversarial_output) = score_on(h, &adversarial, Some(&clean_output))?;
         let samples = SampleScore::of_batch(h.head, &adversarial_output, Some(&clean_output), h.targets, h.name)?;
-        scored.push(HeadScores { clean: c, adversarial: a, curve, clean_output, adversarial_output, samples });
+        let clean_samples = SampleScore::of_batch(h.head, &clean_output, None, h.targets, h.name)?;
+        scored.push(HeadScores { clean: c, adversarial: a, curve, clean_output, adversarial_output, samples, clean_samples });
     }
     Ok(AttackedBatch { outcome, heads: scored })
 }

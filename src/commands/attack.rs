@@ -24,7 +24,6 @@ use robust_ssl::data::Split;
 use robust_ssl::features::{targets_of, Targets};
 use robust_ssl::heads::evaluate::{Evaluation, Metrics, Scorer};
 use robust_ssl::heads::head::{Task, TrainedHead};
-use robust_ssl::heads::sample_score::SampleScore;
 use robust_ssl::heads::sliding::Window;
 use robust_ssl::heads::trainer::check_features;
 
@@ -150,7 +149,9 @@ pub struct Report {
     /// The same perturbations scored on the `--also` heads.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     also: Vec<AlsoReport>,
-    /// Each image (its index in the split): its own figures on the clean and the attacked input.
+    /// Each image (its index in the split): its own figures on the clean and the attacked input
+    /// (a classifier's attacked `correct` is robust accuracy's: right before and after), as the
+    /// store keeps them.
     per_sample: Vec<serde_json::Value>,
     /// With --save-adversarial: the files written.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -297,9 +298,7 @@ pub fn execute(a: &AttackArgs) -> Result<(Report, AttackSpec)> {
                 )?;
             }
             let scored = &done.heads[0];
-            let clean_scores_of = SampleScore::of_batch(&head, &scored.clean_output, None, &targets, &file)?;
-            let adv_scores_of = SampleScore::of_batch(&head, &scored.adversarial_output, None, &targets, &file)?;
-            for ((id, c), adv) in ids.iter().zip(&clean_scores_of).zip(&adv_scores_of) {
+            for ((id, c), adv) in ids.iter().zip(&scored.clean_samples).zip(&scored.samples) {
                 per_sample.push(serde_json::json!({ "index": id, "clean": c.figures()?, "adversarial": adv.figures()? }));
             }
             if let Some(w) = arrays.as_mut() {

@@ -65,14 +65,16 @@ impl NyuMat {
         if depths != [n, w, h] {
             bail!("{shown}: 'depths' has shape {depths:?} but 'images' is {images:?}; expected ({n}, {w}, {h})");
         }
-        let mut depths_f64 = false;
-        for (name, want) in [("images", Kind::U8), ("depths", Kind::Float)] {
+        // The element size in bytes of array `name`, whose type must be `want`'s standard one.
+        let checked = |name: &str, want: Kind| -> Result<u32> {
             let raw = h5
                 .dataset(name)
                 .and_then(|ds| ds.raw_datatype())
                 .map_err(|e| anyhow::anyhow!("{shown}: '{name}' has an unreadable type ({e})"))?;
-            depths_f64 = standard_type(&raw, want).map_err(|why| anyhow::anyhow!("{shown}: '{name}' {why}"))? == 8;
-        }
+            standard_type(&raw, want).map_err(|why| anyhow::anyhow!("{shown}: '{name}' {why}"))
+        };
+        checked("images", Kind::U8)?;
+        let depths_f64 = checked("depths", Kind::Float)? == 8;
         let name = match split {
             Split::Train => "trainNdxs",
             Split::Test => "testNdxs",
@@ -158,14 +160,14 @@ impl Dataset for NyuMat {
                 }
             }
         }
-        let depth: Vec<f64> = match self.depths_f64 {
-            true => self.read::<f64>("depths", frame)?,
-            false => self.read::<f32>("depths", frame)?.into_iter().map(f64::from).collect(),
+        let depth: Vec<f32> = match self.depths_f64 {
+            true => self.read::<f64>("depths", frame)?.into_iter().map(|v| v as f32).collect(),
+            false => self.read::<f32>("depths", frame)?,
         };
         let mut metres = vec![0f32; h * w];
         for (y, row) in metres.chunks_exact_mut(w).enumerate() {
             for (x, m) in row.iter_mut().enumerate() {
-                *m = depth[x * h + y] as f32;
+                *m = depth[x * h + y];
             }
         }
         Ok(Sample {

@@ -24,7 +24,6 @@ use anyhow::{Context, Result};
 use serde_json::{json, Map, Value};
 
 use super::store::{CellRow, Predictor};
-use crate::heads::evaluate::Metrics;
 
 pub const SCHEMA: u32 = 1;
 
@@ -33,11 +32,6 @@ pub struct EventLog {
     file: Mutex<File>,
     run: String,
     shard: String,
-}
-
-/// A metrics record's figures by name (NaN figures left out).
-pub fn figures(m: &Metrics) -> Value {
-    Value::Object(m.scalars().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
 }
 
 impl EventLog {
@@ -83,7 +77,7 @@ impl EventLog {
         fields.insert("samples".into(), json!(row.result.samples));
         for p in [Predictor::Clean, Predictor::Adversarial, Predictor::Baseline] {
             if let Some(m) = row.result.metrics(p) {
-                fields.insert(p.to_string(), figures(m));
+                fields.insert(p.to_string(), m.figure_map());
             }
         }
         self.write("cell", Value::Object(fields))

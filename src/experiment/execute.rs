@@ -13,7 +13,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::events::{figures, EventLog};
+use super::events::EventLog;
 use super::plan::{key_of, Item, Plan, Work};
 use super::store::{CellResult, CellRow, CellState, Example, HeadRecord, Store, Timing};
 use crate::attacks::engine::AttackConfig;
@@ -59,17 +59,19 @@ impl RunDir {
     }
 
     pub fn store_path(&self, shard: (usize, usize)) -> PathBuf {
-        match shard {
-            (_, 1) => self.root.join("results.sqlite"),
-            (i, n) => self.root.join(format!("results-shard-{i}-of-{n}.sqlite")),
-        }
+        self.shard_file("results", "sqlite", shard)
     }
 
     /// The event log of a shard (`super::events`).
     pub fn events_path(&self, shard: (usize, usize)) -> PathBuf {
+        self.shard_file("events", "jsonl", shard)
+    }
+
+    /// `STEM.EXT` for an unsharded run, `STEM-shard-I-of-N.EXT` for shard I of N.
+    fn shard_file(&self, stem: &str, ext: &str, shard: (usize, usize)) -> PathBuf {
         match shard {
-            (_, 1) => self.root.join("events.jsonl"),
-            (i, n) => self.root.join(format!("events-shard-{i}-of-{n}.jsonl")),
+            (_, 1) => self.root.join(format!("{stem}.{ext}")),
+            (i, n) => self.root.join(format!("{stem}-shard-{i}-of-{n}.{ext}")),
         }
     }
 }
@@ -406,8 +408,8 @@ impl Runner<'_> {
                     curve.add(&s.curve)?;
                     per.extend(group_ids.iter().copied().zip(s.samples.iter().cloned()));
                 }
-                for ((h, s), per) in heads.iter().zip(&done.heads).zip(per_image_clean.iter_mut()) {
-                    per.extend(group_ids.iter().copied().zip(SampleScore::of_batch(h.head, &s.clean_output, None, h.targets, h.name)?));
+                for (s, per) in done.heads.iter().zip(per_image_clean.iter_mut()) {
+                    per.extend(group_ids.iter().copied().zip(s.clean_samples.iter().cloned()));
                 }
                 sanity.merge(&done.outcome.sanity);
                 objective_sum += done.outcome.loss.iter().sum::<f64>();
@@ -428,7 +430,7 @@ impl Runner<'_> {
                 .into_iter()
                 .zip(scored)
                 .map(|((c, a), &(_, _, cell))| {
-                    Ok(json!({ "key": cell, "clean": figures(&c.finish()?.head), "adversarial": figures(&a.finish()?.head) }))
+                    Ok(json!({ "key": cell, "clean": c.finish()?.head.figure_map(), "adversarial": a.finish()?.head.figure_map() }))
                 })
                 .collect::<Result<_>>()?;
             self.events.write(

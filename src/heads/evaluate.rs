@@ -67,6 +67,12 @@ impl Metrics {
         }
     }
 
+    /// The scalar figures as a JSON object by name (NaN figures left out), for per-sample and
+    /// event outputs.
+    pub fn figure_map(&self) -> serde_json::Value {
+        serde_json::Value::Object(self.scalars().into_iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect())
+    }
+
     /// One scalar figure by name.
     pub fn get(&self, name: &str) -> Option<f64> {
         self.scalars().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v)

@@ -40,10 +40,7 @@ impl SampleScore {
     pub fn figures(&self) -> Result<serde_json::Value> {
         Ok(match self {
             SampleScore::Cls { correct } => serde_json::json!({ "correct": correct }),
-            other => {
-                let m = combine(std::iter::once(other))?;
-                serde_json::Value::Object(m.scalars().into_iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect())
-            }
+            other => combine(std::iter::once(other))?.figure_map(),
         })
     }
 
