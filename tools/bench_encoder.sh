@@ -16,7 +16,7 @@ python3 - "$ours" "$theirs" <<'PY'
 import json, sys
 o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"ViT-S/14 @{o['size']}px, batch {o['batch']}, {t['precision']}, {t['threads']} threads, median of {o['iters']} (torch {t['torch']})")
-m = o["machine"]; print(f"machine: {m['cpu'] or 'unknown CPU'}; {' '.join(m['features'])}; our matrix products: {m['gemm_kernels']} kernels")
+m = o["machine"]; print(f"machine: {m['cpu'] or 'unknown CPU'}; {' '.join(m['features'])}; our matrix products: {m['gemm_kernels']} kernels; bf16: {m.get('bf16_kernel')}")
 print("| pass | robust-ssl (s/batch) | PyTorch eager (s/batch) | PyTorch / robust-ssl |")
 print("|---|---|---|---|")
 for k, name in [("forward_s", "forward"), ("forward_backward_s", "forward + backward to input")]:

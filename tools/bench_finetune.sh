@@ -18,7 +18,7 @@ python3 - "$ours" "$theirs" "$N" <<'PY'
 import json, sys
 o, t, n = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
 print(f"ViT-S/14 @{o['size']}px, batch {o['batch']}, {t['precision']}, {t['threads']} threads, {n} timed steps (torch {t['torch']})")
-m = o["machine"]; print(f"machine: {m['cpu'] or 'unknown CPU'}; {' '.join(m['features'])}; our matrix products: {m['gemm_kernels']} kernels")
+m = o["machine"]; print(f"machine: {m['cpu'] or 'unknown CPU'}; {' '.join(m['features'])}; our matrix products: {m['gemm_kernels']} kernels; bf16: {m.get('bf16_kernel')}")
 print("| | robust-ssl | PyTorch eager | robust-ssl / PyTorch |")
 print("|---|---|---|---|")
 r, p = o["finetune_steps_per_s"], t["finetune_steps_per_s"]

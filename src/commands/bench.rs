@@ -124,11 +124,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
         let m = &t.machine;
         println!(
-            "machine: {}, {}; CPU features: {}; matrix products: {} kernels",
+            "machine: {}, {}; CPU features: {}; matrix products: {} kernels; bf16 products: {}",
             if m.cpu.is_empty() { "unknown CPU" } else { &m.cpu },
             m.device,
             if m.features.is_empty() { "none of AVX2/AVX-512/AMX".to_string() } else { m.features.join(" ") },
-            m.gemm_kernels
+            m.gemm_kernels,
+            m.bf16_kernel.unwrap_or("none (no AVX512-BF16)")
         );
     }
     Ok(())

@@ -1,17 +1,21 @@
-//! Matrix products with bf16 operands and f32 sums on AVX512-BF16 (`vdpbf16ps`): the kernel of
-//! `--precision bf16`. Both operands are rounded to bf16 (to nearest, ties to even, as PyTorch's
-//! autocast rounds), each pair of products is summed in f32, and so is the result.
+//! Matrix products with bf16 operands and f32 sums: the kernel of `--precision bf16`. Both
+//! operands are rounded to bf16 (to nearest, ties to even, as PyTorch's autocast rounds), each pair
+//! of products is summed in f32, and so is the result.
 //!
-//! Why our own kernel: no maintained Rust crate has one (the `gemm` crate candle uses widens
+//! Two kernels, picked at run time ([`Kernel::best`]): Intel AMX tiles (`super::amx`) where the
+//! CPU has them and Linux grants them, else AVX512-BF16's `vdpbf16ps` in registers (this file).
+//! Both read the same packed operands.
+//!
+//! Why our own kernels: no maintained Rust crate has one (the `gemm` crate candle uses widens
 //! f16/bf16 to f32 and runs its f32 kernels), and oneDNN or OpenBLAS's `sbgemm` would bring back
-//! a system library to build against. A register-blocked `vdpbf16ps` loop is small; its speed
-//! against oneDNN's (through PyTorch) is measured by `robust-ssl bench --linear`
-//! (`tools/bench_linear.sh`, BENCHMARKS.md).
+//! a system library to build against. Their speed against oneDNN's (through PyTorch) is measured
+//! by `robust-ssl bench --linear` (`tools/bench_linear.sh`, BENCHMARKS.md).
 //!
-//! Layout: the left operand is rounded into rows of bf16 pairs (`k` padded to even); the right
-//! one into panels of 64 columns where each 32-bit lane holds the pair `(b[2p][j], b[2p+1][j])`.
-//! A 6×64 tile of the result lives in 24 registers while 256 of `k` stream through; tiles are
-//! shared out to the threads in 96×192 blocks.
+//! Layout: the left operand is rounded into rows of bf16 pairs (`k` padded to even; to 32 and the
+//! rows to 32 for AMX); the right one into panels of 64 columns where each 32-bit lane holds the
+//! pair `(b[2p][j], b[2p+1][j])`. The packing buffers are kept per thread between products. In
+//! registers, a 6×64 tile of the result lives in 24 registers while 256 of `k` stream through;
+//! tiles are shared out to the threads in 96×192 blocks.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -36,6 +40,33 @@ const NC: usize = 192;
 /// Set (to anything), the kernel is treated as unsupported: to compare with a CPU without
 /// AVX512-BF16, or to see the refusal.
 pub const DISABLE_ENV: &str = "ROBUST_SSL_DISABLE_BF16";
+
+/// The kernel that runs the products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// Intel AMX tiles (`tdpbf16ps`), where [`super::amx::available`].
+    Amx,
+    /// AVX512-BF16 (`vdpbf16ps`) in registers.
+    Dpbf16,
+}
+
+impl Kernel {
+    /// The fastest this machine runs: AMX where available, else `vdpbf16ps`.
+    pub fn best() -> Self {
+        if super::amx::available() {
+            Self::Amx
+        } else {
+            Self::Dpbf16
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Amx => "AMX tiles (tdpbf16ps)",
+            Self::Dpbf16 => "AVX512-BF16 (vdpbf16ps)",
+        }
+    }
+}
 
 /// Whether this CPU runs the kernel (AVX-512 F and BF16), and [`DISABLE_ENV`] is unset.
 pub fn supported() -> bool {
@@ -143,27 +174,31 @@ unsafe fn pack_panel(j: usize, out: &mut [u32], n: usize, k: usize, (p, rs, cs):
             out[q * NR + c] = pair(at(2 * q, c), at(2 * q + 1, c));
         }
     }
+    if cols < NR {
+        for q in 0..pairs {
+            out[q * NR + cols..(q + 1) * NR].fill(0);
+        }
+    }
 }
 
-/// `lhs` (m×k through strides) as rows of `pairs` bf16 pairs.
+/// `lhs` (m×k through strides) into `out` as rows of `pairs` bf16 pairs, then zero rows to its end.
 #[cfg(target_arch = "x86_64")]
-unsafe fn pack_rows(m: usize, k: usize, pairs: usize, lhs: (*const f32, usize, usize), parallel: bool) -> Vec<u32> {
-    let mut out = super::fastmath::zeros(m * pairs);
+unsafe fn pack_rows(m: usize, k: usize, pairs: usize, out: &mut [u32], lhs: (*const f32, usize, usize), parallel: bool) {
     let src = SendPtr(lhs.0);
     // SAFETY: group g holds rows 16g.. of the caller's matrix; the CPU was checked by the caller.
     let group = |(g, o): (usize, &mut [u32])| unsafe { pack_row_group(16 * g, o, k, pairs, (src.get(), lhs.1, lhs.2)) };
+    let (rows, padding) = out.split_at_mut(m * pairs);
+    padding.fill(0);
     if parallel {
-        out.par_chunks_mut(16 * pairs).enumerate().for_each(group);
+        rows.par_chunks_mut(16 * pairs).enumerate().for_each(group);
     } else {
-        out.chunks_mut(16 * pairs).enumerate().for_each(group);
+        rows.chunks_mut(16 * pairs).enumerate().for_each(group);
     }
-    out
 }
 
-/// `rhs` (k×n through strides) as `NR`-column panels of bf16 pairs, `[panel][pair][NR]`.
+/// `rhs` (k×n through strides) into `out` as `NR`-column panels of bf16 pairs, `[panel][pair][NR]`.
 #[cfg(target_arch = "x86_64")]
-unsafe fn pack_panels(n: usize, k: usize, pairs: usize, rhs: (*const f32, usize, usize), parallel: bool) -> Vec<u32> {
-    let mut out = super::fastmath::zeros(n.div_ceil(NR) * pairs * NR);
+unsafe fn pack_panels(n: usize, k: usize, pairs: usize, out: &mut [u32], rhs: (*const f32, usize, usize), parallel: bool) {
     let src = SendPtr(rhs.0);
     // SAFETY: panel j holds columns NR·j.. of the caller's matrix; the CPU was checked by the caller.
     let panel = |(j, o): (usize, &mut [u32])| unsafe { pack_panel(j, o, n, k, (src.get(), rhs.1, rhs.2)) };
@@ -172,7 +207,31 @@ unsafe fn pack_panels(n: usize, k: usize, pairs: usize, rhs: (*const f32, usize,
     } else {
         out.chunks_mut(pairs * NR).enumerate().for_each(panel);
     }
-    out
+}
+
+thread_local! {
+    /// This thread's packing buffers, kept from one product to the next: a fresh pair per product
+    /// cost a fifth of a bf16 step in zeroing and page faults.
+    static BUFFERS: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `f` on two packing buffers of `la` and `lb` lanes (contents unspecified): this thread's own,
+/// or new ones where they are in use (a product inside a product's task).
+fn with_buffers<R>(la: usize, lb: usize, f: impl FnOnce(&mut [u32], &mut [u32]) -> R) -> R {
+    let sized = |v: &mut Vec<u32>, len: usize| {
+        if v.len() < len {
+            *v = super::fastmath::zeros(len);
+        }
+    };
+    BUFFERS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (a, b) = &mut *bufs;
+            sized(a, la);
+            sized(b, lb);
+            f(&mut a[..la], &mut b[..lb])
+        }
+        Err(_) => f(&mut super::fastmath::zeros(la), &mut super::fastmath::zeros(lb)),
+    })
 }
 
 /// One `R`×`NR` tile: `c (+)= a · b` over `pairs` pairs of `k`. `a` holds R rows `a_rs` pairs
@@ -258,7 +317,26 @@ pub unsafe fn gemm_bf16(
     rhs: (*const f32, usize, usize),
     parallel: bool,
 ) {
+    gemm_bf16_on(Kernel::best(), (m, n, k), dst, dst_rs, accumulate, lhs, rhs, parallel)
+}
+
+/// [`gemm_bf16`] on the given kernel.
+///
+/// # Safety
+/// As [`gemm_bf16`], and [`Kernel::Amx`] only where [`super::amx::available`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_bf16_on(
+    kernel: Kernel,
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    parallel: bool,
+) {
     assert!(supported(), "internal error: the bf16 kernel on a CPU without AVX512-BF16");
+    assert!(kernel == Kernel::Dpbf16 || super::amx::available(), "internal error: AMX where it is not available");
     if m == 0 || n == 0 {
         return;
     }
@@ -272,7 +350,31 @@ pub unsafe fn gemm_bf16(
     }
     let parallel = parallel && candle_core::utils::get_num_threads() > 1;
     #[cfg(target_arch = "x86_64")]
-    products((m, n, k), SendPtr(dst), dst_rs, accumulate, lhs, rhs, parallel);
+    match kernel {
+        Kernel::Amx => amx_products((m, n, k), SendPtr(dst), dst_rs, accumulate, lhs, rhs, parallel),
+        Kernel::Dpbf16 => products((m, n, k), SendPtr(dst), dst_rs, accumulate, lhs, rhs, parallel),
+    }
+}
+
+/// The AMX path: operands packed as for `vdpbf16ps`, padded to whole tiles.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn amx_products(
+    (m, n, k): (usize, usize, usize),
+    out: SendPtr<*mut f32>,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    parallel: bool,
+) {
+    use super::amx::{BLOCK, TILE};
+    let pairs = k.div_ceil(2).div_ceil(TILE) * TILE;
+    with_buffers(m.div_ceil(BLOCK) * BLOCK * pairs, n.div_ceil(NR) * pairs * NR, |a, b| {
+        pack_rows(m, k, pairs, a, lhs, parallel);
+        pack_panels(n, k, pairs, b, rhs, parallel);
+        super::amx::products((m, n), out, dst_rs, accumulate, a, b, pairs, NR, parallel);
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -287,8 +389,27 @@ unsafe fn products(
     parallel: bool,
 ) {
     let pairs = k.div_ceil(2);
-    let a = pack_rows(m, k, pairs, lhs, parallel);
-    let b = pack_panels(n, k, pairs, rhs, parallel);
+    with_buffers(m * pairs, n.div_ceil(NR) * pairs * NR, |a, b| {
+        pack_rows(m, k, pairs, a, lhs, parallel);
+        pack_panels(n, k, pairs, b, rhs, parallel);
+        register_products((m, n, pairs), out, dst_rs, accumulate, a, b, parallel)
+    })
+}
+
+/// The `vdpbf16ps` path on the packed operands.
+///
+/// # Safety
+/// As [`gemm_bf16`], with `a` and `b` packed by `pack_rows` and `pack_panels`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn register_products(
+    (m, n, pairs): (usize, usize, usize),
+    out: SendPtr<*mut f32>,
+    dst_rs: usize,
+    accumulate: bool,
+    a: &[u32],
+    b: &[u32],
+    parallel: bool,
+) {
     let panels = n.div_ceil(NR);
     let groups = panels.div_ceil(NC / NR);
     let blocks = m.div_ceil(MC);
@@ -328,6 +449,17 @@ unsafe fn products(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kernel this machine runs (AMX is skipped, with a note, where absent).
+    fn kernels() -> Vec<Kernel> {
+        let mut k = vec![Kernel::Dpbf16];
+        if crate::encoder::amx::available() {
+            k.push(Kernel::Amx);
+        } else {
+            eprintln!("AMX not checked: this CPU or kernel has none");
+        }
+        k
+    }
 
     fn widen(h: u16) -> f64 {
         f32::from_bits((h as u32) << 16) as f64
@@ -376,21 +508,37 @@ mod tests {
                 let (rhs_rs, rhs_cs) = if rhs_t { (1, k) } else { (n, 1) };
                 let av = |i: usize, j: usize| a[i * lhs_rs + j * lhs_cs];
                 let bv = |i: usize, j: usize| b[i * rhs_rs + j * rhs_cs];
-                let mut c = init.clone();
-                unsafe { gemm_bf16((m, n, k), c.as_mut_ptr(), n, acc, (a.as_ptr(), lhs_rs, lhs_cs), (b.as_ptr(), rhs_rs, rhs_cs), par) };
-                for i in 0..m {
-                    for j in 0..n {
-                        let mut s = if acc { init[i * n + j] as f64 } else { 0.0 };
-                        let mut mag = s.abs();
-                        for l in 0..k {
-                            let p = widen(round_bf16(av(i, l))) * widen(round_bf16(bv(l, j)));
-                            s += p;
-                            mag += p.abs();
+                for kernel in kernels() {
+                    let mut c = init.clone();
+                    unsafe {
+                        gemm_bf16_on(
+                            kernel,
+                            (m, n, k),
+                            c.as_mut_ptr(),
+                            n,
+                            acc,
+                            (a.as_ptr(), lhs_rs, lhs_cs),
+                            (b.as_ptr(), rhs_rs, rhs_cs),
+                            par,
+                        )
+                    };
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut s = if acc { init[i * n + j] as f64 } else { 0.0 };
+                            let mut mag = s.abs();
+                            for l in 0..k {
+                                let p = widen(round_bf16(av(i, l))) * widen(round_bf16(bv(l, j)));
+                                s += p;
+                                mag += p.abs();
+                            }
+                            // f32 summation of exact products (bf16×bf16 fits in f32): error ≤ k·2⁻²⁴·Σ|p|.
+                            let bound = (k as f64 + 2.0) * 6e-8 * mag + 1e-30;
+                            let got = c[i * n + j] as f64;
+                            assert!(
+                                (got - s).abs() <= bound,
+                                "{kernel:?} ({m},{n},{k}) t=({lhs_t},{rhs_t}) acc={acc} at ({i},{j}): {got} vs {s}"
+                            );
                         }
-                        // f32 summation of exact products (bf16×bf16 fits in f32): error ≤ k·2⁻²⁴·Σ|p|.
-                        let bound = (k as f64 + 2.0) * 6e-8 * mag + 1e-30;
-                        let got = c[i * n + j] as f64;
-                        assert!((got - s).abs() <= bound, "({m},{n},{k}) t=({lhs_t},{rhs_t}) acc={acc} at ({i},{j}): {got} vs {s}");
                     }
                 }
             }

@@ -1,6 +1,7 @@
 //! Encoders: DINO v1 / DINOv2 ViT backbones loaded from any checkpoint format, as the
 //! differentiable front of the pipeline *pixels in [0,1] → normalize → encoder → head*.
 
+pub mod amx;
 pub mod arch;
 pub mod bf16_gemm;
 mod fast_vit;

@@ -1,7 +1,7 @@
 //! The arithmetic of the encoder's matrix products: f32 throughout (the default, the reference),
 //! or bf16 operands with f32 sums (`--precision bf16`, PyTorch autocast's trade) on CPUs with
-//! AVX512-BF16. Everything else (normalizations, softmax, activations, residuals, the heads, the
-//! attack's bookkeeping) stays f32 in both.
+//! AVX512-BF16 (on AMX tiles where the CPU has them too). Everything else (normalizations,
+//! softmax, activations, residuals, the heads, the attack's bookkeeping) stays f32 in both.
 
 use anyhow::{bail, Result};
 

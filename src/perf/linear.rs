@@ -38,7 +38,7 @@ pub struct LinearSpeed {
     pub layers: Vec<LayerSpeed>,
 }
 
-const PEAK_METHOD: &str = "12 independent chains of 512-bit FMA (AVX-512; 256-bit on AVX2) or vdpbf16ps per thread, in registers, every rayon thread at once; flops = 2 per multiply-add; best of 3";
+const PEAK_METHOD: &str = "12 independent chains of 512-bit FMA (AVX-512; 256-bit on AVX2) or vdpbf16ps per thread, in registers (bf16 on AMX: four independent tdpbf16ps on loaded tiles), every rayon thread at once; flops = 2 per multiply-add; best of 3";
 
 #[cfg(target_arch = "x86_64")]
 mod peak {
@@ -118,7 +118,10 @@ fn peaks() -> (f64, Option<f64>) {
         } else {
             f64::NAN
         };
-        let bf16_peak = bf16_gemm::supported().then(|| all_threads(|n| unsafe { peak::dpbf16(n) }));
+        let bf16_peak = bf16_gemm::supported().then(|| match bf16_gemm::Kernel::best() {
+            bf16_gemm::Kernel::Amx => all_threads(|n| unsafe { crate::encoder::amx::peak(n / 16) }),
+            bf16_gemm::Kernel::Dpbf16 => all_threads(|n| unsafe { peak::dpbf16(n) }),
+        });
         (f32_peak, bf16_peak)
     }
     #[cfg(not(target_arch = "x86_64"))]

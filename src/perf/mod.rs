@@ -41,6 +41,8 @@ pub struct Machine {
     pub features: Vec<String>,
     /// The kernels our matrix products run (the gemm crate dispatches at run time).
     pub gemm_kernels: &'static str,
+    /// The kernel of `--precision bf16`'s products, where the CPU runs one.
+    pub bf16_kernel: Option<&'static str>,
     pub device: String,
 }
 
@@ -65,6 +67,7 @@ impl Machine {
             threads: rayon::current_num_threads(),
             features,
             gemm_kernels,
+            bf16_kernel: crate::encoder::bf16_gemm::supported().then(|| crate::encoder::bf16_gemm::Kernel::best().describe()),
             device: crate::device::describe(device),
         }
     }
