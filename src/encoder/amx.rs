@@ -140,8 +140,8 @@ pub unsafe fn products(
     panel_cols: usize,
     parallel: bool,
 ) {
-    assert!(pairs % TILE == 0 && a.len() >= m.div_ceil(BLOCK) * BLOCK * pairs, "internal error: AMX operands not padded");
-    assert!(b.len() >= n.div_ceil(panel_cols) * pairs * panel_cols && panel_cols % BLOCK == 0, "internal error: AMX panels");
+    assert!(pairs.is_multiple_of(TILE) && a.len() >= m.div_ceil(BLOCK) * BLOCK * pairs, "internal error: AMX operands not padded");
+    assert!(b.len() >= n.div_ceil(panel_cols) * pairs * panel_cols && panel_cols.is_multiple_of(BLOCK), "internal error: AMX panels");
     // SAFETY: the caller's contract, block by block; blocks of rows are disjoint.
     let rows = |ib: usize| unsafe { row_block(ib, (m, n), dst, dst_rs, accumulate, a, b, pairs, panel_cols) };
     let blocks = m.div_ceil(BLOCK);
@@ -216,8 +216,8 @@ unsafe fn row_block(
             tile_store!(3, s.add(TILE * BLOCK + TILE), s_stride);
             for i in 0..BLOCK.min(m - i0) {
                 let (row, from) = (c.add(i * dst_rs), &spill[i * BLOCK..]);
-                for j in 0..BLOCK.min(n - j0) {
-                    *row.add(j) = if accumulate { *row.add(j) + from[j] } else { from[j] };
+                for (j, v) in from[..BLOCK.min(n - j0)].iter().enumerate() {
+                    *row.add(j) = if accumulate { *row.add(j) + v } else { *v };
                 }
             }
         }
