@@ -121,9 +121,10 @@ macro_rules! tile_dot {
     };
 }
 
-/// `dst[m,n] (+)= a · b` on the packed operands: `a` holds `⌈m/32⌉·32` rows of `pairs` bf16
-/// pairs; `b` 64-column panels, `[panel][pair][64]`; `pairs` is a multiple of 16. Threads take
-/// blocks of 32 rows.
+/// `dst[m,n] (+)= a · b` on the packed operands, tile by tile (each tile 16×16 lanes, 1 KiB
+/// contiguous): `a` holds `⌈m/32⌉·32` rows of `pairs` bf16 pairs as `[16-row group][step][row]
+/// [16 pairs]`; `b` 32-column panels as `[panel][step][half][16 pairs][16 columns]`; a step is
+/// 16 pairs, and `pairs` a multiple of 16. Threads take blocks of 32 rows.
 ///
 /// # Safety
 /// [`available`] returned true; the buffers hold what is said above; `dst` addresses `m` rows
@@ -137,13 +138,12 @@ pub unsafe fn products(
     a: &[u32],
     b: &[u32],
     pairs: usize,
-    panel_cols: usize,
     parallel: bool,
 ) {
     assert!(pairs.is_multiple_of(TILE) && a.len() >= m.div_ceil(BLOCK) * BLOCK * pairs, "internal error: AMX operands not padded");
-    assert!(b.len() >= n.div_ceil(panel_cols) * pairs * panel_cols && panel_cols.is_multiple_of(BLOCK), "internal error: AMX panels");
+    assert!(b.len() >= n.div_ceil(BLOCK) * BLOCK * pairs, "internal error: AMX panels not padded");
     // SAFETY: the caller's contract, block by block; blocks of rows are disjoint.
-    let rows = |ib: usize| unsafe { row_block(ib, (m, n), dst, dst_rs, accumulate, a, b, pairs, panel_cols) };
+    let rows = |ib: usize| unsafe { row_block(ib, (m, n), dst, dst_rs, accumulate, a, b, pairs) };
     let blocks = m.div_ceil(BLOCK);
     if parallel {
         (0..blocks).into_par_iter().for_each(rows);
@@ -164,11 +164,11 @@ unsafe fn row_block(
     a: &[u32],
     b: &[u32],
     pairs: usize,
-    panel_cols: usize,
 ) {
     let config = TileConfig::full();
     asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
-    let (a_stride, b_stride, c_stride) = (4 * pairs, 4 * panel_cols, 4 * dst_rs);
+    const AREA: usize = TILE * TILE; // lanes of a tile
+    let (tile_stride, c_stride) = (4 * TILE, 4 * dst_rs);
     let i0 = ib * BLOCK;
     let a0 = a.as_ptr().add(i0 * pairs);
     let a1 = a0.add(TILE * pairs);
@@ -187,17 +187,16 @@ unsafe fn row_block(
             tile_zero!(2);
             tile_zero!(3);
         }
-        let (panel, within) = (j0 / panel_cols, j0 % panel_cols);
-        let b0 = b.as_ptr().add(panel * pairs * panel_cols + within);
+        let b0 = b.as_ptr().add(j0 * pairs);
         // Loads between the products, so that each overlaps the products that do not need it.
-        for p0 in (0..pairs).step_by(TILE) {
-            let bp = b0.add(p0 * panel_cols);
-            tile_load!(4, a0.add(p0), a_stride);
-            tile_load!(6, bp, b_stride);
+        for step in 0..pairs / TILE {
+            let (ap, bp) = (step * AREA, b0.add(2 * step * AREA));
+            tile_load!(4, a0.add(ap), tile_stride);
+            tile_load!(6, bp, tile_stride);
             tile_dot!(0, 4, 6);
-            tile_load!(7, bp.add(TILE), b_stride);
+            tile_load!(7, bp.add(AREA), tile_stride);
             tile_dot!(1, 4, 7);
-            tile_load!(5, a1.add(p0), a_stride);
+            tile_load!(5, a1.add(ap), tile_stride);
             tile_dot!(2, 5, 6);
             tile_dot!(3, 5, 7);
         }
@@ -227,7 +226,7 @@ unsafe fn row_block(
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn row_block(_: usize, _: (usize, usize), _: SendPtr<*mut f32>, _: usize, _: bool, _: &[u32], _: &[u32], _: usize, _: usize) {
+unsafe fn row_block(_: usize, _: (usize, usize), _: SendPtr<*mut f32>, _: usize, _: bool, _: &[u32], _: &[u32], _: usize) {
     unreachable!("AMX is x86-64 only")
 }
 

@@ -109,18 +109,68 @@ unsafe fn adjacent16(x: *const f32) -> __m512i {
     std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x.add(16)), _mm512_loadu_ps(x)))
 }
 
-/// Rows `i0..` of `lhs` (m×k through strides) into `out`, rows of `pairs` bf16 pairs.
+/// Where the packed operands put each bf16 pair.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Rows of `pairs` lanes; panels of [`NR`] columns, `[pair][NR]` (the register kernel's).
+    Rows,
+    /// AMX tiles, each 16×16 lanes contiguous: a 16-row group as `[step][row][16 pairs]`; a
+    /// 32-column panel as `[step][half][16 pairs][16 columns]` (a step = 16 pairs of `k`).
+    Tiles,
+}
+
+impl Layout {
+    /// Columns of a panel of the right operand.
+    fn panel(self) -> usize {
+        match self {
+            Self::Rows => NR,
+            Self::Tiles => 2 * TILE,
+        }
+    }
+
+    /// Lane of row `i` (of its group), pair `q` on the left; runs of 16 from `q` a multiple of
+    /// 16 are contiguous in both layouts.
+    fn lhs(self, i: usize, q: usize, pairs: usize) -> usize {
+        match self {
+            Self::Rows => i * pairs + q,
+            Self::Tiles => ((q / TILE) * TILE + i) * TILE + q % TILE,
+        }
+    }
+
+    /// Lane of pair `q`, column `c` (of its panel) on the right; runs of 16 from `c` a multiple
+    /// of 16 are contiguous in both layouts.
+    fn rhs(self, q: usize, c: usize) -> usize {
+        match self {
+            Self::Rows => q * NR + c,
+            Self::Tiles => ((q / TILE) * 2 + c / TILE) * TILE * TILE + (q % TILE) * TILE + c % TILE,
+        }
+    }
+}
+
+/// Tile side of the AMX kernel.
+const TILE: usize = super::amx::TILE;
+
+/// `rows` rows from `i0` of `lhs` (m×k through strides) into `out` (rows of `pairs` bf16 pairs,
+/// placed by `layout`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pack_row_group(i0: usize, out: &mut [u32], k: usize, pairs: usize, (p, rs, cs): (*const f32, usize, usize)) {
-    let rows = out.len() / pairs;
+unsafe fn pack_row_group(
+    i0: usize,
+    rows: usize,
+    out: &mut [u32],
+    k: usize,
+    pairs: usize,
+    (p, rs, cs): (*const f32, usize, usize),
+    layout: Layout,
+) {
     let at = |i: usize, j: usize| if j < k { *p.add((i0 + i) * rs + j * cs) } else { 0.0 };
+    let at_lane = |i: usize, q: usize| layout.lhs(i, q, pairs);
     let mut done = 0; // pairs already written in every row
     if cs == 1 {
         done = k / 32 * 16;
         for i in 0..rows {
             for g in 0..k / 32 {
-                _mm512_storeu_si512(out.as_mut_ptr().add(i * pairs + 16 * g) as *mut _, adjacent16(p.add((i0 + i) * rs + 32 * g)));
+                _mm512_storeu_si512(out.as_mut_ptr().add(at_lane(i, 16 * g)) as *mut _, adjacent16(p.add((i0 + i) * rs + 32 * g)));
             }
         }
     } else if rs == 1 && rows == 16 {
@@ -130,31 +180,33 @@ unsafe fn pack_row_group(i0: usize, out: &mut [u32], k: usize, pairs: usize, (p,
             let v = interleave16(p.add(2 * q * cs + i0), p.add((2 * q + 1) * cs + i0));
             _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, v);
             for (i, l) in lanes.iter().enumerate() {
-                out[i * pairs + q] = *l;
+                out[at_lane(i, q)] = *l;
             }
         }
     }
     for i in 0..rows {
         for q in done..pairs {
-            out[i * pairs + q] = pair(at(i, 2 * q), at(i, 2 * q + 1));
+            out[at_lane(i, q)] = pair(at(i, 2 * q), at(i, 2 * q + 1));
         }
     }
 }
 
-/// Panel `j` (`NR` columns) of `rhs` (k×n through strides) into `out`, `[pair][NR]`.
+/// Panel `j` (`layout.panel()` columns) of `rhs` (k×n through strides) into `out`, the columns
+/// past `n` zero.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pack_panel(j: usize, out: &mut [u32], n: usize, k: usize, (p, rs, cs): (*const f32, usize, usize)) {
-    let pairs = out.len() / NR;
-    let cols = NR.min(n - j * NR);
-    let at = |r: usize, c: usize| if r < k { *p.add(r * rs + (j * NR + c) * cs) } else { 0.0 };
+unsafe fn pack_panel(j: usize, out: &mut [u32], n: usize, k: usize, (p, rs, cs): (*const f32, usize, usize), layout: Layout) {
+    let width = layout.panel();
+    let pairs = out.len() / width;
+    let cols = width.min(n - j * width);
+    let at = |r: usize, c: usize| if r < k { *p.add(r * rs + (j * width + c) * cs) } else { 0.0 };
     let mut done = 0; // pairs already written in every column
-    if cs == 1 && cols == NR {
+    if cs == 1 && cols == width {
         done = k / 2;
         for q in 0..k / 2 {
-            for h in 0..V {
-                let v = interleave16(p.add(2 * q * rs + j * NR + 16 * h), p.add((2 * q + 1) * rs + j * NR + 16 * h));
-                _mm512_storeu_si512(out.as_mut_ptr().add(q * NR + 16 * h) as *mut _, v);
+            for h in 0..width / 16 {
+                let v = interleave16(p.add(2 * q * rs + j * width + 16 * h), p.add((2 * q + 1) * rs + j * width + 16 * h));
+                _mm512_storeu_si512(out.as_mut_ptr().add(layout.rhs(q, 16 * h)) as *mut _, v);
             }
         }
     } else if rs == 1 {
@@ -162,32 +214,44 @@ unsafe fn pack_panel(j: usize, out: &mut [u32], n: usize, k: usize, (p, rs, cs):
         let mut lanes = [0u32; 16];
         for c in 0..cols {
             for g in 0..k / 32 {
-                _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, adjacent16(p.add((j * NR + c) * cs + 32 * g)));
+                _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, adjacent16(p.add((j * width + c) * cs + 32 * g)));
                 for (t, l) in lanes.iter().enumerate() {
-                    out[(16 * g + t) * NR + c] = *l;
+                    out[layout.rhs(16 * g + t, c)] = *l;
                 }
             }
         }
     }
     for q in done..pairs {
         for c in 0..cols {
-            out[q * NR + c] = pair(at(2 * q, c), at(2 * q + 1, c));
+            out[layout.rhs(q, c)] = pair(at(2 * q, c), at(2 * q + 1, c));
         }
     }
-    if cols < NR {
-        for q in 0..pairs {
-            out[q * NR + cols..(q + 1) * NR].fill(0);
+    for q in 0..pairs {
+        for c in cols..width {
+            out[layout.rhs(q, c)] = 0;
         }
     }
 }
 
-/// `lhs` (m×k through strides) into `out` as rows of `pairs` bf16 pairs, then zero rows to its end.
+/// `lhs` (m×k through strides) into `out` as groups of 16 rows of `pairs` bf16 pairs, then zero
+/// rows to its end.
 #[cfg(target_arch = "x86_64")]
-unsafe fn pack_rows(m: usize, k: usize, pairs: usize, out: &mut [u32], lhs: (*const f32, usize, usize), parallel: bool) {
+unsafe fn pack_rows(m: usize, k: usize, pairs: usize, out: &mut [u32], lhs: (*const f32, usize, usize), parallel: bool, layout: Layout) {
     let src = SendPtr(lhs.0);
-    // SAFETY: group g holds rows 16g.. of the caller's matrix; the CPU was checked by the caller.
-    let group = |(g, o): (usize, &mut [u32])| unsafe { pack_row_group(16 * g, o, k, pairs, (src.get(), lhs.1, lhs.2)) };
-    let (rows, padding) = out.split_at_mut(m * pairs);
+    let group = |(g, o): (usize, &mut [u32])| {
+        let rows = 16.min(m - 16 * g);
+        if rows < 16 && layout == Layout::Tiles {
+            o.fill(0); // the rows past m, which tiles interleave with the others
+        }
+        // SAFETY: group g holds rows 16g.. of the caller's matrix; the CPU was checked by the caller.
+        unsafe { pack_row_group(16 * g, rows, o, k, pairs, (src.get(), lhs.1, lhs.2), layout) }
+    };
+    // Rows: m rows then zeros; tiles: whole groups of 16 rows then zeros.
+    let packed = match layout {
+        Layout::Rows => m * pairs,
+        Layout::Tiles => m.div_ceil(16) * 16 * pairs,
+    };
+    let (rows, padding) = out.split_at_mut(packed);
     padding.fill(0);
     if parallel {
         rows.par_chunks_mut(16 * pairs).enumerate().for_each(group);
@@ -196,16 +260,16 @@ unsafe fn pack_rows(m: usize, k: usize, pairs: usize, out: &mut [u32], lhs: (*co
     }
 }
 
-/// `rhs` (k×n through strides) into `out` as `NR`-column panels of bf16 pairs, `[panel][pair][NR]`.
+/// `rhs` (k×n through strides) into `out` as panels of `layout.panel()` columns of bf16 pairs.
 #[cfg(target_arch = "x86_64")]
-unsafe fn pack_panels(n: usize, k: usize, pairs: usize, out: &mut [u32], rhs: (*const f32, usize, usize), parallel: bool) {
+unsafe fn pack_panels(n: usize, k: usize, pairs: usize, out: &mut [u32], rhs: (*const f32, usize, usize), parallel: bool, layout: Layout) {
     let src = SendPtr(rhs.0);
-    // SAFETY: panel j holds columns NR·j.. of the caller's matrix; the CPU was checked by the caller.
-    let panel = |(j, o): (usize, &mut [u32])| unsafe { pack_panel(j, o, n, k, (src.get(), rhs.1, rhs.2)) };
+    // SAFETY: panel j holds columns width·j.. of the caller's matrix; the CPU was checked by the caller.
+    let panel = |(j, o): (usize, &mut [u32])| unsafe { pack_panel(j, o, n, k, (src.get(), rhs.1, rhs.2), layout) };
     if parallel {
-        out.par_chunks_mut(pairs * NR).enumerate().for_each(panel);
+        out.par_chunks_mut(pairs * layout.panel()).enumerate().for_each(panel);
     } else {
-        out.chunks_mut(pairs * NR).enumerate().for_each(panel);
+        out.chunks_mut(pairs * layout.panel()).enumerate().for_each(panel);
     }
 }
 
@@ -368,12 +432,12 @@ unsafe fn amx_products(
     rhs: (*const f32, usize, usize),
     parallel: bool,
 ) {
-    use super::amx::{BLOCK, TILE};
+    use super::amx::BLOCK;
     let pairs = k.div_ceil(2).div_ceil(TILE) * TILE;
-    with_buffers(m.div_ceil(BLOCK) * BLOCK * pairs, n.div_ceil(NR) * pairs * NR, |a, b| {
-        pack_rows(m, k, pairs, a, lhs, parallel);
-        pack_panels(n, k, pairs, b, rhs, parallel);
-        super::amx::products((m, n), out, dst_rs, accumulate, a, b, pairs, NR, parallel);
+    with_buffers(m.div_ceil(BLOCK) * BLOCK * pairs, n.div_ceil(BLOCK) * BLOCK * pairs, |a, b| {
+        pack_rows(m, k, pairs, a, lhs, parallel, Layout::Tiles);
+        pack_panels(n, k, pairs, b, rhs, parallel, Layout::Tiles);
+        super::amx::products((m, n), out, dst_rs, accumulate, a, b, pairs, parallel);
     })
 }
 
@@ -390,8 +454,8 @@ unsafe fn products(
 ) {
     let pairs = k.div_ceil(2);
     with_buffers(m * pairs, n.div_ceil(NR) * pairs * NR, |a, b| {
-        pack_rows(m, k, pairs, a, lhs, parallel);
-        pack_panels(n, k, pairs, b, rhs, parallel);
+        pack_rows(m, k, pairs, a, lhs, parallel, Layout::Rows);
+        pack_panels(n, k, pairs, b, rhs, parallel, Layout::Rows);
         register_products((m, n, pairs), out, dst_rs, accumulate, a, b, parallel)
     })
 }

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::arch::FfnKind;
 use super::bf16_gemm::gemm_bf16;
-use super::fastmath::{exp_f32, zeros, SendPtr};
+use super::fastmath::{by_chunks, exp_f32, written, zeros, SendPtr};
 use super::frozen_linear::gemm_f32;
 use super::fused;
 use super::layers::{LayerNorm, Linear};
@@ -68,28 +68,35 @@ impl Lin {
 
     /// `x · Wᵀ + b` for `rows` rows.
     fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let mut y = zeros(rows * self.out);
-        if let Some(b) = &self.b {
-            y.par_chunks_mut(self.out).for_each(|r| r.copy_from_slice(b));
-        }
-        // SAFETY: x is rows×inp, w_t inp×out, y rows×out, all row-major; the bias, where there is
-        // one, is in y already and accumulated onto.
+        let (x, w) = ((x.as_ptr(), self.inp, 1), (self.w_t.as_ptr(), self.out, 1));
+        let dims = (rows, self.out, self.inp);
+        // SAFETY: x is rows×inp, w_t inp×out, y rows×out, all row-major. With a bias, y holds it
+        // in every row before the product accumulates onto it; without, the product writes all of
+        // y (not accumulating, it reads none of it).
         unsafe {
-            let (x, w) = ((x.as_ptr(), self.inp, 1), (self.w_t.as_ptr(), self.out, 1));
-            matmul(self.precision, (rows, self.out, self.inp), y.as_mut_ptr(), self.out, self.b.is_some(), x, w, true);
+            match &self.b {
+                Some(b) => {
+                    let mut y = by_chunks(rows * self.out, self.out, |_, r| {
+                        for (r, b) in r.iter_mut().zip(b) {
+                            r.write(*b);
+                        }
+                    });
+                    matmul(self.precision, dims, y.as_mut_ptr(), self.out, true, x, w, true);
+                    y
+                }
+                None => written(rows * self.out, |y| matmul(self.precision, dims, y, self.out, false, x, w, true)),
+            }
         }
-        y
     }
 
     /// `dy · W`: the input gradient only.
     fn backward(&self, dy: &[f32], rows: usize) -> Vec<f32> {
-        let mut dx = zeros(rows * self.inp);
-        // SAFETY: dy is rows×out; W = w_tᵀ read through strides (1, out); dx rows×inp.
+        // SAFETY: dy is rows×out; W = w_tᵀ read through strides (1, out); dx rows×inp, written
+        // whole by the product (not accumulating).
         unsafe {
             let (g, w) = ((dy.as_ptr(), self.out, 1), (self.w_t.as_ptr(), 1, self.out));
-            matmul(self.precision, (rows, self.inp, self.out), dx.as_mut_ptr(), self.inp, false, g, w, true);
+            written(rows * self.inp, |dx| matmul(self.precision, (rows, self.inp, self.out), dx, self.inp, false, g, w, true))
         }
-        dx
     }
 }
 
@@ -113,16 +120,25 @@ impl Ln {
 
 /// `x + γ ⊙ y` (γ per channel, or 1).
 fn residual(x: &[f32], y: &[f32], gamma: &Option<Vec<f32>>) -> Vec<f32> {
-    let mut out = vec![0.0; x.len()];
-    match gamma {
-        Some(g) => out.par_chunks_mut(g.len()).zip(x.par_chunks(g.len())).zip(y.par_chunks(g.len())).for_each(|((o, x), y)| {
-            for (((o, x), y), g) in o.iter_mut().zip(x).zip(y).zip(g) {
-                *o = x + g * y;
+    let width = gamma.as_ref().map_or(1 << 14, |g| g.len());
+    // SAFETY: each chunk is zipped with x's and y's chunks of the same length, and written whole.
+    unsafe {
+        by_chunks(x.len(), width, |i, o| {
+            let (x, y) = (&x[i * width..i * width + o.len()], &y[i * width..i * width + o.len()]);
+            match gamma {
+                Some(g) => {
+                    for (((o, x), y), g) in o.iter_mut().zip(x).zip(y).zip(g) {
+                        o.write(x + g * y);
+                    }
+                }
+                None => {
+                    for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
+                        o.write(x + y);
+                    }
+                }
             }
-        }),
-        None => out.par_iter_mut().zip(x).zip(y).for_each(|((o, x), y)| *o = x + y),
+        })
     }
-    out
 }
 
 /// `g ⊙ γ` row-wise (or a copy).
@@ -241,7 +257,8 @@ impl Block {
     fn attention(&self, qkv: &[f32], z: Dims, keep: bool) -> (Vec<f32>, Vec<f32>) {
         let (h, t, d) = (self.heads, z.t, z.d);
         let hd = d / h;
-        let mut o: Vec<f32> = zeros(z.b * t * d);
+        // o is written whole below (every (image, head) block), not zeroed first.
+        let mut o: Vec<f32> = Vec::with_capacity(z.b * t * d);
         let mut p: Vec<f32> = if keep { zeros(z.b * h * t * t) } else { vec![] };
         let (op, pp) = (SendPtr(o.as_mut_ptr()), SendPtr(p.as_mut_ptr()));
         (0..z.b * h).into_par_iter().for_each_init(
@@ -260,6 +277,9 @@ impl Block {
                 }
             },
         );
+        // SAFETY: the heads of every image cover o's columns and every row (the products do not
+        // accumulate).
+        unsafe { o.set_len(z.b * t * d) };
         (o, p)
     }
 
@@ -270,7 +290,8 @@ impl Block {
         let hd = d / h;
         let scale = (hd as f32).powf(-0.5);
         let kept = !p.is_empty();
-        let mut dqkv: Vec<f32> = zeros(z.b * t * 3 * d);
+        // Written whole below: each task writes the q, k and v blocks of its (image, head).
+        let mut dqkv: Vec<f32> = Vec::with_capacity(z.b * t * 3 * d);
         let dp = SendPtr(dqkv.as_mut_ptr());
         (0..z.b * h).into_par_iter().for_each_init(
             || (vec![0f32; t * t], if kept { vec![] } else { vec![0f32; t * t] }),
@@ -299,6 +320,9 @@ impl Block {
                 }
             },
         );
+        // SAFETY: the q, k and v blocks of every (image, head) cover dqkv (the products do not
+        // accumulate).
+        unsafe { dqkv.set_len(z.b * t * 3 * d) };
         dqkv
     }
 
