@@ -158,9 +158,14 @@ pub(crate) use multiversion;
 /// `n` zeros, written by every thread (a plain `vec![0; n]` zeroes on one thread while the
 /// others wait: several percent of an attack step).
 pub fn zeros<T: Copy + Default + Send + Sync>(n: usize) -> Vec<T> {
+    filled(n, T::default())
+}
+
+/// `n` copies of `value`, written by every thread.
+pub fn filled<T: Copy + Send + Sync>(n: usize, value: T) -> Vec<T> {
     use rayon::prelude::*;
     let mut v = Vec::with_capacity(n);
-    v.spare_capacity_mut().par_chunks_mut(1 << 16).for_each(|c| c.fill(std::mem::MaybeUninit::new(T::default())));
+    v.spare_capacity_mut().par_chunks_mut(1 << 16).for_each(|c| c.fill(std::mem::MaybeUninit::new(value)));
     // SAFETY: the n elements of the spare capacity were all written just above.
     unsafe { v.set_len(n) };
     v

@@ -48,7 +48,7 @@ fastmath::multiversion!(map_simd [T: Fast, F: Fn(T, T) -> T] (a: &[T], b: Option
 
 /// Applies `f` to matching rows of the inputs, writing one output row each, in parallel.
 fn rows<T: Float + Send + Sync>(n: usize, a: &[T], b: Option<&[T]>, f: impl Fn(&[T], Option<&[T]>, &mut [T]) + Sync) -> Vec<T> {
-    let mut out = vec![T::zero(); a.len()];
+    let mut out = super::fastmath::filled(a.len(), T::zero());
     out.par_chunks_mut(n * 16).enumerate().for_each(|(c, chunk)| {
         rows_simd(n, c * 16, a, b, chunk, &f);
     });
@@ -268,7 +268,7 @@ const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 /// Elementwise map over one or two equally long slices, in parallel chunks.
 fn map<T: Fast>(a: &[T], b: Option<&[T]>, f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     const CHUNK: usize = 1 << 14;
-    let mut out = vec![T::zero(); a.len()];
+    let mut out = super::fastmath::filled(a.len(), T::zero());
     out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
         let range = c * CHUNK..c * CHUNK + o.len();
         map_simd(&a[range.clone()], b.map(|b| &b[range]), o, &f);

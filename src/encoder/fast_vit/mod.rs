@@ -144,15 +144,14 @@ fn residual(x: &[f32], y: &[f32], gamma: &Option<Vec<f32>>) -> Vec<f32> {
 /// `g ⊙ γ` row-wise (or a copy).
 fn scaled(g: &[f32], gamma: &Option<Vec<f32>>) -> Vec<f32> {
     match gamma {
-        Some(s) => {
-            let mut out = vec![0.0; g.len()];
-            out.par_chunks_mut(s.len()).zip(g.par_chunks(s.len())).for_each(|(o, g)| {
-                for ((o, g), s) in o.iter_mut().zip(g).zip(s) {
-                    *o = g * s;
+        // SAFETY: each chunk is zipped with g's chunk of the same length, and written whole.
+        Some(s) => unsafe {
+            by_chunks(g.len(), s.len(), |i, o| {
+                for ((o, g), s) in o.iter_mut().zip(&g[i * s.len()..]).zip(s) {
+                    o.write(g * s);
                 }
-            });
-            out
-        }
+            })
+        },
         None => g.to_vec(),
     }
 }

@@ -5,6 +5,7 @@
 
 use rayon::prelude::*;
 
+use super::super::fastmath::written;
 use super::{add_assign, fused, matmul, scaled, Block, BlockTape, Dims, FastVit, Lin, Ln, Tape};
 
 /// Rows per partial sum.
@@ -39,12 +40,12 @@ fn col_sums(a: &[f32], b: Option<&[f32]>, width: usize) -> Vec<f32> {
 impl Lin {
     /// `(xᵀ·dy, Σ_rows dy)`: the weight gradient in the `[in, out]` layout, and the bias's.
     fn param_grads(&self, x: &[f32], dy: &[f32], rows: usize) -> (Vec<f32>, Option<Vec<f32>>) {
-        let mut dw = vec![0.0; self.inp * self.out];
-        // SAFETY: x is rows×inp read transposed (strides 1, inp); dy rows×out; dw inp×out.
-        unsafe {
+        // SAFETY: x is rows×inp read transposed (strides 1, inp); dy rows×out; dw inp×out,
+        // written whole by the product (not accumulating).
+        let dw = unsafe {
             let (xt, g) = ((x.as_ptr(), 1, self.inp), (dy.as_ptr(), self.out, 1));
-            matmul(self.precision, (self.inp, self.out, rows), dw.as_mut_ptr(), self.out, false, xt, g, true);
-        }
+            written(self.inp * self.out, |dw| matmul(self.precision, (self.inp, self.out, rows), dw, self.out, false, xt, g, true))
+        };
         (dw, self.b.as_ref().map(|_| col_sums(dy, None, self.out)))
     }
 }
