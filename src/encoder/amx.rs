@@ -129,6 +129,7 @@ macro_rules! tile_dot {
 /// # Safety
 /// [`available`] returned true; the buffers hold what is said above; `dst` addresses `m` rows
 /// `dst_rs` apart of at least `n` values, aliasing neither operand.
+#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn products(
     (m, n): (usize, usize),
@@ -143,7 +144,7 @@ pub unsafe fn products(
     assert!(pairs.is_multiple_of(TILE) && a.len() >= m.div_ceil(BLOCK) * BLOCK * pairs, "internal error: AMX operands not padded");
     assert!(b.len() >= n.div_ceil(BLOCK) * BLOCK * pairs, "internal error: AMX panels not padded");
     // SAFETY: the caller's contract, block by block; blocks of rows are disjoint.
-    let rows = |ib: usize| unsafe { row_block(ib, (m, n), dst, dst_rs, accumulate, a, b, pairs) };
+    let rows = |ib: usize| unsafe { row_block(ib, (m, n), (dst, dst_rs, accumulate), (a, b, pairs)) };
     let blocks = m.div_ceil(BLOCK);
     if parallel {
         (0..blocks).into_par_iter().for_each(rows);
@@ -154,16 +155,11 @@ pub unsafe fn products(
 
 /// Rows `32·ib..` of the result, every column, on this thread's tiles.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn row_block(
     ib: usize,
     (m, n): (usize, usize),
-    dst: SendPtr<*mut f32>,
-    dst_rs: usize,
-    accumulate: bool,
-    a: &[u32],
-    b: &[u32],
-    pairs: usize,
+    (dst, dst_rs, accumulate): (SendPtr<*mut f32>, usize, bool),
+    (a, b, pairs): (&[u32], &[u32], usize),
 ) {
     let config = TileConfig::full();
     asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly));
@@ -222,12 +218,6 @@ unsafe fn row_block(
         }
     }
     asm!("tilerelease", options(nostack, nomem));
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_block(_: usize, _: (usize, usize), _: SendPtr<*mut f32>, _: usize, _: bool, _: &[u32], _: &[u32], _: usize) {
-    unreachable!("AMX is x86-64 only")
 }
 
 /// The peak of `tdpbf16ps` on this thread: `iters` rounds of four independent products on tiles

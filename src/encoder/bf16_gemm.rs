@@ -414,16 +414,15 @@ pub unsafe fn gemm_bf16_on(
     }
     let parallel = parallel && candle_core::utils::get_num_threads() > 1;
     #[cfg(target_arch = "x86_64")]
-    match kernel {
-        Kernel::Amx => amx_products((m, n, k), SendPtr(dst), dst_rs, accumulate, lhs, rhs, parallel),
-        Kernel::Dpbf16 => products((m, n, k), SendPtr(dst), dst_rs, accumulate, lhs, rhs, parallel),
-    }
+    products(kernel, (m, n, k), SendPtr(dst), dst_rs, accumulate, lhs, rhs, parallel);
 }
 
-/// The AMX path: operands packed as for `vdpbf16ps`, padded to whole tiles.
+/// Both operands packed for `kernel` (for AMX padded to whole tiles and laid out tile by tile),
+/// then its products.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn amx_products(
+unsafe fn products(
+    kernel: Kernel,
     (m, n, k): (usize, usize, usize),
     out: SendPtr<*mut f32>,
     dst_rs: usize,
@@ -433,30 +432,17 @@ unsafe fn amx_products(
     parallel: bool,
 ) {
     use super::amx::BLOCK;
-    let pairs = k.div_ceil(2).div_ceil(TILE) * TILE;
-    with_buffers(m.div_ceil(BLOCK) * BLOCK * pairs, n.div_ceil(BLOCK) * BLOCK * pairs, |a, b| {
-        pack_rows(m, k, pairs, a, lhs, parallel, Layout::Tiles);
-        pack_panels(n, k, pairs, b, rhs, parallel, Layout::Tiles);
-        super::amx::products((m, n), out, dst_rs, accumulate, a, b, pairs, parallel);
-    })
-}
-
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn products(
-    (m, n, k): (usize, usize, usize),
-    out: SendPtr<*mut f32>,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
-    parallel: bool,
-) {
-    let pairs = k.div_ceil(2);
-    with_buffers(m * pairs, n.div_ceil(NR) * pairs * NR, |a, b| {
-        pack_rows(m, k, pairs, a, lhs, parallel, Layout::Rows);
-        pack_panels(n, k, pairs, b, rhs, parallel, Layout::Rows);
-        register_products((m, n, pairs), out, dst_rs, accumulate, a, b, parallel)
+    let (layout, pairs, rows, cols) = match kernel {
+        Kernel::Amx => (Layout::Tiles, k.div_ceil(2).div_ceil(TILE) * TILE, m.div_ceil(BLOCK) * BLOCK, n.div_ceil(BLOCK) * BLOCK),
+        Kernel::Dpbf16 => (Layout::Rows, k.div_ceil(2), m, n.div_ceil(NR) * NR),
+    };
+    with_buffers(rows * pairs, cols * pairs, |a, b| {
+        pack_rows(m, k, pairs, a, lhs, parallel, layout);
+        pack_panels(n, k, pairs, b, rhs, parallel, layout);
+        match kernel {
+            Kernel::Amx => super::amx::products((m, n), out, dst_rs, accumulate, a, b, pairs, parallel),
+            Kernel::Dpbf16 => register_products((m, n, pairs), out, dst_rs, accumulate, a, b, parallel),
+        }
     })
 }
 
