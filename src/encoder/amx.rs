@@ -1,13 +1,14 @@
 //! The bf16 matrix products on Intel AMX (`tdpbf16ps`): the tile unit of Sapphire Rapids and
 //! later Xeons, where a single instruction multiplies a 16×32 bf16 tile by a 32×16 one into 16×16
-//! f32 sums. On such a CPU it is what PyTorch's autocast runs (oneDNN), 5–15× the `vdpbf16ps`
-//! throughput of `bf16_gemm`'s register kernel, so `--precision bf16` uses it wherever the CPU
-//! has it and Linux grants the tile state.
+//! f32 sums. On such a CPU it is what PyTorch's autocast runs (oneDNN); its peak there is about
+//! 28× that of `vdpbf16ps` (`bench --linear`), whose peak is half the f32 FMA's on those CPUs. So
+//! `--precision bf16` uses it wherever the CPU has it and Linux grants the tile state.
 //!
-//! The operands come packed by `bf16_gemm` (rows of bf16 pairs; 64-column panels of pairs), padded
-//! with zeros to whole tiles: rows to 32, `k` to 32, so the kernel never reads past them. One
-//! block of 32×32 results lives in four tile registers (tmm0–3) while `k` streams through two
-//! tiles of the left operand (tmm4–5) and two of the right (tmm6–7).
+//! The operands come packed by `bf16_gemm` tile by tile (each 16×16 lanes of bf16 pairs, 1 KiB
+//! contiguous, on 64-byte lines), padded with zeros to whole blocks: rows and columns to 32, `k` to
+//! 32, so the kernel never reads past them. One block of 32×32 results lives in four tile
+//! registers (tmm0–3) while `k` streams through two tiles of the left operand (tmm4–5) and two of
+//! the right (tmm6–7).
 //!
 //! Rust has no stable AMX intrinsics; the seven instructions are written as inline assembly. No
 //! compiled Rust code uses the tile registers, so they keep their values between the asm blocks.
