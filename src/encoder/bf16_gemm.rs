@@ -11,11 +11,12 @@
 //! a system library to build against. Their speed against oneDNN's (through PyTorch) is measured
 //! by `robust-ssl bench --linear` (`tools/bench_linear.sh`, BENCHMARKS.md).
 //!
-//! Layout: the left operand is rounded into rows of bf16 pairs (`k` padded to even; to 32 and the
-//! rows to 32 for AMX); the right one into panels of 64 columns where each 32-bit lane holds the
-//! pair `(b[2p][j], b[2p+1][j])`. The packing buffers are kept per thread between products. In
-//! registers, a 6×64 tile of the result lives in 24 registers while 256 of `k` stream through;
-//! tiles are shared out to the threads in 96×192 blocks.
+//! Layout ([`Layout`]): the left operand is rounded into rows of bf16 pairs (`k` padded to even);
+//! the right one into panels of 64 columns where each 32-bit lane holds the pair
+//! `(b[2p][j], b[2p+1][j])`. For AMX the same lanes are laid out tile by tile instead (16×16 lanes
+//! each, 32-column panels), `k` and the rows padded to 32. The packing buffers are kept per thread
+//! between products. In registers, a 6×64 tile of the result lives in 24 registers while 256 of
+//! `k` stream through; tiles are shared out to the threads in 96×192 blocks.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
