@@ -420,7 +420,7 @@ pub unsafe fn gemm_bf16_on(
         }
         return;
     }
-    let parallel = parallel && candle_core::utils::get_num_threads() > 1;
+    let parallel = parallel && rayon::current_num_threads() > 1;
     #[cfg(target_arch = "x86_64")]
     products(kernel, (m, n, k), SendPtr(dst), dst_rs, accumulate, lhs, rhs, parallel);
 }

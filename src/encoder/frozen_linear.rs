@@ -45,7 +45,7 @@ pub unsafe fn gemm_f32(
     (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
     parallel: bool,
 ) {
-    let threads = candle_core::utils::get_num_threads();
+    let threads = rayon::current_num_threads();
     let par = if parallel && threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     gemm::gemm(
         m,
@@ -78,7 +78,7 @@ fn gemm_bias<T: Copy + Default + Send + Sync + 'static>(x: &[T], w: &[T], b: Opt
     if let Some(b) = b {
         dst.par_chunks_mut(n).for_each(|row| row.copy_from_slice(b));
     }
-    let threads = candle_core::utils::get_num_threads();
+    let threads = rayon::current_num_threads();
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: the slices hold m·k, k·n and m·n elements in row-major order (checked by the caller).
     unsafe {
