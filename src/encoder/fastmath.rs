@@ -198,6 +198,19 @@ pub unsafe fn by_chunks<T: Send>(n: usize, width: usize, f: impl Fn(usize, &mut 
     v
 }
 
+/// `n` values, chunk `i` (of `width`, the last maybe shorter) computed by `f(i, chunk)` in
+/// parallel. Each chunk is set to `zero` by the task that computes it, just before: one pass over memory,
+/// where zeroing the whole buffer first took a second one (a tenth of the element-wise time).
+pub fn zeroed_chunks<T: Copy + Send + Sync>(n: usize, width: usize, zero: T, f: impl Fn(usize, &mut [T]) + Sync + Send) -> Vec<T> {
+    // SAFETY: every chunk is written whole (zeroed) before it is viewed as initialized.
+    unsafe {
+        by_chunks(n, width, |i, c| {
+            c.fill(std::mem::MaybeUninit::new(zero));
+            f(i, std::slice::from_raw_parts_mut(c.as_mut_ptr() as *mut T, c.len()));
+        })
+    }
+}
+
 /// A raw pointer (`*const T` or `*mut T`) that may cross into rayon tasks working on disjoint parts
 /// of one buffer. Read it through [`SendPtr::get`]: a closure naming the field itself would
 /// capture only the field, which is not `Send`.

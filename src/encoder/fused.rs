@@ -7,7 +7,6 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Error, Layout, Result, Shape
 use num_traits::Float;
 
 use super::fastmath::{self, Fast};
-use rayon::prelude::*;
 
 fn slice<'a, T: candle_core::WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     let (start, end) = l.contiguous_offsets().ok_or_else(|| Error::Msg("fused op: non-contiguous operand".into()))?;
@@ -18,15 +17,22 @@ fn last_dim(l: &Layout) -> Result<usize> {
     l.dims().last().copied().filter(|&n| n > 0).ok_or_else(|| Error::Msg("fused op: empty last dimension".into()))
 }
 
+/// What one op does to one row: `out` from the row of `a` (and of `b`). Implemented by structs,
+/// not closures, so that `row` is inlined into the loop compiled for the CPU's widest vectors: a
+/// closure there stayed a call, compiled for the baseline (SSE2), and ran 4 lanes wide.
+trait RowOp<T>: Sync {
+    fn row(&self, a: &[T], b: Option<&[T]>, out: &mut [T]);
+}
+
 /// Rows `first..` of `a` (and `b`) through `f` into `out`: the loop of [`rows`].
 #[inline(always)]
-fn rows_loop<T, F: Fn(&[T], Option<&[T]>, &mut [T])>(n: usize, first: usize, a: &[T], b: Option<&[T]>, out: &mut [T], f: &F) {
+fn rows_loop<T, F: RowOp<T>>(n: usize, first: usize, a: &[T], b: Option<&[T]>, out: &mut [T], f: &F) {
     for (r, o) in out.chunks_exact_mut(n).enumerate() {
         let start = (first + r) * n;
-        f(&a[start..start + n], b.map(|b| &b[start..start + n]), o);
+        f.row(&a[start..start + n], b.map(|b| &b[start..start + n]), o);
     }
 }
-fastmath::multiversion!(rows_simd [T, F: Fn(&[T], Option<&[T]>, &mut [T])] (n: usize, first: usize, a: &[T], b: Option<&[T]>, out: &mut [T], f: &F) => rows_loop);
+fastmath::multiversion!(rows_simd [T, F: RowOp<T>] (n: usize, first: usize, a: &[T], b: Option<&[T]>, out: &mut [T], f: &F) => rows_loop);
 
 /// `out = f(a, b)` element by element: the loop of [`map`].
 #[inline(always)]
@@ -47,12 +53,8 @@ fn map_loop<T: Fast, F: Fn(T, T) -> T>(a: &[T], b: Option<&[T]>, out: &mut [T], 
 fastmath::multiversion!(map_simd [T: Fast, F: Fn(T, T) -> T] (a: &[T], b: Option<&[T]>, out: &mut [T], f: &F) => map_loop);
 
 /// Applies `f` to matching rows of the inputs, writing one output row each, in parallel.
-fn rows<T: Float + Send + Sync>(n: usize, a: &[T], b: Option<&[T]>, f: impl Fn(&[T], Option<&[T]>, &mut [T]) + Sync) -> Vec<T> {
-    let mut out = super::fastmath::filled(a.len(), T::zero());
-    out.par_chunks_mut(n * 16).enumerate().for_each(|(c, chunk)| {
-        rows_simd(n, c * 16, a, b, chunk, &f);
-    });
-    out
+fn rows<T: Float + Send + Sync>(n: usize, a: &[T], b: Option<&[T]>, f: impl RowOp<T>) -> Vec<T> {
+    super::fastmath::zeroed_chunks(a.len(), n * 16, T::zero(), |c, chunk| rows_simd(n, c * 16, a, b, chunk, &f))
 }
 
 macro_rules! dispatch {
@@ -98,10 +100,16 @@ pub struct Softmax;
 /// Softmax of `scale · row`, in place (scale > 0).
 #[inline(always)]
 pub(super) fn softmax_in_place<T: Fast>(row: &mut [T], scale: T) {
+    // Plain loops: `for_each` went through `Iterator::fold`, which was not inlined into the
+    // vectorized caller and ran at the baseline's width.
     let max = fastmath::max(row);
-    row.iter_mut().for_each(|v| *v = ((*v - max) * scale).fast_exp());
+    for v in row.iter_mut() {
+        *v = ((*v - max) * scale).fast_exp();
+    }
     let inv = T::one() / fastmath::sum(row);
-    row.iter_mut().for_each(|v| *v = *v * inv);
+    for v in row.iter_mut() {
+        *v = *v * inv;
+    }
 }
 
 /// Softmax of `scale · row` in place for every row of `n` in `rows`; with `y`, the gradient
@@ -109,7 +117,11 @@ pub(super) fn softmax_in_place<T: Fast>(row: &mut [T], scale: T) {
 #[inline(always)]
 fn softmax_rows_loop(rows: &mut [f32], y: Option<&[f32]>, n: usize, scale: f32) {
     match y {
-        None => rows.chunks_exact_mut(n).for_each(|r| softmax_in_place(r, scale)),
+        None => {
+            for r in rows.chunks_exact_mut(n) {
+                softmax_in_place(r, scale);
+            }
+        }
         Some(y) => {
             for (g, y) in rows.chunks_exact_mut(n).zip(y.chunks_exact(n)) {
                 softmax_grad_in_place(g, y, scale);
@@ -119,11 +131,18 @@ fn softmax_rows_loop(rows: &mut [f32], y: Option<&[f32]>, n: usize, scale: f32) 
 }
 fastmath::multiversion!(pub(super) softmax_rows [] (rows: &mut [f32], y: Option<&[f32]>, n: usize, scale: f32) => softmax_rows_loop);
 
-fn softmax<T: Fast>(n: usize, x: &[T]) -> Vec<T> {
-    rows(n, x, None, |x, _, o| {
+struct SoftmaxRow;
+
+impl<T: Fast> RowOp<T> for SoftmaxRow {
+    #[inline(always)]
+    fn row(&self, x: &[T], _: Option<&[T]>, o: &mut [T]) {
         o.copy_from_slice(x);
         softmax_in_place(o, T::one());
-    })
+    }
+}
+
+fn softmax<T: Fast>(n: usize, x: &[T]) -> Vec<T> {
+    rows(n, x, None, SoftmaxRow)
 }
 
 impl CustomOp1 for Softmax {
@@ -166,11 +185,18 @@ pub(super) fn softmax_grad_in_place<T: Float>(g: &mut [T], y: &[T], scale: T) {
     }
 }
 
-fn softmax_grad<T: Float + Send + Sync>(n: usize, y: &[T], g: &[T]) -> Vec<T> {
-    rows(n, y, Some(g), |y, g, o| {
-        o.copy_from_slice(g.unwrap());
+struct SoftmaxGradRow;
+
+impl<T: Float + Sync> RowOp<T> for SoftmaxGradRow {
+    #[inline(always)]
+    fn row(&self, y: &[T], g: Option<&[T]>, o: &mut [T]) {
+        o.copy_from_slice(g.expect("softmax_grad passes g"));
         softmax_grad_in_place(o, y, T::one());
-    })
+    }
+}
+
+fn softmax_grad<T: Float + Send + Sync>(n: usize, y: &[T], g: &[T]) -> Vec<T> {
+    rows(n, y, Some(g), SoftmaxGradRow)
 }
 
 /// LayerNorm over the last dimension with frozen weight and bias.
@@ -193,13 +219,24 @@ pub(super) fn moments<T: Float>(x: &[T], eps: T) -> (T, T) {
     (mean, T::one() / (var + eps).sqrt())
 }
 
-pub(super) fn layer_norm<T: Float + Send + Sync>(n: usize, x: &[T], w: &[T], b: &[T], eps: T) -> Vec<T> {
-    rows(n, x, None, |x, _, o| {
-        let (mean, rstd) = moments(x, eps);
-        for (((o, &v), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+struct LayerNormRow<'a, T> {
+    w: &'a [T],
+    b: &'a [T],
+    eps: T,
+}
+
+impl<T: Float + Sync> RowOp<T> for LayerNormRow<'_, T> {
+    #[inline(always)]
+    fn row(&self, x: &[T], _: Option<&[T]>, o: &mut [T]) {
+        let (mean, rstd) = moments(x, self.eps);
+        for (((o, &v), &w), &b) in o.iter_mut().zip(x).zip(self.w).zip(self.b) {
             *o = (v - mean) * rstd * w + b;
         }
-    })
+    }
+}
+
+pub(super) fn layer_norm<T: Float + Send + Sync>(n: usize, x: &[T], w: &[T], b: &[T], eps: T) -> Vec<T> {
+    rows(n, x, None, LayerNormRow { w, b, eps })
 }
 
 impl CustomOp1 for FrozenLayerNorm {
@@ -228,24 +265,49 @@ struct LayerNormGrad {
     eps: f64,
 }
 
-pub(super) fn layer_norm_grad<T: Float + Send + Sync>(n: usize, x: &[T], g: &[T], w: &[T], eps: T) -> Vec<T> {
-    let nf = T::from(n).unwrap();
-    rows(n, x, Some(g), |x, g, o| {
-        let g = g.unwrap();
-        let (mean, rstd) = moments(x, eps);
-        // Eight partial sums each (they vectorize; one running sum stays scalar).
-        let (mut s1, mut s2) = ([T::zero(); 8], [T::zero(); 8]);
-        for (i, ((&v, &g), &w)) in x.iter().zip(g).zip(w).enumerate() {
-            let gw = g * w;
-            s1[i % 8] = s1[i % 8] + gw;
-            s2[i % 8] = s2[i % 8] + gw * (v - mean) * rstd;
+struct LayerNormGradRow<'a, T> {
+    w: &'a [T],
+    eps: T,
+}
+
+impl<T: Float + Sync> RowOp<T> for LayerNormGradRow<'_, T> {
+    #[inline(always)]
+    fn row(&self, x: &[T], g: Option<&[T]>, o: &mut [T]) {
+        let (g, w) = (g.expect("layer_norm_grad passes g"), self.w);
+        let nf = T::from(x.len()).unwrap();
+        let (mean, rstd) = moments(x, self.eps);
+        // Sixteen partial sums each, over whole chunks (they vectorize; one running sum stays
+        // scalar, and an `i % 8` index did not vectorize at AVX-512's width).
+        const L: usize = 16;
+        let (mut s1, mut s2) = ([T::zero(); L], [T::zero(); L]);
+        let whole = x.len() - x.len() % L;
+        for ((x, g), w) in x[..whole].chunks_exact(L).zip(g.chunks_exact(L)).zip(w.chunks_exact(L)) {
+            for i in 0..L {
+                let gw = g[i] * w[i];
+                s1[i] = s1[i] + gw;
+                s2[i] = s2[i] + gw * (x[i] - mean) * rstd;
+            }
         }
-        let (s1, s2) = (s1.iter().fold(T::zero(), |a, &v| a + v), s2.iter().fold(T::zero(), |a, &v| a + v));
+        for i in whole..x.len() {
+            let gw = g[i] * w[i];
+            s1[i - whole] = s1[i - whole] + gw;
+            s2[i - whole] = s2[i - whole] + gw * (x[i] - mean) * rstd;
+        }
+        let (mut t1, mut t2) = (T::zero(), T::zero());
+        for i in 0..L {
+            t1 = t1 + s1[i];
+            t2 = t2 + s2[i];
+        }
+        let (s1, s2) = (t1, t2);
         let (m1, m2) = (s1 / nf, s2 / nf);
         for (((o, &v), &g), &w) in o.iter_mut().zip(x).zip(g).zip(w) {
             *o = rstd * (g * w - m1 - (v - mean) * rstd * m2);
         }
-    })
+    }
+}
+
+pub(super) fn layer_norm_grad<T: Float + Send + Sync>(n: usize, x: &[T], g: &[T], w: &[T], eps: T) -> Vec<T> {
+    rows(n, x, Some(g), LayerNormGradRow { w, eps })
 }
 
 impl CustomOp2 for LayerNormGrad {
@@ -268,12 +330,10 @@ const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
 /// Elementwise map over one or two equally long slices, in parallel chunks.
 fn map<T: Fast>(a: &[T], b: Option<&[T]>, f: impl Fn(T, T) -> T + Sync) -> Vec<T> {
     const CHUNK: usize = 1 << 14;
-    let mut out = super::fastmath::filled(a.len(), T::zero());
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, o)| {
+    super::fastmath::zeroed_chunks(a.len(), CHUNK, T::zero(), |c, o| {
         let range = c * CHUNK..c * CHUNK + o.len();
         map_simd(&a[range.clone()], b.map(|b| &b[range]), o, &f);
-    });
-    out
+    })
 }
 
 pub(super) fn gelu<T: Fast>(x: &[T]) -> Vec<T> {

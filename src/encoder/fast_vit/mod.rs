@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::arch::FfnKind;
 use super::bf16_gemm::gemm_bf16;
-use super::fastmath::{by_chunks, exp_f32, written, zeros, SendPtr};
+use super::fastmath::{by_chunks, exp_f32, written, SendPtr};
 use super::frozen_linear::gemm_f32;
 use super::fused;
 use super::layers::{LayerNorm, Linear};
@@ -237,18 +237,22 @@ struct Dims {
 }
 
 impl Block {
-    /// `softmax(q·kᵀ·scale)` of one (image, head) into `pbh` (`t×t`): the attention weights.
+    /// `softmax(q·kᵀ·scale)` of one (image, head) into `pbh` (`t×t`, written whole, read only
+    /// after): the attention weights.
     ///
     /// # Safety
-    /// `base` must address that (image, head)'s q inside `qkv`, of `t` rows of stride `3d`.
-    unsafe fn probabilities(&self, qkv: &[f32], base: usize, z: Dims, pbh: &mut [f32]) {
+    /// `base` must address that (image, head)'s q inside `qkv`, of `t` rows of stride `3d`; `pbh`
+    /// must be valid for `t×t` writes.
+    unsafe fn probabilities<'a>(&self, qkv: &[f32], base: usize, z: Dims, pbh: *mut f32) -> &'a [f32] {
         let (t, d) = (z.t, z.d);
         let hd = d / self.heads;
         let scale = (hd as f32).powf(-0.5);
         let q = (qkv.as_ptr().add(base), 3 * d, 1);
         let k_t = (qkv.as_ptr().add(base + d), 1, 3 * d);
-        matmul(self.precision, (t, t, hd), pbh.as_mut_ptr(), t, false, q, k_t, false);
+        matmul(self.precision, (t, t, hd), pbh, t, false, q, k_t, false);
+        let pbh = std::slice::from_raw_parts_mut(pbh, t * t);
         fused::softmax_rows(pbh, None, t, scale);
+        pbh
     }
 
     /// The attention output `[B·T, D]`, and the attention weights of every (image, head) where
@@ -256,9 +260,9 @@ impl Block {
     fn attention(&self, qkv: &[f32], z: Dims, keep: bool) -> (Vec<f32>, Vec<f32>) {
         let (h, t, d) = (self.heads, z.t, z.d);
         let hd = d / h;
-        // o is written whole below (every (image, head) block), not zeroed first.
+        // o and p are written whole below (every (image, head) block), not zeroed first.
         let mut o: Vec<f32> = Vec::with_capacity(z.b * t * d);
-        let mut p: Vec<f32> = if keep { zeros(z.b * h * t * t) } else { vec![] };
+        let mut p: Vec<f32> = Vec::with_capacity(if keep { z.b * h * t * t } else { 0 });
         let (op, pp) = (SendPtr(o.as_mut_ptr()), SendPtr(p.as_mut_ptr()));
         (0..z.b * h).into_par_iter().for_each_init(
             || if keep { vec![] } else { vec![0f32; t * t] },
@@ -269,16 +273,20 @@ impl Block {
                 // t×hd block of o (columns hi·hd.., rows of image bi) and its own t×t block of p
                 // (or its own scratch).
                 unsafe {
-                    let pbh = if keep { std::slice::from_raw_parts_mut(pp.get().add(bh * t * t), t * t) } else { &mut scratch[..] };
-                    self.probabilities(qkv, base, z, pbh);
+                    let pbh = self.probabilities(qkv, base, z, if keep { pp.get().add(bh * t * t) } else { scratch.as_mut_ptr() });
                     let v = (qkv.as_ptr().add(base + 2 * d), 3 * d, 1);
                     matmul(self.precision, (t, hd, t), op.get().add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
                 }
             },
         );
-        // SAFETY: the heads of every image cover o's columns and every row (the products do not
-        // accumulate).
-        unsafe { o.set_len(z.b * t * d) };
+        // SAFETY: the heads of every image cover o's columns and every row, and the (image, head)
+        // blocks cover p where kept (the products do not accumulate).
+        unsafe {
+            o.set_len(z.b * t * d);
+            if keep {
+                p.set_len(z.b * h * t * t);
+            }
+        }
         (o, p)
     }
 
@@ -300,12 +308,7 @@ impl Block {
                 // SAFETY: read-only views of qkv, p and d_o; each task writes only the t×hd
                 // blocks of dqkv at its own (image, head) and its own scratch.
                 unsafe {
-                    let pbh = if kept {
-                        &p[bh * t * t..(bh + 1) * t * t]
-                    } else {
-                        self.probabilities(qkv, base, z, again);
-                        &again[..]
-                    };
+                    let pbh = if kept { &p[bh * t * t..(bh + 1) * t * t] } else { self.probabilities(qkv, base, z, again.as_mut_ptr()) };
                     let dob = (d_o.as_ptr().add(bi * t * d + hi * hd), d, 1);
                     let v_t = (qkv.as_ptr().add(base + 2 * d), 1, 3 * d);
                     matmul(self.precision, (t, t, hd), ds.as_mut_ptr(), t, false, dob, v_t, false);
