@@ -11,7 +11,7 @@
 //! a system library to build against. Their speed against oneDNN's (through PyTorch) is measured
 //! by `robust-ssl bench --linear` (`tools/bench_linear.sh`, BENCHMARKS.md).
 //!
-//! Layout ([`Layout`]): the left operand is rounded into rows of bf16 pairs (`k` padded to even);
+//! Layout ([`Layout`], packed in `bf16_pack.rs`): the left operand is rounded into rows of bf16 pairs (`k` padded to even);
 //! the right one into panels of 64 columns where each 32-bit lane holds the pair
 //! `(b[2p][j], b[2p+1][j])`. For AMX the same lanes are laid out tile by tile instead (16×16 lanes
 //! each, 32-column panels), `k` and the rows padded to 32. The packing buffers are kept per thread
@@ -23,14 +23,12 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::bf16_pack::{pack_panels, pack_rows, with_buffers, Layout, NR, TILE, V};
+pub use super::bf16_pack::{round_bf16, Lhs};
 use super::fastmath::SendPtr;
 
 /// Rows of a register tile.
 const MR: usize = 6;
-/// Columns of a register tile: `V` 16-lane vectors.
-const NR: usize = 16 * V;
-/// 16-lane vectors per tile row.
-const V: usize = 4;
 /// Pairs of `k` per block: a block of one panel of the right operand is 32 KiB (L1-sized; 64
 /// pairs measured slower).
 const KP: usize = 128;
@@ -78,231 +76,6 @@ pub fn supported() -> bool {
         #[cfg(not(target_arch = "x86_64"))]
         let cpu = false;
         cpu && std::env::var_os(DISABLE_ENV).is_none()
-    })
-}
-
-/// `x` rounded to bf16 (to nearest, ties to even; NaN stays NaN).
-pub fn round_bf16(x: f32) -> u16 {
-    let b = x.to_bits();
-    if x.is_nan() {
-        return ((b >> 16) | 0x40) as u16;
-    }
-    ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
-}
-
-fn pair(lo: f32, hi: f32) -> u32 {
-    round_bf16(lo) as u32 | (round_bf16(hi) as u32) << 16
-}
-
-/// 16 lanes `(lo[i], hi[i])` rounded to bf16 pairs.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn interleave16(lo: *const f32, hi: *const f32) -> __m512i {
-    let l = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo))));
-    let h = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(hi))));
-    _mm512_or_si512(l, _mm512_slli_epi32(h, 16))
-}
-
-/// 32 adjacent floats as 16 bf16 pairs `(x[2i], x[2i+1])`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn adjacent16(x: *const f32) -> __m512i {
-    std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x.add(16)), _mm512_loadu_ps(x)))
-}
-
-/// Where the packed operands put each bf16 pair.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Layout {
-    /// Rows of `pairs` lanes; panels of [`NR`] columns, `[pair][NR]` (the register kernel's).
-    Rows,
-    /// AMX tiles, each 16×16 lanes contiguous: a 16-row group as `[step][row][16 pairs]`; a
-    /// 32-column panel as `[step][half][16 pairs][16 columns]` (a step = 16 pairs of `k`).
-    Tiles,
-}
-
-impl Layout {
-    /// Columns of a panel of the right operand.
-    fn panel(self) -> usize {
-        match self {
-            Self::Rows => NR,
-            Self::Tiles => 2 * TILE,
-        }
-    }
-
-    /// Lane of row `i` (of its group), pair `q` on the left; runs of 16 from `q` a multiple of
-    /// 16 are contiguous in both layouts.
-    fn lhs(self, i: usize, q: usize, pairs: usize) -> usize {
-        match self {
-            Self::Rows => i * pairs + q,
-            Self::Tiles => ((q / TILE) * TILE + i) * TILE + q % TILE,
-        }
-    }
-
-    /// Lane of pair `q`, column `c` (of its panel) on the right; runs of 16 from `c` a multiple
-    /// of 16 are contiguous in both layouts.
-    fn rhs(self, q: usize, c: usize) -> usize {
-        match self {
-            Self::Rows => q * NR + c,
-            Self::Tiles => ((q / TILE) * 2 + c / TILE) * TILE * TILE + (q % TILE) * TILE + c % TILE,
-        }
-    }
-}
-
-/// Tile side of the AMX kernel.
-const TILE: usize = super::amx::TILE;
-
-/// `rows` rows from `i0` of `lhs` (m×k through strides) into `out` (rows of `pairs` bf16 pairs,
-/// placed by `layout`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pack_row_group(
-    i0: usize,
-    rows: usize,
-    out: &mut [u32],
-    k: usize,
-    pairs: usize,
-    (p, rs, cs): (*const f32, usize, usize),
-    layout: Layout,
-) {
-    let at = |i: usize, j: usize| if j < k { *p.add((i0 + i) * rs + j * cs) } else { 0.0 };
-    let at_lane = |i: usize, q: usize| layout.lhs(i, q, pairs);
-    let mut done = 0; // pairs already written in every row
-    if cs == 1 {
-        done = k / 32 * 16;
-        for i in 0..rows {
-            for g in 0..k / 32 {
-                _mm512_storeu_si512(out.as_mut_ptr().add(at_lane(i, 16 * g)) as *mut _, adjacent16(p.add((i0 + i) * rs + 32 * g)));
-            }
-        }
-    } else if rs == 1 && rows == 16 {
-        done = k / 2;
-        let mut lanes = [0u32; 16];
-        for q in 0..k / 2 {
-            let v = interleave16(p.add(2 * q * cs + i0), p.add((2 * q + 1) * cs + i0));
-            _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, v);
-            for (i, l) in lanes.iter().enumerate() {
-                out[at_lane(i, q)] = *l;
-            }
-        }
-    }
-    for i in 0..rows {
-        for q in done..pairs {
-            out[at_lane(i, q)] = pair(at(i, 2 * q), at(i, 2 * q + 1));
-        }
-    }
-}
-
-/// Panel `j` (`layout.panel()` columns) of `rhs` (k×n through strides) into `out`, the columns
-/// past `n` zero.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pack_panel(j: usize, out: &mut [u32], n: usize, k: usize, (p, rs, cs): (*const f32, usize, usize), layout: Layout) {
-    let width = layout.panel();
-    let pairs = out.len() / width;
-    let cols = width.min(n - j * width);
-    let at = |r: usize, c: usize| if r < k { *p.add(r * rs + (j * width + c) * cs) } else { 0.0 };
-    let mut done = 0; // pairs already written in every column
-    if cs == 1 && cols == width {
-        done = k / 2;
-        for q in 0..k / 2 {
-            for h in 0..width / 16 {
-                let v = interleave16(p.add(2 * q * rs + j * width + 16 * h), p.add((2 * q + 1) * rs + j * width + 16 * h));
-                _mm512_storeu_si512(out.as_mut_ptr().add(layout.rhs(q, 16 * h)) as *mut _, v);
-            }
-        }
-    } else if rs == 1 {
-        done = k / 32 * 16;
-        let mut lanes = [0u32; 16];
-        for c in 0..cols {
-            for g in 0..k / 32 {
-                _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, adjacent16(p.add((j * width + c) * cs + 32 * g)));
-                for (t, l) in lanes.iter().enumerate() {
-                    out[layout.rhs(16 * g + t, c)] = *l;
-                }
-            }
-        }
-    }
-    for q in done..pairs {
-        for c in 0..cols {
-            out[layout.rhs(q, c)] = pair(at(2 * q, c), at(2 * q + 1, c));
-        }
-    }
-    for q in 0..pairs {
-        for c in cols..width {
-            out[layout.rhs(q, c)] = 0;
-        }
-    }
-}
-
-/// `lhs` (m×k through strides) into `out` as groups of 16 rows of `pairs` bf16 pairs, then zero
-/// rows to its end.
-#[cfg(target_arch = "x86_64")]
-unsafe fn pack_rows(m: usize, k: usize, pairs: usize, out: &mut [u32], lhs: (*const f32, usize, usize), parallel: bool, layout: Layout) {
-    let src = SendPtr(lhs.0);
-    let group = |(g, o): (usize, &mut [u32])| {
-        let rows = 16.min(m - 16 * g);
-        if rows < 16 && layout == Layout::Tiles {
-            o.fill(0); // the rows past m, which tiles interleave with the others
-        }
-        // SAFETY: group g holds rows 16g.. of the caller's matrix; the CPU was checked by the caller.
-        unsafe { pack_row_group(16 * g, rows, o, k, pairs, (src.get(), lhs.1, lhs.2), layout) }
-    };
-    // Rows: m rows then zeros; tiles: whole groups of 16 rows then zeros.
-    let packed = match layout {
-        Layout::Rows => m * pairs,
-        Layout::Tiles => m.div_ceil(16) * 16 * pairs,
-    };
-    let (rows, padding) = out.split_at_mut(packed);
-    padding.fill(0);
-    if parallel {
-        rows.par_chunks_mut(16 * pairs).enumerate().for_each(group);
-    } else {
-        rows.chunks_mut(16 * pairs).enumerate().for_each(group);
-    }
-}
-
-/// `rhs` (k×n through strides) into `out` as panels of `layout.panel()` columns of bf16 pairs.
-#[cfg(target_arch = "x86_64")]
-unsafe fn pack_panels(n: usize, k: usize, pairs: usize, out: &mut [u32], rhs: (*const f32, usize, usize), parallel: bool, layout: Layout) {
-    let src = SendPtr(rhs.0);
-    // SAFETY: panel j holds columns width·j.. of the caller's matrix; the CPU was checked by the caller.
-    let panel = |(j, o): (usize, &mut [u32])| unsafe { pack_panel(j, o, n, k, (src.get(), rhs.1, rhs.2), layout) };
-    if parallel {
-        out.par_chunks_mut(pairs * layout.panel()).enumerate().for_each(panel);
-    } else {
-        out.chunks_mut(pairs * layout.panel()).enumerate().for_each(panel);
-    }
-}
-
-thread_local! {
-    /// This thread's packing buffers, kept from one product to the next: a fresh pair per product
-    /// cost a fifth of a bf16 step in zeroing and page faults.
-    static BUFFERS: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// `f` on two packing buffers of `la` and `lb` lanes (contents unspecified), each starting on a
-/// 64-byte line (a tile's rows are lines: an unaligned one would read two per row): this thread's
-/// own, or new ones where they are in use (a product inside a product's task).
-fn with_buffers<R>(la: usize, lb: usize, f: impl FnOnce(&mut [u32], &mut [u32]) -> R) -> R {
-    const LINE: usize = 64 / std::mem::size_of::<u32>();
-    let aligned = |v: &mut Vec<u32>, len: usize| -> std::ops::Range<usize> {
-        if v.len() < len + LINE {
-            *v = super::fastmath::zeros(len + LINE);
-        }
-        let skip = v.as_ptr().align_offset(64).min(LINE);
-        skip..skip + len
-    };
-    BUFFERS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bufs) => {
-            let (a, b) = &mut *bufs;
-            let (ra, rb) = (aligned(a, la), aligned(b, lb));
-            f(&mut a[ra], &mut b[rb])
-        }
-        Err(_) => {
-            let (mut a, mut b) = (Vec::new(), Vec::new());
-            let (ra, rb) = (aligned(&mut a, la), aligned(&mut b, lb));
-            f(&mut a[ra], &mut b[rb])
-        }
     })
 }
 
@@ -399,11 +172,29 @@ pub unsafe fn gemm_bf16(
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_bf16_on(
     kernel: Kernel,
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
     accumulate: bool,
     lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    parallel: bool,
+) {
+    gemm_bf16_of(kernel, dims, dst, dst_rs, accumulate, Lhs::Strided(lhs), rhs, parallel)
+}
+
+/// [`gemm_bf16`] with the left operand given as [`Lhs`], on the given kernel.
+///
+/// # Safety
+/// As [`gemm_bf16_on`]; an [`Lhs::Rows`] operand writes every value of the row it is asked for.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_bf16_of(
+    kernel: Kernel,
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Lhs,
     rhs: (*const f32, usize, usize),
     parallel: bool,
 ) {
@@ -435,7 +226,7 @@ unsafe fn products(
     out: SendPtr<*mut f32>,
     dst_rs: usize,
     accumulate: bool,
-    lhs: (*const f32, usize, usize),
+    lhs: Lhs,
     rhs: (*const f32, usize, usize),
     parallel: bool,
 ) {
@@ -598,6 +389,36 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// An operand given row by row packs exactly as the same matrix in memory: bit-equal
+    /// products on every kernel, across row groups and tile edges, in parallel or not.
+    #[test]
+    fn rows_operand_gives_the_products_of_the_materialized_one() {
+        if !supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        for &(m, n, k) in &[(1, 1, 1), (17, 33, 5), (40, 70, 300), (33, 64, 1536)] {
+            let row = |i: usize, out: &mut [f32]| {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = ((i * 31 + j * 17) % 97) as f32 / 13.0 - 3.5;
+                }
+            };
+            let mut a = vec![0f32; m * k];
+            a.chunks_exact_mut(k).enumerate().for_each(|(i, r)| row(i, r));
+            let b: Vec<f32> = (0..k * n).map(|i| ((i * 7) % 23) as f32 / 5.0 - 2.0).collect();
+            for kernel in kernels() {
+                for par in [false, true] {
+                    let (mut want, mut got) = (vec![1f32; m * n], vec![1f32; m * n]);
+                    unsafe {
+                        gemm_bf16_on(kernel, (m, n, k), want.as_mut_ptr(), n, true, (a.as_ptr(), k, 1), (b.as_ptr(), n, 1), par);
+                        gemm_bf16_of(kernel, (m, n, k), got.as_mut_ptr(), n, true, Lhs::Rows(&row), (b.as_ptr(), n, 1), par);
+                    }
+                    assert_eq!(got, want, "{kernel:?} ({m},{n},{k}) parallel {par}");
                 }
             }
         }

@@ -336,22 +336,41 @@ fn map<T: Fast>(a: &[T], b: Option<&[T]>, f: impl Fn(T, T) -> T + Sync) -> Vec<T
     })
 }
 
-pub(super) fn gelu<T: Fast>(x: &[T]) -> Vec<T> {
+/// `x·Φ(x)`, Φ the standard normal CDF (the second argument unused: [`map`]'s shape).
+#[inline(always)]
+fn gelu_of<T: Fast>(x: T, _: T) -> T {
     let half = T::from(0.5).unwrap();
     let inv_sqrt2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap();
-    map(x, None, |x, _| half * x * (T::one() + (x * inv_sqrt2).fast_erf()))
+    half * x * (T::one() + (x * inv_sqrt2).fast_erf())
 }
 
 /// `g · (Φ(x) + x·φ(x))`, Φ and φ the standard normal CDF and density.
-pub(super) fn gelu_grad<T: Fast>(x: &[T], g: &[T]) -> Vec<T> {
+#[inline(always)]
+fn gelu_grad_of<T: Fast>(x: T, g: T) -> T {
     let half = T::from(0.5).unwrap();
     let inv_sqrt2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap();
     let c = T::from(FRAC_1_SQRT_2PI).unwrap();
-    map(x, Some(g), |x, g| {
-        let cdf = half * (T::one() + (x * inv_sqrt2).fast_erf());
-        let pdf = c * (-half * x * x).fast_exp();
-        g * (cdf + x * pdf)
-    })
+    let cdf = half * (T::one() + (x * inv_sqrt2).fast_erf());
+    let pdf = c * (-half * x * x).fast_exp();
+    g * (cdf + x * pdf)
+}
+
+pub(super) fn gelu<T: Fast>(x: &[T]) -> Vec<T> {
+    map(x, None, gelu_of)
+}
+
+pub(super) fn gelu_grad<T: Fast>(x: &[T], g: &[T]) -> Vec<T> {
+    map(x, Some(g), gelu_grad_of)
+}
+
+/// [`gelu`] of one row into `out`, on the calling thread (inside a product's packing).
+pub(super) fn gelu_into(x: &[f32], out: &mut [f32]) {
+    map_simd(x, None, out, &gelu_of);
+}
+
+/// [`gelu_grad`] of one row into `out`, on the calling thread.
+pub(super) fn gelu_grad_into(x: &[f32], g: &[f32], out: &mut [f32]) {
+    map_simd(x, Some(g), out, &gelu_grad_of);
 }
 
 impl CustomOp1 for Gelu {

@@ -4,6 +4,7 @@
 pub mod amx;
 pub mod arch;
 pub mod bf16_gemm;
+mod bf16_pack;
 mod fast_vit;
 mod fastmath;
 pub mod frozen_linear;

@@ -3,11 +3,13 @@
 //! the pixels — a vector–Jacobian product. No autograd graph, no weight gradients, no head-split
 //! copies (q·kᵀ and P·v read the qkv buffer through strides), one (batch, head) pair per task.
 //!
+//! `linear.rs` holds the linear layers and the one entry of every matrix product (f32 or bf16);
 //! `params.rs` extends the reverse pass with the weight gradients, for fine-tuning.
 //!
 //! The candle model in `vit.rs` is the generic path (GPUs, f64) and the reference this one is
 //! tested against (`tests/encoder_parity.rs`, `tests/defense.rs`).
 
+mod linear;
 mod params;
 mod shared;
 
@@ -16,88 +18,16 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::arch::FfnKind;
-use super::bf16_gemm::gemm_bf16;
-use super::fastmath::{by_chunks, exp_f32, written, SendPtr};
-use super::frozen_linear::gemm_f32;
+use super::fastmath::{by_chunks, exp_f32, SendPtr};
 use super::fused;
-use super::layers::{LayerNorm, Linear};
+use super::layers::LayerNorm;
 use super::precision::Precision;
 use super::vit::VisionTransformer;
 use super::{IMAGENET_MEAN, IMAGENET_STD};
+use linear::{matmul, Lin};
 
 fn floats(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
-}
-
-/// `dst[m,n] (+)= lhs[m,k] · rhs[k,n]` in `precision`: [`gemm_f32`], or [`gemm_bf16`] (bf16
-/// operands, f32 sums) — every matrix product of this path goes through here.
-///
-/// # Safety
-/// As [`gemm_f32`]; bf16 only where [`Precision::check`] passed (the kernel asserts it).
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
-    precision: Precision,
-    dims: (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
-    parallel: bool,
-) {
-    match precision {
-        Precision::F32 => gemm_f32(dims, dst, dst_rs, accumulate, lhs, rhs, parallel),
-        Precision::Bf16 => gemm_bf16(dims, dst, dst_rs, accumulate, lhs, rhs, parallel),
-    }
-}
-
-struct Lin {
-    /// `[in, out]`: the candle model's own tensor, read in place.
-    w_t: shared::SharedF32,
-    b: Option<Vec<f32>>,
-    inp: usize,
-    out: usize,
-    precision: Precision,
-}
-
-impl Lin {
-    fn new(l: &Linear, precision: Precision) -> Result<Self> {
-        let (inp, out) = l.w_t.dims2()?;
-        Ok(Self { w_t: shared::SharedF32::new(&l.w_t)?, b: l.b.as_ref().map(floats).transpose()?, inp, out, precision })
-    }
-
-    /// `x · Wᵀ + b` for `rows` rows.
-    fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let (x, w) = ((x.as_ptr(), self.inp, 1), (self.w_t.as_ptr(), self.out, 1));
-        let dims = (rows, self.out, self.inp);
-        // SAFETY: x is rows×inp, w_t inp×out, y rows×out, all row-major. With a bias, y holds it
-        // in every row before the product accumulates onto it; without, the product writes all of
-        // y (not accumulating, it reads none of it).
-        unsafe {
-            match &self.b {
-                Some(b) => {
-                    let mut y = by_chunks(rows * self.out, self.out, |_, r| {
-                        for (r, b) in r.iter_mut().zip(b) {
-                            r.write(*b);
-                        }
-                    });
-                    matmul(self.precision, dims, y.as_mut_ptr(), self.out, true, x, w, true);
-                    y
-                }
-                None => written(rows * self.out, |y| matmul(self.precision, dims, y, self.out, false, x, w, true)),
-            }
-        }
-    }
-
-    /// `dy · W`: the input gradient only.
-    fn backward(&self, dy: &[f32], rows: usize) -> Vec<f32> {
-        // SAFETY: dy is rows×out; W = w_tᵀ read through strides (1, out); dx rows×inp, written
-        // whole by the product (not accumulating).
-        unsafe {
-            let (g, w) = ((dy.as_ptr(), self.out, 1), (self.w_t.as_ptr(), 1, self.out));
-            written(rows * self.inp, |dx| matmul(self.precision, (rows, self.inp, self.out), dx, self.inp, false, g, w, true))
-        }
-    }
 }
 
 struct Ln {
@@ -328,6 +258,32 @@ impl Block {
         dqkv
     }
 
+    /// In bf16 the GELU runs inside the packing of the product that reads it (fc2's forward,
+    /// fc1's reverse), row by row: its result is never written whole, a pass over memory saved.
+    /// (SwiGLU and f32 products keep their own pass.)
+    fn fuses_activation(&self) -> bool {
+        self.precision == Precision::Bf16 && !self.swiglu
+    }
+
+    /// `fc2(activation(f))`.
+    fn mlp_out(&self, f: &[f32], rows: usize) -> Vec<f32> {
+        let h = self.fc2.inp;
+        if self.fuses_activation() {
+            return self.fc2.forward_rows(&|i, out| fused::gelu_into(&f[i * h..(i + 1) * h], out), rows);
+        }
+        self.fc2.forward(&self.activation(f), rows)
+    }
+
+    /// The input gradient of `fc1` given `dg`, the gradient of the activation's output.
+    fn mlp_in_grad(&self, f: &[f32], dg: &[f32], rows: usize) -> Vec<f32> {
+        let h = self.fc2.inp;
+        if self.fuses_activation() {
+            return self.fc1.backward_rows(&|i, out| fused::gelu_grad_into(&f[i * h..(i + 1) * h], &dg[i * h..(i + 1) * h], out), rows);
+        }
+        let df = if self.swiglu { swiglu_grad(f, dg, h) } else { fused::gelu_grad(f, dg) };
+        self.fc1.backward(&df, rows)
+    }
+
     fn activation(&self, f: &[f32]) -> Vec<f32> {
         if self.swiglu {
             swiglu(f, self.fc2.inp)
@@ -345,7 +301,7 @@ impl Block {
         let y1 = self.proj.forward(&o, rows);
         let x1 = residual(&x, &y1, &self.ls1);
         let f = self.fc1.forward(&self.ln2.forward(&x1), rows);
-        let y2 = self.fc2.forward(&self.activation(&f), rows);
+        let y2 = self.mlp_out(&f, rows);
         let x2 = residual(&x1, &y2, &self.ls2);
         let tape = match record {
             Record::Nothing => None,
@@ -358,8 +314,7 @@ impl Block {
     fn backward(&self, tape: &BlockTape, dx2: Vec<f32>, z: Dims) -> Vec<f32> {
         let rows = z.b * z.t;
         let dg = self.fc2.backward(&scaled(&dx2, &self.ls2), rows);
-        let df = if self.swiglu { swiglu_grad(&tape.f, &dg, self.fc2.inp) } else { fused::gelu_grad(&tape.f, &dg) };
-        let mut dx1 = self.ln2.backward(&tape.x1, &self.fc1.backward(&df, rows));
+        let mut dx1 = self.ln2.backward(&tape.x1, &self.mlp_in_grad(&tape.f, &dg, rows));
         add_assign(&mut dx1, &dx2);
         let d_o = self.proj.backward(&scaled(&dx1, &self.ls1), rows);
         let dqkv = self.attention_backward(&tape.qkv, &tape.p, &d_o, z);
