@@ -18,7 +18,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::arch::FfnKind;
-use super::fastmath::{by_chunks, exp_f32, SendPtr};
+use super::fastmath::{by_chunks, exp_f32, flushing_subnormals, SendPtr};
 use super::fused;
 use super::layers::LayerNorm;
 use super::precision::Precision;
@@ -197,16 +197,18 @@ impl Block {
         (0..z.b * h).into_par_iter().for_each_init(
             || if keep { vec![] } else { vec![0f32; t * t] },
             |scratch, bh| {
-                let (bi, hi) = (bh / h, bh % h);
-                let base = bi * t * 3 * d + hi * hd;
-                // SAFETY: q, k, v are t×hd views of qkv (row stride 3d); each task writes its own
-                // t×hd block of o (columns hi·hd.., rows of image bi) and its own t×t block of p
-                // (or its own scratch).
-                unsafe {
-                    let pbh = self.probabilities(qkv, base, z, if keep { pp.get().add(bh * t * t) } else { scratch.as_mut_ptr() });
-                    let v = (qkv.as_ptr().add(base + 2 * d), 3 * d, 1);
-                    matmul(self.precision, (t, hd, t), op.get().add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
-                }
+                flushing_subnormals(|| {
+                    let (bi, hi) = (bh / h, bh % h);
+                    let base = bi * t * 3 * d + hi * hd;
+                    // SAFETY: q, k, v are t×hd views of qkv (row stride 3d); each task writes its own
+                    // t×hd block of o (columns hi·hd.., rows of image bi) and its own t×t block of p
+                    // (or its own scratch).
+                    unsafe {
+                        let pbh = self.probabilities(qkv, base, z, if keep { pp.get().add(bh * t * t) } else { scratch.as_mut_ptr() });
+                        let v = (qkv.as_ptr().add(base + 2 * d), 3 * d, 1);
+                        matmul(self.precision, (t, hd, t), op.get().add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
+                    }
+                })
             },
         );
         // SAFETY: the heads of every image cover o's columns and every row, and the (image, head)
@@ -233,23 +235,26 @@ impl Block {
         (0..z.b * h).into_par_iter().for_each_init(
             || (vec![0f32; t * t], if kept { vec![] } else { vec![0f32; t * t] }),
             |(ds, again), bh| {
-                let (bi, hi) = (bh / h, bh % h);
-                let base = bi * t * 3 * d + hi * hd;
-                // SAFETY: read-only views of qkv, p and d_o; each task writes only the t×hd
-                // blocks of dqkv at its own (image, head) and its own scratch.
-                unsafe {
-                    let pbh = if kept { &p[bh * t * t..(bh + 1) * t * t] } else { self.probabilities(qkv, base, z, again.as_mut_ptr()) };
-                    let dob = (d_o.as_ptr().add(bi * t * d + hi * hd), d, 1);
-                    let v_t = (qkv.as_ptr().add(base + 2 * d), 1, 3 * d);
-                    matmul(self.precision, (t, t, hd), ds.as_mut_ptr(), t, false, dob, v_t, false);
-                    fused::softmax_rows(ds, Some(pbh), t, scale);
-                    let p_t = (pbh.as_ptr(), 1, t);
-                    matmul(self.precision, (t, hd, t), dp.get().add(base + 2 * d), 3 * d, false, p_t, dob, false);
-                    let k = (qkv.as_ptr().add(base + d), 3 * d, 1);
-                    matmul(self.precision, (t, hd, t), dp.get().add(base), 3 * d, false, (ds.as_ptr(), t, 1), k, false);
-                    let q = (qkv.as_ptr().add(base), 3 * d, 1);
-                    matmul(self.precision, (t, hd, t), dp.get().add(base + d), 3 * d, false, (ds.as_ptr(), 1, t), q, false);
-                }
+                flushing_subnormals(|| {
+                    let (bi, hi) = (bh / h, bh % h);
+                    let base = bi * t * 3 * d + hi * hd;
+                    // SAFETY: read-only views of qkv, p and d_o; each task writes only the t×hd
+                    // blocks of dqkv at its own (image, head) and its own scratch.
+                    unsafe {
+                        let pbh =
+                            if kept { &p[bh * t * t..(bh + 1) * t * t] } else { self.probabilities(qkv, base, z, again.as_mut_ptr()) };
+                        let dob = (d_o.as_ptr().add(bi * t * d + hi * hd), d, 1);
+                        let v_t = (qkv.as_ptr().add(base + 2 * d), 1, 3 * d);
+                        matmul(self.precision, (t, t, hd), ds.as_mut_ptr(), t, false, dob, v_t, false);
+                        fused::softmax_rows(ds, Some(pbh), t, scale);
+                        let p_t = (pbh.as_ptr(), 1, t);
+                        matmul(self.precision, (t, hd, t), dp.get().add(base + 2 * d), 3 * d, false, p_t, dob, false);
+                        let k = (qkv.as_ptr().add(base + d), 3 * d, 1);
+                        matmul(self.precision, (t, hd, t), dp.get().add(base), 3 * d, false, (ds.as_ptr(), t, 1), k, false);
+                        let q = (qkv.as_ptr().add(base), 3 * d, 1);
+                        matmul(self.precision, (t, hd, t), dp.get().add(base + d), 3 * d, false, (ds.as_ptr(), 1, t), q, false);
+                    }
+                })
             },
         );
         // SAFETY: the q, k and v blocks of every (image, head) cover dqkv (the products do not
