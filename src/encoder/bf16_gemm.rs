@@ -162,31 +162,14 @@ pub unsafe fn gemm_bf16(
     rhs: (*const f32, usize, usize),
     parallel: bool,
 ) {
-    gemm_bf16_on(Kernel::best(), (m, n, k), dst, dst_rs, accumulate, lhs, rhs, parallel)
-}
-
-/// [`gemm_bf16`] on the given kernel.
-///
-/// # Safety
-/// As [`gemm_bf16`], and [`Kernel::Amx`] only where [`super::amx::available`].
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_bf16_on(
-    kernel: Kernel,
-    dims: (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: (*const f32, usize, usize),
-    rhs: (*const f32, usize, usize),
-    parallel: bool,
-) {
-    gemm_bf16_of(kernel, dims, dst, dst_rs, accumulate, Lhs::Strided(lhs), rhs, parallel)
+    gemm_bf16_of(Kernel::best(), (m, n, k), dst, dst_rs, accumulate, Lhs::Strided(lhs), rhs, parallel)
 }
 
 /// [`gemm_bf16`] with the left operand given as [`Lhs`], on the given kernel.
 ///
 /// # Safety
-/// As [`gemm_bf16_on`]; an [`Lhs::Rows`] operand writes every value of the row it is asked for.
+/// As [`gemm_bf16`], [`Kernel::Amx`] only where [`super::amx::available`], and an [`Lhs::Rows`]
+/// operand writes every value of the row it is asked for.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_bf16_of(
     kernel: Kernel,
@@ -360,13 +343,13 @@ mod tests {
                 for kernel in kernels() {
                     let mut c = init.clone();
                     unsafe {
-                        gemm_bf16_on(
+                        gemm_bf16_of(
                             kernel,
                             (m, n, k),
                             c.as_mut_ptr(),
                             n,
                             acc,
-                            (a.as_ptr(), lhs_rs, lhs_cs),
+                            Lhs::Strided((a.as_ptr(), lhs_rs, lhs_cs)),
                             (b.as_ptr(), rhs_rs, rhs_cs),
                             par,
                         )
@@ -415,7 +398,16 @@ mod tests {
                 for par in [false, true] {
                     let (mut want, mut got) = (vec![1f32; m * n], vec![1f32; m * n]);
                     unsafe {
-                        gemm_bf16_on(kernel, (m, n, k), want.as_mut_ptr(), n, true, (a.as_ptr(), k, 1), (b.as_ptr(), n, 1), par);
+                        gemm_bf16_of(
+                            kernel,
+                            (m, n, k),
+                            want.as_mut_ptr(),
+                            n,
+                            true,
+                            Lhs::Strided((a.as_ptr(), k, 1)),
+                            (b.as_ptr(), n, 1),
+                            par,
+                        );
                         gemm_bf16_of(kernel, (m, n, k), got.as_mut_ptr(), n, true, Lhs::Rows(&row), (b.as_ptr(), n, 1), par);
                     }
                     assert_eq!(got, want, "{kernel:?} ({m},{n},{k}) parallel {par}");
