@@ -162,10 +162,10 @@ pub unsafe fn gemm_bf16(
     rhs: (*const f32, usize, usize),
     parallel: bool,
 ) {
-    gemm_bf16_of(Kernel::best(), (m, n, k), dst, dst_rs, accumulate, Lhs::Strided(lhs), rhs, parallel)
+    gemm_bf16_of(Kernel::best(), (m, n, k), dst, dst_rs, accumulate, Lhs::Strided(lhs), Rhs::Strided(rhs), parallel)
 }
 
-/// [`gemm_bf16`] with the left operand given as [`Lhs`], on the given kernel.
+/// [`gemm_bf16`] with the operands given as [`Lhs`] and [`Rhs`], on the given kernel.
 ///
 /// # Safety
 /// As [`gemm_bf16`], [`Kernel::Amx`] only where [`super::amx::available`], and an [`Lhs::Rows`]
@@ -178,7 +178,7 @@ pub unsafe fn gemm_bf16_of(
     dst_rs: usize,
     accumulate: bool,
     lhs: Lhs,
-    rhs: (*const f32, usize, usize),
+    rhs: Rhs,
     parallel: bool,
 ) {
     assert!(supported(), "internal error: the bf16 kernel on a CPU without AVX512-BF16");
@@ -210,22 +210,82 @@ unsafe fn products(
     dst_rs: usize,
     accumulate: bool,
     lhs: Lhs,
-    rhs: (*const f32, usize, usize),
+    rhs: Rhs,
     parallel: bool,
 ) {
+    let (layout, pairs, rows, cols) = geometry(kernel, (m, n, k));
+    let run = |a: &[u32], b: &[u32]| match kernel {
+        Kernel::Amx => super::amx::products((m, n), out, dst_rs, accumulate, a, b, pairs, parallel),
+        Kernel::Dpbf16 => register_products((m, n, pairs), out, dst_rs, accumulate, a, b, parallel),
+    };
+    match rhs {
+        Rhs::Strided(rhs) => with_buffers(rows * pairs, cols * pairs, |a, b| {
+            pack_rows(m, k, pairs, a, lhs, parallel, layout);
+            pack_panels(n, k, pairs, b, rhs, parallel, layout);
+            run(a, b)
+        }),
+        Rhs::Packed(p) => {
+            assert!(p.kernel == kernel && (p.k, p.n) == (k, n), "internal error: a packed operand of another product");
+            with_buffers(rows * pairs, 0, |a, _| {
+                pack_rows(m, k, pairs, a, lhs, parallel, layout);
+                run(a, p.lanes())
+            })
+        }
+    }
+}
+
+/// How `kernel` lays out a product of (m, n, k): the layout, pairs of `k` per row (padded), and
+/// the rows and columns the packed operands hold (padded).
+fn geometry(kernel: Kernel, (m, n, k): (usize, usize, usize)) -> (Layout, usize, usize, usize) {
     use super::amx::BLOCK;
-    let (layout, pairs, rows, cols) = match kernel {
+    match kernel {
         Kernel::Amx => (Layout::Tiles, k.div_ceil(2).div_ceil(TILE) * TILE, m.div_ceil(BLOCK) * BLOCK, n.div_ceil(BLOCK) * BLOCK),
         Kernel::Dpbf16 => (Layout::Rows, k.div_ceil(2), m, n.div_ceil(NR) * NR),
-    };
-    with_buffers(rows * pairs, cols * pairs, |a, b| {
-        pack_rows(m, k, pairs, a, lhs, parallel, layout);
-        pack_panels(n, k, pairs, b, rhs, parallel, layout);
-        match kernel {
-            Kernel::Amx => super::amx::products((m, n), out, dst_rs, accumulate, a, b, pairs, parallel),
-            Kernel::Dpbf16 => register_products((m, n, pairs), out, dst_rs, accumulate, a, b, parallel),
+    }
+}
+
+/// The right operand of a bf16 product.
+#[derive(Clone, Copy)]
+pub enum Rhs<'a> {
+    /// k×n through (pointer, row stride, column stride).
+    Strided((*const f32, usize, usize)),
+    /// Packed once ([`PackedRhs::new`]) and read by every product that multiplies by it: a frozen
+    /// weight, which a product would otherwise round and lay out again on every call.
+    Packed(&'a PackedRhs),
+}
+
+/// A right operand rounded and laid out for one kernel, once.
+pub struct PackedRhs {
+    kernel: Kernel,
+    k: usize,
+    n: usize,
+    lanes: Vec<u32>,
+    /// Where the lanes start in `lanes`: on a 64-byte line, as the packing buffers do.
+    start: usize,
+}
+
+impl PackedRhs {
+    /// `rhs` (k×n through strides) packed for `kernel`.
+    ///
+    /// # Safety
+    /// `rhs` addresses the whole matrix its strides describe; the CPU passes [`supported`] (and
+    /// AMX's check for [`Kernel::Amx`]).
+    pub unsafe fn new(kernel: Kernel, (k, n): (usize, usize), rhs: (*const f32, usize, usize)) -> Self {
+        assert!(supported(), "internal error: the bf16 kernel on a CPU without AVX512-BF16");
+        let (layout, pairs, _, cols) = geometry(kernel, (0, n, k));
+        const LINE: usize = 64 / std::mem::size_of::<u32>();
+        let mut lanes: Vec<u32> = super::fastmath::zeros(cols * pairs + LINE);
+        let start = lanes.as_ptr().align_offset(64).min(LINE);
+        #[cfg(target_arch = "x86_64")]
+        if n > 0 && k > 0 {
+            pack_panels(n, k, pairs, &mut lanes[start..start + cols * pairs], rhs, true, layout);
         }
-    })
+        Self { kernel, k, n, lanes, start }
+    }
+
+    fn lanes(&self) -> &[u32] {
+        &self.lanes[self.start..]
+    }
 }
 
 /// The `vdpbf16ps` path on the packed operands.
@@ -350,7 +410,7 @@ mod tests {
                             n,
                             acc,
                             Lhs::Strided((a.as_ptr(), lhs_rs, lhs_cs)),
-                            (b.as_ptr(), rhs_rs, rhs_cs),
+                            Rhs::Strided((b.as_ptr(), rhs_rs, rhs_cs)),
                             par,
                         )
                     };
@@ -377,10 +437,11 @@ mod tests {
         }
     }
 
-    /// An operand given row by row packs exactly as the same matrix in memory: bit-equal
-    /// products on every kernel, across row groups and tile edges, in parallel or not.
+    /// An operand given row by row packs exactly as the same matrix in memory, and a right
+    /// operand packed once as one packed by the product: bit-equal products on every kernel,
+    /// across row groups and tile edges, in parallel or not.
     #[test]
-    fn rows_operand_gives_the_products_of_the_materialized_one() {
+    fn rows_and_prepacked_operands_give_the_products_of_the_plain_ones() {
         if !supported() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
@@ -405,12 +466,20 @@ mod tests {
                             n,
                             true,
                             Lhs::Strided((a.as_ptr(), k, 1)),
-                            (b.as_ptr(), n, 1),
+                            Rhs::Strided((b.as_ptr(), n, 1)),
                             par,
                         );
-                        gemm_bf16_of(kernel, (m, n, k), got.as_mut_ptr(), n, true, Lhs::Rows(&row), (b.as_ptr(), n, 1), par);
+                        gemm_bf16_of(kernel, (m, n, k), got.as_mut_ptr(), n, true, Lhs::Rows(&row), Rhs::Strided((b.as_ptr(), n, 1)), par);
                     }
                     assert_eq!(got, want, "{kernel:?} ({m},{n},{k}) parallel {par}");
+                    // The right operand transposed in memory, packed once, used twice.
+                    let b_t: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
+                    let packed = unsafe { PackedRhs::new(kernel, (k, n), (b_t.as_ptr(), 1, k)) };
+                    for lhs in [Lhs::Strided((a.as_ptr(), k, 1)), Lhs::Rows(&row)] {
+                        let mut again = vec![1f32; m * n];
+                        unsafe { gemm_bf16_of(kernel, (m, n, k), again.as_mut_ptr(), n, true, lhs, Rhs::Packed(&packed), par) };
+                        assert_eq!(again, want, "{kernel:?} ({m},{n},{k}) parallel {par}, packed once");
+                    }
                 }
             }
         }

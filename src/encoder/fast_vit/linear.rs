@@ -6,7 +6,7 @@
 use anyhow::Result;
 
 use super::{floats, shared};
-use crate::encoder::bf16_gemm::{gemm_bf16, gemm_bf16_of, Kernel, Lhs};
+use crate::encoder::bf16_gemm::{gemm_bf16, gemm_bf16_of, Kernel, Lhs, PackedRhs, Rhs};
 use crate::encoder::fastmath::{by_chunks, written};
 use crate::encoder::frozen_linear::gemm_f32;
 use crate::encoder::layers::Linear;
@@ -34,6 +34,14 @@ pub(super) unsafe fn matmul(
     }
 }
 
+/// Which way a product reads a layer's weight: as stored (`x · Wᵀ`, the forward) or transposed
+/// (`dy · W`, the input gradient).
+#[derive(Clone, Copy)]
+enum Way {
+    Forward = 0,
+    Backward = 1,
+}
+
 pub(super) struct Lin {
     /// `[in, out]`: the candle model's own tensor, read in place.
     pub(super) w_t: shared::SharedF32,
@@ -41,31 +49,63 @@ pub(super) struct Lin {
     pub(super) inp: usize,
     pub(super) out: usize,
     pub(super) precision: Precision,
+    /// In bf16, for a frozen weight: the weight packed once for each [`Way`], which every product
+    /// then reads instead of rounding and laying it out again (a sixth of a bf16 step did that).
+    packed: Option<[PackedRhs; 2]>,
 }
 
 impl Lin {
-    pub(super) fn new(l: &Linear, precision: Precision) -> Result<Self> {
+    /// `pack`: keep the weight packed for bf16 products ([`FastVit::new`] decides: bf16, a weight
+    /// no optimizer writes, within a memory bound).
+    pub(super) fn new(l: &Linear, precision: Precision, pack: bool) -> Result<Self> {
         let (inp, out) = l.w_t.dims2()?;
-        Ok(Self { w_t: shared::SharedF32::new(&l.w_t)?, b: l.b.as_ref().map(floats).transpose()?, inp, out, precision })
+        let w_t = shared::SharedF32::new(&l.w_t)?;
+        let packed = (pack && precision == Precision::Bf16).then(|| {
+            let kernel = Kernel::best();
+            // SAFETY: w_t is inp×out row-major; the caller checked the CPU (`Precision::check`).
+            unsafe {
+                [PackedRhs::new(kernel, (inp, out), (w_t.as_ptr(), out, 1)), PackedRhs::new(kernel, (out, inp), (w_t.as_ptr(), 1, out))]
+            }
+        });
+        Ok(Self { w_t, b: l.b.as_ref().map(floats).transpose()?, inp, out, precision, packed })
+    }
+
+    #[cfg(test)]
+    pub(super) fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// `dst (+)= lhs · (Wᵀ or W)` for `rows` rows: `lhs` rows×inp forward, rows×out backward.
+    ///
+    /// # Safety
+    /// `dst` holds rows × (out forward, inp backward) values, row-major; a strided `lhs`
+    /// addresses its whole matrix; an [`Lhs::Rows`] operand only in bf16.
+    unsafe fn product(&self, way: Way, rows: usize, dst: *mut f32, accumulate: bool, lhs: Lhs) {
+        let (k, n, w) = match way {
+            Way::Forward => (self.inp, self.out, (self.w_t.as_ptr(), self.out, 1)),
+            Way::Backward => (self.out, self.inp, (self.w_t.as_ptr(), 1, self.out)),
+        };
+        match (&self.packed, lhs) {
+            (Some(p), lhs) => gemm_bf16_of(Kernel::best(), (rows, n, k), dst, n, accumulate, lhs, Rhs::Packed(&p[way as usize]), true),
+            (None, Lhs::Strided(x)) => matmul(self.precision, (rows, n, k), dst, n, accumulate, x, w, true),
+            (None, lhs) => {
+                assert!(self.precision == Precision::Bf16, "internal error: an operand given by rows in f32");
+                gemm_bf16_of(Kernel::best(), (rows, n, k), dst, n, accumulate, lhs, Rhs::Strided(w), true)
+            }
+        }
     }
 
     /// `x · Wᵀ + b` for `rows` rows.
     pub(super) fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let (x, w) = ((x.as_ptr(), self.inp, 1), (self.w_t.as_ptr(), self.out, 1));
-        // SAFETY: x is rows×inp, w_t inp×out, y rows×out, all row-major.
-        unsafe { self.forward_by(rows, |y, acc| matmul(self.precision, (rows, self.out, self.inp), y, self.out, acc, x, w, true)) }
+        // SAFETY: x is rows×inp row-major; forward_by hands a rows×out buffer.
+        unsafe { self.forward_by(rows, |y, acc| self.product(Way::Forward, rows, y, acc, Lhs::Strided((x.as_ptr(), self.inp, 1)))) }
     }
 
     /// [`Lin::forward`] of the matrix whose row `i` `row(i, ·)` writes, computed inside the bf16
     /// product's packing (bf16 only).
     pub(super) fn forward_rows(&self, row: &(dyn Fn(usize, &mut [f32]) + Sync), rows: usize) -> Vec<f32> {
-        let w = (self.w_t.as_ptr(), self.out, 1);
-        // SAFETY: w_t is inp×out, y rows×out; `row` writes the inp values of the row it is given.
-        unsafe {
-            self.forward_by(rows, |y, acc| {
-                gemm_bf16_of(Kernel::best(), (rows, self.out, self.inp), y, self.out, acc, Lhs::Rows(row), w, true)
-            })
-        }
+        // SAFETY: `row` writes the inp values of the row it is given; a rows×out buffer as above.
+        unsafe { self.forward_by(rows, |y, acc| self.product(Way::Forward, rows, y, acc, Lhs::Rows(row))) }
     }
 
     /// `y` (rows×out) holding the bias in every row, then `product(y, accumulate)` onto it; with
@@ -90,23 +130,14 @@ impl Lin {
 
     /// `dy · W`: the input gradient only.
     pub(super) fn backward(&self, dy: &[f32], rows: usize) -> Vec<f32> {
-        // SAFETY: dy is rows×out; W = w_tᵀ read through strides (1, out); dx rows×inp, written
-        // whole by the product (not accumulating).
-        unsafe {
-            let (g, w) = ((dy.as_ptr(), self.out, 1), (self.w_t.as_ptr(), 1, self.out));
-            written(rows * self.inp, |dx| matmul(self.precision, (rows, self.inp, self.out), dx, self.inp, false, g, w, true))
-        }
+        // SAFETY: dy is rows×out row-major; dx rows×inp, written whole (not accumulating).
+        unsafe { written(rows * self.inp, |dx| self.product(Way::Backward, rows, dx, false, Lhs::Strided((dy.as_ptr(), self.out, 1)))) }
     }
 
     /// [`Lin::backward`] of the output gradient whose row `i` `row(i, ·)` writes, computed inside
     /// the bf16 product's packing (bf16 only).
     pub(super) fn backward_rows(&self, row: &(dyn Fn(usize, &mut [f32]) + Sync), rows: usize) -> Vec<f32> {
-        let w = (self.w_t.as_ptr(), 1, self.out);
-        // SAFETY: as `backward`; `row` writes the out values of the row it is given.
-        unsafe {
-            written(rows * self.inp, |dx| {
-                gemm_bf16_of(Kernel::best(), (rows, self.inp, self.out), dx, self.inp, false, Lhs::Rows(row), w, true)
-            })
-        }
+        // SAFETY: `row` writes the out values of the row it is given; dx as in `backward`.
+        unsafe { written(rows * self.inp, |dx| self.product(Way::Backward, rows, dx, false, Lhs::Rows(row))) }
     }
 }

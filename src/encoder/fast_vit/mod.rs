@@ -348,6 +348,10 @@ pub struct FastVit {
 /// batch 8 keeps them (152 MB); a ViT-L/14 at 518 px, even at batch 1 (2.9 GB), does not.
 pub const ATTENTION_TAPE_BYTES: usize = 1 << 30;
 
+/// The most bf16 spends on weights packed once ([`Lin`]'s cache): a ViT-S/14 keeps them (88 MB), a
+/// ViT-B/14 too (344 MB); a ViT-L/14 (1.2 GB) and a ViT-g/14 (4.4 GB) pack on every product.
+pub const PACKED_WEIGHTS_BYTES: usize = 1 << 30;
+
 /// What the reverse pass needs from a forward.
 pub struct Tape {
     z: Dims,
@@ -372,18 +376,23 @@ impl FastVit {
         let cls = floats(&(&vit.cls_token + &vit.pos_cls)?)?;
         let regs = vit.register_tokens.as_ref().map(floats).transpose()?.unwrap_or_default();
         let opt = |t: &Option<Tensor>| t.as_ref().map(floats).transpose();
+        // bf16 keeps every weight packed (4 bytes a weight, both ways) where none is trainable (an
+        // optimizer step would leave the packing stale) and they fit the bound.
+        let linears = vit.blocks.iter().flat_map(|b| [&b.attn.qkv, &b.attn.proj, &b.ffn.fc1, &b.ffn.fc2]).chain([&vit.patch_embed]);
+        let (frozen, weights) = linears.fold((true, 0), |(f, n), l| (f && !l.w_t.track_op(), n + l.w_t.elem_count()));
+        let pack = precision == Precision::Bf16 && frozen && 4 * weights <= PACKED_WEIGHTS_BYTES;
         let blocks = vit
             .blocks
             .iter()
             .map(|b| {
                 Ok(Block {
                     ln1: Ln::new(&b.norm1)?,
-                    qkv: Lin::new(&b.attn.qkv, precision)?,
-                    proj: Lin::new(&b.attn.proj, precision)?,
+                    qkv: Lin::new(&b.attn.qkv, precision, pack)?,
+                    proj: Lin::new(&b.attn.proj, precision, pack)?,
                     ls1: opt(&b.ls1)?,
                     ln2: Ln::new(&b.norm2)?,
-                    fc1: Lin::new(&b.ffn.fc1, precision)?,
-                    fc2: Lin::new(&b.ffn.fc2, precision)?,
+                    fc1: Lin::new(&b.ffn.fc1, precision, pack)?,
+                    fc2: Lin::new(&b.ffn.fc2, precision, pack)?,
                     ls2: opt(&b.ls2)?,
                     swiglu: b.ffn.kind == FfnKind::SwiGlu,
                     heads: b.attn.num_heads,
@@ -395,7 +404,7 @@ impl FastVit {
             patch: c.patch_size,
             d: c.embed_dim,
             registers: c.num_registers,
-            pe: Lin::new(&vit.patch_embed, precision)?,
+            pe: Lin::new(&vit.patch_embed, precision, pack)?,
             cls,
             regs,
             blocks,
@@ -534,5 +543,25 @@ mod tests {
                 assert_eq!(g, h, "{n}");
             }
         }
+    }
+
+    /// bf16 packs the weights once only where no optimizer can write them: with one trainable
+    /// weight anywhere, every layer packs its weight on each product again (and f32 never packs).
+    #[test]
+    fn weights_are_packed_once_only_when_frozen() {
+        if !crate::encoder::bf16_gemm::supported() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
+        let mut enc = Encoder::load(&file, &LoadOptions { heads: Some(4), ..Default::default() }).unwrap();
+        let every = |f: &FastVit, packed: bool| {
+            f.pe.is_packed() == packed && f.blocks.iter().all(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2].iter().all(|l| l.is_packed() == packed))
+        };
+        assert!(every(&FastVit::new(&enc.vit, Precision::Bf16).unwrap(), true));
+        assert!(every(&FastVit::new(&enc.vit, Precision::F32).unwrap(), false));
+        let w = enc.vit.blocks[1].ffn.fc1.w_t.clone();
+        enc.vit.blocks[1].ffn.fc1.w_t = candle_core::Var::from_tensor(&w).unwrap().as_tensor().clone();
+        assert!(every(&FastVit::new(&enc.vit, Precision::Bf16).unwrap(), false));
     }
 }
