@@ -23,7 +23,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::bf16_pack::{pack_panels, pack_rows, with_buffers, Layout, NR, TILE, V};
+use super::bf16_pack::{aligned_lanes, pack_panels, pack_rows, with_buffers, Layout, NR, TILE, V};
 pub use super::bf16_pack::{round_bf16, Lhs};
 use super::fastmath::SendPtr;
 
@@ -273,12 +273,12 @@ impl PackedRhs {
     pub unsafe fn new(kernel: Kernel, (k, n): (usize, usize), rhs: (*const f32, usize, usize)) -> Self {
         assert!(supported(), "internal error: the bf16 kernel on a CPU without AVX512-BF16");
         let (layout, pairs, _, cols) = geometry(kernel, (0, n, k));
-        const LINE: usize = 64 / std::mem::size_of::<u32>();
-        let mut lanes: Vec<u32> = super::fastmath::zeros(cols * pairs + LINE);
-        let start = lanes.as_ptr().align_offset(64).min(LINE);
+        let mut lanes = Vec::new();
+        let range = aligned_lanes(&mut lanes, cols * pairs);
+        let start = range.start;
         #[cfg(target_arch = "x86_64")]
         if n > 0 && k > 0 {
-            pack_panels(n, k, pairs, &mut lanes[start..start + cols * pairs], rhs, true, layout);
+            pack_panels(n, k, pairs, &mut lanes[range], rhs, true, layout);
         }
         Self { kernel, k, n, lanes, start }
     }

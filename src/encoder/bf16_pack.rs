@@ -253,27 +253,30 @@ thread_local! {
     static BUFFERS: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-/// `f` on two packing buffers of `la` and `lb` lanes (contents unspecified), each starting on a
-/// 64-byte line (a tile's rows are lines: an unaligned one would read two per row): this thread's
-/// own, or new ones where they are in use (a product inside a product's task).
-pub(super) fn with_buffers<R>(la: usize, lb: usize, f: impl FnOnce(&mut [u32], &mut [u32]) -> R) -> R {
+/// The range of `v`'s lanes, `len` long, that starts on a 64-byte line (a tile's rows are lines:
+/// an unaligned one would read two per row); `v` grows (zeroed) where it is too short for it.
+pub(super) fn aligned_lanes(v: &mut Vec<u32>, len: usize) -> std::ops::Range<usize> {
     const LINE: usize = 64 / std::mem::size_of::<u32>();
-    let aligned = |v: &mut Vec<u32>, len: usize| -> std::ops::Range<usize> {
-        if v.len() < len + LINE {
-            *v = super::fastmath::zeros(len + LINE);
-        }
-        let skip = v.as_ptr().align_offset(64).min(LINE);
-        skip..skip + len
-    };
+    if v.len() < len + LINE {
+        *v = super::fastmath::zeros(len + LINE);
+    }
+    let skip = v.as_ptr().align_offset(64).min(LINE);
+    skip..skip + len
+}
+
+/// `f` on two packing buffers of `la` and `lb` lanes (contents unspecified), each starting on a
+/// 64-byte line ([`aligned_lanes`]): this thread's own, or new ones where they are in use (a
+/// product inside a product's task).
+pub(super) fn with_buffers<R>(la: usize, lb: usize, f: impl FnOnce(&mut [u32], &mut [u32]) -> R) -> R {
     BUFFERS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut bufs) => {
             let (a, b) = &mut *bufs;
-            let (ra, rb) = (aligned(a, la), aligned(b, lb));
+            let (ra, rb) = (aligned_lanes(a, la), aligned_lanes(b, lb));
             f(&mut a[ra], &mut b[rb])
         }
         Err(_) => {
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            let (ra, rb) = (aligned(&mut a, la), aligned(&mut b, lb));
+            let (ra, rb) = (aligned_lanes(&mut a, la), aligned_lanes(&mut b, lb));
             f(&mut a[ra], &mut b[rb])
         }
     })

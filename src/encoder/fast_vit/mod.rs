@@ -13,6 +13,8 @@ mod linear;
 mod params;
 mod shared;
 
+use std::mem::MaybeUninit;
+
 use anyhow::Result;
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -167,20 +169,21 @@ struct Dims {
 }
 
 impl Block {
-    /// `softmax(q·kᵀ·scale)` of one (image, head) into `pbh` (`t×t`, written whole, read only
-    /// after): the attention weights.
+    /// `softmax(q·kᵀ·scale)` of one (image, head) into `pbh` (`t×t`, written whole before it is
+    /// read): the attention weights, returned as that buffer, now initialized.
     ///
     /// # Safety
-    /// `base` must address that (image, head)'s q inside `qkv`, of `t` rows of stride `3d`; `pbh`
-    /// must be valid for `t×t` writes.
-    unsafe fn probabilities<'a>(&self, qkv: &[f32], base: usize, z: Dims, pbh: *mut f32) -> &'a [f32] {
+    /// `base` must address that (image, head)'s q inside `qkv`, of `t` rows of stride `3d`.
+    unsafe fn probabilities<'a>(&self, qkv: &[f32], base: usize, z: Dims, pbh: &'a mut [MaybeUninit<f32>]) -> &'a [f32] {
         let (t, d) = (z.t, z.d);
+        assert_eq!(pbh.len(), t * t, "internal error: an attention-weight buffer of another size");
         let hd = d / self.heads;
         let scale = (hd as f32).powf(-0.5);
         let q = (qkv.as_ptr().add(base), 3 * d, 1);
         let k_t = (qkv.as_ptr().add(base + d), 1, 3 * d);
-        matmul(self.precision, (t, t, hd), pbh, t, false, q, k_t, false);
-        let pbh = std::slice::from_raw_parts_mut(pbh, t * t);
+        matmul(self.precision, (t, t, hd), pbh.as_mut_ptr().cast(), t, false, q, k_t, false);
+        // SAFETY: the product (no accumulation) wrote all t×t.
+        let pbh = std::slice::from_raw_parts_mut(pbh.as_mut_ptr().cast::<f32>(), t * t);
         fused::softmax_rows(pbh, None, t, scale);
         pbh
     }
@@ -195,7 +198,7 @@ impl Block {
         let mut p: Vec<f32> = Vec::with_capacity(if keep { z.b * h * t * t } else { 0 });
         let (op, pp) = (SendPtr(o.as_mut_ptr()), SendPtr(p.as_mut_ptr()));
         (0..z.b * h).into_par_iter().for_each_init(
-            || if keep { vec![] } else { vec![0f32; t * t] },
+            || if keep { vec![] } else { vec![MaybeUninit::uninit(); t * t] },
             |scratch, bh| {
                 flushing_subnormals(|| {
                     let (bi, hi) = (bh / h, bh % h);
@@ -204,7 +207,8 @@ impl Block {
                     // t×hd block of o (columns hi·hd.., rows of image bi) and its own t×t block of p
                     // (or its own scratch).
                     unsafe {
-                        let pbh = self.probabilities(qkv, base, z, if keep { pp.get().add(bh * t * t) } else { scratch.as_mut_ptr() });
+                        let own = || std::slice::from_raw_parts_mut(pp.get().add(bh * t * t).cast(), t * t);
+                        let pbh = self.probabilities(qkv, base, z, if keep { own() } else { &mut scratch[..] });
                         let v = (qkv.as_ptr().add(base + 2 * d), 3 * d, 1);
                         matmul(self.precision, (t, hd, t), op.get().add(bi * t * d + hi * hd), d, false, (pbh.as_ptr(), t, 1), v, false);
                     }
@@ -233,7 +237,7 @@ impl Block {
         let mut dqkv: Vec<f32> = Vec::with_capacity(z.b * t * 3 * d);
         let dp = SendPtr(dqkv.as_mut_ptr());
         (0..z.b * h).into_par_iter().for_each_init(
-            || (vec![0f32; t * t], if kept { vec![] } else { vec![0f32; t * t] }),
+            || (vec![0f32; t * t], if kept { vec![] } else { vec![MaybeUninit::uninit(); t * t] }),
             |(ds, again), bh| {
                 flushing_subnormals(|| {
                     let (bi, hi) = (bh / h, bh % h);
@@ -241,8 +245,7 @@ impl Block {
                     // SAFETY: read-only views of qkv, p and d_o; each task writes only the t×hd
                     // blocks of dqkv at its own (image, head) and its own scratch.
                     unsafe {
-                        let pbh =
-                            if kept { &p[bh * t * t..(bh + 1) * t * t] } else { self.probabilities(qkv, base, z, again.as_mut_ptr()) };
+                        let pbh = if kept { &p[bh * t * t..(bh + 1) * t * t] } else { self.probabilities(qkv, base, z, again) };
                         let dob = (d_o.as_ptr().add(bi * t * d + hi * hd), d, 1);
                         let v_t = (qkv.as_ptr().add(base + 2 * d), 1, 3 * d);
                         matmul(self.precision, (t, t, hd), ds.as_mut_ptr(), t, false, dob, v_t, false);
