@@ -44,6 +44,40 @@ unsafe fn adjacent16(x: *const f32) -> __m512i {
     std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x.add(16)), _mm512_loadu_ps(x)))
 }
 
+/// The 16×16 matrix of 32-bit lanes whose row `r` is `v[r]`, transposed: row `c` of the result
+/// holds lane `c` of every `v[r]`, in order of `r`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(v: &[__m512i; 16]) -> [__m512i; 16] {
+    // Within each 128-bit lane: 4×4 blocks, by 32-bit then 64-bit interleaves; u[4j + c] then
+    // holds, in lane L, column 4L + c of rows 4j..4j+4.
+    let mut u = [_mm512_setzero_si512(); 16];
+    for j in 0..4 {
+        let t0 = _mm512_unpacklo_epi32(v[4 * j], v[4 * j + 1]);
+        let t1 = _mm512_unpackhi_epi32(v[4 * j], v[4 * j + 1]);
+        let t2 = _mm512_unpacklo_epi32(v[4 * j + 2], v[4 * j + 3]);
+        let t3 = _mm512_unpackhi_epi32(v[4 * j + 2], v[4 * j + 3]);
+        u[4 * j] = _mm512_unpacklo_epi64(t0, t2);
+        u[4 * j + 1] = _mm512_unpackhi_epi64(t0, t2);
+        u[4 * j + 2] = _mm512_unpacklo_epi64(t1, t3);
+        u[4 * j + 3] = _mm512_unpackhi_epi64(t1, t3);
+    }
+    // Then the 4×4 matrix of 128-bit lanes across u[c], u[4 + c], u[8 + c], u[12 + c].
+    let mut x = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let (a, b, cc, d) = (u[c], u[4 + c], u[8 + c], u[12 + c]);
+        let p = _mm512_shuffle_i32x4::<0x88>(a, b);
+        let q = _mm512_shuffle_i32x4::<0xdd>(a, b);
+        let r = _mm512_shuffle_i32x4::<0x88>(cc, d);
+        let s = _mm512_shuffle_i32x4::<0xdd>(cc, d);
+        x[c] = _mm512_shuffle_i32x4::<0x88>(p, r);
+        x[8 + c] = _mm512_shuffle_i32x4::<0xdd>(p, r);
+        x[4 + c] = _mm512_shuffle_i32x4::<0x88>(q, s);
+        x[12 + c] = _mm512_shuffle_i32x4::<0xdd>(q, s);
+    }
+    x
+}
+
 /// Where the packed operands put each bf16 pair.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Layout {
@@ -109,13 +143,17 @@ unsafe fn pack_row_group(
             }
         }
     } else if rs == 1 && rows == 16 {
-        done = k / 2;
-        let mut lanes = [0u32; 16];
-        for q in 0..k / 2 {
-            let v = interleave16(p.add(2 * q * cs + i0), p.add((2 * q + 1) * cs + i0));
-            _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, v);
-            for (i, l) in lanes.iter().enumerate() {
-                out[at_lane(i, q)] = *l;
+        // A transposed operand (its rows are columns in memory): 16 pairs at a time, each a
+        // vector over the 16 rows, transposed in registers into 16 rows of 16 pairs.
+        done = k / 32 * 16;
+        for g in 0..k / 32 {
+            let mut v = [_mm512_setzero_si512(); 16];
+            for (r, v) in v.iter_mut().enumerate() {
+                let q = 16 * g + r;
+                *v = interleave16(p.add(2 * q * cs + i0), p.add((2 * q + 1) * cs + i0));
+            }
+            for (i, v) in transpose16(&v).iter().enumerate() {
+                _mm512_storeu_si512(out.as_mut_ptr().add(at_lane(i, 16 * g)) as *mut _, *v);
             }
         }
     }
@@ -280,4 +318,33 @@ pub(super) fn with_buffers<R>(la: usize, lb: usize, f: impl FnOnce(&mut [u32], &
             f(&mut a[ra], &mut b[rb])
         }
     })
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The register transpose against the index definition, on distinct lanes.
+    #[test]
+    fn transpose16_transposes() {
+        if !is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let m: Vec<u32> = (0..256).collect();
+        // SAFETY: AVX-512F checked above; loads and stores of 16 lanes inside `m` and `got`.
+        let got = unsafe {
+            let v: [__m512i; 16] = std::array::from_fn(|r| _mm512_loadu_si512(m.as_ptr().add(16 * r) as *const _));
+            let mut got = [0u32; 256];
+            for (c, x) in transpose16(&v).iter().enumerate() {
+                _mm512_storeu_si512(got.as_mut_ptr().add(16 * c) as *mut _, *x);
+            }
+            got
+        };
+        for r in 0..16 {
+            for c in 0..16 {
+                assert_eq!(got[16 * c + r], m[16 * r + c], "({r}, {c})");
+            }
+        }
+    }
 }
