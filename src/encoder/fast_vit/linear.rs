@@ -55,12 +55,12 @@ pub(super) struct Lin {
 }
 
 impl Lin {
-    /// `pack`: keep the weight packed for bf16 products ([`FastVit::new`] decides: bf16, a weight
-    /// no optimizer writes, within a memory bound).
+    /// `pack`: keep the weight packed for bf16 products ([`FastVit::new`] decides, and only in
+    /// bf16: a weight no optimizer writes, within a memory bound).
     pub(super) fn new(l: &Linear, precision: Precision, pack: bool) -> Result<Self> {
         let (inp, out) = l.w_t.dims2()?;
         let w_t = shared::SharedF32::new(&l.w_t)?;
-        let packed = (pack && precision == Precision::Bf16).then(|| {
+        let packed = pack.then(|| {
             let kernel = Kernel::best();
             // SAFETY: w_t is inp×out row-major; the caller checked the CPU (`Precision::check`).
             unsafe {
