@@ -363,6 +363,33 @@ pub(super) fn gelu_grad<T: Fast>(x: &[T], g: &[T]) -> Vec<T> {
     map(x, Some(g), gelu_grad_of)
 }
 
+/// Rows of `f` (of the bias's width) given their bias in place, `f ← f + b`, and the GELU of the
+/// result: one pass where a bias written before the product and a GELU after took two.
+#[inline(always)]
+fn bias_gelu_loop(f: &mut [f32], b: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) {
+    for (fr, or) in f.chunks_exact_mut(b.len()).zip(out.chunks_exact_mut(b.len())) {
+        for ((x, &bias), o) in fr.iter_mut().zip(b).zip(or) {
+            let z = *x + bias;
+            *x = z;
+            o.write(gelu_of(z, 0.0));
+        }
+    }
+}
+fastmath::multiversion!(bias_gelu_simd [] (f: &mut [f32], b: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) => bias_gelu_loop);
+
+/// `gelu(f + b)`, with `f` left holding `f + b` (the pre-activation a reverse pass reads); `b`
+/// broadcast over rows of its width.
+pub(super) fn bias_gelu(f: &mut [f32], b: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    assert!(!b.is_empty() && f.len().is_multiple_of(b.len()), "internal error: a bias of another width");
+    let width = b.len() * 16;
+    let mut out = Vec::with_capacity(f.len());
+    out.spare_capacity_mut()[..f.len()].par_chunks_mut(width).zip(f.par_chunks_mut(width)).for_each(|(o, f)| bias_gelu_simd(f, b, o));
+    // SAFETY: every chunk of the spare capacity was written whole by `bias_gelu_loop`.
+    unsafe { out.set_len(f.len()) };
+    out
+}
+
 /// [`gelu`] of one row into `out`, on the calling thread (inside a product's packing).
 pub(super) fn gelu_into(x: &[f32], out: &mut [f32]) {
     map_simd(x, None, out, &gelu_of);
@@ -404,4 +431,24 @@ impl CustomOp2 for GeluGrad {
 /// True where the fused CPU path applies: CPU tensors of f32/f64.
 pub fn applies(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64)
+}
+
+#[cfg(test)]
+mod tests {
+    /// `bias_gelu` against GELU's definition in f64 (`x·Φ(x)`, `Φ(x) = (1 + erf(x/√2))/2`, as
+    /// PyTorch's exact `nn.GELU`), over rows spanning several parallel chunks; `f` keeps `f + b`.
+    #[test]
+    fn bias_gelu_is_the_gelu_of_the_biased_rows() {
+        let (rows, width) = (37, 24);
+        let mut f: Vec<f32> = (0..rows * width).map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0).collect();
+        let b: Vec<f32> = (0..width).map(|j| (j as f32 - 12.0) / 7.0).collect();
+        let before = f.clone();
+        let g = super::bias_gelu(&mut f, &b);
+        for (i, (&x, &y)) in before.iter().zip(&g).enumerate() {
+            let z = x + b[i % width];
+            assert_eq!(f[i], z, "f + b at {i}");
+            let exact = 0.5 * z as f64 * (1.0 + libm::erf(z as f64 / std::f64::consts::SQRT_2));
+            assert!((y as f64 - exact).abs() <= 1e-6 * (1.0 + exact.abs()), "gelu({z}) = {y}, not {exact}");
+        }
+    }
 }

@@ -97,24 +97,29 @@ impl Lin {
 
     /// `x · Wᵀ + b` for `rows` rows.
     pub(super) fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        self.forward_with(x, rows, true)
+    }
+
+    /// `x · Wᵀ`, plus the bias where `bias` (else the caller adds it in a pass of its own).
+    pub(super) fn forward_with(&self, x: &[f32], rows: usize, bias: bool) -> Vec<f32> {
         // SAFETY: x is rows×inp row-major; forward_by hands a rows×out buffer.
-        unsafe { self.forward_by(rows, |y, acc| self.product(Way::Forward, rows, y, acc, Lhs::Strided((x.as_ptr(), self.inp, 1)))) }
+        unsafe { self.forward_by(rows, bias, |y, acc| self.product(Way::Forward, rows, y, acc, Lhs::Strided((x.as_ptr(), self.inp, 1)))) }
     }
 
-    /// [`Lin::forward`] of the matrix whose row `i` `row(i, ·)` writes, computed inside the bf16
-    /// product's packing (bf16 only).
-    pub(super) fn forward_rows(&self, row: &(dyn Fn(usize, &mut [f32]) + Sync), rows: usize) -> Vec<f32> {
+    /// [`Lin::forward_with`] of the matrix whose row `i` `row(i, ·)` writes, computed inside the
+    /// bf16 product's packing (bf16 only).
+    pub(super) fn forward_rows(&self, row: &(dyn Fn(usize, &mut [f32]) + Sync), rows: usize, bias: bool) -> Vec<f32> {
         // SAFETY: `row` writes the inp values of the row it is given; a rows×out buffer as above.
-        unsafe { self.forward_by(rows, |y, acc| self.product(Way::Forward, rows, y, acc, Lhs::Rows(row))) }
+        unsafe { self.forward_by(rows, bias, |y, acc| self.product(Way::Forward, rows, y, acc, Lhs::Rows(row))) }
     }
 
-    /// `y` (rows×out) holding the bias in every row, then `product(y, accumulate)` onto it; with
-    /// no bias, the product writes all of `y`.
+    /// `y` (rows×out) holding the bias in every row (where `bias` and the layer has one), then
+    /// `product(y, accumulate)` onto it; else the product writes all of `y`.
     ///
     /// # Safety
     /// `product` writes rows×out values at `y` (adding to them where told to accumulate).
-    unsafe fn forward_by(&self, rows: usize, product: impl FnOnce(*mut f32, bool)) -> Vec<f32> {
-        match &self.b {
+    unsafe fn forward_by(&self, rows: usize, bias: bool, product: impl FnOnce(*mut f32, bool)) -> Vec<f32> {
+        match self.b.as_ref().filter(|_| bias) {
             Some(b) => {
                 let mut y = by_chunks(rows * self.out, self.out, |_, r| {
                     for (r, b) in r.iter_mut().zip(b) {

@@ -50,24 +50,30 @@ impl Ln {
     }
 }
 
-/// `x + γ ⊙ y` (γ per channel, or 1).
-fn residual(x: &[f32], y: &[f32], gamma: &Option<Vec<f32>>) -> Vec<f32> {
-    let width = gamma.as_ref().map_or(1 << 14, |g| g.len());
-    // SAFETY: each chunk is zipped with x's and y's chunks of the same length, and written whole.
+/// `x + γ ⊙ (y + b)` (γ and b per channel, or 1 and 0): a branch's bias added here, in the
+/// pass that reads the branch, rather than written before its product (a pass saved).
+fn residual(x: &[f32], y: &[f32], gamma: &Option<Vec<f32>>, bias: Option<&[f32]>) -> Vec<f32> {
+    let Some(width) = gamma.as_ref().map(|g| g.len()).or(bias.map(|b| b.len())) else {
+        // SAFETY: each chunk is zipped with x's and y's chunks of the same length, and written whole.
+        return unsafe {
+            by_chunks(x.len(), 1 << 14, |i, o| {
+                let start = i * (1 << 14);
+                for ((o, x), y) in o.iter_mut().zip(&x[start..]).zip(&y[start..]) {
+                    o.write(x + y);
+                }
+            })
+        };
+    };
+    // With γ = 1 and b = 0 the sums are those of `x + y` and `x + γ ⊙ y`, bit for bit.
+    let ones = vec![1f32; width];
+    let zeros = vec![0f32; width];
+    let (g, b) = (gamma.as_deref().unwrap_or(&ones), bias.unwrap_or(&zeros));
+    // SAFETY: each chunk (one row) is zipped with x's and y's rows, and written whole.
     unsafe {
         by_chunks(x.len(), width, |i, o| {
             let (x, y) = (&x[i * width..i * width + o.len()], &y[i * width..i * width + o.len()]);
-            match gamma {
-                Some(g) => {
-                    for (((o, x), y), g) in o.iter_mut().zip(x).zip(y).zip(g) {
-                        o.write(x + g * y);
-                    }
-                }
-                None => {
-                    for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
-                        o.write(x + y);
-                    }
-                }
+            for ((((o, x), y), g), b) in o.iter_mut().zip(x).zip(y).zip(g).zip(b) {
+                o.write(x + g * (y + b));
             }
         })
     }
@@ -273,13 +279,27 @@ impl Block {
         self.precision == Precision::Bf16 && !self.swiglu
     }
 
-    /// `fc2(activation(f))`.
-    fn mlp_out(&self, f: &[f32], rows: usize) -> Vec<f32> {
+    /// `fc2(activation(f))`, with fc2's bias where `bias`.
+    fn mlp_out(&self, f: &[f32], rows: usize, bias: bool) -> Vec<f32> {
         let h = self.fc2.inp;
         if self.fuses_activation() {
-            return self.fc2.forward_rows(&|i, out| fused::gelu_into(&f[i * h..(i + 1) * h], out), rows);
+            return self.fc2.forward_rows(&|i, out| fused::gelu_into(&f[i * h..(i + 1) * h], out), rows, bias);
         }
-        self.fc2.forward(&self.activation(f), rows)
+        self.fc2.forward_with(&self.activation(f), rows, bias)
+    }
+
+    /// The MLP's pre-activation `fc1(h)` (kept for the reverse pass) and its output, with fc2's
+    /// bias where `bias`. A GELU in f32 adds fc1's bias in its own pass (not written before the
+    /// product: a pass saved).
+    fn mlp(&self, h: &[f32], rows: usize, bias: bool) -> (Vec<f32>, Vec<f32>) {
+        if let (false, false, Some(b)) = (self.swiglu, self.fuses_activation(), &self.fc1.b) {
+            let mut f = self.fc1.forward_with(h, rows, false);
+            let g = fused::bias_gelu(&mut f, b);
+            return (f, self.fc2.forward_with(&g, rows, bias));
+        }
+        let f = self.fc1.forward(h, rows);
+        let y = self.mlp_out(&f, rows, bias);
+        (f, y)
     }
 
     /// The input gradient of `fc1` given `dg`, the gradient of the activation's output.
@@ -306,11 +326,13 @@ impl Block {
         let rows = z.b * z.t;
         let qkv = self.qkv.forward(&self.ln1.forward(&x), rows);
         let (o, p) = self.attention(&qkv, z, keep_p);
-        let y1 = self.proj.forward(&o, rows);
-        let x1 = residual(&x, &y1, &self.ls1);
-        let f = self.fc1.forward(&self.ln2.forward(&x1), rows);
-        let y2 = self.mlp_out(&f, rows);
-        let x2 = residual(&x1, &y2, &self.ls2);
+        // The branches' biases are added by the residual sums, except where the tape keeps the
+        // branches themselves (for LayerScale's weight gradient), which must hold them.
+        let late = record != Record::ParamGradients;
+        let y1 = self.proj.forward_with(&o, rows, !late);
+        let x1 = residual(&x, &y1, &self.ls1, self.proj.b.as_deref().filter(|_| late));
+        let (f, y2) = self.mlp(&self.ln2.forward(&x1), rows, !late);
+        let x2 = residual(&x1, &y2, &self.ls2, self.fc2.b.as_deref().filter(|_| late));
         let tape = match record {
             Record::Nothing => None,
             Record::InputGradient => Some(BlockTape { x, qkv, p, x1, f, o: vec![], y1: vec![], y2: vec![] }),
