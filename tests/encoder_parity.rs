@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use robust_ssl::encoder::arch::ArchChoice;
-use robust_ssl::encoder::{Encoder, LoadOptions, Precision, Tape};
+use robust_ssl::encoder::{Encoder, LoadOptions, Outputs, Precision, Tape};
 use robust_ssl::perf::input_gradient;
 
 fn fixtures() -> PathBuf {
@@ -89,6 +89,13 @@ fn outputs_and_input_gradients_match_pytorch() {
         let plain = enc.forward(&exp["images"]).unwrap();
         let (taped, _) = enc.forward_with_tape(&exp["images"]).unwrap();
         assert_eq!(max_abs_diff(&plain.patch, &taped.patch), 0.0, "{}", case.name);
+        // A forward for a caller that reads CLS only (the last block on the CLS rows alone) gives
+        // PyTorch's CLS, and NaN for every token it did not compute.
+        let cls_only = enc.forward_reading(&exp["images"], Outputs::ClsOnly).unwrap();
+        let dc = max_abs_diff(&cls_only.cls, &exp["cls"]);
+        assert!(dc < 1e-4, "{} (CLS only): CLS differs from PyTorch: {dc:e}", case.name);
+        let nan = cls_only.patch.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().all(|v| v.is_nan());
+        assert!(nan, "{}: a CLS-only forward's patch tokens are NaN", case.name);
     }
 }
 

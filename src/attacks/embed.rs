@@ -9,7 +9,7 @@ use anyhow::Result;
 use candle_core::{Tensor, D};
 
 use super::objective::{losses_and_grads_of, rows, window_rows, Evaluated, Objective};
-use crate::encoder::{Reads, Tokens};
+use crate::encoder::{Outputs, Reads, Tokens};
 use crate::heads::sliding::Tiling;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +113,14 @@ fn distance(x: &Tensor, x0: &Tensor, d: Distance) -> Result<Tensor> {
 impl Objective for EmbedAttack {
     fn name(&self) -> &'static str {
         "embed"
+    }
+
+    fn outputs(&self) -> Outputs {
+        if self.target == EmbedTarget::Cls {
+            Outputs::ClsOnly
+        } else {
+            Outputs::All
+        }
     }
 
     fn evaluate(&self, tokens: &Tokens, windows: Option<&Tiling>, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {

@@ -6,7 +6,7 @@
 use anyhow::Result;
 use candle_core::{Tensor, Var};
 
-use crate::encoder::{PreNorm, Reads, Tokens};
+use crate::encoder::{Outputs, PreNorm, Reads, Tokens};
 use crate::heads::sliding::Tiling;
 
 /// An objective's verdict on the current adversarial tokens of the active samples.
@@ -38,6 +38,12 @@ pub trait Objective {
     /// `windows`, `tokens` are those of each active image's sliding windows (`m` rows per image,
     /// image by image) and the losses are still one per image.
     fn evaluate(&self, tokens: &Tokens, windows: Option<&Tiling>, active: &[usize], step: usize, steps: usize) -> Result<Evaluated>;
+
+    /// The tokens `evaluate` reads: all of them, unless an objective states it reads only CLS
+    /// (the encoder then skips the rest of its last block, and hands back NaN for the others).
+    fn outputs(&self) -> Outputs {
+        Outputs::All
+    }
 }
 
 /// The token rows of the images `active`: the images themselves, or each one's `m` windows.

@@ -358,10 +358,10 @@ impl Problem<'_> {
             None => input,
         };
         if !grad {
-            let tokens = self.enc.forward(&input)?;
+            let tokens = self.enc.forward_reading(&input, self.objective.outputs())?;
             return Ok((self.objective.evaluate(&tokens, windows, active, step, steps)?, None));
         }
-        let (tokens, tape) = self.enc.forward_with_tape(&input)?;
+        let (tokens, tape) = self.enc.forward_with_tape_reading(&input, self.objective.outputs())?;
         let ev = self.objective.evaluate(&tokens, windows, active, step, steps)?;
         let g = self.enc.backward_with(&tape, &ev.d_cls, &ev.d_patch, ev.d_prenorm.as_ref())?;
         let g = match windows {

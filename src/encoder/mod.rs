@@ -109,6 +109,15 @@ fn fingerprint(info: &EncoderInfo, dtype: DType, precision: Precision) -> Result
     Ok(f)
 }
 
+/// Which tokens a forward's caller reads.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Outputs {
+    All,
+    /// The CLS token alone (e.g. an EmbedAttack on CLS): the fast path's last block then computes
+    /// the CLS rows only past the keys and values, and every other token comes back NaN.
+    ClsOnly,
+}
+
 /// What the fast path's forward gives: `[B,T,D]` after and before the final norm.
 struct FastOutput {
     all: Tensor,
@@ -273,13 +282,13 @@ impl Encoder {
 
     /// The fast path's output `[B,T,D]` (registers included), the same before the final norm,
     /// its patch grid and tape.
-    fn fast_forward(&self, fast: &fast_vit::FastVit, pixels: &Tensor, record: Record) -> Result<FastOutput> {
+    fn fast_forward(&self, fast: &fast_vit::FastVit, pixels: &Tensor, record: Record, outputs: Outputs) -> Result<FastOutput> {
         let (b, h, w) = self.vit.check_images(pixels.dims())?;
         let p = self.config().patch_size;
         let (gh, gw) = (h / p, w / p);
         let pos = self.vit.patch_positions(gh, gw)?.flatten_all()?.to_vec1::<f32>()?;
         let px = pixels.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let (out, pre, tape) = fast.forward(&px, (b, h, w), &pos, record)?;
+        let (out, pre, tape) = fast.forward(&px, (b, h, w), &pos, record, outputs)?;
         let (d, r) = (self.config().embed_dim, self.config().num_registers);
         let shape = (b, 1 + r + gh * gw, d);
         Ok(FastOutput {
@@ -299,8 +308,14 @@ impl Encoder {
         Ok(Tokens { cls, patch, prenorm, grid })
     }
 
-    fn fast_tokens(&self, fast: &fast_vit::FastVit, pixels: &Tensor, record: Record) -> Result<(Tokens, Option<fast_vit::Tape>)> {
-        let o = self.fast_forward(fast, pixels, record)?;
+    fn fast_tokens(
+        &self,
+        fast: &fast_vit::FastVit,
+        pixels: &Tensor,
+        record: Record,
+        outputs: Outputs,
+    ) -> Result<(Tokens, Option<fast_vit::Tape>)> {
+        let o = self.fast_forward(fast, pixels, record, outputs)?;
         Ok((self.tokens_of(&o.all, Some(&o.pre), o.grid)?, o.tape))
     }
 
@@ -310,7 +325,7 @@ impl Encoder {
     pub fn forward_for_training(&self, pixels: &Tensor) -> Result<Option<(Tokens, Var, Tape)>> {
         match self.fast()? {
             Some(fast) if pixels.device().is_cpu() => {
-                let o = self.fast_forward(fast, pixels, Record::ParamGradients)?;
+                let o = self.fast_forward(fast, pixels, Record::ParamGradients, Outputs::All)?;
                 let output = Var::from_tensor(&o.all)?;
                 let tokens = self.tokens_of(output.as_tensor(), None, o.grid)?;
                 Ok(Some((tokens, output, Tape::Fast(o.tape.expect("tape requested")))))
@@ -339,17 +354,28 @@ impl Encoder {
 
     /// `pixels`: `[B, 3, H, W]` in [0, 1] (not normalized).
     pub fn forward(&self, pixels: &Tensor) -> Result<Tokens> {
+        self.forward_reading(pixels, Outputs::All)
+    }
+
+    /// [`Encoder::forward`] for a caller that reads only `outputs` (the others may be NaN).
+    pub fn forward_reading(&self, pixels: &Tensor, outputs: Outputs) -> Result<Tokens> {
         match self.fast()? {
-            Some(fast) if pixels.device().is_cpu() => Ok(self.fast_tokens(fast, pixels, Record::Nothing)?.0),
+            Some(fast) if pixels.device().is_cpu() => Ok(self.fast_tokens(fast, pixels, Record::Nothing, outputs)?.0),
             _ => self.forward_generic(pixels),
         }
     }
 
     /// Forward that keeps what [`Encoder::backward`] needs.
     pub fn forward_with_tape(&self, pixels: &Tensor) -> Result<(Tokens, Tape)> {
+        self.forward_with_tape_reading(pixels, Outputs::All)
+    }
+
+    /// [`Encoder::forward_with_tape`] for a caller that reads only `outputs` (the others may be
+    /// NaN, and [`Encoder::backward`] takes no gradient on them).
+    pub fn forward_with_tape_reading(&self, pixels: &Tensor, outputs: Outputs) -> Result<(Tokens, Tape)> {
         match self.fast()? {
             Some(fast) if pixels.device().is_cpu() => {
-                let (tokens, tape) = self.fast_tokens(fast, pixels, Record::InputGradient)?;
+                let (tokens, tape) = self.fast_tokens(fast, pixels, Record::InputGradient, outputs)?;
                 Ok((tokens, Tape::Fast(tape.expect("tape requested"))))
             }
             _ => self.forward_with_tape_generic(pixels),
@@ -388,6 +414,14 @@ impl Encoder {
                     let all = Tensor::cat(&[&c.to_dtype(DType::F32)?.unsqueeze(1)?, &zeros, &p.to_dtype(DType::F32)?], 1)?;
                     Ok(all.flatten_all()?.to_vec1::<f32>()?)
                 };
+                if t.cls_only() {
+                    let unread = [Some(d_patch), d_pre.map(|g| &g.patch)];
+                    for g in unread.into_iter().flatten() {
+                        if g.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()? != 0.0 {
+                            bail!("internal error: a gradient on the patch tokens of a CLS-only forward");
+                        }
+                    }
+                }
                 let d_pre = d_pre.map(|g| rows(&g.cls, &g.patch)).transpose()?;
                 let g = fast.backward(t, rows(d_cls, d_patch)?, d_pre);
                 let p = self.config().patch_size;

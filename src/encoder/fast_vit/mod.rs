@@ -4,11 +4,13 @@
 //! copies (q·kᵀ and P·v read the qkv buffer through strides), one (batch, head) pair per task.
 //!
 //! `linear.rs` holds the linear layers and the one entry of every matrix product (f32 or bf16);
-//! `params.rs` extends the reverse pass with the weight gradients, for fine-tuning.
+//! `params.rs` extends the reverse pass with the weight gradients, for fine-tuning;
+//! `cls_only.rs` holds the last block for callers that read the CLS token alone.
 //!
 //! The candle model in `vit.rs` is the generic path (GPUs, f64) and the reference this one is
 //! tested against (`tests/encoder_parity.rs`, `tests/defense.rs`).
 
+mod cls_only;
 mod linear;
 mod params;
 mod shared;
@@ -25,7 +27,7 @@ use super::fused;
 use super::layers::LayerNorm;
 use super::precision::Precision;
 use super::vit::VisionTransformer;
-use super::{IMAGENET_MEAN, IMAGENET_STD};
+use super::{Outputs, IMAGENET_MEAN, IMAGENET_STD};
 use linear::{matmul, Lin};
 
 fn floats(t: &Tensor) -> Result<Vec<f32>> {
@@ -385,12 +387,19 @@ pub struct Tape {
     last: Vec<f32>,
     /// The normalized patches `[B·P, 3·p·p]` (for the weight gradients only; empty otherwise).
     patches: Vec<f32>,
+    /// The last block ran on the CLS rows only ([`Outputs::ClsOnly`]).
+    cls_only: bool,
 }
 
 impl Tape {
     /// Patch grid (rows, columns) of the forward.
     pub fn grid(&self) -> (usize, usize) {
         self.grid
+    }
+
+    /// The forward computed the CLS token only: the reverse pass takes no gradient on the others.
+    pub fn cls_only(&self) -> bool {
+        self.cls_only
     }
 }
 
@@ -441,13 +450,15 @@ impl FastVit {
     /// `pixels`: `[B,3,H,W]` in [0,1], sides checked by the caller; `pos`: the position
     /// embedding of the patch grid `[P,D]`.
     /// Returns the final tokens `[B,T,D]`, the same before the final norm, and, unless `record`
-    /// is `Nothing`, the tape.
+    /// is `Nothing`, the tape. With [`Outputs::ClsOnly`] (and no weight gradients recorded) the
+    /// last block computes the CLS rows only, and the other rows of both outputs are NaN.
     pub fn forward(
         &self,
         pixels: &[f32],
         (b, hh, ww): (usize, usize, usize),
         pos: &[f32],
         record: Record,
+        outputs: Outputs,
     ) -> Result<(Vec<f32>, Vec<f32>, Option<Tape>)> {
         let (p, d) = (self.patch, self.d);
         debug_assert!(hh % p == 0 && ww % p == 0, "checked by VisionTransformer::check_images");
@@ -482,29 +493,43 @@ impl FastVit {
         let z = Dims { b, t, d };
         let weights: usize = self.blocks.iter().map(|k| b * k.heads * t * t * std::mem::size_of::<f32>()).sum();
         let keep_p = record != Record::Nothing && weights <= self.attention_tape_bytes;
+        let cls_only = outputs == Outputs::ClsOnly && record != Record::ParamGradients;
         let mut tapes = Vec::with_capacity(self.blocks.len());
-        for block in &self.blocks {
-            let (next, tape) = block.forward(x, z, record, keep_p);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let (next, tape) =
+                if cls_only && i + 1 == self.blocks.len() { block.forward_cls(x, z, record) } else { block.forward(x, z, record, keep_p) };
             tapes.extend(tape);
             x = next;
         }
         let out = self.norm.forward(&x);
         let patches = if record == Record::ParamGradients { patches } else { vec![] };
-        let tape = (record != Record::Nothing).then(|| Tape { z, grid: (gh, gw), blocks: tapes, last: x.clone(), patches });
+        let tape = (record != Record::Nothing).then(|| Tape { z, grid: (gh, gw), blocks: tapes, last: x.clone(), patches, cls_only });
         Ok((out, x, tape))
     }
 
     /// The pixels' gradient `[B,3,H,W]` given the gradients of the final tokens `[B,T,D]` and,
-    /// where an objective reads them, of the tokens before the final norm (same shape).
+    /// where an objective reads them, of the tokens before the final norm (same shape). After a
+    /// CLS-only forward only the CLS rows of both are read (the caller checks the others are zero).
     pub fn backward(&self, tape: &Tape, d_out: Vec<f32>, d_pre: Option<Vec<f32>>) -> Vec<f32> {
         let (p, d, z) = (self.patch, self.d, tape.z);
         let (gh, gw) = tape.grid;
         let np = gh * gw;
-        let mut dx = self.norm.backward(&tape.last, &d_out);
-        if let Some(d_pre) = d_pre {
-            add_assign(&mut dx, &d_pre);
-        }
-        for (block, bt) in self.blocks.iter().zip(&tape.blocks).rev() {
+        let mut blocks = self.blocks.iter().zip(&tape.blocks).rev();
+        let mut dx = if tape.cls_only {
+            let mut dxc = self.norm.backward(&cls_only::cls_rows(&tape.last, z), &cls_only::cls_rows(&d_out, z));
+            if let Some(d_pre) = d_pre {
+                add_assign(&mut dxc, &cls_only::cls_rows(&d_pre, z));
+            }
+            let (block, bt) = blocks.next().expect("a CLS-only forward ran a last block");
+            block.backward_cls(bt, dxc, z)
+        } else {
+            let mut dx = self.norm.backward(&tape.last, &d_out);
+            if let Some(d_pre) = d_pre {
+                add_assign(&mut dx, &d_pre);
+            }
+            dx
+        };
+        for (block, bt) in blocks {
             dx = block.backward(bt, dx, z);
         }
         let skip = 1 + self.registers;
@@ -531,62 +556,4 @@ impl FastVit {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::encoder::{Encoder, LoadOptions};
-
-    /// Above the tape's bound on attention weights the reverse pass computes them again: the
-    /// pixels' and the weights' gradients are bit for bit those of a tape that kept them.
-    #[test]
-    fn attention_weights_computed_again_give_the_same_gradients() {
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
-        let enc = Encoder::load(&file, &LoadOptions { heads: Some(4), ..Default::default() }).unwrap();
-        let (b, side) = (2, 2 * enc.config().patch_size);
-        let pos = enc.vit.patch_positions(2, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let pixels: Vec<f32> = (0..b * 3 * side * side).map(|i| ((i * 37 % 101) as f32) / 100.0).collect();
-        let mut fast = FastVit::new(&enc.vit, Precision::F32).unwrap();
-        let run = |fast: &FastVit, record| {
-            let (out, _, tape) = fast.forward(&pixels, (b, side, side), &pos, record).unwrap();
-            let tape = tape.unwrap();
-            let kept = tape.blocks.iter().all(|k| !k.p.is_empty());
-            let d_out: Vec<f32> = (0..out.len()).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
-            let dx = fast.backward(&tape, d_out.clone(), None);
-            let named = if record == Record::ParamGradients { fast.param_gradients(&tape, d_out).named } else { vec![] };
-            (kept, dx, named)
-        };
-        for record in [Record::InputGradient, Record::ParamGradients] {
-            fast.attention_tape_bytes = ATTENTION_TAPE_BYTES;
-            let (kept, dx, named) = run(&fast, record);
-            assert!(kept);
-            fast.attention_tape_bytes = 0;
-            let (again, dx_again, named_again) = run(&fast, record);
-            assert!(!again, "a zero bound keeps no attention weights");
-            assert!(dx.iter().any(|&g| g != 0.0));
-            assert_eq!(dx, dx_again, "{record:?}");
-            assert_eq!(named.len(), named_again.len());
-            for ((n, g), (_, h)) in named.iter().zip(&named_again) {
-                assert_eq!(g, h, "{n}");
-            }
-        }
-    }
-
-    /// bf16 packs the weights once only where no optimizer can write them: with one trainable
-    /// weight anywhere, every layer packs its weight on each product again (and f32 never packs).
-    #[test]
-    fn weights_are_packed_once_only_when_frozen() {
-        if !crate::encoder::bf16_gemm::supported() {
-            eprintln!("skipped: this CPU has no AVX512-BF16");
-            return;
-        }
-        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
-        let mut enc = Encoder::load(&file, &LoadOptions { heads: Some(4), ..Default::default() }).unwrap();
-        let every = |f: &FastVit, packed: bool| {
-            f.pe.is_packed() == packed && f.blocks.iter().all(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2].iter().all(|l| l.is_packed() == packed))
-        };
-        assert!(every(&FastVit::new(&enc.vit, Precision::Bf16).unwrap(), true));
-        assert!(every(&FastVit::new(&enc.vit, Precision::F32).unwrap(), false));
-        let w = enc.vit.blocks[1].ffn.fc1.w_t.clone();
-        enc.vit.blocks[1].ffn.fc1.w_t = candle_core::Var::from_tensor(&w).unwrap().as_tensor().clone();
-        assert!(every(&FastVit::new(&enc.vit, Precision::Bf16).unwrap(), false));
-    }
-}
+mod tests;
