@@ -42,6 +42,10 @@ impl Objective for LogitGap<'_> {
         "fab-t"
     }
 
+    fn outputs(&self) -> crate::encoder::Outputs {
+        self.probe.pooling.outputs()
+    }
+
     fn evaluate(&self, tokens: &Tokens, windows: Option<&Tiling>, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
         if windows.is_some() {
             bail!("a classification attack sees the whole image at once: sliding windows are for the dense heads");

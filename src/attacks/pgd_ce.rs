@@ -45,6 +45,10 @@ impl Objective for CrossEntropy<'_> {
         "pgd"
     }
 
+    fn outputs(&self) -> crate::encoder::Outputs {
+        self.probe.pooling.outputs()
+    }
+
     fn evaluate(&self, tokens: &Tokens, windows: Option<&Tiling>, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {
         if windows.is_some() {
             bail!("a classification attack sees the whole image at once: sliding windows are for the dense heads");

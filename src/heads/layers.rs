@@ -66,6 +66,14 @@ impl Pooling {
             Self::ClsMeanPatch => Tensor::cat(&[cls, &patch.mean(1)?], 1)?,
         })
     }
+
+    /// The encoder's tokens these features read: CLS alone, or every token.
+    pub fn outputs(&self) -> crate::encoder::Outputs {
+        match self {
+            Self::Cls => crate::encoder::Outputs::ClsOnly,
+            Self::ClsMeanPatch => crate::encoder::Outputs::All,
+        }
+    }
 }
 
 pub struct LinearProbe {
