@@ -36,6 +36,15 @@ impl EmbedTarget {
             (t, _) => t,
         }
     }
+
+    /// The encoder's tokens this target compares: CLS alone, or every token.
+    pub fn outputs(self) -> Outputs {
+        if self == EmbedTarget::Cls {
+            Outputs::ClsOnly
+        } else {
+            Outputs::All
+        }
+    }
 }
 
 /// Where one EmbedAttack perturbation is scored.
@@ -116,11 +125,7 @@ impl Objective for EmbedAttack {
     }
 
     fn outputs(&self) -> Outputs {
-        if self.target == EmbedTarget::Cls {
-            Outputs::ClsOnly
-        } else {
-            Outputs::All
-        }
+        self.target.outputs()
     }
 
     fn evaluate(&self, tokens: &Tokens, windows: Option<&Tiling>, active: &[usize], _step: usize, _steps: usize) -> Result<Evaluated> {

@@ -10,7 +10,7 @@ use super::run::{MiniBatch, Recipe};
 use super::student::Student;
 use crate::attacks::embed::{Distance, EmbedAttack, EmbedTarget};
 use crate::attacks::engine::{attack, AttackConfig};
-use crate::encoder::{Encoder, Outputs, Tokens};
+use crate::encoder::{Encoder, Tokens};
 
 /// Per-sample cosine similarity of two embeddings: of the CLS tokens, of the patch tokens
 /// (averaged over tokens), or their sum.
@@ -68,9 +68,8 @@ impl Recipe for Deacl {
     }
 
     fn loss(&self, student: &Student, teacher: &Encoder, batch: &MiniBatch, step: u64) -> Result<(Tensor, Vec<f64>)> {
-        // The teacher's CLS alone where nothing else is compared.
-        let outputs = if self.embedding == EmbedTarget::Cls { Outputs::ClsOnly } else { Outputs::All };
-        let t_clean = teacher.forward_reading(&batch.images, outputs)?;
+        // The teacher's tokens that the attack and the loss compare, and no others.
+        let t_clean = teacher.forward_reading(&batch.images, self.embedding.outputs())?;
         let objective = EmbedAttack::new(&t_clean, self.embedding, Distance::Cosine)?;
         let cfg = AttackConfig { seed: crate::rng::stream(self.inner.seed, step), ..self.inner };
         let adv = attack(&student.snapshot()?, &objective, &batch.images, &cfg)?.adversarial;
