@@ -5,7 +5,8 @@ use super::*;
 use crate::encoder::{Encoder, LoadOptions};
 
 /// Above the tape's bound on attention weights the reverse pass computes them again: the
-/// pixels' and the weights' gradients are bit for bit those of a tape that kept them.
+/// pixels' and the weights' gradients are bit for bit those of a tape that kept them, in f32 and
+/// in bf16 (where the CPU has it). By default f32 keeps them and bf16 computes them again.
 #[test]
 fn attention_weights_computed_again_give_the_same_gradients() {
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
@@ -13,7 +14,6 @@ fn attention_weights_computed_again_give_the_same_gradients() {
     let (b, side) = (2, 2 * enc.config().patch_size);
     let pos = enc.vit.patch_positions(2, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let pixels: Vec<f32> = (0..b * 3 * side * side).map(|i| ((i * 37 % 101) as f32) / 100.0).collect();
-    let mut fast = FastVit::new(&enc.vit, Precision::F32).unwrap();
     let run = |fast: &FastVit, record| {
         let (out, _, tape) = fast.forward(&pixels, (b, side, side), &pos, record, Outputs::All).unwrap();
         let tape = tape.unwrap();
@@ -23,18 +23,28 @@ fn attention_weights_computed_again_give_the_same_gradients() {
         let named = if record == Record::ParamGradients { fast.param_gradients(&tape, d_out).named } else { vec![] };
         (kept, dx, named)
     };
-    for record in [Record::InputGradient, Record::ParamGradients] {
-        fast.attention_tape_bytes = ATTENTION_TAPE_BYTES;
-        let (kept, dx, named) = run(&fast, record);
-        assert!(kept);
-        fast.attention_tape_bytes = 0;
-        let (again, dx_again, named_again) = run(&fast, record);
-        assert!(!again, "a zero bound keeps no attention weights");
-        assert!(dx.iter().any(|&g| g != 0.0));
-        assert_eq!(dx, dx_again, "{record:?}");
-        assert_eq!(named.len(), named_again.len());
-        for ((n, g), (_, h)) in named.iter().zip(&named_again) {
-            assert_eq!(g, h, "{n}");
+    let mut precisions = vec![Precision::F32];
+    if crate::encoder::bf16_gemm::supported() {
+        precisions.push(Precision::Bf16);
+    } else {
+        eprintln!("bf16 skipped: this CPU has no AVX512-BF16");
+    }
+    for precision in precisions {
+        let mut fast = FastVit::new(&enc.vit, precision).unwrap();
+        assert_eq!(run(&fast, Record::InputGradient).0, precision == Precision::F32, "{precision:?}'s default");
+        for record in [Record::InputGradient, Record::ParamGradients] {
+            fast.attention_tape_bytes = ATTENTION_TAPE_BYTES;
+            let (kept, dx, named) = run(&fast, record);
+            assert!(kept);
+            fast.attention_tape_bytes = 0;
+            let (again, dx_again, named_again) = run(&fast, record);
+            assert!(!again, "a zero bound keeps no attention weights");
+            assert!(dx.iter().any(|&g| g != 0.0));
+            assert_eq!(dx, dx_again, "{precision:?} {record:?}");
+            assert_eq!(named.len(), named_again.len());
+            for ((n, g), (_, h)) in named.iter().zip(&named_again) {
+                assert_eq!(g, h, "{precision:?} {n}");
+            }
         }
     }
 }
