@@ -70,7 +70,6 @@ impl Lin {
         Ok(Self { w_t, b: l.b.as_ref().map(floats).transpose()?, inp, out, precision, packed })
     }
 
-    #[cfg(test)]
     pub(super) fn is_packed(&self) -> bool {
         self.packed.is_some()
     }
@@ -144,5 +143,18 @@ impl Lin {
     pub(super) fn backward_rows(&self, row: &(dyn Fn(usize, &mut [f32]) + Sync), rows: usize) -> Vec<f32> {
         // SAFETY: `row` writes the out values of the row it is given; dx as in `backward`.
         unsafe { written(rows * self.inp, |dx| self.product(Way::Backward, rows, dx, false, Lhs::Rows(row))) }
+    }
+
+    /// [`Lin::backward_rows`] into `dx` on the calling thread alone, for a caller that shares
+    /// blocks of rows out to the threads itself. Only with the weight packed once (else every
+    /// block would pack it again): see [`Lin::is_packed`].
+    ///
+    /// # Safety
+    /// `dx` addresses rows×inp values, row-major, written whole; `row` writes the out values of
+    /// the row it is given.
+    pub(super) unsafe fn backward_rows_into(&self, row: &(dyn Fn(usize, &mut [f32]) + Sync), rows: usize, dx: *mut f32) {
+        let packed = self.packed.as_ref().expect("internal error: a product on one thread with its weight not packed");
+        let backward = &packed[Way::Backward as usize];
+        gemm_bf16_of(Kernel::best(), (rows, self.inp, self.out), dx, self.inp, false, Lhs::Rows(row), Rhs::Packed(backward), false);
     }
 }

@@ -4,6 +4,7 @@
 //! copies (q·kᵀ and P·v read the qkv buffer through strides), one (batch, head) pair per task.
 //!
 //! `linear.rs` holds the linear layers and the one entry of every matrix product (f32 or bf16);
+//! `mlp.rs` holds the MLP both ways (GELU or SwiGLU), with bf16's fusions;
 //! `params.rs` extends the reverse pass with the weight gradients, for fine-tuning;
 //! `cls_only.rs` holds the last block for callers that read the CLS token alone.
 //!
@@ -12,6 +13,7 @@
 
 mod cls_only;
 mod linear;
+mod mlp;
 mod params;
 mod shared;
 
@@ -22,7 +24,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::arch::FfnKind;
-use super::fastmath::{by_chunks, exp_f32, flushing_subnormals, SendPtr};
+use super::fastmath::{by_chunks, flushing_subnormals, SendPtr};
 use super::fused;
 use super::layers::LayerNorm;
 use super::precision::Precision;
@@ -98,36 +100,6 @@ fn scaled(g: &[f32], gamma: &Option<Vec<f32>>) -> Vec<f32> {
 
 fn add_assign(a: &mut [f32], b: &[f32]) {
     a.par_iter_mut().zip(b).for_each(|(a, b)| *a += b);
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp_f32(-x))
-}
-
-/// `silu(f[:, :h]) ⊙ f[:, h:]`.
-fn swiglu(f: &[f32], h: usize) -> Vec<f32> {
-    f.par_chunks(2 * h)
-        .flat_map_iter(|r| {
-            let (a, b) = r.split_at(h);
-            a.iter().zip(b).map(|(&a, &b)| a * sigmoid(a) * b).collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn swiglu_grad(f: &[f32], g: &[f32], h: usize) -> Vec<f32> {
-    f.par_chunks(2 * h)
-        .zip(g.par_chunks(h))
-        .flat_map_iter(|(r, g)| {
-            let (a, b) = r.split_at(h);
-            let mut out = vec![0.0; 2 * h];
-            for i in 0..h {
-                let s = sigmoid(a[i]);
-                out[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
-                out[h + i] = g[i] * a[i] * s;
-            }
-            out
-        })
-        .collect()
 }
 
 struct Block {
@@ -274,54 +246,6 @@ impl Block {
         dqkv
     }
 
-    /// In bf16 the GELU runs inside the packing of the product that reads it (fc2's forward,
-    /// fc1's reverse), row by row: its result is never written whole, a pass over memory saved.
-    /// (SwiGLU and f32 products keep their own pass.)
-    fn fuses_activation(&self) -> bool {
-        self.precision == Precision::Bf16 && !self.swiglu
-    }
-
-    /// `fc2(activation(f))`, with fc2's bias where `bias`.
-    fn mlp_out(&self, f: &[f32], rows: usize, bias: bool) -> Vec<f32> {
-        let h = self.fc2.inp;
-        if self.fuses_activation() {
-            return self.fc2.forward_rows(&|i, out| fused::gelu_into(&f[i * h..(i + 1) * h], out), rows, bias);
-        }
-        self.fc2.forward_with(&self.activation(f), rows, bias)
-    }
-
-    /// The MLP's pre-activation `fc1(h)` (kept for the reverse pass) and its output, with fc2's
-    /// bias where `bias`. A GELU in f32 adds fc1's bias in its own pass (not written before the
-    /// product: a pass saved).
-    fn mlp(&self, h: &[f32], rows: usize, bias: bool) -> (Vec<f32>, Vec<f32>) {
-        if let (false, false, Some(b)) = (self.swiglu, self.fuses_activation(), &self.fc1.b) {
-            let mut f = self.fc1.forward_with(h, rows, false);
-            let g = fused::bias_gelu(&mut f, b);
-            return (f, self.fc2.forward_with(&g, rows, bias));
-        }
-        let f = self.fc1.forward(h, rows);
-        let y = self.mlp_out(&f, rows, bias);
-        (f, y)
-    }
-
-    /// The input gradient of `fc1` given `dg`, the gradient of the activation's output.
-    fn mlp_in_grad(&self, f: &[f32], dg: &[f32], rows: usize) -> Vec<f32> {
-        let h = self.fc2.inp;
-        if self.fuses_activation() {
-            return self.fc1.backward_rows(&|i, out| fused::gelu_grad_into(&f[i * h..(i + 1) * h], &dg[i * h..(i + 1) * h], out), rows);
-        }
-        let df = if self.swiglu { swiglu_grad(f, dg, h) } else { fused::gelu_grad(f, dg) };
-        self.fc1.backward(&df, rows)
-    }
-
-    fn activation(&self, f: &[f32]) -> Vec<f32> {
-        if self.swiglu {
-            swiglu(f, self.fc2.inp)
-        } else {
-            fused::gelu(f)
-        }
-    }
-
     /// `keep_p`: record the attention weights in the tape (else a reverse pass computes them
     /// again); only with a tape.
     fn forward(&self, x: Vec<f32>, z: Dims, record: Record, keep_p: bool) -> (Vec<f32>, Option<BlockTape>) {
@@ -345,8 +269,7 @@ impl Block {
 
     fn backward(&self, tape: &BlockTape, dx2: Vec<f32>, z: Dims) -> Vec<f32> {
         let rows = z.b * z.t;
-        let dg = self.fc2.backward(&scaled(&dx2, &self.ls2), rows);
-        let mut dx1 = self.ln2.backward(&tape.x1, &self.mlp_in_grad(&tape.f, &dg, rows));
+        let mut dx1 = self.ln2.backward(&tape.x1, &self.mlp_grad(&tape.f, &dx2, rows));
         add_assign(&mut dx1, &dx2);
         let d_o = self.proj.backward(&scaled(&dx1, &self.ls1), rows);
         let dqkv = self.attention_backward(&tape.qkv, &tape.p, &d_o, z);

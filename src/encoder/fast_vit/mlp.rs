@@ -1,0 +1,132 @@
+//! The MLP of a block: `fc2(activation(fc1(h)))` forwards and backwards, GELU or SwiGLU, with
+//! bf16's fusions (the activation inside the packing of the product that reads it, the reverse
+//! pass by blocks of rows that keep `dg` in cache).
+
+use rayon::prelude::*;
+
+use super::{fused, scaled, Block, Precision};
+use crate::encoder::fastmath::{exp_f32, written, SendPtr};
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp_f32(-x))
+}
+
+/// `silu(f[:, :h]) ⊙ f[:, h:]`.
+pub(super) fn swiglu(f: &[f32], h: usize) -> Vec<f32> {
+    f.par_chunks(2 * h)
+        .flat_map_iter(|r| {
+            let (a, b) = r.split_at(h);
+            a.iter().zip(b).map(|(&a, &b)| a * sigmoid(a) * b).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+pub(super) fn swiglu_grad(f: &[f32], g: &[f32], h: usize) -> Vec<f32> {
+    f.par_chunks(2 * h)
+        .zip(g.par_chunks(h))
+        .flat_map_iter(|(r, g)| {
+            let (a, b) = r.split_at(h);
+            let mut out = vec![0.0; 2 * h];
+            for i in 0..h {
+                let s = sigmoid(a[i]);
+                out[i] = g[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
+                out[h + i] = g[i] * a[i] * s;
+            }
+            out
+        })
+        .collect()
+}
+
+impl Block {
+    /// In bf16 the GELU runs inside the packing of the product that reads it (fc2's forward,
+    /// fc1's reverse), row by row: its result is never written whole, a pass over memory saved.
+    /// (SwiGLU and f32 products keep their own pass.)
+    pub(super) fn fuses_activation(&self) -> bool {
+        self.precision == Precision::Bf16 && !self.swiglu
+    }
+
+    /// `fc2(activation(f))`, with fc2's bias where `bias`.
+    pub(super) fn mlp_out(&self, f: &[f32], rows: usize, bias: bool) -> Vec<f32> {
+        let h = self.fc2.inp;
+        if self.fuses_activation() {
+            return self.fc2.forward_rows(&|i, out| fused::gelu_into(&f[i * h..(i + 1) * h], out), rows, bias);
+        }
+        self.fc2.forward_with(&self.activation(f), rows, bias)
+    }
+
+    /// The MLP's pre-activation `fc1(h)` (kept for the reverse pass) and its output, with fc2's
+    /// bias where `bias`. A GELU in f32 adds fc1's bias in its own pass (not written before the
+    /// product: a pass saved).
+    pub(super) fn mlp(&self, h: &[f32], rows: usize, bias: bool) -> (Vec<f32>, Vec<f32>) {
+        if let (false, false, Some(b)) = (self.swiglu, self.fuses_activation(), &self.fc1.b) {
+            let mut f = self.fc1.forward_with(h, rows, false);
+            let g = fused::bias_gelu(&mut f, b);
+            return (f, self.fc2.forward_with(&g, rows, bias));
+        }
+        let f = self.fc1.forward(h, rows);
+        let y = self.mlp_out(&f, rows, bias);
+        (f, y)
+    }
+
+    /// The gradient at norm2's output given `dx2`, the block's output gradient: back through
+    /// LayerScale, fc2, the activation and fc1.
+    pub(super) fn mlp_grad(&self, f: &[f32], dx2: &[f32], rows: usize) -> Vec<f32> {
+        if self.fuses_activation() && self.fc1.is_packed() && self.fc2.is_packed() {
+            return self.mlp_grad_by_rows(f, dx2, rows);
+        }
+        let dg = self.fc2.backward(&scaled(dx2, &self.ls2), rows);
+        self.mlp_in_grad(f, &dg, rows)
+    }
+
+    /// [`Block::mlp_grad`] in bf16 by blocks of rows, each block on one thread through both
+    /// products: its `dg = (γ2 ⊙ dx2)·W2` stays in cache for GELU's gradient in fc1's packing,
+    /// where the whole-matrix way wrote `dg` out (rows × hidden floats) and read it back; γ2 is
+    /// applied in fc2's packing. The same products on the same operands: the same values.
+    fn mlp_grad_by_rows(&self, f: &[f32], dx2: &[f32], rows: usize) -> Vec<f32> {
+        const ROWS: usize = 64;
+        let (d, h) = (self.fc2.out, self.fc2.inp);
+        let ls2 = self.ls2.as_deref();
+        // SAFETY: each block writes all of its own rows of the result (rows×d), and nothing else.
+        unsafe {
+            written(rows * d, |out: *mut f32| {
+                let out = SendPtr(out);
+                (0..rows.div_ceil(ROWS)).into_par_iter().for_each_init(Vec::new, |dg: &mut Vec<f32>, block| {
+                    let (r0, n) = (block * ROWS, ROWS.min(rows - block * ROWS));
+                    dg.resize(ROWS * h, 0.0);
+                    let scaled_row = |i: usize, o: &mut [f32]| {
+                        let g = &dx2[(r0 + i) * d..(r0 + i + 1) * d];
+                        match ls2 {
+                            Some(s) => o.iter_mut().zip(g).zip(s).for_each(|((o, g), s)| *o = g * s),
+                            None => o.copy_from_slice(g),
+                        }
+                    };
+                    self.fc2.backward_rows_into(&scaled_row, n, dg.as_mut_ptr());
+                    let dg = &dg[..n * h];
+                    let grad_row = |i: usize, o: &mut [f32]| {
+                        let (f, dg) = (&f[(r0 + i) * h..(r0 + i + 1) * h], &dg[i * h..(i + 1) * h]);
+                        fused::gelu_grad_into(f, dg, o)
+                    };
+                    self.fc1.backward_rows_into(&grad_row, n, out.get().add(r0 * d));
+                });
+            })
+        }
+    }
+
+    /// The input gradient of `fc1` given `dg`, the gradient of the activation's output.
+    pub(super) fn mlp_in_grad(&self, f: &[f32], dg: &[f32], rows: usize) -> Vec<f32> {
+        let h = self.fc2.inp;
+        if self.fuses_activation() {
+            return self.fc1.backward_rows(&|i, out| fused::gelu_grad_into(&f[i * h..(i + 1) * h], &dg[i * h..(i + 1) * h], out), rows);
+        }
+        let df = if self.swiglu { swiglu_grad(f, dg, h) } else { fused::gelu_grad(f, dg) };
+        self.fc1.backward(&df, rows)
+    }
+
+    pub(super) fn activation(&self, f: &[f32]) -> Vec<f32> {
+        if self.swiglu {
+            swiglu(f, self.fc2.inp)
+        } else {
+            fused::gelu(f)
+        }
+    }
+}
