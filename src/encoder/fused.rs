@@ -347,10 +347,15 @@ fn gelu_of<T: Fast>(x: T, _: T) -> T {
 /// `g · (Φ(x) + x·φ(x))`, Φ and φ the standard normal CDF and density.
 #[inline(always)]
 fn gelu_grad_of<T: Fast>(x: T, g: T) -> T {
-    let half = T::from(0.5).unwrap();
     let inv_sqrt2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap();
-    let cdf = half * (T::one() + (x * inv_sqrt2).fast_erf());
-    g * (cdf + x * density(x))
+    g * gelu_slope((x * inv_sqrt2).fast_erf(), x)
+}
+
+/// GELU's derivative `Φ(x) + x·φ(x)` given `e = erf(x/√2)`.
+#[inline(always)]
+fn gelu_slope<T: Fast>(e: T, x: T) -> T {
+    let half = T::from(0.5).unwrap();
+    half * (T::one() + e) + x * density(x)
 }
 
 /// φ(x), the standard normal density, its exponent `-x²/2` held above -80 (φ ≈ 7e-36 there, a
@@ -401,6 +406,31 @@ pub(super) fn bias_gelu(f: &mut [f32], b: &[f32]) -> Vec<f32> {
 /// [`gelu`] of one row into `out`, on the calling thread (inside a product's packing).
 pub(super) fn gelu_into(x: &[f32], out: &mut [f32]) {
     map_simd(x, None, out, &gelu_of);
+}
+
+/// [`gelu`] of one row into `out`, and GELU's derivative written over the row (`x ← Φ(x) +
+/// x·φ(x)`), from one erf: for a forward whose reverse pass then only multiplies by it. The values
+/// are [`gelu_of`]'s and (times the gradient) [`gelu_grad_of`]'s, bit for bit.
+pub(super) fn gelu_and_slope_into(x: &mut [f32], out: &mut [f32]) {
+    gelu_and_slope_simd(x, out)
+}
+
+#[inline(always)]
+fn gelu_and_slope_loop(x: &mut [f32], out: &mut [f32]) {
+    let inv_sqrt2 = std::f32::consts::FRAC_1_SQRT_2;
+    for (x, o) in x.iter_mut().zip(out) {
+        let v = *x;
+        let e = (v * inv_sqrt2).fast_erf();
+        *o = 0.5 * v * (1.0 + e);
+        *x = gelu_slope(e, v);
+    }
+}
+fastmath::multiversion!(gelu_and_slope_simd [] (x: &mut [f32], out: &mut [f32]) => gelu_and_slope_loop);
+
+/// `g ⊙ s` of one row into `out`, on the calling thread: GELU's gradient where the forward kept
+/// its slope `s` ([`gelu_and_slope_into`]).
+pub(super) fn times_into(g: &[f32], s: &[f32], out: &mut [f32]) {
+    map_simd(g, Some(s), out, &|g: f32, s: f32| g * s);
 }
 
 /// [`gelu_grad`] of one row into `out`, on the calling thread.
@@ -460,6 +490,21 @@ mod tests {
                 // f32 rounds -x²/2 to ~6e-8 of itself: 4e-6 of φ at x = 12.
                 assert!((d as f64 - phi).abs() <= 1e-5 * phi, "φ({x}) = {d:e}, not {phi:e}");
             }
+        }
+    }
+
+    /// The forward's GELU and slope from one erf are [`gelu_of`]'s and [`gelu_grad_of`]'s values
+    /// bit for bit (the reverse pass that multiplies by the slope gives the same gradient).
+    #[test]
+    fn gelu_and_slope_are_gelu_and_its_gradient_bit_for_bit() {
+        let x: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) / 97.0).collect();
+        let g: Vec<f32> = (0..4001).map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0).collect();
+        let (mut slope, mut y, mut dx) = (x.clone(), vec![0f32; x.len()], vec![0f32; x.len()]);
+        super::gelu_and_slope_into(&mut slope, &mut y);
+        super::times_into(&g, &slope, &mut dx);
+        for i in 0..x.len() {
+            assert_eq!(y[i].to_bits(), super::gelu_of(x[i], 0.0).to_bits(), "gelu({})", x[i]);
+            assert_eq!(dx[i].to_bits(), super::gelu_grad_of(x[i], g[i]).to_bits(), "gelu'({}) · {}", x[i], g[i]);
         }
     }
 

@@ -26,7 +26,7 @@ impl Block {
         let xc = cls_rows(&x, z);
         let y1 = self.proj.forward_with(&o, b, false);
         let x1 = residual(&xc, &y1, &self.ls1, self.proj.b.as_deref());
-        let (f, y2) = self.mlp(&self.ln2.forward(&x1), b, false);
+        let (f, y2) = self.mlp(&self.ln2.forward(&x1), b, false, record);
         let x2c = residual(&x1, &y2, &self.ls2, self.fc2.b.as_deref());
         let mut x2 = vec![f32::NAN; b * t * d];
         for (img, row) in x2.chunks_exact_mut(t * d).zip(x2c.chunks_exact(d)) {

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use super::{fused, scaled, Block, Precision};
+use super::{fused, scaled, Block, Precision, Record};
 use crate::encoder::fastmath::{exp_f32, written, SendPtr};
 
 fn sigmoid(x: f32) -> f32 {
@@ -37,6 +37,35 @@ pub(super) fn swiglu_grad(f: &[f32], g: &[f32], h: usize) -> Vec<f32> {
         .collect()
 }
 
+/// What a tape keeps of the MLP for the reverse pass.
+pub(super) enum Kept {
+    /// The pre-activation `f = fc1(h)`.
+    PreActivation(Vec<f32>),
+    /// GELU's slope at `f`, `Φ(f) + f·φ(f)` (bf16, for the pixels' gradient): the forward has the
+    /// erf at hand in fc2's packing, and the reverse pass then only multiplies by it (the erf and
+    /// exp of every hidden value, a tenth of a bf16 attack step, no longer run twice).
+    GeluSlope(Vec<f32>),
+}
+
+impl Kept {
+    /// The pre-activation (for the weight gradients, whose tapes keep it).
+    pub(super) fn pre_activation(&self) -> &[f32] {
+        match self {
+            Self::PreActivation(f) => f,
+            Self::GeluSlope(_) => panic!("internal error: a tape with GELU's slope read for its pre-activation"),
+        }
+    }
+
+    /// `dg ⊙ activation'(f)` of row `i` into `out` (GELU only: SwiGLU's gradient has twice the width).
+    fn gelu_grad_row(&self, i: usize, dg: &[f32], out: &mut [f32]) {
+        let h = dg.len();
+        match self {
+            Self::PreActivation(f) => fused::gelu_grad_into(&f[i * h..(i + 1) * h], dg, out),
+            Self::GeluSlope(s) => fused::times_into(dg, &s[i * h..(i + 1) * h], out),
+        }
+    }
+}
+
 impl Block {
     /// In bf16 the GELU runs inside the packing of the product that reads it (fc2's forward,
     /// fc1's reverse), row by row: its result is never written whole, a pass over memory saved.
@@ -46,7 +75,7 @@ impl Block {
     }
 
     /// `fc2(activation(f))`, with fc2's bias where `bias`.
-    pub(super) fn mlp_out(&self, f: &[f32], rows: usize, bias: bool) -> Vec<f32> {
+    fn mlp_out(&self, f: &[f32], rows: usize, bias: bool) -> Vec<f32> {
         let h = self.fc2.inp;
         if self.fuses_activation() {
             return self.fc2.forward_rows(&|i, out| fused::gelu_into(&f[i * h..(i + 1) * h], out), rows, bias);
@@ -54,23 +83,35 @@ impl Block {
         self.fc2.forward_with(&self.activation(f), rows, bias)
     }
 
-    /// The MLP's pre-activation `fc1(h)` (kept for the reverse pass) and its output, with fc2's
-    /// bias where `bias`. A GELU in f32 adds fc1's bias in its own pass (not written before the
-    /// product: a pass saved).
-    pub(super) fn mlp(&self, h: &[f32], rows: usize, bias: bool) -> (Vec<f32>, Vec<f32>) {
+    /// What the reverse pass keeps of the MLP ([`Kept`]: GELU's slope in bf16 for the pixels'
+    /// gradient, else the pre-activation `fc1(h)`) and its output, with fc2's bias where `bias`.
+    /// A GELU in f32 adds fc1's bias in its own pass (not written before the product: a pass
+    /// saved).
+    pub(super) fn mlp(&self, h: &[f32], rows: usize, bias: bool, record: Record) -> (Kept, Vec<f32>) {
         if let (false, false, Some(b)) = (self.swiglu, self.fuses_activation(), &self.fc1.b) {
             let mut f = self.fc1.forward_with(h, rows, false);
             let g = fused::bias_gelu(&mut f, b);
-            return (f, self.fc2.forward_with(&g, rows, bias));
+            return (Kept::PreActivation(f), self.fc2.forward_with(&g, rows, bias));
         }
-        let f = self.fc1.forward(h, rows);
+        let mut f = self.fc1.forward(h, rows);
+        if self.fuses_activation() && record == Record::InputGradient {
+            let width = self.fc2.inp;
+            let fp = SendPtr(f.as_mut_ptr());
+            // SAFETY: the packing asks for each row once, and row i of f is read and written by
+            // that call alone (f is rows×width, and no one else reads it meanwhile).
+            let row = |i: usize, out: &mut [f32]| unsafe {
+                fused::gelu_and_slope_into(std::slice::from_raw_parts_mut(fp.get().add(i * width), width), out)
+            };
+            let y = self.fc2.forward_rows(&row, rows, bias);
+            return (Kept::GeluSlope(f), y);
+        }
         let y = self.mlp_out(&f, rows, bias);
-        (f, y)
+        (Kept::PreActivation(f), y)
     }
 
     /// The gradient at norm2's output given `dx2`, the block's output gradient: back through
     /// LayerScale, fc2, the activation and fc1.
-    pub(super) fn mlp_grad(&self, f: &[f32], dx2: &[f32], rows: usize) -> Vec<f32> {
+    pub(super) fn mlp_grad(&self, f: &Kept, dx2: &[f32], rows: usize) -> Vec<f32> {
         if self.fuses_activation() && self.fc1.is_packed() && self.fc2.is_packed() {
             return self.mlp_grad_by_rows(f, dx2, rows);
         }
@@ -82,7 +123,7 @@ impl Block {
     /// products: its `dg = (γ2 ⊙ dx2)·W2` stays in cache for GELU's gradient in fc1's packing,
     /// where the whole-matrix way wrote `dg` out (rows × hidden floats) and read it back; γ2 is
     /// applied in fc2's packing. The same products on the same operands: the same values.
-    fn mlp_grad_by_rows(&self, f: &[f32], dx2: &[f32], rows: usize) -> Vec<f32> {
+    fn mlp_grad_by_rows(&self, f: &Kept, dx2: &[f32], rows: usize) -> Vec<f32> {
         const ROWS: usize = 64;
         let (d, h) = (self.fc2.out, self.fc2.inp);
         let ls2 = self.ls2.as_deref();
@@ -102,10 +143,7 @@ impl Block {
                     };
                     self.fc2.backward_rows_into(&scaled_row, n, dg.as_mut_ptr());
                     let dg = &dg[..n * h];
-                    let grad_row = |i: usize, o: &mut [f32]| {
-                        let (f, dg) = (&f[(r0 + i) * h..(r0 + i + 1) * h], &dg[i * h..(i + 1) * h]);
-                        fused::gelu_grad_into(f, dg, o)
-                    };
+                    let grad_row = |i: usize, o: &mut [f32]| f.gelu_grad_row(r0 + i, &dg[i * h..(i + 1) * h], o);
                     self.fc1.backward_rows_into(&grad_row, n, out.get().add(r0 * d));
                 });
             })
@@ -113,11 +151,12 @@ impl Block {
     }
 
     /// The input gradient of `fc1` given `dg`, the gradient of the activation's output.
-    pub(super) fn mlp_in_grad(&self, f: &[f32], dg: &[f32], rows: usize) -> Vec<f32> {
+    pub(super) fn mlp_in_grad(&self, f: &Kept, dg: &[f32], rows: usize) -> Vec<f32> {
         let h = self.fc2.inp;
         if self.fuses_activation() {
-            return self.fc1.backward_rows(&|i, out| fused::gelu_grad_into(&f[i * h..(i + 1) * h], &dg[i * h..(i + 1) * h], out), rows);
+            return self.fc1.backward_rows(&|i, out| f.gelu_grad_row(i, &dg[i * h..(i + 1) * h], out), rows);
         }
+        let f = f.pre_activation();
         let df = if self.swiglu { swiglu_grad(f, dg, h) } else { fused::gelu_grad(f, dg) };
         self.fc1.backward(&df, rows)
     }

@@ -122,7 +122,7 @@ struct BlockTape {
     qkv: Vec<f32>,
     p: Vec<f32>,
     x1: Vec<f32>,
-    f: Vec<f32>,
+    f: mlp::Kept,
     /// Kept for the weight gradients only (empty otherwise): the attention output, and what the
     /// two residual branches add before LayerScale.
     o: Vec<f32>,
@@ -257,7 +257,7 @@ impl Block {
         let late = record != Record::ParamGradients;
         let y1 = self.proj.forward_with(&o, rows, !late);
         let x1 = residual(&x, &y1, &self.ls1, self.proj.b.as_deref().filter(|_| late));
-        let (f, y2) = self.mlp(&self.ln2.forward(&x1), rows, !late);
+        let (f, y2) = self.mlp(&self.ln2.forward(&x1), rows, !late, record);
         let x2 = residual(&x1, &y2, &self.ls2, self.fc2.b.as_deref().filter(|_| late));
         let tape = match record {
             Record::Nothing => None,

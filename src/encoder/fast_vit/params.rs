@@ -110,9 +110,13 @@ impl Block {
         if self.ls2.is_some() {
             out.named.push((format!("{pre}.ls2.gamma"), col_sums(&dx2, Some(&tape.y2), d)));
         }
-        out.linear(&format!("{pre}.mlp.fc2"), self.fc2.param_grads(&self.activation(&tape.f), &dy2, rows));
+        out.linear(&format!("{pre}.mlp.fc2"), self.fc2.param_grads(&self.activation(tape.f.pre_activation()), &dy2, rows));
         let dg = self.fc2.backward(&dy2, rows);
-        let df = if self.swiglu { super::mlp::swiglu_grad(&tape.f, &dg, self.fc2.inp) } else { fused::gelu_grad(&tape.f, &dg) };
+        let df = if self.swiglu {
+            super::mlp::swiglu_grad(tape.f.pre_activation(), &dg, self.fc2.inp)
+        } else {
+            fused::gelu_grad(tape.f.pre_activation(), &dg)
+        };
         out.linear(&format!("{pre}.mlp.fc1"), self.fc1.param_grads(&self.ln2.forward(&tape.x1), &df, rows));
         let dh2 = self.fc1.backward(&df, rows);
         out.norm(&format!("{pre}.norm2"), self.ln2.param_grads(&tape.x1, &dh2));
