@@ -339,16 +339,25 @@ fn map<T: Fast>(a: &[T], b: Option<&[T]>, f: impl Fn(T, T) -> T + Sync) -> Vec<T
 /// `x·Φ(x)`, Φ the standard normal CDF (the second argument unused: [`map`]'s shape).
 #[inline(always)]
 fn gelu_of<T: Fast>(x: T, _: T) -> T {
-    let half = T::from(0.5).unwrap();
-    let inv_sqrt2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap();
-    half * x * (T::one() + (x * inv_sqrt2).fast_erf())
+    gelu_value(erf_scaled(x), x)
+}
+
+/// `erf(x/√2)`, from which GELU and its slope are both computed.
+#[inline(always)]
+fn erf_scaled<T: Fast>(x: T) -> T {
+    (x * T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap()).fast_erf()
+}
+
+/// GELU `x·Φ(x) = x·(1 + e)/2` given `e = erf(x/√2)`.
+#[inline(always)]
+fn gelu_value<T: Fast>(e: T, x: T) -> T {
+    T::from(0.5).unwrap() * x * (T::one() + e)
 }
 
 /// `g · (Φ(x) + x·φ(x))`, Φ and φ the standard normal CDF and density.
 #[inline(always)]
 fn gelu_grad_of<T: Fast>(x: T, g: T) -> T {
-    let inv_sqrt2 = T::from(std::f64::consts::FRAC_1_SQRT_2).unwrap();
-    g * gelu_slope((x * inv_sqrt2).fast_erf(), x)
+    g * gelu_slope(erf_scaled(x), x)
 }
 
 /// GELU's derivative `Φ(x) + x·φ(x)` given `e = erf(x/√2)`.
@@ -417,11 +426,10 @@ pub(super) fn gelu_and_slope_into(x: &mut [f32], out: &mut [f32]) {
 
 #[inline(always)]
 fn gelu_and_slope_loop(x: &mut [f32], out: &mut [f32]) {
-    let inv_sqrt2 = std::f32::consts::FRAC_1_SQRT_2;
     for (x, o) in x.iter_mut().zip(out) {
         let v = *x;
-        let e = (v * inv_sqrt2).fast_erf();
-        *o = 0.5 * v * (1.0 + e);
+        let e = erf_scaled(v);
+        *o = gelu_value(e, v);
         *x = gelu_slope(e, v);
     }
 }
