@@ -150,7 +150,8 @@ fn study_pgd(steps: usize) -> crate::attacks::engine::AttackConfig {
 
 /// Steps per second of the attack engine: EmbedAttack (CLS and patch tokens, MSE), L∞ 8/255, step
 /// 2/255, `steps` steps on a batch of random images; the time covers the whole attack (random
-/// start, every forward and reverse pass, projections and bookkeeping) divided by its steps.
+/// start, every forward and reverse pass, projections and bookkeeping) divided by its steps, of the
+/// second of two such attacks.
 pub fn attack_steps_per_s(enc: &Encoder, batch: usize, size: usize, steps: usize) -> Result<f64> {
     window_attack_steps_per_s(enc, batch, (size, size), None, steps)
 }
@@ -172,6 +173,10 @@ pub fn window_attack_steps_per_s(
     let clean = tokens_of(enc, &x, tiling.as_ref())?;
     let obj = EmbedAttack::new(&clean, EmbedTarget::Both, Distance::Mse)?;
     let cfg = crate::attacks::engine::AttackConfig { window, ..study_pgd(steps) };
+    // One untimed attack first: a run attacks batch after batch, and the first attack of a
+    // process pays for memory (pages the kernel zeroes) that the later ones reuse.
+    attack(enc, &obj, &x, &cfg)?;
+    synchronize(enc.vit.device())?;
     let t0 = Instant::now();
     let out = attack(enc, &obj, &x, &cfg)?;
     synchronize(enc.vit.device())?;
