@@ -278,12 +278,12 @@ pub(super) struct GradFlags {
 }
 
 impl GradFlags {
-    /// The flags of every row of `grad` `[n, per]` (one transfer of `2n` values).
+    /// The flags of every row of `grad` `[n, per]` (one transfer of `n` values).
     pub(super) fn of_rows(grad: &Tensor) -> Result<Vec<GradFlags>> {
-        let nan = grad.ne(grad)?.to_dtype(DType::F32)?.max(1)?;
-        let zero = grad.abs()?.max(1)?.eq(0f32)?.to_dtype(DType::F32)?;
-        let both = Tensor::stack(&[nan, zero], 1)?.to_vec2::<f32>()?;
-        Ok(both.iter().map(|r| GradFlags { nan: r[0] > 0.0, zero: r[1] > 0.0 && r[0] == 0.0 }).collect())
+        // One reduction: a row's |g| sums to NaN where it holds a NaN, and to 0 only where every
+        // value is 0 (an infinity sums to infinity: usable, as before).
+        let sums = grad.abs()?.sum(1)?.to_vec1::<f32>()?;
+        Ok(sums.into_iter().map(|s| GradFlags { nan: s.is_nan(), zero: s == 0.0 }).collect())
     }
 
     /// The flags of one gradient on the host.
@@ -459,6 +459,26 @@ mod tests {
         assert!(passes_differ(&a, &tokens(&[3.0, 4.0], 1.1)).unwrap(), "patch tokens count too");
         let s = Sanity { randomized: 1, ..Sanity::default() };
         assert!(s.warnings().iter().any(|w| w.contains("randomised model")), "{:?}", s.warnings());
+    }
+
+    /// Per row, as the host's check reads one gradient: NaN anywhere (even beside an infinity) is
+    /// unusable, all zeros is zero, an infinity or a lone tiny value is neither.
+    #[test]
+    fn gradient_rows_are_flagged_as_the_host_flags_one() {
+        let rows: [[f32; 3]; 6] = [
+            [0.0, 0.0, 0.0],
+            [0.0, -0.0, 1e-45],
+            [f32::NAN, 0.0, 0.0],
+            [f32::INFINITY, f32::NAN, 1.0],
+            [f32::INFINITY, f32::NEG_INFINITY, 0.0],
+            [-2.0, 0.5, 0.0],
+        ];
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(flat, (6, 3), &Device::Cpu).unwrap();
+        let got: Vec<(bool, bool)> = GradFlags::of_rows(&t).unwrap().iter().map(|f| (f.nan, f.zero)).collect();
+        let want: Vec<(bool, bool)> = rows.iter().map(|r| GradFlags::of(r)).map(|f| (f.nan, f.zero)).collect();
+        assert_eq!(got, want);
+        assert_eq!(want, [(false, true), (false, false), (true, false), (true, false), (false, false), (false, false)]);
     }
 
     #[test]
