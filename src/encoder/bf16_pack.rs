@@ -28,12 +28,12 @@ fn pair(lo: f32, hi: f32) -> u32 {
     round_bf16(lo) as u32 | (round_bf16(hi) as u32) << 16
 }
 
-/// 16 lanes `(lo[i], hi[i])` rounded to bf16 pairs.
+/// 16 lanes `(lo[i], hi[i])`, given as vectors, rounded to bf16 pairs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn interleave16(lo: *const f32, hi: *const f32) -> __m512i {
-    let l = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo))));
-    let h = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(hi))));
+unsafe fn interleaved(lo: __m512, hi: __m512) -> __m512i {
+    let l = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(lo)));
+    let h = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(hi)));
     _mm512_or_si512(l, _mm512_slli_epi32(h, 16))
 }
 
@@ -42,6 +42,30 @@ unsafe fn interleave16(lo: *const f32, hi: *const f32) -> __m512i {
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn adjacent16(x: *const f32) -> __m512i {
     std::mem::transmute(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x.add(16)), _mm512_loadu_ps(x)))
+}
+
+/// The 16 floats from `x`, of which only the first `n` are read (the rest are zero): a row's end,
+/// and the zeros that pad it to whole tiles, in one masked load. `x` need not be dereferenceable
+/// past those `n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn first(x: *const f32, n: usize) -> __m512 {
+    match n {
+        0 => _mm512_setzero_ps(),
+        1..=15 => _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, x),
+        _ => _mm512_loadu_ps(x),
+    }
+}
+
+/// [`adjacent16`] of the 32 floats from `x` of which only the first `n` are read (the rest zero).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn adjacent16_first(x: *const f32, n: usize) -> __m512i {
+    if n >= 32 {
+        return adjacent16(x);
+    }
+    let hi = if n > 16 { first(x.wrapping_add(16), n - 16) } else { _mm512_setzero_ps() };
+    std::mem::transmute(_mm512_cvtne2ps_pbh(hi, first(x, n)))
 }
 
 /// The 16×16 matrix of 32-bit lanes whose row `r` is `v[r]`, transposed: row `c` of the result
@@ -134,23 +158,29 @@ unsafe fn pack_row_group(
 ) {
     let at = |i: usize, j: usize| if j < k { *p.add((i0 + i) * rs + j * cs) } else { 0.0 };
     let at_lane = |i: usize, q: usize| layout.lhs(i, q, pairs);
+    // Runs of 16 pairs are vectors, the row's end and its zero padding included (masked loads);
+    // only a layout whose rows are not whole runs has pairs left for the scalar loop.
+    let runs = pairs / 16;
     let mut done = 0; // pairs already written in every row
     if cs == 1 {
-        done = k / 32 * 16;
+        done = runs * 16;
         for i in 0..rows {
-            for g in 0..k / 32 {
-                _mm512_storeu_si512(out.as_mut_ptr().add(at_lane(i, 16 * g)) as *mut _, adjacent16(p.add((i0 + i) * rs + 32 * g)));
+            let row = p.add((i0 + i) * rs);
+            for g in 0..runs {
+                let v = adjacent16_first(row.wrapping_add(32 * g), k.saturating_sub(32 * g));
+                _mm512_storeu_si512(out.as_mut_ptr().add(at_lane(i, 16 * g)) as *mut _, v);
             }
         }
     } else if rs == 1 && rows == 16 {
         // A transposed operand (its rows are columns in memory): 16 pairs at a time, each a
         // vector over the 16 rows, transposed in registers into 16 rows of 16 pairs.
-        done = k / 32 * 16;
-        for g in 0..k / 32 {
+        done = runs * 16;
+        let column = |j: usize| if j < k { _mm512_loadu_ps(p.add(j * cs + i0)) } else { _mm512_setzero_ps() };
+        for g in 0..runs {
             let mut v = [_mm512_setzero_si512(); 16];
             for (r, v) in v.iter_mut().enumerate() {
                 let q = 16 * g + r;
-                *v = interleave16(p.add(2 * q * cs + i0), p.add((2 * q + 1) * cs + i0));
+                *v = interleaved(column(2 * q), column(2 * q + 1));
             }
             for (i, v) in transpose16(&v).iter().enumerate() {
                 _mm512_storeu_si512(out.as_mut_ptr().add(at_lane(i, 16 * g)) as *mut _, *v);
@@ -173,23 +203,39 @@ unsafe fn pack_panel(j: usize, out: &mut [u32], n: usize, k: usize, (p, rs, cs):
     let pairs = out.len() / width;
     let cols = width.min(n - j * width);
     let at = |r: usize, c: usize| if r < k { *p.add(r * rs + (j * width + c) * cs) } else { 0.0 };
-    let mut done = 0; // pairs already written in every column
-    if cs == 1 && cols == width {
-        done = k / 2;
-        for q in 0..k / 2 {
-            for h in 0..width / 16 {
-                let v = interleave16(p.add(2 * q * rs + j * width + 16 * h), p.add((2 * q + 1) * rs + j * width + 16 * h));
-                _mm512_storeu_si512(out.as_mut_ptr().add(layout.rhs(q, 16 * h)) as *mut _, v);
+    if cs == 1 {
+        // Rows of 16 columns are vectors, the panel's last columns and the rows past k zero
+        // (masked loads): every lane of the panel is written here.
+        let row = |r: usize, c0: usize| {
+            let n = cols.saturating_sub(c0).min(16);
+            if r < k && n > 0 {
+                first(p.add(r * rs + j * width + c0), n)
+            } else {
+                _mm512_setzero_ps()
+            }
+        };
+        for q in 0..pairs {
+            for c0 in (0..width).step_by(16) {
+                let v = interleaved(row(2 * q, c0), row(2 * q + 1, c0));
+                _mm512_storeu_si512(out.as_mut_ptr().add(layout.rhs(q, c0)) as *mut _, v);
             }
         }
-    } else if rs == 1 {
-        done = k / 32 * 16;
-        let mut lanes = [0u32; 16];
-        for c in 0..cols {
-            for g in 0..k / 32 {
-                _mm512_storeu_si512(lanes.as_mut_ptr() as *mut _, adjacent16(p.add((j * width + c) * cs + 32 * g)));
-                for (t, l) in lanes.iter().enumerate() {
-                    out[layout.rhs(16 * g + t, c)] = *l;
+        return;
+    }
+    let runs = pairs / 16;
+    let mut done = 0; // pairs already written in every column
+    if rs == 1 {
+        // A transposed operand (its columns are rows in memory): 16 columns at a time, each a
+        // vector of 16 pairs down its column, transposed in registers into 16 pairs of 16 columns.
+        done = runs * 16;
+        for c0 in (0..width).step_by(16) {
+            for g in 0..runs {
+                let mut v = [_mm512_setzero_si512(); 16];
+                for (t, v) in v.iter_mut().enumerate().take(cols.saturating_sub(c0)) {
+                    *v = adjacent16_first(p.add((j * width + c0 + t) * cs).wrapping_add(32 * g), k.saturating_sub(32 * g));
+                }
+                for (s, v) in transpose16(&v).iter().enumerate() {
+                    _mm512_storeu_si512(out.as_mut_ptr().add(layout.rhs(16 * g + s, c0)) as *mut _, *v);
                 }
             }
         }
@@ -198,8 +244,6 @@ unsafe fn pack_panel(j: usize, out: &mut [u32], n: usize, k: usize, (p, rs, cs):
         for c in 0..cols {
             out[layout.rhs(q, c)] = pair(at(2 * q, c), at(2 * q + 1, c));
         }
-    }
-    for q in 0..pairs {
         for c in cols..width {
             out[layout.rhs(q, c)] = 0;
         }
