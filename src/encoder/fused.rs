@@ -417,29 +417,36 @@ pub(super) fn gelu_into(x: &[f32], out: &mut [f32]) {
     map_simd(x, None, out, &gelu_of);
 }
 
-/// [`gelu`] of one row into `out`, and GELU's derivative written over the row (`x ← Φ(x) +
-/// x·φ(x)`), from one erf: for a forward whose reverse pass then only multiplies by it. The values
-/// are [`gelu_of`]'s and (times the gradient) [`gelu_grad_of`]'s, bit for bit.
-pub(super) fn gelu_and_slope_into(x: &mut [f32], out: &mut [f32]) {
-    gelu_and_slope_simd(x, out)
+/// [`gelu`] of one row into `out`, and GELU's derivative `Φ(x) + x·φ(x)` rounded to bf16 into
+/// `slope`, from one erf: for a bf16 forward whose reverse pass then only multiplies by it. The
+/// values are [`gelu_of`]'s and [`gelu_grad_of`]'s (at a gradient of 1) rounded, bit for bit.
+pub(super) fn gelu_and_slope_into(x: &[f32], out: &mut [f32], slope: &mut [std::mem::MaybeUninit<u16>]) {
+    gelu_and_slope_simd(x, out, slope)
 }
 
 #[inline(always)]
-fn gelu_and_slope_loop(x: &mut [f32], out: &mut [f32]) {
-    for (x, o) in x.iter_mut().zip(out) {
-        let v = *x;
+fn gelu_and_slope_loop(x: &[f32], out: &mut [f32], slope: &mut [std::mem::MaybeUninit<u16>]) {
+    for ((&v, o), s) in x.iter().zip(out).zip(slope) {
         let e = erf_scaled(v);
         *o = gelu_value(e, v);
-        *x = gelu_slope(e, v);
+        s.write(super::bf16_pack::round_bf16(gelu_slope(e, v)));
     }
 }
-fastmath::multiversion!(gelu_and_slope_simd [] (x: &mut [f32], out: &mut [f32]) => gelu_and_slope_loop);
+fastmath::multiversion!(gelu_and_slope_simd [] (x: &[f32], out: &mut [f32], slope: &mut [std::mem::MaybeUninit<u16>]) => gelu_and_slope_loop);
 
-/// `g ⊙ s` of one row into `out`, on the calling thread: GELU's gradient where the forward kept
-/// its slope `s` ([`gelu_and_slope_into`]).
-pub(super) fn times_into(g: &[f32], s: &[f32], out: &mut [f32]) {
-    map_simd(g, Some(s), out, &|g: f32, s: f32| g * s);
+/// `g ⊙ s` of one row into `out`, on the calling thread, `s` in bf16: GELU's gradient where the
+/// forward kept its slope ([`gelu_and_slope_into`]).
+pub(super) fn times_into(g: &[f32], s: &[u16], out: &mut [f32]) {
+    times_simd(g, s, out)
 }
+
+#[inline(always)]
+fn times_loop(g: &[f32], s: &[u16], out: &mut [f32]) {
+    for ((o, &g), &s) in out.iter_mut().zip(g).zip(s) {
+        *o = g * f32::from_bits((s as u32) << 16);
+    }
+}
+fastmath::multiversion!(times_simd [] (g: &[f32], s: &[u16], out: &mut [f32]) => times_loop);
 
 /// [`gelu_grad`] of one row into `out`, on the calling thread.
 pub(super) fn gelu_grad_into(x: &[f32], g: &[f32], out: &mut [f32]) {
@@ -501,18 +508,22 @@ mod tests {
         }
     }
 
-    /// The forward's GELU and slope from one erf are [`gelu_of`]'s and [`gelu_grad_of`]'s values
-    /// bit for bit (the reverse pass that multiplies by the slope gives the same gradient).
+    /// The forward's GELU and slope from one erf: GELU is [`gelu_of`]'s bit for bit, the slope
+    /// [`gelu_grad_of`]'s at a gradient of 1 rounded to bf16 (to nearest even), and the reverse
+    /// pass multiplies the gradient by that.
     #[test]
-    fn gelu_and_slope_are_gelu_and_its_gradient_bit_for_bit() {
+    fn gelu_and_slope_are_gelu_and_its_gradient_rounded_to_bf16() {
         let x: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) / 97.0).collect();
         let g: Vec<f32> = (0..4001).map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0).collect();
-        let (mut slope, mut y, mut dx) = (x.clone(), vec![0f32; x.len()], vec![0f32; x.len()]);
-        super::gelu_and_slope_into(&mut slope, &mut y);
+        let (mut slope, mut y, mut dx) = (vec![std::mem::MaybeUninit::uninit(); x.len()], vec![0f32; x.len()], vec![0f32; x.len()]);
+        super::gelu_and_slope_into(&x, &mut y, &mut slope);
+        // SAFETY: gelu_and_slope_into wrote every slope.
+        let slope: Vec<u16> = slope.iter().map(|s| unsafe { s.assume_init() }).collect();
         super::times_into(&g, &slope, &mut dx);
         for i in 0..x.len() {
             assert_eq!(y[i].to_bits(), super::gelu_of(x[i], 0.0).to_bits(), "gelu({})", x[i]);
-            assert_eq!(dx[i].to_bits(), super::gelu_grad_of(x[i], g[i]).to_bits(), "gelu'({}) · {}", x[i], g[i]);
+            let rounded = f32::from_bits((crate::encoder::bf16_gemm::round_bf16(super::gelu_grad_of(x[i], 1.0)) as u32) << 16);
+            assert_eq!(dx[i].to_bits(), (g[i] * rounded).to_bits(), "gelu'({}) · {}", x[i], g[i]);
         }
     }
 

@@ -2,6 +2,8 @@
 //! bf16's fusions (the activation inside the packing of the product that reads it, the reverse
 //! pass by blocks of rows that keep `dg` in cache).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::{fused, scaled, Block, Precision, Record};
@@ -41,10 +43,12 @@ pub(super) fn swiglu_grad(f: &[f32], g: &[f32], h: usize) -> Vec<f32> {
 pub(super) enum Kept {
     /// The pre-activation `f = fc1(h)`.
     PreActivation(Vec<f32>),
-    /// GELU's slope at `f`, `Φ(f) + f·φ(f)` (bf16, for the pixels' gradient): the forward has the
-    /// erf at hand in fc2's packing, and the reverse pass then only multiplies by it (the erf and
-    /// exp of every hidden value, a tenth of a bf16 attack step, no longer run twice).
-    GeluSlope(Vec<f32>),
+    /// GELU's slope at `f`, `Φ(f) + f·φ(f)`, rounded to bf16 (bf16, for the pixels' gradient):
+    /// the forward has the erf at hand in fc2's packing, and the reverse pass then only multiplies
+    /// by it (the erf and exp of every hidden value, a tenth of a bf16 attack step, no longer run
+    /// twice). In bf16 it is half the bytes to write and read back; the product it feeds rounds
+    /// its operand to bf16 anyway.
+    GeluSlope(Vec<u16>),
 }
 
 impl Kept {
@@ -93,17 +97,25 @@ impl Block {
             let g = fused::bias_gelu(&mut f, b);
             return (Kept::PreActivation(f), self.fc2.forward_with(&g, rows, bias));
         }
-        let mut f = self.fc1.forward(h, rows);
+        let f = self.fc1.forward(h, rows);
         if self.fuses_activation() && record == Record::InputGradient {
             let width = self.fc2.inp;
-            let fp = SendPtr(f.as_mut_ptr());
-            // SAFETY: the packing asks for each row once, and row i of f is read and written by
-            // that call alone (f is rows×width, and no one else reads it meanwhile).
+            let mut slope: Vec<MaybeUninit<u16>> = Vec::with_capacity(rows * width);
+            let sp = SendPtr(slope.as_mut_ptr());
+            // SAFETY: the packing asks for each row once, and row i of the slope is written by
+            // that call alone (rows×width, within the capacity).
             let row = |i: usize, out: &mut [f32]| unsafe {
-                fused::gelu_and_slope_into(std::slice::from_raw_parts_mut(fp.get().add(i * width), width), out)
+                let s = std::slice::from_raw_parts_mut(sp.get().add(i * width), width);
+                fused::gelu_and_slope_into(&f[i * width..(i + 1) * width], out, s)
             };
             let y = self.fc2.forward_rows(&row, rows, bias);
-            return (Kept::GeluSlope(f), y);
+            // SAFETY: every row was written above; MaybeUninit<u16> and u16 share their layout.
+            let slope = unsafe {
+                slope.set_len(rows * width);
+                let mut slope = std::mem::ManuallyDrop::new(slope);
+                Vec::from_raw_parts(slope.as_mut_ptr().cast::<u16>(), slope.len(), slope.capacity())
+            };
+            return (Kept::GeluSlope(slope), y);
         }
         let y = self.mlp_out(&f, rows, bias);
         (Kept::PreActivation(f), y)
