@@ -49,6 +49,8 @@ pub(super) enum Kept {
     /// twice). In bf16 it is half the bytes to write and read back; the product it feeds rounds
     /// its operand to bf16 anyway.
     GeluSlope(Vec<u16>),
+    /// Nothing: no reverse pass follows this forward.
+    Nothing,
 }
 
 impl Kept {
@@ -56,7 +58,7 @@ impl Kept {
     pub(super) fn pre_activation(&self) -> &[f32] {
         match self {
             Self::PreActivation(f) => f,
-            Self::GeluSlope(_) => panic!("internal error: a tape with GELU's slope read for its pre-activation"),
+            Self::GeluSlope(_) | Self::Nothing => panic!("internal error: a tape without the pre-activation read for it"),
         }
     }
 
@@ -66,6 +68,7 @@ impl Kept {
         match self {
             Self::PreActivation(f) => fused::gelu_grad_into(&f[i * h..(i + 1) * h], dg, out),
             Self::GeluSlope(s) => fused::times_into(dg, &s[i * h..(i + 1) * h], out),
+            Self::Nothing => panic!("internal error: a reverse pass through a forward that kept nothing"),
         }
     }
 }
@@ -88,7 +91,8 @@ impl Block {
     }
 
     /// What the reverse pass keeps of the MLP ([`Kept`]: GELU's slope in bf16 for the pixels'
-    /// gradient, else the pre-activation `fc1(h)`) and its output, with fc2's bias where `bias`.
+    /// gradient, nothing in bf16 without a tape, else the pre-activation `fc1(h)`) and its output,
+    /// with fc2's bias where `bias`.
     /// A GELU in f32 adds fc1's bias in its own pass (not written before the product: a pass
     /// saved).
     pub(super) fn mlp(&self, h: &[f32], rows: usize, bias: bool, record: Record) -> (Kept, Vec<f32>) {
@@ -97,28 +101,49 @@ impl Block {
             let g = fused::bias_gelu(&mut f, b);
             return (Kept::PreActivation(f), self.fc2.forward_with(&g, rows, bias));
         }
-        let f = self.fc1.forward(h, rows);
-        if self.fuses_activation() && record == Record::InputGradient {
-            let width = self.fc2.inp;
-            let mut slope: Vec<MaybeUninit<u16>> = Vec::with_capacity(rows * width);
-            let sp = SendPtr(slope.as_mut_ptr());
-            // SAFETY: the packing asks for each row once, and row i of the slope is written by
-            // that call alone (rows×width, within the capacity).
-            let row = |i: usize, out: &mut [f32]| unsafe {
-                let s = std::slice::from_raw_parts_mut(sp.get().add(i * width), width);
-                fused::gelu_and_slope_into(&f[i * width..(i + 1) * width], out, s)
-            };
-            let y = self.fc2.forward_rows(&row, rows, bias);
-            // SAFETY: every row was written above; MaybeUninit<u16> and u16 share their layout.
-            let slope = unsafe {
-                slope.set_len(rows * width);
-                let mut slope = std::mem::ManuallyDrop::new(slope);
-                Vec::from_raw_parts(slope.as_mut_ptr().cast::<u16>(), slope.len(), slope.capacity())
-            };
-            return (Kept::GeluSlope(slope), y);
+        if self.fuses_activation() && record != Record::ParamGradients {
+            return self.mlp_fused(h, rows, bias, record);
         }
+        let f = self.fc1.forward(h, rows);
         let y = self.mlp_out(&f, rows, bias);
         (Kept::PreActivation(f), y)
+    }
+
+    /// [`Block::mlp`] in bf16 without weight gradients: fc1's bias is added in the GELU's pass
+    /// inside fc2's packing (not written before fc1's product and read back by it), and a forward
+    /// for the pixels' gradient keeps GELU's slope there.
+    fn mlp_fused(&self, h: &[f32], rows: usize, bias: bool, record: Record) -> (Kept, Vec<f32>) {
+        let f = self.fc1.forward_with(h, rows, false);
+        let width = self.fc2.inp;
+        let zeros;
+        let b = match &self.fc1.b {
+            Some(b) => &b[..],
+            None => {
+                zeros = vec![0f32; width];
+                &zeros[..]
+            }
+        };
+        let pre = |i: usize| &f[i * width..(i + 1) * width];
+        if record == Record::Nothing {
+            let y = self.fc2.forward_rows(&|i, out| fused::bias_gelu_into(pre(i), b, out), rows, bias);
+            return (Kept::Nothing, y);
+        }
+        let mut slope: Vec<MaybeUninit<u16>> = Vec::with_capacity(rows * width);
+        let sp = SendPtr(slope.as_mut_ptr());
+        // SAFETY: the packing asks for each row once, and row i of the slope is written by
+        // that call alone (rows×width, within the capacity).
+        let row = |i: usize, out: &mut [f32]| unsafe {
+            let s = std::slice::from_raw_parts_mut(sp.get().add(i * width), width);
+            fused::bias_gelu_and_slope_into(pre(i), b, out, s)
+        };
+        let y = self.fc2.forward_rows(&row, rows, bias);
+        // SAFETY: every row was written above; MaybeUninit<u16> and u16 share their layout.
+        let slope = unsafe {
+            slope.set_len(rows * width);
+            let mut slope = std::mem::ManuallyDrop::new(slope);
+            Vec::from_raw_parts(slope.as_mut_ptr().cast::<u16>(), slope.len(), slope.capacity())
+        };
+        (Kept::GeluSlope(slope), y)
     }
 
     /// The gradient at norm2's output given `dx2`, the block's output gradient: back through
