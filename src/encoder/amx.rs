@@ -122,6 +122,17 @@ macro_rules! tile_dot {
     };
 }
 
+/// What the sums of a product start from.
+#[derive(Clone, Copy)]
+pub enum Start<'a> {
+    Zero,
+    /// The values in `dst` (accumulate).
+    Dst,
+    /// Every row at this bias, `⌈n/32⌉·32` values (zeros past `n`): loaded into the tiles with a
+    /// row stride of 0, where a bias written into `dst` first cost a pass over it and a load of it.
+    Bias(&'a [f32]),
+}
+
 /// `dst[m,n] (+)= a · b` on the packed operands, tile by tile (each tile 16×16 lanes, 1 KiB
 /// contiguous): `a` holds `⌈m/32⌉·32` rows of `pairs` bf16 pairs as `[16-row group][step][row]
 /// [16 pairs]`; `b` 32-column panels as `[panel][step][half][16 pairs][16 columns]`; a step is
@@ -136,16 +147,19 @@ pub unsafe fn products(
     (m, n): (usize, usize),
     dst: SendPtr<*mut f32>,
     dst_rs: usize,
-    accumulate: bool,
+    start: Start,
     a: &[u32],
     b: &[u32],
     pairs: usize,
     parallel: bool,
 ) {
+    if let Start::Bias(bias) = start {
+        assert!(bias.len() >= n.div_ceil(BLOCK) * BLOCK, "internal error: an AMX bias not padded");
+    }
     assert!(pairs.is_multiple_of(TILE) && a.len() >= m.div_ceil(BLOCK) * BLOCK * pairs, "internal error: AMX operands not padded");
     assert!(b.len() >= n.div_ceil(BLOCK) * BLOCK * pairs, "internal error: AMX panels not padded");
     // SAFETY: the caller's contract, block by block; blocks of rows are disjoint.
-    let rows = |ib: usize| unsafe { row_block(ib, (m, n), (dst, dst_rs, accumulate), (a, b, pairs)) };
+    let rows = |ib: usize| unsafe { row_block(ib, (m, n), (dst, dst_rs, start), (a, b, pairs)) };
     let blocks = m.div_ceil(BLOCK);
     if parallel {
         (0..blocks).into_par_iter().for_each(rows);
@@ -159,7 +173,7 @@ pub unsafe fn products(
 unsafe fn row_block(
     ib: usize,
     (m, n): (usize, usize),
-    (dst, dst_rs, accumulate): (SendPtr<*mut f32>, usize, bool),
+    (dst, dst_rs, start): (SendPtr<*mut f32>, usize, Start),
     (a, b, pairs): (&[u32], &[u32], usize),
 ) {
     let config = TileConfig::full();
@@ -173,16 +187,29 @@ unsafe fn row_block(
     for j0 in (0..n).step_by(BLOCK) {
         let full = i0 + BLOCK <= m && j0 + BLOCK <= n;
         let c = dst.get().add(i0 * dst_rs + j0);
-        if full && accumulate {
-            tile_load!(0, c, c_stride);
-            tile_load!(1, c.add(TILE), c_stride);
-            tile_load!(2, c.add(TILE * dst_rs), c_stride);
-            tile_load!(3, c.add(TILE * dst_rs + TILE), c_stride);
-        } else {
-            tile_zero!(0);
-            tile_zero!(1);
-            tile_zero!(2);
-            tile_zero!(3);
+        // Edge blocks accumulating onto dst start from zero and add dst after (below).
+        let accumulate = matches!(start, Start::Dst);
+        match start {
+            Start::Dst if full => {
+                tile_load!(0, c, c_stride);
+                tile_load!(1, c.add(TILE), c_stride);
+                tile_load!(2, c.add(TILE * dst_rs), c_stride);
+                tile_load!(3, c.add(TILE * dst_rs + TILE), c_stride);
+            }
+            Start::Bias(bias) => {
+                // Row stride 0: the bias's 16 values in every row of the tile.
+                let (b0, b1) = (bias.as_ptr().add(j0), bias.as_ptr().add(j0 + TILE));
+                tile_load!(0, b0, 0usize);
+                tile_load!(1, b1, 0usize);
+                tile_load!(2, b0, 0usize);
+                tile_load!(3, b1, 0usize);
+            }
+            _ => {
+                tile_zero!(0);
+                tile_zero!(1);
+                tile_zero!(2);
+                tile_zero!(3);
+            }
         }
         let b0 = b.as_ptr().add(j0 * pairs);
         // Loads between the products, so that each overlaps the products that do not need it.

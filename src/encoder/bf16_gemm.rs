@@ -23,6 +23,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+pub use super::amx::Start;
 use super::bf16_pack::{aligned_lanes, pack_panels, pack_rows, with_buffers, Layout, NR, TILE, V};
 pub use super::bf16_pack::{round_bf16, Lhs};
 use super::fastmath::SendPtr;
@@ -173,10 +174,29 @@ pub unsafe fn gemm_bf16(
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_bf16_of(
     kernel: Kernel,
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
     accumulate: bool,
+    lhs: Lhs,
+    rhs: Rhs,
+    parallel: bool,
+) {
+    gemm_bf16_from(kernel, dims, dst, dst_rs, if accumulate { Start::Dst } else { Start::Zero }, lhs, rhs, parallel)
+}
+
+/// [`gemm_bf16_of`] whose sums start from `start`: zero, `dst`, or a bias of `n` values in every
+/// row (on AMX loaded into the tiles, elsewhere written into `dst` first).
+///
+/// # Safety
+/// As [`gemm_bf16_of`]; a bias holds `n` values.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_bf16_from(
+    kernel: Kernel,
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    start: Start,
     lhs: Lhs,
     rhs: Rhs,
     parallel: bool,
@@ -186,8 +206,18 @@ pub unsafe fn gemm_bf16_of(
     if m == 0 || n == 0 {
         return;
     }
+    let start = match start {
+        Start::Bias(b) if k == 0 || kernel != Kernel::Amx => {
+            assert!(b.len() == n, "internal error: a bias of {} values for {n} columns", b.len());
+            for i in 0..m {
+                std::ptr::copy_nonoverlapping(b.as_ptr(), dst.add(i * dst_rs), n);
+            }
+            Start::Dst
+        }
+        s => s,
+    };
     if k == 0 {
-        if !accumulate {
+        if let Start::Zero = start {
             for i in 0..m {
                 std::ptr::write_bytes(dst.add(i * dst_rs), 0, n);
             }
@@ -196,7 +226,7 @@ pub unsafe fn gemm_bf16_of(
     }
     let parallel = parallel && rayon::current_num_threads() > 1;
     #[cfg(target_arch = "x86_64")]
-    products(kernel, (m, n, k), SendPtr(dst), dst_rs, accumulate, lhs, rhs, parallel);
+    products(kernel, (m, n, k), SendPtr(dst), dst_rs, start, lhs, rhs, parallel);
 }
 
 /// Both operands packed for `kernel` (for AMX padded to whole tiles and laid out tile by tile),
@@ -208,15 +238,28 @@ unsafe fn products(
     (m, n, k): (usize, usize, usize),
     out: SendPtr<*mut f32>,
     dst_rs: usize,
-    accumulate: bool,
+    start: Start,
     lhs: Lhs,
     rhs: Rhs,
     parallel: bool,
 ) {
     let (layout, pairs, rows, cols) = geometry(kernel, (m, n, k));
+    // The AMX kernel reads a bias by whole blocks of columns.
+    let padded: Vec<f32>;
+    let start = match start {
+        Start::Bias(b) => {
+            assert!(b.len() == n, "internal error: a bias of {} values for {n} columns", b.len());
+            padded = b.iter().copied().chain(std::iter::repeat(0.0)).take(cols).collect();
+            Start::Bias(&padded)
+        }
+        s => s,
+    };
     let run = |a: &[u32], b: &[u32]| match kernel {
-        Kernel::Amx => super::amx::products((m, n), out, dst_rs, accumulate, a, b, pairs, parallel),
-        Kernel::Dpbf16 => register_products((m, n, pairs), out, dst_rs, accumulate, a, b, parallel),
+        Kernel::Amx => super::amx::products((m, n), out, dst_rs, start, a, b, pairs, parallel),
+        Kernel::Dpbf16 => {
+            assert!(!matches!(start, Start::Bias(_)), "internal error: a bias in the register kernel's tiles");
+            register_products((m, n, pairs), out, dst_rs, matches!(start, Start::Dst), a, b, parallel)
+        }
     };
     match rhs {
         Rhs::Strided(rhs) => with_buffers(rows * pairs, cols * pairs, |a, b| {
@@ -376,7 +419,8 @@ mod tests {
     }
 
     /// Every shape class (edges of tiles, blocks, panels; odd k; strided and transposed operands;
-    /// accumulation) against the exact product of the rounded operands, in f64.
+    /// sums from zero, from dst, from a bias) against the exact product of the rounded operands,
+    /// in f64.
     #[test]
     fn products_equal_the_exact_sums_of_the_rounded_operands() {
         if !supported() {
@@ -400,15 +444,22 @@ mod tests {
                 let (rhs_rs, rhs_cs) = if rhs_t { (1, k) } else { (n, 1) };
                 let av = |i: usize, j: usize| a[i * lhs_rs + j * lhs_cs];
                 let bv = |i: usize, j: usize| b[i * rhs_rs + j * rhs_cs];
-                for kernel in kernels() {
+                // The sums start from dst (acc) or from zero; and, a second time, from a bias.
+                let bias: Vec<f32> = (0..n).map(|_| rnd()).collect();
+                for (kernel, biased) in kernels().into_iter().flat_map(|k| [(k, false), (k, true)]) {
                     let mut c = init.clone();
+                    let start = match (biased, acc) {
+                        (true, _) => Start::Bias(&bias),
+                        (false, true) => Start::Dst,
+                        (false, false) => Start::Zero,
+                    };
                     unsafe {
-                        gemm_bf16_of(
+                        gemm_bf16_from(
                             kernel,
                             (m, n, k),
                             c.as_mut_ptr(),
                             n,
-                            acc,
+                            start,
                             Lhs::Strided((a.as_ptr(), lhs_rs, lhs_cs)),
                             Rhs::Strided((b.as_ptr(), rhs_rs, rhs_cs)),
                             par,
@@ -416,7 +467,11 @@ mod tests {
                     };
                     for i in 0..m {
                         for j in 0..n {
-                            let mut s = if acc { init[i * n + j] as f64 } else { 0.0 };
+                            let mut s = match start {
+                                Start::Bias(b) => b[j] as f64,
+                                Start::Dst => init[i * n + j] as f64,
+                                Start::Zero => 0.0,
+                            };
                             let mut mag = s.abs();
                             for l in 0..k {
                                 let p = widen(round_bf16(av(i, l))) * widen(round_bf16(bv(l, j)));
@@ -428,7 +483,7 @@ mod tests {
                             let got = c[i * n + j] as f64;
                             assert!(
                                 (got - s).abs() <= bound,
-                                "{kernel:?} ({m},{n},{k}) t=({lhs_t},{rhs_t}) acc={acc} at ({i},{j}): {got} vs {s}"
+                                "{kernel:?} ({m},{n},{k}) t=({lhs_t},{rhs_t}) acc={acc} bias={biased} at ({i},{j}): {got} vs {s}"
                             );
                         }
                     }

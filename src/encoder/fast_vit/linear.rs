@@ -6,7 +6,7 @@
 use anyhow::Result;
 
 use super::{floats, shared};
-use crate::encoder::bf16_gemm::{gemm_bf16, gemm_bf16_of, Kernel, Lhs, PackedRhs, Rhs};
+use crate::encoder::bf16_gemm::{gemm_bf16, gemm_bf16_from, gemm_bf16_of, Kernel, Lhs, PackedRhs, Rhs, Start};
 use crate::encoder::fastmath::{by_chunks, written};
 use crate::encoder::frozen_linear::gemm_f32;
 use crate::encoder::layers::Linear;
@@ -79,18 +79,20 @@ impl Lin {
     /// # Safety
     /// `dst` holds rows × (out forward, inp backward) values, row-major; a strided `lhs`
     /// addresses its whole matrix; an [`Lhs::Rows`] operand only in bf16.
-    unsafe fn product(&self, way: Way, rows: usize, dst: *mut f32, accumulate: bool, lhs: Lhs) {
+    unsafe fn product(&self, way: Way, rows: usize, dst: *mut f32, start: Start, lhs: Lhs) {
         let (k, n, w) = match way {
             Way::Forward => (self.inp, self.out, (self.w_t.as_ptr(), self.out, 1)),
             Way::Backward => (self.out, self.inp, (self.w_t.as_ptr(), 1, self.out)),
         };
-        match (&self.packed, lhs) {
-            (Some(p), lhs) => gemm_bf16_of(Kernel::best(), (rows, n, k), dst, n, accumulate, lhs, Rhs::Packed(&p[way as usize]), true),
-            (None, Lhs::Strided(x)) => matmul(self.precision, (rows, n, k), dst, n, accumulate, x, w, true),
-            (None, lhs) => {
-                assert!(self.precision == Precision::Bf16, "internal error: an operand given by rows in f32");
-                gemm_bf16_of(Kernel::best(), (rows, n, k), dst, n, accumulate, lhs, Rhs::Strided(w), true)
+        let kernel = Kernel::best();
+        match (&self.packed, lhs, self.precision) {
+            (Some(p), lhs, _) => gemm_bf16_from(kernel, (rows, n, k), dst, n, start, lhs, Rhs::Packed(&p[way as usize]), true),
+            (None, lhs, Precision::Bf16) => gemm_bf16_from(kernel, (rows, n, k), dst, n, start, lhs, Rhs::Strided(w), true),
+            (None, Lhs::Strided(x), Precision::F32) => {
+                assert!(!matches!(start, Start::Bias(_)), "internal error: an f32 product starting from a bias");
+                matmul(self.precision, (rows, n, k), dst, n, matches!(start, Start::Dst), x, w, true)
             }
+            (None, _, Precision::F32) => panic!("internal error: an operand given by rows in f32"),
         }
     }
 
@@ -112,37 +114,41 @@ impl Lin {
         unsafe { self.forward_by(rows, bias, |y, acc| self.product(Way::Forward, rows, y, acc, Lhs::Rows(row))) }
     }
 
-    /// `y` (rows×out) holding the bias in every row (where `bias` and the layer has one), then
-    /// `product(y, accumulate)` onto it; else the product writes all of `y`.
+    /// `product(y, start)` into `y` (rows×out), its sums starting from the bias in every row
+    /// (where `bias` and the layer has one): in bf16 the product's own start, in f32 written into
+    /// `y` first and accumulated onto.
     ///
     /// # Safety
-    /// `product` writes rows×out values at `y` (adding to them where told to accumulate).
-    unsafe fn forward_by(&self, rows: usize, bias: bool, product: impl FnOnce(*mut f32, bool)) -> Vec<f32> {
+    /// `product` writes rows×out values at `y` (adding to them where told to start from `y`).
+    unsafe fn forward_by(&self, rows: usize, bias: bool, product: impl FnOnce(*mut f32, Start)) -> Vec<f32> {
         match self.b.as_ref().filter(|_| bias) {
+            Some(b) if self.precision == Precision::Bf16 => written(rows * self.out, |y| product(y, Start::Bias(b))),
             Some(b) => {
                 let mut y = by_chunks(rows * self.out, self.out, |_, r| {
                     for (r, b) in r.iter_mut().zip(b) {
                         r.write(*b);
                     }
                 });
-                product(y.as_mut_ptr(), true);
+                product(y.as_mut_ptr(), Start::Dst);
                 y
             }
-            None => written(rows * self.out, |y| product(y, false)),
+            None => written(rows * self.out, |y| product(y, Start::Zero)),
         }
     }
 
     /// `dy · W`: the input gradient only.
     pub(super) fn backward(&self, dy: &[f32], rows: usize) -> Vec<f32> {
         // SAFETY: dy is rows×out row-major; dx rows×inp, written whole (not accumulating).
-        unsafe { written(rows * self.inp, |dx| self.product(Way::Backward, rows, dx, false, Lhs::Strided((dy.as_ptr(), self.out, 1)))) }
+        unsafe {
+            written(rows * self.inp, |dx| self.product(Way::Backward, rows, dx, Start::Zero, Lhs::Strided((dy.as_ptr(), self.out, 1))))
+        }
     }
 
     /// [`Lin::backward`] of the output gradient whose row `i` `row(i, ·)` writes, computed inside
     /// the bf16 product's packing (bf16 only).
     pub(super) fn backward_rows(&self, row: &(dyn Fn(usize, &mut [f32]) + Sync), rows: usize) -> Vec<f32> {
         // SAFETY: `row` writes the out values of the row it is given; dx as in `backward`.
-        unsafe { written(rows * self.inp, |dx| self.product(Way::Backward, rows, dx, false, Lhs::Rows(row))) }
+        unsafe { written(rows * self.inp, |dx| self.product(Way::Backward, rows, dx, Start::Zero, Lhs::Rows(row))) }
     }
 
     /// [`Lin::backward_rows`] into `dx` on the calling thread alone, for a caller that shares
