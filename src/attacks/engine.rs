@@ -137,7 +137,7 @@ fn pgd(
         if last && cfg.last_iterate {
             let ev = if cfg.evaluate_last { Some(p.evaluate(&d, &active, step, cfg.steps, false)?.0) } else { None };
             for (k, &i) in active.iter().enumerate() {
-                best.delta[i] = d.narrow(0, k, 1)?.copy()?;
+                best.delta[i] = d.narrow(0, k, 1)?.force_contiguous()?;
                 best.loss[i] = ev.as_ref().map_or(f64::NAN, |e| e.losses[k]);
                 best.success[i] = ev.as_ref().and_then(|e| e.success.as_ref()).is_some_and(|s| s[k]);
             }
@@ -159,6 +159,11 @@ fn pgd(
         let next = select_rows(&moves, &p.project(&stepped, &active)?, &d)?;
         p.check(&next, &active, sanity)?;
         scatter(&mut delta, &active, &next)?;
+        // A sample that leaves keeps its row in storage of its own, not a view that would keep
+        // this step's whole batch alive for the rest of the attack.
+        for (&i, _) in active.iter().zip(&reached).filter(|(_, &r)| r) {
+            delta[i] = delta[i].force_contiguous()?;
+        }
         active = active.iter().zip(&reached).filter(|(_, &r)| !r).map(|(&i, _)| i).collect();
     }
     Ok(())

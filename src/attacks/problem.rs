@@ -226,8 +226,9 @@ impl Best {
         // A point that reaches the goal beats any that does not; among equals, the higher score.
         let better = (success && !self.success[i]) || (success == self.success[i] && score > self.score[i]);
         if better {
-            // Its own storage: a row of the step's batch would keep the whole batch alive.
-            self.delta[i] = delta.copy()?;
+            // Its own storage of its own values: a row of the step's batch would keep the whole
+            // batch alive (candle's `copy` clones the whole storage a view looks into).
+            self.delta[i] = delta.force_contiguous()?;
             self.loss[i] = loss;
             self.score[i] = score;
             self.success[i] = success;
@@ -459,6 +460,24 @@ mod tests {
         assert!(passes_differ(&a, &tokens(&[3.0, 4.0], 1.1)).unwrap(), "patch tokens count too");
         let s = Sanity { randomized: 1, ..Sanity::default() };
         assert!(s.warnings().iter().any(|w| w.contains("randomised model")), "{:?}", s.warnings());
+    }
+
+    /// A kept best point holds its own row and nothing more: with a copy of the step's whole
+    /// batch per sample, memory grew with the square of the batch.
+    #[test]
+    fn a_best_point_keeps_its_row_alone() {
+        let (b, per) = (4, 6);
+        let batch = Tensor::arange(0f32, (b * per) as f32, &Device::Cpu).unwrap().reshape((b, per)).unwrap();
+        let mut best = Best::new(b, per, &Device::Cpu).unwrap();
+        best.offer(2, &batch.narrow(0, 2, 1).unwrap(), 1.0, 1.0, false).unwrap();
+        let kept = &best.delta[2];
+        assert_eq!(kept.to_vec2::<f32>().unwrap(), batch.narrow(0, 2, 1).unwrap().to_vec2::<f32>().unwrap());
+        let (storage, layout) = kept.storage_and_layout();
+        let held = match &*storage {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v.len(),
+            _ => unreachable!("an f32 tensor on the CPU"),
+        };
+        assert_eq!((held, layout.start_offset()), (per, 0), "the kept row holds {held} values");
     }
 
     /// Per row, as the host's check reads one gradient: NaN anywhere (even beside an infinity) is
