@@ -28,7 +28,8 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--attack-steps", type=int, default=0,
-                   help="also time an EmbedAttack PGD loop (L-inf 8/255, step 2/255) of this many steps")
+                   help="also time an EmbedAttack PGD loop (L-inf 8/255, step 2/255) of this many steps "
+                        "(the second of two such loops)")
     p.add_argument("--window", default=None,
                    help="with --attack-steps: also time the attack on whole --image images through mmseg's sliding "
                         "windows CROP:STRIDE (windows batched, outputs per window, autograd through the cut)")

@@ -28,7 +28,8 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
-    /// Also time the attack engine over this many PGD steps (0: skip).
+    /// Also time the attack engine over this many PGD steps (0: skip): the second of two such
+    /// attacks, the first paying the process's one-time costs.
     #[arg(long, default_value_t = 0)]
     pub attack_steps: usize,
     /// With --attack-steps: also time the attack on whole images of --image through these
