@@ -417,30 +417,22 @@ pub(super) fn gelu_into(x: &[f32], out: &mut [f32]) {
     map_simd(x, None, out, &gelu_of);
 }
 
-/// `gelu(x + b)` of one row into `out`, on the calling thread (inside a product's packing): a
-/// bias added here rather than written before the product that made `x`.
-pub(super) fn bias_gelu_into(x: &[f32], b: &[f32], out: &mut [f32]) {
-    map_simd(x, Some(b), out, &|x: f32, b: f32| gelu_of(x + b, 0.0));
-}
-
-/// `gelu(x + b)` of one row into `out`, and GELU's derivative `Φ(z) + z·φ(z)` at `z = x + b`
-/// rounded to bf16 into `slope`, from one erf: for a bf16 forward whose reverse pass then only
-/// multiplies by it. The values are [`gelu_of`]'s and [`gelu_grad_of`]'s (at a gradient of 1)
-/// rounded, bit for bit.
-pub(super) fn bias_gelu_and_slope_into(x: &[f32], b: &[f32], out: &mut [f32], slope: &mut [std::mem::MaybeUninit<u16>]) {
-    bias_gelu_and_slope_simd(x, b, out, slope)
+/// [`gelu`] of one row into `out`, and GELU's derivative `Φ(x) + x·φ(x)` rounded to bf16 into
+/// `slope`, from one erf: for a bf16 forward whose reverse pass then only multiplies by it. The
+/// values are [`gelu_of`]'s and [`gelu_grad_of`]'s (at a gradient of 1) rounded, bit for bit.
+pub(super) fn gelu_and_slope_into(x: &[f32], out: &mut [f32], slope: &mut [std::mem::MaybeUninit<u16>]) {
+    gelu_and_slope_simd(x, out, slope)
 }
 
 #[inline(always)]
-fn bias_gelu_and_slope_loop(x: &[f32], b: &[f32], out: &mut [f32], slope: &mut [std::mem::MaybeUninit<u16>]) {
-    for (((&x, &b), o), s) in x.iter().zip(b).zip(out).zip(slope) {
-        let v = x + b;
+fn gelu_and_slope_loop(x: &[f32], out: &mut [f32], slope: &mut [std::mem::MaybeUninit<u16>]) {
+    for ((&v, o), s) in x.iter().zip(out).zip(slope) {
         let e = erf_scaled(v);
         *o = gelu_value(e, v);
         s.write(super::bf16_pack::round_bf16(gelu_slope(e, v)));
     }
 }
-fastmath::multiversion!(bias_gelu_and_slope_simd [] (x: &[f32], b: &[f32], out: &mut [f32], slope: &mut [std::mem::MaybeUninit<u16>]) => bias_gelu_and_slope_loop);
+fastmath::multiversion!(gelu_and_slope_simd [] (x: &[f32], out: &mut [f32], slope: &mut [std::mem::MaybeUninit<u16>]) => gelu_and_slope_loop);
 
 /// `g ⊙ s` of one row into `out`, on the calling thread, `s` in bf16: GELU's gradient where the
 /// forward kept its slope ([`gelu_and_slope_into`]).
@@ -516,27 +508,25 @@ mod tests {
         }
     }
 
-    /// The forward's GELU and slope of `x + b` from one erf: GELU is [`gelu_of`]'s bit for bit
-    /// (with or without the slope), the slope [`gelu_grad_of`]'s at a gradient of 1 rounded to
-    /// bf16 (to nearest even), and the reverse pass multiplies the gradient by that.
+    /// The forward's GELU and slope from one erf: GELU is [`gelu_of`]'s (and [`gelu_into`]'s)
+    /// bit for bit, the slope [`gelu_grad_of`]'s at a gradient of 1 rounded to bf16 (to nearest
+    /// even), and the reverse pass multiplies the gradient by that.
     #[test]
     fn gelu_and_slope_are_gelu_and_its_gradient_rounded_to_bf16() {
         let x: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) / 97.0).collect();
         let g: Vec<f32> = (0..4001).map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0).collect();
-        let b: Vec<f32> = (0..x.len()).map(|i| ((i * 53 % 89) as f32 - 44.0) / 31.0).collect();
         let (mut slope, mut y, mut dx) = (vec![std::mem::MaybeUninit::uninit(); x.len()], vec![0f32; x.len()], vec![0f32; x.len()]);
-        super::bias_gelu_and_slope_into(&x, &b, &mut y, &mut slope);
-        // SAFETY: bias_gelu_and_slope_into wrote every slope.
+        super::gelu_and_slope_into(&x, &mut y, &mut slope);
+        // SAFETY: gelu_and_slope_into wrote every slope.
         let slope: Vec<u16> = slope.iter().map(|s| unsafe { s.assume_init() }).collect();
         super::times_into(&g, &slope, &mut dx);
         let mut plain = vec![0f32; x.len()];
-        super::bias_gelu_into(&x, &b, &mut plain);
+        super::gelu_into(&x, &mut plain);
         for i in 0..x.len() {
-            let z = x[i] + b[i];
-            assert_eq!(y[i].to_bits(), super::gelu_of(z, 0.0).to_bits(), "gelu({z})");
-            assert_eq!(plain[i].to_bits(), y[i].to_bits(), "gelu({z}) without its slope");
-            let rounded = f32::from_bits((crate::encoder::bf16_gemm::round_bf16(super::gelu_grad_of(z, 1.0)) as u32) << 16);
-            assert_eq!(dx[i].to_bits(), (g[i] * rounded).to_bits(), "gelu'({z}) · {}", g[i]);
+            assert_eq!(y[i].to_bits(), super::gelu_of(x[i], 0.0).to_bits(), "gelu({})", x[i]);
+            assert_eq!(plain[i].to_bits(), y[i].to_bits(), "gelu({}) without its slope", x[i]);
+            let rounded = f32::from_bits((crate::encoder::bf16_gemm::round_bf16(super::gelu_grad_of(x[i], 1.0)) as u32) << 16);
+            assert_eq!(dx[i].to_bits(), (g[i] * rounded).to_bits(), "gelu'({}) · {}", x[i], g[i]);
         }
     }
 

@@ -92,56 +92,41 @@ impl Block {
 
     /// What the reverse pass keeps of the MLP ([`Kept`]: GELU's slope in bf16 for the pixels'
     /// gradient, nothing in bf16 without a tape, else the pre-activation `fc1(h)`) and its output,
-    /// with fc2's bias where `bias`.
-    /// A GELU in f32 adds fc1's bias in its own pass (not written before the product: a pass
-    /// saved).
+    /// with fc2's bias where `bias`. A GELU in f32 adds fc1's bias in its own pass, bf16 in the
+    /// product's sums (neither writes it before the product: a pass saved).
     pub(super) fn mlp(&self, h: &[f32], rows: usize, bias: bool, record: Record) -> (Kept, Vec<f32>) {
         if let (false, false, Some(b)) = (self.swiglu, self.fuses_activation(), &self.fc1.b) {
             let mut f = self.fc1.forward_with(h, rows, false);
             let g = fused::bias_gelu(&mut f, b);
             return (Kept::PreActivation(f), self.fc2.forward_with(&g, rows, bias));
         }
-        if self.fuses_activation() && record != Record::ParamGradients {
-            return self.mlp_fused(h, rows, bias, record);
-        }
         let f = self.fc1.forward(h, rows);
-        let y = self.mlp_out(&f, rows, bias);
-        (Kept::PreActivation(f), y)
+        match record {
+            Record::InputGradient if self.fuses_activation() => self.gelu_slope_and_out(&f, rows, bias),
+            Record::Nothing if self.fuses_activation() => (Kept::Nothing, self.mlp_out(&f, rows, bias)),
+            _ => {
+                let y = self.mlp_out(&f, rows, bias);
+                (Kept::PreActivation(f), y)
+            }
+        }
     }
 
-    /// [`Block::mlp`] in bf16 without weight gradients: fc1's bias is added in the GELU's pass
-    /// inside fc2's packing (not written before fc1's product and read back by it), and a forward
-    /// for the pixels' gradient keeps GELU's slope there.
-    fn mlp_fused(&self, h: &[f32], rows: usize, bias: bool, record: Record) -> (Kept, Vec<f32>) {
-        let f = self.fc1.forward_with(h, rows, false);
+    /// GELU's slope at `f` (in bf16, for the reverse pass) and `fc2(gelu(f))`, with fc2's bias
+    /// where `bias`: GELU and its slope from one erf, inside fc2's packing.
+    fn gelu_slope_and_out(&self, f: &[f32], rows: usize, bias: bool) -> (Kept, Vec<f32>) {
         let width = self.fc2.inp;
-        let zeros;
-        let b = match &self.fc1.b {
-            Some(b) => &b[..],
-            None => {
-                zeros = vec![0f32; width];
-                &zeros[..]
-            }
-        };
-        let pre = |i: usize| &f[i * width..(i + 1) * width];
-        if record == Record::Nothing {
-            let y = self.fc2.forward_rows(&|i, out| fused::bias_gelu_into(pre(i), b, out), rows, bias);
-            return (Kept::Nothing, y);
-        }
-        let mut slope: Vec<MaybeUninit<u16>> = Vec::with_capacity(rows * width);
-        let sp = SendPtr(slope.as_mut_ptr());
-        // SAFETY: the packing asks for each row once, and row i of the slope is written by
-        // that call alone (rows×width, within the capacity).
-        let row = |i: usize, out: &mut [f32]| unsafe {
-            let s = std::slice::from_raw_parts_mut(sp.get().add(i * width), width);
-            fused::bias_gelu_and_slope_into(pre(i), b, out, s)
-        };
-        let y = self.fc2.forward_rows(&row, rows, bias);
-        // SAFETY: every row was written above; MaybeUninit<u16> and u16 share their layout.
+        let mut y = Vec::new();
+        // SAFETY: the packing asks for each row once, and that call writes row i of the slope
+        // (rows×width) whole, reading none of it.
         let slope = unsafe {
-            slope.set_len(rows * width);
-            let mut slope = std::mem::ManuallyDrop::new(slope);
-            Vec::from_raw_parts(slope.as_mut_ptr().cast::<u16>(), slope.len(), slope.capacity())
+            written::<u16>(rows * width, |sp| {
+                let sp = SendPtr(sp.cast::<MaybeUninit<u16>>());
+                let row = |i: usize, out: &mut [f32]| {
+                    let s = std::slice::from_raw_parts_mut(sp.get().add(i * width), width);
+                    fused::gelu_and_slope_into(&f[i * width..(i + 1) * width], out, s)
+                };
+                y = self.fc2.forward_rows(&row, rows, bias);
+            })
         };
         (Kept::GeluSlope(slope), y)
     }
