@@ -203,12 +203,14 @@ pub unsafe fn gemm_bf16_from(
 ) {
     assert!(supported(), "internal error: the bf16 kernel on a CPU without AVX512-BF16");
     assert!(kernel == Kernel::Dpbf16 || super::amx::available(), "internal error: AMX where it is not available");
+    if let Start::Bias(b) = start {
+        assert!(b.len() == n, "internal error: a bias of {} values for {n} columns", b.len());
+    }
     if m == 0 || n == 0 {
         return;
     }
     let start = match start {
         Start::Bias(b) if k == 0 || kernel != Kernel::Amx => {
-            assert!(b.len() == n, "internal error: a bias of {} values for {n} columns", b.len());
             for i in 0..m {
                 std::ptr::copy_nonoverlapping(b.as_ptr(), dst.add(i * dst_rs), n);
             }
@@ -248,7 +250,6 @@ unsafe fn products(
     let padded: Vec<f32>;
     let start = match start {
         Start::Bias(b) => {
-            assert!(b.len() == n, "internal error: a bias of {} values for {n} columns", b.len());
             padded = b.iter().copied().chain(std::iter::repeat(0.0)).take(cols).collect();
             Start::Bias(&padded)
         }
