@@ -412,6 +412,71 @@ pub(super) fn bias_gelu(f: &mut [f32], b: &[f32]) -> Vec<f32> {
     out
 }
 
+/// Rows of `f` (of the bias's width) turned in place into `gelu(f + b)`, and GELU's derivative
+/// `Φ(z) + z·φ(z)` at `z = f + b` into `slope` where given: one pass and one erf, for an f32
+/// forward whose reverse pass then only multiplies by the slope. The values are [`gelu_of`]'s and
+/// [`gelu_grad_of`]'s (at a gradient of 1), bit for bit.
+#[inline(always)]
+fn bias_gelu_slope_loop(f: &mut [f32], b: &[f32], slope: Option<&mut [std::mem::MaybeUninit<f32>]>) {
+    match slope {
+        Some(slope) => {
+            for (fr, sr) in f.chunks_exact_mut(b.len()).zip(slope.chunks_exact_mut(b.len())) {
+                for ((x, &bias), s) in fr.iter_mut().zip(b).zip(sr) {
+                    let z = *x + bias;
+                    let e = erf_scaled(z);
+                    *x = gelu_value(e, z);
+                    s.write(gelu_slope(e, z));
+                }
+            }
+        }
+        None => {
+            for fr in f.chunks_exact_mut(b.len()) {
+                for (x, &bias) in fr.iter_mut().zip(b) {
+                    *x = gelu_of(*x + bias, 0.0);
+                }
+            }
+        }
+    }
+}
+fastmath::multiversion!(bias_gelu_slope_simd [] (f: &mut [f32], b: &[f32], slope: Option<&mut [std::mem::MaybeUninit<f32>]>) => bias_gelu_slope_loop);
+
+/// `f ← gelu(f + b)` in place (`b` broadcast over rows of its width), and with `slope` GELU's
+/// derivative at `f + b`, returned: see [`bias_gelu_slope_loop`]. Where no reverse pass reads the
+/// pre-activation, this writes one buffer less than [`bias_gelu`].
+pub(super) fn bias_gelu_in_place(f: &mut [f32], b: &[f32], slope: bool) -> Option<Vec<f32>> {
+    use rayon::prelude::*;
+    assert!(!b.is_empty() && f.len().is_multiple_of(b.len()), "internal error: a bias of another width");
+    let width = b.len() * 16;
+    if !slope {
+        f.par_chunks_mut(width).for_each(|f| bias_gelu_slope_simd(f, b, None));
+        return None;
+    }
+    let mut out = Vec::with_capacity(f.len());
+    out.spare_capacity_mut()[..f.len()]
+        .par_chunks_mut(width)
+        .zip(f.par_chunks_mut(width))
+        .for_each(|(s, f)| bias_gelu_slope_simd(f, b, Some(s)));
+    // SAFETY: every chunk of the spare capacity was written whole by `bias_gelu_slope_loop`.
+    unsafe { out.set_len(f.len()) };
+    Some(out)
+}
+
+/// `g ← g ⊙ s` in place, in parallel: GELU's gradient where an f32 forward kept its slope
+/// ([`bias_gelu_in_place`]), bit for bit [`gelu_grad`]'s.
+pub(super) fn times_in_place(g: &mut [f32], s: &[f32]) {
+    use rayon::prelude::*;
+    assert_eq!(g.len(), s.len(), "internal error: a slope of another length");
+    g.par_chunks_mut(1 << 14).zip(s.par_chunks(1 << 14)).for_each(|(g, s)| times_f32_simd(g, s));
+}
+
+#[inline(always)]
+fn times_f32_loop(g: &mut [f32], s: &[f32]) {
+    for (g, &s) in g.iter_mut().zip(s) {
+        *g *= s;
+    }
+}
+fastmath::multiversion!(times_f32_simd [] (g: &mut [f32], s: &[f32]) => times_f32_loop);
+
 /// [`gelu`] of one row into `out`, on the calling thread (inside a product's packing).
 pub(super) fn gelu_into(x: &[f32], out: &mut [f32]) {
     map_simd(x, None, out, &gelu_of);
@@ -527,6 +592,30 @@ mod tests {
             assert_eq!(plain[i].to_bits(), y[i].to_bits(), "gelu({}) without its slope", x[i]);
             let rounded = f32::from_bits((crate::encoder::bf16_gemm::round_bf16(super::gelu_grad_of(x[i], 1.0)) as u32) << 16);
             assert_eq!(dx[i].to_bits(), (g[i] * rounded).to_bits(), "gelu'({}) · {}", x[i], g[i]);
+        }
+    }
+
+    /// The f32 forward's GELU in place and its slope from one erf: GELU is [`bias_gelu`]'s, and
+    /// the reverse pass's `g ⊙ slope` is [`gelu_grad`]'s at `f + b`, bit for bit (the f32 path's
+    /// parity with PyTorch rests on those two); without the slope GELU alone, the same.
+    #[test]
+    fn gelu_in_place_and_its_slope_are_bias_gelu_and_gelu_grad() {
+        let (rows, width) = (41, 24);
+        let f: Vec<f32> = (0..rows * width).map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0).collect();
+        let b: Vec<f32> = (0..width).map(|j| (j as f32 - 12.0) / 7.0).collect();
+        let g: Vec<f32> = (0..rows * width).map(|i| ((i * 53 % 89) as f32 - 44.0) / 5.0).collect();
+        let mut z = f.clone();
+        let want = super::bias_gelu(&mut z, &b);
+        let want_grad = super::gelu_grad(&z, &g);
+        let (mut y, mut y_alone) = (f.clone(), f.clone());
+        let slope = super::bias_gelu_in_place(&mut y, &b, true).expect("a slope asked for");
+        assert!(super::bias_gelu_in_place(&mut y_alone, &b, false).is_none());
+        let mut dx = g.clone();
+        super::times_in_place(&mut dx, &slope);
+        for i in 0..f.len() {
+            assert_eq!(y[i].to_bits(), want[i].to_bits(), "gelu({}) at {i}", z[i]);
+            assert_eq!(y_alone[i].to_bits(), want[i].to_bits(), "gelu({}) without its slope at {i}", z[i]);
+            assert_eq!(dx[i].to_bits(), want_grad[i].to_bits(), "gelu'({}) · {} at {i}", z[i], g[i]);
         }
     }
 

@@ -77,7 +77,7 @@ impl Block {
     pub(super) fn backward_cls(&self, tape: &BlockTape, dx2c: Vec<f32>, z: Dims) -> Vec<f32> {
         let (b, t, d) = (z.b, z.t, z.d);
         let dg = self.fc2.backward(&scaled(&dx2c, &self.ls2), b);
-        let mut dx1 = self.ln2.backward(&tape.x1, &self.mlp_in_grad(&tape.f, &dg, b));
+        let mut dx1 = self.ln2.backward(&tape.x1, &self.mlp_in_grad(&tape.f, dg, b));
         add_assign(&mut dx1, &dx2c);
         let d_o = self.proj.backward(&scaled(&dx1, &self.ls1), b);
         let dqkv = self.cls_attention_backward(&tape.qkv, &tape.p, &d_o, z);

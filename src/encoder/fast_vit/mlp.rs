@@ -49,6 +49,11 @@ pub(super) enum Kept {
     /// twice). In bf16 it is half the bytes to write and read back; the product it feeds rounds
     /// its operand to bf16 anyway.
     GeluSlope(Vec<u16>),
+    /// GELU's slope at `f` in f32 (f32, for the pixels' gradient): computed from the erf the
+    /// forward's GELU pass has at hand, so the reverse pass multiplies by it in place instead of
+    /// reading `f` back for an erf and an exp of every hidden value (a pass over memory and the
+    /// arithmetic saved; the same values bit for bit).
+    GeluSlopeF32(Vec<f32>),
     /// Nothing: no reverse pass follows this forward.
     Nothing,
 }
@@ -58,7 +63,9 @@ impl Kept {
     pub(super) fn pre_activation(&self) -> &[f32] {
         match self {
             Self::PreActivation(f) => f,
-            Self::GeluSlope(_) | Self::Nothing => panic!("internal error: a tape without the pre-activation read for it"),
+            Self::GeluSlope(_) | Self::GeluSlopeF32(_) | Self::Nothing => {
+                panic!("internal error: a tape without the pre-activation read for it")
+            }
         }
     }
 
@@ -68,6 +75,7 @@ impl Kept {
         match self {
             Self::PreActivation(f) => fused::gelu_grad_into(&f[i * h..(i + 1) * h], dg, out),
             Self::GeluSlope(s) => fused::times_into(dg, &s[i * h..(i + 1) * h], out),
+            Self::GeluSlopeF32(_) => panic!("internal error: an f32 slope read by bf16's rows"),
             Self::Nothing => panic!("internal error: a reverse pass through a forward that kept nothing"),
         }
     }
@@ -91,14 +99,20 @@ impl Block {
     }
 
     /// What the reverse pass keeps of the MLP ([`Kept`]: GELU's slope in bf16 for the pixels'
-    /// gradient, nothing in bf16 without a tape, else the pre-activation `fc1(h)`) and its output,
-    /// with fc2's bias where `bias`. A GELU in f32 adds fc1's bias in its own pass, bf16 in the
-    /// product's sums (neither writes it before the product: a pass saved).
+    /// gradient, in f32 too where fc1 has a bias, nothing without a tape, else the pre-activation
+    /// `fc1(h)`) and its output, with fc2's bias where `bias`. A GELU in f32 adds fc1's bias in
+    /// its own pass, bf16 in the product's sums (neither writes it before the product: a pass
+    /// saved).
     pub(super) fn mlp(&self, h: &[f32], rows: usize, bias: bool, record: Record) -> (Kept, Vec<f32>) {
         if let (false, false, Some(b)) = (self.swiglu, self.fuses_activation(), &self.fc1.b) {
             let mut f = self.fc1.forward_with(h, rows, false);
-            let g = fused::bias_gelu(&mut f, b);
-            return (Kept::PreActivation(f), self.fc2.forward_with(&g, rows, bias));
+            if record == Record::ParamGradients {
+                let g = fused::bias_gelu(&mut f, b);
+                return (Kept::PreActivation(f), self.fc2.forward_with(&g, rows, bias));
+            }
+            // f becomes the GELU; the reverse pass needs its slope alone.
+            let kept = fused::bias_gelu_in_place(&mut f, b, record == Record::InputGradient).map_or(Kept::Nothing, Kept::GeluSlopeF32);
+            return (kept, self.fc2.forward_with(&f, rows, bias));
         }
         let f = self.fc1.forward(h, rows);
         match record {
@@ -138,7 +152,7 @@ impl Block {
             return self.mlp_grad_by_rows(f, dx2, rows);
         }
         let dg = self.fc2.backward(&scaled(dx2, &self.ls2), rows);
-        self.mlp_in_grad(f, &dg, rows)
+        self.mlp_in_grad(f, dg, rows)
     }
 
     /// [`Block::mlp_grad`] in bf16 by blocks of rows, each block on one thread through both
@@ -173,13 +187,17 @@ impl Block {
     }
 
     /// The input gradient of `fc1` given `dg`, the gradient of the activation's output.
-    pub(super) fn mlp_in_grad(&self, f: &Kept, dg: &[f32], rows: usize) -> Vec<f32> {
+    pub(super) fn mlp_in_grad(&self, f: &Kept, mut dg: Vec<f32>, rows: usize) -> Vec<f32> {
         let h = self.fc2.inp;
         if self.fuses_activation() {
             return self.fc1.backward_rows(&|i, out| f.gelu_grad_row(i, &dg[i * h..(i + 1) * h], out), rows);
         }
+        if let Kept::GeluSlopeF32(s) = f {
+            fused::times_in_place(&mut dg, &s[..rows * h]);
+            return self.fc1.backward(&dg, rows);
+        }
         let f = f.pre_activation();
-        let df = if self.swiglu { swiglu_grad(f, dg, h) } else { fused::gelu_grad(f, dg) };
+        let df = if self.swiglu { swiglu_grad(f, &dg, h) } else { fused::gelu_grad(f, &dg) };
         self.fc1.backward(&df, rows)
     }
 
