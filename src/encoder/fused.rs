@@ -268,6 +268,8 @@ struct LayerNormGrad {
 struct LayerNormGradRow<'a, T> {
     w: &'a [T],
     eps: T,
+    /// Add the gradient onto what `out` holds instead of writing it.
+    onto: bool,
 }
 
 impl<T: Float + Sync> RowOp<T> for LayerNormGradRow<'_, T> {
@@ -301,13 +303,24 @@ impl<T: Float + Sync> RowOp<T> for LayerNormGradRow<'_, T> {
         let (s1, s2) = (t1, t2);
         let (m1, m2) = (s1 / nf, s2 / nf);
         for (((o, &v), &g), &w) in o.iter_mut().zip(x).zip(g).zip(w) {
-            *o = rstd * (g * w - m1 - (v - mean) * rstd * m2);
+            let d = rstd * (g * w - m1 - (v - mean) * rstd * m2);
+            *o = if self.onto { *o + d } else { d };
         }
     }
 }
 
 pub(super) fn layer_norm_grad<T: Float + Send + Sync>(n: usize, x: &[T], g: &[T], w: &[T], eps: T) -> Vec<T> {
-    rows(n, x, Some(g), LayerNormGradRow { w, eps })
+    rows(n, x, Some(g), LayerNormGradRow { w, eps, onto: false })
+}
+
+/// `out += layer_norm_grad(x, g)`, rows of `n`, in one pass: the reverse pass of a LayerNorm on
+/// a residual stream, whose gradient adds to the one the residual carries round it (written apart
+/// and summed in a second pass before; the same sums, `a + b` for `b + a`).
+pub(super) fn layer_norm_grad_onto<T: Float + Send + Sync>(n: usize, x: &[T], g: &[T], w: &[T], eps: T, out: &mut [T]) {
+    use rayon::prelude::*;
+    assert!(x.len() == out.len() && g.len() == out.len(), "internal error: a LayerNorm gradient onto a buffer of another size");
+    let f = LayerNormGradRow { w, eps, onto: true };
+    out.par_chunks_mut(n * 16).enumerate().for_each(|(c, chunk)| rows_simd(n, c * 16, x, Some(g), chunk, &f));
 }
 
 impl CustomOp2 for LayerNormGrad {
@@ -616,6 +629,24 @@ mod tests {
             assert_eq!(y[i].to_bits(), want[i].to_bits(), "gelu({}) at {i}", z[i]);
             assert_eq!(y_alone[i].to_bits(), want[i].to_bits(), "gelu({}) without its slope at {i}", z[i]);
             assert_eq!(dx[i].to_bits(), want_grad[i].to_bits(), "gelu'({}) · {} at {i}", z[i], g[i]);
+        }
+    }
+
+    /// A LayerNorm's gradient added onto a residual's in one pass is the gradient written apart
+    /// plus that residual, bit for bit, over rows spanning several parallel chunks (a width off
+    /// the vector length, for the rows' tails).
+    #[test]
+    fn layer_norm_grad_onto_a_residual_is_the_gradient_plus_the_residual() {
+        let (rows, n) = (37, 40);
+        let x: Vec<f32> = (0..rows * n).map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0).collect();
+        let g: Vec<f32> = (0..rows * n).map(|i| ((i * 53 % 89) as f32 - 44.0) / 5.0).collect();
+        let r: Vec<f32> = (0..rows * n).map(|i| ((i * 29 % 71) as f32 - 35.0) / 3.0).collect();
+        let w: Vec<f32> = (0..n).map(|j| (j as f32 - 20.0) / 7.0).collect();
+        let apart = super::layer_norm_grad(n, &x, &g, &w, 1e-6);
+        let mut onto = r.clone();
+        super::layer_norm_grad_onto(n, &x, &g, &w, 1e-6, &mut onto);
+        for i in 0..rows * n {
+            assert_eq!(onto[i].to_bits(), (apart[i] + r[i]).to_bits(), "at {i}");
         }
     }
 

@@ -52,6 +52,10 @@ impl Ln {
     fn backward(&self, x: &[f32], g: &[f32]) -> Vec<f32> {
         fused::layer_norm_grad(self.w.len(), x, g, &self.w, self.eps)
     }
+    /// `out += ` [`Ln::backward`]: where the residual's gradient `out` goes round the norm.
+    fn backward_onto(&self, x: &[f32], g: &[f32], out: &mut [f32]) {
+        fused::layer_norm_grad_onto(self.w.len(), x, g, &self.w, self.eps, out)
+    }
 }
 
 /// `x + γ ⊙ (y + b)` (γ and b per channel, or 1 and 0): a branch's bias added here, in the
@@ -269,12 +273,14 @@ impl Block {
 
     fn backward(&self, tape: &BlockTape, dx2: Vec<f32>, z: Dims) -> Vec<f32> {
         let rows = z.b * z.t;
-        let mut dx1 = self.ln2.backward(&tape.x1, &self.mlp_grad(&tape.f, &dx2, rows));
-        add_assign(&mut dx1, &dx2);
+        let dh2 = self.mlp_grad(&tape.f, &dx2, rows);
+        // Each residual's gradient takes the norm's onto it (one pass, not a write and a sum).
+        let mut dx1 = dx2;
+        self.ln2.backward_onto(&tape.x1, &dh2, &mut dx1);
         let d_o = self.proj.backward(&scaled(&dx1, &self.ls1), rows);
         let dqkv = self.attention_backward(&tape.qkv, &tape.p, &d_o, z);
-        let mut dx = self.ln1.backward(&tape.x, &self.qkv.backward(&dqkv, rows));
-        add_assign(&mut dx, &dx1);
+        let mut dx = dx1;
+        self.ln1.backward_onto(&tape.x, &self.qkv.backward(&dqkv, rows), &mut dx);
         dx
     }
 }

@@ -120,8 +120,8 @@ impl Block {
         out.linear(&format!("{pre}.mlp.fc1"), self.fc1.param_grads(&self.ln2.forward(&tape.x1), &df, rows));
         let dh2 = self.fc1.backward(&df, rows);
         out.norm(&format!("{pre}.norm2"), self.ln2.param_grads(&tape.x1, &dh2));
-        let mut dx1 = self.ln2.backward(&tape.x1, &dh2);
-        add_assign(&mut dx1, &dx2);
+        let mut dx1 = dx2;
+        self.ln2.backward_onto(&tape.x1, &dh2, &mut dx1);
         let dy1 = scaled(&dx1, &self.ls1);
         if self.ls1.is_some() {
             out.named.push((format!("{pre}.ls1.gamma"), col_sums(&dx1, Some(&tape.y1), d)));
@@ -132,8 +132,8 @@ impl Block {
         out.linear(&format!("{pre}.attn.qkv"), self.qkv.param_grads(&self.ln1.forward(&tape.x), &dqkv, rows));
         let dh1 = self.qkv.backward(&dqkv, rows);
         out.norm(&format!("{pre}.norm1"), self.ln1.param_grads(&tape.x, &dh1));
-        let mut dx = self.ln1.backward(&tape.x, &dh1);
-        add_assign(&mut dx, &dx1);
+        let mut dx = dx1;
+        self.ln1.backward_onto(&tape.x, &dh1, &mut dx);
         dx
     }
 }
