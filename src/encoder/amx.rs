@@ -184,11 +184,11 @@ unsafe fn row_block(
     let a0 = a.as_ptr().add(i0 * pairs);
     let a1 = a0.add(TILE * pairs);
     let mut spill = [0f32; BLOCK * BLOCK];
+    // Edge blocks accumulating onto dst start from zero and add dst after (below).
+    let accumulate = matches!(start, Start::Dst);
     for j0 in (0..n).step_by(BLOCK) {
         let full = i0 + BLOCK <= m && j0 + BLOCK <= n;
         let c = dst.get().add(i0 * dst_rs + j0);
-        // Edge blocks accumulating onto dst start from zero and add dst after (below).
-        let accumulate = matches!(start, Start::Dst);
         match start {
             Start::Dst if full => {
                 tile_load!(0, c, c_stride);

@@ -26,7 +26,7 @@ use rayon::prelude::*;
 pub use super::amx::Start;
 use super::bf16_pack::{aligned_lanes, pack_panels, pack_rows, with_buffers, Layout, NR, TILE, V};
 pub use super::bf16_pack::{round_bf16, Lhs};
-use super::fastmath::SendPtr;
+use super::fastmath::{fill_rows, SendPtr};
 
 /// Rows of a register tile.
 const MR: usize = 6;
@@ -211,9 +211,7 @@ pub unsafe fn gemm_bf16_from(
     }
     let start = match start {
         Start::Bias(b) if k == 0 || kernel != Kernel::Amx => {
-            for i in 0..m {
-                std::ptr::copy_nonoverlapping(b.as_ptr(), dst.add(i * dst_rs), n);
-            }
+            fill_rows(dst, dst_rs, m, b);
             Start::Dst
         }
         s => s,

@@ -183,6 +183,19 @@ pub unsafe fn written<T>(n: usize, fill: impl FnOnce(*mut T)) -> Vec<T> {
     v
 }
 
+/// Each of `rows` rows of `dst` (`stride` apart) set to `row`, in parallel: a bias written where a
+/// product's sums then accumulate, for a kernel that cannot start its sums from one.
+///
+/// # Safety
+/// `dst` addresses `rows` rows of `stride ≥ row.len()` values, which nothing else reads or
+/// writes meanwhile.
+pub unsafe fn fill_rows(dst: *mut f32, stride: usize, rows: usize, row: &[f32]) {
+    use rayon::prelude::*;
+    let dst = SendPtr(dst);
+    // SAFETY: each task writes its own row (the caller's contract).
+    (0..rows).into_par_iter().for_each(|i| unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.get().add(i * stride), row.len()) });
+}
+
 /// `n` values, chunk `i` (of `width`, the last maybe shorter) computed by `f(i, chunk)`, in
 /// parallel, with no zeroing pass before.
 ///

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::{floats, shared};
 use crate::encoder::bf16_gemm::{gemm_bf16, gemm_bf16_from, gemm_bf16_of, Kernel, Lhs, PackedRhs, Rhs, Start};
-use crate::encoder::fastmath::{by_chunks, written};
+use crate::encoder::fastmath::{fill_rows, written};
 use crate::encoder::frozen_linear::gemm_f32;
 use crate::encoder::layers::Linear;
 use crate::encoder::precision::Precision;
@@ -74,10 +74,12 @@ impl Lin {
         self.packed.is_some()
     }
 
-    /// `dst (+)= lhs · (Wᵀ or W)` for `rows` rows: `lhs` rows×inp forward, rows×out backward.
+    /// `dst = start + lhs · (Wᵀ or W)` for `rows` rows: `lhs` rows×inp forward, rows×out
+    /// backward; `start` zero, `dst` itself, or a bias in every row.
     ///
     /// # Safety
-    /// `dst` holds rows × (out forward, inp backward) values, row-major; a strided `lhs`
+    /// `dst` holds rows × (out forward, inp backward) values, row-major (initialized only where
+    /// the sums start from `dst`); a strided `lhs`
     /// addresses its whole matrix; an [`Lhs::Rows`] operand only in bf16.
     unsafe fn product(&self, way: Way, rows: usize, dst: *mut f32, start: Start, lhs: Lhs) {
         let (k, n, w) = match way {
@@ -89,8 +91,11 @@ impl Lin {
             (Some(p), lhs, _) => gemm_bf16_from(kernel, (rows, n, k), dst, n, start, lhs, Rhs::Packed(&p[way as usize]), true),
             (None, lhs, Precision::Bf16) => gemm_bf16_from(kernel, (rows, n, k), dst, n, start, lhs, Rhs::Strided(w), true),
             (None, Lhs::Strided(x), Precision::F32) => {
-                assert!(!matches!(start, Start::Bias(_)), "internal error: an f32 product starting from a bias");
-                matmul(self.precision, (rows, n, k), dst, n, matches!(start, Start::Dst), x, w, true)
+                // The f32 kernel sums onto dst or from zero: a bias is written into dst first.
+                if let Start::Bias(b) = start {
+                    fill_rows(dst, n, rows, b);
+                }
+                matmul(self.precision, (rows, n, k), dst, n, !matches!(start, Start::Zero), x, w, true)
             }
             (None, _, Precision::F32) => panic!("internal error: an operand given by rows in f32"),
         }
@@ -115,25 +120,13 @@ impl Lin {
     }
 
     /// `product(y, start)` into `y` (rows×out), its sums starting from the bias in every row
-    /// (where `bias` and the layer has one): in bf16 the product's own start, in f32 written into
-    /// `y` first and accumulated onto.
+    /// where `bias` and the layer has one, else from zero.
     ///
     /// # Safety
-    /// `product` writes rows×out values at `y` (adding to them where told to start from `y`).
+    /// `product` writes rows×out values at `y`, reading none it did not write.
     unsafe fn forward_by(&self, rows: usize, bias: bool, product: impl FnOnce(*mut f32, Start)) -> Vec<f32> {
-        match self.b.as_ref().filter(|_| bias) {
-            Some(b) if self.precision == Precision::Bf16 => written(rows * self.out, |y| product(y, Start::Bias(b))),
-            Some(b) => {
-                let mut y = by_chunks(rows * self.out, self.out, |_, r| {
-                    for (r, b) in r.iter_mut().zip(b) {
-                        r.write(*b);
-                    }
-                });
-                product(y.as_mut_ptr(), Start::Dst);
-                y
-            }
-            None => written(rows * self.out, |y| product(y, Start::Zero)),
-        }
+        let start = self.b.as_deref().filter(|_| bias).map_or(Start::Zero, Start::Bias);
+        written(rows * self.out, |y| product(y, start))
     }
 
     /// `dy · W`: the input gradient only.
