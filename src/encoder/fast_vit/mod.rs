@@ -6,12 +6,14 @@
 //! `linear.rs` holds the linear layers and the one entry of every matrix product (f32 or bf16);
 //! `mlp.rs` holds the MLP both ways (GELU or SwiGLU), with bf16's fusions;
 //! `params.rs` extends the reverse pass with the weight gradients, for fine-tuning;
-//! `cls_only.rs` holds the last block for callers that read the CLS token alone.
+//! `cls_only.rs` holds the last block for callers that read the CLS token alone;
+//! `groups.rs` splits a batch over groups of threads, each running the whole ViT on its images.
 //!
 //! The candle model in `vit.rs` is the generic path (GPUs, f64) and the reference this one is
 //! tested against (`tests/encoder_parity.rs`, `tests/defense.rs`).
 
 mod cls_only;
+mod groups;
 mod linear;
 mod mlp;
 mod params;
@@ -298,6 +300,7 @@ pub struct FastVit {
     /// The most the tape may spend on attention weights (every block's `B·heads·T²` floats);
     /// above, the reverse pass computes them again, one (image, head) at a time.
     attention_tape_bytes: usize,
+    groups: groups::Groups,
 }
 
 /// [`FastVit`]'s bound on the attention weights an f32 tape keeps: a ViT-S/14 at 224 px and
@@ -309,22 +312,34 @@ pub const ATTENTION_TAPE_BYTES: usize = 1 << 30;
 /// ViT-B/14 too (344 MB); a ViT-L/14 (1.2 GB) and a ViT-g/14 (4.4 GB) pack on every product.
 pub const PACKED_WEIGHTS_BYTES: usize = 1 << 30;
 
-/// What the reverse pass needs from a forward.
+/// What the reverse pass needs from a forward: one part for each group of images the batch was
+/// split into ([`groups`]), in batch order.
 pub struct Tape {
-    z: Dims,
     grid: (usize, usize),
+    parts: Vec<Part>,
+    /// The last block ran on the CLS rows only ([`Outputs::ClsOnly`]).
+    cls_only: bool,
+}
+
+/// The tape of one group of images.
+struct Part {
+    z: Dims,
     blocks: Vec<BlockTape>,
     last: Vec<f32>,
     /// The normalized patches `[B·P, 3·p·p]` (for the weight gradients only; empty otherwise).
     patches: Vec<f32>,
-    /// The last block ran on the CLS rows only ([`Outputs::ClsOnly`]).
-    cls_only: bool,
 }
 
 impl Tape {
     /// Patch grid (rows, columns) of the forward.
     pub fn grid(&self) -> (usize, usize) {
         self.grid
+    }
+
+    /// The one part of a tape for weight gradients (never split).
+    fn whole(&self) -> &Part {
+        assert_eq!(self.parts.len(), 1, "internal error: a tape for weight gradients split over groups of images");
+        &self.parts[0]
     }
 
     /// The forward computed the CLS token only: the reverse pass takes no gradient on the others.
@@ -381,6 +396,7 @@ impl FastVit {
                 // computing them again (f32: 1 % slower, so it keeps them).
                 Precision::Bf16 => 0,
             },
+            groups: groups::Groups::default(),
         })
     }
 
@@ -389,6 +405,8 @@ impl FastVit {
     /// Returns the final tokens `[B,T,D]`, the same before the final norm, and, unless `record`
     /// is `Nothing`, the tape. With [`Outputs::ClsOnly`] (and no weight gradients recorded) the
     /// last block computes the CLS rows only, and the other rows of both outputs are NaN.
+    /// The batch is split over groups of threads where it divides among them ([`groups`]),
+    /// except for weight gradients.
     pub fn forward(
         &self,
         pixels: &[f32],
@@ -397,8 +415,47 @@ impl FastVit {
         record: Record,
         outputs: Outputs,
     ) -> Result<(Vec<f32>, Vec<f32>, Option<Tape>)> {
-        let (p, d) = (self.patch, self.d);
+        let p = self.patch;
         debug_assert!(hh % p == 0 && ww % p == 0, "checked by VisionTransformer::check_images");
+        let (gh, gw) = (hh / p, ww / p);
+        let t = 1 + self.registers + gh * gw;
+        // The attention weights' bound is the whole batch's, however it is split.
+        let weights: usize = self.blocks.iter().map(|k| b * k.heads * t * t * std::mem::size_of::<f32>()).sum();
+        let keep_p = record != Record::Nothing && weights <= self.attention_tape_bytes;
+        let cls_only = outputs == Outputs::ClsOnly && record != Record::ParamGradients;
+        // Two images a group at least where a product has a row per image ([`groups::count`]).
+        let least = if cls_only || gh * gw == 1 { 2 } else { 1 };
+        let groups = if record == Record::ParamGradients { 1 } else { groups::count(b, rayon::current_num_threads(), least) };
+        let (each, image) = (b / groups, 3 * hh * ww);
+        let parts = self.groups.run(groups, |g| {
+            let px = &pixels[g * each * image..(g + 1) * each * image];
+            self.forward_part(px, (each, hh, ww), pos, record, cls_only, keep_p)
+        })?;
+        let (mut out, mut pre, mut tapes) = (Vec::new(), Vec::new(), Vec::new());
+        for (o, x, part) in parts {
+            if out.is_empty() {
+                (out, pre) = (o, x);
+            } else {
+                out.extend_from_slice(&o);
+                pre.extend_from_slice(&x);
+            }
+            tapes.extend(part);
+        }
+        let tape = (record != Record::Nothing).then_some(Tape { grid: (gh, gw), parts: tapes, cls_only });
+        Ok((out, pre, tape))
+    }
+
+    /// [`FastVit::forward`] of one group of images, on the calling thread's pool.
+    fn forward_part(
+        &self,
+        pixels: &[f32],
+        (b, hh, ww): (usize, usize, usize),
+        pos: &[f32],
+        record: Record,
+        cls_only: bool,
+        keep_p: bool,
+    ) -> (Vec<f32>, Vec<f32>, Option<Part>) {
+        let (p, d) = (self.patch, self.d);
         let (gh, gw) = (hh / p, ww / p);
         let np = gh * gw;
         let t = 1 + self.registers + np;
@@ -428,9 +485,6 @@ impl FastVit {
             }
         });
         let z = Dims { b, t, d };
-        let weights: usize = self.blocks.iter().map(|k| b * k.heads * t * t * std::mem::size_of::<f32>()).sum();
-        let keep_p = record != Record::Nothing && weights <= self.attention_tape_bytes;
-        let cls_only = outputs == Outputs::ClsOnly && record != Record::ParamGradients;
         let mut tapes = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {
             let (next, tape) =
@@ -440,27 +494,52 @@ impl FastVit {
         }
         let out = self.norm.forward(&x);
         let patches = if record == Record::ParamGradients { patches } else { vec![] };
-        let tape = (record != Record::Nothing).then(|| Tape { z, grid: (gh, gw), blocks: tapes, last: x.clone(), patches, cls_only });
-        Ok((out, x, tape))
+        let part = (record != Record::Nothing).then(|| Part { z, blocks: tapes, last: x.clone(), patches });
+        (out, x, part)
     }
 
     /// The pixels' gradient `[B,3,H,W]` given the gradients of the final tokens `[B,T,D]` and,
     /// where an objective reads them, of the tokens before the final norm (same shape). After a
     /// CLS-only forward only the CLS rows of both are read (the caller checks the others are zero).
-    pub fn backward(&self, tape: &Tape, d_out: Vec<f32>, d_pre: Option<Vec<f32>>) -> Vec<f32> {
-        let (p, d, z) = (self.patch, self.d, tape.z);
+    pub fn backward(&self, tape: &Tape, d_out: Vec<f32>, d_pre: Option<Vec<f32>>) -> Result<Vec<f32>> {
+        if let [part] = &tape.parts[..] {
+            return Ok(self.backward_part(tape, part, d_out, d_pre));
+        }
+        // Each group's images on the group's threads, as in the forward.
+        let mut first = 0;
+        let spans: Vec<_> = tape
+            .parts
+            .iter()
+            .map(|part| {
+                let n = part.z.b * part.z.t * self.d;
+                first += n;
+                first - n..first
+            })
+            .collect();
+        assert_eq!(first, d_out.len(), "internal error: token gradients of another batch than the tape's");
+        let parts = self.groups.run(tape.parts.len(), |g| {
+            let span = spans[g].clone();
+            let pre = d_pre.as_ref().map(|d| d[span.clone()].to_vec());
+            self.backward_part(tape, &tape.parts[g], d_out[span].to_vec(), pre)
+        })?;
+        Ok(parts.concat())
+    }
+
+    /// [`FastVit::backward`] of one group of images.
+    fn backward_part(&self, tape: &Tape, part: &Part, d_out: Vec<f32>, d_pre: Option<Vec<f32>>) -> Vec<f32> {
+        let (p, d, z) = (self.patch, self.d, part.z);
         let (gh, gw) = tape.grid;
         let np = gh * gw;
-        let mut blocks = self.blocks.iter().zip(&tape.blocks).rev();
+        let mut blocks = self.blocks.iter().zip(&part.blocks).rev();
         let mut dx = if tape.cls_only {
-            let mut dxc = self.norm.backward(&cls_only::cls_rows(&tape.last, z), &cls_only::cls_rows(&d_out, z));
+            let mut dxc = self.norm.backward(&cls_only::cls_rows(&part.last, z), &cls_only::cls_rows(&d_out, z));
             if let Some(d_pre) = d_pre {
                 add_assign(&mut dxc, &cls_only::cls_rows(&d_pre, z));
             }
             let (block, bt) = blocks.next().expect("a CLS-only forward ran a last block");
             block.backward_cls(bt, dxc, z)
         } else {
-            let mut dx = self.norm.backward(&tape.last, &d_out);
+            let mut dx = self.norm.backward(&part.last, &d_out);
             if let Some(d_pre) = d_pre {
                 add_assign(&mut dx, &d_pre);
             }

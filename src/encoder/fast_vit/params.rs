@@ -142,12 +142,13 @@ impl FastVit {
     /// Every weight's gradient given the gradients of the final tokens `[B,T,D]`; the tape
     /// must come from a forward with [`super::Record::ParamGradients`].
     pub fn param_gradients(&self, tape: &Tape, d_out: Vec<f32>) -> ParamGrads {
-        let (d, z) = (self.d, tape.z);
+        let (d, part) = (self.d, tape.whole());
+        let z = part.z;
         let np = tape.grid.0 * tape.grid.1;
         let mut out = ParamGrads { named: Vec::new(), pos_grid: vec![] };
-        out.norm("norm", self.norm.param_grads(&tape.last, &d_out));
-        let mut dx = self.norm.backward(&tape.last, &d_out);
-        for (i, (block, bt)) in self.blocks.iter().zip(&tape.blocks).enumerate().rev() {
+        out.norm("norm", self.norm.param_grads(&part.last, &d_out));
+        let mut dx = self.norm.backward(&part.last, &d_out);
+        for (i, (block, bt)) in self.blocks.iter().zip(&part.blocks).enumerate().rev() {
             dx = block.backward_params(bt, dx, z, &format!("blocks.{i}"), &mut out);
         }
         // The added tokens: their gradients summed over the batch, in image order.
@@ -163,8 +164,8 @@ impl FastVit {
         }
         out.pos_grid = added[skip * d..].to_vec();
         let d_tokens: Vec<f32> = dx.chunks_exact(z.t * d).flat_map(|img| img[skip * d..].iter().copied()).collect();
-        assert!(!tape.patches.is_empty(), "the forward did not record for weight gradients");
-        out.linear("patch_embed.proj", self.pe.param_grads(&tape.patches, &d_tokens, z.b * np));
+        assert!(!part.patches.is_empty(), "the forward did not record for weight gradients");
+        out.linear("patch_embed.proj", self.pe.param_grads(&part.patches, &d_tokens, z.b * np));
         out
     }
 }
