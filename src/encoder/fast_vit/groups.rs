@@ -61,18 +61,20 @@ impl Groups {
 
     /// `f(g)` for every group `g` in `0..groups`, side by side, each on its own pool of the
     /// caller's threads divided among the groups; the results in group order. A panic in a group
-    /// is the caller's panic.
-    pub(super) fn run<R: Send>(&self, groups: usize, f: impl Fn(usize) -> R + Sync) -> Result<Vec<R>> {
-        if groups <= 1 {
-            return Ok(vec![f(0)]);
-        }
-        let each = (rayon::current_num_threads() / groups).max(1);
-        let pools = self.pools(groups, each)?;
+    /// is the caller's panic. Where the system refuses the threads, the groups run one after
+    /// another on the caller's threads: the same values, at the speed of an unsplit batch.
+    pub(super) fn run<R: Send>(&self, groups: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+        let each = (rayon::current_num_threads() / groups.max(1)).max(1);
+        let pools = match groups {
+            0 | 1 => None,
+            _ => self.pools(groups, each).ok(),
+        };
+        let Some(pools) = pools else { return (0..groups.max(1)).map(f).collect() };
         let f = &f;
-        Ok(std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let running: Vec<_> = pools.iter().enumerate().map(|(g, pool)| s.spawn(move || pool.install(|| f(g)))).collect();
             running.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-        }))
+        })
     }
 }
 
@@ -99,15 +101,15 @@ mod tests {
     fn groups_run_side_by_side_on_their_own_threads_in_order() {
         let pool = ThreadPoolBuilder::new().num_threads(4).build().unwrap();
         let groups = Groups::default();
-        let out =
-            pool.install(|| groups.run(2, |g| (g, rayon::current_num_threads(), std::thread::current().name().map(String::from))).unwrap());
+        let out = pool.install(|| groups.run(2, |g| (g, rayon::current_num_threads(), std::thread::current().name().map(String::from))));
         assert_eq!(out.len(), 2);
         for (g, (i, threads, name)) in out.into_iter().enumerate() {
             assert_eq!((i, threads), (g, 2));
             assert!(name.unwrap().starts_with(&format!("robust-ssl group {g}.")));
         }
-        // The same pools serve the next call.
-        pool.install(|| groups.run(2, |_| ()).unwrap());
+        // The same pools serve the next call; one group runs on the caller's own threads.
+        pool.install(|| groups.run(2, |_| ()));
         assert_eq!(groups.pools.lock().unwrap().len(), 1);
+        assert_eq!(pool.install(|| groups.run(1, |g| (g, rayon::current_num_threads()))), vec![(0, 4)]);
     }
 }

@@ -430,7 +430,7 @@ impl FastVit {
         let parts = self.groups.run(groups, |g| {
             let px = &pixels[g * each * image..(g + 1) * each * image];
             self.forward_part(px, (each, hh, ww), pos, record, cls_only, keep_p)
-        })?;
+        });
         let (mut out, mut pre, mut tapes) = (Vec::new(), Vec::new(), Vec::new());
         for (o, x, part) in parts {
             if out.is_empty() {
@@ -501,9 +501,9 @@ impl FastVit {
     /// The pixels' gradient `[B,3,H,W]` given the gradients of the final tokens `[B,T,D]` and,
     /// where an objective reads them, of the tokens before the final norm (same shape). After a
     /// CLS-only forward only the CLS rows of both are read (the caller checks the others are zero).
-    pub fn backward(&self, tape: &Tape, d_out: Vec<f32>, d_pre: Option<Vec<f32>>) -> Result<Vec<f32>> {
+    pub fn backward(&self, tape: &Tape, d_out: Vec<f32>, d_pre: Option<Vec<f32>>) -> Vec<f32> {
         if let [part] = &tape.parts[..] {
-            return Ok(self.backward_part(tape, part, d_out, d_pre));
+            return self.backward_part(tape, part, d_out, d_pre);
         }
         // Each group's images on the group's threads, as in the forward.
         let mut first = 0;
@@ -521,8 +521,8 @@ impl FastVit {
             let span = spans[g].clone();
             let pre = d_pre.as_ref().map(|d| d[span.clone()].to_vec());
             self.backward_part(tape, &tape.parts[g], d_out[span].to_vec(), pre)
-        })?;
-        Ok(parts.concat())
+        });
+        parts.concat()
     }
 
     /// [`FastVit::backward`] of one group of images.
