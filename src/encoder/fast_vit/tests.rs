@@ -4,16 +4,43 @@
 use super::*;
 use crate::encoder::{Encoder, LoadOptions};
 
+/// The tiny DINOv2 fixture (4 heads) and `b` images of 2×2 patches.
+struct Fixture {
+    enc: Encoder,
+    side: usize,
+    pos: Vec<f32>,
+    pixels: Vec<f32>,
+}
+
+impl Fixture {
+    fn of(b: usize) -> Self {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
+        let enc = Encoder::load(&file, &LoadOptions { heads: Some(4), ..Default::default() }).unwrap();
+        let side = 2 * enc.config().patch_size;
+        let pos = enc.vit.patch_positions(2, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let pixels = (0..b * 3 * side * side).map(|i| ((i * 37 % 101) as f32) / 100.0).collect();
+        Fixture { enc, side, pos, pixels }
+    }
+}
+
+/// f32, and bf16 where the CPU has it.
+fn precisions() -> Vec<Precision> {
+    let mut precisions = vec![Precision::F32];
+    if crate::encoder::bf16_gemm::supported() {
+        precisions.push(Precision::Bf16);
+    } else {
+        eprintln!("bf16 skipped: this CPU has no AVX512-BF16");
+    }
+    precisions
+}
+
 /// Above the tape's bound on attention weights the reverse pass computes them again: the
 /// pixels' and the weights' gradients are bit for bit those of a tape that kept them, in f32 and
 /// in bf16 (where the CPU has it). By default f32 keeps them and bf16 computes them again.
 #[test]
 fn attention_weights_computed_again_give_the_same_gradients() {
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
-    let enc = Encoder::load(&file, &LoadOptions { heads: Some(4), ..Default::default() }).unwrap();
-    let (b, side) = (2, 2 * enc.config().patch_size);
-    let pos = enc.vit.patch_positions(2, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let pixels: Vec<f32> = (0..b * 3 * side * side).map(|i| ((i * 37 % 101) as f32) / 100.0).collect();
+    let Fixture { enc, side, pos, pixels } = Fixture::of(2);
+    let b = 2;
     let run = |fast: &FastVit, record| {
         let (out, _, tape) = fast.forward(&pixels, (b, side, side), &pos, record, Outputs::All).unwrap();
         let tape = tape.unwrap();
@@ -23,12 +50,7 @@ fn attention_weights_computed_again_give_the_same_gradients() {
         let named = if record == Record::ParamGradients { fast.param_gradients(&tape, d_out).named } else { vec![] };
         (kept, dx, named)
     };
-    let mut precisions = vec![Precision::F32];
-    if crate::encoder::bf16_gemm::supported() {
-        precisions.push(Precision::Bf16);
-    } else {
-        eprintln!("bf16 skipped: this CPU has no AVX512-BF16");
-    }
+    let precisions = precisions();
     for precision in precisions {
         let mut fast = FastVit::new(&enc.vit, precision).unwrap();
         assert_eq!(run(&fast, Record::InputGradient).0, precision == Precision::F32, "{precision:?}'s default");
@@ -57,8 +79,7 @@ fn weights_are_packed_once_only_when_frozen() {
         eprintln!("skipped: this CPU has no AVX512-BF16");
         return;
     }
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
-    let mut enc = Encoder::load(&file, &LoadOptions { heads: Some(4), ..Default::default() }).unwrap();
+    let mut enc = Fixture::of(1).enc;
     let every = |f: &FastVit, packed: bool| {
         f.pe.is_packed() == packed && f.blocks.iter().all(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2].iter().all(|l| l.is_packed() == packed))
     };
@@ -75,17 +96,9 @@ fn weights_are_packed_once_only_when_frozen() {
 /// CLS-only forward), in f32 and in bf16 (where the CPU has it), for every output and CLS-only forward.
 #[test]
 fn a_batch_split_over_groups_of_threads_gives_the_whole_batch_bits() {
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/encoder/dinov2_official.pth");
-    let enc = Encoder::load(&file, &LoadOptions { heads: Some(4), ..Default::default() }).unwrap();
-    let (b, side) = (4, 2 * enc.config().patch_size);
-    let pos = enc.vit.patch_positions(2, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let pixels: Vec<f32> = (0..b * 3 * side * side).map(|i| ((i * 37 % 101) as f32) / 100.0).collect();
-    let mut precisions = vec![Precision::F32];
-    if crate::encoder::bf16_gemm::supported() {
-        precisions.push(Precision::Bf16);
-    } else {
-        eprintln!("bf16 skipped: this CPU has no AVX512-BF16");
-    }
+    let Fixture { enc, side, pos, pixels } = Fixture::of(4);
+    let b = 4;
+    let precisions = precisions();
     for precision in precisions {
         let fast = FastVit::new(&enc.vit, precision).unwrap();
         for outputs in [Outputs::All, Outputs::ClsOnly] {
