@@ -85,14 +85,15 @@ pub fn dot<T: num_traits::Float>(a: &[T], b: &[T]) -> T {
     s
 }
 
-/// Maximum of a slice (8 lanes; NaN-free input assumed, as after the input check).
+/// Maximum of a slice (16 lanes: a maximum is the same in any order; NaN-free input assumed, as
+/// after the input check).
 #[inline(always)]
 pub fn max<T: num_traits::Float>(x: &[T]) -> T {
-    let mut acc = [T::neg_infinity(); 8];
-    let chunks = x.chunks_exact(8);
+    let mut acc = [T::neg_infinity(); 16];
+    let chunks = x.chunks_exact(16);
     let tail = chunks.remainder();
     for c in chunks {
-        for i in 0..8 {
+        for i in 0..16 {
             acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
         }
     }

@@ -92,13 +92,50 @@ pub(super) fn softmax_in_place<T: Fast>(row: &mut [T], scale: T) {
     // Plain loops: `for_each` went through `Iterator::fold`, which was not inlined into the
     // vectorized caller and ran at the baseline's width.
     let max = fastmath::max(row);
-    for v in row.iter_mut() {
-        *v = ((*v - max) * scale).fast_exp();
-    }
-    let inv = T::one() / fastmath::sum(row);
+    let inv = T::one() / exp_and_sum(row, max, scale);
     for v in row.iter_mut() {
         *v = *v * inv;
     }
+}
+
+/// `row ← exp((row − max)·scale)`, returning the sum of the new row in [`fastmath::sum`]'s order
+/// (8 lanes over the whole chunks, the tail, then the lanes), from the same pass.
+#[inline(always)]
+fn exp_and_sum<T: Fast>(row: &mut [T], max: T, scale: T) -> T {
+    let mut acc = [T::zero(); 8];
+    let whole = row.len() - row.len() % 8;
+    let (body, tail) = row.split_at_mut(whole);
+    // Two chunks of 8 a turn (one 16-lane exp), each added to the lanes in turn.
+    let mut pairs = body.chunks_exact_mut(16);
+    for c in &mut pairs {
+        let mut e = [T::zero(); 16];
+        for i in 0..16 {
+            e[i] = ((c[i] - max) * scale).fast_exp();
+            c[i] = e[i];
+        }
+        for i in 0..8 {
+            acc[i] = acc[i] + e[i];
+        }
+        for i in 0..8 {
+            acc[i] = acc[i] + e[8 + i];
+        }
+    }
+    for c in pairs.into_remainder().chunks_exact_mut(8) {
+        for i in 0..8 {
+            let e = ((c[i] - max) * scale).fast_exp();
+            c[i] = e;
+            acc[i] = acc[i] + e;
+        }
+    }
+    let mut s = T::zero();
+    for v in tail.iter_mut() {
+        *v = ((*v - max) * scale).fast_exp();
+        s = s + *v;
+    }
+    for a in acc {
+        s = s + a;
+    }
+    s
 }
 
 /// Softmax of `scale · row` in place for every row of `n` in `rows`; with `y`, the gradient
@@ -331,6 +368,34 @@ pub fn applies(x: &Tensor) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// The exp and the sum in one pass are the separate passes bit for bit (every exp, and the
+    /// sum in `fastmath::sum`'s order), at widths around the 8- and 16-lane chunks and a ViT's 257.
+    #[test]
+    fn softmax_with_its_sum_in_the_exp_pass_is_the_separate_passes() {
+        fn apart(row: &mut [f32], scale: f32) {
+            let max = fastmath::max(row);
+            for v in row.iter_mut() {
+                *v = ((*v - max) * scale).fast_exp();
+            }
+            let inv = 1.0 / fastmath::sum(row);
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+        for w in [1usize, 7, 8, 9, 15, 16, 17, 24, 31, 40, 257] {
+            let x: Vec<f32> = (0..6 * w).map(|i| ((i * 37 % 101) as f32) / 10.0 - 5.0).collect();
+            let mut a = x.clone();
+            a.chunks_exact_mut(w).for_each(|r| apart(r, 0.125));
+            let mut b = x.clone();
+            softmax_rows(&mut b, None, w, 0.125);
+            assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()), "width {w}");
+            let total: f32 = b[..w].iter().sum();
+            assert!((total - 1.0).abs() < 1e-5, "width {w}: a row sums to {total}");
+        }
+    }
+
     /// A LayerNorm's gradient added onto a residual's in one pass is the gradient written apart
     /// plus that residual, bit for bit, over rows spanning several parallel chunks (a width off
     /// the vector length, for the rows' tails).
