@@ -423,7 +423,7 @@ impl Encoder {
                     }
                 }
                 let d_pre = d_pre.map(|g| rows(&g.cls, &g.patch)).transpose()?;
-                let g = fast.backward(t, rows(d_cls, d_patch)?, d_pre);
+                let g = fast.backward(t, &rows(d_cls, d_patch)?, d_pre.as_deref());
                 let p = self.config().patch_size;
                 Ok(Tensor::from_vec(g, (b, 3, gh * p, gw * p), &Device::Cpu)?)
             }

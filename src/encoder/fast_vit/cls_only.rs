@@ -155,7 +155,7 @@ mod tests {
                 let fast = FastVit::new(&enc.vit, precision).unwrap();
                 let run = |outputs| {
                     let (out, pre, tape) = fast.forward(&pixels, (b, side, side), &pos, Record::InputGradient, outputs).unwrap();
-                    let g = fast.backward(&tape.unwrap(), d_out.clone(), Some(d_pre.clone()));
+                    let g = fast.backward(&tape.unwrap(), &d_out, Some(&d_pre));
                     (out, pre, g)
                 };
                 let (out, pre, g) = run(Outputs::All);

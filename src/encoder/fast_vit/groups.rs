@@ -12,7 +12,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 /// How many groups a batch of `b` images splits into over `threads` threads: as many as divide
@@ -39,37 +38,29 @@ pub(super) struct Groups {
 }
 
 impl Groups {
-    fn pools(&self, groups: usize, each: usize) -> Result<Pools> {
+    /// The pools of `groups` groups of `each` threads, or none where the system refuses the
+    /// threads.
+    fn pools(&self, groups: usize, each: usize) -> Option<Pools> {
         // A poisoned lock only means another caller panicked while building; the list is whole.
         let mut known = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, p)) = known.iter().find(|(key, _)| *key == (groups, each)) {
-            return Ok(p.clone());
+            return Some(p.clone());
         }
         let built = (0..groups)
-            .map(|g| {
-                ThreadPoolBuilder::new()
-                    .num_threads(each)
-                    .thread_name(move |i| format!("robust-ssl group {g}.{i}"))
-                    .build()
-                    .map_err(|e| anyhow!("cannot start the threads of image group {g} ({each} threads): {e}"))
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .map(|g| ThreadPoolBuilder::new().num_threads(each).thread_name(move |i| format!("robust-ssl group {g}.{i}")).build().ok())
+            .collect::<Option<Vec<_>>>()?;
         let built = Arc::new(built);
         known.push(((groups, each), built.clone()));
-        Ok(built)
+        Some(built)
     }
 
-    /// `f(g)` for every group `g` in `0..groups`, side by side, each on its own pool of the
+    /// `f(g)` for every group `g` in `0..groups` (at least one), side by side, each on its own pool of the
     /// caller's threads divided among the groups; the results in group order. A panic in a group
     /// is the caller's panic. Where the system refuses the threads, the groups run one after
     /// another on the caller's threads: the same values, at the speed of an unsplit batch.
     pub(super) fn run<R: Send>(&self, groups: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
-        let each = (rayon::current_num_threads() / groups.max(1)).max(1);
-        let pools = match groups {
-            0 | 1 => None,
-            _ => self.pools(groups, each).ok(),
-        };
-        let Some(pools) = pools else { return (0..groups.max(1)).map(f).collect() };
+        let each = (rayon::current_num_threads() / groups).max(1);
+        let Some(pools) = (groups > 1).then(|| self.pools(groups, each)).flatten() else { return (0..groups).map(f).collect() };
         let f = &f;
         std::thread::scope(|s| {
             let running: Vec<_> = pools.iter().enumerate().map(|(g, pool)| s.spawn(move || pool.install(|| f(g)))).collect();

@@ -431,14 +431,13 @@ impl FastVit {
             let px = &pixels[g * each * image..(g + 1) * each * image];
             self.forward_part(px, (each, hh, ww), pos, record, cls_only, keep_p)
         });
-        let (mut out, mut pre, mut tapes) = (Vec::new(), Vec::new(), Vec::new());
+        // The groups' outputs one after another (the first group's buffers, grown).
+        let mut parts = parts.into_iter();
+        let (mut out, mut pre, first) = parts.next().expect("at least one group");
+        let mut tapes: Vec<Part> = first.into_iter().collect();
         for (o, x, part) in parts {
-            if out.is_empty() {
-                (out, pre) = (o, x);
-            } else {
-                out.extend_from_slice(&o);
-                pre.extend_from_slice(&x);
-            }
+            out.extend_from_slice(&o);
+            pre.extend_from_slice(&x);
             tapes.extend(part);
         }
         let tape = (record != Record::Nothing).then_some(Tape { grid: (gh, gw), parts: tapes, cls_only });
@@ -501,47 +500,36 @@ impl FastVit {
     /// The pixels' gradient `[B,3,H,W]` given the gradients of the final tokens `[B,T,D]` and,
     /// where an objective reads them, of the tokens before the final norm (same shape). After a
     /// CLS-only forward only the CLS rows of both are read (the caller checks the others are zero).
-    pub fn backward(&self, tape: &Tape, d_out: Vec<f32>, d_pre: Option<Vec<f32>>) -> Vec<f32> {
-        if let [part] = &tape.parts[..] {
-            return self.backward_part(tape, part, d_out, d_pre);
+    pub fn backward(&self, tape: &Tape, d_out: &[f32], d_pre: Option<&[f32]>) -> Vec<f32> {
+        // Each group's images on the group's threads, as in the forward (groups of equal size).
+        let groups = tape.parts.len();
+        let n = d_out.len() / groups;
+        assert_eq!(n, tape.parts[0].z.b * tape.parts[0].z.t * self.d, "internal error: token gradients of another batch than the tape's");
+        let span = |g: usize| g * n..(g + 1) * n;
+        let parts = self.groups.run(groups, |g| self.backward_part(tape, &tape.parts[g], &d_out[span(g)], d_pre.map(|d| &d[span(g)])));
+        if groups == 1 {
+            return parts.into_iter().next().expect("one group");
         }
-        // Each group's images on the group's threads, as in the forward.
-        let mut first = 0;
-        let spans: Vec<_> = tape
-            .parts
-            .iter()
-            .map(|part| {
-                let n = part.z.b * part.z.t * self.d;
-                first += n;
-                first - n..first
-            })
-            .collect();
-        assert_eq!(first, d_out.len(), "internal error: token gradients of another batch than the tape's");
-        let parts = self.groups.run(tape.parts.len(), |g| {
-            let span = spans[g].clone();
-            let pre = d_pre.as_ref().map(|d| d[span.clone()].to_vec());
-            self.backward_part(tape, &tape.parts[g], d_out[span].to_vec(), pre)
-        });
         parts.concat()
     }
 
     /// [`FastVit::backward`] of one group of images.
-    fn backward_part(&self, tape: &Tape, part: &Part, d_out: Vec<f32>, d_pre: Option<Vec<f32>>) -> Vec<f32> {
+    fn backward_part(&self, tape: &Tape, part: &Part, d_out: &[f32], d_pre: Option<&[f32]>) -> Vec<f32> {
         let (p, d, z) = (self.patch, self.d, part.z);
         let (gh, gw) = tape.grid;
         let np = gh * gw;
         let mut blocks = self.blocks.iter().zip(&part.blocks).rev();
         let mut dx = if tape.cls_only {
-            let mut dxc = self.norm.backward(&cls_only::cls_rows(&part.last, z), &cls_only::cls_rows(&d_out, z));
+            let mut dxc = self.norm.backward(&cls_only::cls_rows(&part.last, z), &cls_only::cls_rows(d_out, z));
             if let Some(d_pre) = d_pre {
-                add_assign(&mut dxc, &cls_only::cls_rows(&d_pre, z));
+                add_assign(&mut dxc, &cls_only::cls_rows(d_pre, z));
             }
             let (block, bt) = blocks.next().expect("a CLS-only forward ran a last block");
             block.backward_cls(bt, dxc, z)
         } else {
-            let mut dx = self.norm.backward(&part.last, &d_out);
+            let mut dx = self.norm.backward(&part.last, d_out);
             if let Some(d_pre) = d_pre {
-                add_assign(&mut dx, &d_pre);
+                add_assign(&mut dx, d_pre);
             }
             dx
         };

@@ -46,7 +46,7 @@ fn attention_weights_computed_again_give_the_same_gradients() {
         let tape = tape.unwrap();
         let kept = tape.parts.iter().flat_map(|p| &p.blocks).all(|k| !k.p.is_empty());
         let d_out: Vec<f32> = (0..out.len()).map(|i| ((i * 13 % 29) as f32 - 14.0) / 10.0).collect();
-        let dx = fast.backward(&tape, d_out.clone(), None);
+        let dx = fast.backward(&tape, &d_out, None);
         let named = if record == Record::ParamGradients { fast.param_gradients(&tape, d_out).named } else { vec![] };
         (kept, dx, named)
     };
@@ -115,7 +115,7 @@ fn a_batch_split_over_groups_of_threads_gives_the_whole_batch_bits() {
                         .map(|i| if outputs == Outputs::All || i % t < fast.d { ((i * 13 % 29) as f32 - 14.0) / 10.0 } else { 0.0 })
                         .collect();
                     let d_pre: Vec<f32> = d_out.iter().map(|g| g * 0.5).collect();
-                    let dx = fast.backward(&tape, d_out, Some(d_pre));
+                    let dx = fast.backward(&tape, &d_out, Some(&d_pre));
                     let read = |v: &[f32]| if outputs == Outputs::All { v.to_vec() } else { cls(v) };
                     (tape.parts.len(), read(&plain.0), read(&out), read(&pre), dx)
                 })
